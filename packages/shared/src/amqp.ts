@@ -1,0 +1,80 @@
+import amqp, { type Channel, type ChannelModel, type RecoveringChannelModel } from 'amqplib';
+import { redactUrl } from './config';
+import type { Logger } from './logger';
+
+export interface AmqpNames {
+  exchange: string;
+  queue: string;
+  deadExchange: string;
+  deadQueue: string;
+}
+
+/** Exchange and queue names; AMQP_PREFIX lets tests (and tenants) share one broker. */
+export function amqpNames(prefix: string): AmqpNames {
+  return {
+    exchange: `${prefix}tasks`,
+    queue: `${prefix}tasks`,
+    deadExchange: `${prefix}tasks.dlx`,
+    deadQueue: `${prefix}tasks.dead`,
+  };
+}
+
+// A message that kills its worker every time is dead-lettered by the broker after this many
+// deliveries; the task itself is resumed or failed from Postgres by the worker's sweeper.
+const DELIVERY_LIMIT = 20;
+
+/** Declares the topology; idempotent, so the relay and the worker both run it on every (re)connect. */
+export async function assertTopology(channel: Channel, names: AmqpNames): Promise<void> {
+  await channel.assertExchange(names.exchange, 'topic', { durable: true });
+  await channel.assertExchange(names.deadExchange, 'topic', { durable: true });
+  await channel.assertQueue(names.queue, {
+    durable: true,
+    arguments: {
+      'x-queue-type': 'quorum',
+      'x-dead-letter-exchange': names.deadExchange,
+      'x-delivery-limit': DELIVERY_LIMIT,
+    },
+  });
+  await channel.bindQueue(names.queue, names.exchange, '#');
+  await channel.assertQueue(names.deadQueue, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+  await channel.bindQueue(names.deadQueue, names.deadExchange, '#');
+}
+
+/**
+ * Connects with amqplib's built-in recovery: capped exponential backoff with jitter, forever.
+ * `setup` runs after every (re)connect and must open fresh channels: a channel never survives a
+ * reconnect. Logs one line per state change, with the password redacted.
+ */
+export async function connectAmqp(
+  url: string,
+  logger: Logger,
+  setup: (model: ChannelModel) => Promise<void>,
+): Promise<RecoveringChannelModel> {
+  const safeUrl = redactUrl(url);
+  let connected = false;
+  const connection = await amqp.connect(url, {
+    recovery: {
+      initialDelay: 200,
+      maxDelay: 5000,
+      factor: 2,
+      jitter: 0.3,
+      waitForConnect: false,
+      setup,
+    },
+  });
+  connection.on('connect', () => {
+    connected = true;
+    logger.info('rabbitmq connected', { url: safeUrl });
+  });
+  connection.on('disconnect', (err: Error) => {
+    if (connected) logger.warn('rabbitmq connection lost; reconnecting', { url: safeUrl, error: err.message });
+    connected = false;
+  });
+  connection.on('connect-failed', (err: Error) =>
+    logger.debug('rabbitmq connect attempt failed', { url: safeUrl, error: err.message }),
+  );
+  connection.on('error', (err: Error) => logger.debug('rabbitmq connection error', { error: err.message }));
+  connection.on('blocked', (reason: string) => logger.warn('rabbitmq blocked the connection', { reason }));
+  connection.on('unblocked', () => logger.info('rabbitmq unblocked the connection'));
+  return connection;
+}

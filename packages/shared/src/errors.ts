@@ -1,0 +1,31 @@
+/** Turns anything thrown into an Error, so callers can rely on .message. */
+export function toError(value: unknown): Error {
+  if (value instanceof Error) return value;
+  return new Error(typeof value === 'string' ? value : JSON.stringify(value));
+}
+
+/** The JSON stored in tasks.error and task_attempts.error. */
+export function errorJson(value: unknown): { name: string; message: string } {
+  const err = toError(value);
+  return { name: err.name, message: err.message };
+}
+
+// SQLSTATE classes and codes that mean "try again later", not "your request is wrong":
+// 08 connection exception, 40001 serialization failure, 40P01 deadlock, 53 insufficient
+// resources, 57P01-57P03 admin shutdown / crash shutdown / cannot connect now.
+const transientPgCodes = new Set(['40001', '40P01', '57P01', '57P02', '57P03']);
+const transientPgClasses = new Set(['08', '53']);
+const transientNodeCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN']);
+
+/** True when a database error means Postgres is unreachable or overloaded, not that the query was wrong. */
+export function isTransientDbError(value: unknown): boolean {
+  if (!(value instanceof Error)) return false;
+  const code = (value as { code?: unknown }).code;
+  if (typeof code === 'string') {
+    if (transientPgCodes.has(code) || transientNodeCodes.has(code)) return true;
+    if (code.length === 5 && transientPgClasses.has(code.slice(0, 2))) return true;
+  }
+  return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(
+    value.message,
+  );
+}

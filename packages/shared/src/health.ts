@@ -1,0 +1,73 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Registry } from 'prom-client';
+import { toError } from './errors';
+import type { Logger } from './logger';
+
+export type ReadinessCheck = () => Promise<Record<string, boolean>>;
+
+export interface HealthServer {
+  port(): number;
+  stop(): Promise<void>;
+}
+
+/** /healthz (alive), /readyz (its dependencies usable: 200 or 503) and /metrics, for relay and worker. */
+export async function startHealthServer(
+  port: number,
+  ready: ReadinessCheck,
+  registry: Registry,
+  logger: Logger,
+): Promise<HealthServer> {
+  const server = http.createServer((req, res) => {
+    const send = (status: number, type: string, body: string): void => {
+      res.writeHead(status, { 'content-type': type }).end(body);
+    };
+    const path = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET') return send(405, 'text/plain', 'method not allowed');
+    if (path === '/healthz') return send(200, 'application/json', JSON.stringify({ status: 'ok' }));
+    if (path === '/readyz') {
+      ready().then(
+        (checks) => {
+          const ok = Object.values(checks).every(Boolean);
+          send(ok ? 200 : 503, 'application/json', JSON.stringify({ status: ok ? 'ready' : 'not ready', checks }));
+        },
+        (err: unknown) =>
+          send(503, 'application/json', JSON.stringify({ status: 'not ready', error: toError(err).message })),
+      );
+      return;
+    }
+    if (path === '/metrics') {
+      registry.metrics().then(
+        (text) => send(200, registry.contentType, text),
+        (err: unknown) => send(500, 'text/plain', toError(err).message),
+      );
+      return;
+    }
+    send(404, 'text/plain', 'not found');
+  });
+  await listen(server, port);
+  logger.info('health server listening', { port: (server.address() as AddressInfo).port });
+  return {
+    port: () => (server.address() as AddressInfo).port,
+    stop: () => closeServer(server),
+  };
+}
+
+/** Resolves once listening, rejects on a bind error (EADDRINUSE) instead of logging success. */
+export function listen(server: http.Server, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+export function closeServer(server: http.Server): Promise<void> {
+  return new Promise((resolve) => {
+    if (!server.listening) return resolve();
+    server.close(() => resolve());
+    server.closeIdleConnections();
+  });
+}

@@ -1,0 +1,27 @@
+import { loadConfig, redactUrl } from './config';
+import { createDb, createPool } from './db';
+import { toError } from './errors';
+import { createLogger } from './logger';
+import { createDatabaseIfMissing, migrateToLatest } from './migrate';
+
+async function main(): Promise<void> {
+  const config = loadConfig(process.env);
+  const logger = createLogger('migrate', config);
+  const url = redactUrl(config.DATABASE_URL);
+  if (await createDatabaseIfMissing(config.DATABASE_URL)) logger.info('created database', { url });
+  const pool = createPool(config.DATABASE_URL, logger, { max: 1 });
+  const db = createDb(pool);
+  const { error, results } = await migrateToLatest(db);
+  for (const r of results ?? []) logger.info(`migration ${r.status.toLowerCase()}`, { migration: r.migrationName });
+  await db.destroy();
+  if (error) {
+    logger.error('migration failed', { url, error: toError(error).message });
+    process.exit(1);
+  }
+  logger.info('database is up to date', { url });
+}
+
+main().catch((err: unknown) => {
+  console.error(toError(err).message);
+  process.exit(1);
+});

@@ -1,0 +1,65 @@
+import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
+import { isTransientDbError, toError, type Logger } from '@taskbox/shared';
+
+/** An RFC 9457 problem: thrown by routes, rendered by `problemHandler`. */
+export class HttpProblem extends Error {
+  constructor(
+    readonly status: number,
+    readonly title: string,
+    readonly detail?: string,
+    readonly extra: Record<string, unknown> = {},
+  ) {
+    super(detail ?? title);
+  }
+}
+
+export function sendProblem(res: Response, problem: HttpProblem): void {
+  res
+    .status(problem.status)
+    .type('application/problem+json')
+    .json({
+      type: 'about:blank',
+      title: problem.title,
+      status: problem.status,
+      ...(problem.detail ? { detail: problem.detail } : {}),
+      instance: res.req.originalUrl,
+      requestId: res.locals.requestId as string | undefined,
+      ...problem.extra,
+    });
+}
+
+export const notFoundHandler: RequestHandler = (req) => {
+  throw new HttpProblem(404, 'Not Found', `no route for ${req.method} ${req.path}`);
+};
+
+// body-parser marks its errors with `type` and `status`; they are the client's fault, never a 500.
+const bodyParserProblems: Record<string, [number, string]> = {
+  'entity.parse.failed': [400, 'Malformed JSON'],
+  'entity.too.large': [413, 'Payload Too Large'],
+  'encoding.unsupported': [415, 'Unsupported Encoding'],
+  'charset.unsupported': [415, 'Unsupported Charset'],
+  'request.aborted': [400, 'Request Aborted'],
+  'stream.encoding.set': [500, 'Internal Server Error'],
+};
+
+/** Renders every error as problem+json; never leaks a stack trace. */
+export function problemHandler(logger: Logger): ErrorRequestHandler {
+  return (err: unknown, req, res, next) => {
+    if (res.headersSent) return next(err);
+    if (err instanceof HttpProblem) return sendProblem(res, err);
+    const type = (err as { type?: unknown }).type;
+    const known = typeof type === 'string' ? bodyParserProblems[type] : undefined;
+    if (known && known[0] < 500) return sendProblem(res, new HttpProblem(known[0], known[1], toError(err).message));
+    const log = { requestId: res.locals.requestId as string, method: req.method, path: req.path };
+    if (isTransientDbError(err)) {
+      logger.warn('database unavailable', { ...log, error: toError(err).message });
+      res.setHeader('Retry-After', '2');
+      return sendProblem(
+        res,
+        new HttpProblem(503, 'Service Unavailable', 'the database is unavailable; retry shortly'),
+      );
+    }
+    logger.error('unhandled error', { ...log, error: toError(err).message, stack: toError(err).stack });
+    sendProblem(res, new HttpProblem(500, 'Internal Server Error', 'an unexpected error occurred'));
+  };
+}

@@ -1,0 +1,179 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { Router, type Request, type Response } from 'express';
+import { z } from 'zod';
+import { isTaskType, taskPayloadSchemas, type Db, type Logger, type OutboxNotifier } from '@taskbox/shared';
+import { HttpProblem } from '../problem';
+import {
+  cancelTask,
+  findTask,
+  findTaskByIdempotencyKey,
+  findTimeline,
+  insertTask,
+  listTasks,
+  type TaskRow,
+} from '../task-sql';
+import { toTaskView } from '../task-view';
+
+export const createTaskSchema = z
+  .object({
+    type: z.string().min(1).max(100),
+    payload: z.json().optional(),
+    maxAttempts: z.number().int().min(1).max(100).optional(),
+  })
+  .strict();
+
+export const listQuerySchema = z
+  .object({
+    status: z.enum(['pending', 'processing', 'succeeded', 'failed', 'cancelled']).optional(),
+    type: z.string().min(1).max(100).optional(),
+    limit: z.coerce.number().int().min(1).max(100).default(20),
+    cursor: z.string().max(200).optional(),
+  })
+  .strict();
+
+const idSchema = z.guid();
+const idempotencyKeySchema = z.string().min(1).max(200);
+const DEFAULT_MAX_ATTEMPTS = 3;
+
+export interface TasksDeps {
+  db: Db;
+  notifier: OutboxNotifier;
+  logger: Logger;
+}
+
+function invalid(title: string, error: z.ZodError): HttpProblem {
+  const issues = error.issues.map((i) => ({ path: i.path.join('.'), message: i.message }));
+  return new HttpProblem(422, title, issues.map((i) => `${i.path || '(body)'}: ${i.message}`).join('; '), { issues });
+}
+
+function parseId(req: Request): string {
+  const parsed = idSchema.safeParse(req.params.id);
+  if (!parsed.success) throw new HttpProblem(400, 'Invalid Task Id', 'the task id must be a UUID');
+  return parsed.data;
+}
+
+function owner(res: Response): string {
+  return res.locals.owner as string;
+}
+
+export function encodeCursor(row: { cursor_created_at: string; id: string }): string {
+  return Buffer.from(JSON.stringify([row.cursor_created_at, row.id])).toString('base64url');
+}
+
+function decodeCursor(cursor: string): { createdAt: string; id: string } {
+  try {
+    const [createdAt, id] = z
+      .tuple([z.string().max(64), idSchema])
+      .parse(JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')));
+    if (Number.isNaN(Date.parse(createdAt))) throw new Error('bad timestamp');
+    return { createdAt, id };
+  } catch {
+    throw new HttpProblem(400, 'Invalid Cursor', 'the cursor is not one this api returned');
+  }
+}
+
+export function tasksRouter({ db, notifier, logger }: TasksDeps): Router {
+  const router = Router();
+
+  router.post('/', async (req, res) => {
+    if (!req.is('application/json')) {
+      throw new HttpProblem(415, 'Unsupported Media Type', 'send the task as application/json');
+    }
+    const body = createTaskSchema.safeParse(req.body);
+    if (!body.success) throw invalid('Invalid Task', body.error);
+    const { type, maxAttempts = DEFAULT_MAX_ATTEMPTS } = body.data;
+    if (!isTaskType(type)) {
+      throw new HttpProblem(422, 'Unknown Task Type', `unknown task type "${type}"`, {
+        knownTypes: Object.keys(taskPayloadSchemas),
+      });
+    }
+    const payload = taskPayloadSchemas[type].safeParse(body.data.payload ?? {});
+    if (!payload.success) throw invalid('Invalid Payload', payload.error);
+
+    const rawKey = req.get('idempotency-key');
+    const keyParse = rawKey === undefined ? undefined : idempotencyKeySchema.safeParse(rawKey);
+    if (keyParse && !keyParse.success) {
+      throw new HttpProblem(400, 'Invalid Idempotency-Key', 'the Idempotency-Key header must be 1 to 200 characters');
+    }
+    const idempotencyKey = keyParse?.data ?? null;
+    const requestHash = idempotencyKey
+      ? createHash('sha256')
+          .update(JSON.stringify([type, payload.data, maxAttempts]))
+          .digest('hex')
+      : null;
+    const correlationId = res.locals.requestId as string;
+    const task = {
+      id: randomUUID(),
+      type,
+      payload: payload.data,
+      maxAttempts,
+      owner: owner(res),
+      idempotencyKey,
+      requestHash,
+    };
+    const inserted = await insertTask(db, task, { correlationId, traceparent: req.get('traceparent') ?? null });
+
+    let row: TaskRow | undefined;
+    let status = 202;
+    if (inserted) {
+      notifier.poke();
+      row = await findTask(db, task.owner, inserted.id);
+      logger.info('task accepted', { taskId: task.id, type, correlationId });
+    } else {
+      // The key was used before by this owner: a replay returns the original task, unchanged.
+      row = await findTaskByIdempotencyKey(db, task.owner, idempotencyKey as string);
+      if (row && row.request_hash !== requestHash) {
+        throw new HttpProblem(409, 'Idempotency-Key Reused', 'this Idempotency-Key was used with a different request');
+      }
+      status = 200;
+      res.setHeader('Idempotent-Replayed', 'true');
+    }
+    if (!row) throw new Error(`task ${task.id} vanished after insert`);
+    res.status(status).location(`/tasks/${row.id}`).json(toTaskView(row));
+  });
+
+  router.get('/', async (req, res) => {
+    const query = listQuerySchema.safeParse(req.query);
+    if (!query.success) {
+      const issues = query.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ');
+      throw new HttpProblem(400, 'Invalid Query', issues);
+    }
+    const { status, type, limit, cursor } = query.data;
+    const rows = await listTasks(db, {
+      owner: owner(res),
+      status,
+      type,
+      limit: limit + 1,
+      after: cursor ? decodeCursor(cursor) : undefined,
+    });
+    const page = rows.slice(0, limit);
+    const last = page.at(-1);
+    const next = rows.length > limit && last ? encodeCursor(last) : null;
+    res.json({ items: page.map((r) => toTaskView(r)), next });
+  });
+
+  router.get('/:id', async (req, res) => {
+    const id = parseId(req);
+    const row = await findTask(db, owner(res), id);
+    if (!row) throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
+    res.json(toTaskView(row, await findTimeline(db, id)));
+  });
+
+  router.post('/:id/cancel', async (req, res) => {
+    const id = parseId(req);
+    const before = await cancelTask(db, owner(res), id);
+    if (!before) throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
+    if (before !== 'pending' && before !== 'processing') {
+      throw new HttpProblem(409, 'Task Already Finished', `task ${id} is ${before} and cannot be cancelled`);
+    }
+    const row = await findTask(db, owner(res), id);
+    if (!row) throw new Error(`task ${id} vanished after cancel`);
+    logger.info(before === 'pending' ? 'task cancelled' : 'task cancel requested', {
+      taskId: id,
+      correlationId: row.correlation_id,
+    });
+    res.status(before === 'pending' ? 200 : 202).json(toTaskView(row));
+  });
+
+  return router;
+}

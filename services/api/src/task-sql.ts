@@ -1,0 +1,150 @@
+import { sql } from 'kysely';
+import { outboxMessage, type Db, type MessageContext, type TaskStatus } from '@taskbox/shared';
+
+export interface NewTask {
+  id: string;
+  type: string;
+  payload: unknown;
+  maxAttempts: number;
+  owner: string;
+  idempotencyKey: string | null;
+  requestHash: string | null;
+}
+
+export type TaskRow = Awaited<ReturnType<typeof findTask>> & object;
+
+/**
+ * Inserts the task and the outbox row that dispatches its first attempt in ONE statement: a
+ * data-modifying CTE is atomic on its own, so there is no window where one exists without the
+ * other, and it costs one round trip instead of BEGIN/INSERT/INSERT/COMMIT.
+ * With an idempotency key already used by this owner it inserts nothing and returns undefined.
+ */
+export async function insertTask(db: Db, task: NewTask, context: MessageContext) {
+  const message = outboxMessage(task, 1, context);
+  const { rows } = await sql<{ id: string }>`
+    WITH inserted AS (
+      INSERT INTO tasks (id, type, payload, max_attempts, owner, idempotency_key, request_hash, correlation_id)
+      VALUES (${task.id}, ${task.type}, ${JSON.stringify(task.payload)}::jsonb, ${task.maxAttempts},
+              ${task.owner}, ${task.idempotencyKey}, ${task.requestHash}, ${context.correlationId})
+      ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+      RETURNING id, type
+    ), queued AS (
+      INSERT INTO outbox (message_id, task_id, routing_key, payload, headers)
+      SELECT ${message.message_id}, id, type, ${message.payload}::jsonb, ${message.headers}::jsonb FROM inserted
+    )
+    SELECT id FROM inserted`.execute(db);
+  return rows[0];
+}
+
+const taskColumns = [
+  'id',
+  'type',
+  'payload',
+  'status',
+  'current_step',
+  'progress',
+  'result',
+  'error',
+  'attempts',
+  'max_attempts',
+  'external_job_id',
+  'owner',
+  'request_hash',
+  'correlation_id',
+  'cancel_requested_at',
+  'created_at',
+  'updated_at',
+  'started_at',
+  'finished_at',
+] as const;
+
+export function findTask(db: Db, owner: string, id: string) {
+  return db.selectFrom('tasks').select(taskColumns).where('owner', '=', owner).where('id', '=', id).executeTakeFirst();
+}
+
+export function findTaskByIdempotencyKey(db: Db, owner: string, key: string) {
+  return db
+    .selectFrom('tasks')
+    .select(taskColumns)
+    .where('owner', '=', owner)
+    .where('idempotency_key', '=', key)
+    .executeTakeFirst();
+}
+
+/** The timeline: each attempt, and when each outbox message for the task was published. */
+export async function findTimeline(db: Db, id: string) {
+  const [attempts, messages] = await Promise.all([
+    db
+      .selectFrom('task_attempts')
+      .select(['attempt', 'external_job_id', 'started_at', 'finished_at', 'outcome', 'error'])
+      .where('task_id', '=', id)
+      .orderBy('attempt')
+      .execute(),
+    db
+      .selectFrom('outbox')
+      .select(['payload', 'created_at', 'available_at', 'published_at'])
+      .where('task_id', '=', id)
+      .orderBy('id')
+      .execute(),
+  ]);
+  return { attempts, messages };
+}
+
+export interface ListFilter {
+  owner: string;
+  status?: TaskStatus;
+  type?: string;
+  limit: number;
+  after?: { createdAt: string; id: string };
+}
+
+/**
+ * Keyset pagination, newest first. The cursor carries created_at as Postgres text (microseconds; a JS
+ * Date would round to milliseconds and skip or repeat rows) plus the id as a tie-breaker.
+ */
+export function listTasks(db: Db, filter: ListFilter) {
+  let query = db
+    .selectFrom('tasks')
+    .select(taskColumns)
+    .select(sql<string>`created_at::text`.as('cursor_created_at'))
+    .where('owner', '=', filter.owner);
+  if (filter.status) query = query.where('status', '=', filter.status);
+  if (filter.type) query = query.where('type', '=', filter.type);
+  if (filter.after) {
+    const { createdAt, id } = filter.after;
+    query = query.where(sql<boolean>`(created_at, id) < (${createdAt}::timestamptz, ${id}::uuid)`);
+  }
+  return query.orderBy('created_at', 'desc').orderBy('id', 'desc').limit(filter.limit).execute();
+}
+
+/**
+ * A pending task is cancelled at once (the worker will skip its message); a processing one gets
+ * cancel_requested_at, which the worker's heartbeat turns into an abort of the running handler.
+ * Returns the status the task had, or undefined when it does not exist for this owner.
+ */
+export async function cancelTask(db: Db, owner: string, id: string): Promise<TaskStatus | undefined> {
+  return db.transaction().execute(async (tx) => {
+    const task = await tx
+      .selectFrom('tasks')
+      .select('status')
+      .where('owner', '=', owner)
+      .where('id', '=', id)
+      .forUpdate()
+      .executeTakeFirst();
+    if (!task) return undefined;
+    if (task.status === 'pending') {
+      await tx
+        .updateTable('tasks')
+        .set({ status: 'cancelled', finished_at: sql`now()`, updated_at: sql`now()`, cancel_requested_at: sql`now()` })
+        .where('id', '=', id)
+        .execute();
+    } else if (task.status === 'processing') {
+      await tx
+        .updateTable('tasks')
+        .set({ cancel_requested_at: sql`coalesce(cancel_requested_at, now())`, updated_at: sql`now()` })
+        .where('id', '=', id)
+        .execute();
+    }
+    return task.status;
+  });
+}

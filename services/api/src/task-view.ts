@@ -1,0 +1,83 @@
+import { z } from 'zod';
+import type { findTimeline, TaskRow } from './task-sql';
+
+const iso = z.iso.datetime({ offset: true });
+
+/** What GET /tasks/{id} returns; also the source of the OpenAPI response schema. */
+export const taskViewSchema = z.object({
+  id: z.guid(),
+  type: z.string(),
+  status: z.enum(['pending', 'processing', 'succeeded', 'failed', 'cancelled']),
+  payload: z.json(),
+  currentStep: z.string().nullable(),
+  progress: z.number().min(0).max(1).nullable(),
+  attempts: z.number().int(),
+  maxAttempts: z.number().int(),
+  externalJobId: z.string().nullable(),
+  result: z.json().nullable(),
+  error: z.json().nullable(),
+  correlationId: z.string().nullable(),
+  cancelRequested: z.boolean(),
+  createdAt: iso,
+  updatedAt: iso,
+  startedAt: iso.nullable(),
+  finishedAt: iso.nullable(),
+  timeline: z
+    .array(
+      z.object({
+        event: z.enum(['created', 'published', 'started', 'finished']),
+        at: iso,
+        attempt: z.number().int().optional(),
+        externalJobId: z.string().optional(),
+        outcome: z.string().optional(),
+      }),
+    )
+    .optional(),
+});
+export type TaskView = z.infer<typeof taskViewSchema>;
+
+const isoOrNull = (d: Date | null): string | null => (d ? d.toISOString() : null);
+
+export function toTaskView(row: TaskRow, timeline?: Awaited<ReturnType<typeof findTimeline>>): TaskView {
+  const view: TaskView = {
+    id: row.id,
+    type: row.type,
+    status: row.status,
+    payload: row.payload as TaskView['payload'],
+    currentStep: row.current_step,
+    progress: row.progress,
+    attempts: row.attempts,
+    maxAttempts: row.max_attempts,
+    externalJobId: row.external_job_id,
+    result: (row.result ?? null) as TaskView['result'],
+    error: (row.error ?? null) as TaskView['error'],
+    correlationId: row.correlation_id,
+    cancelRequested: row.cancel_requested_at !== null,
+    createdAt: row.created_at.toISOString(),
+    updatedAt: row.updated_at.toISOString(),
+    startedAt: isoOrNull(row.started_at),
+    finishedAt: isoOrNull(row.finished_at),
+  };
+  if (timeline) view.timeline = toTimeline(row, timeline);
+  return view;
+}
+
+function toTimeline(row: TaskRow, { attempts, messages }: Awaited<ReturnType<typeof findTimeline>>) {
+  const events: NonNullable<TaskView['timeline']> = [{ event: 'created', at: row.created_at.toISOString() }];
+  for (const m of messages) {
+    const attempt = (m.payload as { attempt?: number }).attempt;
+    if (m.published_at) events.push({ event: 'published', at: m.published_at.toISOString(), attempt });
+  }
+  for (const a of attempts) {
+    events.push({
+      event: 'started',
+      at: a.started_at.toISOString(),
+      attempt: a.attempt,
+      externalJobId: a.external_job_id,
+    });
+    if (a.finished_at) {
+      events.push({ event: 'finished', at: a.finished_at.toISOString(), attempt: a.attempt, outcome: a.outcome ?? '' });
+    }
+  }
+  return events.sort((x, y) => x.at.localeCompare(y.at));
+}

@@ -1,0 +1,77 @@
+import {
+  amqpNames,
+  connectAmqp,
+  createDb,
+  createLogger,
+  createPool,
+  exitOnSignal,
+  loadConfig,
+  redactUrl,
+  startHealthServer,
+  toError,
+} from '@taskbox/shared';
+import { createListener } from './listener';
+import { createRelayMetrics } from './metrics';
+import { createPublisher } from './publisher';
+import { createRelayLoop } from './relay-loop';
+import { createRetention } from './retention';
+
+async function main(): Promise<void> {
+  const config = loadConfig(process.env);
+  const logger = createLogger('relay', config);
+  const pool = createPool(config.DATABASE_URL, logger, { max: 4 });
+  const db = createDb(pool);
+  const metrics = createRelayMetrics(db);
+  const publisher = createPublisher(amqpNames(config.AMQP_PREFIX), config.RELAY_CONFIRM_TIMEOUT_MS, logger);
+  const loop = createRelayLoop({
+    db,
+    publisher,
+    logger,
+    metrics,
+    batchSize: config.RELAY_BATCH_SIZE,
+    pollMs: config.RELAY_POLL_MS,
+    // Longer than a whole confirm round trip, so a live relay never loses its rows to another.
+    leaseMs: config.RELAY_CONFIRM_TIMEOUT_MS * 3,
+  });
+  const amqp = await connectAmqp(config.AMQP_URL, logger, async (model) => {
+    await publisher.setup(model);
+    loop.wake();
+  });
+  const listener = createListener(config.DATABASE_URL, logger, () => loop.wake());
+  const retention = createRetention(db, config.OUTBOX_RETENTION_MS, 60_000, logger);
+  const health = await startHealthServer(
+    config.HEALTH_PORT ?? 3001,
+    async () => ({
+      postgres: await pool.query('SELECT 1').then(
+        () => true,
+        () => false,
+      ),
+      rabbitmq: publisher.ready(),
+    }),
+    metrics.registry,
+    logger,
+  );
+
+  listener.start();
+  loop.start();
+  retention.start();
+  logger.info('relay started', {
+    database: redactUrl(config.DATABASE_URL),
+    batchSize: config.RELAY_BATCH_SIZE,
+    pollMs: config.RELAY_POLL_MS,
+  });
+
+  exitOnSignal(logger, config.SHUTDOWN_TIMEOUT_MS, async () => {
+    await retention.stop();
+    await listener.stop();
+    await loop.stop();
+    await amqp.close().catch(() => undefined);
+    await health.stop();
+    await db.destroy();
+  });
+}
+
+main().catch((err: unknown) => {
+  console.error(`relay failed to start: ${toError(err).message}`);
+  process.exit(1);
+});

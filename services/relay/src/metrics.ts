@@ -1,0 +1,57 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Db } from '@taskbox/shared';
+import { outboxBacklog } from './outbox-sql';
+
+export interface RelayMetrics {
+  registry: Registry;
+  published: Counter;
+  publishFailures: Counter;
+  batchSize: Histogram;
+  confirmSeconds: Histogram;
+}
+
+export function createRelayMetrics(db: Db): RelayMetrics {
+  const registry = new Registry();
+  registry.setDefaultLabels({ service: 'relay' });
+  collectDefaultMetrics({ register: registry });
+  const registers = [registry];
+  // Read on scrape rather than on every drain: one cheap count per scrape, nothing on the hot path.
+  // `oldest` is registered after `backlog`, so the value set here is the one exported in this scrape.
+  const oldest: Gauge = new Gauge({
+    name: 'outbox_oldest_unpublished_age_seconds',
+    help: 'Age of the oldest unpublished outbox row',
+    registers: [],
+  });
+  new Gauge({
+    name: 'outbox_backlog',
+    help: 'Unpublished outbox rows',
+    registers,
+    async collect() {
+      const b = await outboxBacklog(db);
+      this.set(b.count);
+      oldest.set(b.oldestAgeSeconds);
+    },
+  });
+  registry.registerMetric(oldest);
+  return {
+    registry,
+    published: new Counter({ name: 'relay_published_total', help: 'Messages confirmed by the broker', registers }),
+    publishFailures: new Counter({
+      name: 'relay_publish_failures_total',
+      help: 'Messages not confirmed (nacked, returned, timed out, channel closed)',
+      registers,
+    }),
+    batchSize: new Histogram({
+      name: 'relay_batch_size',
+      help: 'Rows per claimed batch',
+      buckets: [1, 5, 10, 25, 50, 100, 200, 500, 1000],
+      registers,
+    }),
+    confirmSeconds: new Histogram({
+      name: 'relay_confirm_seconds',
+      help: 'Time from publishing a batch to its last confirm',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5],
+      registers,
+    }),
+  };
+}

@@ -1,0 +1,92 @@
+import { sql } from 'kysely';
+import type { Db } from '@taskbox/shared';
+
+export interface ClaimedRow {
+  id: string;
+  message_id: string;
+  task_id: string;
+  routing_key: string;
+  payload: unknown;
+  headers: Record<string, string>;
+  publish_attempts: number;
+}
+
+/**
+ * Claims up to `limit` due, unpublished rows with a lease.
+ *
+ * Why a lease and not one long transaction: a claim holding FOR UPDATE locks until the confirms come
+ * back keeps a transaction open for the broker's round trip, and a slow or blocked broker then holds
+ * back vacuum on the hottest table. Here the claim transaction is one statement; `locked_until` keeps
+ * other relays off the rows while they are in flight, and if this relay dies the rows come back when
+ * the lease ends (re-published, absorbed by the worker's deduplication).
+ *
+ * SKIP LOCKED lets several relays claim disjoint batches at once. The scan uses outbox_unpublished (a
+ * partial index on id); it selects rows by state, never with "id > last seen": identity values commit
+ * out of order, and a cursor would skip a row whose transaction committed late.
+ */
+export async function claimBatch(db: Db, limit: number, leaseMs: number): Promise<ClaimedRow[]> {
+  const { rows } = await sql<ClaimedRow>`
+    WITH due AS (
+      SELECT id FROM outbox
+      WHERE published_at IS NULL
+        AND available_at <= now()
+        AND (locked_until IS NULL OR locked_until < now())
+      ORDER BY id
+      LIMIT ${limit}
+      FOR UPDATE SKIP LOCKED
+    )
+    UPDATE outbox o
+    SET locked_until = now() + ${leaseMs} * interval '1 millisecond',
+        publish_attempts = o.publish_attempts + 1
+    FROM due
+    WHERE o.id = due.id
+    RETURNING o.id, o.message_id, o.task_id, o.routing_key, o.payload, o.headers, o.publish_attempts`.execute(db);
+  return rows.sort((a, b) => Number(BigInt(a.id) - BigInt(b.id)));
+}
+
+/** Marks rows published; called only after the broker confirmed every one of them. */
+export async function markPublished(db: Db, ids: string[]): Promise<void> {
+  if (ids.length === 0) return;
+  await sql`
+    UPDATE outbox SET published_at = now(), locked_until = NULL, last_error = NULL
+    WHERE id = ANY(${ids}::bigint[])`.execute(db);
+}
+
+/** Releases failed rows for a later try: each row waits its own backoff, then any relay may claim it. */
+export async function recordPublishFailure(
+  db: Db,
+  failures: { id: string; error: string; retryInMs: number }[],
+): Promise<void> {
+  if (failures.length === 0) return;
+  await sql`
+    UPDATE outbox o
+    SET locked_until = NULL,
+        last_error = f.error,
+        available_at = now() + f.retry_ms * interval '1 millisecond'
+    FROM unnest(${failures.map((f) => f.id)}::bigint[], ${failures.map((f) => f.error)}::text[],
+                ${failures.map((f) => f.retryInMs)}::int[]) AS f(id, error, retry_ms)
+    WHERE o.id = f.id`.execute(db);
+}
+
+/**
+ * Deletes published rows older than the retention, at most `limit` at a time so that no statement
+ * holds many row locks or runs long (a long transaction would stop vacuum and bloat the claim scan).
+ */
+export async function deletePublished(db: Db, retentionMs: number, limit: number): Promise<number> {
+  const result = await sql`
+    DELETE FROM outbox WHERE id IN (
+      SELECT id FROM outbox
+      WHERE published_at < now() - ${retentionMs} * interval '1 millisecond'
+      LIMIT ${limit}
+    )`.execute(db);
+  return Number(result.numAffectedRows ?? 0);
+}
+
+/** Unpublished rows and the age of the oldest, for /metrics and the doctor. */
+export async function outboxBacklog(db: Db): Promise<{ count: number; oldestAgeSeconds: number }> {
+  const { rows } = await sql<{ count: string; oldest: number | null }>`
+    SELECT count(*) AS count, extract(epoch FROM now() - min(created_at))::float8 AS oldest
+    FROM outbox WHERE published_at IS NULL`.execute(db);
+  const row = rows[0];
+  return { count: Number(row?.count ?? 0), oldestAgeSeconds: row?.oldest ?? 0 };
+}

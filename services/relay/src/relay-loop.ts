@@ -1,0 +1,126 @@
+import { backoffMs, isTransientDbError, sleep, toError, type Db, type Logger } from '@taskbox/shared';
+import { claimBatch, markPublished, recordPublishFailure } from './outbox-sql';
+import type { Publisher } from './publisher';
+import type { RelayMetrics } from './metrics';
+
+export interface RelayLoopOptions {
+  db: Db;
+  publisher: Publisher;
+  logger: Logger;
+  metrics: RelayMetrics;
+  batchSize: number;
+  pollMs: number;
+  leaseMs: number;
+}
+
+export interface RelayLoop {
+  start(): void;
+  /** Finishes the batch in flight (publish, confirm, mark), then stops. */
+  stop(): Promise<void>;
+  /** Ask for a drain now (a NOTIFY arrived, or the broker came back). */
+  wake(): void;
+}
+
+/**
+ * The relay's state machine:
+ *
+ *   waiting ──wake / poll timer──▶ draining ──batch full──▶ draining
+ *      ▲                              │ batch short
+ *      └──────────────────────────────┘
+ *   draining ──error (db or broker)──▶ backing off ──delay──▶ draining
+ *
+ * A drain claims a batch, publishes it with confirms, marks the confirmed rows and releases the rest
+ * with a per-row backoff. It does not claim while the broker is disconnected, so an outage costs no
+ * publish attempts. One log line per change between healthy and failing, not one per try.
+ */
+export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
+  const { db, publisher, logger, metrics, batchSize, pollMs, leaseMs } = options;
+  let running: Promise<void> | null = null;
+  let stopping = false;
+  let wakeRequested = false;
+  let wakeUp: (() => void) | null = null;
+  const stopController = new AbortController();
+
+  async function drainOnce(): Promise<{ claimed: number; failed: number }> {
+    if (!publisher.ready()) throw new Error('rabbitmq is not connected');
+    const rows = await claimBatch(db, batchSize, leaseMs);
+    if (rows.length === 0) return { claimed: 0, failed: 0 };
+    const endConfirm = metrics.confirmSeconds.startTimer();
+    const { published, failed } = await publisher.publishBatch(rows);
+    endConfirm();
+    await markPublished(db, published);
+    const attempts = new Map(rows.map((r) => [r.id, r.publish_attempts]));
+    await recordPublishFailure(
+      db,
+      failed.map((f) => ({ ...f, retryInMs: backoffMs(attempts.get(f.id) ?? 1, 500, 10_000) })),
+    );
+    metrics.batchSize.observe(rows.length);
+    metrics.published.inc(published.length);
+    metrics.publishFailures.inc(failed.length);
+    for (const f of failed) {
+      const row = rows.find((r) => r.id === f.id);
+      logger.warn('outbox row not published; will retry', {
+        outboxId: f.id,
+        messageId: row?.message_id,
+        taskId: row?.task_id,
+        correlationId: row?.headers.correlationId,
+        error: f.error,
+      });
+    }
+    return { claimed: rows.length, failed: failed.length };
+  }
+
+  function waitForWake(): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, pollMs);
+      function done(): void {
+        clearTimeout(timer);
+        wakeUp = null;
+        resolve();
+      }
+      wakeUp = done;
+    });
+  }
+
+  async function run(): Promise<void> {
+    let failures = 0;
+    while (!stopping) {
+      wakeRequested = false;
+      try {
+        const { claimed, failed } = await drainOnce();
+        if (failures > 0) logger.info('relay recovered; publishing again', { after: failures });
+        failures = 0;
+        if (failed > 0) await sleep(backoffMs(1, 500, 10_000), stopController.signal);
+        if (claimed === batchSize) continue;
+      } catch (err) {
+        if (failures === 0) {
+          logger.warn('relay cannot drain the outbox; backing off', {
+            error: toError(err).message,
+            database: isTransientDbError(err) ? 'unavailable' : 'ok',
+          });
+        }
+        failures++;
+        await sleep(backoffMs(failures, 200, 5000), stopController.signal);
+        continue;
+      }
+      if (!wakeRequested && !stopping) await waitForWake();
+    }
+  }
+
+  return {
+    start() {
+      if (running || stopping) return;
+      running = run();
+    },
+    async stop() {
+      stopping = true;
+      stopController.abort();
+      wakeUp?.();
+      await running;
+    },
+    wake() {
+      wakeRequested = true;
+      wakeUp?.();
+    },
+  };
+}

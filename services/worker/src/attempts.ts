@@ -1,0 +1,180 @@
+import { backoffMs, isTaskType, isTransientDbError, sleep, taskPayloadSchemas, toError } from '@taskbox/shared';
+import type { Db, Logger, OutboxNotifier, TaskMessage } from '@taskbox/shared';
+import { handlers } from './handlers';
+import type { HandlerContext, TaskHandler } from './handlers/types';
+import type { Leases } from './leases';
+import type { WorkerMetrics } from './metrics';
+import {
+  failTask,
+  finishAttempt,
+  lockTask,
+  releaseLease,
+  setStep,
+  startAttempt,
+  type AttemptOutcome,
+  type LockedTask,
+} from './task-sql';
+
+/** An error that retrying cannot fix; the task fails without further attempts. */
+export class PermanentError extends Error {
+  override name = 'PermanentError';
+}
+
+export type Decision =
+  | { action: 'run' }
+  | { action: 'skip'; reason: 'terminal' | 'stale' | 'running-elsewhere' }
+  | { action: 'fail'; reason: 'attempts-exhausted' | 'unknown-type' }
+  | { action: 'dead-letter'; reason: 'unknown-task' | 'type-mismatch' };
+
+/**
+ * THE IDEMPOTENCY RULE. Decides what a delivery may do, from the locked task row alone.
+ *
+ * The task row is the inbox: each outbox row (one message id) asks for exactly one (task, attempt),
+ * so "has this message been handled" is "has the task moved past that attempt", and no separate
+ * inbox table (one more write per message, one more thing to clean up) is needed. Delivery tags are
+ * never used: they are per channel and restart at 1.
+ *
+ * - terminal task: never run again (duplicates and late retries are acked and dropped);
+ * - pending, message for an attempt already started: a duplicate of an old message, dropped;
+ * - processing with a live lease: another run owns it; dropped without running the handler, which
+ *   is safe because if that run dies its lease expires and the run is resumed (by its own redelivery,
+ *   or by the sweeper, which writes a new outbox row);
+ * - processing with an expired lease: the run is dead; this delivery resumes it as a new attempt,
+ *   or fails the task when the dead run was its last attempt.
+ */
+export function decide(task: LockedTask | undefined, message: TaskMessage): Decision {
+  if (!task) return { action: 'dead-letter', reason: 'unknown-task' };
+  if (task.type !== message.type) return { action: 'dead-letter', reason: 'type-mismatch' };
+  if (task.status === 'succeeded' || task.status === 'failed' || task.status === 'cancelled') {
+    return { action: 'skip', reason: 'terminal' };
+  }
+  if (!isTaskType(task.type)) return { action: 'fail', reason: 'unknown-type' };
+  if (task.status === 'pending') {
+    return message.attempt > task.attempts ? { action: 'run' } : { action: 'skip', reason: 'stale' };
+  }
+  if (!task.lease_expired) return { action: 'skip', reason: 'running-elsewhere' };
+  return task.attempts >= task.max_attempts ? { action: 'fail', reason: 'attempts-exhausted' } : { action: 'run' };
+}
+
+export interface AttemptDeps {
+  db: Db;
+  leases: Leases;
+  notifier: OutboxNotifier;
+  metrics: WorkerMetrics;
+  leaseMs: number;
+  retryBaseMs: number;
+  retryMaxMs: number;
+  /** Aborted when the worker stops: recording a result stops retrying then. */
+  stopping: AbortSignal;
+}
+
+export type Begin = Decision | { action: 'started'; task: LockedTask; attempt: number };
+
+/** One transaction: lock the task, decide, and (to run) mark it processing with the external job id. */
+export async function beginAttempt(deps: AttemptDeps, message: TaskMessage, externalJobId: string): Promise<Begin> {
+  return deps.db.transaction().execute(async (tx) => {
+    const task = await lockTask(tx, message.taskId);
+    const decision = decide(task, message);
+    if (!task || decision.action === 'dead-letter' || decision.action === 'skip') return decision;
+    if (decision.action === 'fail') {
+      const reason =
+        decision.reason === 'unknown-type'
+          ? `no handler for task type "${task.type}"`
+          : 'the last attempt stopped without finishing';
+      await failTask(tx, task, new Error(reason));
+      return decision;
+    }
+    const attempt = await startAttempt(tx, task, externalJobId, deps.leaseMs);
+    return { action: 'started', task, attempt };
+  });
+}
+
+/** Runs the handler and records its outcome; resolves true when the outcome is committed (ack then). */
+export async function runAttempt(
+  deps: AttemptDeps,
+  task: LockedTask,
+  attempt: number,
+  logger: Logger,
+): Promise<boolean> {
+  const type = task.type as keyof typeof handlers;
+  const handler = handlers[type] as TaskHandler;
+  const signal = deps.leases.register(task.id, attempt);
+  const endTimer = deps.metrics.handlerSeconds.startTimer({ type });
+  let outcome: AttemptOutcome;
+  const payload = taskPayloadSchemas[type].safeParse(task.payload);
+  try {
+    // A payload that no longer fits its schema will not fit on a retry either: fail at once.
+    if (!payload.success) throw new PermanentError(`invalid payload: ${payload.error.message}`);
+    const ctx: HandlerContext<unknown> = {
+      taskId: task.id,
+      payload: payload.data,
+      attempt,
+      logger,
+      signal,
+      step: (name) => setStep(deps.db, task.id, attempt, name),
+      progress: (fraction) => setStep(deps.db, task.id, attempt, null, Math.min(1, Math.max(0, fraction))),
+    };
+    logger.info('task started', { attempt });
+    // The payload was parsed with this type's own schema just above.
+    outcome = { kind: 'succeeded', result: await handler.run(ctx as HandlerContext<never>) };
+  } catch (err) {
+    if (signal.aborted && signal.reason === 'shutdown') {
+      // Abandoned, not failed: expire the lease so the redelivery resumes it at once.
+      await releaseLease(deps.db, task.id, attempt).catch(() => undefined);
+      logger.warn('task abandoned at shutdown; it will be resumed', { attempt });
+      return false;
+    }
+    if (signal.aborted && signal.reason === 'cancelled') outcome = { kind: 'cancelled' };
+    else {
+      const retry = attempt < task.max_attempts && !(err instanceof PermanentError);
+      const retryInMs = retry ? backoffMs(attempt, deps.retryBaseMs, deps.retryMaxMs) : null;
+      outcome = { kind: 'failed', error: err, retryInMs };
+    }
+  } finally {
+    deps.leases.unregister(task.id);
+  }
+  endTimer({ outcome: outcome.kind });
+  const recorded = await recordOutcome(deps, task.id, attempt, outcome, logger);
+  if (recorded && outcome.kind === 'failed' && outcome.retryInMs !== null) deps.notifier.poke();
+  return recorded;
+}
+
+async function recordOutcome(
+  deps: AttemptDeps,
+  taskId: string,
+  attempt: number,
+  outcome: AttemptOutcome,
+  logger: Logger,
+) {
+  for (let tries = 1; ; tries++) {
+    try {
+      const applied = await finishAttempt(deps.db, taskId, attempt, outcome);
+      if (!applied) {
+        logger.warn('attempt result discarded: the task was resumed elsewhere after this run lost its lease', {
+          attempt,
+        });
+        return true;
+      }
+      if (outcome.kind === 'failed') {
+        deps.metrics.failures.inc({ final: String(outcome.retryInMs === null) });
+        logger.warn(outcome.retryInMs === null ? 'task failed' : 'task attempt failed; retry scheduled', {
+          attempt,
+          error: toError(outcome.error).message,
+          retryInMs: outcome.retryInMs,
+        });
+      } else logger.info(`task ${outcome.kind}`, { attempt });
+      return true;
+    } catch (err) {
+      if (!isTransientDbError(err) || deps.stopping.aborted) {
+        logger.error('could not record the attempt; the message stays unacked and the run will be resumed', {
+          attempt,
+          error: toError(err).message,
+        });
+        return false;
+      }
+      if (tries === 1)
+        logger.warn('postgres unavailable while recording a result; retrying', { error: toError(err).message });
+      await sleep(backoffMs(tries, 200, 5000), deps.stopping);
+    }
+  }
+}

@@ -1,0 +1,170 @@
+import { randomBytes } from 'node:crypto';
+import os from 'node:os';
+import type { ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib';
+import {
+  assertTopology,
+  taskMessageSchema,
+  toError,
+  type AmqpNames,
+  type Logger,
+  type TaskMessage,
+} from '@taskbox/shared';
+import { beginAttempt, runAttempt, type AttemptDeps } from './attempts';
+
+export interface Consumer {
+  /** amqplib recovery calls this after every (re)connect: a fresh channel and a fresh consumer tag. */
+  setup(model: ChannelModel): Promise<void>;
+  ready(): boolean;
+  /** Stops taking messages, waits for runs in flight up to `graceMs`, then aborts the rest. */
+  stop(graceMs: number): Promise<void>;
+}
+
+/**
+ * A consumer tag unique across hosts, processes and reconnects. The external job id is
+ * `<consumer tag>:<delivery tag>`; delivery tags restart at 1 on every channel, so the tag must differ
+ * on every channel this worker ever opens.
+ */
+export function newConsumerTag(): string {
+  return `worker-${os.hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`;
+}
+
+function parseMessage(msg: ConsumeMessage): TaskMessage | string {
+  let body: unknown;
+  try {
+    body = JSON.parse(msg.content.toString('utf8'));
+  } catch {
+    return 'unparseable: body is not JSON';
+  }
+  const parsed = taskMessageSchema.safeParse(body);
+  return parsed.success
+    ? parsed.data
+    : `invalid: ${parsed.error.issues.map((i) => `${i.path.join('.')} ${i.message}`).join('; ')}`;
+}
+
+export function createConsumer(names: AmqpNames, prefetch: number, deps: AttemptDeps, logger: Logger): Consumer {
+  let channel: ConfirmChannel | null = null;
+  let consumerTag: string | null = null;
+  let stopping = false;
+  const inFlight = new Set<Promise<void>>();
+
+  /** Publishes the message to the dead-letter exchange with a reason header, then acks it. */
+  async function deadLetter(ch: ConfirmChannel, msg: ConsumeMessage, reason: string, log: Logger): Promise<void> {
+    deps.metrics.deadLetters.inc({ reason: reason.split(':')[0] });
+    log.error('message dead-lettered', { reason, routingKey: msg.fields.routingKey });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        ch.publish(
+          names.deadExchange,
+          msg.fields.routingKey,
+          msg.content,
+          { ...msg.properties, headers: { ...msg.properties.headers, 'x-dead-letter-reason': reason } },
+          (err) => (err ? reject(toError(err)) : resolve()),
+        );
+      });
+      ch.ack(msg);
+    } catch (err) {
+      // The broker's own dead-lettering (queue's x-dead-letter-exchange) still keeps the message.
+      log.warn('dead-letter publish failed; rejecting to the queue dead-letter exchange', {
+        error: toError(err).message,
+      });
+      ch.nack(msg, false, false);
+    }
+  }
+
+  async function handle(ch: ConfirmChannel, tag: string, msg: ConsumeMessage): Promise<void> {
+    const externalJobId = `${tag}:${msg.fields.deliveryTag}`;
+    const base = {
+      messageId: msg.properties.messageId as string | undefined,
+      correlationId: msg.properties.correlationId as string | undefined,
+    };
+    const parsed = parseMessage(msg);
+    if (typeof parsed === 'string') return deadLetter(ch, msg, parsed, logger.child(base));
+    const log = logger.child({ ...base, taskId: parsed.taskId, externalJobId });
+
+    const begin = await beginAttempt(deps, parsed, externalJobId);
+    deps.metrics.deliveries.inc({ outcome: begin.action === 'started' ? 'run' : begin.action });
+    switch (begin.action) {
+      case 'dead-letter':
+        return deadLetter(ch, msg, begin.reason, log);
+      case 'fail':
+        log.error('task failed without running', { reason: begin.reason });
+        if (begin.reason === 'unknown-type') return deadLetter(ch, msg, 'unknown-type', log);
+        ch.ack(msg);
+        return;
+      case 'skip':
+        log.info('duplicate delivery absorbed', { reason: begin.reason, attempt: parsed.attempt });
+        ch.ack(msg);
+        return;
+      case 'started':
+        // Ack only after the outcome is committed; if it is not, the message stays unacked and is
+        // redelivered when this channel closes, which resumes the run (invariant 3).
+        if (await runAttempt(deps, begin.task, begin.attempt, log)) ch.ack(msg);
+        return;
+      default:
+        return;
+    }
+  }
+
+  function track(ch: ConfirmChannel, tag: string, msg: ConsumeMessage): void {
+    const run = handle(ch, tag, msg)
+      .catch((err: unknown) => {
+        // Postgres unavailable before the attempt started: give the message back for a later try.
+        logger.warn('delivery not handled; requeueing', {
+          messageId: msg.properties.messageId as string | undefined,
+          error: toError(err).message,
+        });
+        setTimeout(() => {
+          try {
+            ch.nack(msg, false, true);
+          } catch {
+            // The channel is gone; the broker requeues the message itself.
+          }
+        }, 1000);
+      })
+      .finally(() => inFlight.delete(run));
+    inFlight.add(run);
+  }
+
+  return {
+    async setup(model) {
+      if (stopping) return;
+      const ch = await model.createConfirmChannel();
+      ch.on('error', (err: Error) => logger.warn('consume channel error', { error: err.message }));
+      ch.on('close', () => {
+        if (channel === ch) channel = null;
+      });
+      await assertTopology(ch, names);
+      await ch.prefetch(prefetch);
+      const tag = newConsumerTag();
+      await ch.consume(
+        names.queue,
+        (msg) => {
+          if (msg === null) {
+            logger.error('the broker cancelled the consumer (queue deleted?); reconnect or restart the worker', {
+              consumerTag: tag,
+            });
+            return;
+          }
+          track(ch, tag, msg);
+        },
+        { consumerTag: tag },
+      );
+      channel = ch;
+      consumerTag = tag;
+      logger.info('consuming', { queue: names.queue, consumerTag: tag, prefetch });
+    },
+    ready: () => channel !== null,
+    async stop(graceMs) {
+      stopping = true;
+      const ch = channel;
+      if (ch && consumerTag) await ch.cancel(consumerTag).catch(() => undefined);
+      const drained = Promise.all([...inFlight]);
+      const graceOver = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), graceMs).unref());
+      if ((await Promise.race([drained, graceOver])) === 'timeout') {
+        logger.warn('runs still in flight at the shutdown deadline; abandoning them', { runs: inFlight.size });
+        deps.leases.abortAll('shutdown');
+        await Promise.all([...inFlight]);
+      }
+    },
+  };
+}

@@ -1,0 +1,80 @@
+import {
+  amqpNames,
+  connectAmqp,
+  createDb,
+  createLogger,
+  createOutboxNotifier,
+  createPool,
+  exitOnSignal,
+  loadConfig,
+  redactUrl,
+  startHealthServer,
+  toError,
+} from '@taskbox/shared';
+import { createConsumer } from './consumer';
+import { createLeases } from './leases';
+import { createWorkerMetrics } from './metrics';
+import { createSweeper } from './sweeper';
+
+async function main(): Promise<void> {
+  const config = loadConfig(process.env);
+  const logger = createLogger('worker', config);
+  // Each delivery in flight uses at most one connection at a time; a few more for heartbeats and sweeps.
+  const pool = createPool(config.DATABASE_URL, logger, {
+    max: Math.min(config.WORKER_PREFETCH, config.PG_POOL_SIZE) + 2,
+  });
+  const db = createDb(pool);
+  const metrics = createWorkerMetrics(db);
+  const notifier = createOutboxNotifier(pool, logger);
+  const leases = createLeases(db, config.WORKER_LEASE_MS, logger);
+  const stopController = new AbortController();
+  const consumer = createConsumer(
+    amqpNames(config.AMQP_PREFIX),
+    config.WORKER_PREFETCH,
+    {
+      db,
+      leases,
+      notifier,
+      metrics,
+      leaseMs: config.WORKER_LEASE_MS,
+      retryBaseMs: config.RETRY_BASE_MS,
+      retryMaxMs: config.RETRY_MAX_MS,
+      stopping: stopController.signal,
+    },
+    logger,
+  );
+  const sweeper = createSweeper(db, Math.max(250, Math.floor(config.WORKER_LEASE_MS / 2)), notifier, logger);
+  const amqp = await connectAmqp(config.AMQP_URL, logger, (model) => consumer.setup(model));
+  const health = await startHealthServer(
+    config.HEALTH_PORT ?? 3002,
+    async () => ({
+      postgres: await pool.query('SELECT 1').then(
+        () => true,
+        () => false,
+      ),
+      rabbitmq: consumer.ready(),
+    }),
+    metrics.registry,
+    logger,
+  );
+  leases.start();
+  sweeper.start();
+  logger.info('worker started', { database: redactUrl(config.DATABASE_URL), prefetch: config.WORKER_PREFETCH });
+
+  exitOnSignal(logger, config.SHUTDOWN_TIMEOUT_MS, async () => {
+    // Leave a margin under the deadline for abandoning runs and closing connections.
+    await consumer.stop(Math.floor(config.SHUTDOWN_TIMEOUT_MS * 0.7));
+    stopController.abort();
+    await sweeper.stop();
+    leases.stop();
+    await amqp.close().catch(() => undefined);
+    await notifier.stop();
+    await health.stop();
+    await db.destroy();
+  });
+}
+
+main().catch((err: unknown) => {
+  console.error(`worker failed to start: ${toError(err).message}`);
+  process.exit(1);
+});

@@ -1,0 +1,60 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Db } from '@taskbox/shared';
+
+export interface WorkerMetrics {
+  registry: Registry;
+  deliveries: Counter<'outcome'>;
+  handlerSeconds: Histogram<'type' | 'outcome'>;
+  failures: Counter<'final'>;
+  deadLetters: Counter<'reason'>;
+}
+
+export function createWorkerMetrics(db: Db): WorkerMetrics {
+  const registry = new Registry();
+  registry.setDefaultLabels({ service: 'worker' });
+  collectDefaultMetrics({ register: registry });
+  const registers = [registry];
+  new Gauge({
+    name: 'tasks_by_status',
+    help: 'Tasks in the database by status',
+    labelNames: ['status'],
+    registers,
+    async collect() {
+      const rows = await db
+        .selectFrom('tasks')
+        .select(['status', db.fn.countAll<string>().as('n')])
+        .groupBy('status')
+        .execute();
+      this.reset();
+      for (const r of rows) this.set({ status: r.status }, Number(r.n));
+    },
+  });
+  return {
+    registry,
+    deliveries: new Counter({
+      name: 'worker_deliveries_total',
+      help: 'Deliveries by what the worker did with them',
+      labelNames: ['outcome'],
+      registers,
+    }),
+    handlerSeconds: new Histogram({
+      name: 'worker_handler_duration_seconds',
+      help: 'Handler run time by task type and outcome',
+      labelNames: ['type', 'outcome'],
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120],
+      registers,
+    }),
+    failures: new Counter({
+      name: 'worker_attempt_failures_total',
+      help: 'Failed attempts; final="false" ones were scheduled for retry',
+      labelNames: ['final'],
+      registers,
+    }),
+    deadLetters: new Counter({
+      name: 'worker_dead_letters_total',
+      help: 'Messages sent to the dead-letter queue',
+      labelNames: ['reason'],
+      registers,
+    }),
+  };
+}

@@ -1,0 +1,217 @@
+import { sql } from 'kysely';
+import { errorJson, insertOutbox, outboxMessage, type Db, type TaskStatus } from '@taskbox/shared';
+
+export interface LockedTask {
+  id: string;
+  type: string;
+  payload: unknown;
+  status: TaskStatus;
+  attempts: number;
+  max_attempts: number;
+  lease_expired: boolean;
+  correlation_id: string | null;
+}
+
+/** Locks the task row for the rest of the caller's transaction, so two deliveries decide one at a time. */
+export async function lockTask(tx: Db, id: string): Promise<LockedTask | undefined> {
+  const { rows } = await sql<LockedTask>`
+    SELECT id, type, payload, status, attempts, max_attempts, correlation_id,
+           coalesce(lease_until < now(), true) AS lease_expired
+    FROM tasks WHERE id = ${id} FOR UPDATE`.execute(tx);
+  return rows[0];
+}
+
+/**
+ * Starts attempt `attempt` in the caller's transaction: the task becomes processing with this
+ * delivery's external job id and a lease, and the attempt gets its row. When it resumes a dead run,
+ * that run's attempt row is closed as 'lost'.
+ */
+export async function startAttempt(tx: Db, task: LockedTask, externalJobId: string, leaseMs: number): Promise<number> {
+  const attempt = task.attempts + 1;
+  if (task.status === 'processing') await closeLostAttempt(tx, task.id, task.attempts);
+  await tx
+    .updateTable('tasks')
+    .set({
+      status: 'processing',
+      attempts: attempt,
+      external_job_id: externalJobId,
+      lease_until: sql`now() + ${leaseMs} * interval '1 millisecond'`,
+      started_at: sql`coalesce(started_at, now())`,
+      updated_at: sql`now()`,
+      current_step: null,
+      progress: null,
+    })
+    .where('id', '=', task.id)
+    .execute();
+  await tx.insertInto('task_attempts').values({ task_id: task.id, attempt, external_job_id: externalJobId }).execute();
+  return attempt;
+}
+
+async function closeLostAttempt(tx: Db, taskId: string, attempt: number): Promise<void> {
+  await tx
+    .updateTable('task_attempts')
+    .set({
+      outcome: 'lost',
+      finished_at: sql`now()`,
+      error: JSON.stringify({ name: 'LostRun', message: 'the worker running this attempt stopped' }),
+    })
+    .where('task_id', '=', taskId)
+    .where('attempt', '=', attempt)
+    .where('finished_at', 'is', null)
+    .execute();
+}
+
+/** Fails a task without running it (its payload or type is not runnable, or attempts ran out). */
+export async function failTask(tx: Db, task: LockedTask, error: unknown): Promise<void> {
+  if (task.status === 'processing') await closeLostAttempt(tx, task.id, task.attempts);
+  await tx
+    .updateTable('tasks')
+    .set({
+      status: 'failed',
+      error: JSON.stringify(errorJson(error)),
+      lease_until: null,
+      finished_at: sql`now()`,
+      updated_at: sql`now()`,
+    })
+    .where('id', '=', task.id)
+    .execute();
+}
+
+export type AttemptOutcome =
+  | { kind: 'succeeded'; result: unknown }
+  | { kind: 'cancelled' }
+  | { kind: 'failed'; error: unknown; retryInMs: number | null };
+
+/**
+ * Records how an attempt ended, in one transaction with its side effects: a retry is a new outbox
+ * row with a later available_at, written with the failed attempt so neither exists without the other.
+ * Guarded by (status = processing, attempts = attempt): when the run lost its lease and the task was
+ * resumed elsewhere, nothing is written and false is returned; the newer attempt owns the task.
+ */
+export async function finishAttempt(
+  db: Db,
+  taskId: string,
+  attempt: number,
+  outcome: AttemptOutcome,
+): Promise<boolean> {
+  return db.transaction().execute(async (tx) => {
+    const next: TaskStatus =
+      outcome.kind === 'succeeded'
+        ? 'succeeded'
+        : outcome.kind === 'cancelled'
+          ? 'cancelled'
+          : outcome.retryInMs === null
+            ? 'failed'
+            : 'pending';
+    const error = outcome.kind === 'failed' ? JSON.stringify(errorJson(outcome.error)) : null;
+    const finished = next !== 'pending';
+    const updated = await tx
+      .updateTable('tasks')
+      .set({
+        status: next,
+        result: outcome.kind === 'succeeded' ? JSON.stringify(outcome.result ?? null) : null,
+        error,
+        lease_until: null,
+        updated_at: sql`now()`,
+        ...(finished ? { finished_at: sql`now()` } : {}),
+        ...(next === 'succeeded' ? { progress: 1 } : {}),
+      })
+      .where('id', '=', taskId)
+      .where('status', '=', 'processing')
+      .where('attempts', '=', attempt)
+      .returning(['type', 'correlation_id'])
+      .executeTakeFirst();
+    if (!updated) return false;
+    await tx
+      .updateTable('task_attempts')
+      .set({ outcome: outcome.kind, error, finished_at: sql`now()` })
+      .where('task_id', '=', taskId)
+      .where('attempt', '=', attempt)
+      .execute();
+    if (outcome.kind === 'failed' && outcome.retryInMs !== null) {
+      const message = outboxMessage({ id: taskId, type: updated.type }, attempt + 1, {
+        correlationId: updated.correlation_id,
+      });
+      await insertOutbox(tx, [message], outcome.retryInMs);
+    }
+    return true;
+  });
+}
+
+/** Lets a run that is being abandoned (shutdown) be resumed at once by the redelivery. */
+export async function releaseLease(db: Db, taskId: string, attempt: number): Promise<void> {
+  await db
+    .updateTable('tasks')
+    .set({ lease_until: sql`now()` })
+    .where('id', '=', taskId)
+    .where('status', '=', 'processing')
+    .where('attempts', '=', attempt)
+    .execute();
+}
+
+/** Extends the leases of live runs; returns the task ids whose cancellation was requested. */
+export async function renewLeases(db: Db, runs: { taskId: string; attempt: number }[], leaseMs: number) {
+  if (runs.length === 0) return [];
+  const { rows } = await sql<{ id: string; cancel_requested: boolean }>`
+    UPDATE tasks t SET lease_until = now() + ${leaseMs} * interval '1 millisecond'
+    FROM unnest(${runs.map((r) => r.taskId)}::uuid[], ${runs.map((r) => r.attempt)}::int[]) AS r(id, attempt)
+    WHERE t.id = r.id AND t.attempts = r.attempt AND t.status = 'processing'
+    RETURNING t.id, t.cancel_requested_at IS NOT NULL AS cancel_requested`.execute(db);
+  return rows.filter((r) => r.cancel_requested).map((r) => r.id);
+}
+
+export async function setStep(db: Db, taskId: string, attempt: number, step: string | null, progress?: number) {
+  await db
+    .updateTable('tasks')
+    .set({
+      ...(step !== null ? { current_step: step } : {}),
+      ...(progress !== undefined ? { progress } : {}),
+      updated_at: sql`now()`,
+    })
+    .where('id', '=', taskId)
+    .where('status', '=', 'processing')
+    .where('attempts', '=', attempt)
+    .execute();
+}
+
+/**
+ * Resumes runs whose lease expired (their worker died or lost Postgres): the attempt is closed as
+ * 'lost' and the task goes back to pending with an outbox row for the next attempt, or to failed
+ * when no attempts are left. SKIP LOCKED lets every worker run this without stepping on another.
+ */
+export async function sweepExpiredLeases(db: Db, limit: number): Promise<{ resumed: number; failed: number }> {
+  return db.transaction().execute(async (tx) => {
+    const { rows } = await sql<{
+      id: string;
+      type: string;
+      status: TaskStatus;
+      attempts: number;
+      correlation_id: string | null;
+    }>`
+      WITH expired AS (
+        SELECT id FROM tasks
+        WHERE status = 'processing' AND lease_until < now()
+        ORDER BY lease_until LIMIT ${limit}
+        FOR UPDATE SKIP LOCKED
+      ), lost AS (
+        UPDATE task_attempts a
+        SET outcome = 'lost', finished_at = now(),
+            error = '{"name":"LostRun","message":"the worker running this attempt stopped renewing its lease"}'
+        FROM tasks t JOIN expired e ON e.id = t.id
+        WHERE a.task_id = t.id AND a.attempt = t.attempts AND a.finished_at IS NULL
+      )
+      UPDATE tasks t
+      SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'pending' END,
+          error = '{"name":"LostRun","message":"the worker running this task stopped renewing its lease"}',
+          finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
+          lease_until = NULL, updated_at = now()
+      FROM expired e WHERE t.id = e.id
+      RETURNING t.id, t.type, t.status, t.attempts, t.correlation_id`.execute(tx);
+    const resumed = rows.filter((r) => r.status === 'pending');
+    await insertOutbox(
+      tx,
+      resumed.map((r) => outboxMessage(r, r.attempts + 1, { correlationId: r.correlation_id })),
+    );
+    return { resumed: resumed.length, failed: rows.length - resumed.length };
+  });
+}

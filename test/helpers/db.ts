@@ -1,0 +1,50 @@
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { createDb, createPool, createLogger, type Db } from '@taskbox/shared';
+
+export const quietLogger = createLogger('test', { LOG_LEVEL: 'error', LOG_FORMAT: 'json' });
+
+export interface TestDatabase {
+  url: string;
+  pool: pg.Pool;
+  db: Db;
+  drop(): Promise<void>;
+}
+
+function adminUrl(): string {
+  const url = process.env.TASKBOX_TEST_ADMIN_URL;
+  if (!url) throw new Error('TASKBOX_TEST_ADMIN_URL is not set: run tests through jest (global-setup.ts)');
+  return url;
+}
+
+async function admin<T>(fn: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString: adminUrl() });
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end();
+  }
+}
+
+/**
+ * A fresh, migrated database cloned from the template. Each test file gets its own, which also keeps
+ * NOTIFY traffic apart (NOTIFY is per database).
+ */
+export async function createTestDatabase(): Promise<TestDatabase> {
+  const name = `taskbox_test_${randomBytes(6).toString('hex')}`;
+  await admin((c) => c.query(`CREATE DATABASE ${name} TEMPLATE taskbox_test_template`));
+  const url = new URL(adminUrl());
+  url.pathname = `/${name}`;
+  const pool = createPool(url.toString(), quietLogger, { max: 10 });
+  const db = createDb(pool);
+  return {
+    url: url.toString(),
+    pool,
+    db,
+    async drop() {
+      await db.destroy();
+      await admin((c) => c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
+    },
+  };
+}

@@ -1,0 +1,77 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import readline from 'node:readline';
+import { waitFor } from './wait';
+
+export type ServiceName = 'api' | 'relay' | 'worker';
+export type LogLine = Record<string, unknown> & { message?: string; level?: string };
+
+export interface RunningService {
+  name: ServiceName;
+  child: ChildProcess;
+  logs: LogLine[];
+  /** Lines that were not JSON (crashes print plain text). */
+  text: string[];
+  /** The port it listens on (api: PORT, relay/worker: HEALTH_PORT), read from its log. */
+  port(): Promise<number>;
+  waitForLog(what: string, match: (line: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
+  /** SIGTERM and wait for the exit code. */
+  stop(): Promise<number | null>;
+  /** SIGKILL: a crash, no cleanup. */
+  kill(): Promise<void>;
+}
+
+const root = path.resolve(__dirname, '../..');
+
+/** Starts a built service (`npm test` builds first) as a child process, as production runs it. */
+export function startService(name: ServiceName, env: Record<string, string>): RunningService {
+  const child = spawn(process.execPath, [path.join(root, `services/${name}/dist/main.js`)], {
+    env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'info', PORT: '0', HEALTH_PORT: '0', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const logs: LogLine[] = [];
+  const text: string[] = [];
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  for (const stream of [child.stdout, child.stderr]) {
+    if (!stream) continue;
+    readline.createInterface({ input: stream }).on('line', (line) => {
+      try {
+        logs.push(JSON.parse(line) as LogLine);
+      } catch {
+        text.push(line);
+      }
+    });
+  }
+  const service: RunningService = {
+    name,
+    child,
+    logs,
+    text,
+    async port() {
+      const line = await service.waitForLog(
+        'listening',
+        (l) => typeof l.port === 'number' && /listening/.test(l.message ?? ''),
+      );
+      return line.port as number;
+    },
+    waitForLog(what, match, timeoutMs = 20_000) {
+      return waitFor(
+        `${name} to log ${what}`,
+        () => {
+          if (child.exitCode !== null) throw new Error(`${name} exited ${child.exitCode}: ${text.join('\n')}`);
+          return logs.find(match);
+        },
+        timeoutMs,
+      );
+    },
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      return exited;
+    },
+    async kill() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    },
+  };
+  return service;
+}
