@@ -29,16 +29,27 @@ export async function deleteTopology(prefix: string): Promise<void> {
   }
 }
 
-/** Reads every message now in a queue (and acks it). */
-export async function drainQueue(queue: string): Promise<amqp.GetMessage[]> {
+/**
+ * Consumes and acks messages from a queue until `expected` arrived or none came for `idleMs`.
+ * (basic.get costs a round trip per message, which is slow on quorum queues.)
+ */
+export async function drainQueue(queue: string, expected = Infinity, idleMs = 500): Promise<amqp.ConsumeMessage[]> {
   const connection = await amqp.connect(amqpUrl());
   try {
     const ch = await connection.createChannel();
-    const messages: amqp.GetMessage[] = [];
-    for (let m = await ch.get(queue); m; m = await ch.get(queue)) {
-      messages.push(m);
-      ch.ack(m);
-    }
+    await ch.prefetch(500);
+    const messages: amqp.ConsumeMessage[] = [];
+    await new Promise<void>((resolve) => {
+      let idle = setTimeout(resolve, idleMs);
+      void ch.consume(queue, (m) => {
+        if (!m) return resolve();
+        messages.push(m);
+        ch.ack(m);
+        clearTimeout(idle);
+        if (messages.length >= expected) resolve();
+        else idle = setTimeout(resolve, idleMs);
+      });
+    });
     await ch.close();
     return messages;
   } finally {

@@ -1,0 +1,161 @@
+import amqp from 'amqplib';
+import { amqpNames, connectAmqp, createOutboxNotifier, insertOutbox, outboxMessage } from '@taskbox/shared';
+import { createListener } from '../../services/relay/src/listener';
+import { createRelayMetrics } from '../../services/relay/src/metrics';
+import { createPublisher, type Publisher } from '../../services/relay/src/publisher';
+import { createRelayLoop, type RelayLoop } from '../../services/relay/src/relay-loop';
+import { amqpUrl, deleteTopology, drainQueue, testPrefix } from '../helpers/amqp';
+import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
+import { insertTaskFixture } from '../helpers/factories';
+import { waitFor } from '../helpers/wait';
+
+describe('relay', () => {
+  let database: TestDatabase;
+  let prefix: string;
+  let connections: Awaited<ReturnType<typeof connectAmqp>>[] = [];
+  let loops: RelayLoop[] = [];
+
+  beforeEach(async () => {
+    database = await createTestDatabase();
+    prefix = testPrefix();
+  });
+
+  afterEach(async () => {
+    await Promise.all(loops.map((l) => l.stop()));
+    await Promise.all(connections.map((c) => c.close()));
+    loops = [];
+    connections = [];
+    await database.drop();
+    await deleteTopology(prefix);
+  });
+
+  async function startRelay(
+    options: { pollMs?: number; batchSize?: number } = {},
+  ): Promise<{ loop: RelayLoop; publisher: Publisher }> {
+    const publisher = createPublisher(amqpNames(prefix), 5000, quietLogger);
+    const loop = createRelayLoop({
+      db: database.db,
+      publisher,
+      logger: quietLogger,
+      metrics: createRelayMetrics(database.db),
+      batchSize: options.batchSize ?? 50,
+      pollMs: options.pollMs ?? 100,
+      leaseMs: 15_000,
+    });
+    const connection = await connectAmqp(amqpUrl(), quietLogger, async (model) => {
+      await publisher.setup(model);
+      loop.wake();
+    });
+    connections.push(connection);
+    await waitFor('publisher ready', () => publisher.ready());
+    loops.push(loop);
+    loop.start();
+    return { loop, publisher };
+  }
+
+  async function seed(n: number): Promise<string[]> {
+    const ids: string[] = [];
+    for (let i = 0; i < n; i++) ids.push(await insertTaskFixture(database.db, { withOutbox: true }));
+    return ids;
+  }
+
+  const unpublished = async () =>
+    Number(
+      (
+        await database.db
+          .selectFrom('outbox')
+          .select(database.db.fn.countAll<string>().as('n'))
+          .where('published_at', 'is', null)
+          .executeTakeFirstOrThrow()
+      ).n,
+    );
+
+  it('publishes committed rows as persistent messages and marks them only after the confirms', async () => {
+    const ids = await seed(120);
+    await startRelay();
+    await waitFor('all rows published', async () => (await unpublished()) === 0);
+
+    const messages = await drainQueue(amqpNames(prefix).queue);
+    expect(messages).toHaveLength(120);
+    const rows = await database.db.selectFrom('outbox').selectAll().execute();
+    const first = messages[0]!;
+    const row = rows.find((r) => r.message_id === first.properties.messageId)!;
+    expect(first.properties).toMatchObject({
+      messageId: row.message_id,
+      correlationId: `corr-${row.task_id}`,
+      type: 'echo',
+      contentType: 'application/json',
+      deliveryMode: 2,
+      headers: { 'x-task-id': row.task_id, 'x-attempt': 1 },
+    });
+    expect(JSON.parse(first.content.toString())).toEqual({ taskId: row.task_id, type: 'echo', attempt: 1 });
+    expect(new Set(messages.map((m) => JSON.parse(m.content.toString()).taskId))).toEqual(new Set(ids));
+    expect(rows.every((r) => r.published_at && r.publish_attempts === 1 && r.locked_until === null)).toBe(true);
+  });
+
+  it('wakes on NOTIFY instead of waiting for the next poll', async () => {
+    const { loop } = await startRelay({ pollMs: 60_000 });
+    const listener = createListener(database.url, quietLogger, () => loop.wake());
+    listener.start();
+    try {
+      await waitFor('listener connected', () => listener.listening());
+      const id = await insertTaskFixture(database.db);
+      await insertOutbox(database.db, [outboxMessage({ id, type: 'echo' }, 1, { correlationId: null })]);
+      const notifier = createOutboxNotifier(database.pool, quietLogger);
+      notifier.poke();
+      await notifier.stop();
+      await waitFor('row published long before the 60 s poll', async () => (await unpublished()) === 0, 5000);
+    } finally {
+      await listener.stop();
+    }
+  });
+
+  it('does not mark a row published when the broker returns it as unroutable', async () => {
+    const names = amqpNames(prefix);
+    // Polls every 200 ms: a released row is retried after its backoff by the next poll.
+    await startRelay({ pollMs: 200 });
+    const admin = await amqp.connect(amqpUrl());
+    const ch = await admin.createChannel();
+    await ch.unbindQueue(names.queue, names.exchange, '#');
+    await seed(1);
+    await waitFor('the failure recorded', async () => {
+      const row = await database.db.selectFrom('outbox').selectAll().executeTakeFirstOrThrow();
+      return row.last_error ? row : undefined;
+    });
+    const row = await database.db.selectFrom('outbox').selectAll().executeTakeFirstOrThrow();
+    expect(row.published_at).toBeNull();
+    expect(row.last_error).toMatch(/unroutable/);
+    expect(row.locked_until).toBeNull();
+    await ch.bindQueue(names.queue, names.exchange, '#');
+    await admin.close();
+    await waitFor('published once routable again', async () => (await unpublished()) === 0, 15_000);
+  });
+
+  it('lets three relays share one outbox without publishing any row twice', async () => {
+    await seed(600);
+    await Promise.all([startRelay({ batchSize: 25 }), startRelay({ batchSize: 25 }), startRelay({ batchSize: 25 })]);
+    await waitFor('all rows published', async () => (await unpublished()) === 0, 30_000);
+    const messages = await drainQueue(amqpNames(prefix).queue);
+    expect(messages).toHaveLength(600);
+    expect(new Set(messages.map((m) => m.properties.messageId)).size).toBe(600);
+  });
+
+  it('leaves rows untouched while RabbitMQ is unreachable', async () => {
+    await seed(3);
+    const publisher = createPublisher(amqpNames(prefix), 1000, quietLogger);
+    const loop = createRelayLoop({
+      db: database.db,
+      publisher,
+      logger: quietLogger,
+      metrics: createRelayMetrics(database.db),
+      batchSize: 10,
+      pollMs: 50,
+      leaseMs: 15_000,
+    });
+    loops.push(loop);
+    loop.start();
+    await new Promise((r) => setTimeout(r, 300));
+    const rows = await database.db.selectFrom('outbox').select(['publish_attempts', 'published_at']).execute();
+    expect(rows).toEqual(Array(3).fill({ publish_attempts: 0, published_at: null }));
+  });
+});

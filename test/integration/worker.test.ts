@@ -1,0 +1,215 @@
+import { randomUUID } from 'node:crypto';
+import amqp from 'amqplib';
+import { amqpNames, assertTopology, connectAmqp, createOutboxNotifier } from '@taskbox/shared';
+import { createConsumer, type Consumer } from '../../services/worker/src/consumer';
+import { createLeases } from '../../services/worker/src/leases';
+import { createWorkerMetrics } from '../../services/worker/src/metrics';
+import { sweepExpiredLeases } from '../../services/worker/src/task-sql';
+import { amqpUrl, deleteTopology, drainQueue, testPrefix } from '../helpers/amqp';
+import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
+import { insertTaskFixture } from '../helpers/factories';
+import { waitFor } from '../helpers/wait';
+
+describe('worker', () => {
+  let database: TestDatabase;
+  let prefix: string;
+  let worker: { consumer: Consumer; close(): Promise<void> };
+  let publisher: amqp.ChannelModel;
+  let channel: amqp.ConfirmChannel;
+
+  async function startWorker(leaseMs = 15_000) {
+    const leases = createLeases(database.db, leaseMs, quietLogger);
+    const stopping = new AbortController();
+    const consumer = createConsumer(
+      amqpNames(prefix),
+      10,
+      {
+        db: database.db,
+        leases,
+        notifier: createOutboxNotifier(database.pool, quietLogger),
+        metrics: createWorkerMetrics(database.db),
+        leaseMs,
+        retryBaseMs: 10,
+        retryMaxMs: 50,
+        stopping: stopping.signal,
+      },
+      quietLogger,
+    );
+    const connection = await connectAmqp(amqpUrl(), quietLogger, (m) => consumer.setup(m));
+    leases.start();
+    await waitFor('consumer ready', () => consumer.ready());
+    return {
+      consumer,
+      async close() {
+        await consumer.stop(5000);
+        stopping.abort();
+        leases.stop();
+        await connection.close();
+      },
+    };
+  }
+
+  function publish(body: unknown, properties: amqp.Options.Publish = {}, routingKey = 'echo'): Promise<void> {
+    const content = Buffer.from(typeof body === 'string' ? body : JSON.stringify(body));
+    return new Promise((resolve, reject) =>
+      channel.publish(
+        amqpNames(prefix).exchange,
+        routingKey,
+        content,
+        { messageId: randomUUID(), ...properties },
+        (err) => (err ? reject(err) : resolve()),
+      ),
+    );
+  }
+
+  const task = (id: string) =>
+    database.db.selectFrom('tasks').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
+  const attemptsOf = (id: string) =>
+    database.db.selectFrom('task_attempts').selectAll().where('task_id', '=', id).orderBy('attempt').execute();
+
+  beforeEach(async () => {
+    database = await createTestDatabase();
+    prefix = testPrefix();
+    publisher = await amqp.connect(amqpUrl());
+    channel = await publisher.createConfirmChannel();
+    await assertTopology(channel, amqpNames(prefix));
+    worker = await startWorker();
+  });
+
+  afterEach(async () => {
+    await worker.close();
+    await publisher.close();
+    await database.drop();
+    await deleteTopology(prefix);
+  });
+
+  it('marks the task processing with <consumer tag>:<delivery tag>, records the result, then acks', async () => {
+    const id = await insertTaskFixture(database.db, { type: 'echo', payload: { hello: 'world' } });
+    await publish({ taskId: id, type: 'echo', attempt: 1 });
+    const done = await waitFor('succeeded', async () => ((await task(id)).status === 'succeeded' ? task(id) : null));
+    expect(done).toMatchObject({ attempts: 1, result: { hello: 'world' }, error: null, progress: 1 });
+    expect(done.external_job_id).toMatch(/^worker-.+-\d+-[0-9a-f]{8}:1$/);
+    expect(done.started_at).not.toBeNull();
+    expect(done.finished_at).not.toBeNull();
+    const attempts = await attemptsOf(id);
+    expect(attempts).toMatchObject([{ attempt: 1, outcome: 'succeeded', external_job_id: done.external_job_id }]);
+
+    await worker.close();
+    worker = await startWorker();
+    const { messageCount } = await channel.checkQueue(amqpNames(prefix).queue);
+    expect(messageCount).toBe(0); // acked: nothing came back when the consumer went away
+  });
+
+  it('never runs a finished task again when its message is delivered twice', async () => {
+    const id = await insertTaskFixture(database.db, { type: 'echo' });
+    await publish({ taskId: id, type: 'echo', attempt: 1 });
+    await waitFor('succeeded', async () => (await task(id)).status === 'succeeded');
+    const first = await task(id);
+    await publish({ taskId: id, type: 'echo', attempt: 1 });
+    await publish({ taskId: id, type: 'echo', attempt: 2 });
+    const marker = await insertTaskFixture(database.db, { type: 'echo' });
+    await publish({ taskId: marker, type: 'echo', attempt: 1 });
+    await waitFor('the later message processed', async () => (await task(marker)).status === 'succeeded');
+    expect(await task(id)).toMatchObject({ attempts: 1, external_job_id: first.external_job_id });
+    expect(await attemptsOf(id)).toHaveLength(1);
+  });
+
+  it('does not run a duplicate while the first run is alive', async () => {
+    const id = await insertTaskFixture(database.db, { type: 'sleep', payload: { ms: 800 } });
+    await publish({ taskId: id, type: 'sleep', attempt: 1 }, {}, 'sleep');
+    await waitFor('processing', async () => (await task(id)).status === 'processing');
+    await publish({ taskId: id, type: 'sleep', attempt: 1 }, {}, 'sleep');
+    await waitFor('succeeded', async () => (await task(id)).status === 'succeeded');
+    expect(await attemptsOf(id)).toHaveLength(1);
+    expect((await task(id)).attempts).toBe(1);
+  });
+
+  it('resumes a run whose worker died (lease expired) as a new attempt with a new external job id', async () => {
+    const id = await insertTaskFixture(database.db, { status: 'processing', attempts: 1, leaseExpired: true });
+    await database.db
+      .insertInto('task_attempts')
+      .values({ task_id: id, attempt: 1, external_job_id: 'worker-dead-1-00000000:7' })
+      .execute();
+    await publish({ taskId: id, type: 'echo', attempt: 1 }, { headers: {} });
+    await waitFor('succeeded', async () => (await task(id)).status === 'succeeded');
+    const attempts = await attemptsOf(id);
+    expect(attempts.map((a) => [a.attempt, a.outcome])).toEqual([
+      [1, 'lost'],
+      [2, 'succeeded'],
+    ]);
+    expect((await task(id)).external_job_id).toBe(attempts[1]!.external_job_id);
+    expect(attempts[1]!.external_job_id).not.toBe('worker-dead-1-00000000:7');
+  });
+
+  it('sweeps a dead run back to pending with an outbox row for the next attempt, or fails it when none is left', async () => {
+    const resumable = await insertTaskFixture(database.db, { status: 'processing', attempts: 1, leaseExpired: true });
+    const exhausted = await insertTaskFixture(database.db, {
+      status: 'processing',
+      attempts: 3,
+      maxAttempts: 3,
+      leaseExpired: true,
+    });
+    const live = await insertTaskFixture(database.db, { status: 'processing', attempts: 1 });
+    expect(await sweepExpiredLeases(database.db, 100)).toEqual({ resumed: 1, failed: 1 });
+    expect(await task(resumable)).toMatchObject({ status: 'pending', attempts: 1 });
+    expect(await task(exhausted)).toMatchObject({ status: 'failed', error: { name: 'LostRun' } });
+    expect(await task(live)).toMatchObject({ status: 'processing' });
+    const outbox = await database.db.selectFrom('outbox').selectAll().execute();
+    expect(outbox.map((o) => [o.task_id, o.payload])).toEqual([
+      [resumable, { taskId: resumable, type: 'echo', attempt: 2 }],
+    ]);
+  });
+
+  it.each([
+    ['a body that is not JSON', 'not json{', /^unparseable/],
+    ['a body of the wrong shape', { task: 'x' }, /^invalid/],
+    ['an unknown task id', { taskId: randomUUID(), type: 'echo', attempt: 1 }, /^unknown-task$/],
+  ])('dead-letters %s with a reason header and keeps consuming', async (_name, body, reason) => {
+    await publish(body);
+    const [dead] = await drainQueue(amqpNames(prefix).deadQueue, 1, 5000);
+    expect(String(dead?.properties.headers?.['x-dead-letter-reason'])).toMatch(reason);
+    const id = await insertTaskFixture(database.db);
+    await publish({ taskId: id, type: 'echo', attempt: 1 });
+    await waitFor('the next task still runs', async () => (await task(id)).status === 'succeeded');
+  });
+
+  it('fails a task of an unknown type in Postgres and dead-letters its message', async () => {
+    const id = await insertTaskFixture(database.db, { type: 'nope' });
+    await publish({ taskId: id, type: 'nope', attempt: 1 }, {}, 'nope');
+    const [dead] = await drainQueue(amqpNames(prefix).deadQueue, 1, 5000);
+    expect(dead?.properties.headers?.['x-dead-letter-reason']).toBe('unknown-type');
+    expect(await task(id)).toMatchObject({ status: 'failed', error: { message: 'no handler for task type "nope"' } });
+  });
+
+  it('fails at once, without retries, a task whose payload no longer fits its schema', async () => {
+    const id = await insertTaskFixture(database.db, { type: 'sleep', payload: { ms: 'soon' } });
+    await publish({ taskId: id, type: 'sleep', attempt: 1 }, {}, 'sleep');
+    await waitFor('failed', async () => (await task(id)).status === 'failed');
+    expect((await task(id)).error).toMatchObject({ name: 'PermanentError' });
+    expect(await database.db.selectFrom('outbox').selectAll().execute()).toEqual([]);
+  });
+
+  it('schedules a retry through the outbox, with backoff, in the transaction that records the failure', async () => {
+    const id = await insertTaskFixture(database.db, { type: 'flaky', payload: { failTimes: 1 } });
+    await publish({ taskId: id, type: 'flaky', attempt: 1 }, {}, 'flaky');
+    await waitFor(
+      'back to pending',
+      async () => (await task(id)).status === 'pending' && (await task(id)).attempts === 1,
+    );
+    const [row] = await database.db.selectFrom('outbox').selectAll().execute();
+    expect(row?.payload).toEqual({ taskId: id, type: 'flaky', attempt: 2 });
+    expect(row!.available_at.getTime()).toBeGreaterThanOrEqual(row!.created_at.getTime());
+    expect(await attemptsOf(id)).toMatchObject([{ attempt: 1, outcome: 'failed', error: { message: /attempt 1/ } }]);
+  });
+
+  it('cancels a running handler through its AbortSignal when cancellation is requested', async () => {
+    const id = await insertTaskFixture(database.db, { type: 'sleep', payload: { ms: 60_000 } });
+    await worker.close();
+    worker = await startWorker(300); // heartbeat every 100 ms
+    await publish({ taskId: id, type: 'sleep', attempt: 1 }, {}, 'sleep');
+    await waitFor('processing', async () => (await task(id)).status === 'processing');
+    await database.db.updateTable('tasks').set({ cancel_requested_at: new Date() }).where('id', '=', id).execute();
+    await waitFor('cancelled', async () => (await task(id)).status === 'cancelled', 5000);
+    expect(await attemptsOf(id)).toMatchObject([{ outcome: 'cancelled' }]);
+  });
+});

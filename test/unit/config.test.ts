@@ -1,0 +1,48 @@
+import { configSchema, loadConfig, redactUrl } from '@taskbox/shared';
+
+describe('config', () => {
+  it('uses the DESIGN.md defaults when nothing is set', () => {
+    const config = loadConfig({});
+    expect(config).toMatchObject({
+      DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/taskbox',
+      AMQP_URL: 'amqp://guest:guest@127.0.0.1:5672',
+      AMQP_PREFIX: '',
+      LOG_FORMAT: 'json',
+      PORT: 3000,
+    });
+    expect(config.HEALTH_PORT).toBeUndefined();
+  });
+
+  it('treats an empty variable as unset', () => {
+    expect(loadConfig({ PORT: '' }).PORT).toBe(3000);
+  });
+
+  it('names every bad variable in one error', () => {
+    expect.assertions(3);
+    try {
+      loadConfig({ PORT: 'eighty', RELAY_BATCH_SIZE: '0', LOG_FORMAT: 'xml' });
+    } catch (err) {
+      const message = (err as Error).message;
+      for (const name of ['PORT', 'RELAY_BATCH_SIZE', 'LOG_FORMAT']) expect(message).toContain(`${name}:`);
+    }
+  });
+
+  it('rejects an AMQP_PREFIX that would make odd broker names', () => {
+    expect(() => loadConfig({ AMQP_PREFIX: 'a b' })).toThrow(/AMQP_PREFIX/);
+  });
+
+  it('lists the env names of DESIGN.md in its schema', () => {
+    const keys = Object.keys(configSchema.shape);
+    for (const name of ['DATABASE_URL', 'AMQP_URL', 'AMQP_PREFIX', 'LOG_LEVEL', 'LOG_FORMAT', 'PORT']) {
+      expect(keys).toContain(name);
+    }
+    for (const name of ['RELAY_BATCH_SIZE', 'RELAY_POLL_MS', 'WORKER_PREFETCH', 'HEALTH_PORT']) {
+      expect(keys).toContain(name);
+    }
+  });
+
+  it('never prints a password', () => {
+    expect(redactUrl('amqp://guest:secret@host:5672')).toBe('amqp://guest:***@host:5672');
+    expect(redactUrl('postgres://u:p%40ss@db/x')).not.toContain('p%40ss');
+  });
+});
