@@ -1,0 +1,91 @@
+import { amqpUrl, deleteTopology, testPrefix } from './amqp';
+import { createTestDatabase, type TestDatabase } from './db';
+import { startService, type LogLine, type RunningService, type ServiceName } from './services';
+import { waitFor } from './wait';
+
+export interface System {
+  database: TestDatabase;
+  prefix: string;
+  env: Record<string, string>;
+  services: RunningService[];
+  start(name: ServiceName, env?: Record<string, string>): Promise<RunningService>;
+  /** POSTs a task to the first api started; returns the task id. */
+  submit(type: string, payload: unknown, extra?: Record<string, unknown>): Promise<string>;
+  status(id: string): Promise<string>;
+  waitForTerminal(ids: string[], timeoutMs?: number): Promise<void>;
+  logs(match: (line: LogLine) => boolean): LogLine[];
+  /** SIGTERMs what still runs and returns the exit codes, then drops the database and topology. */
+  stop(): Promise<(number | null)[]>;
+}
+
+/** A database, an AMQP prefix, and taskbox services as child processes, as production runs them. */
+export async function startSystem(env: Record<string, string> = {}): Promise<System> {
+  const database = await createTestDatabase();
+  const prefix = testPrefix();
+  const baseEnv = {
+    DATABASE_URL: database.url,
+    AMQP_URL: amqpUrl(),
+    AMQP_PREFIX: prefix,
+    RELAY_POLL_MS: '200',
+    ...env,
+  };
+  const services: RunningService[] = [];
+  let api: string | null = null;
+  const system: System = {
+    database,
+    prefix,
+    env: baseEnv,
+    services,
+    async start(name, extra = {}) {
+      const service = startService(name, { ...baseEnv, ...extra });
+      services.push(service);
+      if (name === 'api') {
+        const port = await service.port();
+        api ??= `http://127.0.0.1:${port}`;
+      } else if (name === 'worker') {
+        await service.waitForLog('consuming', (l) => l.message === 'consuming');
+      } else {
+        await service.waitForLog('started', (l) => l.message === 'relay started');
+      }
+      return service;
+    },
+    async submit(type, payload, extra = {}) {
+      if (!api) throw new Error('start an api first');
+      const res = await fetch(`${api}/tasks`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ type, payload, ...extra }),
+      });
+      if (res.status !== 202) throw new Error(`POST /tasks answered ${res.status}: ${await res.text()}`);
+      return ((await res.json()) as { id: string }).id;
+    },
+    async status(id) {
+      const row = await database.db.selectFrom('tasks').select('status').where('id', '=', id).executeTakeFirstOrThrow();
+      return row.status;
+    },
+    async waitForTerminal(ids, timeoutMs = 60_000) {
+      await waitFor(
+        `${ids.length} tasks to finish`,
+        async () => {
+          const open = await database.db
+            .selectFrom('tasks')
+            .select(database.db.fn.countAll<string>().as('n'))
+            .where('id', 'in', ids)
+            .where('status', 'in', ['pending', 'processing'])
+            .executeTakeFirstOrThrow();
+          return Number(open.n) === 0;
+        },
+        timeoutMs,
+        200,
+      );
+    },
+    logs: (match) => services.flatMap((s) => s.logs.filter(match)),
+    async stop() {
+      const codes = await Promise.all(services.map((s) => s.stop()));
+      await database.drop();
+      await deleteTopology(prefix);
+      return codes;
+    },
+  };
+  return system;
+}

@@ -1,0 +1,155 @@
+import { amqpNames, connectAmqp } from '@taskbox/shared';
+import { claimBatch } from '../../services/relay/src/outbox-sql';
+import { createPublisher } from '../../services/relay/src/publisher';
+import { amqpUrl } from '../helpers/amqp';
+import { quietLogger } from '../helpers/db';
+import { startSystem, type System } from '../helpers/system';
+import { waitFor } from '../helpers/wait';
+
+describe('delivery guarantees with the services as separate processes', () => {
+  let system: System;
+
+  afterEach(async () => {
+    await system.stop();
+  });
+
+  const attemptsOf = (id: string) =>
+    system.database.db.selectFrom('task_attempts').selectAll().where('task_id', '=', id).orderBy('attempt').execute();
+
+  it('re-publishes rows whose relay died between publish and mark, and the worker absorbs the duplicates', async () => {
+    system = await startSystem({ RELAY_CONFIRM_TIMEOUT_MS: '300' }); // lease = 3 x 300 ms
+    await system.start('api');
+    const ids = await Promise.all(Array.from({ length: 20 }, (_, i) => system.submit('echo', { i })));
+
+    // The dying relay: claims, publishes, gets the confirms, and never marks.
+    const publisher = createPublisher(amqpNames(system.prefix), 5000, quietLogger);
+    const connection = await connectAmqp(amqpUrl(), quietLogger, (m) => publisher.setup(m));
+    await waitFor('publisher ready', () => publisher.ready());
+    const claimed = await claimBatch(system.database.db, 100, 900);
+    expect((await publisher.publishBatch(claimed)).published).toHaveLength(20);
+    await connection.close();
+
+    await system.start('worker');
+    await system.waitForTerminal(ids);
+    await system.start('relay');
+    await waitFor('every row re-published and marked', async () => {
+      const left = await system.database.db
+        .selectFrom('outbox')
+        .select('id')
+        .where('published_at', 'is', null)
+        .execute();
+      return left.length === 0;
+    });
+    await waitFor(
+      'duplicates absorbed',
+      () => system.logs((l) => l.message === 'duplicate delivery absorbed').length === 20,
+    );
+
+    const tasks = await system.database.db.selectFrom('tasks').selectAll().execute();
+    expect(tasks.map((t) => [t.status, t.attempts])).toEqual(Array(20).fill(['succeeded', 1]));
+    const attempts = await system.database.db.selectFrom('task_attempts').selectAll().execute();
+    expect(attempts).toHaveLength(20);
+  });
+
+  it('resumes a task whose worker was killed mid-handler as a new attempt, and finishes it exactly once', async () => {
+    system = await startSystem({ WORKER_LEASE_MS: '1000' });
+    await system.start('api');
+    await system.start('relay');
+    const doomed = await system.start('worker');
+    const id = await system.submit('sleep', { ms: 1500 });
+    await waitFor('processing', async () => (await system.status(id)) === 'processing');
+    await doomed.kill();
+    await system.start('worker');
+    await system.waitForTerminal([id], 20_000);
+
+    expect(await system.status(id)).toBe('succeeded');
+    const attempts = await attemptsOf(id);
+    expect(attempts.map((a) => a.outcome)).toEqual(['lost', 'succeeded']);
+    expect(attempts[0]!.external_job_id).not.toBe(attempts[1]!.external_job_id);
+    const task = await system.database.db
+      .selectFrom('tasks')
+      .selectAll()
+      .where('id', '=', id)
+      .executeTakeFirstOrThrow();
+    expect(task.external_job_id).toBe(attempts[1]!.external_job_id);
+  });
+
+  it('retries with backoff through the outbox until it succeeds, or fails with the last error', async () => {
+    system = await startSystem({ RETRY_BASE_MS: '50', RETRY_MAX_MS: '200' });
+    await system.start('api');
+    await system.start('relay');
+    await system.start('worker');
+    const recovers = await system.submit('flaky', { failTimes: 2 });
+    const gives_up = await system.submit('flaky', { failTimes: 5 }, { maxAttempts: 3 });
+    await system.waitForTerminal([recovers, gives_up], 20_000);
+
+    expect((await attemptsOf(recovers)).map((a) => a.outcome)).toEqual(['failed', 'failed', 'succeeded']);
+    expect(await system.status(recovers)).toBe('succeeded');
+    const failed = await system.database.db
+      .selectFrom('tasks')
+      .selectAll()
+      .where('id', '=', gives_up)
+      .executeTakeFirstOrThrow();
+    expect(failed).toMatchObject({
+      status: 'failed',
+      attempts: 3,
+      error: { message: 'flaky failure on attempt 3 of 5' },
+    });
+    expect((await attemptsOf(gives_up)).map((a) => a.outcome)).toEqual(['failed', 'failed', 'failed']);
+    const messages = await system.database.db
+      .selectFrom('outbox')
+      .selectAll()
+      .where('task_id', '=', gives_up)
+      .orderBy('id')
+      .execute();
+    expect(messages.map((m) => (m.payload as { attempt: number }).attempt)).toEqual([1, 2, 3]);
+  });
+
+  it('drains in-flight work on SIGTERM and exits 0', async () => {
+    system = await startSystem({ SHUTDOWN_TIMEOUT_MS: '10000' });
+    await system.start('api');
+    await system.start('relay');
+    const worker = await system.start('worker');
+    const id = await system.submit('sleep', { ms: 1000 });
+    await waitFor('processing', async () => (await system.status(id)) === 'processing');
+    expect(await worker.stop()).toBe(0);
+    expect(await system.status(id)).toBe('succeeded');
+  });
+
+  it('abandons a run still going at the shutdown deadline so that the next worker resumes it at once', async () => {
+    system = await startSystem({ SHUTDOWN_TIMEOUT_MS: '1000', WORKER_LEASE_MS: '60000' });
+    await system.start('api');
+    await system.start('relay');
+    const worker = await system.start('worker');
+    const id = await system.submit('sleep', { ms: 3000 });
+    await waitFor('processing', async () => (await system.status(id)) === 'processing');
+    expect(await worker.stop()).toBe(0);
+    expect(await system.status(id)).toBe('processing');
+    await system.start('worker');
+    // Well before the 60 s lease would run out: the abandoned run released it.
+    await system.waitForTerminal([id], 15_000);
+    expect((await attemptsOf(id)).map((a) => a.outcome)).toEqual(['lost', 'succeeded']);
+  });
+
+  it('runs 3 relays and 3 workers on one outbox without publishing a row twice or running a task twice', async () => {
+    system = await startSystem({ RELAY_BATCH_SIZE: '20' });
+    await system.start('api');
+    for (let i = 0; i < 3; i++) {
+      await system.start('relay');
+      await system.start('worker');
+    }
+    const ids = await Promise.all(Array.from({ length: 600 }, (_, i) => system.submit('echo', { i })));
+    await system.waitForTerminal(ids);
+    const outbox = await system.database.db.selectFrom('outbox').select(['publish_attempts', 'published_at']).execute();
+    expect(outbox.every((o) => o.publish_attempts === 1 && o.published_at)).toBe(true);
+    const tasks = await system.database.db.selectFrom('tasks').select(['status', 'attempts']).execute();
+    expect(tasks.every((t) => t.status === 'succeeded' && t.attempts === 1)).toBe(true);
+    expect(system.logs((l) => l.message === 'duplicate delivery absorbed')).toEqual([]);
+    const workersUsed = new Set(
+      (await system.database.db.selectFrom('tasks').select('external_job_id').execute()).map(
+        (t) => t.external_job_id?.split(':')[0],
+      ),
+    );
+    expect(workersUsed.size).toBe(3);
+  });
+});
