@@ -4,8 +4,6 @@ import pg from 'pg';
 import { GenericContainer, Wait, type StartedTestContainer } from 'testcontainers';
 import { createDb, migrateToLatest } from '@taskbox/shared';
 
-export const TEMPLATE_DB = 'taskbox_test_template';
-
 async function postgresReachable(url: string): Promise<boolean> {
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 3000 });
   try {
@@ -80,6 +78,8 @@ async function resolveServices(): Promise<{ adminUrl: string; amqpUrl: string }>
 /** Migrates a template database once; each test file clones it (see helpers/db.ts). */
 export default async function globalSetup(): Promise<void> {
   const { adminUrl, amqpUrl } = await resolveServices();
+  // One template per run: runs on a shared server (several engineers, CI) must not drop each other's.
+  const TEMPLATE_DB = `taskbox_test_template_${process.pid}`;
   const admin = new pg.Client({ connectionString: adminUrl });
   await admin.connect();
   await admin.query(`DROP DATABASE IF EXISTS ${TEMPLATE_DB} WITH (FORCE)`);
@@ -96,5 +96,6 @@ export default async function globalSetup(): Promise<void> {
 
   process.env.TASKBOX_TEST_ADMIN_URL = adminUrl;
   process.env.TASKBOX_TEST_AMQP_URL = amqpUrl;
+  process.env.TASKBOX_TEST_TEMPLATE_DB = TEMPLATE_DB;
   (globalThis as { __containers?: StartedTestContainer[] }).__containers = containers;
 }

@@ -20,6 +20,7 @@ describe('chaos', () => {
   let amqpProxy: FaultProxy;
 
   afterAll(async () => {
+    for (const s of system?.services ?? []) if (s.text.length > 0) console.log(`${s.name} printed:\n${s.text.join('\n')}`);
     await pgProxy?.restore();
     await amqpProxy?.restore();
     await system?.stop();

@@ -33,7 +33,7 @@ async function admin<T>(fn: (client: pg.Client) => Promise<T>): Promise<T> {
  */
 export async function createTestDatabase(): Promise<TestDatabase> {
   const name = `taskbox_test_${randomBytes(6).toString('hex')}`;
-  await admin((c) => c.query(`CREATE DATABASE ${name} TEMPLATE taskbox_test_template`));
+  await admin((c) => c.query(`CREATE DATABASE ${name} TEMPLATE ${process.env.TASKBOX_TEST_TEMPLATE_DB}`));
   const url = new URL(adminUrl());
   url.pathname = `/${name}`;
   const pool = createPool(url.toString(), quietLogger, { max: 10 });

@@ -81,6 +81,12 @@ export function createPool(url: string, logger: Logger, options: PoolOptions): p
     idleTimeoutMillis: 30_000,
   });
   pool.on('error', (err) => logger.warn('idle postgres connection failed', { error: err.message }));
+  // pg-pool listens for errors only on idle clients. A checked-out client whose socket is reset
+  // (Postgres restarting) emits 'error' with no listener, which would crash the process; its query
+  // still rejects, and that is where the failure is handled.
+  pool.on('connect', (client) => {
+    client.on('error', (err) => logger.debug('postgres connection failed while in use', { error: err.message }));
+  });
   return pool;
 }
 

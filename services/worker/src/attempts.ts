@@ -131,7 +131,7 @@ export async function runAttempt(
       outcome = { kind: 'failed', error: err, retryInMs };
     }
   } finally {
-    deps.leases.unregister(task.id);
+    deps.leases.unregister(task.id, attempt);
   }
   endTimer({ outcome: outcome.kind });
   const recorded = await recordOutcome(deps, task.id, attempt, outcome, logger);

@@ -4,7 +4,8 @@ import { renewLeases } from './task-sql';
 export interface Leases {
   /** A live run: its lease is renewed until unregister; the signal aborts on cancel or shutdown. */
   register(taskId: string, attempt: number): AbortSignal;
-  unregister(taskId: string): void;
+  /** Ends a run's lease renewal; a newer attempt of the same task in this worker keeps its own. */
+  unregister(taskId: string, attempt: number): void;
   /** Aborts every live run with `reason` ('shutdown'). */
   abortAll(reason: string): void;
   size(): number;
@@ -42,7 +43,9 @@ export function createLeases(db: Db, leaseMs: number, logger: Logger): Leases {
       runs.set(taskId, { attempt, controller });
       return controller.signal;
     },
-    unregister: (taskId) => runs.delete(taskId),
+    unregister(taskId, attempt) {
+      if (runs.get(taskId)?.attempt === attempt) runs.delete(taskId);
+    },
     abortAll(reason) {
       for (const r of runs.values()) r.controller.abort(reason);
     },
