@@ -24,11 +24,20 @@ export const configSchema = z.object({
   RELAY_POLL_MS: positiveInt.default(1000),
   RELAY_CONFIRM_TIMEOUT_MS: positiveInt.default(10_000),
   OUTBOX_RETENTION_MS: z.coerce.number().int().min(0).default(3_600_000),
+  ATTEMPT_RETENTION_MS: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .default(30 * 86_400_000),
+  RETENTION_INTERVAL_MS: positiveInt.default(60_000),
   WORKER_PREFETCH: positiveInt.max(1000).default(20),
   WORKER_LEASE_MS: positiveInt.min(100).default(15_000),
   RETRY_BASE_MS: positiveInt.default(1000),
   RETRY_MAX_MS: positiveInt.default(300_000),
   SHUTDOWN_TIMEOUT_MS: positiveInt.default(10_000),
+  // The doctor calls a pending task stuck after this long, and a running one after the second.
+  DOCTOR_PENDING_MS: positiveInt.default(60_000),
+  DOCTOR_PROCESSING_MS: positiveInt.default(600_000),
 });
 
 export type Config = z.infer<typeof configSchema>;

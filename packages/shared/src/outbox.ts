@@ -41,6 +41,19 @@ export function outboxMessage(
   };
 }
 
+/**
+ * Unpublished rows, and how long the oldest due one has waited, for the relay's /metrics and the
+ * doctor. The age counts from available_at, not created_at: a retry scheduled minutes ahead is not
+ * late, and counting it would raise a false alarm on every backoff.
+ */
+export async function outboxBacklog(db: Db): Promise<{ count: number; oldestAgeSeconds: number }> {
+  const { rows } = await sql<{ count: string; oldest: number | null }>`
+    SELECT count(*) AS count, greatest(0, extract(epoch FROM now() - min(available_at)))::float8 AS oldest
+    FROM outbox WHERE published_at IS NULL`.execute(db);
+  const row = rows[0];
+  return { count: Number(row?.count ?? 0), oldestAgeSeconds: row?.oldest ?? 0 };
+}
+
 /** Inserts outbox rows inside the caller's transaction; `delayMs` defers a retry. */
 export async function insertOutbox(db: Db, messages: OutboxMessage[], delayMs = 0): Promise<void> {
   if (messages.length === 0) return;

@@ -33,7 +33,7 @@ export async function insertTask(db: Db, task: NewTask, context: MessageContext)
       SELECT ${message.message_id}, id, type, ${message.payload}::jsonb, ${message.headers}::jsonb FROM inserted
     )
     SELECT id FROM inserted`.execute(db);
-  return rows[0];
+  return rows[0] && { id: rows[0].id, messageId: message.message_id };
 }
 
 const taskColumns = [

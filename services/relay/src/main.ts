@@ -38,7 +38,15 @@ async function main(): Promise<void> {
     loop.wake();
   });
   const listener = createListener(config.DATABASE_URL, logger, () => loop.wake());
-  const retention = createRetention(db, config.OUTBOX_RETENTION_MS, 60_000, logger);
+  const retention = createRetention(
+    db,
+    {
+      outboxMs: config.OUTBOX_RETENTION_MS,
+      attemptsMs: config.ATTEMPT_RETENTION_MS,
+      intervalMs: config.RETENTION_INTERVAL_MS,
+    },
+    logger,
+  );
   const health = await startHealthServer(
     config.HEALTH_PORT ?? 3001,
     async () => ({

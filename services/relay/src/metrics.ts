@@ -1,6 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { Db } from '@taskbox/shared';
-import { outboxBacklog } from './outbox-sql';
+import { outboxBacklog, type Db } from '@taskbox/shared';
 
 export interface RelayMetrics {
   registry: Registry;
@@ -19,7 +18,7 @@ export function createRelayMetrics(db: Db): RelayMetrics {
   // `oldest` is registered after `backlog`, so the value set here is the one exported in this scrape.
   const oldest: Gauge = new Gauge({
     name: 'outbox_oldest_unpublished_age_seconds',
-    help: 'Age of the oldest unpublished outbox row',
+    help: 'Seconds the oldest due, unpublished outbox row has waited',
     registers: [],
   });
   new Gauge({

@@ -82,11 +82,18 @@ export async function deletePublished(db: Db, retentionMs: number, limit: number
   return Number(result.numAffectedRows ?? 0);
 }
 
-/** Unpublished rows and the age of the oldest, for /metrics and the doctor. */
-export async function outboxBacklog(db: Db): Promise<{ count: number; oldestAgeSeconds: number }> {
-  const { rows } = await sql<{ count: string; oldest: number | null }>`
-    SELECT count(*) AS count, extract(epoch FROM now() - min(created_at))::float8 AS oldest
-    FROM outbox WHERE published_at IS NULL`.execute(db);
-  const row = rows[0];
-  return { count: Number(row?.count ?? 0), oldestAgeSeconds: row?.oldest ?? 0 };
+/**
+ * Deletes finished task attempts older than the retention, `limit` at a time like deletePublished.
+ * Unfinished attempts are never touched: a live or lost run still needs its row. There is no index
+ * on finished_at; the LIMIT stops the scan at the first `limit` matches, and old rows sit early in
+ * the heap, so a batch stays cheap while the table is kept trimmed.
+ */
+export async function deleteFinishedAttempts(db: Db, retentionMs: number, limit: number): Promise<number> {
+  const result = await sql`
+    DELETE FROM task_attempts WHERE (task_id, attempt) IN (
+      SELECT task_id, attempt FROM task_attempts
+      WHERE finished_at < now() - ${retentionMs} * interval '1 millisecond'
+      LIMIT ${limit}
+    )`.execute(db);
+  return Number(result.numAffectedRows ?? 0);
 }

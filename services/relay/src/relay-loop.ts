@@ -54,6 +54,18 @@ export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
       db,
       failed.map((f) => ({ ...f, retryInMs: backoffMs(attempts.get(f.id) ?? 1, 500, 10_000) })),
     );
+    if (logger.isDebugEnabled()) {
+      // One line per message only at debug: enough to follow one task, no cost at the default level.
+      for (const id of published) {
+        const row = rows.find((r) => r.id === id);
+        logger.debug('message published', {
+          outboxId: id,
+          messageId: row?.message_id,
+          taskId: row?.task_id,
+          correlationId: row?.headers.correlationId,
+        });
+      }
+    }
     metrics.batchSize.observe(rows.length);
     metrics.published.inc(published.length);
     metrics.publishFailures.inc(failed.length);

@@ -1,42 +1,57 @@
 import { toError, type Db, type Logger } from '@taskbox/shared';
-import { deletePublished } from './outbox-sql';
+import { deleteFinishedAttempts, deletePublished } from './outbox-sql';
 
 export interface Retention {
   start(): void;
   stop(): Promise<void>;
+  /** One full sweep now; start() runs one every intervalMs. */
+  sweep(): Promise<void>;
+}
+
+export interface RetentionOptions {
+  /** Published outbox rows older than this are deleted. */
+  outboxMs: number;
+  /** Finished task attempts older than this are deleted. */
+  attemptsMs: number;
+  intervalMs: number;
 }
 
 const BATCH = 1000;
 
 /**
- * Deletes published outbox rows older than the retention, in batches of 1 000 with a pause between
- * them. This is the only place that deletes outbox rows; several relays running it at once only
- * split the work.
+ * Deletes published outbox rows and finished task attempts older than their retention, in batches
+ * of 1 000, each its own short statement, so no transaction holds many locks or holds back vacuum.
+ * This is the only place that deletes either; several relays running it at once only split the work.
  */
-export function createRetention(db: Db, retentionMs: number, intervalMs: number, logger: Logger): Retention {
+export function createRetention(db: Db, options: RetentionOptions, logger: Logger): Retention {
   let timer: NodeJS.Timeout | null = null;
   let running: Promise<void> | null = null;
   let stopping = false;
 
-  async function sweep(): Promise<void> {
+  async function deleteAll(what: string, retentionMs: number, batch: typeof deletePublished): Promise<void> {
     let total = 0;
     try {
       let deleted: number;
       do {
-        deleted = await deletePublished(db, retentionMs, BATCH);
+        deleted = await batch(db, retentionMs, BATCH);
         total += deleted;
       } while (deleted === BATCH && !stopping);
-      if (total > 0) logger.info('deleted published outbox rows', { count: total, retentionMs });
+      if (total > 0) logger.info(`deleted ${what}`, { count: total, retentionMs });
     } catch (err) {
-      logger.warn('outbox retention failed; will try again', { error: toError(err).message });
+      logger.warn(`deleting ${what} failed; will try again`, { error: toError(err).message });
     }
+  }
+
+  async function sweep(): Promise<void> {
+    await deleteAll('published outbox rows', options.outboxMs, deletePublished);
+    await deleteAll('finished task attempts', options.attemptsMs, deleteFinishedAttempts);
   }
 
   function schedule(): void {
     if (stopping) return;
     timer = setTimeout(() => {
       running = sweep().finally(schedule);
-    }, intervalMs);
+    }, options.intervalMs);
     timer.unref();
   }
 
@@ -49,5 +64,6 @@ export function createRetention(db: Db, retentionMs: number, intervalMs: number,
       if (timer) clearTimeout(timer);
       await running;
     },
+    sweep,
   };
 }

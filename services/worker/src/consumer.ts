@@ -111,6 +111,8 @@ export function createConsumer(names: AmqpNames, prefetch: number, deps: Attempt
         // Postgres unavailable before the attempt started: give the message back for a later try.
         logger.warn('delivery not handled; requeueing', {
           messageId: msg.properties.messageId as string | undefined,
+          correlationId: msg.properties.correlationId as string | undefined,
+          taskId: msg.properties.headers?.['x-task-id'] as string | undefined,
           error: toError(err).message,
         });
         setTimeout(() => {

@@ -1,5 +1,11 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { Db } from '@taskbox/shared';
+import type { Db, TaskStatus } from '@taskbox/shared';
+
+const taskStatuses: TaskStatus[] = ['pending', 'processing', 'succeeded', 'failed', 'cancelled'];
+// Known label values, exported at zero from the start: a counter that appears only after its first
+// dead letter or retry cannot be alerted on with rate() or increase().
+const deliveryOutcomes = ['run', 'skip', 'fail', 'dead-letter'];
+const deadLetterReasons = ['unparseable', 'invalid', 'unknown-task', 'type-mismatch', 'unknown-type'];
 
 export interface WorkerMetrics {
   registry: Registry;
@@ -25,11 +31,12 @@ export function createWorkerMetrics(db: Db): WorkerMetrics {
         .select(['status', db.fn.countAll<string>().as('n')])
         .groupBy('status')
         .execute();
-      this.reset();
+      // Every status, zeros included, so a dashboard or alert never sees a series vanish.
+      for (const status of taskStatuses) this.set({ status }, 0);
       for (const r of rows) this.set({ status: r.status }, Number(r.n));
     },
   });
-  return {
+  const metrics: WorkerMetrics = {
     registry,
     deliveries: new Counter({
       name: 'worker_deliveries_total',
@@ -57,4 +64,8 @@ export function createWorkerMetrics(db: Db): WorkerMetrics {
       registers,
     }),
   };
+  for (const outcome of deliveryOutcomes) metrics.deliveries.inc({ outcome }, 0);
+  for (const final of ['true', 'false']) metrics.failures.inc({ final }, 0);
+  for (const reason of deadLetterReasons) metrics.deadLetters.inc({ reason }, 0);
+  return metrics;
 }

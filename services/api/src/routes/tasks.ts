@@ -118,7 +118,7 @@ export function tasksRouter({ db, notifier, logger }: TasksDeps): Router {
     if (inserted) {
       notifier.poke();
       row = await findTask(db, task.owner, inserted.id);
-      logger.info('task accepted', { taskId: task.id, type, correlationId });
+      logger.info('task accepted', { taskId: task.id, messageId: inserted.messageId, type, correlationId });
     } else {
       // The key was used before by this owner: a replay returns the original task, unchanged.
       row = await findTaskByIdempotencyKey(db, task.owner, idempotencyKey as string);

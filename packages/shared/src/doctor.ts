@@ -1,0 +1,196 @@
+import amqp, { type ChannelModel, type Replies } from 'amqplib';
+import type pg from 'pg';
+import type { AmqpNames } from './amqp';
+import { redactUrl } from './config';
+import type { Db } from './db';
+import { longProcessing, pendingPublished, pendingUnpublished, type StuckTasks } from './doctor-sql';
+import { toError } from './errors';
+import { createMigrator } from './migrate';
+import { outboxBacklog } from './outbox';
+
+export type CheckStatus = 'ok' | 'warn' | 'fail';
+
+/** The checks, in the order a task travels: stored, migrated schema, broker, queue, relay, worker. */
+export const checkNames = {
+  database: 'database reachable',
+  migrations: 'migrations current',
+  broker: 'broker reachable',
+  topology: 'topology declared',
+  consumers: 'consumers on the queue',
+  backlog: 'outbox backlog',
+  pendingUnpublished: 'pending, not published',
+  pendingPublished: 'pending, published',
+  processing: 'processing too long',
+  deadLetters: 'dead letters',
+} as const;
+
+export interface CheckResult {
+  name: string;
+  status: CheckStatus;
+  detail: string;
+  /** What to do about it; printed for warn and fail. */
+  hint: string;
+}
+
+const result = (name: string, status: CheckStatus, detail: string, hint = ''): CheckResult => ({
+  name,
+  status,
+  detail,
+  hint,
+});
+
+/** Seconds as a short human duration: 45s, 12m, 3h. */
+export function formatAge(seconds: number): string {
+  if (seconds < 120) return `${Math.round(seconds)}s`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)}m`;
+  return `${Math.round(seconds / 3600)}h`;
+}
+
+export async function checkDatabase(pool: pg.Pool, url: string): Promise<CheckResult> {
+  const name = checkNames.database;
+  try {
+    const { rows } = await pool.query<{ v: string }>("SELECT current_setting('server_version') AS v");
+    return result(name, 'ok', `PostgreSQL ${rows[0]?.v ?? '?'} at ${redactUrl(url)}`);
+  } catch (err) {
+    const missing = (err as { code?: string }).code === '3D000';
+    return result(
+      name,
+      'fail',
+      `${redactUrl(url)}: ${toError(err).message}`,
+      missing ? 'run `npm run migrate`: it creates the database' : 'start Postgres or fix DATABASE_URL',
+    );
+  }
+}
+
+export async function checkMigrations(db: Db): Promise<CheckResult> {
+  const name = checkNames.migrations;
+  try {
+    const migrations = await createMigrator(db).getMigrations();
+    const pending = migrations.filter((m) => m.executedAt === undefined).map((m) => m.name);
+    if (pending.length > 0) {
+      return result(name, 'fail', `${pending.length} not applied: ${pending.join(', ')}`, 'run `npm run migrate`');
+    }
+    return result(name, 'ok', `${migrations.length} applied, latest ${migrations.at(-1)?.name ?? '(none)'}`);
+  } catch (err) {
+    return result(name, 'fail', toError(err).message, 'run `npm run build` (migrations are compiled), then migrate');
+  }
+}
+
+/** Connects once without recovery: the doctor wants to know whether the broker answers now. */
+export async function connectBroker(url: string): Promise<{ check: CheckResult; model: ChannelModel | null }> {
+  const name = checkNames.broker;
+  try {
+    const model = await amqp.connect(url, { timeout: 3000 });
+    model.on('error', () => undefined);
+    return { check: result(name, 'ok', `RabbitMQ at ${redactUrl(url)}`), model };
+  } catch (err) {
+    const check = result(name, 'fail', `${redactUrl(url)}: ${toError(err).message}`, 'start RabbitMQ or fix AMQP_URL');
+    return { check, model: null };
+  }
+}
+
+/**
+ * A passive declare of one queue, or null when it does not exist. A failed check closes its channel
+ * (404 is a channel error), so each check gets a fresh one.
+ */
+export async function inspectQueue(model: ChannelModel, queue: string): Promise<Replies.AssertQueue | null> {
+  return passive(model, (ch) => ch.checkQueue(queue));
+}
+
+async function passive<T>(model: ChannelModel, check: (ch: amqp.Channel) => Promise<T>): Promise<T | null> {
+  const ch = await model.createChannel();
+  ch.on('error', () => undefined);
+  const value = await check(ch).catch(() => null);
+  if (value !== null) await ch.close().catch(() => undefined);
+  return value;
+}
+
+export async function checkTopology(model: ChannelModel, names: AmqpNames): Promise<CheckResult> {
+  const missing: string[] = [];
+  for (const exchange of [names.exchange, names.deadExchange]) {
+    if ((await passive(model, (ch) => ch.checkExchange(exchange))) === null) missing.push(`exchange ${exchange}`);
+  }
+  for (const queue of [names.queue, names.deadQueue]) {
+    if ((await inspectQueue(model, queue)) === null) missing.push(`queue ${queue}`);
+  }
+  if (missing.length > 0) {
+    return result(
+      checkNames.topology,
+      'fail',
+      `missing ${missing.join(', ')}`,
+      'start the relay or the worker with the same AMQP_PREFIX: they declare it on connect',
+    );
+  }
+  return result(checkNames.topology, 'ok', `exchanges ${names.exchange}, ${names.deadExchange} and their queues`);
+}
+
+export async function checkConsumers(model: ChannelModel, queue: string): Promise<CheckResult> {
+  const name = checkNames.consumers;
+  const q = await inspectQueue(model, queue);
+  if (!q) return result(name, 'fail', `queue ${queue} does not exist`, `see "${checkNames.topology}"`);
+  const detail = `${q.consumerCount} on ${queue}, ${q.messageCount} messages ready`;
+  if (q.consumerCount === 0) {
+    return result(name, 'fail', detail, 'start the worker (npm run start:worker) with this AMQP_PREFIX; see its logs');
+  }
+  return result(name, 'ok', detail);
+}
+
+export async function checkDeadLetters(model: ChannelModel, deadQueue: string): Promise<CheckResult> {
+  const name = checkNames.deadLetters;
+  const q = await inspectQueue(model, deadQueue);
+  if (!q) return result(name, 'fail', `queue ${deadQueue} does not exist`, `see "${checkNames.topology}"`);
+  if (q.messageCount > 0) {
+    return result(
+      name,
+      'warn',
+      `${q.messageCount} waiting in ${deadQueue}`,
+      'read them; the x-dead-letter-reason header and the worker error log say why',
+    );
+  }
+  return result(name, 'ok', `none in ${deadQueue}`);
+}
+
+export async function checkOutboxBacklog(db: Db, pendingMs: number): Promise<CheckResult> {
+  const { count, oldestAgeSeconds } = await outboxBacklog(db);
+  const detail = `${count} unpublished, oldest due ${formatAge(oldestAgeSeconds)} ago`;
+  if (count > 0 && oldestAgeSeconds * 1000 > pendingMs) {
+    return result(checkNames.backlog, 'warn', detail, 'the relay is behind or stopped: check its /readyz and logs');
+  }
+  return result(checkNames.backlog, 'ok', count === 0 ? 'empty' : detail);
+}
+
+function stuck(name: string, status: CheckStatus, s: StuckTasks, what: string, hint: string): CheckResult {
+  if (s.count === 0) return result(name, 'ok', `none ${what}`);
+  const detail = `${s.count} ${what}, oldest ${formatAge(s.oldestSeconds)} (task ${s.example ?? '?'})`;
+  return result(name, status, detail, hint);
+}
+
+export async function checkPendingUnpublished(db: Db, pendingMs: number): Promise<CheckResult> {
+  return stuck(
+    checkNames.pendingUnpublished,
+    'fail',
+    await pendingUnpublished(db, pendingMs),
+    `pending over ${formatAge(pendingMs / 1000)} without a published message`,
+    'relay problem: is the relay running and connected? grep its logs for the task id',
+  );
+}
+
+export async function checkPendingPublished(db: Db, pendingMs: number): Promise<CheckResult> {
+  return stuck(
+    checkNames.pendingPublished,
+    'fail',
+    await pendingPublished(db, pendingMs),
+    `pending over ${formatAge(pendingMs / 1000)} after publishing`,
+    'worker or queue problem: is a worker consuming this AMQP_PREFIX? grep its logs for the task id',
+  );
+}
+
+export async function checkLongProcessing(db: Db, processingMs: number): Promise<CheckResult> {
+  return stuck(
+    checkNames.processing,
+    'warn',
+    await longProcessing(db, processingMs),
+    `processing over ${formatAge(processingMs / 1000)}`,
+    'a handler may hang: grep the worker logs for the task id, or POST /tasks/{id}/cancel',
+  );
+}

@@ -1,0 +1,63 @@
+import type { LogLine } from '../helpers/services';
+import { startStack, type Stack } from '../helpers/stack';
+
+describe('one correlation id follows a task through api, relay and worker logs', () => {
+  let stack: Stack;
+
+  beforeAll(async () => {
+    stack = await startStack({ RETRY_BASE_MS: '20' }, { relay: { LOG_LEVEL: 'debug' } });
+  });
+
+  afterAll(async () => {
+    expect(await stack.stop()).toEqual([0, 0, 0]);
+  });
+
+  it('echoes X-Request-Id and puts it, with the task id and message id, on every log line about the task, retries included', async () => {
+    const res = await fetch(`${stack.urls.api}/tasks`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-request-id': 'my-corr-123' },
+      body: JSON.stringify({ type: 'flaky', payload: { failTimes: 1 } }),
+    });
+    expect(res.status).toBe(202);
+    expect(res.headers.get('x-request-id')).toBe('my-corr-123');
+    const task = (await res.json()) as { id: string; correlationId: string };
+    expect(task.correlationId).toBe('my-corr-123');
+
+    await stack.worker.waitForLog('the task to succeed', (l) => l.taskId === task.id && l.message === 'task succeeded');
+    const outbox = await stack.database.db
+      .selectFrom('outbox')
+      .select('message_id')
+      .where('task_id', '=', task.id)
+      .execute();
+    const messageIds = outbox.map((o) => o.message_id);
+    expect(messageIds).toHaveLength(2); // the first attempt and its retry
+
+    const about = (logs: LogLine[]) => logs.filter((l) => JSON.stringify(l).includes(task.id));
+    const accepted = about(stack.api.logs);
+    expect(accepted).toEqual([expect.objectContaining({ message: 'task accepted', correlationId: 'my-corr-123' })]);
+    expect(messageIds).toContain(accepted[0]!.messageId);
+
+    const relayLines = about(stack.relay.logs);
+    const workerLines = about(stack.worker.logs);
+    expect(relayLines.map((l) => l.message)).toEqual(['message published', 'message published']);
+    expect(workerLines.map((l) => l.message)).toEqual(
+      expect.arrayContaining(['task started', 'task attempt failed; retry scheduled', 'task succeeded']),
+    );
+    for (const line of [...relayLines, ...workerLines]) {
+      expect(line).toMatchObject({ taskId: task.id, correlationId: 'my-corr-123' });
+      expect(messageIds).toContain(line.messageId);
+    }
+    expect(new Set(workerLines.map((l) => l.messageId))).toEqual(new Set(messageIds));
+  });
+
+  it('generates a request id when none is sent, and answers with it', async () => {
+    const res = await fetch(`${stack.urls.api}/tasks`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ type: 'echo', payload: {} }),
+    });
+    const id = res.headers.get('x-request-id');
+    expect(id).toMatch(/^[0-9a-f-]{36}$/);
+    expect(((await res.json()) as { correlationId: string }).correlationId).toBe(id);
+  });
+});

@@ -1,0 +1,171 @@
+import amqp from 'amqplib';
+import { sql } from 'kysely';
+import { amqpNames } from '@taskbox/shared';
+import { checkNames as c } from '../../packages/shared/src/doctor';
+import { amqpUrl, deleteTopology, testPrefix } from '../helpers/amqp';
+import { createTestDatabase, type TestDatabase } from '../helpers/db';
+import { closedPort, runDoctor, statuses } from '../helpers/doctor';
+import { startService, type RunningService, type ServiceName } from '../helpers/services';
+import { waitFor } from '../helpers/wait';
+
+const PENDING_MS = 500;
+
+describe('npm run doctor says where the chain is broken', () => {
+  let database: TestDatabase;
+  let prefix: string;
+  let env: Record<string, string>;
+  let api: string;
+  const running = new Map<ServiceName, RunningService>();
+
+  async function start(name: ServiceName): Promise<void> {
+    const service = startService(name, env);
+    running.set(name, service);
+    if (name === 'worker') await service.waitForLog('consuming', (l) => l.message === 'consuming');
+    else await service.port();
+  }
+
+  async function stop(name: ServiceName): Promise<void> {
+    expect(await running.get(name)?.stop()).toBe(0);
+    running.delete(name);
+  }
+
+  const doctor = (extra: Record<string, string> = {}) =>
+    runDoctor({ ...env, DOCTOR_PENDING_MS: String(PENDING_MS), DOCTOR_PROCESSING_MS: '500', ...extra });
+
+  async function submit(type: string, payload: unknown): Promise<string> {
+    const res = await fetch(`${api}/tasks`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ type, payload }),
+    });
+    expect(res.status).toBe(202);
+    return ((await res.json()) as { id: string }).id;
+  }
+
+  /** Waits until the task's outbox row has been in `state` for longer than the doctor's threshold. */
+  function outboxOlderThanThreshold(taskId: string, state: 'published' | 'unpublished') {
+    const column = state === 'published' ? sql`published_at` : sql`created_at`;
+    const filter = state === 'published' ? sql`published_at IS NOT NULL` : sql`published_at IS NULL`;
+    return waitFor(`task ${taskId}'s outbox row to be ${state} for a while`, async () => {
+      const { rows } = await sql`
+        SELECT 1 FROM outbox WHERE task_id = ${taskId} AND ${filter}
+          AND ${column} < now() - ${PENDING_MS + 100} * interval '1 millisecond'`.execute(database.db);
+      return rows.length > 0;
+    });
+  }
+
+  const taskStatus = async (id: string) =>
+    (await database.db.selectFrom('tasks').select('status').where('id', '=', id).executeTakeFirst())?.status;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    prefix = testPrefix();
+    env = { DATABASE_URL: database.url, AMQP_URL: amqpUrl(), AMQP_PREFIX: prefix };
+    await Promise.all([start('api'), start('relay'), start('worker')]);
+    api = `http://127.0.0.1:${await running.get('api')!.port()}`;
+  });
+
+  afterAll(async () => {
+    await Promise.all([...running.values()].map((s) => s.stop()));
+    await database.drop();
+    await deleteTopology(prefix);
+  });
+
+  it('reports every check ok and exits 0 while api, relay and worker run', async () => {
+    const id = await submit('echo', { hello: 'doctor' });
+    await waitFor('the task to succeed', async () => (await taskStatus(id)) === 'succeeded');
+    const run = await doctor();
+    expect(statuses(run)).toEqual(Object.fromEntries(Object.values(c).map((n) => [n, 'ok'])));
+    expect(run.code).toBe(0);
+  });
+
+  it('with the worker stopped, fails "consumers on the queue" and names the task pending after publishing', async () => {
+    await stop('worker');
+    const id = await submit('echo', { stuck: 'worker' });
+    await outboxOlderThanThreshold(id, 'published');
+    const run = await doctor();
+    expect(run.status(c.consumers)).toBe('fail');
+    expect(run.line(c.consumers)).toMatch(/0 on .*tasks, 1 messages ready/);
+    expect(run.status(c.pendingPublished)).toBe('fail');
+    expect(run.line(c.pendingPublished)).toContain(id);
+    expect(run.status(c.pendingUnpublished)).toBe('ok');
+    expect(run.code).toBe(1);
+
+    await start('worker');
+    await waitFor('the stuck task to succeed', async () => (await taskStatus(id)) === 'succeeded');
+    expect((await doctor()).code).toBe(0);
+  });
+
+  it('with the relay stopped, fails "pending, not published" and warns about the outbox backlog', async () => {
+    await stop('relay');
+    const id = await submit('echo', { stuck: 'relay' });
+    await outboxOlderThanThreshold(id, 'unpublished');
+    const run = await doctor();
+    expect(run.status(c.pendingUnpublished)).toBe('fail');
+    expect(run.line(c.pendingUnpublished)).toContain(id);
+    expect(run.status(c.backlog)).toBe('warn');
+    expect(run.status(c.pendingPublished)).toBe('ok');
+    expect(run.status(c.consumers)).toBe('ok');
+    expect(run.code).toBe(1);
+
+    await start('relay');
+    await waitFor('the stuck task to succeed', async () => (await taskStatus(id)) === 'succeeded');
+  });
+
+  it('warns about a task processing longer than the threshold, without failing', async () => {
+    const id = await submit('sleep', { ms: 3000 });
+    await waitFor('the sleep to be running past the threshold', async () => {
+      const { rows } = await sql`
+        SELECT 1 FROM task_attempts WHERE task_id = ${id} AND finished_at IS NULL
+          AND started_at < now() - interval '600 milliseconds'`.execute(database.db);
+      return rows.length > 0;
+    });
+    const run = await doctor();
+    expect(run.status(c.processing)).toBe('warn');
+    expect(run.line(c.processing)).toContain(id);
+    expect(run.code).toBe(0);
+    await waitFor('the sleep to finish', async () => (await taskStatus(id)) === 'succeeded');
+  });
+
+  it('warns about dead letters waiting', async () => {
+    const connection = await amqp.connect(amqpUrl());
+    try {
+      const ch = await connection.createConfirmChannel();
+      ch.publish(amqpNames(prefix).exchange, 'echo', Buffer.from('not json'), { messageId: 'garbage-1' });
+      await ch.waitForConfirms();
+      await waitFor('the garbage to be dead-lettered', async () => {
+        return (await ch.checkQueue(amqpNames(prefix).deadQueue)).messageCount === 1;
+      });
+      await ch.close();
+    } finally {
+      await connection.close();
+    }
+    const run = await doctor();
+    expect(run.status(c.deadLetters)).toBe('warn');
+    expect(run.line(c.deadLetters)).toContain('1 waiting');
+  });
+
+  it('with the broker unreachable, fails "broker reachable", skips the broker checks, keeps the password out and exits 1', async () => {
+    const run = await doctor({ AMQP_URL: `amqp://guest:s3cret@127.0.0.1:${await closedPort()}` });
+    expect(run.status(c.database)).toBe('ok');
+    expect(run.status(c.broker)).toBe('fail');
+    expect(run.line(c.broker)).toMatch(/ECONNREFUSED.*start RabbitMQ or fix AMQP_URL/);
+    for (const name of [c.topology, c.consumers, c.deadLetters]) {
+      expect(run.line(name)).toMatch(/^fail .*not checked/);
+    }
+    expect(run.status(c.backlog)).toBe('ok');
+    expect(run.stdout).not.toContain('s3cret');
+    expect(run.code).toBe(1);
+  });
+
+  it('with the database unreachable, fails "database reachable" and skips the database checks', async () => {
+    const run = await doctor({ DATABASE_URL: `postgres://postgres:s3cret@127.0.0.1:${await closedPort()}/taskbox` });
+    expect(run.status(c.database)).toBe('fail');
+    for (const name of [c.migrations, c.backlog, c.pendingUnpublished, c.pendingPublished, c.processing]) {
+      expect(run.line(name)).toMatch(/^fail .*not checked/);
+    }
+    expect(run.status(c.consumers)).toBe('ok');
+    expect(run.stdout).not.toContain('s3cret');
+    expect(run.code).toBe(1);
+  });
+});

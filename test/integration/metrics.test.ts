@@ -1,0 +1,75 @@
+import { sample, scrape, type Sample } from '../helpers/metrics';
+import { startStack, type Stack } from '../helpers/stack';
+import { waitFor } from '../helpers/wait';
+
+describe('health and metrics of api, relay and worker', () => {
+  let stack: Stack;
+
+  beforeAll(async () => {
+    stack = await startStack({ RETRY_BASE_MS: '20', RETRY_MAX_MS: '100' });
+  });
+
+  afterAll(async () => {
+    expect(await stack.stop()).toEqual([0, 0, 0]);
+  });
+
+  it('each service answers /healthz, and /readyz once its Postgres (and RabbitMQ) connections work', async () => {
+    for (const [name, url] of Object.entries(stack.urls)) {
+      expect(await (await fetch(`${url}/healthz`)).json()).toEqual({ status: 'ok' });
+      const ready = await waitFor(`${name} to be ready`, async () => {
+        const res = await fetch(`${url}/readyz`);
+        return res.status === 200 ? ((await res.json()) as { checks: Record<string, boolean> }) : undefined;
+      });
+      const expected = name === 'api' ? { postgres: true } : { postgres: true, rabbitmq: true };
+      expect(ready.checks).toEqual(expected);
+    }
+  });
+
+  it('exports retries and dead letters at zero before anything happened', async () => {
+    const worker = await scrape(stack.urls.worker);
+    expect(sample(worker, 'worker_attempt_failures_total', { final: 'false' })).toBe(0);
+    expect(sample(worker, 'worker_dead_letters_total', { reason: 'unparseable' })).toBe(0);
+    expect(sample(worker, 'tasks_by_status', { status: 'failed' })).toBe(0);
+    expect(sample(await scrape(stack.urls.relay), 'relay_publish_failures_total')).toBe(0);
+  });
+
+  it('counts requests, publishes, deliveries, handler runs, a retry and tasks by status after a few tasks', async () => {
+    const submit = async (type: string, payload: unknown) => {
+      const res = await fetch(`${stack.urls.api}/tasks`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ type, payload }),
+      });
+      expect(res.status).toBe(202);
+    };
+    await Promise.all([submit('echo', { n: 1 }), submit('echo', { n: 2 }), submit('echo', { n: 3 })]);
+    await submit('flaky', { failTimes: 1 });
+    let worker: Sample[] = [];
+    await waitFor('4 succeeded tasks in the worker metrics', async () => {
+      worker = await scrape(stack.urls.worker);
+      return sample(worker, 'tasks_by_status', { status: 'succeeded' }) === 4;
+    });
+
+    const api = await scrape(stack.urls.api);
+    const post202 = { method: 'POST', route: '/tasks', status: '202' };
+    expect(sample(api, 'http_requests_total', post202)).toBe(4);
+    expect(sample(api, 'http_request_duration_seconds_count', post202)).toBe(4);
+
+    const relay = await scrape(stack.urls.relay);
+    expect(sample(relay, 'relay_published_total')).toBe(5); // 4 first attempts + 1 retry
+    expect(sample(relay, 'relay_publish_failures_total')).toBe(0);
+    expect(sample(relay, 'outbox_backlog')).toBe(0);
+    expect(sample(relay, 'outbox_oldest_unpublished_age_seconds')).toBe(0);
+    expect(sample(relay, 'relay_batch_size_count')).toBeGreaterThan(0);
+    expect(sample(relay, 'relay_batch_size_sum')).toBe(5);
+    expect(sample(relay, 'relay_confirm_seconds_count')).toBe(sample(relay, 'relay_batch_size_count'));
+
+    expect(sample(worker, 'worker_deliveries_total', { outcome: 'run' })).toBe(5);
+    expect(sample(worker, 'worker_handler_duration_seconds_count', { type: 'echo', outcome: 'succeeded' })).toBe(3);
+    expect(sample(worker, 'worker_handler_duration_seconds_count', { type: 'flaky', outcome: 'failed' })).toBe(1);
+    expect(sample(worker, 'worker_handler_duration_seconds_count', { type: 'flaky', outcome: 'succeeded' })).toBe(1);
+    expect(sample(worker, 'worker_attempt_failures_total', { final: 'false' })).toBe(1);
+    expect(sample(worker, 'worker_attempt_failures_total', { final: 'true' })).toBe(0);
+    expect(sample(worker, 'tasks_by_status', { status: 'pending' })).toBe(0);
+  });
+});
