@@ -2,12 +2,13 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { closeServer, createOutboxNotifier, createTaskNotifier } from '@taskbox/shared';
 import { buildApp, type AppDeps } from '../../services/api/src/app';
-import { createTaskEvents } from '../../services/api/src/task-events';
+import { createTaskEvents, type TaskEvents } from '../../services/api/src/task-events';
 import { createTestDatabase, quietLogger, type TestDatabase } from './db';
 
 export interface TestApi {
   app: http.RequestListener;
   database: TestDatabase;
+  events: TaskEvents;
   /** Listens on a loopback port for clients other than supertest (fetch, long polls); returns the base URL. */
   listen(): Promise<string>;
   close(): Promise<void>;
@@ -36,6 +37,7 @@ export async function startTestApi(overrides: Partial<AppDeps> = {}): Promise<Te
   return {
     app,
     database,
+    events,
     async listen() {
       const s = http.createServer(app);
       server = s;
