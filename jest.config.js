@@ -4,7 +4,9 @@ module.exports = {
   roots: ['<rootDir>/test'],
   testMatch: ['**/*.test.ts'],
   // test/tsconfig.json sets isolatedModules: transpile only (`npm run typecheck` checks types), which keeps jest fast.
-  transform: { '^.+\\.ts$': ['ts-jest', { tsconfig: 'test/tsconfig.json' }] },
+  transform: { '^.+\\.(ts|js)$': ['ts-jest', { tsconfig: 'test/tsconfig.json' }] },
+  // jose 6 is ESM only: node loads it through require(esm), jest's module loader cannot, so jest compiles it.
+  transformIgnorePatterns: ['/node_modules/(?!jose/)'],
   moduleNameMapper: { '^@taskbox/shared$': '<rootDir>/packages/shared/src/index.ts' },
   globalSetup: '<rootDir>/test/global-setup.ts',
   globalTeardown: '<rootDir>/test/global-teardown.ts',

@@ -20,7 +20,8 @@ describe('chaos', () => {
   let amqpProxy: FaultProxy;
 
   afterAll(async () => {
-    for (const s of system?.services ?? []) if (s.text.length > 0) console.log(`${s.name} printed:\n${s.text.join('\n')}`);
+    for (const s of system?.services ?? [])
+      if (s.text.length > 0) console.log(`${s.name} printed:\n${s.text.join('\n')}`);
     await pgProxy?.restore();
     await amqpProxy?.restore();
     await system?.stop();

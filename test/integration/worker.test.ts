@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import amqp from 'amqplib';
-import { amqpNames, assertTopology, connectAmqp, createOutboxNotifier } from '@taskbox/shared';
+import { amqpNames, assertTopology, connectAmqp, createOutboxNotifier, createTaskNotifier } from '@taskbox/shared';
 import { createConsumer, type Consumer } from '../../services/worker/src/consumer';
 import { createLeases } from '../../services/worker/src/leases';
 import { createWorkerMetrics } from '../../services/worker/src/metrics';
@@ -27,6 +27,7 @@ describe('worker', () => {
         db: database.db,
         leases,
         notifier: createOutboxNotifier(database.pool, quietLogger),
+        taskNotifier: createTaskNotifier(database.pool, quietLogger),
         metrics: createWorkerMetrics(database.db),
         leaseMs,
         retryBaseMs: 10,

@@ -2,6 +2,27 @@ import { z } from 'zod';
 
 const port = z.coerce.number().int().min(0).max(65535);
 const positiveInt = z.coerce.number().int().positive();
+const commaList = (value: string): string[] =>
+  value
+    .split(',')
+    .map((item) => item.trim())
+    .filter(Boolean);
+
+// "token:owner,token:owner"; tokens and owners without ":" or "," so the list parses one way only.
+const authTokens = z
+  .string()
+  .regex(/^\s*[^\s:,]+:[^\s:,]+\s*(,\s*[^\s:,]+:[^\s:,]+\s*)*$/, 'a list such as "token1:alice,token2:bob"')
+  .transform((value) => new Map(commaList(value).map((pair) => pair.split(':') as [string, string])));
+
+// An origin is scheme://host[:port], exactly what browsers send in the Origin header.
+const corsOrigins = z
+  .string()
+  .transform(commaList)
+  .pipe(
+    z.array(
+      z.union([z.literal('*'), z.url().regex(/^https?:\/\/[^/]+$/, 'an origin such as https://app.example.com')]),
+    ),
+  );
 
 /** Every environment variable taskbox reads, with its default. main.ts of each service is the only caller. */
 export const configSchema = z.object({
@@ -38,17 +59,29 @@ export const configSchema = z.object({
   // The doctor calls a pending task stuck after this long, and a running one after the second.
   DOCTOR_PENDING_MS: positiveInt.default(60_000),
   DOCTOR_PROCESSING_MS: positiveInt.default(600_000),
+  AUTH_TOKENS: authTokens.optional(),
+  // HS256 needs a key at least as long as its 256-bit hash (RFC 7518 section 3.2).
+  AUTH_JWT_SECRET: z.string().min(32, 'at least 32 characters').optional(),
+  AUTH_JWKS_URL: z.url().optional(),
+  AUTH_JWT_ISSUER: z.string().min(1).optional(),
+  AUTH_JWT_AUDIENCE: z.string().min(1).optional(),
+  CORS_ORIGINS: corsOrigins.default([]),
 });
 
 export type Config = z.infer<typeof configSchema>;
+
 export const configKeys = Object.keys(configSchema.shape) as (keyof Config)[];
 
 /** Parses the environment or throws one error that names every bad variable. */
 export function loadConfig(env: NodeJS.ProcessEnv): Config {
   const present = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
   const parsed = configSchema.safeParse(present);
-  if (parsed.success) return parsed.data;
-  const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
+  const issues = parsed.error?.issues.map((i) => ({ path: i.path.join('.'), message: i.message })) ?? [];
+  if (parsed.data?.AUTH_JWT_SECRET && parsed.data.AUTH_JWKS_URL) {
+    issues.push({ path: 'AUTH_JWKS_URL', message: 'set AUTH_JWT_SECRET or AUTH_JWKS_URL, not both' });
+  }
+  if (parsed.success && issues.length === 0) return parsed.data;
+  const lines = issues.map((i) => `  ${i.path}: ${i.message}`);
   throw new Error(`invalid configuration:\n${lines.join('\n')}`);
 }
 

@@ -1,6 +1,16 @@
+import { types } from 'node:util';
+
+/**
+ * True for any Error, also one made in another realm (node core's socket errors fail `instanceof
+ * Error` inside jest's sandbox, and would be reported as 500 instead of 503 there).
+ */
+export function isError(value: unknown): value is Error {
+  return value instanceof Error || types.isNativeError(value);
+}
+
 /** Turns anything thrown into an Error, so callers can rely on .message. */
 export function toError(value: unknown): Error {
-  if (value instanceof Error) return value;
+  if (isError(value)) return value;
   return new Error(typeof value === 'string' ? value : JSON.stringify(value));
 }
 
@@ -19,7 +29,7 @@ const transientNodeCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', '
 
 /** True when a database error means Postgres is unreachable or overloaded, not that the query was wrong. */
 export function isTransientDbError(value: unknown): boolean {
-  if (!(value instanceof Error)) return false;
+  if (!isError(value)) return false;
   const code = (value as { code?: unknown }).code;
   if (typeof code === 'string') {
     if (transientPgCodes.has(code) || transientNodeCodes.has(code)) return true;

@@ -6,5 +6,7 @@ export * from './health';
 export * from './lifecycle';
 export * from './logger';
 export * from './migrate';
+export * from './notify';
 export * from './outbox';
+export * from './pg-listener';
 export * from './task-types';

@@ -1,9 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
-import type pg from 'pg';
 import type { Db } from './db';
-import { toError } from './errors';
-import type { Logger } from './logger';
 import type { TaskMessage } from './task-types';
 
 /** The NOTIFY channel the relay listens on. NOTIFY is scoped to one database, so tests stay apart. */
@@ -61,51 +58,4 @@ export async function insertOutbox(db: Db, messages: OutboxMessage[], delayMs = 
     .insertInto('outbox')
     .values(messages.map((m) => ({ ...m, available_at: sql<Date>`now() + ${delayMs} * interval '1 millisecond'` })))
     .execute();
-}
-
-export interface OutboxNotifier {
-  /** Call after a commit that added outbox rows. */
-  poke(): void;
-  /** Resolves when no NOTIFY is in flight. */
-  stop(): Promise<void>;
-}
-
-/**
- * Wakes the relay after commits, coalesced: at most one NOTIFY in flight per process, and one more
- * after it if anything was committed meanwhile.
- *
- * Why not pg_notify inside the insert transaction: NOTIFY takes a cluster-wide lock from pre-commit
- * until the commit is flushed (async.c, PreCommit_Notify), which serializes every api commit. Measured
- * with pgbench on a 2-core machine: 1 585 tx/s with pg_notify inside vs 3 227 without at 8 clients.
- * A wake-up that arrives after the commit is all the relay needs, and it polls anyway, so a NOTIFY
- * that fails (Postgres restarting) costs at most one poll interval, never a message.
- */
-export function createOutboxNotifier(pool: pg.Pool, logger: Logger): OutboxNotifier {
-  let inFlight: Promise<void> | null = null;
-  let pending = false;
-  const send = (): void => {
-    pending = false;
-    inFlight = pool
-      .query('SELECT pg_notify($1, $2)', [OUTBOX_CHANNEL, ''])
-      .then(
-        () => undefined,
-        (err: unknown) => {
-          logger.debug('outbox notify failed; the relay poll will find the rows', { error: toError(err).message });
-        },
-      )
-      .finally(() => {
-        inFlight = null;
-        if (pending) send();
-      });
-  };
-  return {
-    poke() {
-      if (inFlight) pending = true;
-      else send();
-    },
-    async stop() {
-      pending = false;
-      while (inFlight) await inFlight;
-    },
-  };
 }

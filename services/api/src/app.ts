@@ -1,33 +1,30 @@
-import { randomUUID, timingSafeEqual } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
+import cors from 'cors';
 import express, { type RequestHandler } from 'express';
 import type pg from 'pg';
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { toError, type Db, type Logger, type OutboxNotifier } from '@taskbox/shared';
-import { HttpProblem, notFoundHandler, problemHandler } from './problem';
+import { toError, type Db, type Logger, type OutboxNotifier, type TaskNotifier } from '@taskbox/shared';
+import { authenticate, type AuthConfig } from './auth';
+import { openApiDocument } from './openapi';
+import { notFoundHandler, problemHandler } from './problem';
 import { tasksRouter } from './routes/tasks';
+import type { TaskEvents } from './task-events';
 
 export interface AppDeps {
   db: Db;
   pool: pg.Pool;
   notifier: OutboxNotifier;
+  taskNotifier: TaskNotifier;
+  events: TaskEvents;
   logger: Logger;
   bodyLimit: string;
-  /** token → owner; empty means authentication is off and every caller is ANONYMOUS_OWNER. */
-  tokens: Map<string, string>;
+  /** No token settings means authentication is off and every caller is ANONYMOUS_OWNER. */
+  auth: AuthConfig;
+  /** Origins a browser may call from ("*" for any); empty sends no CORS headers at all. */
+  corsOrigins: string[];
 }
 
-export const ANONYMOUS_OWNER = 'anonymous';
 const REQUEST_ID = /^[\w.:@/+=-]{1,128}$/;
-
-/** Parses AUTH_TOKENS ("token:owner,token:owner") into a lookup. */
-export function parseTokens(value: string | undefined): Map<string, string> {
-  const tokens = new Map<string, string>();
-  for (const pair of (value ?? '').split(',').filter(Boolean)) {
-    const [token, ownerName] = pair.split(':');
-    if (token && ownerName) tokens.set(token.trim(), ownerName.trim());
-  }
-  return tokens;
-}
 
 function requestId(): RequestHandler {
   return (req, res, next) => {
@@ -45,25 +42,8 @@ function securityHeaders(): RequestHandler {
     res.setHeader('X-Frame-Options', 'DENY');
     res.setHeader('Referrer-Policy', 'no-referrer');
     res.setHeader('Cache-Control', 'no-store');
-    next();
-  };
-}
-
-function authenticate(tokens: Map<string, string>): RequestHandler {
-  const known = [...tokens.entries()].map(([token, ownerName]) => [Buffer.from(token), ownerName] as const);
-  return (req, res, next) => {
-    if (tokens.size === 0) {
-      res.locals.owner = ANONYMOUS_OWNER;
-      return next();
-    }
-    const match = /^Bearer (.+)$/.exec(req.get('authorization') ?? '');
-    const given = Buffer.from(match?.[1] ?? '');
-    const found = known.find(([token]) => token.length === given.length && timingSafeEqual(token, given));
-    if (!found) {
-      res.setHeader('WWW-Authenticate', 'Bearer');
-      throw new HttpProblem(401, 'Unauthorized', 'send a valid bearer token in the Authorization header');
-    }
-    res.locals.owner = found[1];
+    // The api serves JSON only: nothing it returns may run scripts or be framed.
+    res.setHeader('Content-Security-Policy', "default-src 'none'; frame-ancestors 'none'");
     next();
   };
 }
@@ -106,6 +86,20 @@ export function buildApp(deps: AppDeps): { app: express.Express; registry: Regis
   app.disable('x-powered-by');
   app.set('query parser', 'simple');
   app.use(requestId(), securityHeaders(), httpMetrics(registry));
+  if (deps.corsOrigins.length > 0) {
+    app.use(
+      cors({
+        origin: deps.corsOrigins.includes('*') ? '*' : deps.corsOrigins,
+        // Without these a browser script cannot read the headers a frontend needs.
+        exposedHeaders: ['Location', 'X-Request-Id', 'Idempotent-Replayed'],
+        maxAge: 600,
+      }),
+    );
+  }
+  const document = openApiDocument();
+  app.get('/openapi.json', (_req, res) => {
+    res.json(document);
+  });
 
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
@@ -124,7 +118,7 @@ export function buildApp(deps: AppDeps): { app: express.Express; registry: Regis
 
   app.use(
     '/tasks',
-    authenticate(deps.tokens),
+    authenticate(deps.auth),
     express.json({ limit: deps.bodyLimit, type: ['application/json', 'application/*+json'] }),
     tasksRouter(deps),
   );

@@ -6,13 +6,15 @@ import {
   createLogger,
   createOutboxNotifier,
   createPool,
+  createTaskNotifier,
   exitOnSignal,
   listen,
   loadConfig,
   redactUrl,
   toError,
 } from '@taskbox/shared';
-import { buildApp, parseTokens } from './app';
+import { buildApp } from './app';
+import { createTaskEvents } from './task-events';
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
@@ -24,24 +26,34 @@ async function main(): Promise<void> {
   const pool = createPool(config.DATABASE_URL, logger, { max: config.PG_POOL_SIZE, connectionTimeoutMillis: 10_000 });
   const db = createDb(pool);
   const notifier = createOutboxNotifier(pool, logger);
+  const taskNotifier = createTaskNotifier(pool, logger);
+  const events = createTaskEvents(config.DATABASE_URL, logger);
   const { app } = buildApp({
     db,
     pool,
     notifier,
+    taskNotifier,
+    events,
     logger,
     bodyLimit: config.BODY_LIMIT,
-    tokens: parseTokens(process.env.AUTH_TOKENS),
+    auth: config,
+    corsOrigins: config.CORS_ORIGINS,
   });
+  events.start();
   const server = http.createServer(app);
   await listen(server, config.PORT);
   logger.info('api listening', {
     port: (server.address() as AddressInfo).port,
     database: redactUrl(config.DATABASE_URL),
+    auth: config.AUTH_JWKS_URL ? 'jwks' : config.AUTH_JWT_SECRET ? 'jwt' : config.AUTH_TOKENS ? 'tokens' : 'off',
   });
 
   exitOnSignal(logger, config.SHUTDOWN_TIMEOUT_MS, async () => {
+    // Release long polls first (they answer with the current view), or closing would wait for them.
+    await events.stop();
     await closeServer(server);
     await notifier.stop();
+    await taskNotifier.stop();
     await db.destroy();
   });
 }

@@ -1,3 +1,4 @@
+import { STATUS_CODES } from 'node:http';
 import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
 import { isTransientDbError, toError, type Logger } from '@taskbox/shared';
 
@@ -50,6 +51,11 @@ export function problemHandler(logger: Logger): ErrorRequestHandler {
     const type = (err as { type?: unknown }).type;
     const known = typeof type === 'string' ? bodyParserProblems[type] : undefined;
     if (known && known[0] < 500) return sendProblem(res, new HttpProblem(known[0], known[1], toError(err).message));
+    // Express's router marks a path it cannot decode (e.g. /tasks/%) with status 400: the client's fault too.
+    const status = (err as { status?: unknown }).status;
+    if (typeof status === 'number' && status >= 400 && status < 500) {
+      return sendProblem(res, new HttpProblem(status, STATUS_CODES[status] ?? 'Bad Request', toError(err).message));
+    }
     const log = { requestId: res.locals.requestId as string, method: req.method, path: req.path };
     if (isTransientDbError(err)) {
       logger.warn('database unavailable', { ...log, error: toError(err).message });

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { jsonValueSchema } from '@taskbox/shared';
 import type { findTimeline, TaskRow } from './task-sql';
 
 const iso = z.iso.datetime({ offset: true });
@@ -8,14 +9,14 @@ export const taskViewSchema = z.object({
   id: z.guid(),
   type: z.string(),
   status: z.enum(['pending', 'processing', 'succeeded', 'failed', 'cancelled']),
-  payload: z.json(),
+  payload: jsonValueSchema,
   currentStep: z.string().nullable(),
   progress: z.number().min(0).max(1).nullable(),
   attempts: z.number().int(),
   maxAttempts: z.number().int(),
   externalJobId: z.string().nullable(),
-  result: z.json().nullable(),
-  error: z.json().nullable(),
+  result: jsonValueSchema.nullable(),
+  error: jsonValueSchema.nullable(),
   correlationId: z.string().nullable(),
   cancelRequested: z.boolean(),
   createdAt: iso,

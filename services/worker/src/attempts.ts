@@ -1,5 +1,5 @@
 import { backoffMs, isTaskType, isTransientDbError, sleep, taskPayloadSchemas, toError } from '@taskbox/shared';
-import type { Db, Logger, OutboxNotifier, TaskMessage } from '@taskbox/shared';
+import type { Db, Logger, OutboxNotifier, TaskMessage, TaskNotifier } from '@taskbox/shared';
 import { handlers } from './handlers';
 import type { HandlerContext, TaskHandler } from './handlers/types';
 import type { Leases } from './leases';
@@ -60,6 +60,8 @@ export interface AttemptDeps {
   db: Db;
   leases: Leases;
   notifier: OutboxNotifier;
+  /** Told after each commit that changes a task, so long-polling api clients answer at once. */
+  taskNotifier: TaskNotifier;
   metrics: WorkerMetrics;
   leaseMs: number;
   retryBaseMs: number;
@@ -72,7 +74,7 @@ export type Begin = Decision | { action: 'started'; task: LockedTask; attempt: n
 
 /** One transaction: lock the task, decide, and (to run) mark it processing with the external job id. */
 export async function beginAttempt(deps: AttemptDeps, message: TaskMessage, externalJobId: string): Promise<Begin> {
-  return deps.db.transaction().execute(async (tx) => {
+  const begin = await deps.db.transaction().execute(async (tx): Promise<Begin> => {
     const task = await lockTask(tx, message.taskId);
     const decision = decide(task, message);
     if (!task || decision.action === 'dead-letter' || decision.action === 'skip') return decision;
@@ -87,6 +89,8 @@ export async function beginAttempt(deps: AttemptDeps, message: TaskMessage, exte
     const attempt = await startAttempt(tx, task, externalJobId, deps.leaseMs);
     return { action: 'started', task, attempt };
   });
+  if (begin.action === 'started' || begin.action === 'fail') deps.taskNotifier.changed(message.taskId);
+  return begin;
 }
 
 /** Runs the handler and records its outcome; resolves true when the outcome is committed (ack then). */
@@ -111,8 +115,11 @@ export async function runAttempt(
       attempt,
       logger,
       signal,
-      step: (name) => setStep(deps.db, task.id, attempt, name),
-      progress: (fraction) => setStep(deps.db, task.id, attempt, null, Math.min(1, Math.max(0, fraction))),
+      step: (name) => setStep(deps.db, task.id, attempt, name).then(() => deps.taskNotifier.changed(task.id)),
+      progress: (fraction) =>
+        setStep(deps.db, task.id, attempt, null, Math.min(1, Math.max(0, fraction))).then(() =>
+          deps.taskNotifier.changed(task.id),
+        ),
     };
     logger.info('task started', { attempt });
     // The payload was parsed with this type's own schema just above.
@@ -149,6 +156,7 @@ async function recordOutcome(
   for (let tries = 1; ; tries++) {
     try {
       const applied = await finishAttempt(deps.db, taskId, attempt, outcome);
+      if (applied) deps.taskNotifier.changed(taskId);
       if (!applied) {
         logger.warn('attempt result discarded: the task was resumed elsewhere after this run lost its lease', {
           attempt,

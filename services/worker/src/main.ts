@@ -5,6 +5,7 @@ import {
   createLogger,
   createOutboxNotifier,
   createPool,
+  createTaskNotifier,
   exitOnSignal,
   loadConfig,
   redactUrl,
@@ -26,6 +27,7 @@ async function main(): Promise<void> {
   const db = createDb(pool);
   const metrics = createWorkerMetrics(db);
   const notifier = createOutboxNotifier(pool, logger);
+  const taskNotifier = createTaskNotifier(pool, logger);
   const leases = createLeases(db, config.WORKER_LEASE_MS, logger);
   const stopController = new AbortController();
   const consumer = createConsumer(
@@ -35,6 +37,7 @@ async function main(): Promise<void> {
       db,
       leases,
       notifier,
+      taskNotifier,
       metrics,
       leaseMs: config.WORKER_LEASE_MS,
       retryBaseMs: config.RETRY_BASE_MS,
@@ -43,7 +46,13 @@ async function main(): Promise<void> {
     },
     logger,
   );
-  const sweeper = createSweeper(db, Math.max(250, Math.floor(config.WORKER_LEASE_MS / 2)), notifier, logger);
+  const sweeper = createSweeper(
+    db,
+    Math.max(250, Math.floor(config.WORKER_LEASE_MS / 2)),
+    notifier,
+    taskNotifier,
+    logger,
+  );
   const amqp = await connectAmqp(config.AMQP_URL, logger, (model) => consumer.setup(model));
   const health = await startHealthServer(
     config.HEALTH_PORT ?? 3002,
@@ -69,6 +78,7 @@ async function main(): Promise<void> {
     leases.stop();
     await amqp.close().catch(() => undefined);
     await notifier.stop();
+    await taskNotifier.stop();
     await health.stop();
     await db.destroy();
   });

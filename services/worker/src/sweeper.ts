@@ -1,4 +1,4 @@
-import { toError, type Db, type Logger, type OutboxNotifier } from '@taskbox/shared';
+import { toError, type Db, type Logger, type OutboxNotifier, type TaskNotifier } from '@taskbox/shared';
 import { sweepExpiredLeases } from './task-sql';
 
 export interface Sweeper {
@@ -7,15 +7,22 @@ export interface Sweeper {
 }
 
 /** Every intervalMs, resumes (or fails) tasks whose run stopped renewing its lease. */
-export function createSweeper(db: Db, intervalMs: number, notifier: OutboxNotifier, logger: Logger): Sweeper {
+export function createSweeper(
+  db: Db,
+  intervalMs: number,
+  notifier: OutboxNotifier,
+  taskNotifier: TaskNotifier,
+  logger: Logger,
+): Sweeper {
   let timer: NodeJS.Timeout | null = null;
   let running: Promise<void> | null = null;
   let stopping = false;
 
   async function sweep(): Promise<void> {
     try {
-      const { resumed, failed } = await sweepExpiredLeases(db, 100);
+      const { resumed, failed, taskIds } = await sweepExpiredLeases(db, 100);
       if (resumed > 0) notifier.poke();
+      if (taskIds.length > 0) taskNotifier.changed(...taskIds);
       if (resumed + failed > 0) logger.warn('resumed runs whose lease expired', { resumed, failed });
     } catch (err) {
       logger.debug('lease sweep failed; will try again', { error: toError(err).message });

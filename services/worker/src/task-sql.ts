@@ -179,7 +179,10 @@ export async function setStep(db: Db, taskId: string, attempt: number, step: str
  * 'lost' and the task goes back to pending with an outbox row for the next attempt, or to failed
  * when no attempts are left. SKIP LOCKED lets every worker run this without stepping on another.
  */
-export async function sweepExpiredLeases(db: Db, limit: number): Promise<{ resumed: number; failed: number }> {
+export async function sweepExpiredLeases(
+  db: Db,
+  limit: number,
+): Promise<{ resumed: number; failed: number; taskIds: string[] }> {
   return db.transaction().execute(async (tx) => {
     const { rows } = await sql<{
       id: string;
@@ -212,6 +215,6 @@ export async function sweepExpiredLeases(db: Db, limit: number): Promise<{ resum
       tx,
       resumed.map((r) => outboxMessage(r, r.attempts + 1, { correlationId: r.correlation_id })),
     );
-    return { resumed: resumed.length, failed: rows.length - resumed.length };
+    return { resumed: resumed.length, failed: rows.length - resumed.length, taskIds: rows.map((r) => r.id) };
   });
 }

@@ -1,8 +1,18 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { Router, type Request, type Response } from 'express';
 import { z } from 'zod';
-import { isTaskType, taskPayloadSchemas, type Db, type Logger, type OutboxNotifier } from '@taskbox/shared';
+import {
+  isTaskType,
+  taskTypes,
+  terminalStatuses,
+  type Db,
+  type Logger,
+  type OutboxNotifier,
+  type TaskNotifier,
+} from '@taskbox/shared';
 import { HttpProblem } from '../problem';
+import { createTaskSchema, getQuerySchema, idSchema, listQuerySchema, taskBodySchemas } from '../schemas';
+import type { TaskEvents } from '../task-events';
 import {
   cancelTask,
   findTask,
@@ -14,30 +24,14 @@ import {
 } from '../task-sql';
 import { toTaskView } from '../task-view';
 
-export const createTaskSchema = z
-  .object({
-    type: z.string().min(1).max(100),
-    payload: z.json().optional(),
-    maxAttempts: z.number().int().min(1).max(100).optional(),
-  })
-  .strict();
-
-export const listQuerySchema = z
-  .object({
-    status: z.enum(['pending', 'processing', 'succeeded', 'failed', 'cancelled']).optional(),
-    type: z.string().min(1).max(100).optional(),
-    limit: z.coerce.number().int().min(1).max(100).default(20),
-    cursor: z.string().max(200).optional(),
-  })
-  .strict();
-
-const idSchema = z.guid();
 const idempotencyKeySchema = z.string().min(1).max(200);
 const DEFAULT_MAX_ATTEMPTS = 3;
 
 export interface TasksDeps {
   db: Db;
   notifier: OutboxNotifier;
+  taskNotifier: TaskNotifier;
+  events: TaskEvents;
   logger: Logger;
 }
 
@@ -72,7 +66,39 @@ function decodeCursor(cursor: string): { createdAt: string; id: string } {
   }
 }
 
-export function tasksRouter({ db, notifier, logger }: TasksDeps): Router {
+function badQuery(error: z.ZodError): HttpProblem {
+  return new HttpProblem(400, 'Invalid Query', error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
+}
+
+// What a long poll watches; updated_at is left out because lease heartbeats bump it every few seconds.
+const changeKey = (row: TaskRow): string => JSON.stringify([row.status, row.current_step, row.progress]);
+
+/**
+ * The long poll: answers when the task's status, step or progress differs from what it was when the
+ * request arrived, when the task is terminal (it will not change again), or when `waitMs` passes.
+ * Woken by NOTIFY, never by polling the row; the deadline also covers a NOTIFY that was lost.
+ */
+async function waitForChange(deps: TasksDeps, owner: string, id: string, waitMs: number, signal: AbortSignal) {
+  const deadline = Date.now() + waitMs;
+  const watch = deps.events.watch(id);
+  try {
+    let row = await findTask(deps.db, owner, id);
+    const initial = row && changeKey(row);
+    while (row && !terminalStatuses.includes(row.status) && changeKey(row) === initial && !signal.aborted) {
+      const remaining = deadline - Date.now();
+      if (remaining <= 0) break;
+      await watch.next(remaining, signal);
+      watch.reset();
+      row = await findTask(deps.db, owner, id);
+    }
+    return row;
+  } finally {
+    watch.close();
+  }
+}
+
+export function tasksRouter(deps: TasksDeps): Router {
+  const { db, notifier, taskNotifier, logger } = deps;
   const router = Router();
 
   router.post('/', async (req, res) => {
@@ -84,11 +110,12 @@ export function tasksRouter({ db, notifier, logger }: TasksDeps): Router {
     const { type, maxAttempts = DEFAULT_MAX_ATTEMPTS } = body.data;
     if (!isTaskType(type)) {
       throw new HttpProblem(422, 'Unknown Task Type', `unknown task type "${type}"`, {
-        knownTypes: Object.keys(taskPayloadSchemas),
+        knownTypes: taskTypes,
       });
     }
-    const payload = taskPayloadSchemas[type].safeParse(body.data.payload ?? {});
-    if (!payload.success) throw invalid('Invalid Payload', payload.error);
+    const typed = taskBodySchemas[type].safeParse(req.body);
+    if (!typed.success) throw invalid('Invalid Payload', typed.error);
+    const payload = typed.data.payload;
 
     const rawKey = req.get('idempotency-key');
     const keyParse = rawKey === undefined ? undefined : idempotencyKeySchema.safeParse(rawKey);
@@ -98,14 +125,14 @@ export function tasksRouter({ db, notifier, logger }: TasksDeps): Router {
     const idempotencyKey = keyParse?.data ?? null;
     const requestHash = idempotencyKey
       ? createHash('sha256')
-          .update(JSON.stringify([type, payload.data, maxAttempts]))
+          .update(JSON.stringify([type, payload, maxAttempts]))
           .digest('hex')
       : null;
     const correlationId = res.locals.requestId as string;
     const task = {
       id: randomUUID(),
       type,
-      payload: payload.data,
+      payload,
       maxAttempts,
       owner: owner(res),
       idempotencyKey,
@@ -134,10 +161,7 @@ export function tasksRouter({ db, notifier, logger }: TasksDeps): Router {
 
   router.get('/', async (req, res) => {
     const query = listQuerySchema.safeParse(req.query);
-    if (!query.success) {
-      const issues = query.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ');
-      throw new HttpProblem(400, 'Invalid Query', issues);
-    }
+    if (!query.success) throw badQuery(query.error);
     const { status, type, limit, cursor } = query.data;
     const rows = await listTasks(db, {
       owner: owner(res),
@@ -154,7 +178,15 @@ export function tasksRouter({ db, notifier, logger }: TasksDeps): Router {
 
   router.get('/:id', async (req, res) => {
     const id = parseId(req);
-    const row = await findTask(db, owner(res), id);
+    const query = getQuerySchema.safeParse(req.query);
+    if (!query.success) throw badQuery(query.error);
+    const { wait } = query.data;
+    // A client that goes away ends its wait, so an abandoned long poll holds nothing.
+    const gone = new AbortController();
+    res.once('close', () => gone.abort());
+    const row = wait
+      ? await waitForChange(deps, owner(res), id, wait * 1000, gone.signal)
+      : await findTask(db, owner(res), id);
     if (!row) throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
     res.json(toTaskView(row, await findTimeline(db, id)));
   });
@@ -166,6 +198,7 @@ export function tasksRouter({ db, notifier, logger }: TasksDeps): Router {
     if (before !== 'pending' && before !== 'processing') {
       throw new HttpProblem(409, 'Task Already Finished', `task ${id} is ${before} and cannot be cancelled`);
     }
+    if (before === 'pending') taskNotifier.changed(id);
     const row = await findTask(db, owner(res), id);
     if (!row) throw new Error(`task ${id} vanished after cancel`);
     logger.info(before === 'pending' ? 'task cancelled' : 'task cancel requested', {

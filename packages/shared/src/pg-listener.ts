@@ -1,0 +1,102 @@
+import pg from 'pg';
+import { toError } from './errors';
+import { backoffMs, sleep } from './lifecycle';
+import type { Logger } from './logger';
+
+export interface PgListener {
+  start(): void;
+  stop(): Promise<void>;
+  listening(): boolean;
+}
+
+export interface PgListenerOptions {
+  url: string;
+  channel: string;
+  logger: Logger;
+  /** Called with each NOTIFY payload on the channel. */
+  onNotify(payload: string): void;
+  /** Called after each (re)connect: NOTIFYs sent while disconnected are gone, so look again. */
+  onConnect(): void;
+}
+
+const HEARTBEAT_MS = 10_000;
+
+/**
+ * LISTENs on a dedicated pg.Client (a pooled client would be handed to others and lose the LISTEN).
+ * After a disconnect it reconnects with capped, jittered backoff on a NEW client and calls `onConnect`
+ * right after each (re)connect. A heartbeat checks pg_listening_channels() so a half-open connection
+ * does not silently stop the notifications.
+ *
+ * Notifications are an optimisation: every user of this polls or times out anyway, so a lost NOTIFY
+ * costs latency, never correctness. LISTEN does not work through a transaction-pooling PgBouncer;
+ * point DATABASE_URL at Postgres directly or at a session-pooled port.
+ */
+export function createPgListener(options: PgListenerOptions): PgListener {
+  const { url, channel, logger, onNotify, onConnect } = options;
+  let client: pg.Client | null = null;
+  let stopping = false;
+  let running: Promise<void> | null = null;
+  const stopController = new AbortController();
+
+  async function connectOnce(): Promise<pg.Client> {
+    const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5000 });
+    c.on('error', () => undefined); // surfaced through 'end' below
+    await c.connect();
+    c.on('notification', (n) => {
+      if (n.channel === channel) onNotify(n.payload ?? '');
+    });
+    await c.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+    return c;
+  }
+
+  async function run(): Promise<void> {
+    let failures = 0;
+    while (!stopping) {
+      try {
+        client = await connectOnce();
+        if (failures > 0) logger.info('listener reconnected', { channel });
+        failures = 0;
+        onConnect();
+        await heartbeatUntilBroken(client);
+      } catch (err) {
+        if (stopping) break;
+        if (failures === 0)
+          logger.warn('listener lost its connection; polling until it is back', {
+            channel,
+            error: toError(err).message,
+          });
+        failures++;
+      } finally {
+        const c = client;
+        client = null;
+        await c?.end().catch(() => undefined);
+      }
+      if (!stopping) await sleep(backoffMs(failures, 250, 10_000), stopController.signal);
+    }
+  }
+
+  async function heartbeatUntilBroken(c: pg.Client): Promise<void> {
+    const ended = new Promise<never>((_, reject) => c.once('end', () => reject(new Error('connection ended'))));
+    ended.catch(() => undefined);
+    while (!stopping) {
+      await Promise.race([sleep(HEARTBEAT_MS, stopController.signal), ended]);
+      if (stopping) return;
+      const { rows } = await Promise.race([c.query<{ ch: string }>('SELECT pg_listening_channels() AS ch'), ended]);
+      if (!rows.some((r) => r.ch === channel)) throw new Error('no longer listening');
+    }
+  }
+
+  return {
+    start() {
+      if (running || stopping) return;
+      running = run();
+    },
+    async stop() {
+      stopping = true;
+      stopController.abort();
+      await client?.end().catch(() => undefined);
+      await running;
+    },
+    listening: () => client !== null,
+  };
+}

@@ -1,0 +1,163 @@
+import { z } from 'zod';
+import { jsonValueSchema, taskTypes } from '@taskbox/shared';
+import {
+  createTaskRequestSchema,
+  getQuerySchema,
+  healthSchema,
+  listQuerySchema,
+  problemSchema,
+  readySchema,
+  taskBodySchemas,
+  taskListSchema,
+} from './schemas';
+import { taskViewSchema } from './task-view';
+
+type JsonObject = Record<string, unknown>;
+
+const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
+const json = (name: string, description: string) => ({
+  description,
+  content: { 'application/json': { schema: ref(name) } },
+});
+const problem = (description: string) => ({
+  description,
+  content: { 'application/problem+json': { schema: ref('Problem') } },
+});
+const header = (description: string) => ({ description, schema: { type: 'string' } });
+
+type Io = 'input' | 'output';
+
+/** JSON Schemas for OpenAPI components: one registry per direction, so shared parts get one $ref name. */
+function generate(io: Io, entries: [z.ZodType, string][]): Record<string, JsonObject> {
+  const registry = z.registry<{ id: string }>();
+  for (const [schema, id] of entries) registry.add(schema, { id });
+  const { schemas } = z.toJSONSchema(registry, { uri: (id) => `#/components/schemas/${id}`, io });
+  const out: Record<string, JsonObject> = {};
+  for (const [id, schema] of Object.entries(schemas)) {
+    // $schema and $id belong to standalone documents; inside OpenAPI 3.1 components they would re-base refs.
+    out[id] = Object.fromEntries(Object.entries(schema).filter(([key]) => key !== '$schema' && key !== '$id'));
+  }
+  return out;
+}
+
+/** Components generated from the very zod objects the routes parse with. */
+function components(): Record<string, JsonObject> {
+  const bodyName = (type: string) => `CreateTask_${type}`;
+  const requests = generate('input', [
+    [jsonValueSchema, 'JsonValue'],
+    [createTaskRequestSchema, 'CreateTask'],
+    ...taskTypes.map((t): [z.ZodType, string] => [taskBodySchemas[t], bodyName(t)]),
+  ]);
+  const mapping = Object.fromEntries(taskTypes.map((t) => [t, `#/components/schemas/${bodyName(t)}`]));
+  return {
+    ...requests,
+    CreateTask: { ...requests.CreateTask, discriminator: { propertyName: 'type', mapping } },
+    ...generate('output', [
+      [jsonValueSchema, 'JsonValue'],
+      [taskViewSchema, 'TaskView'],
+      [taskListSchema, 'TaskList'],
+      [problemSchema, 'Problem'],
+      [healthSchema, 'Health'],
+      [readySchema, 'Ready'],
+    ]),
+  };
+}
+
+/** Query parameters, from the same zod objects that validate them. */
+function queryParameters(schema: z.ZodObject): JsonObject[] {
+  const { properties = {}, required = [] } = z.toJSONSchema(schema, { io: 'input' }) as {
+    properties?: Record<string, JsonObject>;
+    required?: string[];
+  };
+  return Object.entries(properties).map(([name, s]) => ({
+    name,
+    in: 'query',
+    required: required.includes(name),
+    schema: s,
+  }));
+}
+
+export function openApiDocument(): JsonObject {
+  const idParam = { name: 'id', in: 'path', required: true, schema: { type: 'string', format: 'uuid' } };
+  const requestId = { name: 'X-Request-Id', in: 'header', required: false, schema: { type: 'string' } };
+  const common = {
+    '400': problem('invalid id, query or malformed JSON'),
+    '401': problem('authentication is on and the bearer token is missing or invalid'),
+  };
+  return {
+    openapi: '3.1.0',
+    info: { title: 'taskbox api', version: '0.1.0', description: 'Long-running tasks for a web frontend.' },
+    components: {
+      schemas: components(),
+      securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'static token or JWT (sub = owner)' } },
+    },
+    security: [{}, { bearer: [] }],
+    paths: {
+      '/tasks': {
+        post: {
+          summary: 'Create a task',
+          parameters: [
+            { name: 'Idempotency-Key', in: 'header', required: false, schema: { type: 'string', maxLength: 200 } },
+            requestId,
+          ],
+          requestBody: { required: true, content: { 'application/json': { schema: ref('CreateTask') } } },
+          responses: {
+            '202': { ...json('TaskView', 'accepted'), headers: { Location: header('/tasks/{id}') } },
+            '200': {
+              ...json('TaskView', 'a replay of an earlier request with the same Idempotency-Key'),
+              headers: { 'Idempotent-Replayed': header('true') },
+            },
+            ...common,
+            '409': problem('the Idempotency-Key was used with a different body'),
+            '413': problem('body larger than BODY_LIMIT'),
+            '415': problem('body is not application/json'),
+            '422': problem('unknown type or invalid payload'),
+          },
+        },
+        get: {
+          summary: 'List tasks, newest first (keyset pagination)',
+          parameters: queryParameters(listQuerySchema),
+          responses: { '200': json('TaskList', 'a page'), ...common },
+        },
+      },
+      '/tasks/{id}': {
+        get: {
+          summary: 'Get a task; with ?wait=SECONDS, long-poll until its status, step or progress changes',
+          parameters: [idParam, ...queryParameters(getQuerySchema)],
+          responses: { '200': json('TaskView', 'the task'), ...common, '404': problem('no such task for you') },
+        },
+      },
+      '/tasks/{id}/cancel': {
+        post: {
+          summary: 'Cancel a task',
+          parameters: [idParam],
+          responses: {
+            '200': json('TaskView', 'was pending; now cancelled'),
+            '202': json('TaskView', 'is processing; the running handler is being aborted'),
+            ...common,
+            '404': problem('no such task for you'),
+            '409': problem('already finished'),
+          },
+        },
+      },
+      '/healthz': { get: { summary: 'Alive', security: [], responses: { '200': json('Health', 'alive') } } },
+      '/readyz': {
+        get: {
+          summary: 'Postgres reachable',
+          security: [],
+          responses: { '200': json('Ready', 'ready'), '503': json('Ready', 'not ready') },
+        },
+      },
+      '/metrics': {
+        get: {
+          summary: 'Prometheus metrics',
+          security: [],
+          responses: { '200': { description: 'text exposition format', content: { 'text/plain': {} } } },
+        },
+      },
+      '/openapi.json': {
+        get: { summary: 'This document', security: [], responses: { '200': { description: 'OpenAPI 3.1' } } },
+      },
+    },
+  };
+}

@@ -1,0 +1,82 @@
+import { z } from 'zod';
+import { taskPayloadSchemas, taskTypes, type TaskType } from '@taskbox/shared';
+import { taskViewSchema } from './task-view';
+
+/**
+ * The zod schemas the routes validate with. openapi.ts generates the document from these same
+ * objects, so the document cannot drift from what the api accepts and returns.
+ */
+
+const statusSchema = taskViewSchema.shape.status;
+const maxAttemptsSchema = z.number().int().min(1).max(100);
+
+/** The envelope every task shares; checked first so an unknown type gets its own 422. */
+export const createTaskSchema = z
+  .object({
+    type: z.string().min(1).max(100),
+    payload: z.json().optional(),
+    maxAttempts: maxAttemptsSchema.optional(),
+  })
+  .strict();
+
+function taskBody(type: TaskType) {
+  return z
+    .object({
+      type: z.literal(type),
+      // prefault, not default: a missing payload is parsed as {} so a type that needs fields still says which.
+      payload: (taskPayloadSchemas[type] as z.ZodType<unknown>).prefault({}),
+      maxAttempts: maxAttemptsSchema.optional(),
+    })
+    .strict();
+}
+
+/** Per task type: the whole request body, with that type's payload schema. */
+export const taskBodySchemas = Object.fromEntries(taskTypes.map((t) => [t, taskBody(t)])) as Record<
+  TaskType,
+  ReturnType<typeof taskBody>
+>;
+
+/** What POST /tasks accepts, one branch per task type (documented as oneOf with a discriminator). */
+export const createTaskRequestSchema = z.discriminatedUnion(
+  'type',
+  Object.values(taskBodySchemas) as [ReturnType<typeof taskBody>, ...ReturnType<typeof taskBody>[]],
+);
+
+export const idSchema = z.guid();
+
+export const listQuerySchema = z
+  .object({
+    status: statusSchema.optional(),
+    type: z.string().min(1).max(100).optional(),
+    limit: z.coerce.number().int().min(1).max(100).default(20),
+    cursor: z.string().max(200).optional(),
+  })
+  .strict();
+
+/** GET /tasks/{id}: `wait` long-polls up to 30 s (longer holds sockets that proxies cut anyway). */
+export const getQuerySchema = z.object({ wait: z.coerce.number().gt(0).max(30).optional() });
+
+export const taskListSchema = z.object({
+  items: z.array(taskViewSchema),
+  next: z.string().nullable().describe('cursor of the next page; null on the last page'),
+});
+
+/** RFC 9457 problem details; loose because some problems carry extra members (issues, knownTypes). */
+export const problemSchema = z.looseObject({
+  type: z.string(),
+  title: z.string(),
+  status: z.number().int().min(400).max(599),
+  detail: z.string().optional(),
+  instance: z.string(),
+  requestId: z.string().optional(),
+  issues: z.array(z.object({ path: z.string(), message: z.string() })).optional(),
+  knownTypes: z.array(z.string()).optional(),
+});
+
+export const healthSchema = z.object({ status: z.literal('ok') });
+
+export const readySchema = z.object({
+  status: z.enum(['ready', 'not ready']),
+  checks: z.object({ postgres: z.boolean() }),
+  error: z.string().optional(),
+});

@@ -1,0 +1,55 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { closeServer, createOutboxNotifier, createTaskNotifier } from '@taskbox/shared';
+import { buildApp, type AppDeps } from '../../services/api/src/app';
+import { createTaskEvents, type TaskEvents } from '../../services/api/src/task-events';
+import { createTestDatabase, quietLogger, type TestDatabase } from './db';
+
+export interface TestApi {
+  app: http.RequestListener;
+  database: TestDatabase;
+  events: TaskEvents;
+  /** Listens on a loopback port for clients other than supertest (fetch, long polls); returns the base URL. */
+  listen(): Promise<string>;
+  close(): Promise<void>;
+}
+
+/** The api built in-process (as main.ts builds it) on its own test database, auth off unless overridden. */
+export async function startTestApi(overrides: Partial<AppDeps> = {}): Promise<TestApi> {
+  const database = await createTestDatabase();
+  const notifier = createOutboxNotifier(database.pool, quietLogger);
+  const taskNotifier = createTaskNotifier(database.pool, quietLogger);
+  const events = createTaskEvents(database.url, quietLogger);
+  events.start();
+  const { app } = buildApp({
+    db: database.db,
+    pool: database.pool,
+    notifier,
+    taskNotifier,
+    events,
+    logger: quietLogger,
+    bodyLimit: '16kb',
+    auth: {},
+    corsOrigins: [],
+    ...overrides,
+  });
+  let server: http.Server | null = null;
+  return {
+    app,
+    database,
+    events,
+    async listen() {
+      const s = http.createServer(app);
+      server = s;
+      await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
+      return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    },
+    async close() {
+      await events.stop();
+      if (server) await closeServer(server);
+      await notifier.stop();
+      await taskNotifier.stop();
+      await database.drop();
+    },
+  };
+}

@@ -1,0 +1,173 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { SignJWT, exportJWK, generateKeyPair } from 'jose';
+import request from 'supertest';
+import { closeServer, loadConfig } from '@taskbox/shared';
+import { startTestApi, type TestApi } from '../helpers/api';
+
+const SECRET = 'a-test-secret-that-is-at-least-32-chars';
+const PROBLEM = /^application\/problem\+json/;
+
+function hs256(sub: string, audience = 'taskbox', secret = SECRET): Promise<string> {
+  return new SignJWT({})
+    .setProtectedHeader({ alg: 'HS256' })
+    .setSubject(sub)
+    .setIssuer('https://issuer.test')
+    .setAudience(audience)
+    .setExpirationTime('5m')
+    .sign(new TextEncoder().encode(secret));
+}
+
+/** Asserts that alice's task is hers alone: bob gets 404 for it and never sees it listed. */
+async function expectOwnersApart(api: TestApi, alice: string, bob: string): Promise<void> {
+  const created = await request(api.app).post('/tasks').set('authorization', alice).send({ type: 'echo' });
+  expect(created.status).toBe(202);
+  const id = created.body.id as string;
+  expect((await request(api.app).get(`/tasks/${id}`).set('authorization', alice)).status).toBe(200);
+  expect((await request(api.app).get(`/tasks/${id}`).set('authorization', bob)).status).toBe(404);
+  expect((await request(api.app).post(`/tasks/${id}/cancel`).set('authorization', bob)).status).toBe(404);
+  const bobs = await request(api.app).get('/tasks').set('authorization', bob);
+  expect(bobs.body.items.map((t: { id: string }) => t.id)).not.toContain(id);
+  const alices = await request(api.app).get('/tasks').set('authorization', alice);
+  expect(alices.body.items.map((t: { id: string }) => t.id)).toContain(id);
+}
+
+describe('api auth: off by default', () => {
+  let api: TestApi;
+  beforeAll(async () => {
+    api = await startTestApi();
+  });
+  afterAll(async () => {
+    await api.close();
+  });
+
+  it('gives every caller, with or without a token, the one anonymous owner', async () => {
+    const created = await request(api.app).post('/tasks').send({ type: 'echo' });
+    const withToken = await request(api.app).get(`/tasks/${created.body.id}`).set('authorization', 'Bearer whatever');
+    expect(withToken.status).toBe(200);
+    const row = await api.database.db.selectFrom('tasks').select('owner').executeTakeFirstOrThrow();
+    expect(row.owner).toBe('anonymous');
+  });
+});
+
+describe('api auth: static tokens from AUTH_TOKENS', () => {
+  let api: TestApi;
+  beforeAll(async () => {
+    const config = loadConfig({ AUTH_TOKENS: 'tok-alice:alice, tok-bob:bob' });
+    api = await startTestApi({ auth: config });
+  });
+  afterAll(async () => {
+    await api.close();
+  });
+
+  it('answers 401 problem+json with WWW-Authenticate for a missing or unknown token', async () => {
+    for (const header of [undefined, 'Bearer nope', 'Basic dG9rLWFsaWNlOg==', 'Bearer tok-alice2']) {
+      const req = request(api.app).get('/tasks');
+      const res = await (header ? req.set('authorization', header) : req);
+      expect(res.status).toBe(401);
+      expect(res.headers['www-authenticate']).toMatch(/^Bearer/);
+      expect(res.headers['content-type']).toMatch(PROBLEM);
+    }
+  });
+
+  it('keeps each owner’s tasks apart', async () => {
+    await expectOwnersApart(api, 'Bearer tok-alice', 'Bearer tok-bob');
+  });
+
+  it('leaves health and the OpenAPI document open', async () => {
+    for (const path of ['/healthz', '/openapi.json']) expect((await request(api.app).get(path)).status).toBe(200);
+  });
+});
+
+describe('api auth: HS256 JWT from AUTH_JWT_SECRET, owner = sub', () => {
+  let api: TestApi;
+  beforeAll(async () => {
+    const config = loadConfig({
+      AUTH_JWT_SECRET: SECRET,
+      AUTH_JWT_ISSUER: 'https://issuer.test',
+      AUTH_JWT_AUDIENCE: 'taskbox',
+    });
+    api = await startTestApi({ auth: config });
+  });
+  afterAll(async () => {
+    await api.close();
+  });
+
+  it('keeps each subject’s tasks apart', async () => {
+    await expectOwnersApart(api, `Bearer ${await hs256('alice')}`, `Bearer ${await hs256('bob')}`);
+  });
+
+  it('refuses a token signed with another secret, expired, for another audience, or without a subject', async () => {
+    const tokens = [
+      await hs256('alice', 'taskbox', 'another-secret-that-is-32-chars-long!!'),
+      await new SignJWT({})
+        .setProtectedHeader({ alg: 'HS256' })
+        .setSubject('alice')
+        .setIssuer('https://issuer.test')
+        .setAudience('taskbox')
+        .setExpirationTime(Math.floor(Date.now() / 1000) - 60)
+        .sign(new TextEncoder().encode(SECRET)),
+      await hs256('alice', 'someone-else'),
+      await new SignJWT({})
+        .setProtectedHeader({ alg: 'HS256' })
+        .setIssuer('https://issuer.test')
+        .setAudience('taskbox')
+        .sign(new TextEncoder().encode(SECRET)),
+    ];
+    for (const token of tokens) {
+      const res = await request(api.app).get('/tasks').set('authorization', `Bearer ${token}`);
+      expect(res.status).toBe(401);
+      expect(res.headers['www-authenticate']).toBe('Bearer error="invalid_token"');
+    }
+  });
+});
+
+describe('api auth: JWT verified against AUTH_JWKS_URL', () => {
+  let api: TestApi;
+  let jwks: http.Server;
+  let sign: (sub: string) => Promise<string>;
+
+  beforeAll(async () => {
+    const { privateKey, publicKey } = await generateKeyPair('ES256');
+    const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
+    jwks = http.createServer((_req, res) => {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ keys: [jwk] }));
+    });
+    await new Promise<void>((resolve) => jwks.listen(0, '127.0.0.1', resolve));
+    sign = (sub) =>
+      new SignJWT({})
+        .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+        .setSubject(sub)
+        .setExpirationTime('5m')
+        .sign(privateKey);
+    const url = `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/.well-known/jwks.json`;
+    api = await startTestApi({ auth: loadConfig({ AUTH_JWKS_URL: url }) });
+  });
+  afterAll(async () => {
+    await api.close();
+    await closeServer(jwks);
+  });
+
+  it('keeps each subject’s tasks apart', async () => {
+    await expectOwnersApart(api, `Bearer ${await sign('alice')}`, `Bearer ${await sign('bob')}`);
+  });
+
+  it('refuses an HS256 token when the keys come from a JWKS', async () => {
+    const res = await request(api.app)
+      .get('/tasks')
+      .set('authorization', `Bearer ${await hs256('alice')}`);
+    expect(res.status).toBe(401);
+  });
+});
+
+describe('auth configuration', () => {
+  it('names each bad variable', () => {
+    expect(() => loadConfig({ AUTH_TOKENS: 'no-owner', AUTH_JWT_SECRET: 'short' })).toThrow(
+      /AUTH_TOKENS[\s\S]*AUTH_JWT_SECRET: at least 32 characters/,
+    );
+    expect(() => loadConfig({ AUTH_JWT_SECRET: SECRET, AUTH_JWKS_URL: 'https://id.test/jwks' })).toThrow(
+      /AUTH_JWKS_URL: set AUTH_JWT_SECRET or AUTH_JWKS_URL, not both/,
+    );
+  });
+});

@@ -1,0 +1,150 @@
+import { randomUUID } from 'node:crypto';
+import request from 'supertest';
+import { z } from 'zod';
+import { loadConfig } from '@taskbox/shared';
+import { startTestApi, type TestApi } from '../helpers/api';
+
+type Doc = {
+  components: { schemas: Record<string, unknown> };
+  paths: Record<
+    string,
+    Record<string, { responses: Record<string, { content?: Record<string, { schema: unknown }> }> }>
+  >;
+};
+
+/**
+ * A validator for one documented response, built from the served document alone. zod's fromJSONSchema
+ * resolves only "#/$defs/..." refs, so the components become $defs; no other JSON Schema validator is
+ * a declared dependency (ajv here is eslint's draft-07 copy, which cannot read 2020-12).
+ */
+function fromDocument(doc: Doc, schema: unknown): z.ZodType {
+  const rebase = (value: unknown) => JSON.parse(JSON.stringify(value).replaceAll('#/components/schemas/', '#/$defs/'));
+  return z.fromJSONSchema({ ...rebase(schema), $defs: rebase(doc.components.schemas) });
+}
+
+function validator(doc: Doc, path: string, method: string, status: string): z.ZodType {
+  const content = doc.paths[path]?.[method]?.responses[status]?.content;
+  const schema = content && Object.values(content)[0]?.schema;
+  if (!schema) throw new Error(`${method} ${path} ${status} is not documented`);
+  return fromDocument(doc, schema);
+}
+
+describe('api contract: GET /openapi.json describes the real responses', () => {
+  let api: TestApi;
+  let doc: Doc;
+
+  beforeAll(async () => {
+    api = await startTestApi();
+    doc = (await request(api.app).get('/openapi.json')).body as Doc;
+  });
+  afterAll(async () => {
+    await api.close();
+  });
+
+  it('documents each endpoint and each task type’s payload schema', () => {
+    expect(Object.keys(doc.paths).sort()).toEqual(
+      ['/healthz', '/metrics', '/openapi.json', '/readyz', '/tasks', '/tasks/{id}', '/tasks/{id}/cancel'].sort(),
+    );
+    expect(doc.components.schemas.CreateTask_sleep).toMatchObject({
+      properties: { payload: { required: ['ms'], properties: { ms: { type: 'integer' } } } },
+    });
+    expect(doc.components.schemas.CreateTask).toMatchObject({ discriminator: { propertyName: 'type' } });
+  });
+
+  it('matches 202 create, 200 get, list, 404, 422 and 400 responses', async () => {
+    const created = await request(api.app)
+      .post('/tasks')
+      .send({ type: 'sleep', payload: { ms: 1 } });
+    const cases: [request.Response, string, string, string][] = [
+      [created, '/tasks', 'post', '202'],
+      [await request(api.app).get(`/tasks/${created.body.id}`), '/tasks/{id}', 'get', '200'],
+      [await request(api.app).get('/tasks?limit=1'), '/tasks', 'get', '200'],
+      [await request(api.app).get(`/tasks/${randomUUID()}`), '/tasks/{id}', 'get', '404'],
+      [await request(api.app).post('/tasks').send({ type: 'nope' }), '/tasks', 'post', '422'],
+      [await request(api.app).post('/tasks').send({ type: 'sleep', payload: {} }), '/tasks', 'post', '422'],
+      [await request(api.app).get('/tasks/x'), '/tasks/{id}', 'get', '400'],
+      [await request(api.app).post(`/tasks/${created.body.id}/cancel`), '/tasks/{id}/cancel', 'post', '200'],
+      [await request(api.app).get('/healthz'), '/healthz', 'get', '200'],
+      [await request(api.app).get('/readyz'), '/readyz', 'get', '200'],
+    ];
+    for (const [res, path, method, status] of cases) {
+      expect(`${method} ${path} ${res.status}`).toBe(`${method} ${path} ${status}`);
+      const parsed = validator(doc, path, method, status).safeParse(res.body);
+      expect(parsed.error?.issues ?? []).toEqual([]);
+    }
+  });
+
+  it('would catch a response that drifts from the document', () => {
+    const taskView = validator(doc, '/tasks/{id}', 'get', '200');
+    expect(taskView.safeParse({ id: randomUUID(), status: 'pending' }).success).toBe(false);
+  });
+
+  it('documents request bodies that accept what the api accepts', () => {
+    const body = fromDocument(doc, { $ref: '#/components/schemas/CreateTask' });
+    expect(body.safeParse({ type: 'flaky', payload: { failTimes: 1 } }).success).toBe(true);
+    expect(body.safeParse({ type: 'sleep', payload: { ms: 'x' } }).success).toBe(false);
+  });
+});
+
+describe('api: CORS_ORIGINS and security headers', () => {
+  let api: TestApi;
+  const allowed = 'https://app.example.com';
+
+  beforeAll(async () => {
+    api = await startTestApi({
+      corsOrigins: loadConfig({ CORS_ORIGINS: `${allowed}, http://localhost:5173` }).CORS_ORIGINS,
+    });
+  });
+  afterAll(async () => {
+    await api.close();
+  });
+
+  it('lets an allowed origin read the response and the headers a frontend needs', async () => {
+    const res = await request(api.app).post('/tasks').set('origin', allowed).send({ type: 'echo' });
+    expect(res.status).toBe(202);
+    expect(res.headers['access-control-allow-origin']).toBe(allowed);
+    expect(res.headers['access-control-expose-headers']).toBe('Location,X-Request-Id,Idempotent-Replayed');
+  });
+
+  it('answers a preflight from an allowed origin', async () => {
+    const res = await request(api.app)
+      .options('/tasks')
+      .set('origin', allowed)
+      .set('access-control-request-method', 'POST')
+      .set('access-control-request-headers', 'content-type,idempotency-key,authorization');
+    expect(res.status).toBe(204);
+    expect(res.headers['access-control-allow-origin']).toBe(allowed);
+    expect(res.headers['access-control-allow-methods']).toMatch(/POST/);
+  });
+
+  it('gives a disallowed origin no CORS headers, so the browser blocks it', async () => {
+    const res = await request(api.app).get('/tasks').set('origin', 'https://evil.example');
+    const preflight = await request(api.app)
+      .options('/tasks')
+      .set('origin', 'https://evil.example')
+      .set('access-control-request-method', 'POST');
+    expect(res.headers['access-control-allow-origin']).toBeUndefined();
+    expect(preflight.headers['access-control-allow-origin']).toBeUndefined();
+  });
+
+  it('sends security headers and no x-powered-by', async () => {
+    const res = await request(api.app).get('/healthz');
+    expect(res.headers).toMatchObject({ 'x-content-type-options': 'nosniff', 'x-frame-options': 'DENY' });
+    expect(res.headers['content-security-policy']).toMatch(/default-src 'none'/);
+    expect(res.headers['x-powered-by']).toBeUndefined();
+  });
+
+  it('sends no CORS headers at all when CORS_ORIGINS is empty', async () => {
+    const plain = await startTestApi();
+    try {
+      const res = await request(plain.app).get('/healthz').set('origin', allowed);
+      expect(res.headers['access-control-allow-origin']).toBeUndefined();
+    } finally {
+      await plain.close();
+    }
+  });
+
+  it('refuses a CORS_ORIGINS entry that is not an origin', () => {
+    expect(() => loadConfig({ CORS_ORIGINS: 'https://app.example.com/path' })).toThrow(/CORS_ORIGINS/);
+  });
+});
