@@ -44,8 +44,12 @@ describe('chaos', () => {
     const accepted: string[] = [];
     const unavailable: number[] = [];
     let serverErrors = 0;
+    // Paced so that submissions go on through every fault below, the database outage included.
+    const loadStart = Date.now();
+    const interval = (BROKER_OUTAGE_MS + DB_OUTAGE_MS + 12_000) / TASKS;
     const load = (async () => {
       for (let i = 0; accepted.length < TASKS; i++) {
+        await sleepFor(loadStart + accepted.length * interval - Date.now());
         const body =
           i % 5 === 0 ? { type: 'sleep', payload: { ms: 100 + (i % 4) * 100 } } : { type: 'echo', payload: { i } };
         const started = Date.now();
@@ -57,7 +61,7 @@ describe('chaos', () => {
         if (res?.status === 202) accepted.push(((await res.json()) as { id: string }).id);
         else if (res?.status === 503) unavailable.push(Date.now() - started);
         else serverErrors++;
-        await sleepFor(res?.status === 503 ? 100 : 10);
+        if (res?.status !== 202) await sleepFor(100);
       }
     })();
 
@@ -97,12 +101,20 @@ describe('chaos', () => {
     const db = system.database.db;
     const tasks = await db.selectFrom('tasks').select(['id', 'status']).execute();
     const byId = new Map(tasks.map((t) => [t.id, t.status]));
-    const terminalAttempts = await db
+    // A task finished twice if an attempt succeeded or was cancelled and another attempt followed, or
+    // two attempts succeeded. (A failed attempt followed by a retry is not terminal.)
+    const attemptRows = await db
       .selectFrom('task_attempts')
-      .select(['task_id', db.fn.countAll<string>().as('n')])
-      .where('outcome', 'in', ['succeeded', 'failed', 'cancelled'])
-      .groupBy('task_id')
+      .select(['task_id', 'attempt', 'outcome'])
+      .orderBy('task_id')
+      .orderBy('attempt')
       .execute();
+    const finishedAt = new Map<string, number>();
+    const doubleInDb = new Set<string>();
+    for (const a of attemptRows) {
+      if (finishedAt.has(a.task_id)) doubleInDb.add(a.task_id);
+      if (a.outcome === 'succeeded' || a.outcome === 'cancelled') finishedAt.set(a.task_id, a.attempt);
+    }
     const finishedLogs = new Map<string, number>();
     for (const l of system.logs((l) => l.message === 'task succeeded' || l.message === 'task failed')) {
       finishedLogs.set(String(l.taskId), (finishedLogs.get(String(l.taskId)) ?? 0) + 1);
@@ -112,8 +124,7 @@ describe('chaos', () => {
       succeeded: accepted.filter((id) => byId.get(id) === 'succeeded').length,
       failed: accepted.filter((id) => byId.get(id) === 'failed').length,
       lost: accepted.filter((id) => !['succeeded', 'failed', 'cancelled'].includes(byId.get(id) ?? 'missing')).length,
-      'double-terminal':
-        terminalAttempts.filter((a) => Number(a.n) > 1).length + [...finishedLogs.values()].filter((n) => n > 1).length,
+      'double-terminal': doubleInDb.size + [...finishedLogs.values()].filter((n) => n > 1).length,
       'not-found': system.logs((l) => /not found|unknown-task/i.test(JSON.stringify(l))).length,
       'answered 503 (db down)': unavailable.length,
       'slowest 503 ms': Math.max(0, ...unavailable),
@@ -124,6 +135,21 @@ describe('chaos', () => {
       ).length,
       'duplicates absorbed': system.logs((l) => l.message === 'duplicate delivery absorbed').length,
     };
+    const doubles = [
+      ...[...doubleInDb].map((id) => `db ${id}`),
+      ...[...finishedLogs.entries()].filter(([, n]) => n > 1).map(([id]) => `log ${id}`),
+    ];
+    for (const d of doubles) {
+      const id = d.split(' ')[1]!;
+      const attempts = await db.selectFrom('task_attempts').selectAll().where('task_id', '=', id).execute();
+      const lines = system
+        .logs((l) => l.taskId === id)
+        .map(
+          (l) =>
+            `${String(l.service)} ${String(l.message)} ${String(l.attempt ?? '')} ${String(l.externalJobId ?? '')} ${String(l.timestamp)}`,
+        );
+      console.log(`double-terminal ${d}\n${JSON.stringify(attempts)}\n${lines.join('\n')}`);
+    }
     console.log(
       `chaos report\n${Object.entries(report)
         .map(([k, v]) => `  ${k.padEnd(28)} ${v}`)

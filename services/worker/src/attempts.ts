@@ -115,11 +115,8 @@ export async function runAttempt(
       attempt,
       logger,
       signal,
-      step: (name) => setStep(deps.db, task.id, attempt, name).then(() => deps.taskNotifier.changed(task.id)),
-      progress: (fraction) =>
-        setStep(deps.db, task.id, attempt, null, Math.min(1, Math.max(0, fraction))).then(() =>
-          deps.taskNotifier.changed(task.id),
-        ),
+      step: (name) => reportProgress(deps, task.id, attempt, name, undefined, logger),
+      progress: (fraction) => reportProgress(deps, task.id, attempt, null, Math.min(1, Math.max(0, fraction)), logger),
     };
     logger.info('task started', { attempt });
     // The payload was parsed with this type's own schema just above.
@@ -144,6 +141,27 @@ export async function runAttempt(
   const recorded = await recordOutcome(deps, task.id, attempt, outcome, logger);
   if (recorded && outcome.kind === 'failed' && outcome.retryInMs !== null) deps.notifier.poke();
   return recorded;
+}
+
+/**
+ * Progress is informational: when Postgres is briefly unavailable the handler goes on rather than
+ * failing the attempt over a progress bar; the next update (or the result) brings the row up to date.
+ */
+async function reportProgress(
+  deps: AttemptDeps,
+  taskId: string,
+  attempt: number,
+  step: string | null,
+  progress: number | undefined,
+  logger: Logger,
+): Promise<void> {
+  try {
+    await setStep(deps.db, taskId, attempt, step, progress);
+    deps.taskNotifier.changed(taskId);
+  } catch (err) {
+    if (!isTransientDbError(err)) throw err;
+    logger.warn('progress not recorded: postgres unavailable', { attempt, error: toError(err).message });
+  }
 }
 
 async function recordOutcome(

@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import {
   amqpNames,
   connectAmqp,
@@ -30,6 +31,8 @@ async function main(): Promise<void> {
   const taskNotifier = createTaskNotifier(pool, logger);
   const leases = createLeases(db, config.WORKER_LEASE_MS, logger);
   const stopController = new AbortController();
+  // Every run waiting to retry recording its result listens on this signal: up to one per prefetch slot.
+  setMaxListeners(config.WORKER_PREFETCH + 10, stopController.signal);
   const consumer = createConsumer(
     amqpNames(config.AMQP_PREFIX),
     config.WORKER_PREFETCH,
