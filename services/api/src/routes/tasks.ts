@@ -3,15 +3,7 @@ import { Router, type Request, type Response } from 'express';
 import { z } from 'zod';
 import { isTaskType, taskPayloadSchemas, type Db, type Logger, type OutboxNotifier } from '@taskbox/shared';
 import { HttpProblem } from '../problem';
-import {
-  cancelTask,
-  findTask,
-  findTaskByIdempotencyKey,
-  findTimeline,
-  insertTask,
-  listTasks,
-  type TaskRow,
-} from '../task-sql';
+import { cancelTask, findTask, findTaskByIdempotencyKey, findTimeline, insertTask, listTasks } from '../task-sql';
 import { toTaskView } from '../task-view';
 
 export const createTaskSchema = z
@@ -111,13 +103,10 @@ export function tasksRouter({ db, notifier, logger }: TasksDeps): Router {
       idempotencyKey,
       requestHash,
     };
-    const inserted = await insertTask(db, task, { correlationId, traceparent: req.get('traceparent') ?? null });
-
-    let row: TaskRow | undefined;
+    let row = await insertTask(db, task, { correlationId, traceparent: req.get('traceparent') ?? null });
     let status = 202;
-    if (inserted) {
+    if (row) {
       notifier.poke();
-      row = await findTask(db, task.owner, inserted.id);
       logger.info('task accepted', { taskId: task.id, type, correlationId });
     } else {
       // The key was used before by this owner: a replay returns the original task, unchanged.
