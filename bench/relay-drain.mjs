@@ -3,7 +3,7 @@
 import { performance } from 'node:perf_hooks';
 import amqp from 'amqplib';
 import { amqpUrl, benchPrefix, startService } from './lib/env.mjs';
-import { waitUntil } from './lib/load.mjs';
+import { getText, waitUntil } from './lib/load.mjs';
 import shared from '../packages/shared/dist/index.js';
 
 const { amqpNames, assertTopology } = shared;
@@ -35,8 +35,16 @@ async function relayDrain({ db, rows, env }) {
     100,
   );
   const seconds = (performance.now() - started) / 1000;
+  const confirm = await confirmTime(relay.url);
   await relay.stop();
-  return { rows, seconds, perSecond: rows / seconds };
+  return { rows, seconds, perSecond: rows / seconds, batches: confirm.count, waitingForConfirmsSeconds: confirm.sum };
+}
+
+/** How much of the drain the relay spent waiting for confirms, from its own /metrics. */
+async function confirmTime(url) {
+  const text = await getText(`${url}/metrics`);
+  const metric = (name) => Number(new RegExp(`^${name}(?:\\{[^}]*\\})? ([\\d.e+-]+)$`, 'm').exec(text)?.[1] ?? NaN);
+  return { sum: metric('relay_confirm_seconds_sum'), count: metric('relay_confirm_seconds_count') };
 }
 
 /** The same messages (body, properties, persistence, mandatory) in batches with waitForConfirms. */

@@ -50,23 +50,22 @@ export async function waitForOk(url, timeoutMs = 30_000) {
   throw new Error(`${url} was not ready within ${timeoutMs} ms`);
 }
 
-/** GET `url` and parse its JSON body. */
-export function getJson(url) {
+/** GET `url` and return its body as text. */
+export function getText(url) {
   return new Promise((resolve, reject) => {
     http
       .get(url, (res) => {
         let data = '';
         res.on('data', (d) => (data += d));
-        res.on('end', () => {
-          try {
-            resolve(JSON.parse(data));
-          } catch (err) {
-            reject(err);
-          }
-        });
+        res.on('end', () => resolve(data));
       })
       .on('error', reject);
   });
+}
+
+/** GET `url` and parse its JSON body. */
+export async function getJson(url) {
+  return JSON.parse(await getText(url));
 }
 
 /** Polls `check` until it returns a value that is not undefined. */
