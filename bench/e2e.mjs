@@ -16,7 +16,8 @@ export async function measureApi({ api, pool, connections, seconds }) {
 
 // Latencies come from Postgres clocks only: created_at is the insert's transaction time (the api's
 // insert is one statement, so that is its commit to within the statement), task_attempts.started_at
-// is the worker's begin transaction, finished_at its result transaction.
+// is the worker's begin transaction, finished_at its result transaction. outbox.published_at is set
+// after the broker's confirm, so the worker often starts before it: it splits relay from worker time.
 const PHASE_SQL = `
   SELECT count(*)::int AS tasks,
          count(*) FILTER (WHERE t.status = 'succeeded')::int AS succeeded,
@@ -25,8 +26,12 @@ const PHASE_SQL = `
            (ORDER BY extract(epoch FROM a.started_at - t.created_at) * 1000) AS start_ms,
          percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
            (ORDER BY extract(epoch FROM t.finished_at - t.created_at) * 1000) AS done_ms,
+         percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
+           (ORDER BY extract(epoch FROM o.published_at - t.created_at) * 1000) AS marked_ms,
          extract(epoch FROM max(t.finished_at) - min(t.created_at))::float8 AS span_s
-  FROM tasks t LEFT JOIN task_attempts a ON a.task_id = t.id AND a.attempt = 1
+  FROM tasks t
+  LEFT JOIN task_attempts a ON a.task_id = t.id AND a.attempt = 1
+  LEFT JOIN outbox o ON o.task_id = t.id
   WHERE t.payload->>'phase' = $1`;
 
 async function phaseStats(pool, phase, expected) {
@@ -54,6 +59,7 @@ async function runPhase({ api, pool, phase, connections, seconds, rate }) {
     tasksPerSecond: s.tasks / s.span_s,
     commitToStartMs: triple(s.start_ms),
     commitToSucceededMs: triple(s.done_ms),
+    commitToMarkedPublishedMs: triple(s.marked_ms),
   };
 }
 

@@ -58,9 +58,32 @@ function e2eSection({ e2e }) {
       rows,
     ),
     '',
+    `Commit → outbox row marked published (after the confirm) p50/p95/p99 ms: ` +
+      [e2e.max, ...e2e.levels].map((l) => Object.values(l.commitToMarkedPublishedMs).map(ms).join(' / ')).join('; ') +
+      ' (max, 25, 50, 90 %).',
+    '',
     `Worker deliveries that found no task: ${e2e.notFound.unknownTaskLogged} logged, ${e2e.notFound.deadLettered} dead-lettered (must be 0).`,
     '',
     '![latency over load](latency.svg)',
+    '',
+  ];
+}
+
+function floorSection({ brokerFloor }) {
+  const row = (name, f) => [
+    name,
+    `${ms(f.confirmMs.p50)} / ${ms(f.confirmMs.p99)}`,
+    `${ms(f.deliverMs.p50)} / ${ms(f.deliverMs.p99)}`,
+  ];
+  return [
+    '## The broker floor: one persistent message at a time',
+    '',
+    ...table(
+      ['queue', 'publish → confirm p50/p99 ms', 'publish → delivery p50/p99 ms'],
+      [row('quorum (as taskbox declares it)', brokerFloor.quorum), row('classic, for contrast', brokerFloor.classic)],
+    ),
+    '',
+    'A quorum queue confirms and delivers only after its log is fsynced: commit → worker start cannot be lower.',
     '',
   ];
 }
@@ -72,7 +95,11 @@ function relaySection({ relay }) {
     ...table(
       ['publisher', 'messages/s', 'seconds'],
       [
-        ['relay (claim, publish, confirm, mark)', n(relay.relay.perSecond), n(relay.relay.seconds, 1)],
+        [
+          `relay (claim, publish, confirm, mark; ${n(relay.relay.waitingForConfirmsSeconds, 1)} s waiting for confirms over ${relay.relay.batches} batches, lanes overlap)`,
+          n(relay.relay.perSecond),
+          n(relay.relay.seconds, 1),
+        ],
         [`bare amqplib confirm loop, batches of ${relay.batchSize}`, n(relay.bare.perSecond), n(relay.bare.seconds, 1)],
       ],
     ),
@@ -122,6 +149,7 @@ export function renderMarkdown(r) {
       `Command: \`${r.command}\`. Settings: ${JSON.stringify(r.settings)}.`,
     '',
     ...apiSection(r),
+    ...floorSection(r),
     ...e2eSection(r),
     ...relaySection(r),
     ...naiveSection(r),

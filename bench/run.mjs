@@ -3,6 +3,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { measureBrokerFloor } from './broker-floor.mjs';
 import { measureCeiling } from './ceiling.mjs';
 import { measureApi, measureEndToEnd } from './e2e.mjs';
 import { benchPrefix, cleanupAll, createBenchDatabase, outDir, startService } from './lib/env.mjs';
@@ -46,6 +47,8 @@ async function main() {
   const db = await createBenchDatabase();
   const prefix = benchPrefix();
 
+  step('broker floor');
+  report.brokerFloor = await measureBrokerFloor();
   step(`ceiling: pgbench, ${connections} clients`);
   report.ceiling = await measureCeiling({ databaseUrl: db.url, pool: db.pool, clients: connections, seconds });
   step('api alone');
@@ -83,12 +86,15 @@ async function main() {
 }
 
 let interrupted = false;
-process.on('SIGINT', () => {
-  if (interrupted) process.exit(130);
+const abort = (why, code) => {
+  if (interrupted) process.exit(code);
   interrupted = true;
-  console.error('interrupted; cleaning up');
-  cleanupAll().finally(() => process.exit(130));
-});
+  console.error(`${why}; cleaning up`);
+  cleanupAll().finally(() => process.exit(code));
+};
+process.on('SIGINT', () => abort('interrupted', 130));
+// An error thrown inside a library callback (amqplib emits them) still removes the database and queues.
+process.on('uncaughtException', (err) => abort(`bench failed: ${err.stack ?? err}`, 1));
 
 try {
   await main();

@@ -11,6 +11,7 @@ import {
   releaseLease,
   setStep,
   startAttempt,
+  startPendingAttempt,
   type AttemptOutcome,
   type LockedTask,
 } from './task-sql';
@@ -70,8 +71,15 @@ export interface AttemptDeps {
 
 export type Begin = Decision | { action: 'started'; task: LockedTask; attempt: number };
 
-/** One transaction: lock the task, decide, and (to run) mark it processing with the external job id. */
+/**
+ * The common case (a pending task's next attempt) in one statement; otherwise one transaction: lock the
+ * task, decide, and (to run) mark it processing with the external job id.
+ */
 export async function beginAttempt(deps: AttemptDeps, message: TaskMessage, externalJobId: string): Promise<Begin> {
+  if (isTaskType(message.type)) {
+    const started = await startPendingAttempt(deps.db, message, externalJobId, deps.leaseMs);
+    if (started) return { action: 'started', ...started };
+  }
   return deps.db.transaction().execute(async (tx) => {
     const task = await lockTask(tx, message.taskId);
     const decision = decide(task, message);
