@@ -161,7 +161,7 @@ const H = 360;
 const PAD = { left: 60, right: 150, top: 30, bottom: 50 };
 
 /** Latency percentiles (commit → worker start, commit → succeeded) over the paced load levels. */
-export function renderSvg({ e2e }) {
+export function renderSvg({ e2e, brokerFloor }) {
   const levels = e2e.levels;
   const series = [
     ['start p50', 'commitToStartMs', 'p50', '#1f77b4', ''],
@@ -170,7 +170,9 @@ export function renderSvg({ e2e }) {
     ['succeeded p99', 'commitToSucceededMs', 'p99', '#d62728', '6 4'],
   ];
   const maxX = Math.max(...levels.map((l) => l.tasksPerSecond), 1);
-  const maxY = Math.max(...levels.flatMap((l) => series.map(([, k, p]) => l[k][p] ?? 0)), 1) * 1.1;
+  // The quorum queue's own publish → delivery p50: the line no commit → start latency can go under.
+  const floor = brokerFloor.quorum.deliverMs.p50;
+  const maxY = Math.max(floor, ...levels.flatMap((l) => series.map(([, k, p]) => l[k][p] ?? 0))) * 1.1;
   const x = (v) => PAD.left + (v / maxX) * (W - PAD.left - PAD.right);
   const y = (v) => H - PAD.bottom - (v / maxY) * (H - PAD.top - PAD.bottom);
   const out = [
@@ -189,9 +191,13 @@ export function renderSvg({ e2e }) {
   }
   for (const l of levels) {
     out.push(
-      `<text x="${x(l.tasksPerSecond)}" y="${y(0) + 16}" text-anchor="middle">${l.tasksPerSecond.toFixed(0)} (${l.fraction * 100} %)</text>`,
+      `<text x="${x(l.tasksPerSecond).toFixed(1)}" y="${y(0) + 16}" text-anchor="middle">${l.tasksPerSecond.toFixed(0)} (${l.fraction * 100} %)</text>`,
     );
   }
+  out.push(
+    `<line x1="${PAD.left}" y1="${y(floor)}" x2="${x(maxX)}" y2="${y(floor)}" stroke="#888" stroke-dasharray="2 3"/>`,
+  );
+  out.push(`<text x="${x(maxX) + 4}" y="${y(floor) + 4}" fill="#888">broker floor</text>`);
   series.forEach(([label, key, p, color, dash], i) => {
     const points = levels.map((l) => `${x(l.tasksPerSecond).toFixed(1)},${y(l[key][p] ?? 0).toFixed(1)}`).join(' ');
     out.push(
