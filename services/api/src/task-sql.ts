@@ -16,24 +16,29 @@ export type TaskRow = Awaited<ReturnType<typeof findTask>> & object;
 /**
  * Inserts the task and the outbox row that dispatches its first attempt in ONE statement: a
  * data-modifying CTE is atomic on its own, so there is no window where one exists without the
- * other, and it costs one round trip instead of BEGIN/INSERT/INSERT/COMMIT.
+ * other, and it costs one round trip instead of BEGIN/INSERT/INSERT/COMMIT. It returns the whole
+ * row for the response, which saves the SELECT after it (the benchmark measured that second round trip).
  * With an idempotency key already used by this owner it inserts nothing and returns undefined.
  */
-export async function insertTask(db: Db, task: NewTask, context: MessageContext) {
+export async function insertTask(
+  db: Db,
+  task: NewTask,
+  context: MessageContext,
+): Promise<{ task: TaskRow; messageId: string } | undefined> {
   const message = outboxMessage(task, 1, context);
-  const { rows } = await sql<{ id: string }>`
+  const { rows } = await sql<TaskRow>`
     WITH inserted AS (
       INSERT INTO tasks (id, type, payload, max_attempts, owner, idempotency_key, request_hash, correlation_id)
       VALUES (${task.id}, ${task.type}, ${JSON.stringify(task.payload)}::jsonb, ${task.maxAttempts},
               ${task.owner}, ${task.idempotencyKey}, ${task.requestHash}, ${context.correlationId})
       ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-      RETURNING id, type
+      RETURNING ${sql.join(taskColumns.map((c) => sql.ref(c)))}
     ), queued AS (
       INSERT INTO outbox (message_id, task_id, routing_key, payload, headers)
       SELECT ${message.message_id}, id, type, ${message.payload}::jsonb, ${message.headers}::jsonb FROM inserted
     )
-    SELECT id FROM inserted`.execute(db);
-  return rows[0] && { id: rows[0].id, messageId: message.message_id };
+    SELECT * FROM inserted`.execute(db);
+  return rows[0] && { task: rows[0], messageId: message.message_id };
 }
 
 const taskColumns = [

@@ -11,6 +11,7 @@ import {
   releaseLease,
   setStep,
   startAttempt,
+  startPendingAttempt,
   type AttemptOutcome,
   type LockedTask,
 } from './task-sql';
@@ -72,23 +73,31 @@ export interface AttemptDeps {
 
 export type Begin = Decision | { action: 'started'; task: LockedTask; attempt: number };
 
-/** One transaction: lock the task, decide, and (to run) mark it processing with the external job id. */
+/**
+ * The common case (a pending task's next attempt) in one statement; otherwise one transaction: lock the
+ * task, decide, and (to run) mark it processing with the external job id.
+ */
 export async function beginAttempt(deps: AttemptDeps, message: TaskMessage, externalJobId: string): Promise<Begin> {
-  const begin = await deps.db.transaction().execute(async (tx): Promise<Begin> => {
-    const task = await lockTask(tx, message.taskId);
-    const decision = decide(task, message);
-    if (!task || decision.action === 'dead-letter' || decision.action === 'skip') return decision;
-    if (decision.action === 'fail') {
-      const reason =
-        decision.reason === 'unknown-type'
-          ? `no handler for task type "${task.type}"`
-          : 'the last attempt stopped without finishing';
-      await failTask(tx, task, new Error(reason));
-      return decision;
-    }
-    const attempt = await startAttempt(tx, task, externalJobId, deps.leaseMs);
-    return { action: 'started', task, attempt };
-  });
+  const fast = isTaskType(message.type)
+    ? await startPendingAttempt(deps.db, message, externalJobId, deps.leaseMs)
+    : undefined;
+  const begin: Begin = fast
+    ? { action: 'started', ...fast }
+    : await deps.db.transaction().execute(async (tx): Promise<Begin> => {
+        const task = await lockTask(tx, message.taskId);
+        const decision = decide(task, message);
+        if (!task || decision.action === 'dead-letter' || decision.action === 'skip') return decision;
+        if (decision.action === 'fail') {
+          const reason =
+            decision.reason === 'unknown-type'
+              ? `no handler for task type "${task.type}"`
+              : 'the last attempt stopped without finishing';
+          await failTask(tx, task, new Error(reason));
+          return decision;
+        }
+        const attempt = await startAttempt(tx, task, externalJobId, deps.leaseMs);
+        return { action: 'started', task, attempt };
+      });
   if (begin.action === 'started' || begin.action === 'fail') deps.taskNotifier.changed(message.taskId);
   return begin;
 }

@@ -139,12 +139,10 @@ export function tasksRouter(deps: TasksDeps): Router {
       requestHash,
     };
     const inserted = await insertTask(db, task, { correlationId, traceparent: req.get('traceparent') ?? null });
-
-    let row: TaskRow | undefined;
+    let row: TaskRow | undefined = inserted?.task;
     let status = 202;
     if (inserted) {
       notifier.poke();
-      row = await findTask(db, task.owner, inserted.id);
       logger.info('task accepted', { taskId: task.id, messageId: inserted.messageId, type, correlationId });
     } else {
       // The key was used before by this owner: a replay returns the original task, unchanged.

@@ -1,0 +1,106 @@
+// Our api alone, then the whole chain api → relay → worker under a firehose and at paced loads.
+import { readFile } from 'node:fs/promises';
+import amqp from 'amqplib';
+import { amqpUrl, startService } from './lib/env.mjs';
+import { postLoad, waitForOk, waitUntil } from './lib/load.mjs';
+
+const echo = (phase) => ({ type: 'echo', payload: { phase } });
+
+/** POST /tasks closed-loop at `connections`, after a short warm-up (JIT, pool connections). */
+export async function measureApi({ api, pool, connections, seconds }) {
+  await postLoad({ url: `${api.url}/tasks`, body: echo('warmup'), connections, seconds: 2 });
+  const load = await postLoad({ url: `${api.url}/tasks`, body: echo('api'), connections, seconds });
+  await pool.query('TRUNCATE tasks, task_attempts, outbox');
+  return load;
+}
+
+// Latencies come from Postgres clocks only: created_at is the insert's transaction time (the api's
+// insert is one statement, so that is its commit to within the statement), task_attempts.started_at
+// is the worker's begin transaction, finished_at its result transaction. outbox.published_at is set
+// after the broker's confirm, so the worker often starts before it: it splits relay from worker time.
+const PHASE_SQL = `
+  SELECT count(*)::int AS tasks,
+         count(*) FILTER (WHERE t.status = 'succeeded')::int AS succeeded,
+         count(*) FILTER (WHERE t.status IN ('pending', 'processing'))::int AS unfinished,
+         percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
+           (ORDER BY extract(epoch FROM a.started_at - t.created_at) * 1000) AS start_ms,
+         percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
+           (ORDER BY extract(epoch FROM t.finished_at - t.created_at) * 1000) AS done_ms,
+         percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
+           (ORDER BY extract(epoch FROM o.published_at - t.created_at) * 1000) AS marked_ms,
+         extract(epoch FROM max(t.finished_at) - min(t.created_at))::float8 AS span_s
+  FROM tasks t
+  LEFT JOIN task_attempts a ON a.task_id = t.id AND a.attempt = 1
+  LEFT JOIN outbox o ON o.task_id = t.id
+  WHERE t.payload->>'phase' = $1`;
+
+async function phaseStats(pool, phase, expected) {
+  return waitUntil(
+    `every ${phase} task to finish`,
+    async () => {
+      const { rows } = await pool.query(PHASE_SQL, [phase]);
+      const r = rows[0];
+      return r.tasks >= expected && r.unfinished === 0 ? r : undefined;
+    },
+    300_000,
+    500,
+  );
+}
+
+const triple = ([p50, p95, p99]) => ({ p50, p95, p99 });
+
+async function runPhase({ api, pool, phase, connections, seconds, rate }) {
+  const load = await postLoad({ url: `${api.url}/tasks`, body: echo(phase), connections, seconds, rate });
+  const s = await phaseStats(pool, phase, load.ok);
+  return {
+    load,
+    tasks: s.tasks,
+    succeeded: s.succeeded,
+    tasksPerSecond: s.tasks / s.span_s,
+    commitToStartMs: triple(s.start_ms),
+    commitToSucceededMs: triple(s.done_ms),
+    commitToMarkedPublishedMs: triple(s.marked_ms),
+  };
+}
+
+/** Counts deliveries the worker could not match to a task: dead-lettered as unknown-task. */
+async function workerNotFound(worker, prefix) {
+  const log = await readFile(worker.logFile, 'utf8');
+  const logged = log.split('\n').filter((l) => l.includes('"unknown-task"')).length;
+  const connection = await amqp.connect(amqpUrl);
+  try {
+    const ch = await connection.createChannel();
+    const { messageCount } = await ch.checkQueue(`${prefix}tasks.dead`);
+    await ch.close();
+    return { unknownTaskLogged: logged, deadLettered: messageCount };
+  } finally {
+    await connection.close();
+  }
+}
+
+/** The firehose finds the maximum sustained rate; then 25, 50 and 90 % of it, paced. */
+export async function measureEndToEnd({ api, db, prefix, connections, seconds, serviceEnv }) {
+  const relay = await startService('relay', { databaseUrl: db.url, prefix, env: serviceEnv.relay });
+  const worker = await startService('worker', { databaseUrl: db.url, prefix, env: serviceEnv.worker });
+  await waitForOk(`${relay.url}/readyz`);
+  await waitForOk(`${worker.url}/readyz`);
+  const common = { api, pool: db.pool, connections };
+  await runPhase({ ...common, phase: 'e2e-warmup', seconds: 2 });
+  const max = await runPhase({ ...common, phase: 'e2e-max', seconds });
+  const levels = [];
+  for (const fraction of [0.25, 0.5, 0.9]) {
+    const rate = fraction * max.tasksPerSecond;
+    const result = await runPhase({
+      ...common,
+      phase: `e2e-${fraction * 100}`,
+      seconds,
+      rate,
+      connections: connections * 2,
+    });
+    levels.push({ fraction, targetRate: rate, ...result });
+  }
+  const notFound = await workerNotFound(worker, prefix);
+  await worker.stop();
+  await relay.stop();
+  return { max, levels, notFound };
+}

@@ -1,0 +1,162 @@
+// The bench's own environment: a fresh database, a fresh AMQP prefix, services as child processes.
+// Everything created here is registered for cleanup, which runs even when a phase fails.
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, openSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import amqp from 'amqplib';
+import pg from 'pg';
+
+export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const outDir = path.join(root, 'bench/out');
+export const adminUrl = process.env.BENCH_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+export const amqpUrl = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
+
+const cleanups = [];
+
+/** Runs the registered cleanups, newest first; a failing one does not stop the others. */
+export async function cleanupAll() {
+  while (cleanups.length > 0) {
+    const fn = cleanups.pop();
+    await fn().catch((err) => console.error(`cleanup failed: ${err.message}`));
+  }
+}
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export function randomName(kind) {
+  return `${kind}${randomBytes(5).toString('hex')}`;
+}
+
+export async function adminQuery(text, params = []) {
+  const client = new pg.Client({ connectionString: adminUrl });
+  await client.connect();
+  try {
+    return await client.query(text, params);
+  } finally {
+    await client.end();
+  }
+}
+
+function dbUrl(name) {
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+/** A new database migrated by the project's own migrate-main; dropped at cleanup. */
+export async function createBenchDatabase() {
+  const name = randomName('taskbox_bench_');
+  const url = dbUrl(name);
+  cleanups.push(() => adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
+  await runToEnd(process.execPath, [path.join(root, 'packages/shared/dist/migrate-main.js')], {
+    DATABASE_URL: url,
+    LOG_LEVEL: 'warn',
+  });
+  const pool = new pg.Pool({ connectionString: url, max: 4 });
+  cleanups.push(() => pool.end());
+  return { name, url, pool };
+}
+
+/** A fresh AMQP prefix whose queues and exchanges are deleted at cleanup. */
+export function benchPrefix() {
+  const prefix = randomName('bench-') + '.';
+  cleanups.push(() => deleteTopology(prefix));
+  return prefix;
+}
+
+/** Plain deletes: quorum queues refuse ifUnused/ifEmpty (and the refusal closes the channel). */
+export async function deleteTopology(prefix) {
+  const connection = await amqp.connect(amqpUrl);
+  try {
+    const ch = await connection.createChannel();
+    for (const q of [`${prefix}tasks`, `${prefix}tasks.dead`]) await ch.deleteQueue(q);
+    for (const x of [`${prefix}tasks`, `${prefix}tasks.dlx`]) await ch.deleteExchange(x);
+    await ch.close();
+  } finally {
+    await connection.close();
+  }
+}
+
+export function runToEnd(command, args, env = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    child.on('error', reject);
+    child.on('exit', (code) =>
+      code === 0 ? resolve(out) : reject(new Error(`${path.basename(command)} exited ${code}: ${err || out}`)),
+    );
+  });
+}
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForHttp(url, child, timeoutMs = 20_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`${url}: process exited ${child.exitCode}`);
+    const ok = await new Promise((resolve) => {
+      const req = net.connect(Number(new URL(url).port), '127.0.0.1', () => {
+        req.end();
+        resolve(true);
+      });
+      req.on('error', () => resolve(false));
+    });
+    if (ok) return;
+    await sleep(100);
+  }
+  throw new Error(`${url} did not come up within ${timeoutMs} ms`);
+}
+
+/**
+ * Starts `node <script>` with stdout and stderr written straight to bench/out/logs/<label>.log.
+ * Not a pipe to this process: Node writes to a pipe synchronously on Linux, so a service would stall on
+ * every log line whenever the load generator here is busy (a CPU profile showed 30 % in writev).
+ * Resolves when its port accepts connections; stopped (SIGTERM) at cleanup.
+ */
+export async function startProcess(label, script, env, port) {
+  const logFile = path.join(outDir, 'logs', `${label}.log`);
+  const fd = openSync(logFile, 'w');
+  const child = spawn(process.execPath, [path.join(root, script)], {
+    env: { PATH: process.env.PATH ?? '', ...env },
+    stdio: ['ignore', fd, fd],
+  });
+  closeSync(fd);
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+    await exited;
+    clearTimeout(timer);
+  };
+  cleanups.push(stop);
+  await waitForHttp(`http://127.0.0.1:${port}`, child);
+  return { child, stop, logFile };
+}
+
+/** Starts api, relay or worker from its built dist, against the given database and prefix. */
+export async function startService(name, { databaseUrl, prefix, env = {} }) {
+  const port = await freePort();
+  const portEnv = name === 'api' ? { PORT: String(port) } : { HEALTH_PORT: String(port) };
+  const service = await startProcess(
+    `${name}-${prefix.replace(/\W/g, '')}`,
+    `services/${name}/dist/main.js`,
+    { DATABASE_URL: databaseUrl, AMQP_URL: amqpUrl, AMQP_PREFIX: prefix, LOG_LEVEL: 'info', ...portEnv, ...env },
+    port,
+  );
+  return { ...service, port, url: `http://127.0.0.1:${port}` };
+}

@@ -1,0 +1,106 @@
+// `npm run bench`: measures taskbox on this machine in one run, so that the ratios hold when the
+// machine is noisy. Writes bench/out/report.json, report.md and latency.svg. See bench/README.md.
+import { mkdir, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { measureBrokerFloor } from './broker-floor.mjs';
+import { measureCeiling } from './ceiling.mjs';
+import { measureApi, measureEndToEnd } from './e2e.mjs';
+import { benchPrefix, cleanupAll, createBenchDatabase, outDir, startService } from './lib/env.mjs';
+import { measureNaive } from './naive.mjs';
+import { measureRelay } from './relay-drain.mjs';
+import { renderMarkdown, renderSvg } from './report.mjs';
+
+const int = (name, fallback) => {
+  const value = Number(process.env[name] ?? fallback);
+  if (!Number.isInteger(value) || value <= 0) throw new Error(`${name} must be a positive integer`);
+  return value;
+};
+
+const settings = {
+  seconds: int('BENCH_SECONDS', 20),
+  connections: int('BENCH_CONNECTIONS', 16),
+  relayRows: int('BENCH_RELAY_ROWS', 100_000),
+  pgPoolSize: int('PG_POOL_SIZE', 10),
+  relayBatchSize: int('RELAY_BATCH_SIZE', 200),
+  workerPrefetch: int('WORKER_PREFETCH', 20),
+  logLevel: process.env.BENCH_LOG_LEVEL ?? 'info',
+};
+
+const serviceEnv = {
+  api: { PG_POOL_SIZE: String(settings.pgPoolSize), LOG_LEVEL: settings.logLevel },
+  relay: { RELAY_BATCH_SIZE: String(settings.relayBatchSize), LOG_LEVEL: settings.logLevel },
+  worker: { WORKER_PREFETCH: String(settings.workerPrefetch), LOG_LEVEL: settings.logLevel },
+};
+
+const step = (what) => console.log(`${new Date().toISOString().slice(11, 19)} ${what}`);
+
+async function main() {
+  await mkdir(path.join(outDir, 'logs'), { recursive: true });
+  const report = {
+    startedAt: new Date().toISOString(),
+    command: process.env.BENCH_COMMAND ?? 'npm run bench',
+    machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model ?? '?', loadAverage: os.loadavg()[0].toFixed(2) },
+    settings,
+  };
+  const { seconds, connections } = settings;
+  const db = await createBenchDatabase();
+  const prefix = benchPrefix();
+
+  step('broker floor');
+  report.brokerFloor = await measureBrokerFloor();
+  step(`ceiling: pgbench, ${connections} clients`);
+  report.ceiling = await measureCeiling({ databaseUrl: db.url, pool: db.pool, clients: connections, seconds });
+  step('api alone');
+  const api = await startService('api', { databaseUrl: db.url, prefix, env: serviceEnv.api });
+  report.api = await measureApi({ api, pool: db.pool, connections, seconds });
+  report.ratios = {
+    apiVsInsert: report.api.perSecond / report.ceiling.insert.perSecond,
+    apiVsInsertWithNotify: report.api.perSecond / report.ceiling.insertWithNotify.perSecond,
+  };
+  step('naive designs');
+  report.naive = await measureNaive({
+    databaseUrl: db.url,
+    pool: db.pool,
+    prefix: benchPrefix(),
+    connections,
+    seconds,
+    poolSize: settings.pgPoolSize,
+  });
+  step('end to end');
+  report.e2e = await measureEndToEnd({ api, db, prefix, connections, seconds, serviceEnv });
+  await api.stop();
+  step(`relay alone: ${settings.relayRows} rows`);
+  const relayDb = await createBenchDatabase();
+  report.relay = await measureRelay({
+    db: relayDb,
+    rows: settings.relayRows,
+    batchSize: settings.relayBatchSize,
+    env: serviceEnv.relay,
+  });
+
+  await writeFile(path.join(outDir, 'report.json'), JSON.stringify(report, null, 2) + '\n');
+  await writeFile(path.join(outDir, 'report.md'), renderMarkdown(report) + '\n');
+  await writeFile(path.join(outDir, 'latency.svg'), renderSvg(report) + '\n');
+  console.log(renderMarkdown(report));
+}
+
+let interrupted = false;
+const abort = (why, code) => {
+  if (interrupted) process.exit(code);
+  interrupted = true;
+  console.error(`${why}; cleaning up`);
+  cleanupAll().finally(() => process.exit(code));
+};
+process.on('SIGINT', () => abort('interrupted', 130));
+// An error thrown inside a library callback (amqplib emits them) still removes the database and queues.
+process.on('uncaughtException', (err) => abort(`bench failed: ${err.stack ?? err}`, 1));
+
+try {
+  await main();
+} catch (err) {
+  console.error(`bench failed: ${err.stack ?? err}`);
+  process.exitCode = 1;
+} finally {
+  await cleanupAll();
+}
