@@ -151,7 +151,7 @@ describe('worker', () => {
       leaseExpired: true,
     });
     const live = await insertTaskFixture(database.db, { status: 'processing', attempts: 1 });
-    expect(await sweepExpiredLeases(database.db, 100)).toEqual({ resumed: 1, failed: 1 });
+    expect(await sweepExpiredLeases(database.db, 100)).toMatchObject({ resumed: 1, failed: 1 });
     expect(await task(resumable)).toMatchObject({ status: 'pending', attempts: 1 });
     expect(await task(exhausted)).toMatchObject({ status: 'failed', error: { name: 'LostRun' } });
     expect(await task(live)).toMatchObject({ status: 'processing' });
