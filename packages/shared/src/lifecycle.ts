@@ -53,3 +53,39 @@ export function backoffMs(attempt: number, baseMs: number, maxMs: number, random
   const ceiling = Math.min(maxMs, baseMs * 2 ** Math.max(0, attempt - 1));
   return Math.round(ceiling * random());
 }
+
+export interface Periodic {
+  start(): void;
+  /** Stops scheduling and waits for a run in progress. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Runs `run` every `intervalMs`, never two at once (the next run is scheduled when one ends). `run`
+ * gets a signal that aborts on stop, to cut a long batch loop short. The timer does not keep the
+ * process alive.
+ */
+export function createPeriodic(intervalMs: number, run: (signal: AbortSignal) => Promise<void>): Periodic {
+  const stopping = new AbortController();
+  let timer: NodeJS.Timeout | null = null;
+  let running: Promise<void> | null = null;
+
+  function schedule(): void {
+    if (stopping.signal.aborted) return;
+    timer = setTimeout(() => {
+      running = run(stopping.signal).finally(schedule);
+    }, intervalMs);
+    timer.unref();
+  }
+
+  return {
+    start() {
+      if (!timer && !stopping.signal.aborted) schedule();
+    },
+    async stop() {
+      stopping.abort();
+      if (timer) clearTimeout(timer);
+      await running;
+    },
+  };
+}

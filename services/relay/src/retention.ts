@@ -1,9 +1,7 @@
-import { toError, type Db, type Logger } from '@taskbox/shared';
+import { createPeriodic, toError, type Db, type Logger, type Periodic } from '@taskbox/shared';
 import { deleteFinishedAttempts, deletePublished } from './outbox-sql';
 
-export interface Retention {
-  start(): void;
-  stop(): Promise<void>;
+export interface Retention extends Periodic {
   /** One full sweep now; start() runs one every intervalMs. */
   sweep(): Promise<void>;
 }
@@ -24,46 +22,29 @@ const BATCH = 1000;
  * This is the only place that deletes either; several relays running it at once only split the work.
  */
 export function createRetention(db: Db, options: RetentionOptions, logger: Logger): Retention {
-  let timer: NodeJS.Timeout | null = null;
-  let running: Promise<void> | null = null;
-  let stopping = false;
-
-  async function deleteAll(what: string, retentionMs: number, batch: typeof deletePublished): Promise<void> {
+  async function deleteAll(
+    what: string,
+    retentionMs: number,
+    batch: typeof deletePublished,
+    signal?: AbortSignal,
+  ): Promise<void> {
     let total = 0;
     try {
       let deleted: number;
       do {
         deleted = await batch(db, retentionMs, BATCH);
         total += deleted;
-      } while (deleted === BATCH && !stopping);
+      } while (deleted === BATCH && !signal?.aborted);
       if (total > 0) logger.info(`deleted ${what}`, { count: total, retentionMs });
     } catch (err) {
       logger.warn(`deleting ${what} failed; will try again`, { error: toError(err).message });
     }
   }
 
-  async function sweep(): Promise<void> {
-    await deleteAll('published outbox rows', options.outboxMs, deletePublished);
-    await deleteAll('finished task attempts', options.attemptsMs, deleteFinishedAttempts);
+  async function sweep(signal?: AbortSignal): Promise<void> {
+    await deleteAll('published outbox rows', options.outboxMs, deletePublished, signal);
+    await deleteAll('finished task attempts', options.attemptsMs, deleteFinishedAttempts, signal);
   }
 
-  function schedule(): void {
-    if (stopping) return;
-    timer = setTimeout(() => {
-      running = sweep().finally(schedule);
-    }, options.intervalMs);
-    timer.unref();
-  }
-
-  return {
-    start() {
-      if (!timer && !stopping) schedule();
-    },
-    async stop() {
-      stopping = true;
-      if (timer) clearTimeout(timer);
-      await running;
-    },
-    sweep,
-  };
+  return { ...createPeriodic(options.intervalMs, sweep), sweep };
 }

@@ -1,10 +1,13 @@
-import { toError, type Db, type Logger, type OutboxNotifier, type TaskNotifier } from '@taskbox/shared';
+import {
+  createPeriodic,
+  toError,
+  type Db,
+  type Logger,
+  type OutboxNotifier,
+  type Periodic,
+  type TaskNotifier,
+} from '@taskbox/shared';
 import { sweepExpiredLeases } from './task-sql';
-
-export interface Sweeper {
-  start(): void;
-  stop(): Promise<void>;
-}
 
 /** Every intervalMs, resumes (or fails) tasks whose run stopped renewing its lease. */
 export function createSweeper(
@@ -13,12 +16,8 @@ export function createSweeper(
   notifier: OutboxNotifier,
   taskNotifier: TaskNotifier,
   logger: Logger,
-): Sweeper {
-  let timer: NodeJS.Timeout | null = null;
-  let running: Promise<void> | null = null;
-  let stopping = false;
-
-  async function sweep(): Promise<void> {
+): Periodic {
+  return createPeriodic(intervalMs, async () => {
     try {
       const { resumed, failed, taskIds } = await sweepExpiredLeases(db, 100);
       if (resumed > 0) notifier.poke();
@@ -27,23 +26,5 @@ export function createSweeper(
     } catch (err) {
       logger.debug('lease sweep failed; will try again', { error: toError(err).message });
     }
-  }
-
-  function schedule(): void {
-    if (stopping) return;
-    timer = setTimeout(() => {
-      running = sweep().finally(schedule);
-    }, intervalMs);
-  }
-
-  return {
-    start() {
-      if (!timer && !stopping) schedule();
-    },
-    async stop() {
-      stopping = true;
-      if (timer) clearTimeout(timer);
-      await running;
-    },
-  };
+  });
 }
