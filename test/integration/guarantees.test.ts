@@ -2,6 +2,7 @@ import { amqpNames, connectAmqp } from '@taskbox/shared';
 import { claimBatch } from '../../services/relay/src/outbox-sql';
 import { createPublisher } from '../../services/relay/src/publisher';
 import { amqpUrl } from '../helpers/amqp';
+import { startFaultProxy, type FaultProxy } from '../helpers/proxy';
 import { quietLogger } from '../helpers/db';
 import { startSystem, type System } from '../helpers/system';
 import { waitFor } from '../helpers/wait';
@@ -9,9 +10,21 @@ import { waitFor } from '../helpers/wait';
 describe('delivery guarantees with the services as separate processes', () => {
   let system: System;
 
+  let proxy: FaultProxy | null = null;
+
   afterEach(async () => {
+    await proxy?.restore();
     await system.stop();
+    await proxy?.close();
+    proxy = null;
   });
+
+  /** A worker whose Postgres connections go through a proxy the test can cut. */
+  async function startWorkerBehindProxy() {
+    const url = new URL(system.database.url);
+    proxy = await startFaultProxy(url.hostname, Number(url.port || 5432));
+    return system.start('worker', { DATABASE_URL: proxy.url(system.database.url) });
+  }
 
   const attemptsOf = (id: string) =>
     system.database.db.selectFrom('task_attempts').selectAll().where('task_id', '=', id).orderBy('attempt').execute();
@@ -151,5 +164,63 @@ describe('delivery guarantees with the services as separate processes', () => {
       ),
     );
     expect(workersUsed.size).toBe(3);
+  });
+
+  it('holds a delivery while its Postgres is away and starts it when it is back, without requeueing it', async () => {
+    system = await startSystem();
+    await system.start('api');
+    await system.start('relay');
+    const worker = await startWorkerBehindProxy();
+    await proxy!.cut();
+    const id = await system.submit('echo', { held: true });
+    await worker.waitForLog(
+      'postgres unavailable',
+      (l) => l.message === 'postgres unavailable; retrying' && l.taskId === id,
+    );
+    await new Promise((r) => setTimeout(r, 2000));
+    await proxy!.restore();
+    await system.waitForTerminal([id], 20_000);
+    expect(await system.status(id)).toBe('succeeded');
+    expect(worker.logs.filter((l) => l.message === 'delivery not handled; requeueing')).toEqual([]);
+    expect(await attemptsOf(id)).toHaveLength(1);
+  });
+
+  it('stops a run whose task was finished elsewhere (fencing), instead of letting it go on', async () => {
+    system = await startSystem({ WORKER_LEASE_MS: '600' });
+    await system.start('api');
+    await system.start('relay');
+    const worker = await system.start('worker');
+    const id = await system.submit('sleep', { ms: 60_000 });
+    await waitFor('processing', async () => (await system.status(id)) === 'processing');
+    await system.database.db
+      .updateTable('tasks')
+      .set({ status: 'succeeded', finished_at: new Date() })
+      .where('id', '=', id)
+      .execute();
+    await worker.waitForLog(
+      'the run aborted',
+      (l) => l.message === 'task abandoned (lost); it will be resumed' && l.taskId === id,
+      5000,
+    );
+    await worker.waitForLog(
+      'the requeued message absorbed',
+      (l) => l.message === 'duplicate delivery absorbed' && l.taskId === id,
+    );
+    expect(await attemptsOf(id)).toHaveLength(1);
+  });
+
+  it('exits 0 on SIGTERM within its deadline even while Postgres is away, leaving the run to be resumed', async () => {
+    system = await startSystem({ SHUTDOWN_TIMEOUT_MS: '3000', WORKER_LEASE_MS: '1000' });
+    await system.start('api');
+    await system.start('relay');
+    const worker = await startWorkerBehindProxy();
+    const id = await system.submit('sleep', { ms: 1000 });
+    await waitFor('processing', async () => (await system.status(id)) === 'processing');
+    await proxy!.cut();
+    expect(await worker.stop()).toBe(0);
+    await proxy!.restore();
+    await system.start('worker');
+    await system.waitForTerminal([id], 20_000);
+    expect(await system.status(id)).toBe('succeeded');
   });
 });

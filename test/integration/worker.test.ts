@@ -213,4 +213,22 @@ describe('worker', () => {
     await waitFor('cancelled', async () => (await task(id)).status === 'cancelled', 5000);
     expect(await attemptsOf(id)).toMatchObject([{ outcome: 'cancelled' }]);
   });
+
+  it('ends a task cancelled, not retried, when its attempt fails after a cancel was requested', async () => {
+    const id = await insertTaskFixture(database.db, { type: 'flaky', payload: { failTimes: 1 } });
+    await database.db.updateTable('tasks').set({ cancel_requested_at: new Date() }).where('id', '=', id).execute();
+    await publish({ taskId: id, type: 'flaky', attempt: 1 }, {}, 'flaky');
+    await waitFor('cancelled', async () => (await task(id)).status === 'cancelled');
+    expect(await attemptsOf(id)).toMatchObject([{ attempt: 1, outcome: 'failed' }]);
+    expect(await database.db.selectFrom('outbox').selectAll().execute()).toEqual([]);
+  });
+
+  it('ends a dead run cancelled, not resumed, when a cancel was requested', async () => {
+    const id = await insertTaskFixture(database.db, { status: 'processing', attempts: 1, leaseExpired: true });
+    await database.db.updateTable('tasks').set({ cancel_requested_at: new Date() }).where('id', '=', id).execute();
+    expect(await sweepExpiredLeases(database.db, 100)).toMatchObject({ resumed: 0, failed: 0, taskIds: [id] });
+    expect(await task(id)).toMatchObject({ status: 'cancelled' });
+    expect((await task(id)).finished_at).not.toBeNull();
+    expect(await database.db.selectFrom('outbox').selectAll().execute()).toEqual([]);
+  });
 });

@@ -2,7 +2,7 @@ import { backoffMs, isTaskType, isTransientDbError, sleep, taskPayloadSchemas, t
 import type { Db, Logger, OutboxNotifier, TaskMessage, TaskNotifier } from '@taskbox/shared';
 import { handlers } from './handlers';
 import type { HandlerContext, TaskHandler } from './handlers/types';
-import type { Leases } from './leases';
+import type { AbortReason, Leases } from './leases';
 import type { WorkerMetrics } from './metrics';
 import {
   failTask,
@@ -102,13 +102,20 @@ export async function beginAttempt(deps: AttemptDeps, message: TaskMessage, exte
   return begin;
 }
 
-/** Runs the handler and records its outcome; resolves true when the outcome is committed (ack then). */
+/**
+ * What the consumer does with the delivery: 'recorded' (the outcome is committed, or a newer attempt
+ * owns the task): ack. 'abandoned' (the run stopped unfinished: shutdown, a lost lease, or an outcome
+ * that could not be written): requeue, and the redelivery resumes the task or is absorbed.
+ */
+export type RunResult = 'recorded' | 'abandoned';
+
+/** Runs the handler and records its outcome. */
 export async function runAttempt(
   deps: AttemptDeps,
   task: LockedTask,
   attempt: number,
   logger: Logger,
-): Promise<boolean> {
+): Promise<RunResult> {
   const type = task.type as keyof typeof handlers;
   const handler = handlers[type] as TaskHandler;
   const signal = deps.leases.register(task.id, attempt);
@@ -131,13 +138,15 @@ export async function runAttempt(
     // The payload was parsed with this type's own schema just above.
     outcome = { kind: 'succeeded', result: await handler.run(ctx as HandlerContext<never>) };
   } catch (err) {
-    if (signal.aborted && signal.reason === 'shutdown') {
-      // Abandoned, not failed: expire the lease so the redelivery resumes it at once.
-      await releaseLease(deps.db, task.id, attempt).catch(() => undefined);
-      logger.warn('task abandoned at shutdown; it will be resumed', { attempt });
-      return false;
+    const reason = signal.aborted ? (signal.reason as AbortReason) : null;
+    if (reason === 'shutdown' || reason === 'lost') {
+      // Abandoned, not failed. At shutdown the lease is released so the redelivery resumes the task at
+      // once; a lost lease is no longer this run's to release.
+      if (reason === 'shutdown') await releaseLease(deps.db, task.id, attempt).catch(() => undefined);
+      logger.warn(`task abandoned (${reason}); it will be resumed`, { attempt });
+      return 'abandoned';
     }
-    if (signal.aborted && signal.reason === 'cancelled') outcome = { kind: 'cancelled' };
+    if (reason === 'cancelled') outcome = { kind: 'cancelled' };
     else {
       const retry = attempt < task.max_attempts && !(err instanceof PermanentError);
       const retryInMs = retry ? backoffMs(attempt, deps.retryBaseMs, deps.retryMaxMs) : null;
@@ -147,9 +156,7 @@ export async function runAttempt(
     deps.leases.unregister(task.id, attempt);
   }
   endTimer({ outcome: outcome.kind });
-  const recorded = await recordOutcome(deps, task.id, attempt, outcome, logger);
-  if (recorded && outcome.kind === 'failed' && outcome.retryInMs !== null) deps.notifier.poke();
-  return recorded;
+  return recordOutcome(deps, task.id, attempt, outcome, logger);
 }
 
 /**
@@ -173,43 +180,56 @@ async function reportProgress(
   }
 }
 
+/**
+ * Retries `work` while Postgres is unavailable (capped backoff), until it succeeds or the worker
+ * stops; the delivery is held meanwhile. Requeueing instead would raise the message's delivery count
+ * on every try, and a quorum queue dead-letters it at its delivery limit.
+ */
+export async function whilePostgresDown<T>(deps: AttemptDeps, logger: Logger, work: () => Promise<T>): Promise<T> {
+  for (let tries = 1; ; tries++) {
+    try {
+      return await work();
+    } catch (err) {
+      if (!isTransientDbError(err) || deps.stopping.aborted) throw err;
+      if (tries === 1) logger.warn('postgres unavailable; retrying', { error: toError(err).message });
+      await sleep(backoffMs(tries, 200, 5000), deps.stopping);
+    }
+  }
+}
+
 async function recordOutcome(
   deps: AttemptDeps,
   taskId: string,
   attempt: number,
   outcome: AttemptOutcome,
   logger: Logger,
-) {
-  for (let tries = 1; ; tries++) {
-    try {
-      const applied = await finishAttempt(deps.db, taskId, attempt, outcome);
-      if (applied) deps.taskNotifier.changed(taskId);
-      if (!applied) {
-        logger.warn('attempt result discarded: the task was resumed elsewhere after this run lost its lease', {
-          attempt,
-        });
-        return true;
-      }
-      if (outcome.kind === 'failed') {
-        deps.metrics.failures.inc({ final: String(outcome.retryInMs === null) });
-        logger.warn(outcome.retryInMs === null ? 'task failed' : 'task attempt failed; retry scheduled', {
-          attempt,
-          error: toError(outcome.error).message,
-          retryInMs: outcome.retryInMs,
-        });
-      } else logger.info(`task ${outcome.kind}`, { attempt });
-      return true;
-    } catch (err) {
-      if (!isTransientDbError(err) || deps.stopping.aborted) {
-        logger.error('could not record the attempt; the message stays unacked and the run will be resumed', {
-          attempt,
-          error: toError(err).message,
-        });
-        return false;
-      }
-      if (tries === 1)
-        logger.warn('postgres unavailable while recording a result; retrying', { error: toError(err).message });
-      await sleep(backoffMs(tries, 200, 5000), deps.stopping);
+): Promise<RunResult> {
+  let status: Awaited<ReturnType<typeof finishAttempt>>;
+  try {
+    status = await whilePostgresDown(deps, logger, () => finishAttempt(deps.db, taskId, attempt, outcome));
+  } catch (err) {
+    if (isTransientDbError(err) || outcome.kind !== 'succeeded') {
+      logger.error('could not record the attempt; it will be resumed', { attempt, error: toError(err).message });
+      await releaseLease(deps.db, taskId, attempt).catch(() => undefined);
+      return 'abandoned';
     }
+    // The result itself cannot be stored (not JSON, a NUL character...): a retry would produce it
+    // again, so the task fails with the reason instead of looping.
+    const error = new PermanentError(`the result could not be stored: ${toError(err).message}`);
+    return recordOutcome(deps, taskId, attempt, { kind: 'failed', error, retryInMs: null }, logger);
   }
+  if (status === null) {
+    logger.warn('attempt result discarded: the task was resumed elsewhere after this run lost its lease', {
+      attempt,
+    });
+    return 'recorded';
+  }
+  deps.taskNotifier.changed(taskId);
+  if (status === 'pending') deps.notifier.poke();
+  if (outcome.kind === 'failed') {
+    deps.metrics.failures.inc({ final: String(status !== 'pending') });
+    const message = status === 'pending' ? 'task attempt failed; retry scheduled' : `task ${status}`;
+    logger.warn(message, { attempt, error: toError(outcome.error).message, retryInMs: outcome.retryInMs });
+  } else logger.info(`task ${status}`, { attempt });
+  return 'recorded';
 }

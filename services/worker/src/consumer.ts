@@ -9,7 +9,7 @@ import {
   type Logger,
   type TaskMessage,
 } from '@taskbox/shared';
-import { beginAttempt, runAttempt, type AttemptDeps } from './attempts';
+import { beginAttempt, runAttempt, whilePostgresDown, type AttemptDeps } from './attempts';
 
 export interface Consumer {
   /** amqplib recovery calls this after every (re)connect: a fresh channel and a fresh consumer tag. */
@@ -71,6 +71,19 @@ export function createConsumer(names: AmqpNames, prefetch: number, deps: Attempt
     }
   }
 
+  /**
+   * Acks or requeues on the channel that delivered the message. After a reconnect that channel is
+   * gone and the broker has already requeued the message; its redelivery is absorbed by decide().
+   */
+  function settle(ch: ConfirmChannel, msg: ConsumeMessage, how: 'ack' | 'requeue', log: Logger): void {
+    if (ch !== channel) {
+      log.info('delivery not settled: its channel closed; the redelivery will be absorbed', { how });
+      return;
+    }
+    if (how === 'ack') ch.ack(msg);
+    else ch.nack(msg, false, true);
+  }
+
   async function handle(ch: ConfirmChannel, tag: string, msg: ConsumeMessage): Promise<void> {
     const externalJobId = `${tag}:${msg.fields.deliveryTag}`;
     const base = {
@@ -81,7 +94,7 @@ export function createConsumer(names: AmqpNames, prefetch: number, deps: Attempt
     if (typeof parsed === 'string') return deadLetter(ch, msg, parsed, logger.child(base));
     const log = logger.child({ ...base, taskId: parsed.taskId, externalJobId });
 
-    const begin = await beginAttempt(deps, parsed, externalJobId);
+    const begin = await whilePostgresDown(deps, log, () => beginAttempt(deps, parsed, externalJobId));
     deps.metrics.deliveries.inc({ outcome: begin.action === 'started' ? 'run' : begin.action });
     switch (begin.action) {
       case 'dead-letter':
@@ -89,39 +102,31 @@ export function createConsumer(names: AmqpNames, prefetch: number, deps: Attempt
       case 'fail':
         log.error('task failed without running', { reason: begin.reason });
         if (begin.reason === 'unknown-type') return deadLetter(ch, msg, 'unknown-type', log);
-        ch.ack(msg);
-        return;
+        return settle(ch, msg, 'ack', log);
       case 'skip':
         log.info('duplicate delivery absorbed', { reason: begin.reason, attempt: parsed.attempt });
-        ch.ack(msg);
-        return;
-      case 'started':
-        // Ack only after the outcome is committed; if it is not, the message stays unacked and is
-        // redelivered when this channel closes, which resumes the run (invariant 3).
-        if (await runAttempt(deps, begin.task, begin.attempt, log)) ch.ack(msg);
-        return;
-      default:
-        return;
+        return settle(ch, msg, 'ack', log);
+      case 'started': {
+        // Ack only after the outcome is committed (invariant 3); an abandoned run is requeued, and its
+        // redelivery resumes the task as a new attempt or is absorbed if the task moved on.
+        const result = await runAttempt(deps, begin.task, begin.attempt, log);
+        return settle(ch, msg, result === 'recorded' ? 'ack' : 'requeue', log);
+      }
     }
   }
 
   function track(ch: ConfirmChannel, tag: string, msg: ConsumeMessage): void {
+    const log = logger.child({
+      messageId: msg.properties.messageId as string | undefined,
+      correlationId: msg.properties.correlationId as string | undefined,
+      taskId: msg.properties.headers?.['x-task-id'] as string | undefined,
+    });
     const run = handle(ch, tag, msg)
       .catch((err: unknown) => {
-        // Postgres unavailable before the attempt started: give the message back for a later try.
-        logger.warn('delivery not handled; requeueing', {
-          messageId: msg.properties.messageId as string | undefined,
-          correlationId: msg.properties.correlationId as string | undefined,
-          taskId: msg.properties.headers?.['x-task-id'] as string | undefined,
-          error: toError(err).message,
-        });
-        setTimeout(() => {
-          try {
-            ch.nack(msg, false, true);
-          } catch {
-            // The channel is gone; the broker requeues the message itself.
-          }
-        }, 1000);
+        // Not handled (an unexpected error, or Postgres still down when the worker stops): give the
+        // message back, after a pause so that a persistent error does not spin.
+        log.warn('delivery not handled; requeueing', { error: toError(err).message });
+        return new Promise<void>((resolve) => setTimeout(resolve, 1000)).then(() => settle(ch, msg, 'requeue', log));
       })
       .finally(() => inFlight.delete(run));
     inFlight.add(run);

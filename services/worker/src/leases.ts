@@ -1,55 +1,71 @@
 import { toError, type Db, type Logger } from '@taskbox/shared';
 import { renewLeases } from './task-sql';
 
+/** Why a run's signal aborted: the api asked, the worker is stopping, or the run lost its lease. */
+export type AbortReason = 'cancelled' | 'shutdown' | 'lost';
+
 export interface Leases {
-  /** A live run: its lease is renewed until unregister; the signal aborts on cancel or shutdown. */
+  /** A live run: its lease is renewed until unregister; the signal aborts with an AbortReason. */
   register(taskId: string, attempt: number): AbortSignal;
-  /** Ends a run's lease renewal; a newer attempt of the same task in this worker keeps its own. */
   unregister(taskId: string, attempt: number): void;
-  /** Aborts every live run with `reason` ('shutdown'). */
-  abortAll(reason: string): void;
-  size(): number;
+  abortAll(reason: AbortReason): void;
   start(): void;
   stop(): void;
 }
 
+interface Run {
+  taskId: string;
+  attempt: number;
+  controller: AbortController;
+  renewedAt: number;
+}
+
 /**
- * Renews the leases of this worker's live runs every leaseMs / 3 in one UPDATE, and turns a
- * cancellation requested through the api into an abort of the running handler. A run whose lease
- * could not be renewed (Postgres away longer than the lease) may be resumed elsewhere; its result is
- * then discarded by finishAttempt's guard, so a task still reaches exactly one terminal state.
+ * Renews the leases of this worker's live runs every leaseMs / 3 in one UPDATE, turns a cancellation
+ * requested through the api into an abort of the running handler, and fences runs that lost their
+ * lease: a run the renewal no longer finds (the task was resumed or finished elsewhere), or whose
+ * lease went unrenewed for 2/3 of its length (Postgres unreachable, so another worker may take over
+ * once it expires), is aborted with 'lost'. So a live run is stopped before another can start, and
+ * the handler of one task does not run twice at the same time.
  */
 export function createLeases(db: Db, leaseMs: number, logger: Logger): Leases {
-  const runs = new Map<string, { attempt: number; controller: AbortController }>();
+  const runs = new Map<string, Run>();
+  const key = (taskId: string, attempt: number): string => `${taskId}:${attempt}`;
   let timer: NodeJS.Timeout | null = null;
   let failing = false;
 
   async function heartbeat(): Promise<void> {
-    const live = [...runs.entries()].map(([taskId, r]) => ({ taskId, attempt: r.attempt }));
+    const live = [...runs.values()];
     try {
-      const cancelled = await renewLeases(db, live, leaseMs);
+      const renewed = new Map((await renewLeases(db, live, leaseMs)).map((r) => [key(r.id, r.attempt), r]));
       if (failing) logger.info('lease renewal works again');
       failing = false;
-      for (const taskId of cancelled) runs.get(taskId)?.controller.abort('cancelled');
+      for (const run of live) {
+        const row = renewed.get(key(run.taskId, run.attempt));
+        if (!row) run.controller.abort('lost' satisfies AbortReason);
+        else if (row.cancel_requested) run.controller.abort('cancelled' satisfies AbortReason);
+        else run.renewedAt = Date.now();
+      }
     } catch (err) {
       if (!failing) logger.warn('could not renew leases', { runs: live.length, error: toError(err).message });
       failing = true;
+      const fence = Date.now() - (leaseMs * 2) / 3;
+      for (const run of live) if (run.renewedAt < fence) run.controller.abort('lost' satisfies AbortReason);
     }
   }
 
   return {
     register(taskId, attempt) {
       const controller = new AbortController();
-      runs.set(taskId, { attempt, controller });
+      runs.set(key(taskId, attempt), { taskId, attempt, controller, renewedAt: Date.now() });
       return controller.signal;
     },
     unregister(taskId, attempt) {
-      if (runs.get(taskId)?.attempt === attempt) runs.delete(taskId);
+      runs.delete(key(taskId, attempt));
     },
     abortAll(reason) {
       for (const r of runs.values()) r.controller.abort(reason);
     },
-    size: () => runs.size,
     start() {
       timer ??= setInterval(() => void heartbeat(), Math.max(50, Math.floor(leaseMs / 3)));
     },

@@ -74,8 +74,13 @@ async function main(): Promise<void> {
   logger.info('worker started', { database: redactUrl(config.DATABASE_URL), prefetch: config.WORKER_PREFETCH });
 
   exitOnSignal(logger, config.SHUTDOWN_TIMEOUT_MS, async () => {
-    // Leave a margin under the deadline for abandoning runs and closing connections.
-    await consumer.stop(Math.floor(config.SHUTDOWN_TIMEOUT_MS * 0.7));
+    // Leave a margin under the deadline for abandoning runs and closing connections. At the grace
+    // deadline the consumer aborts the runs still going, and this stops retries against a Postgres
+    // that is down, so that every run returns and its message is requeued.
+    const graceMs = Math.floor(config.SHUTDOWN_TIMEOUT_MS * 0.7);
+    const giveUp = setTimeout(() => stopController.abort(), graceMs);
+    await consumer.stop(graceMs);
+    clearTimeout(giveUp);
     stopController.abort();
     await sweeper.stop();
     leases.stop();

@@ -82,13 +82,19 @@ export async function startAttempt(tx: Db, task: LockedTask, externalJobId: stri
   return attempt;
 }
 
+/** The error of an attempt whose run stopped (its worker died, or lost Postgres longer than its lease). */
+const LOST_RUN = JSON.stringify({
+  name: 'LostRun',
+  message: 'the worker running this attempt stopped renewing its lease',
+});
+
 async function closeLostAttempt(tx: Db, taskId: string, attempt: number): Promise<void> {
   await tx
     .updateTable('task_attempts')
     .set({
       outcome: 'lost',
       finished_at: sql`now()`,
-      error: JSON.stringify({ name: 'LostRun', message: 'the worker running this attempt stopped' }),
+      error: LOST_RUN,
     })
     .where('task_id', '=', taskId)
     .where('attempt', '=', attempt)
@@ -121,41 +127,45 @@ export type AttemptOutcome =
  * Records how an attempt ended, in one transaction with its side effects: a retry is a new outbox
  * row with a later available_at, written with the failed attempt so neither exists without the other.
  * Guarded by (status = processing, attempts = attempt): when the run lost its lease and the task was
- * resumed elsewhere, nothing is written and false is returned; the newer attempt owns the task.
+ * resumed elsewhere, nothing is written and null is returned; the newer attempt owns the task.
+ * Otherwise returns the task's new status.
  */
 export async function finishAttempt(
   db: Db,
   taskId: string,
   attempt: number,
   outcome: AttemptOutcome,
-): Promise<boolean> {
+): Promise<TaskStatus | null> {
   if (outcome.kind !== 'failed' || outcome.retryInMs === null) {
     const next: TaskStatus = outcome.kind === 'failed' ? 'failed' : outcome.kind;
-    return finishTerminal(db, taskId, attempt, next, outcome);
+    return (await finishTerminal(db, taskId, attempt, next, outcome)) ? next : null;
   }
   const error = JSON.stringify(errorJson(outcome.error));
   const retryInMs = outcome.retryInMs;
   return db.transaction().execute(async (tx) => {
-    const updated = await tx
-      .updateTable('tasks')
-      .set({ status: 'pending', result: null, error, lease_until: null, updated_at: sql`now()` })
-      .where('id', '=', taskId)
-      .where('status', '=', 'processing')
-      .where('attempts', '=', attempt)
-      .returning(['type', 'correlation_id'])
-      .executeTakeFirst();
-    if (!updated) return false;
+    // A cancel requested while this attempt ran wins over its retry: the task ends cancelled.
+    const { rows } = await sql<{ type: string; status: TaskStatus; correlation_id: string | null }>`
+      UPDATE tasks
+      SET status = CASE WHEN cancel_requested_at IS NULL THEN 'pending' ELSE 'cancelled' END,
+          finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END,
+          result = NULL, error = ${error}::jsonb, lease_until = NULL, updated_at = now()
+      WHERE id = ${taskId} AND status = 'processing' AND attempts = ${attempt}
+      RETURNING type, status, correlation_id`.execute(tx);
+    const updated = rows[0];
+    if (!updated) return null;
     await tx
       .updateTable('task_attempts')
       .set({ outcome: 'failed', error, finished_at: sql`now()` })
       .where('task_id', '=', taskId)
       .where('attempt', '=', attempt)
       .execute();
-    const message = outboxMessage({ id: taskId, type: updated.type }, attempt + 1, {
-      correlationId: updated.correlation_id,
-    });
-    await insertOutbox(tx, [message], retryInMs);
-    return true;
+    if (updated.status === 'pending') {
+      const message = outboxMessage({ id: taskId, type: updated.type }, attempt + 1, {
+        correlationId: updated.correlation_id,
+      });
+      await insertOutbox(tx, [message], retryInMs);
+    }
+    return updated.status;
   });
 }
 
@@ -199,15 +209,18 @@ export async function releaseLease(db: Db, taskId: string, attempt: number): Pro
     .execute();
 }
 
-/** Extends the leases of live runs; returns the task ids whose cancellation was requested. */
+/**
+ * Extends the leases of live runs. Returns the runs it renewed (a run missing from the answer no
+ * longer owns its task) and whether each one's cancellation was requested.
+ */
 export async function renewLeases(db: Db, runs: { taskId: string; attempt: number }[], leaseMs: number) {
   if (runs.length === 0) return [];
-  const { rows } = await sql<{ id: string; cancel_requested: boolean }>`
+  const { rows } = await sql<{ id: string; attempt: number; cancel_requested: boolean }>`
     UPDATE tasks t SET lease_until = now() + ${leaseMs} * interval '1 millisecond'
     FROM unnest(${runs.map((r) => r.taskId)}::uuid[], ${runs.map((r) => r.attempt)}::int[]) AS r(id, attempt)
     WHERE t.id = r.id AND t.attempts = r.attempt AND t.status = 'processing'
-    RETURNING t.id, t.cancel_requested_at IS NOT NULL AS cancel_requested`.execute(db);
-  return rows.filter((r) => r.cancel_requested).map((r) => r.id);
+    RETURNING t.id, t.attempts AS attempt, t.cancel_requested_at IS NOT NULL AS cancel_requested`.execute(db);
+  return rows;
 }
 
 export async function setStep(db: Db, taskId: string, attempt: number, step: string | null, progress?: number) {
@@ -249,14 +262,15 @@ export async function sweepExpiredLeases(
       ), lost AS (
         UPDATE task_attempts a
         SET outcome = 'lost', finished_at = now(),
-            error = '{"name":"LostRun","message":"the worker running this attempt stopped renewing its lease"}'
+            error = ${LOST_RUN}::jsonb
         FROM tasks t JOIN expired e ON e.id = t.id
         WHERE a.task_id = t.id AND a.attempt = t.attempts AND a.finished_at IS NULL
       )
       UPDATE tasks t
-      SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'pending' END,
-          error = '{"name":"LostRun","message":"the worker running this task stopped renewing its lease"}',
-          finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
+      SET status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                        WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'pending' END,
+          error = ${LOST_RUN}::jsonb,
+          finished_at = CASE WHEN t.cancel_requested_at IS NULL AND t.attempts < t.max_attempts THEN NULL ELSE now() END,
           lease_until = NULL, updated_at = now()
       FROM expired e WHERE t.id = e.id
       RETURNING t.id, t.type, t.status, t.attempts, t.correlation_id`.execute(tx);
@@ -265,6 +279,7 @@ export async function sweepExpiredLeases(
       tx,
       resumed.map((r) => outboxMessage(r, r.attempts + 1, { correlationId: r.correlation_id })),
     );
-    return { resumed: resumed.length, failed: rows.length - resumed.length, taskIds: rows.map((r) => r.id) };
+    const failed = rows.filter((r) => r.status === 'failed').length;
+    return { resumed: resumed.length, failed, taskIds: rows.map((r) => r.id) };
   });
 }
