@@ -19,8 +19,10 @@ export function amqpNames(prefix: string): AmqpNames {
   };
 }
 
-// A message that kills its worker every time is dead-lettered by the broker after this many
-// deliveries; the task itself is resumed or failed from Postgres by the worker's sweeper.
+// After this many deliveries the broker dead-letters a message: one that kills its worker every time.
+// Its task is then processing with a lease that runs out, and the worker's sweeper resumes or fails it
+// from Postgres. The worker requeues a pending task's message only at shutdown or on an unexpected
+// error (while Postgres is down it holds the delivery), so retries do not use up this limit.
 const DELIVERY_LIMIT = 20;
 
 /** Declares the topology; idempotent, so the relay and the worker both run it on every (re)connect. */

@@ -1,4 +1,4 @@
-import type { ChannelModel, ConfirmChannel, Message } from 'amqplib';
+import type { ChannelModel, ConfirmChannel, Message, Options } from 'amqplib';
 import { assertTopology, toError, type AmqpNames, type Logger } from '@taskbox/shared';
 import type { ClaimedRow } from './outbox-sql';
 
@@ -41,43 +41,14 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
 
       const outcome = new Map<string, string | null>();
       const returned = new Set<string>();
-      let settleAll: (error: string) => void = () => undefined;
-      const allSettled = new Promise<void>((resolve) => {
-        let left = rows.length;
-        const settle = (row: ClaimedRow, error: string | null): void => {
-          if (outcome.has(row.id)) return;
-          outcome.set(row.id, error);
-          if (--left === 0) resolve();
-        };
-        settleAll = (error) => rows.forEach((r) => settle(r, error));
-        for (const row of rows) {
-          const headers = row.headers;
-          const options = {
-            messageId: row.message_id,
-            correlationId: headers.correlationId,
-            type: row.routing_key,
-            contentType: 'application/json',
-            persistent: true,
-            mandatory: true,
-            timestamp: Math.floor(Date.now() / 1000),
-            headers: {
-              'x-task-id': row.task_id,
-              'x-attempt': (row.payload as { attempt?: number }).attempt,
-              ...(headers.traceparent ? { traceparent: headers.traceparent } : {}),
-            },
-          };
-          const body = Buffer.from(JSON.stringify(row.payload));
-          try {
-            ch.publish(names.exchange, row.routing_key, body, options, (err) => {
-              if (err) settle(row, `nacked by broker: ${toError(err).message}`);
-              else settle(row, returned.has(row.message_id) ? 'returned as unroutable' : null);
-            });
-          } catch (err) {
-            settle(row, `publish failed: ${toError(err).message}`);
-          }
-        }
-        if (rows.length === 0) resolve();
-      });
+      let allSettled: () => void = () => undefined;
+      const settledPromise = new Promise<void>((resolve) => (allSettled = resolve));
+      const settle = (id: string, error: string | null): void => {
+        if (outcome.has(id)) return;
+        outcome.set(id, error);
+        if (outcome.size === rows.length) allSettled();
+      };
+      const settleAll = (error: string): void => rows.forEach((r) => settle(r.id, error));
       const onReturn = (msg: Message): void => {
         if (typeof msg.properties.messageId === 'string') returned.add(msg.properties.messageId);
       };
@@ -86,7 +57,23 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
       ch.once('close', onClose);
       const timer = setTimeout(() => settleAll(`no confirm within ${confirmTimeoutMs} ms`), confirmTimeoutMs);
       try {
-        await allSettled;
+        for (const row of rows) {
+          if (outcome.size === rows.length) break; // the channel closed or the confirm wait timed out
+          const confirmed = (err: unknown): void => {
+            if (err) settle(row.id, `nacked by broker: ${toError(err).message}`);
+            else settle(row.id, returned.has(row.message_id) ? 'returned as unroutable' : null);
+          };
+          try {
+            const body = Buffer.from(JSON.stringify(row.payload));
+            const writable = ch.publish(names.exchange, row.routing_key, body, messageOptions(row), confirmed);
+            // Backpressure: amqplib buffers what the socket cannot take; wait until it drains.
+            if (!writable) await drainedOrClosed(ch);
+          } catch (err) {
+            settle(row.id, `publish failed: ${toError(err).message}`);
+          }
+        }
+        if (rows.length === 0) allSettled();
+        await settledPromise;
       } finally {
         clearTimeout(timer);
         ch.off('return', onReturn);
@@ -100,4 +87,34 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
       return result;
     },
   };
+}
+
+/** The message properties DESIGN.md names: messageId, correlationId, type, persistent, mandatory... */
+function messageOptions(row: ClaimedRow): Options.Publish {
+  return {
+    messageId: row.message_id,
+    correlationId: row.headers.correlationId,
+    type: row.routing_key,
+    contentType: 'application/json',
+    persistent: true,
+    mandatory: true,
+    timestamp: Math.floor(Date.now() / 1000),
+    headers: {
+      'x-task-id': row.task_id,
+      'x-attempt': (row.payload as { attempt?: number }).attempt,
+      ...(row.headers.traceparent ? { traceparent: row.headers.traceparent } : {}),
+    },
+  };
+}
+
+function drainedOrClosed(ch: ConfirmChannel): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      ch.off('drain', done);
+      ch.off('close', done);
+      resolve();
+    };
+    ch.once('drain', done);
+    ch.once('close', done);
+  });
 }

@@ -21,6 +21,8 @@ export interface RelayLoop {
   wake(): void;
 }
 
+const LANES = 2;
+
 /**
  * The relay's state machine:
  *
@@ -32,9 +34,8 @@ export interface RelayLoop {
  * A drain claims a batch, publishes it with confirms, marks the confirmed rows and releases the rest
  * with a per-row backoff. It does not claim while the broker is disconnected, so an outage costs no
  * publish attempts. One log line per change between healthy and failing, not one per try.
+ * "draining" runs LANES drains side by side (see drainLanes).
  */
-const LANES = 2;
-
 export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
   const { db, publisher, logger, metrics, batchSize, pollMs, leaseMs } = options;
   let running: Promise<void> | null = null;
