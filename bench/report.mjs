@@ -141,6 +141,21 @@ function naiveSection({ api, naive }) {
   ];
 }
 
+function scaleSection({ scale }) {
+  const row = (s) => [`${s.replicas} + ${s.replicas}`, n(s.perSecond), s.seconds.toFixed(1), s.rerun, s.republished];
+  return [
+    `## 6. Scaling out: ${scale.one.tasks} queued echo tasks, relays + workers`,
+    '',
+    ...table(
+      ['relays + workers', 'tasks/s', 'seconds', 'tasks run twice', 'rows published twice'],
+      [row(scale.one), row(scale.three)],
+    ),
+    '',
+    `3 + 3 / 1 + 1: **${scale.ratio.toFixed(2)}**`,
+    '',
+  ];
+}
+
 export function renderMarkdown(r) {
   return [
     '# taskbox benchmark',
@@ -153,6 +168,7 @@ export function renderMarkdown(r) {
     ...e2eSection(r),
     ...relaySection(r),
     ...naiveSection(r),
+    ...scaleSection(r),
   ].join('\n');
 }
 

@@ -10,6 +10,7 @@ import { benchPrefix, cleanupAll, createBenchDatabase, outDir, startService } fr
 import { measureNaive } from './naive.mjs';
 import { measureRelay } from './relay-drain.mjs';
 import { renderMarkdown, renderSvg } from './report.mjs';
+import { measureScale } from './scale.mjs';
 
 const int = (name, fallback) => {
   const value = Number(process.env[name] ?? fallback);
@@ -21,6 +22,7 @@ const settings = {
   seconds: int('BENCH_SECONDS', 20),
   connections: int('BENCH_CONNECTIONS', 16),
   relayRows: int('BENCH_RELAY_ROWS', 100_000),
+  scaleTasks: int('BENCH_SCALE_TASKS', 10_000),
   pgPoolSize: int('PG_POOL_SIZE', 10),
   relayBatchSize: int('RELAY_BATCH_SIZE', 200),
   workerPrefetch: int('WORKER_PREFETCH', 20),
@@ -78,6 +80,9 @@ async function main() {
     batchSize: settings.relayBatchSize,
     env: serviceEnv.relay,
   });
+
+  step(`scaling out: ${settings.scaleTasks} tasks, 1 + 1 then 3 + 3`);
+  report.scale = await measureScale({ tasks: settings.scaleTasks, serviceEnv });
 
   await writeFile(path.join(outDir, 'report.json'), JSON.stringify(report, null, 2) + '\n');
   await writeFile(path.join(outDir, 'report.md'), renderMarkdown(report) + '\n');

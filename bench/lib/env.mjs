@@ -149,11 +149,11 @@ export async function startProcess(label, script, env, port) {
 }
 
 /** Starts api, relay or worker from its built dist, against the given database and prefix. */
-export async function startService(name, { databaseUrl, prefix, env = {} }) {
+export async function startService(name, { databaseUrl, prefix, env = {}, instance = '' }) {
   const port = await freePort();
   const portEnv = name === 'api' ? { PORT: String(port) } : { HEALTH_PORT: String(port) };
   const service = await startProcess(
-    `${name}-${prefix.replace(/\W/g, '')}`,
+    `${name}${instance}-${prefix.replace(/\W/g, '')}`,
     `services/${name}/dist/main.js`,
     { DATABASE_URL: databaseUrl, AMQP_URL: amqpUrl, AMQP_PREFIX: prefix, LOG_LEVEL: 'info', ...portEnv, ...env },
     port,
