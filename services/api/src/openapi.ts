@@ -10,6 +10,7 @@ import {
   taskBodySchemas,
   taskListSchema,
 } from './schemas';
+import { MAX_JSON_DEPTH } from './json-guard';
 import { taskViewSchema } from './task-view';
 
 type JsonObject = Record<string, unknown>;
@@ -111,7 +112,9 @@ export function openApiDocument(): JsonObject {
             '409': problem('the Idempotency-Key was used with a different body'),
             '413': problem('body larger than BODY_LIMIT'),
             '415': problem('body is not application/json'),
-            '422': problem('unknown type or invalid payload'),
+            '422': problem(
+              `unknown type, invalid payload, a NUL or unpaired surrogate in any string, or JSON nested deeper than ${MAX_JSON_DEPTH}`,
+            ),
           },
         },
         get: {

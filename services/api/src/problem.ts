@@ -43,6 +43,16 @@ const bodyParserProblems: Record<string, [number, string]> = {
   'stream.encoding.set': [500, 'Internal Server Error'],
 };
 
+/**
+ * SQLSTATE class 22 (data exception): Postgres refused a value the request carried (a NUL, a bad
+ * timestamp) that validation should have caught. Still the client's input, so 400 rather than 500;
+ * the detail stays generic because Postgres' message quotes the query's types and values.
+ */
+function isDataException(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && /^22[0-9A-Z]{3}$/.test(code);
+}
+
 /** Renders every error as problem+json; never leaks a stack trace. */
 export function problemHandler(logger: Logger): ErrorRequestHandler {
   return (err: unknown, req, res, next) => {
@@ -63,6 +73,13 @@ export function problemHandler(logger: Logger): ErrorRequestHandler {
       return sendProblem(
         res,
         new HttpProblem(503, 'Service Unavailable', 'the database is unavailable; retry shortly'),
+      );
+    }
+    if (isDataException(err)) {
+      logger.warn('database refused a value from the request', { ...log, error: toError(err).message });
+      return sendProblem(
+        res,
+        new HttpProblem(400, 'Bad Request', 'the request contains a value that cannot be stored'),
       );
     }
     logger.error('unhandled error', { ...log, error: toError(err).message, stack: toError(err).stack });

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { taskPayloadSchemas, taskTypes, type TaskType } from '@taskbox/shared';
+import { isStorableText, UNSTORABLE_TEXT } from './json-guard';
 import { taskViewSchema } from './task-view';
 
 /**
@@ -9,11 +10,13 @@ import { taskViewSchema } from './task-view';
 
 const statusSchema = taskViewSchema.shape.status;
 const maxAttemptsSchema = z.number().int().min(1).max(100);
+// Compared with a text column: Postgres would refuse a NUL in the parameter (SQLSTATE 22021).
+const typeNameSchema = z.string().min(1).max(100).refine(isStorableText, UNSTORABLE_TEXT);
 
 /** The envelope every task shares; checked first so an unknown type gets its own 422. */
 export const createTaskSchema = z
   .object({
-    type: z.string().min(1).max(100),
+    type: typeNameSchema,
     payload: z.json().optional(),
     maxAttempts: maxAttemptsSchema.optional(),
   })
@@ -47,7 +50,7 @@ export const idSchema = z.guid();
 export const listQuerySchema = z
   .object({
     status: statusSchema.optional(),
-    type: z.string().min(1).max(100).optional(),
+    type: typeNameSchema.optional(),
     limit: z.coerce.number().int().min(1).max(100).default(20),
     cursor: z.string().max(200).optional(),
   })

@@ -9,7 +9,10 @@ import {
   type Logger,
   type OutboxNotifier,
   type TaskNotifier,
+  type TaskType,
 } from '@taskbox/shared';
+import { decodeCursor, encodeCursor } from '../cursor';
+import { canonicalJson, findJsonIssue } from '../json-guard';
 import { HttpProblem } from '../problem';
 import { createTaskSchema, getQuerySchema, idSchema, listQuerySchema, taskBodySchemas } from '../schemas';
 import type { TaskEvents } from '../task-events';
@@ -50,22 +53,6 @@ function owner(res: Response): string {
   return res.locals.owner as string;
 }
 
-export function encodeCursor(row: { cursor_created_at: string; id: string }): string {
-  return Buffer.from(JSON.stringify([row.cursor_created_at, row.id])).toString('base64url');
-}
-
-function decodeCursor(cursor: string): { createdAt: string; id: string } {
-  try {
-    const [createdAt, id] = z
-      .tuple([z.string().max(64), idSchema])
-      .parse(JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')));
-    if (Number.isNaN(Date.parse(createdAt))) throw new Error('bad timestamp');
-    return { createdAt, id };
-  } catch {
-    throw new HttpProblem(400, 'Invalid Cursor', 'the cursor is not one this api returned');
-  }
-}
-
 function badQuery(error: z.ZodError): HttpProblem {
   return new HttpProblem(400, 'Invalid Query', error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
 }
@@ -97,47 +84,50 @@ async function waitForChange(deps: TasksDeps, owner: string, id: string, waitMs:
   }
 }
 
-export function tasksRouter(deps: TasksDeps): Router {
-  const { db, notifier, taskNotifier, logger } = deps;
-  const router = Router();
+type Handler = (req: Request, res: Response) => Promise<void>;
 
-  router.post('/', async (req, res) => {
-    if (!req.is('application/json')) {
-      throw new HttpProblem(415, 'Unsupported Media Type', 'send the task as application/json');
-    }
-    const body = createTaskSchema.safeParse(req.body);
-    if (!body.success) throw invalid('Invalid Task', body.error);
-    const { type, maxAttempts = DEFAULT_MAX_ATTEMPTS } = body.data;
-    if (!isTaskType(type)) {
-      throw new HttpProblem(422, 'Unknown Task Type', `unknown task type "${type}"`, {
-        knownTypes: taskTypes,
-      });
-    }
-    const typed = taskBodySchemas[type].safeParse(req.body);
-    if (!typed.success) throw invalid('Invalid Payload', typed.error);
-    const payload = typed.data.payload;
+interface CreateRequest {
+  type: TaskType;
+  payload: unknown;
+  maxAttempts: number;
+  idempotencyKey: string | null;
+}
 
-    const rawKey = req.get('idempotency-key');
-    const keyParse = rawKey === undefined ? undefined : idempotencyKeySchema.safeParse(rawKey);
-    if (keyParse && !keyParse.success) {
-      throw new HttpProblem(400, 'Invalid Idempotency-Key', 'the Idempotency-Key header must be 1 to 200 characters');
-    }
-    const idempotencyKey = keyParse?.data ?? null;
+/** Validates POST /tasks: media type, storable JSON, the envelope, the type's payload, the key. */
+function parseCreateRequest(req: Request): CreateRequest {
+  if (!req.is('application/json')) {
+    throw new HttpProblem(415, 'Unsupported Media Type', 'send the task as application/json');
+  }
+  // Before any schema: z.json() recurses per level and would overflow the stack on a deep body.
+  const issue = findJsonIssue(req.body);
+  if (issue)
+    throw new HttpProblem(422, 'Invalid Task', `${issue.path || '(body)'}: ${issue.message}`, { issues: [issue] });
+  const body = createTaskSchema.safeParse(req.body);
+  if (!body.success) throw invalid('Invalid Task', body.error);
+  const { type, maxAttempts = DEFAULT_MAX_ATTEMPTS } = body.data;
+  if (!isTaskType(type)) {
+    throw new HttpProblem(422, 'Unknown Task Type', `unknown task type "${type}"`, { knownTypes: taskTypes });
+  }
+  const typed = taskBodySchemas[type].safeParse(req.body);
+  if (!typed.success) throw invalid('Invalid Payload', typed.error);
+  const rawKey = req.get('idempotency-key');
+  const keyParse = rawKey === undefined ? undefined : idempotencyKeySchema.safeParse(rawKey);
+  if (keyParse && !keyParse.success) {
+    throw new HttpProblem(400, 'Invalid Idempotency-Key', 'the Idempotency-Key header must be 1 to 200 characters');
+  }
+  return { type, payload: typed.data.payload, maxAttempts, idempotencyKey: keyParse?.data ?? null };
+}
+
+function createTask({ db, notifier, logger }: TasksDeps): Handler {
+  return async (req, res) => {
+    const { type, payload, maxAttempts, idempotencyKey } = parseCreateRequest(req);
     const requestHash = idempotencyKey
       ? createHash('sha256')
-          .update(JSON.stringify([type, payload, maxAttempts]))
+          .update(canonicalJson([type, payload, maxAttempts]))
           .digest('hex')
       : null;
     const correlationId = res.locals.requestId as string;
-    const task = {
-      id: randomUUID(),
-      type,
-      payload,
-      maxAttempts,
-      owner: owner(res),
-      idempotencyKey,
-      requestHash,
-    };
+    const task = { id: randomUUID(), type, payload, maxAttempts, owner: owner(res), idempotencyKey, requestHash };
     const inserted = await insertTask(db, task, { correlationId, traceparent: req.get('traceparent') ?? null });
     let row: TaskRow | undefined = inserted?.task;
     let status = 202;
@@ -155,9 +145,11 @@ export function tasksRouter(deps: TasksDeps): Router {
     }
     if (!row) throw new Error(`task ${task.id} vanished after insert`);
     res.status(status).location(`/tasks/${row.id}`).json(toTaskView(row));
-  });
+  };
+}
 
-  router.get('/', async (req, res) => {
+function listTasksHandler({ db }: TasksDeps): Handler {
+  return async (req, res) => {
     const query = listQuerySchema.safeParse(req.query);
     if (!query.success) throw badQuery(query.error);
     const { status, type, limit, cursor } = query.data;
@@ -172,9 +164,11 @@ export function tasksRouter(deps: TasksDeps): Router {
     const last = page.at(-1);
     const next = rows.length > limit && last ? encodeCursor(last) : null;
     res.json({ items: page.map((r) => toTaskView(r)), next });
-  });
+  };
+}
 
-  router.get('/:id', async (req, res) => {
+function getTask(deps: TasksDeps): Handler {
+  return async (req, res) => {
     const id = parseId(req);
     const query = getQuerySchema.safeParse(req.query);
     if (!query.success) throw badQuery(query.error);
@@ -184,12 +178,14 @@ export function tasksRouter(deps: TasksDeps): Router {
     res.once('close', () => gone.abort());
     const row = wait
       ? await waitForChange(deps, owner(res), id, wait * 1000, gone.signal)
-      : await findTask(db, owner(res), id);
+      : await findTask(deps.db, owner(res), id);
     if (!row) throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
-    res.json(toTaskView(row, await findTimeline(db, id)));
-  });
+    res.json(toTaskView(row, await findTimeline(deps.db, id)));
+  };
+}
 
-  router.post('/:id/cancel', async (req, res) => {
+function cancel({ db, taskNotifier, logger }: TasksDeps): Handler {
+  return async (req, res) => {
     const id = parseId(req);
     const before = await cancelTask(db, owner(res), id);
     if (!before) throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
@@ -204,7 +200,14 @@ export function tasksRouter(deps: TasksDeps): Router {
       correlationId: row.correlation_id,
     });
     res.status(before === 'pending' ? 200 : 202).json(toTaskView(row));
-  });
+  };
+}
 
+export function tasksRouter(deps: TasksDeps): Router {
+  const router = Router();
+  router.post('/', createTask(deps));
+  router.get('/', listTasksHandler(deps));
+  router.get('/:id', getTask(deps));
+  router.post('/:id/cancel', cancel(deps));
   return router;
 }

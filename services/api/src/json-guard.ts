@@ -1,0 +1,58 @@
+/**
+ * Checks on a parsed JSON body that its schemas cannot make. Both are about what happens after
+ * validation: Postgres refuses U+0000 in any text or jsonb string or key (SQLSTATE 22P05 / 22021) and
+ * an unpaired UTF-16 surrogate, which JSON.parse accepts from "\ud800", in jsonb (22P02); zod's z.json(),
+ * JSON.stringify and Postgres all recurse per level, overflowing the stack at a few thousand levels,
+ * which a 64 kB body reaches at 32,000. The walk itself is iterative for that reason.
+ */
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+/** Whether Postgres can store the string as text or inside jsonb. */
+export function isStorableText(value: string): boolean {
+  return !value.includes('\0') && !LONE_SURROGATE.test(value);
+}
+
+export const UNSTORABLE_TEXT = 'must not contain NUL characters (\\u0000) or unpaired surrogates';
+
+/** Far deeper than any real payload, far shallower than where anything downstream overflows. */
+export const MAX_JSON_DEPTH = 64;
+
+export interface JsonIssue {
+  path: string;
+  message: string;
+}
+
+/** The first string or key Postgres cannot store, or the first value nested too deep, if any. */
+export function findJsonIssue(body: unknown): JsonIssue | undefined {
+  const stack: { value: unknown; path: string[] }[] = [{ value: body, path: [] }];
+  for (let next = stack.pop(); next; next = stack.pop()) {
+    const { value, path } = next;
+    if (typeof value === 'string') {
+      if (!isStorableText(value)) return { path: path.join('.'), message: UNSTORABLE_TEXT };
+      continue;
+    }
+    if (typeof value !== 'object' || value === null) continue;
+    if (path.length >= MAX_JSON_DEPTH) {
+      return { path: path.join('.'), message: `must not nest deeper than ${MAX_JSON_DEPTH} levels` };
+    }
+    for (const [key, child] of Object.entries(value)) {
+      if (!isStorableText(key)) return { path: path.join('.'), message: `keys ${UNSTORABLE_TEXT}` };
+      stack.push({ value: child, path: [...path, key] });
+    }
+  }
+  return undefined;
+}
+
+/**
+ * JSON with object keys sorted at every level, so two bodies that differ only in key order (which
+ * no JSON consumer may rely on) are the same request to the idempotency check. Recursion is safe
+ * here because the value already passed `findJsonIssue`'s depth limit.
+ */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) => {
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) return v;
+    const entries = Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return Object.fromEntries(entries);
+  });
+}
