@@ -2,7 +2,9 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { createDb, createPool, createLogger, type Db } from '@taskbox/shared';
 
+// In-process parts log through this; tests assert on state, and child-process tests read real logs.
 export const quietLogger = createLogger('test', { LOG_LEVEL: 'error', LOG_FORMAT: 'json' });
+quietLogger.silent = true;
 
 export interface TestDatabase {
   url: string;

@@ -20,6 +20,8 @@ export interface PgListenerOptions {
 }
 
 const HEARTBEAT_MS = 10_000;
+// A half-open connection (the server vanished without a FIN) never answers: give up and reconnect.
+const HEARTBEAT_TIMEOUT_MS = 5000;
 
 /**
  * LISTENs on a dedicated pg.Client (a pooled client would be handed to others and lose the LISTEN).
@@ -81,7 +83,12 @@ export function createPgListener(options: PgListenerOptions): PgListener {
     while (!stopping) {
       await Promise.race([sleep(HEARTBEAT_MS, stopController.signal), ended]);
       if (stopping) return;
-      const { rows } = await Promise.race([c.query<{ ch: string }>('SELECT pg_listening_channels() AS ch'), ended]);
+      const timeout = new Promise<never>((_, reject) => {
+        setTimeout(() => reject(new Error('heartbeat unanswered')), HEARTBEAT_TIMEOUT_MS).unref();
+      });
+      timeout.catch(() => undefined);
+      const query = c.query<{ ch: string }>('SELECT pg_listening_channels() AS ch');
+      const { rows } = await Promise.race([query, ended, timeout]);
       if (!rows.some((r) => r.ch === channel)) throw new Error('no longer listening');
     }
   }
