@@ -29,10 +29,7 @@ describe('relay', () => {
     await deleteTopology(prefix);
   });
 
-  async function startRelay(
-    options: { pollMs?: number; batchSize?: number } = {},
-  ): Promise<{ loop: RelayLoop; publisher: Publisher }> {
-    const publisher = createPublisher(amqpNames(prefix), 5000, quietLogger);
+  function createLoop(publisher: Publisher, options: { pollMs?: number; batchSize?: number }): RelayLoop {
     const loop = createRelayLoop({
       db: database.db,
       publisher,
@@ -42,13 +39,21 @@ describe('relay', () => {
       pollMs: options.pollMs ?? 100,
       leaseMs: 15_000,
     });
+    loops.push(loop);
+    return loop;
+  }
+
+  async function startRelay(
+    options: { pollMs?: number; batchSize?: number } = {},
+  ): Promise<{ loop: RelayLoop; publisher: Publisher }> {
+    const publisher = createPublisher(amqpNames(prefix), 5000, quietLogger);
+    const loop = createLoop(publisher, options);
     const connection = await connectAmqp(amqpUrl(), quietLogger, async (model) => {
       await publisher.setup(model);
       loop.wake();
     });
     connections.push(connection);
     await waitFor('publisher ready', () => publisher.ready());
-    loops.push(loop);
     loop.start();
     return { loop, publisher };
   }
@@ -142,17 +147,7 @@ describe('relay', () => {
 
   it('leaves rows untouched while RabbitMQ is unreachable', async () => {
     await seed(3);
-    const publisher = createPublisher(amqpNames(prefix), 1000, quietLogger);
-    const loop = createRelayLoop({
-      db: database.db,
-      publisher,
-      logger: quietLogger,
-      metrics: createRelayMetrics(database.db),
-      batchSize: 10,
-      pollMs: 50,
-      leaseMs: 15_000,
-    });
-    loops.push(loop);
+    const loop = createLoop(createPublisher(amqpNames(prefix), 1000, quietLogger), { batchSize: 10, pollMs: 50 });
     loop.start();
     await new Promise((r) => setTimeout(r, 300));
     const rows = await database.db.selectFrom('outbox').select(['publish_attempts', 'published_at']).execute();
