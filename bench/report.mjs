@@ -144,7 +144,7 @@ function naiveSection({ api, naive }) {
 function scaleSection({ scale }) {
   const row = (s) => [`${s.replicas} + ${s.replicas}`, n(s.perSecond), s.seconds.toFixed(1), s.rerun, s.republished];
   return [
-    `## 6. Scaling out: ${scale.one.tasks} queued echo tasks, relays + workers`,
+    `## 6. Scaling out: ${scale.one.tasks} queued sleep tasks (${scale.one.sleepMs} ms each, prefetch ${scale.one.prefetch} per worker)`,
     '',
     ...table(
       ['relays + workers', 'tasks/s', 'seconds', 'tasks run twice', 'rows published twice'],

@@ -22,7 +22,7 @@ const settings = {
   seconds: int('BENCH_SECONDS', 20),
   connections: int('BENCH_CONNECTIONS', 16),
   relayRows: int('BENCH_RELAY_ROWS', 100_000),
-  scaleTasks: int('BENCH_SCALE_TASKS', 10_000),
+  scaleTasks: int('BENCH_SCALE_TASKS', 3000),
   pgPoolSize: int('PG_POOL_SIZE', 10),
   relayBatchSize: int('RELAY_BATCH_SIZE', 200),
   workerPrefetch: int('WORKER_PREFETCH', 20),
