@@ -1,4 +1,4 @@
-import { sql } from 'kysely';
+import { sql, type RawBuilder } from 'kysely';
 import { errorJson, insertOutbox, outboxMessage, type Db, type TaskStatus } from '@taskbox/shared';
 
 export interface LockedTask {
@@ -22,12 +22,33 @@ export async function lockTask(tx: Db, id: string): Promise<LockedTask | undefin
 }
 
 /**
+ * The one statement that starts the next attempt of the task `guard` matches: the task becomes
+ * processing with this delivery's external job id and a lease, and the attempt gets its row. Returns
+ * the task as updated (its attempts is the new attempt), or no row when the guard did not match.
+ */
+async function startNextAttempt(db: Db, guard: RawBuilder<boolean>, externalJobId: string, leaseMs: number) {
+  const { rows } = await sql<Omit<LockedTask, 'status' | 'lease_expired'>>`
+    WITH started AS (
+      UPDATE tasks
+      SET status = 'processing', attempts = attempts + 1, external_job_id = ${externalJobId},
+          lease_until = now() + ${leaseMs} * interval '1 millisecond', started_at = coalesce(started_at, now()),
+          updated_at = now(), current_step = NULL, progress = NULL
+      WHERE ${guard}
+      RETURNING id, type, payload, attempts, max_attempts, correlation_id
+    ), attempt AS (
+      INSERT INTO task_attempts (task_id, attempt, external_job_id)
+      SELECT id, attempts, ${externalJobId} FROM started
+    )
+    SELECT * FROM started`.execute(db);
+  return rows[0];
+}
+
+/**
  * The common delivery in ONE statement, with no explicit transaction: a pending task whose message asks
- * for a later attempt becomes processing with this delivery's external job id and a lease, and the
- * attempt gets its row. The WHERE is decide()'s 'run' rule for a pending task, and Postgres re-checks
- * it under the row lock, so two deliveries of one message cannot both start. Any other state returns
- * undefined and the caller takes the locked path, which decides every case. One round trip instead of
- * five (BEGIN, lock, update, insert, COMMIT): the benchmark found the worker bound by round trips.
+ * for a later attempt starts it. The guard is decide()'s 'run' rule for a pending task, and Postgres
+ * re-checks it under the row lock, so two deliveries of one message cannot both start. Any other state
+ * returns undefined and the caller takes the locked path, which decides every case. One round trip
+ * instead of five (BEGIN, lock, update, insert, COMMIT): the benchmark found the worker bound by round trips.
  */
 export async function startPendingAttempt(
   db: Db,
@@ -35,51 +56,23 @@ export async function startPendingAttempt(
   externalJobId: string,
   leaseMs: number,
 ): Promise<{ task: LockedTask; attempt: number } | undefined> {
-  const { rows } = await sql<LockedTask & { attempt: number }>`
-    WITH started AS (
-      UPDATE tasks
-      SET status = 'processing', attempts = attempts + 1, external_job_id = ${externalJobId},
-          lease_until = now() + ${leaseMs} * interval '1 millisecond', started_at = coalesce(started_at, now()),
-          updated_at = now(), current_step = NULL, progress = NULL
-      WHERE id = ${message.taskId} AND type = ${message.type} AND status = 'pending' AND attempts < ${message.attempt}
-      RETURNING id, type, payload, attempts, max_attempts, correlation_id
-    ), attempt AS (
-      INSERT INTO task_attempts (task_id, attempt, external_job_id)
-      SELECT id, attempts, ${externalJobId} FROM started
-    )
-    SELECT id, type, payload, 'pending' AS status, attempts - 1 AS attempts, attempts AS attempt,
-           max_attempts, correlation_id, true AS lease_expired
-    FROM started`.execute(db);
-  const row = rows[0];
-  if (!row) return undefined;
-  const { attempt, ...task } = row;
-  return { task, attempt };
+  const guard = sql<boolean>`id = ${message.taskId} AND type = ${message.type}
+    AND status = 'pending' AND attempts < ${message.attempt}`;
+  const started = await startNextAttempt(db, guard, externalJobId, leaseMs);
+  if (!started) return undefined;
+  const task: LockedTask = { ...started, status: 'pending', attempts: started.attempts - 1, lease_expired: true };
+  return { task, attempt: started.attempts };
 }
 
 /**
- * Starts attempt `attempt` in the caller's transaction: the task becomes processing with this
- * delivery's external job id and a lease, and the attempt gets its row. When it resumes a dead run,
- * that run's attempt row is closed as 'lost'.
+ * Starts the next attempt of a task locked and decided in the caller's transaction. When it resumes a
+ * dead run, that run's attempt row is closed as 'lost'.
  */
 export async function startAttempt(tx: Db, task: LockedTask, externalJobId: string, leaseMs: number): Promise<number> {
-  const attempt = task.attempts + 1;
   if (task.status === 'processing') await closeLostAttempt(tx, task.id, task.attempts);
-  await tx
-    .updateTable('tasks')
-    .set({
-      status: 'processing',
-      attempts: attempt,
-      external_job_id: externalJobId,
-      lease_until: sql`now() + ${leaseMs} * interval '1 millisecond'`,
-      started_at: sql`coalesce(started_at, now())`,
-      updated_at: sql`now()`,
-      current_step: null,
-      progress: null,
-    })
-    .where('id', '=', task.id)
-    .execute();
-  await tx.insertInto('task_attempts').values({ task_id: task.id, attempt, external_job_id: externalJobId }).execute();
-  return attempt;
+  const started = await startNextAttempt(tx, sql<boolean>`id = ${task.id}`, externalJobId, leaseMs);
+  if (!started) throw new Error(`task ${task.id} vanished while locked`);
+  return started.attempts;
 }
 
 /** The error of an attempt whose run stopped (its worker died, or lost Postgres longer than its lease). */

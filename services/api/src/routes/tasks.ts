@@ -57,7 +57,7 @@ function badQuery(error: z.ZodError): HttpProblem {
   return new HttpProblem(400, 'Invalid Query', error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
 }
 
-// What a long poll watches; updated_at is left out because lease heartbeats bump it every few seconds.
+// What a long poll watches: the fields a progress display shows (status, step, progress).
 const changeKey = (row: TaskRow): string => JSON.stringify([row.status, row.current_step, row.progress]);
 
 /**
