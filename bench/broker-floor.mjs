@@ -1,9 +1,10 @@
 // The broker's own latency, one message at a time: publish to a confirm, and publish to delivery, on
-// a quorum queue as taskbox declares it and on a classic queue for contrast. A quorum queue confirms
-// and delivers only after its log is fsynced, so this is the floor under commit → worker start.
+// a quorum queue as taskbox declares it and on a classic queue for contrast, over a connection with
+// the services' socket options. This is the floor under commit → worker start. The last probe turns
+// TCP_NODELAY off (amqplib's default) to show what Nagle's algorithm adds to a quorum queue.
 import { performance } from 'node:perf_hooks';
 import amqp from 'amqplib';
-import { amqpUrl, randomName, sleep } from './lib/env.mjs';
+import { amqpSocketOptions, amqpUrl, randomName, sleep } from './lib/env.mjs';
 
 const SAMPLES = 40;
 
@@ -49,11 +50,19 @@ async function probe(connection, type) {
   return { confirmMs: stats(confirmed), deliverMs: stats(delivered) };
 }
 
-export async function measureBrokerFloor() {
-  const connection = await amqp.connect(amqpUrl);
+async function probeOver(socketOptions, type) {
+  const connection = await amqp.connect(amqpUrl, socketOptions);
   try {
-    return { quorum: await probe(connection, 'quorum'), classic: await probe(connection, 'classic') };
+    return await probe(connection, type);
   } finally {
     await connection.close();
   }
+}
+
+export async function measureBrokerFloor() {
+  return {
+    quorum: await probeOver(amqpSocketOptions, 'quorum'),
+    classic: await probeOver(amqpSocketOptions, 'classic'),
+    quorumWithoutNoDelay: await probeOver({ ...amqpSocketOptions, noDelay: false }, 'quorum'),
+  };
 }

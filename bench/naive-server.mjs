@@ -14,7 +14,7 @@ import shared from '../packages/shared/dist/index.js';
 const { amqpNames, assertTopology } = shared;
 const names = amqpNames(process.env.AMQP_PREFIX);
 const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: Number(process.env.PG_POOL_SIZE ?? 10) });
-const connection = await amqp.connect(process.env.AMQP_URL);
+const connection = await amqp.connect(process.env.AMQP_URL, { noDelay: true });
 const publishChannel = await connection.createConfirmChannel();
 await assertTopology(publishChannel, names);
 const stats = {};

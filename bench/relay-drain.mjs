@@ -2,7 +2,7 @@
 // publishing the same messages in the same run.
 import { performance } from 'node:perf_hooks';
 import amqp from 'amqplib';
-import { amqpUrl, benchPrefix, startService } from './lib/env.mjs';
+import { amqpSocketOptions, amqpUrl, benchPrefix, startService } from './lib/env.mjs';
 import { getText, waitUntil } from './lib/load.mjs';
 import shared from '../packages/shared/dist/index.js';
 
@@ -51,7 +51,7 @@ async function confirmTime(url) {
 async function bareLoop({ db, batchSize }) {
   const names = amqpNames(benchPrefix());
   const { rows: messages } = await db.pool.query('SELECT message_id, task_id, payload, headers FROM outbox');
-  const connection = await amqp.connect(amqpUrl);
+  const connection = await amqp.connect(amqpUrl, amqpSocketOptions);
   try {
     const ch = await connection.createConfirmChannel();
     await assertTopology(ch, names);

@@ -80,10 +80,15 @@ function floorSection({ brokerFloor }) {
     '',
     ...table(
       ['queue', 'publish → confirm p50/p99 ms', 'publish → delivery p50/p99 ms'],
-      [row('quorum (as taskbox declares it)', brokerFloor.quorum), row('classic, for contrast', brokerFloor.classic)],
+      [
+        row('quorum (as taskbox declares it)', brokerFloor.quorum),
+        row('classic, for contrast', brokerFloor.classic),
+        row('quorum, TCP_NODELAY off (amqplib default)', brokerFloor.quorumWithoutNoDelay),
+      ],
     ),
     '',
     'A quorum queue confirms and delivers only after its log is fsynced: commit → worker start cannot be lower.',
+    "The services connect with TCP_NODELAY; the last row shows what Nagle's algorithm would add.",
     '',
   ];
 }

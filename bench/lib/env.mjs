@@ -13,6 +13,9 @@ export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export const outDir = path.join(root, 'bench/out');
 export const adminUrl = process.env.BENCH_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 export const amqpUrl = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
+// The socket options the services use (packages/shared/src/amqp.ts connectAmqp), so that the
+// comparisons measure the same transport.
+export const amqpSocketOptions = { noDelay: true };
 
 const cleanups = [];
 
@@ -131,7 +134,8 @@ async function waitForHttp(url, child, timeoutMs = 20_000) {
 export async function startProcess(label, script, env, port) {
   const logFile = path.join(outDir, 'logs', `${label}.log`);
   const fd = openSync(logFile, 'w');
-  const child = spawn(process.execPath, [path.join(root, script)], {
+  const profile = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${path.join(outDir, 'profiles')}`] : [];
+  const child = spawn(process.execPath, [...profile, path.join(root, script)], {
     env: { PATH: process.env.PATH ?? '', ...env },
     stdio: ['ignore', fd, fd],
   });

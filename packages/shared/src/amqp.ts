@@ -55,6 +55,10 @@ export async function connectAmqp(
   const safeUrl = redactUrl(url);
   let connected = false;
   const connection = await amqp.connect(url, {
+    // Without TCP_NODELAY, Nagle's algorithm holds a publish's frames until the broker's delayed ACK:
+    // the benchmark measured publish → delivery on a quorum queue at p50 33 ms without it, 2.3 ms with.
+    noDelay: true,
+    keepAlive: true,
     recovery: {
       initialDelay: 200,
       maxDelay: 5000,
