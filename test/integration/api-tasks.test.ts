@@ -4,6 +4,7 @@ import { createDb, createPool } from '@taskbox/shared';
 import { startTestApi, type TestApi } from '../helpers/api';
 import { quietLogger } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
+import { createTaskInserter } from '../../services/api/src/task-sql';
 
 const PROBLEM = /^application\/problem\+json/;
 
@@ -132,6 +133,62 @@ describe('api: creating, reading and cancelling tasks', () => {
     expect(responses.filter((r) => r.status === 200)).toHaveLength(19);
     expect(new Set(responses.map((r) => r.body.id)).size).toBe(1);
     expect(await counts()).toEqual({ tasks: before.tasks + 1, outbox: before.outbox + 1 });
+  });
+
+  it('gives each of 60 concurrent requests its own task and outbox row, though they share inserts', async () => {
+    const responses = await Promise.all(
+      Array.from({ length: 60 }, (_, n) => request(api.app).post('/tasks').send({ type: 'echo', payload: { n } })),
+    );
+    expect(responses.map((r) => r.status)).toEqual(Array(60).fill(202));
+    expect(responses.map((r) => r.body.payload.n)).toEqual(Array.from({ length: 60 }, (_, n) => n));
+    const rows = await api.database.db
+      .selectFrom('tasks')
+      .innerJoin('outbox', 'outbox.task_id', 'tasks.id')
+      .select(['tasks.id', 'tasks.payload', 'tasks.created_at', 'outbox.payload as message'])
+      .where(
+        'tasks.id',
+        'in',
+        responses.map((r) => r.body.id as string),
+      )
+      .execute();
+    expect(rows).toHaveLength(60);
+    for (const res of responses) {
+      const row = rows.find((r) => r.id === res.body.id);
+      expect(row?.payload).toEqual(res.body.payload);
+      expect(row?.message).toEqual({ taskId: res.body.id, type: 'echo', attempt: 1 });
+    }
+    // One statement is one transaction, so tasks inserted together share created_at (now()).
+    expect(new Set(rows.map((r) => r.created_at.toISOString())).size).toBeLessThan(60);
+  });
+
+  it('fails only the request whose values Postgres refuses when it shares an insert with others', async () => {
+    const insert = createTaskInserter(api.database.db);
+    const newTask = (payload: unknown) => ({
+      task: {
+        id: randomUUID(),
+        type: 'echo',
+        payload,
+        maxAttempts: 3,
+        owner: 'anonymous',
+        idempotencyKey: null,
+        requestHash: null,
+      },
+      context: { correlationId: randomUUID() },
+    });
+    // jsonb refuses \u0000 (SQLSTATE 22P05); the api's own guard stops it earlier, this calls the inserter
+    // directly. The first four fill the inserter's four slots, so the other six go in one statement.
+    const inserts = Array.from({ length: 10 }, (_, n) => newTask(n === 7 ? { bad: '\u0000' } : { n }));
+    const results = await Promise.allSettled(inserts.map((i) => insert(i)));
+    expect(results.map((r) => r.status)).toEqual(
+      Array.from({ length: 10 }, (_, n) => (n === 7 ? 'rejected' : 'fulfilled')),
+    );
+    expect((results[7] as PromiseRejectedResult).reason).toMatchObject({ code: '22P05' });
+    const ids = inserts.map((i) => i.task.id);
+    const stored = await api.database.db.selectFrom('tasks').select('id').where('id', 'in', ids).execute();
+    const queued = await api.database.db.selectFrom('outbox').select('task_id').where('task_id', 'in', ids).execute();
+    const expected = ids.filter((_, n) => n !== 7).sort();
+    expect(stored.map((r) => r.id).sort()).toEqual(expected);
+    expect(queued.map((r) => r.task_id).sort()).toEqual(expected);
   });
 });
 

@@ -1,4 +1,5 @@
 export * from './amqp';
+export * from './batcher';
 export * from './config';
 export * from './db';
 export * from './errors';

@@ -1,5 +1,5 @@
 import { sql } from 'kysely';
-import { outboxMessage, type Db, type MessageContext, type TaskStatus } from '@taskbox/shared';
+import { createBatcher, outboxMessage, type Db, type MessageContext, type TaskStatus } from '@taskbox/shared';
 
 export interface NewTask {
   id: string;
@@ -13,32 +13,68 @@ export interface NewTask {
 
 export type TaskRow = Awaited<ReturnType<typeof findTask>> & object;
 
+export interface TaskInsert {
+  task: NewTask;
+  context: MessageContext;
+}
+
+export type Inserted = { task: TaskRow; messageId: string } | undefined;
+
 /**
- * Inserts the task and the outbox row that dispatches its first attempt in ONE statement: a
- * data-modifying CTE is atomic on its own, so there is no window where one exists without the
- * other, and it costs one round trip instead of BEGIN/INSERT/INSERT/COMMIT. It returns the whole
- * row for the response, which saves the SELECT after it (the benchmark measured that second round trip).
- * With an idempotency key already used by this owner it inserts nothing and returns undefined.
+ * Inserts tasks and the outbox rows that dispatch their first attempts in ONE statement: a
+ * data-modifying CTE is atomic on its own, so there is no window where a task exists without its
+ * outbox row or the reverse, and it costs one round trip instead of BEGIN/INSERT/INSERT/COMMIT. It
+ * returns the whole rows for the responses, which saves a SELECT after it. Requests that arrive
+ * together share the statement (createTaskInserter). Answers one entry per request, in order:
+ * undefined where this owner had already used the idempotency key, and nothing was inserted.
  */
-export async function insertTask(
-  db: Db,
-  task: NewTask,
-  context: MessageContext,
-): Promise<{ task: TaskRow; messageId: string } | undefined> {
-  const message = outboxMessage(task, 1, context);
+export async function insertTasks(db: Db, inserts: TaskInsert[]): Promise<Inserted[]> {
+  const input = inserts.map(({ task, context }) => {
+    const message = outboxMessage(task, 1, context);
+    return {
+      id: task.id,
+      type: task.type,
+      payload: task.payload,
+      max_attempts: task.maxAttempts,
+      owner: task.owner,
+      idempotency_key: task.idempotencyKey,
+      request_hash: task.requestHash,
+      correlation_id: context.correlationId,
+      message_id: message.message_id,
+      message_payload: message.payload,
+      message_headers: message.headers,
+    };
+  });
   const { rows } = await sql<TaskRow>`
-    WITH inserted AS (
+    WITH input AS (
+      SELECT * FROM jsonb_to_recordset(${JSON.stringify(input)}::jsonb) AS i(
+        id uuid, type text, payload jsonb, max_attempts int, owner text, idempotency_key text,
+        request_hash text, correlation_id text, message_id uuid, message_payload text, message_headers text)
+    ), inserted AS (
       INSERT INTO tasks (id, type, payload, max_attempts, owner, idempotency_key, request_hash, correlation_id)
-      VALUES (${task.id}, ${task.type}, ${JSON.stringify(task.payload)}::jsonb, ${task.maxAttempts},
-              ${task.owner}, ${task.idempotencyKey}, ${task.requestHash}, ${context.correlationId})
+      SELECT id, type, payload, max_attempts, owner, idempotency_key, request_hash, correlation_id FROM input
       ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
       RETURNING ${sql.join(taskColumns.map((c) => sql.ref(c)))}
     ), queued AS (
       INSERT INTO outbox (message_id, task_id, routing_key, payload, headers)
-      SELECT ${message.message_id}, id, type, ${message.payload}::jsonb, ${message.headers}::jsonb FROM inserted
+      SELECT i.message_id, t.id, t.type, i.message_payload::jsonb, i.message_headers::jsonb
+      FROM inserted t JOIN input i ON i.id = t.id
     )
     SELECT * FROM inserted`.execute(db);
-  return rows[0] && { task: rows[0], messageId: message.message_id };
+  const byId = new Map(rows.map((row) => [row.id, row]));
+  return input.map((i) => {
+    const task = byId.get(i.id);
+    return task && { task, messageId: i.message_id };
+  });
+}
+
+/**
+ * The api's one way to insert a task: concurrent requests are grouped into one insertTasks statement
+ * (createBatcher), which is what lets the api keep up with the database under load. A request whose
+ * values Postgres refuses fails alone.
+ */
+export function createTaskInserter(db: Db): (insert: TaskInsert) => Promise<Inserted> {
+  return createBatcher((inserts: TaskInsert[]) => insertTasks(db, inserts), { maxSize: 100, concurrency: 4 });
 }
 
 const taskColumns = [

@@ -21,8 +21,10 @@ import {
   findTask,
   findTaskByIdempotencyKey,
   findTimeline,
-  insertTask,
+  createTaskInserter,
   listTasks,
+  type TaskInsert,
+  type Inserted,
   type TaskRow,
 } from '../task-sql';
 import { toTaskView } from '../task-view';
@@ -118,7 +120,10 @@ function parseCreateRequest(req: Request): CreateRequest {
   return { type, payload: typed.data.payload, maxAttempts, idempotencyKey: keyParse?.data ?? null };
 }
 
-function createTask({ db, notifier, logger }: TasksDeps): Handler {
+function createTask(
+  { db, notifier, logger }: TasksDeps,
+  insertTask: (insert: TaskInsert) => Promise<Inserted>,
+): Handler {
   return async (req, res) => {
     const { type, payload, maxAttempts, idempotencyKey } = parseCreateRequest(req);
     const requestHash = idempotencyKey
@@ -128,7 +133,10 @@ function createTask({ db, notifier, logger }: TasksDeps): Handler {
       : null;
     const correlationId = res.locals.requestId as string;
     const task = { id: randomUUID(), type, payload, maxAttempts, owner: owner(res), idempotencyKey, requestHash };
-    const inserted = await insertTask(db, task, { correlationId, traceparent: req.get('traceparent') ?? null });
+    const inserted = await insertTask({
+      task,
+      context: { correlationId, traceparent: req.get('traceparent') ?? null },
+    });
     let row: TaskRow | undefined = inserted?.task;
     let status = 202;
     if (inserted) {
@@ -205,7 +213,7 @@ function cancel({ db, taskNotifier, logger }: TasksDeps): Handler {
 
 export function tasksRouter(deps: TasksDeps): Router {
   const router = Router();
-  router.post('/', createTask(deps));
+  router.post('/', createTask(deps, createTaskInserter(deps.db)));
   router.get('/', listTasksHandler(deps));
   router.get('/:id', getTask(deps));
   router.post('/:id/cancel', cancel(deps));

@@ -1,0 +1,74 @@
+import { createBatcher } from '@taskbox/shared';
+
+/** A `run` whose calls stay open until the test releases them, recording what each call got. */
+function controlledRun(fail: (items: number[]) => boolean = () => false) {
+  const calls: { items: number[]; release: () => void }[] = [];
+  const run = (items: number[]) =>
+    new Promise<string[]>((resolve, reject) => {
+      calls.push({
+        items,
+        release: () =>
+          fail(items) ? reject(new Error(`bad batch ${items.join(',')}`)) : resolve(items.map((i) => `r${i}`)),
+      });
+    });
+  return { run, calls };
+}
+
+const flush = () => new Promise((resolve) => setImmediate(resolve));
+
+describe('createBatcher', () => {
+  it('runs an item at once when idle, and groups the items that arrive while every slot is busy', async () => {
+    const { run, calls } = controlledRun();
+    const submit = createBatcher(run, { maxSize: 3, concurrency: 1 });
+    const first = submit(1);
+    const rest = [2, 3, 4, 5].map((i) => submit(i));
+    await flush();
+    expect(calls.map((c) => c.items)).toEqual([[1]]);
+
+    calls[0]!.release();
+    await expect(first).resolves.toBe('r1');
+    await flush();
+    expect(calls.map((c) => c.items)).toEqual([[1], [2, 3, 4]]);
+
+    calls[1]!.release();
+    await flush();
+    calls[2]!.release();
+    expect(calls.map((c) => c.items)).toEqual([[1], [2, 3, 4], [5]]);
+    await expect(Promise.all(rest)).resolves.toEqual(['r2', 'r3', 'r4', 'r5']);
+  });
+
+  it('keeps up to `concurrency` batches in flight', async () => {
+    const { run, calls } = controlledRun();
+    const submit = createBatcher(run, { maxSize: 10, concurrency: 2 });
+    const results = [1, 2, 3, 4].map((i) => submit(i));
+    await flush();
+    expect(calls.map((c) => c.items)).toEqual([[1], [2]]);
+    calls[1]!.release();
+    await flush();
+    expect(calls.map((c) => c.items)).toEqual([[1], [2], [3, 4]]);
+    calls.forEach((c) => c.release());
+    await flush();
+    await expect(Promise.all(results)).resolves.toEqual(['r1', 'r2', 'r3', 'r4']);
+  });
+
+  it('runs the items of a failed batch alone, so only the bad item fails, with its own error', async () => {
+    const { run, calls } = controlledRun((items) => items.includes(3));
+    const submit = createBatcher(run, { maxSize: 10, concurrency: 1 });
+    const first = submit(1);
+    const settled = Promise.allSettled([2, 3, 4].map((i) => submit(i)));
+    await flush();
+    calls[0]!.release();
+    await first;
+    await flush();
+    calls[1]!.release();
+    await flush();
+    expect(calls.map((c) => c.items)).toEqual([[1], [2, 3, 4], [2], [3], [4]]);
+    calls.slice(2).forEach((c) => c.release());
+    const outcomes = await settled;
+    expect(outcomes.map((o) => (o.status === 'fulfilled' ? o.value : (o.reason as Error).message))).toEqual([
+      'r2',
+      'bad batch 3',
+      'r4',
+    ]);
+  });
+});
