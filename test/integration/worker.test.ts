@@ -4,7 +4,7 @@ import { amqpNames, assertTopology, connectAmqp, createOutboxNotifier, createTas
 import { createConsumer, type Consumer } from '../../services/worker/src/consumer';
 import { createLeases } from '../../services/worker/src/leases';
 import { createWorkerMetrics } from '../../services/worker/src/metrics';
-import { sweepExpiredLeases } from '../../services/worker/src/task-sql';
+import { createAttemptWrites, sweepExpiredLeases, type AttemptWrites } from '../../services/worker/src/task-sql';
 import { amqpUrl, deleteTopology, drainQueue, testPrefix } from '../helpers/amqp';
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
@@ -17,7 +17,8 @@ describe('worker', () => {
   let publisher: amqp.ChannelModel;
   let channel: amqp.ConfirmChannel;
 
-  async function startWorker(leaseMs = 15_000) {
+  /** `wrapWrites` lets a test change what the worker asks Postgres to store. */
+  async function startWorker(leaseMs = 15_000, wrapWrites = (writes: AttemptWrites) => writes) {
     const leases = createLeases(database.db, leaseMs, quietLogger);
     const stopping = new AbortController();
     const consumer = createConsumer(
@@ -25,6 +26,7 @@ describe('worker', () => {
       10,
       {
         db: database.db,
+        writes: wrapWrites(createAttemptWrites(database.db, leaseMs, 10)),
         leases,
         notifier: createOutboxNotifier(database.pool, quietLogger),
         taskNotifier: createTaskNotifier(database.pool, quietLogger),
@@ -187,6 +189,29 @@ describe('worker', () => {
     await publish({ taskId: id, type: 'sleep', attempt: 1 }, {}, 'sleep');
     await waitFor('failed', async () => (await task(id)).status === 'failed');
     expect((await task(id)).error).toMatchObject({ name: 'PermanentError' });
+    expect(await database.db.selectFrom('outbox').selectAll().execute()).toEqual([]);
+  });
+
+  it('fails a task, without retries, when Postgres refuses to store its result', async () => {
+    await worker.close();
+    // No built-in handler returns a value jsonb refuses, so the result is swapped for one with a NUL.
+    worker = await startWorker(15_000, (real) => ({
+      ...real,
+      finish: (taskId, attempt, outcome) =>
+        real.finish(
+          taskId,
+          attempt,
+          outcome.kind === 'succeeded' ? { ...outcome, result: { text: '\u0000' } } : outcome,
+        ),
+    }));
+    const id = await insertTaskFixture(database.db, { type: 'echo' });
+    await publish({ taskId: id, type: 'echo', attempt: 1 });
+    await waitFor('failed', async () => (await task(id)).status === 'failed');
+    expect((await task(id)).error).toMatchObject({
+      name: 'PermanentError',
+      message: expect.stringMatching(/^the result could not be stored: /),
+    });
+    expect(await attemptsOf(id)).toMatchObject([{ attempt: 1, outcome: 'failed' }]);
     expect(await database.db.selectFrom('outbox').selectAll().execute()).toEqual([]);
   });
 

@@ -6,13 +6,12 @@ import type { AbortReason, Leases } from './leases';
 import type { WorkerMetrics } from './metrics';
 import {
   failTask,
-  finishAttempt,
   lockTask,
   releaseLease,
   setStep,
   startAttempt,
-  startPendingAttempt,
   type AttemptOutcome,
+  type AttemptWrites,
   type LockedTask,
 } from './task-sql';
 
@@ -59,6 +58,8 @@ export function decide(task: LockedTask | undefined, message: TaskMessage): Deci
 
 export interface AttemptDeps {
   db: Db;
+  /** Starts and finishes, batched across the deliveries in flight (createAttemptWrites). */
+  writes: AttemptWrites;
   leases: Leases;
   notifier: OutboxNotifier;
   /** Told after each commit that changes a task, so long-polling api clients answer at once. */
@@ -78,9 +79,7 @@ export type Begin = Decision | { action: 'started'; task: LockedTask; attempt: n
  * task, decide, and (to run) mark it processing with the external job id.
  */
 export async function beginAttempt(deps: AttemptDeps, message: TaskMessage, externalJobId: string): Promise<Begin> {
-  const fast = isTaskType(message.type)
-    ? await startPendingAttempt(deps.db, message, externalJobId, deps.leaseMs)
-    : undefined;
+  const fast = isTaskType(message.type) ? await deps.writes.startPending({ ...message, externalJobId }) : undefined;
   const begin: Begin = fast
     ? { action: 'started', ...fast }
     : await deps.db.transaction().execute(async (tx): Promise<Begin> => {
@@ -204,9 +203,9 @@ async function recordOutcome(
   outcome: AttemptOutcome,
   logger: Logger,
 ): Promise<RunResult> {
-  let status: Awaited<ReturnType<typeof finishAttempt>>;
+  let status: Awaited<ReturnType<AttemptWrites['finish']>>;
   try {
-    status = await whilePostgresDown(deps, logger, () => finishAttempt(deps.db, taskId, attempt, outcome));
+    status = await whilePostgresDown(deps, logger, () => deps.writes.finish(taskId, attempt, outcome));
   } catch (err) {
     if (isTransientDbError(err) || outcome.kind !== 'succeeded') {
       logger.error('could not record the attempt; it will be resumed', { attempt, error: toError(err).message });

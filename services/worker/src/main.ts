@@ -17,6 +17,7 @@ import { createConsumer } from './consumer';
 import { createLeases } from './leases';
 import { createWorkerMetrics } from './metrics';
 import { createSweeper } from './sweeper';
+import { createAttemptWrites } from './task-sql';
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
@@ -38,6 +39,7 @@ async function main(): Promise<void> {
     config.WORKER_PREFETCH,
     {
       db,
+      writes: createAttemptWrites(db, config.WORKER_LEASE_MS, config.WORKER_PREFETCH),
       leases,
       notifier,
       taskNotifier,

@@ -1,5 +1,5 @@
 import { sql, type RawBuilder } from 'kysely';
-import { errorJson, insertOutbox, outboxMessage, type Db, type TaskStatus } from '@taskbox/shared';
+import { createBatcher, errorJson, insertOutbox, outboxMessage, type Db, type TaskStatus } from '@taskbox/shared';
 
 export interface LockedTask {
   id: string;
@@ -21,47 +21,79 @@ export async function lockTask(tx: Db, id: string): Promise<LockedTask | undefin
   return rows[0];
 }
 
+export interface AttemptStart {
+  taskId: string;
+  type: string;
+  attempt: number;
+  externalJobId: string;
+}
+
+type StartedRow = Omit<LockedTask, 'status' | 'lease_expired'> & { external_job_id: string };
+
 /**
- * The one statement that starts the next attempt of the task `guard` matches: the task becomes
- * processing with this delivery's external job id and a lease, and the attempt gets its row. Returns
- * the task as updated (its attempts is the new attempt), or no row when the guard did not match.
+ * The one statement that starts attempts, for each start whose task `guard` matches (`guard` sees the
+ * task as `t` and the start as `i`): the task becomes processing with the delivery's external job id
+ * and a lease, and the attempt gets its row. Answers the tasks as updated (attempts is the new
+ * attempt). When two starts name one task only one wins; the answer carries the winner's job id.
  */
-async function startNextAttempt(db: Db, guard: RawBuilder<boolean>, externalJobId: string, leaseMs: number) {
-  const { rows } = await sql<Omit<LockedTask, 'status' | 'lease_expired'>>`
-    WITH started AS (
-      UPDATE tasks
-      SET status = 'processing', attempts = attempts + 1, external_job_id = ${externalJobId},
-          lease_until = now() + ${leaseMs} * interval '1 millisecond', started_at = coalesce(started_at, now()),
+async function startNextAttempts(db: Db, starts: AttemptStart[], guard: RawBuilder<boolean>, leaseMs: number) {
+  const input = starts.map((s) => ({
+    task_id: s.taskId,
+    type: s.type,
+    attempt: s.attempt,
+    external_job_id: s.externalJobId,
+  }));
+  const { rows } = await sql<StartedRow>`
+    WITH input AS (
+      SELECT * FROM jsonb_to_recordset(${JSON.stringify(input)}::jsonb)
+        AS i(task_id uuid, type text, attempt int, external_job_id text)
+    ), started AS (
+      UPDATE tasks t
+      SET status = 'processing', attempts = t.attempts + 1, external_job_id = i.external_job_id,
+          lease_until = now() + ${leaseMs} * interval '1 millisecond', started_at = coalesce(t.started_at, now()),
           updated_at = now(), current_step = NULL, progress = NULL
-      WHERE ${guard}
-      RETURNING id, type, payload, attempts, max_attempts, correlation_id
+      FROM input i
+      WHERE t.id = i.task_id AND ${guard}
+      RETURNING t.id, t.type, t.payload, t.attempts, t.max_attempts, t.correlation_id, t.external_job_id
     ), attempt AS (
       INSERT INTO task_attempts (task_id, attempt, external_job_id)
-      SELECT id, attempts, ${externalJobId} FROM started
+      SELECT id, attempts, external_job_id FROM started
     )
     SELECT * FROM started`.execute(db);
-  return rows[0];
+  return rows;
 }
 
 /**
- * The common delivery in ONE statement, with no explicit transaction: a pending task whose message asks
- * for a later attempt starts it. The guard is decide()'s 'run' rule for a pending task, and Postgres
- * re-checks it under the row lock, so two deliveries of one message cannot both start. Any other state
- * returns undefined and the caller takes the locked path, which decides every case. One round trip
- * instead of five (BEGIN, lock, update, insert, COMMIT): the benchmark found the worker bound by round trips.
+ * The common deliveries in ONE statement, with no explicit transaction: each pending task whose message
+ * asks for a later attempt starts it. The guard is decide()'s 'run' rule for a pending task, and
+ * Postgres re-checks it under the row lock, so two deliveries of one message cannot both start. Any
+ * other state answers undefined for that delivery, and the caller takes the locked path, which decides
+ * every case. One round trip for a whole batch instead of five per delivery (BEGIN, lock, update,
+ * insert, COMMIT): the benchmark found the worker bound by round trips.
  */
-export async function startPendingAttempt(
+export async function startPendingAttempts(
   db: Db,
-  message: { taskId: string; type: string; attempt: number },
-  externalJobId: string,
+  starts: AttemptStart[],
   leaseMs: number,
-): Promise<{ task: LockedTask; attempt: number } | undefined> {
-  const guard = sql<boolean>`id = ${message.taskId} AND type = ${message.type}
-    AND status = 'pending' AND attempts < ${message.attempt}`;
-  const started = await startNextAttempt(db, guard, externalJobId, leaseMs);
-  if (!started) return undefined;
-  const task: LockedTask = { ...started, status: 'pending', attempts: started.attempts - 1, lease_expired: true };
-  return { task, attempt: started.attempts };
+): Promise<({ task: LockedTask; attempt: number } | undefined)[]> {
+  const guard = sql<boolean>`t.type = i.type AND t.status = 'pending' AND t.attempts < i.attempt`;
+  const rows = await startNextAttempts(db, starts, guard, leaseMs);
+  const byJobId = new Map(rows.map((row) => [row.external_job_id, row]));
+  return starts.map((start) => {
+    const row = byJobId.get(start.externalJobId);
+    if (!row) return undefined;
+    const task: LockedTask = {
+      id: row.id,
+      type: row.type,
+      payload: row.payload,
+      status: 'pending',
+      attempts: row.attempts - 1,
+      max_attempts: row.max_attempts,
+      lease_expired: true,
+      correlation_id: row.correlation_id,
+    };
+    return { task, attempt: row.attempts };
+  });
 }
 
 /**
@@ -70,7 +102,8 @@ export async function startPendingAttempt(
  */
 export async function startAttempt(tx: Db, task: LockedTask, externalJobId: string, leaseMs: number): Promise<number> {
   if (task.status === 'processing') await closeLostAttempt(tx, task.id, task.attempts);
-  const started = await startNextAttempt(tx, sql<boolean>`id = ${task.id}`, externalJobId, leaseMs);
+  const start = { taskId: task.id, type: task.type, attempt: task.attempts + 1, externalJobId };
+  const [started] = await startNextAttempts(tx, [start], sql<boolean>`true`, leaseMs);
   if (!started) throw new Error(`task ${task.id} vanished while locked`);
   return started.attempts;
 }
@@ -117,26 +150,22 @@ export type AttemptOutcome =
   | { kind: 'failed'; error: unknown; retryInMs: number | null };
 
 /**
- * Records how an attempt ended, in one transaction with its side effects: a retry is a new outbox
- * row with a later available_at, written with the failed attempt so neither exists without the other.
- * Guarded by (status = processing, attempts = attempt): when the run lost its lease and the task was
- * resumed elsewhere, nothing is written and null is returned; the newer attempt owns the task.
- * Otherwise returns the task's new status.
+ * Records a failed attempt that will be retried, in one transaction with its side effect: the retry is
+ * a new outbox row with a later available_at, written with the failed attempt so neither exists
+ * without the other. Guarded by (status = processing, attempts = attempt): when the run lost its lease
+ * and the task was resumed elsewhere, nothing is written and null is returned; the newer attempt owns
+ * the task. Otherwise returns the task's new status: pending, or cancelled when a cancel was
+ * requested while the attempt ran (it wins over the retry).
  */
-export async function finishAttempt(
+async function finishWithRetry(
   db: Db,
   taskId: string,
   attempt: number,
-  outcome: AttemptOutcome,
+  failure: unknown,
+  retryInMs: number,
 ): Promise<TaskStatus | null> {
-  if (outcome.kind !== 'failed' || outcome.retryInMs === null) {
-    const next: TaskStatus = outcome.kind === 'failed' ? 'failed' : outcome.kind;
-    return (await finishTerminal(db, taskId, attempt, next, outcome)) ? next : null;
-  }
-  const error = JSON.stringify(errorJson(outcome.error));
-  const retryInMs = outcome.retryInMs;
+  const error = JSON.stringify(errorJson(failure));
   return db.transaction().execute(async (tx) => {
-    // A cancel requested while this attempt ran wins over its retry: the task ends cancelled.
     const { rows } = await sql<{ type: string; status: TaskStatus; correlation_id: string | null }>`
       UPDATE tasks
       SET status = CASE WHEN cancel_requested_at IS NULL THEN 'pending' ELSE 'cancelled' END,
@@ -162,33 +191,76 @@ export async function finishAttempt(
   });
 }
 
+/** An attempt that ends its task: succeeded, cancelled, or failed with no retry left. */
+interface TerminalFinish {
+  taskId: string;
+  attempt: number;
+  outcome: AttemptOutcome;
+}
+
 /**
- * A terminal outcome (no retry row to write) in ONE statement: the task and its attempt row change
- * together or not at all, under the same guard as finishAttempt. One round trip instead of four.
+ * Terminal outcomes (no retry row to write) in ONE statement: each task and its attempt row change
+ * together or not at all, under the same guard as finishWithRetry. Answers, per finish, whether it
+ * was written. One round trip for a whole batch instead of four per attempt.
  */
-async function finishTerminal(
-  db: Db,
-  taskId: string,
-  attempt: number,
-  next: TaskStatus,
-  outcome: AttemptOutcome,
-): Promise<boolean> {
-  const result = outcome.kind === 'succeeded' ? JSON.stringify(outcome.result ?? null) : null;
-  const error = outcome.kind === 'failed' ? JSON.stringify(errorJson(outcome.error)) : null;
-  const { rows } = await sql<{ id: string }>`
-    WITH finished AS (
-      UPDATE tasks
-      SET status = ${next}, result = ${result}::jsonb, error = ${error}::jsonb, lease_until = NULL,
+export async function finishTerminals(db: Db, finishes: TerminalFinish[]): Promise<boolean[]> {
+  const input = finishes.map(({ taskId, attempt, outcome }) => ({
+    task_id: taskId,
+    attempt,
+    status: outcome.kind,
+    result: outcome.kind === 'succeeded' ? JSON.stringify(outcome.result ?? null) : null,
+    error: outcome.kind === 'failed' ? JSON.stringify(errorJson(outcome.error)) : null,
+  }));
+  const { rows } = await sql<{ id: string; attempts: number }>`
+    WITH input AS (
+      SELECT * FROM jsonb_to_recordset(${JSON.stringify(input)}::jsonb)
+        AS i(task_id uuid, attempt int, status text, result text, error text)
+    ), finished AS (
+      UPDATE tasks t
+      SET status = i.status, result = i.result::jsonb, error = i.error::jsonb, lease_until = NULL,
           updated_at = now(), finished_at = now(),
-          progress = CASE WHEN ${next} = 'succeeded' THEN 1 ELSE progress END
-      WHERE id = ${taskId} AND status = 'processing' AND attempts = ${attempt}
-      RETURNING id
+          progress = CASE WHEN i.status = 'succeeded' THEN 1 ELSE t.progress END
+      FROM input i
+      WHERE t.id = i.task_id AND t.status = 'processing' AND t.attempts = i.attempt
+      RETURNING t.id, t.attempts, i.status, i.error
     ), attempt AS (
-      UPDATE task_attempts SET outcome = ${outcome.kind}, error = ${error}::jsonb, finished_at = now()
-      WHERE task_id = (SELECT id FROM finished) AND attempt = ${attempt}
+      UPDATE task_attempts a SET outcome = f.status, error = f.error::jsonb, finished_at = now()
+      FROM finished f
+      WHERE a.task_id = f.id AND a.attempt = f.attempts
     )
-    SELECT id FROM finished`.execute(db);
-  return rows.length === 1;
+    SELECT id, attempts FROM finished`.execute(db);
+  const written = new Set(rows.map((r) => `${r.id}:${r.attempts}`));
+  return finishes.map((f) => written.has(`${f.taskId}:${f.attempt}`));
+}
+
+/** The writes every delivery makes, with deliveries in flight together sharing statements. */
+export interface AttemptWrites {
+  /** Starts a pending task's next attempt (startPendingAttempts); undefined: take the locked path. */
+  startPending(start: AttemptStart): Promise<{ task: LockedTask; attempt: number } | undefined>;
+  /**
+   * Records how an attempt ended. Returns the task's new status, or null when nothing was written
+   * because a newer attempt owns the task.
+   */
+  finish(taskId: string, attempt: number, outcome: AttemptOutcome): Promise<TaskStatus | null>;
+}
+
+/**
+ * Starts and terminal finishes go through createBatcher, so that deliveries in flight together share
+ * one statement each; a retry is a transaction of its own (it is rare, and writes an outbox row).
+ */
+export function createAttemptWrites(db: Db, leaseMs: number, maxBatch: number): AttemptWrites {
+  const options = { maxSize: maxBatch, concurrency: 2 };
+  const start = createBatcher((starts: AttemptStart[]) => startPendingAttempts(db, starts, leaseMs), options);
+  const finishTerminal = createBatcher((finishes: TerminalFinish[]) => finishTerminals(db, finishes), options);
+  return {
+    startPending: start,
+    async finish(taskId, attempt, outcome) {
+      if (outcome.kind === 'failed' && outcome.retryInMs !== null) {
+        return finishWithRetry(db, taskId, attempt, outcome.error, outcome.retryInMs);
+      }
+      return (await finishTerminal({ taskId, attempt, outcome })) ? outcome.kind : null;
+    },
+  };
 }
 
 /** Lets a run that is being abandoned (shutdown) be resumed at once by the redelivery. */

@@ -1,0 +1,97 @@
+import { createAttemptWrites, type AttemptWrites } from '../../services/worker/src/task-sql';
+import { createTestDatabase, type TestDatabase } from '../helpers/db';
+import { insertTaskFixture } from '../helpers/factories';
+
+// The writes share statements only when more than the batcher's two slots are busy, so each test
+// submits many at once; the assertions hold for every delivery whichever statement carried it.
+describe('worker writes shared by deliveries in flight together', () => {
+  let database: TestDatabase;
+  let writes: AttemptWrites;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    writes = createAttemptWrites(database.db, 60_000, 50);
+  });
+  afterAll(async () => {
+    await database.drop();
+  });
+
+  const tasks = (ids: string[]) =>
+    database.db.selectFrom('tasks').selectAll().where('id', 'in', ids).orderBy('id').execute();
+  const attempts = (ids: string[]) =>
+    database.db.selectFrom('task_attempts').selectAll().where('task_id', 'in', ids).execute();
+
+  it('starts each pending task once, with its own delivery as the external job id, even when a duplicate rides along', async () => {
+    const ids = await Promise.all(Array.from({ length: 12 }, () => insertTaskFixture(database.db)));
+    const starts = ids.map((taskId, n) => ({ taskId, type: 'echo', attempt: 1, externalJobId: `tag:${n}` }));
+    const duplicate = { ...starts[5]!, externalJobId: 'tag:dup' };
+    const results = await Promise.all([...starts, duplicate].map((s) => writes.startPending(s)));
+
+    // Postgres lets one of the two deliveries of task 5 win; the other answers undefined.
+    const [first, second] = [results[5], results[12]];
+    expect([first, second].filter((r) => r !== undefined)).toHaveLength(1);
+    const winner = first ? starts[5]! : duplicate;
+    const won = starts.map((s, n) => (n === 5 ? winner : s));
+    expect(results.filter((r) => r !== undefined).map((r) => r?.attempt)).toEqual(Array(12).fill(1));
+    const rows = await tasks(ids);
+    expect(rows.every((t) => t.status === 'processing' && t.attempts === 1)).toBe(true);
+    const recorded = await attempts(ids);
+    expect(recorded).toHaveLength(12);
+    for (const start of won) {
+      expect(rows.find((t) => t.id === start.taskId)?.external_job_id).toBe(start.externalJobId);
+      expect(recorded.find((a) => a.task_id === start.taskId)?.external_job_id).toBe(start.externalJobId);
+    }
+  });
+
+  it('does not start a task that is not pending or whose message asks for an attempt already started', async () => {
+    const running = await insertTaskFixture(database.db, { status: 'processing', attempts: 1 });
+    const done = await insertTaskFixture(database.db, { status: 'succeeded', attempts: 1 });
+    const retried = await insertTaskFixture(database.db, { status: 'pending', attempts: 1 });
+    const results = await Promise.all([
+      writes.startPending({ taskId: running, type: 'echo', attempt: 1, externalJobId: 'a:1' }),
+      writes.startPending({ taskId: done, type: 'echo', attempt: 1, externalJobId: 'a:2' }),
+      writes.startPending({ taskId: retried, type: 'echo', attempt: 1, externalJobId: 'a:3' }),
+      writes.startPending({ taskId: retried, type: 'sleep', attempt: 2, externalJobId: 'a:4' }),
+    ]);
+    expect(results).toEqual([undefined, undefined, undefined, undefined]);
+    expect(await attempts([running, done, retried])).toHaveLength(0);
+  });
+
+  it('records each outcome, fails only the one whose result Postgres refuses, and writes nothing for a stale attempt', async () => {
+    const ids = await Promise.all(
+      Array.from({ length: 10 }, () => insertTaskFixture(database.db, { status: 'pending' })),
+    );
+    await Promise.all(
+      ids.map((taskId, n) => writes.startPending({ taskId, type: 'echo', attempt: 1, externalJobId: `f:${n}` })),
+    );
+    const outcome = (n: number) =>
+      n === 7
+        ? { kind: 'succeeded' as const, result: { text: '\u0000' } } // jsonb refuses NUL (SQLSTATE 22P05)
+        : n === 8
+          ? { kind: 'failed' as const, error: new Error('boom'), retryInMs: null }
+          : { kind: 'succeeded' as const, result: { n } };
+    const finishes = ids.map((id, n) => writes.finish(id, n === 9 ? 2 : 1, outcome(n)));
+    const settled = await Promise.allSettled(finishes);
+
+    expect(settled.map((s) => (s.status === 'fulfilled' ? s.value : 'rejected'))).toEqual([
+      ...Array(7).fill('succeeded'),
+      'rejected',
+      'failed',
+      null,
+    ]);
+    expect((settled[7] as PromiseRejectedResult).reason).toMatchObject({ code: '22P05' });
+    const rows = await tasks(ids);
+    const byId = (id: string) => rows.find((t) => t.id === id);
+    ids.slice(0, 7).forEach((id, n) => expect(byId(id)).toMatchObject({ status: 'succeeded', result: { n } }));
+    expect(byId(ids[7]!)).toMatchObject({ status: 'processing', result: null });
+    expect(byId(ids[8]!)).toMatchObject({ status: 'failed', error: { message: 'boom' } });
+    expect(byId(ids[9]!)).toMatchObject({ status: 'processing' });
+    const outcomes = await attempts(ids);
+    expect(ids.map((id) => outcomes.find((a) => a.task_id === id)?.outcome ?? null)).toEqual([
+      ...Array(7).fill('succeeded'),
+      null,
+      'failed',
+      null,
+    ]);
+  });
+});
