@@ -2,7 +2,7 @@
 import { readFile } from 'node:fs/promises';
 import amqp from 'amqplib';
 import { amqpUrl, startService } from './lib/env.mjs';
-import { postLoad, waitForOk, waitUntil } from './lib/load.mjs';
+import { pacedLoad, postLoad, waitForOk, waitUntil } from './lib/load.mjs';
 
 const echo = (phase) => ({ type: 'echo', payload: { phase } });
 
@@ -50,7 +50,8 @@ async function phaseStats(pool, phase, expected) {
 const triple = ([p50, p95, p99]) => ({ p50, p95, p99 });
 
 async function runPhase({ api, pool, phase, connections, seconds, rate }) {
-  const load = await postLoad({ url: `${api.url}/tasks`, body: echo(phase), connections, seconds, rate });
+  const request = { url: `${api.url}/tasks`, body: echo(phase), seconds };
+  const load = rate ? await pacedLoad({ ...request, rate }) : await postLoad({ ...request, connections });
   const s = await phaseStats(pool, phase, load.ok);
   return {
     load,
@@ -78,7 +79,7 @@ async function workerNotFound(worker, prefix) {
   }
 }
 
-/** The firehose finds the maximum sustained rate; then 25, 50 and 90 % of it, paced. */
+/** The firehose finds the maximum sustained rate; then 25, 50 and 90 % of it, evenly paced. */
 export async function measureEndToEnd({ api, db, prefix, connections, seconds, serviceEnv }) {
   const relay = await startService('relay', { databaseUrl: db.url, prefix, env: serviceEnv.relay });
   const worker = await startService('worker', { databaseUrl: db.url, prefix, env: serviceEnv.worker });
@@ -90,13 +91,7 @@ export async function measureEndToEnd({ api, db, prefix, connections, seconds, s
   const levels = [];
   for (const fraction of [0.25, 0.5, 0.9]) {
     const rate = fraction * max.tasksPerSecond;
-    const result = await runPhase({
-      ...common,
-      phase: `e2e-${fraction * 100}`,
-      seconds,
-      rate,
-      connections: connections * 2,
-    });
+    const result = await runPhase({ ...common, phase: `e2e-${fraction * 100}`, seconds, rate });
     levels.push({ fraction, targetRate: rate, ...result });
   }
   const notFound = await workerNotFound(worker, prefix);

@@ -1,14 +1,11 @@
-// HTTP load with autocannon, and small helpers to read its results.
+// HTTP load: closed-loop with autocannon, paced open-loop with Node's http; small helpers around them.
 import http from 'node:http';
+import { performance } from 'node:perf_hooks';
 import autocannon from 'autocannon';
 import { sleep } from './env.mjs';
 
-/**
- * POSTs `body` as JSON for `seconds`. Without `rate` it is closed-loop at `connections` in flight (the
- * throughput test); with `rate` each connection is paced so that all together send `rate` requests/s
- * (open-loop as long as the server keeps up, which the 25/50/90 % levels are chosen for).
- */
-export async function postLoad({ url, body, connections, seconds, rate }) {
+/** POSTs `body` as JSON for `seconds`, closed-loop: `connections` requests in flight at all times. */
+export async function postLoad({ url, body, connections, seconds }) {
   const result = await autocannon({
     url,
     method: 'POST',
@@ -16,19 +13,91 @@ export async function postLoad({ url, body, connections, seconds, rate }) {
     body: JSON.stringify(body),
     connections,
     duration: seconds,
-    ...(rate ? { overallRate: Math.max(1, Math.round(rate)) } : {}),
   });
   const ok = result['2xx'];
   return {
     connections,
     seconds,
-    targetRate: rate ?? null,
+    targetRate: null,
     requests: result.requests.total,
     ok,
     non2xx: result.non2xx,
     errors: result.errors + result.timeouts,
     perSecond: ok / seconds,
     latencyMs: { p50: result.latency.p50, p90: result.latency.p90, p99: result.latency.p99, max: result.latency.max },
+  };
+}
+
+function percentile(sorted, p) {
+  return sorted.length === 0 ? null : sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
+}
+
+/**
+ * POSTs `body` as JSON at `rate` requests/s for `seconds`, evenly spaced and open-loop: a request is
+ * sent when its time comes, whether or not earlier ones were answered. (autocannon's rate limit sends
+ * each second's quota as fast as it can at the start of the second: bursts at full speed, then idle,
+ * which is not the steady load the latency levels are meant to show.)
+ */
+export async function pacedLoad({ url, body, rate, seconds }) {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+  const payload = JSON.stringify(body);
+  const total = Math.round(rate * seconds);
+  const latencies = [];
+  let sent = 0;
+  let ok = 0;
+  let non2xx = 0;
+  let errors = 0;
+  const responses = [];
+  const send = () =>
+    new Promise((resolve) => {
+      const started = performance.now();
+      const req = http.request(
+        url,
+        { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': payload.length } },
+        (res) => {
+          res.resume();
+          res.on('end', () => {
+            latencies.push(performance.now() - started);
+            if (res.statusCode >= 200 && res.statusCode < 300) ok++;
+            else non2xx++;
+            resolve();
+          });
+        },
+      );
+      req.on('error', () => {
+        errors++;
+        resolve();
+      });
+      req.end(payload);
+    });
+  const start = performance.now();
+  await new Promise((resolve) => {
+    const timer = setInterval(() => {
+      const due = Math.min(total, Math.floor(((performance.now() - start) / 1000) * rate));
+      while (sent < due) {
+        sent++;
+        responses.push(send());
+      }
+      if (sent >= total) {
+        clearInterval(timer);
+        resolve();
+      }
+    }, 1);
+  });
+  await Promise.all(responses);
+  agent.destroy();
+  const sorted = latencies.sort((a, b) => a - b);
+  const at = (p) => percentile(sorted, p);
+  return {
+    connections: null,
+    seconds,
+    targetRate: rate,
+    requests: sent,
+    ok,
+    non2xx,
+    errors,
+    perSecond: ok / seconds,
+    latencyMs: { p50: at(0.5), p90: at(0.9), p99: at(0.99), max: sorted.at(-1) ?? null },
   };
 }
 

@@ -97,25 +97,38 @@ export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
     });
   }
 
-  /** Drains batch after batch until one comes back short or has failures; returns the failures. */
-  async function drainLane(): Promise<number> {
+  /**
+   * Drains batch after batch until one comes back short or has failures; returns the failures. A full
+   * batch means a backlog, and asks for another lane (`onFull`).
+   */
+  async function drainLane(onFull: () => void): Promise<number> {
     while (!stopping) {
       const { claimed, failed } = await drainOnce();
       if (failed > 0 || claimed < batchSize) return failed;
+      onFull();
     }
     return 0;
   }
 
   /**
-   * LANES lanes drain at once, so that one claims and marks in Postgres while another waits for its
-   * confirms: the benchmark found half of a drain spent waiting for quorum-queue confirms (an fsync
-   * each). Each lane marks only rows the broker confirmed to it; SKIP LOCKED and the lease keep the
-   * lanes' batches disjoint. Two lanes may interleave their batches on the queue; nothing relies on
-   * order across tasks (competing consumers reorder anyway), and one task's next attempt is written
-   * only after its previous one finished. allSettled: a lane still running must not outlive this drain.
+   * Up to LANES lanes drain at once, so that one claims and marks in Postgres while another waits for
+   * its confirms: the benchmark found half of a drain spent waiting for quorum-queue confirms. A drain
+   * starts with one lane and adds one only when a batch comes back full, so a wake-up for a single row
+   * costs one claim, not one per lane. Each lane marks only rows the broker confirmed to it; SKIP
+   * LOCKED and the lease keep the lanes' batches disjoint. Two lanes may interleave their batches on
+   * the queue; nothing relies on order across tasks (competing consumers reorder anyway), and one
+   * task's next attempt is written only after its previous one finished. Every lane is awaited, even
+   * after another failed: a lane still running must not outlive this drain.
    */
   async function drainLanes(): Promise<number> {
-    const results = await Promise.allSettled(Array.from({ length: LANES }, () => drainLane()));
+    const lanes: Promise<number>[] = [];
+    const addLane = (): void => {
+      if (lanes.length < LANES) lanes.push(drainLane(addLane));
+    };
+    addLane();
+    const results: PromiseSettledResult<number>[] = [];
+    // A lane is only added by a lane still running, so every lane is in the list before its adder ends.
+    for (let i = 0; i < lanes.length; i++) results.push(...(await Promise.allSettled([lanes[i] as Promise<number>])));
     const rejected = results.find((r) => r.status === 'rejected');
     if (rejected) throw rejected.reason;
     return results.reduce((sum, r) => sum + (r.status === 'fulfilled' ? r.value : 0), 0);
