@@ -176,7 +176,7 @@ describe('api: creating, reading and cancelling tasks', () => {
       context: { correlationId: randomUUID() },
     });
     // jsonb refuses \u0000 (SQLSTATE 22P05); the api's own guard stops it earlier, this calls the inserter
-    // directly. The first four fill the inserter's four slots, so the other six go in one statement.
+    // directly. The first two fill the inserter's two slots, so the other eight go in one statement.
     const inserts = Array.from({ length: 10 }, (_, n) => newTask(n === 7 ? { bad: '\u0000' } : { n }));
     const results = await Promise.allSettled(inserts.map((i) => insert(i)));
     expect(results.map((r) => r.status)).toEqual(
