@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { sql } from 'kysely';
 import request from 'supertest';
 import { createDb, createPool } from '@taskbox/shared';
 import { startTestApi, type TestApi } from '../helpers/api';
@@ -133,6 +134,16 @@ describe('api: creating, reading and cancelling tasks', () => {
     expect(responses.filter((r) => r.status === 200)).toHaveLength(19);
     expect(new Set(responses.map((r) => r.body.id)).size).toBe(1);
     expect(await counts()).toEqual({ tasks: before.tasks + 1, outbox: before.outbox + 1 });
+  });
+
+  it('stores a JSON null payload as given (echo takes any JSON)', async () => {
+    const res = await request(api.app).post('/tasks').send({ type: 'echo', payload: null });
+    expect(res.status).toBe(202);
+    expect(res.body.payload).toBeNull();
+    const { rows } = await sql<{
+      kind: string;
+    }>`SELECT jsonb_typeof(payload) AS kind FROM tasks WHERE id = ${res.body.id}`.execute(api.database.db);
+    expect(rows).toEqual([{ kind: 'null' }]);
   });
 
   it('gives each of 60 concurrent requests its own task and outbox row, though they share inserts', async () => {

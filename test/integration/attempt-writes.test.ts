@@ -94,4 +94,31 @@ describe('worker writes shared by deliveries in flight together', () => {
       null,
     ]);
   });
+
+  it('records a batch of outcomes in one statement: succeeded, failed, cancelled, and nothing for a stale attempt', async () => {
+    const ids = await Promise.all(Array.from({ length: 8 }, () => insertTaskFixture(database.db)));
+    await Promise.all(
+      ids.map((taskId, n) => writes.startPending({ taskId, type: 'echo', attempt: 1, externalJobId: `b:${n}` })),
+    );
+    const outcome = (n: number) =>
+      n === 4
+        ? { kind: 'failed' as const, error: new Error('no retries left'), retryInMs: null }
+        : n === 5
+          ? { kind: 'cancelled' as const }
+          : { kind: 'succeeded' as const, result: { n } };
+    // The first two take the writer's two slots; the other six (one stale) share a statement.
+    const statuses = await Promise.all(ids.map((id, n) => writes.finish(id, n === 6 ? 2 : 1, outcome(n))));
+
+    const expected = ['succeeded', 'succeeded', 'succeeded', 'succeeded', 'failed', 'cancelled', null, 'succeeded'];
+    expect(statuses).toEqual(expected);
+    const rows = await tasks(ids);
+    const byId = (id: string) => rows.find((t) => t.id === id);
+    for (const n of [0, 1, 2, 3, 7])
+      expect(byId(ids[n]!)).toMatchObject({ status: 'succeeded', result: { n }, progress: 1 });
+    expect(byId(ids[4]!)).toMatchObject({ status: 'failed', error: { message: 'no retries left' }, result: null });
+    expect(byId(ids[5]!)).toMatchObject({ status: 'cancelled', error: null });
+    expect(byId(ids[6]!)).toMatchObject({ status: 'processing', finished_at: null });
+    const outcomes = await attempts(ids);
+    expect(ids.map((id) => outcomes.find((a) => a.task_id === id)?.outcome ?? null)).toEqual(expected);
+  });
 });

@@ -19,7 +19,7 @@ const flush = () => new Promise((resolve) => setImmediate(resolve));
 describe('createBatcher', () => {
   it('runs an item at once when idle, and groups the items that arrive while every slot is busy', async () => {
     const { run, calls } = controlledRun();
-    const submit = createBatcher(run, { maxSize: 3, concurrency: 1 });
+    const submit = createBatcher(run, { maxSize: 3, concurrency: 1, isolate: () => true });
     const first = submit(1);
     const rest = [2, 3, 4, 5].map((i) => submit(i));
     await flush();
@@ -39,7 +39,7 @@ describe('createBatcher', () => {
 
   it('keeps up to `concurrency` batches in flight', async () => {
     const { run, calls } = controlledRun();
-    const submit = createBatcher(run, { maxSize: 10, concurrency: 2 });
+    const submit = createBatcher(run, { maxSize: 10, concurrency: 2, isolate: () => true });
     const results = [1, 2, 3, 4].map((i) => submit(i));
     await flush();
     expect(calls.map((c) => c.items)).toEqual([[1], [2]]);
@@ -51,9 +51,9 @@ describe('createBatcher', () => {
     await expect(Promise.all(results)).resolves.toEqual(['r1', 'r2', 'r3', 'r4']);
   });
 
-  it('runs the items of a failed batch alone, so only the bad item fails, with its own error', async () => {
+  it('runs the items of a failed batch again one by one, so only the bad item fails, with its own error', async () => {
     const { run, calls } = controlledRun((items) => items.includes(3));
-    const submit = createBatcher(run, { maxSize: 10, concurrency: 1 });
+    const submit = createBatcher(run, { maxSize: 10, concurrency: 1, isolate: () => true });
     const first = submit(1);
     const settled = Promise.allSettled([2, 3, 4].map((i) => submit(i)));
     await flush();
@@ -61,14 +61,35 @@ describe('createBatcher', () => {
     await first;
     await flush();
     calls[1]!.release();
-    await flush();
+    for (let n = 2; n < 5; n++) {
+      await flush();
+      expect(calls).toHaveLength(n + 1); // one at a time: the slot stays taken until all have run
+      calls[n]!.release();
+    }
     expect(calls.map((c) => c.items)).toEqual([[1], [2, 3, 4], [2], [3], [4]]);
-    calls.slice(2).forEach((c) => c.release());
     const outcomes = await settled;
     expect(outcomes.map((o) => (o.status === 'fulfilled' ? o.value : (o.reason as Error).message))).toEqual([
       'r2',
       'bad batch 3',
       'r4',
     ]);
+  });
+
+  it('fails the whole batch at once with an error that isolate refuses (every item would meet it)', async () => {
+    const { run, calls } = controlledRun((items) => items.length > 1);
+    const submit = createBatcher(run, { maxSize: 10, concurrency: 1, isolate: () => false });
+    const first = submit(1);
+    const settled = Promise.allSettled([2, 3].map((i) => submit(i)));
+    await flush();
+    calls[0]!.release();
+    await first;
+    await flush();
+    calls[1]!.release();
+    const outcomes = await settled;
+    expect(outcomes.map((o) => o.status === 'rejected' && (o.reason as Error).message)).toEqual([
+      'bad batch 2,3',
+      'bad batch 2,3',
+    ]);
+    expect(calls).toHaveLength(2);
   });
 });

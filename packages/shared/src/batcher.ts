@@ -1,8 +1,14 @@
 export interface BatcherOptions {
   /** Most items one call of `run` gets. */
   maxSize: number;
-  /** Most calls of `run` in flight at once; items arriving while all are busy wait for the next. */
+  /** Most batches in flight at once; items arriving while all are busy wait for the next. */
   concurrency: number;
+  /**
+   * Whether the items of a batch that failed with this error are run again one by one, to find the
+   * bad one. Not for an error every item would meet again (the database is down): those reject the
+   * whole batch at once, and each caller retries or answers as it would for a single item.
+   */
+  isolate: (err: unknown) => boolean;
 }
 
 /**
@@ -13,8 +19,8 @@ export interface BatcherOptions {
  * (the benchmark's profiles show a third of each service in socket writes), so a batch of N costs
  * little more than one item.
  *
- * If a batch fails, each of its items is run again alone, so one bad item (a value Postgres refuses)
- * fails only its own caller, with its own error.
+ * If a batch fails with an error `isolate` accepts, its items run again one after another in the same
+ * slot, so that one bad item (a value Postgres refuses) fails only its own caller, with its own error.
  */
 export function createBatcher<I, O>(
   run: (items: I[]) => Promise<O[]>,
@@ -28,25 +34,24 @@ export function createBatcher<I, O>(
   const queue: Waiting[] = [];
   let inFlight = 0;
 
-  async function runAlone(entry: Waiting): Promise<void> {
-    try {
-      const [result] = await run([entry.item]);
-      entry.resolve(result as O);
-    } catch (err) {
-      entry.reject(err);
+  async function settle(batch: Waiting[]): Promise<void> {
+    const results = await run(batch.map((w) => w.item));
+    if (results.length !== batch.length) {
+      throw new Error(`a batch of ${batch.length} got ${results.length} results`);
     }
+    batch.forEach((w, i) => w.resolve(results[i] as O));
   }
 
   async function runBatch(batch: Waiting[]): Promise<void> {
-    if (batch.length === 1) return runAlone(batch[0] as Waiting);
-    let results: O[];
     try {
-      results = await run(batch.map((w) => w.item));
-    } catch {
-      await Promise.all(batch.map(runAlone));
-      return;
+      await settle(batch);
+    } catch (err) {
+      if (batch.length === 1 || !options.isolate(err)) {
+        batch.forEach((w) => w.reject(err));
+        return;
+      }
+      for (const entry of batch) await settle([entry]).catch((alone: unknown) => entry.reject(alone));
     }
-    batch.forEach((w, i) => w.resolve(results[i] as O));
   }
 
   function dispatch(): void {

@@ -21,21 +21,35 @@ export function errorJson(value: unknown): { name: string; message: string } {
 }
 
 // SQLSTATE classes and codes that mean "try again later", not "your request is wrong":
-// 08 connection exception, 40001 serialization failure, 40P01 deadlock, 53 insufficient
-// resources, 57P01-57P03 admin shutdown / crash shutdown / cannot connect now.
-const transientPgCodes = new Set(['40001', '40P01', '57P01', '57P02', '57P03']);
-const transientPgClasses = new Set(['08', '53']);
-const transientNodeCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN']);
+// 08 connection exception, 53 insufficient resources, 57P01-57P03 admin shutdown / crash shutdown /
+// cannot connect now (the database is unavailable); 40001 serialization failure, 40P01 deadlock (this
+// statement lost a conflict with another).
+const unavailablePgCodes = new Set(['57P01', '57P02', '57P03']);
+const unavailablePgClasses = new Set(['08', '53']);
+const conflictPgCodes = new Set(['40001', '40P01']);
+const unavailableNodeCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN']);
 
-/** True when a database error means Postgres is unreachable or overloaded, not that the query was wrong. */
-export function isTransientDbError(value: unknown): boolean {
-  if (!isError(value)) return false;
+function errorCode(value: Error): string | undefined {
   const code = (value as { code?: unknown }).code;
-  if (typeof code === 'string') {
-    if (transientPgCodes.has(code) || transientNodeCodes.has(code)) return true;
-    if (code.length === 5 && transientPgClasses.has(code.slice(0, 2))) return true;
+  return typeof code === 'string' ? code : undefined;
+}
+
+/** True when Postgres cannot be reached or is overloaded: every statement would fail the same way now. */
+export function isDbUnavailable(value: unknown): boolean {
+  if (!isError(value)) return false;
+  const code = errorCode(value);
+  if (code !== undefined) {
+    if (unavailablePgCodes.has(code) || unavailableNodeCodes.has(code)) return true;
+    if (code.length === 5 && unavailablePgClasses.has(code.slice(0, 2))) return true;
   }
   return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(
     value.message,
   );
+}
+
+/** True when a database error means "try again later" (unavailable, or a lost conflict), not that the query was wrong. */
+export function isTransientDbError(value: unknown): boolean {
+  if (!isError(value)) return false;
+  const code = errorCode(value);
+  return isDbUnavailable(value) || (code !== undefined && conflictPgCodes.has(code));
 }

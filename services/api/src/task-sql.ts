@@ -1,5 +1,12 @@
 import { sql } from 'kysely';
-import { createBatcher, outboxMessage, type Db, type MessageContext, type TaskStatus } from '@taskbox/shared';
+import {
+  createBatcher,
+  isDbUnavailable,
+  outboxMessage,
+  type Db,
+  type MessageContext,
+  type TaskStatus,
+} from '@taskbox/shared';
 
 export interface NewTask {
   id: string;
@@ -34,7 +41,8 @@ export async function insertTasks(db: Db, inserts: TaskInsert[]): Promise<Insert
     return {
       id: task.id,
       type: task.type,
-      payload: task.payload,
+      // As JSON text, cast in SQL: jsonb_to_recordset would turn a JSON null payload into SQL NULL.
+      payload: JSON.stringify(task.payload),
       max_attempts: task.maxAttempts,
       owner: task.owner,
       idempotency_key: task.idempotencyKey,
@@ -48,11 +56,11 @@ export async function insertTasks(db: Db, inserts: TaskInsert[]): Promise<Insert
   const { rows } = await sql<TaskRow>`
     WITH input AS (
       SELECT * FROM jsonb_to_recordset(${JSON.stringify(input)}::jsonb) AS i(
-        id uuid, type text, payload jsonb, max_attempts int, owner text, idempotency_key text,
+        id uuid, type text, payload text, max_attempts int, owner text, idempotency_key text,
         request_hash text, correlation_id text, message_id uuid, message_payload text, message_headers text)
     ), inserted AS (
       INSERT INTO tasks (id, type, payload, max_attempts, owner, idempotency_key, request_hash, correlation_id)
-      SELECT id, type, payload, max_attempts, owner, idempotency_key, request_hash, correlation_id FROM input
+      SELECT id, type, payload::jsonb, max_attempts, owner, idempotency_key, request_hash, correlation_id FROM input
       ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
       RETURNING ${sql.join(taskColumns.map((c) => sql.ref(c)))}
     ), queued AS (
@@ -76,7 +84,11 @@ export async function insertTasks(db: Db, inserts: TaskInsert[]): Promise<Insert
  * inserts going while one statement waits on a lock.
  */
 export function createTaskInserter(db: Db): (insert: TaskInsert) => Promise<Inserted> {
-  return createBatcher((inserts: TaskInsert[]) => insertTasks(db, inserts), { maxSize: 100, concurrency: 2 });
+  return createBatcher((inserts: TaskInsert[]) => insertTasks(db, inserts), {
+    maxSize: 100,
+    concurrency: 2,
+    isolate: (err) => !isDbUnavailable(err),
+  });
 }
 
 const taskColumns = [

@@ -21,8 +21,6 @@ export interface RelayLoop {
   wake(): void;
 }
 
-const LANES = 2;
-
 /**
  * The relay's state machine:
  *
@@ -34,7 +32,7 @@ const LANES = 2;
  * A drain claims a batch, publishes it with confirms, marks the confirmed rows and releases the rest
  * with a per-row backoff. It does not claim while the broker is disconnected, so an outage costs no
  * publish attempts. One log line per change between healthy and failing, not one per try.
- * "draining" runs LANES drains side by side (see drainLanes).
+ * "draining" runs up to two drains side by side (see drainLanes).
  */
 export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
   const { db, publisher, logger, metrics, batchSize, pollMs, leaseMs } = options;
@@ -98,8 +96,8 @@ export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
   }
 
   /**
-   * Drains batch after batch until one comes back short or has failures; returns the failures. A full
-   * batch means a backlog, and asks for another lane (`onFull`).
+   * Drains batch after batch until one comes back short or has failures; returns the failures. Calls
+   * `onFull` after each full batch (a backlog).
    */
   async function drainLane(onFull: () => void): Promise<number> {
     while (!stopping) {
@@ -111,24 +109,21 @@ export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
   }
 
   /**
-   * Up to LANES lanes drain at once, so that one claims and marks in Postgres while another waits for
-   * its confirms: the benchmark found half of a drain spent waiting for quorum-queue confirms. A drain
-   * starts with one lane and adds one only when a batch comes back full, so a wake-up for a single row
-   * costs one claim, not one per lane. Each lane marks only rows the broker confirmed to it; SKIP
-   * LOCKED and the lease keep the lanes' batches disjoint. Two lanes may interleave their batches on
-   * the queue; nothing relies on order across tasks (competing consumers reorder anyway), and one
-   * task's next attempt is written only after its previous one finished. Every lane is awaited, even
-   * after another failed: a lane still running must not outlive this drain.
+   * Two lanes drain at once, so that one claims and marks in Postgres while the other waits for its
+   * confirms: the benchmark found half of a drain spent waiting for quorum-queue confirms. The second
+   * lane starts only when the first claims a full batch (a backlog), so a wake-up for a single row
+   * costs one claim, not two. Each lane marks only rows the broker confirmed to it; SKIP LOCKED and the
+   * lease keep the lanes' batches disjoint. Two lanes may interleave their batches on the queue;
+   * nothing relies on order across tasks (competing consumers reorder anyway), and one task's next
+   * attempt is written only after its previous one finished. allSettled: both lanes are awaited (and
+   * their failures handled) even when one fails first; a lane still running must not outlive this drain.
    */
   async function drainLanes(): Promise<number> {
-    const lanes: Promise<number>[] = [];
-    const addLane = (): void => {
-      if (lanes.length < LANES) lanes.push(drainLane(addLane));
-    };
-    addLane();
-    const results: PromiseSettledResult<number>[] = [];
-    // A lane is only added by a lane still running, so every lane is in the list before its adder ends.
-    for (let i = 0; i < lanes.length; i++) results.push(...(await Promise.allSettled([lanes[i] as Promise<number>])));
+    let backlog: (found: boolean) => void = () => undefined;
+    const backlogFound = new Promise<boolean>((resolve) => (backlog = resolve));
+    const first = drainLane(() => backlog(true)).finally(() => backlog(false));
+    const second = backlogFound.then((found) => (found ? drainLane(() => undefined) : 0));
+    const results = await Promise.allSettled([first, second]);
     const rejected = results.find((r) => r.status === 'rejected');
     if (rejected) throw rejected.reason;
     return results.reduce((sum, r) => sum + (r.status === 'fulfilled' ? r.value : 0), 0);

@@ -1,5 +1,13 @@
 import { sql, type RawBuilder } from 'kysely';
-import { createBatcher, errorJson, insertOutbox, outboxMessage, type Db, type TaskStatus } from '@taskbox/shared';
+import {
+  createBatcher,
+  errorJson,
+  insertOutbox,
+  isDbUnavailable,
+  outboxMessage,
+  type Db,
+  type TaskStatus,
+} from '@taskbox/shared';
 
 export interface LockedTask {
   id: string;
@@ -249,7 +257,7 @@ export interface AttemptWrites {
  * one statement each; a retry is a transaction of its own (it is rare, and writes an outbox row).
  */
 export function createAttemptWrites(db: Db, leaseMs: number, maxBatch: number): AttemptWrites {
-  const options = { maxSize: maxBatch, concurrency: 2 };
+  const options = { maxSize: maxBatch, concurrency: 2, isolate: (err: unknown) => !isDbUnavailable(err) };
   const start = createBatcher((starts: AttemptStart[]) => startPendingAttempts(db, starts, leaseMs), options);
   const finishTerminal = createBatcher((finishes: TerminalFinish[]) => finishTerminals(db, finishes), options);
   return {
