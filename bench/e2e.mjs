@@ -50,6 +50,9 @@ async function phaseStats(pool, phase, expected) {
 const triple = ([p50, p95, p99]) => ({ p50, p95, p99 });
 
 async function runPhase({ api, pool, phase, connections, seconds, rate }) {
+  // Each phase starts from tables without the previous phases' dead rows, as pgbench vacuums before a
+  // run: otherwise autovacuum cleaning up after a heavy phase competes with the next one for the CPU.
+  await pool.query('VACUUM (ANALYZE) tasks, task_attempts, outbox');
   const request = { url: `${api.url}/tasks`, body: echo(phase), seconds };
   const load = rate ? await pacedLoad({ ...request, rate }) : await postLoad({ ...request, connections });
   const s = await phaseStats(pool, phase, load.ok);
