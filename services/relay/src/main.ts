@@ -20,6 +20,15 @@ async function main(): Promise<void> {
   const config = loadConfig(process.env);
   const logger = createLogger('relay', config);
   const pool = createPool(config.DATABASE_URL, logger, { max: 4 });
+  // The claim must read the unpublished-rows index with a plain index scan (see outbox-sql.ts
+  // claimBatch), and the relay's other statements are key lookups or ordered scans that do not need a
+  // bitmap scan. Through a transaction-pooling proxy the setting may not stick; the claim then only
+  // runs slower until vacuum.
+  pool.on('connect', (client) => {
+    client.query('SET enable_bitmapscan = off').catch((err: unknown) => {
+      logger.warn('could not turn off bitmap scans for the relay', { error: toError(err).message });
+    });
+  });
   const db = createDb(pool);
   const metrics = createRelayMetrics(db);
   const publisher = createPublisher(amqpNames(config.AMQP_PREFIX), config.RELAY_CONFIRM_TIMEOUT_MS, logger);
