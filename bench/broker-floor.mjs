@@ -5,12 +5,9 @@
 import { performance } from 'node:perf_hooks';
 import amqp from 'amqplib';
 import { amqpSocketOptions, amqpUrl, randomName, sleep } from './lib/env.mjs';
+import { percentile } from './lib/load.mjs';
 
 const SAMPLES = 40;
-
-function percentile(sorted, p) {
-  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
-}
 
 async function probe(connection, type) {
   const queue = randomName(`bench-floor-${type}-`);

@@ -28,7 +28,8 @@ export async function postLoad({ url, body, connections, seconds }) {
   };
 }
 
-function percentile(sorted, p) {
+/** The value at fraction `p` of an ascending array (nearest rank), or null when it is empty. */
+export function percentile(sorted, p) {
   return sorted.length === 0 ? null : sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
 }
 
