@@ -1,6 +1,6 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { closeServer, createOutboxNotifier, createTaskNotifier } from '@taskbox/shared';
+import { closeServer, createTaskNotifier } from '@taskbox/shared';
 import { buildApp, type AppDeps } from '../../services/api/src/app';
 import { createTaskEvents, type TaskEvents } from '../../services/api/src/task-events';
 import { createTestDatabase, quietLogger, type TestDatabase } from './db';
@@ -17,14 +17,12 @@ export interface TestApi {
 /** The api built in-process (as main.ts builds it) on its own test database, auth off unless overridden. */
 export async function startTestApi(overrides: Partial<AppDeps> = {}): Promise<TestApi> {
   const database = await createTestDatabase();
-  const notifier = createOutboxNotifier(database.pool, quietLogger);
   const taskNotifier = createTaskNotifier(database.pool, quietLogger);
   const events = createTaskEvents(database.url, quietLogger);
   events.start();
   const { app } = buildApp({
     db: database.db,
     pool: database.pool,
-    notifier,
     taskNotifier,
     events,
     logger: quietLogger,
@@ -47,7 +45,6 @@ export async function startTestApi(overrides: Partial<AppDeps> = {}): Promise<Te
     async close() {
       await events.stop();
       if (server) await closeServer(server);
-      await notifier.stop();
       await taskNotifier.stop();
       await database.drop();
     },

@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
 import request from 'supertest';
-import { createDb, createPool } from '@taskbox/shared';
+import { OUTBOX_CHANNEL, createDb, createPgListener, createPool } from '@taskbox/shared';
 import { startTestApi, type TestApi } from '../helpers/api';
 import { quietLogger } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
+import { waitFor } from '../helpers/wait';
 import { createTaskInserter } from '../../services/api/src/task-sql';
 
 const PROBLEM = /^application\/problem\+json/;
@@ -46,6 +47,27 @@ describe('api: creating, reading and cancelling tasks', () => {
     const got = await request(api.app).get(`/tasks/${res.body.id}`);
     expect(got.status).toBe(200);
     expect(got.body).toMatchObject({ id: res.body.id, status: 'pending' });
+  });
+
+  it('wakes the relay with a NOTIFY when a task is accepted, and not for a refused request', async () => {
+    const wakes: string[] = [];
+    const listener = createPgListener({
+      url: api.database.url,
+      channel: OUTBOX_CHANNEL,
+      logger: quietLogger,
+      onNotify: (payload) => wakes.push(payload),
+      onConnect: () => undefined,
+    });
+    listener.start();
+    try {
+      await waitFor('listener connected', () => listener.listening());
+      expect((await request(api.app).post('/tasks').send({ type: 'nope' })).status).toBe(422);
+      expect((await request(api.app).post('/tasks').send({ type: 'echo', payload: 1 })).status).toBe(202);
+      await waitFor('the wake-up', () => wakes.length > 0, 5000);
+      expect(wakes).toEqual(['']);
+    } finally {
+      await listener.stop();
+    }
   });
 
   it.each([

@@ -3,7 +3,7 @@ import cors from 'cors';
 import express, { type RequestHandler } from 'express';
 import type pg from 'pg';
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { toError, type Db, type Logger, type OutboxNotifier, type TaskNotifier } from '@taskbox/shared';
+import { toError, type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
 import { authenticate, type AuthConfig } from './auth';
 import { openApiDocument } from './openapi';
 import { notFoundHandler, problemHandler } from './problem';
@@ -13,7 +13,6 @@ import type { TaskEvents } from './task-events';
 export interface AppDeps {
   db: Db;
   pool: pg.Pool;
-  notifier: OutboxNotifier;
   taskNotifier: TaskNotifier;
   events: TaskEvents;
   logger: Logger;

@@ -4,7 +4,6 @@ import {
   closeServer,
   createDb,
   createLogger,
-  createOutboxNotifier,
   createPool,
   createTaskNotifier,
   exitOnSignal,
@@ -25,13 +24,11 @@ async function main(): Promise<void> {
   // that error is answered 503 immediately, whatever this timeout is.
   const pool = createPool(config.DATABASE_URL, logger, { max: config.PG_POOL_SIZE, connectionTimeoutMillis: 10_000 });
   const db = createDb(pool);
-  const notifier = createOutboxNotifier(pool, logger);
   const taskNotifier = createTaskNotifier(pool, logger);
   const events = createTaskEvents(config.DATABASE_URL, logger);
   const { app } = buildApp({
     db,
     pool,
-    notifier,
     taskNotifier,
     events,
     logger,
@@ -52,7 +49,6 @@ async function main(): Promise<void> {
     // Release long polls first (they answer with the current view), or closing would wait for them.
     await events.stop();
     await closeServer(server);
-    await notifier.stop();
     await taskNotifier.stop();
     await db.destroy();
   });

@@ -2,6 +2,7 @@ import { sql } from 'kysely';
 import {
   createBatcher,
   isDbUnavailable,
+  OUTBOX_CHANNEL,
   outboxMessage,
   type Db,
   type MessageContext,
@@ -34,6 +35,13 @@ export type Inserted = { task: TaskRow; messageId: string } | undefined;
  * returns the whole rows for the responses, which saves a SELECT after it. Requests that arrive
  * together share the statement (createTaskInserter). Answers one entry per request, in order:
  * undefined where this owner had already used the idempotency key, and nothing was inserted.
+ *
+ * The statement also wakes the relay: its pg_notify is delivered when it commits. A NOTIFY inside a
+ * transaction holds a cluster-wide lock from pre-commit until the commit is flushed, which serializes
+ * notifying commits (notify.ts), but here it is one NOTIFY per shared statement, and an api process
+ * has at most two in flight: group commit already coalesces the wake-ups. A NOTIFY sent after the
+ * commit instead costs a second round trip per statement; api throughput was 17 % higher with it inside
+ * (2 175 against 1 853 POST/s, means of four alternating 8 s runs at 16 connections, same machine).
  */
 export async function insertTasks(db: Db, inserts: TaskInsert[]): Promise<Inserted[]> {
   const input = inserts.map(({ task, context }) => {
@@ -68,7 +76,7 @@ export async function insertTasks(db: Db, inserts: TaskInsert[]): Promise<Insert
       SELECT i.message_id, t.id, t.type, i.message_payload::jsonb, i.message_headers::jsonb
       FROM inserted t JOIN input i ON i.id = t.id
     )
-    SELECT * FROM inserted`.execute(db);
+    SELECT inserted.* FROM inserted, (SELECT pg_notify(${OUTBOX_CHANNEL}, '')) AS wake`.execute(db);
   const byId = new Map(rows.map((row) => [row.id, row]));
   return input.map((i) => {
     const task = byId.get(i.id);

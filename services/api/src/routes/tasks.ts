@@ -7,7 +7,6 @@ import {
   terminalStatuses,
   type Db,
   type Logger,
-  type OutboxNotifier,
   type TaskNotifier,
   type TaskType,
 } from '@taskbox/shared';
@@ -34,7 +33,6 @@ const DEFAULT_MAX_ATTEMPTS = 3;
 
 export interface TasksDeps {
   db: Db;
-  notifier: OutboxNotifier;
   taskNotifier: TaskNotifier;
   events: TaskEvents;
   logger: Logger;
@@ -120,10 +118,7 @@ function parseCreateRequest(req: Request): CreateRequest {
   return { type, payload: typed.data.payload, maxAttempts, idempotencyKey: keyParse?.data ?? null };
 }
 
-function createTask(
-  { db, notifier, logger }: TasksDeps,
-  insertTask: (insert: TaskInsert) => Promise<Inserted>,
-): Handler {
+function createTask({ db, logger }: TasksDeps, insertTask: (insert: TaskInsert) => Promise<Inserted>): Handler {
   return async (req, res) => {
     const { type, payload, maxAttempts, idempotencyKey } = parseCreateRequest(req);
     const requestHash = idempotencyKey
@@ -140,7 +135,6 @@ function createTask(
     let row: TaskRow | undefined = inserted?.task;
     let status = 202;
     if (inserted) {
-      notifier.poke();
       logger.info('task accepted', { taskId: task.id, messageId: inserted.messageId, type, correlationId });
     } else {
       // The key was used before by this owner: a replay returns the original task, unchanged.
