@@ -1,6 +1,8 @@
 import amqp from 'amqplib';
+import { sql } from 'kysely';
 import { amqpNames, connectAmqp, createOutboxNotifier, insertOutbox, outboxMessage } from '@taskbox/shared';
 import { createListener } from '../../services/relay/src/listener';
+import { claimBatch } from '../../services/relay/src/outbox-sql';
 import { createRelayMetrics } from '../../services/relay/src/metrics';
 import { createPublisher, type Publisher } from '../../services/relay/src/publisher';
 import { createRelayLoop, type RelayLoop } from '../../services/relay/src/relay-loop';
@@ -113,6 +115,18 @@ describe('relay', () => {
     } finally {
       await listener.stop();
     }
+  });
+
+  it('leases claimed rows in place, without a new index entry per row (HOT updates)', async () => {
+    await seed(200);
+    const { claimed, hot } = await database.db.transaction().execute(async (trx) => {
+      const rows = await claimBatch(trx, 200, 15_000);
+      const stats = await sql<{ hot: string }>`
+        SELECT pg_stat_get_xact_tuples_hot_updated('outbox'::regclass) AS hot`.execute(trx);
+      return { claimed: rows.length, hot: Number(stats.rows[0]!.hot) };
+    });
+    expect(claimed).toBe(200);
+    expect(hot).toBe(200);
   });
 
   it('does not mark a row published when the broker returns it as unroutable', async () => {
