@@ -69,5 +69,7 @@ describe('api → outbox → relay → RabbitMQ → worker, as three processes',
     const allLogs = services.flatMap((s) => [...s.logs.map((l) => JSON.stringify(l)), ...s.text]);
     expect(allLogs.filter((l) => /not found|unknown-task/i.test(l))).toEqual([]);
     expect(allLogs.filter((l) => /"level":"error"/.test(l))).toEqual([]);
+    // Every line each service printed is a JSON log line: no runtime warnings, no stack traces.
+    expect(services.map((s) => s.text)).toEqual([[], [], []]);
   });
 });

@@ -70,6 +70,8 @@ export interface PoolOptions {
   max: number;
   /** How long a query may wait for a connection before it fails (and the api answers 503). */
   connectionTimeoutMillis?: number;
+  /** Runs on each new connection before any query may use it (session settings). */
+  onConnect?: (client: pg.ClientBase) => Promise<void>;
 }
 
 /** A pool whose idle-client errors (a restarted server) are logged instead of crashing the process. */
@@ -79,6 +81,7 @@ export function createPool(url: string, logger: Logger, options: PoolOptions): p
     max: options.max,
     connectionTimeoutMillis: options.connectionTimeoutMillis ?? 5000,
     idleTimeoutMillis: 30_000,
+    onConnect: options.onConnect,
   });
   pool.on('error', (err) => logger.warn('idle postgres connection failed', { error: err.message }));
   // pg-pool listens for errors only on idle clients. A checked-out client whose socket is reset

@@ -1,0 +1,49 @@
+import { createPool } from '@taskbox/shared';
+import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
+
+describe('createPool', () => {
+  let database: TestDatabase;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await database.drop();
+  });
+
+  it('applies session settings from onConnect before the first query on each new connection', async () => {
+    const pool = createPool(database.url, quietLogger, {
+      max: 4,
+      onConnect: async (client) => {
+        await client.query('SET enable_bitmapscan = off');
+      },
+    });
+    try {
+      const answers = await Promise.all(
+        Array.from({ length: 8 }, () => pool.query<{ enable_bitmapscan: string }>('SHOW enable_bitmapscan')),
+      );
+      expect(answers.map((a) => a.rows[0]!.enable_bitmapscan)).toEqual(Array(8).fill('off'));
+    } finally {
+      await pool.end();
+    }
+  });
+
+  it('fails the query that needed the connection when onConnect fails, and connects again for the next', async () => {
+    let calls = 0;
+    const pool = createPool(database.url, quietLogger, {
+      max: 1,
+      onConnect: async (client) => {
+        calls++;
+        await client.query(calls === 1 ? 'SET no_such_setting = 1' : 'SET enable_bitmapscan = off');
+      },
+    });
+    try {
+      await expect(pool.query('SELECT 1')).rejects.toThrow(/no_such_setting/);
+      const { rows } = await pool.query<{ enable_bitmapscan: string }>('SHOW enable_bitmapscan');
+      expect(rows[0]!.enable_bitmapscan).toBe('off');
+      expect(calls).toBe(2);
+    } finally {
+      await pool.end();
+    }
+  });
+});
