@@ -18,9 +18,10 @@ const insertCte = `WITH inserted AS (
 
 // pgbench reads one statement per line, so the statement is folded onto one line.
 const scripts = {
-  // What our api sends: the insert alone; the relay's wake-up is a coalesced NOTIFY after commit.
+  // The insert without any NOTIFY: a stricter bound than the api's own statement.
   insert: `${insertCte} SELECT * FROM inserted;`,
-  // The per-request NOTIFY inside the insert's transaction, as a plain outbox often does.
+  // The api's own statement, NOTIFY inside, one request per transaction (the api shares it among the
+  // requests that arrive together).
   insertWithNotify: `${insertCte} SELECT i.*, pg_notify('taskbox_outbox', '') FROM inserted i;`,
 };
 

@@ -23,6 +23,9 @@ describe('api → outbox → relay → RabbitMQ → worker, as three processes',
     await database.drop();
     await deleteTopology(prefix);
     expect(codes).toEqual([0, 0, 0]);
+    // Every line each service printed, shutdown included, is a JSON log line: no runtime warnings, no
+    // stack traces.
+    expect(services.map((s) => s.text)).toEqual([[], [], []]);
   });
 
   it('runs 500 concurrent tasks to succeeded, each with its own external job id, and never loses sight of one', async () => {
@@ -69,7 +72,5 @@ describe('api → outbox → relay → RabbitMQ → worker, as three processes',
     const allLogs = services.flatMap((s) => [...s.logs.map((l) => JSON.stringify(l)), ...s.text]);
     expect(allLogs.filter((l) => /not found|unknown-task/i.test(l))).toEqual([]);
     expect(allLogs.filter((l) => /"level":"error"/.test(l))).toEqual([]);
-    // Every line each service printed is a JSON log line: no runtime warnings, no stack traces.
-    expect(services.map((s) => s.text)).toEqual([[], [], []]);
   });
 });

@@ -49,7 +49,7 @@ describe('api: creating, reading and cancelling tasks', () => {
     expect(got.body).toMatchObject({ id: res.body.id, status: 'pending' });
   });
 
-  it('wakes the relay with a NOTIFY when a task is accepted, and not for a refused request', async () => {
+  it('wakes the relay with a NOTIFY when a task is accepted', async () => {
     const wakes: string[] = [];
     const listener = createPgListener({
       url: api.database.url,
@@ -61,7 +61,6 @@ describe('api: creating, reading and cancelling tasks', () => {
     listener.start();
     try {
       await waitFor('listener connected', () => listener.listening());
-      expect((await request(api.app).post('/tasks').send({ type: 'nope' })).status).toBe(422);
       expect((await request(api.app).post('/tasks').send({ type: 'echo', payload: 1 })).status).toBe(202);
       await waitFor('the wake-up', () => wakes.length > 0, 5000);
       expect(wakes).toEqual(['']);

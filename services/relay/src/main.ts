@@ -27,7 +27,9 @@ async function main(): Promise<void> {
   const pool = createPool(config.DATABASE_URL, logger, {
     max: 4,
     onConnect: async (client) => {
-      await client.query('SET enable_bitmapscan = off');
+      await client.query('SET enable_bitmapscan = off').catch((err: unknown) => {
+        logger.warn('could not turn off bitmap scans for the relay', { error: toError(err).message });
+      });
     },
   });
   const db = createDb(pool);
