@@ -11,10 +11,10 @@ import amqp from 'amqplib';
 import pg from 'pg';
 import shared from '../packages/shared/dist/index.js';
 
-const { amqpNames, assertTopology } = shared;
+const { amqpNames, amqpSocketOptions, assertTopology } = shared;
 const names = amqpNames(process.env.AMQP_PREFIX);
 const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: Number(process.env.PG_POOL_SIZE ?? 10) });
-const connection = await amqp.connect(process.env.AMQP_URL, { noDelay: true });
+const connection = await amqp.connect(process.env.AMQP_URL, amqpSocketOptions);
 const publishChannel = await connection.createConfirmChannel();
 await assertTopology(publishChannel, names);
 const stats = {};

@@ -8,14 +8,15 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import amqp from 'amqplib';
 import pg from 'pg';
+import shared from '../../packages/shared/dist/index.js';
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const outDir = path.join(root, 'bench/out');
 export const adminUrl = process.env.BENCH_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 export const amqpUrl = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
-// The socket options the services use (packages/shared/src/amqp.ts connectAmqp), so that the
-// comparisons measure the same transport.
-export const amqpSocketOptions = { noDelay: true };
+// The socket options the services use (packages/shared/src/amqp.ts), so that the comparisons measure
+// the same transport.
+export const { amqpSocketOptions } = shared;
 
 const cleanups = [];
 
