@@ -1,4 +1,10 @@
-import { createAttemptWrites, type AttemptWrites } from '../../services/worker/src/task-sql';
+import { sql } from 'kysely';
+import {
+  createAttemptWrites,
+  finishTerminals,
+  startPendingAttempts,
+  type AttemptWrites,
+} from '../../services/worker/src/task-sql';
 import { createTestDatabase, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
 
@@ -120,5 +126,47 @@ describe('worker writes shared by deliveries in flight together', () => {
     expect(byId(ids[6]!)).toMatchObject({ status: 'processing', finished_at: null });
     const outcomes = await attempts(ids);
     expect(ids.map((id) => outcomes.find((a) => a.task_id === id)?.outcome ?? null)).toEqual(expected);
+  });
+});
+
+// A worker's cost per task must not grow with the tasks it has already run. The planner's picture here
+// is the one that broke these statements: many finished tasks, statistics taken while none ran, then
+// thousands running.
+describe('worker writes on a large tasks table', () => {
+  let database: TestDatabase;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    const { db } = database;
+    await sql`
+      INSERT INTO tasks (id, type, payload, owner, status, attempts)
+      SELECT gen_random_uuid(), 'echo', '{}', 'bulk', 'succeeded', 1 FROM generate_series(1, 20000)`.execute(db);
+    await sql`INSERT INTO task_attempts (task_id, attempt, external_job_id) SELECT id, 1, 'bulk' FROM tasks`.execute(
+      db,
+    );
+    await sql`ANALYZE tasks, task_attempts`.execute(db);
+    await sql`UPDATE tasks SET status = 'processing' WHERE id IN (SELECT id FROM tasks LIMIT 3000)`.execute(db);
+  });
+  afterAll(async () => {
+    await database.drop();
+  });
+
+  it('starts and finishes attempts by primary key: no table scan, no scan of the running tasks', async () => {
+    const ids = await Promise.all([insertTaskFixture(database.db), insertTaskFixture(database.db)]);
+    const scans = await database.db.transaction().execute(async (trx) => {
+      const starts = ids.map((taskId, n) => ({ taskId, type: 'echo', attempt: 1, externalJobId: `big:${n}` }));
+      const started = await startPendingAttempts(trx, starts, 60_000);
+      const succeeded = { kind: 'succeeded' as const, result: null };
+      const finished = await finishTerminals(
+        trx,
+        ids.map((taskId) => ({ taskId, attempt: 1, outcome: succeeded })),
+      );
+      const { rows } = await sql<{ tasks: string; attempts: string; lease: string }>`
+        SELECT pg_stat_get_xact_numscans('tasks'::regclass) AS tasks,
+               pg_stat_get_xact_numscans('task_attempts'::regclass) AS attempts,
+               pg_stat_get_xact_numscans('tasks_processing_lease'::regclass) AS lease`.execute(trx);
+      return { started: started.map((s) => s?.attempt), finished, ...rows[0] };
+    });
+    expect(scans).toEqual({ started: [1, 1], finished: [true, true], tasks: '0', attempts: '0', lease: '0' });
   });
 });

@@ -43,24 +43,22 @@ type StartedRow = Omit<LockedTask, 'status' | 'lease_expired'> & { external_job_
  * task as `t` and the start as `i`): the task becomes processing with the delivery's external job id
  * and a lease, and the attempt gets its row. Answers the tasks as updated (attempts is the new
  * attempt). When two starts name one task only one wins; the answer carries the winner's job id.
+ *
+ * The batch arrives as typed arrays through unnest, here and in finishTerminals, not as JSON: the
+ * planner reads unnest's row count from the arrays, but assumes 100 rows for jsonb_to_recordset, and
+ * for 100 rows it joined by scanning whole tables, a cost that grew with every task ever run (one
+ * finish with 20 000 tasks: 5.8 ms with two sequential scans, 0.7 ms by key).
  */
 async function startNextAttempts(db: Db, starts: AttemptStart[], guard: RawBuilder<boolean>, leaseMs: number) {
-  const input = starts.map((s) => ({
-    task_id: s.taskId,
-    type: s.type,
-    attempt: s.attempt,
-    external_job_id: s.externalJobId,
-  }));
   const { rows } = await sql<StartedRow>`
-    WITH input AS (
-      SELECT * FROM jsonb_to_recordset(${JSON.stringify(input)}::jsonb)
-        AS i(task_id uuid, type text, attempt int, external_job_id text)
-    ), started AS (
+    WITH started AS (
       UPDATE tasks t
       SET status = 'processing', attempts = t.attempts + 1, external_job_id = i.external_job_id,
           lease_until = now() + ${leaseMs} * interval '1 millisecond', started_at = coalesce(t.started_at, now()),
           updated_at = now(), current_step = NULL, progress = NULL
-      FROM input i
+      FROM unnest(${starts.map((s) => s.taskId)}::uuid[], ${starts.map((s) => s.type)}::text[],
+                  ${starts.map((s) => s.attempt)}::int[], ${starts.map((s) => s.externalJobId)}::text[])
+        AS i(task_id, type, attempt, external_job_id)
       WHERE t.id = i.task_id AND ${guard}
       RETURNING t.id, t.type, t.payload, t.attempts, t.max_attempts, t.correlation_id, t.external_job_id
     ), attempt AS (
@@ -211,29 +209,24 @@ interface TerminalFinish {
  * together or not at all, under the same guard as finishWithRetry. Answers, per finish, whether it
  * was written. One round trip for a whole batch instead of four per attempt.
  *
- * `locked` finds each task by primary key, in id order, under the guard. Written as a plain join,
- * the guard's status = 'processing' let the planner scan every processing task through the partial
- * lease index for each batch (with 5 000 tasks running: 8 ms for 20 finishes, 0.8 ms by key). The
- * fixed lock order also keeps two batches from deadlocking.
+ * `locked` locks each task by primary key, in id order (a fixed lock order keeps two batches from
+ * deadlocking), then applies the guard to the locked row. OFFSET 0 keeps the guard out of that lookup:
+ * given status = 'processing', the planner may read the partial lease index instead, which it thinks
+ * tiny when the last ANALYZE saw no task running, and then scans every running task for each finish
+ * (with 3 000 running: 0.45 ms per task instead of 0.01).
  */
 export async function finishTerminals(db: Db, finishes: TerminalFinish[]): Promise<boolean[]> {
-  const input = finishes.map(({ taskId, attempt, outcome }) => ({
-    task_id: taskId,
-    attempt,
-    status: outcome.kind,
-    result: outcome.kind === 'succeeded' ? JSON.stringify(outcome.result ?? null) : null,
-    error: outcome.kind === 'failed' ? JSON.stringify(errorJson(outcome.error)) : null,
-  }));
   const { rows } = await sql<{ id: string; attempts: number }>`
-    WITH input AS (
-      SELECT * FROM jsonb_to_recordset(${JSON.stringify(input)}::jsonb)
-        AS i(task_id uuid, attempt int, status text, result text, error text)
-    ), locked AS (
+    WITH locked AS (
       SELECT t.id, i.status, i.result, i.error
-      FROM (SELECT * FROM input ORDER BY task_id) i
-      CROSS JOIN LATERAL (
-        SELECT id FROM tasks WHERE id = i.task_id AND status = 'processing' AND attempts = i.attempt FOR UPDATE
-      ) t
+      FROM (
+        SELECT * FROM unnest(${finishes.map((f) => f.taskId)}::uuid[], ${finishes.map((f) => f.attempt)}::int[],
+                             ${finishes.map((f) => f.outcome.kind)}::text[], ${finishes.map(resultText)}::text[],
+                             ${finishes.map(errorText)}::text[]) AS u(task_id, attempt, status, result, error)
+        ORDER BY task_id
+      ) i
+      CROSS JOIN LATERAL (SELECT id, status, attempts FROM tasks WHERE id = i.task_id OFFSET 0 FOR UPDATE) t
+      WHERE t.status = 'processing' AND t.attempts = i.attempt
     ), finished AS (
       UPDATE tasks t
       SET status = l.status, result = l.result::jsonb, error = l.error::jsonb, lease_until = NULL,
@@ -251,6 +244,13 @@ export async function finishTerminals(db: Db, finishes: TerminalFinish[]): Promi
   const written = new Set(rows.map((r) => `${r.id}:${r.attempts}`));
   return finishes.map((f) => written.has(`${f.taskId}:${f.attempt}`));
 }
+
+/** As JSON text, cast in SQL, so that a JSON null result stays JSON null (not SQL NULL). */
+const resultText = ({ outcome }: TerminalFinish) =>
+  outcome.kind === 'succeeded' ? JSON.stringify(outcome.result ?? null) : null;
+
+const errorText = ({ outcome }: TerminalFinish) =>
+  outcome.kind === 'failed' ? JSON.stringify(errorJson(outcome.error)) : null;
 
 /** The writes every delivery makes, with deliveries in flight together sharing statements. */
 export interface AttemptWrites {
