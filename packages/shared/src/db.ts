@@ -1,4 +1,15 @@
-import { type ColumnType, type Generated, Kysely, PostgresDialect } from 'kysely';
+import {
+  type ColumnType,
+  type Generated,
+  Kysely,
+  PostgresDialect,
+  type PostgresCursor,
+  type PostgresPool,
+  type PostgresPoolClient,
+  type PostgresQueryResult,
+  type RawBuilder,
+  sql,
+} from 'kysely';
 import pg from 'pg';
 import type { Logger } from './logger';
 
@@ -94,5 +105,49 @@ export function createPool(url: string, logger: Logger, options: PoolOptions): p
 }
 
 export function createDb(pool: pg.Pool): Db {
-  return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  return new Kysely<Database>({ dialect: new PostgresDialect({ pool: preparingPool(pool) }) });
+}
+
+/**
+ * Marks a statement to be sent as the named prepared statement `name`; it must open the statement's
+ * text: sql`${prepared('worker_finish')} WITH ...`. Each connection then parses the statement once, and
+ * plans it once when Postgres keeps a generic plan (it does by itself when the plan cannot depend on
+ * the parameters; the worker forces it). For the statements that run for every task: at a few rows per
+ * statement, parsing and planning cost Postgres as much as running them. One name, one text. Behind
+ * PgBouncer this needs session pooling, or transaction pooling with max_prepared_statements (1.21+).
+ */
+export function prepared(name: string): RawBuilder<unknown> {
+  return sql.raw(`/* prepared ${name} */`);
+}
+
+const preparedName = /^\/\* prepared (\w+) \*\//;
+
+/** The pool as Kysely sees it: a statement marked by prepared() goes out as a named statement. */
+function preparingPool(pool: pg.Pool): PostgresPool {
+  const clients = new WeakMap<pg.PoolClient, PostgresPoolClient>();
+  const wrap = (client: pg.PoolClient): PostgresPoolClient => {
+    function query<R>(text: string, values: readonly unknown[]): Promise<PostgresQueryResult<R>>;
+    function query<R>(cursor: PostgresCursor<R>): PostgresCursor<R>;
+    function query(
+      text: string | PostgresCursor<unknown>,
+      values: readonly unknown[] = [],
+    ): Promise<PostgresQueryResult<unknown>> | PostgresCursor<unknown> {
+      // Kysely passes a cursor only when the dialect has a cursor class, and createDb gives none.
+      if (typeof text !== 'string') throw new Error('cursors are not supported');
+      const name = preparedName.exec(text)?.[1];
+      // pg types `command` as any string; Postgres answers Kysely's statements with the ones it lists.
+      return client.query({ name, text, values: [...values] }) as Promise<PostgresQueryResult<unknown>>;
+    }
+    return { query, release: () => client.release() };
+  };
+  return {
+    async connect() {
+      const client = await pool.connect();
+      // Kysely keeps per-client state keyed by this object, so each client keeps one wrapper.
+      let wrapped = clients.get(client);
+      if (!wrapped) clients.set(client, (wrapped = wrap(client)));
+      return wrapped;
+    },
+    end: () => pool.end(),
+  };
 }

@@ -36,9 +36,14 @@ function createCoalescer(pool: pg.Pool, channel: string, logger: Logger): Coales
     if (payloads.length === 0) payloads.push('');
     queued = new Set();
     poked = false;
-    // One statement outside any transaction: each payload is delivered when it commits, at once.
+    // One statement outside any transaction: each payload is delivered when it commits, at once. Named:
+    // it runs after most writes, and each connection then parses and plans it once.
     inFlight = pool
-      .query('SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p', [channel, payloads])
+      .query({
+        name: 'notify',
+        text: 'SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p',
+        values: [channel, payloads],
+      })
       .then(
         () => undefined,
         (err: unknown) => {

@@ -4,6 +4,7 @@ import {
   isDbUnavailable,
   OUTBOX_CHANNEL,
   outboxMessage,
+  prepared,
   type Db,
   type MessageContext,
   type TaskStatus,
@@ -45,6 +46,9 @@ export type Inserted = { task: TaskRow; messageId: string } | undefined;
  * The price: a NOTIFY that fails now fails the insert. That happens only when Postgres's notification
  * queue (8 GB) is full, because a listening session sits in one transaction for hours; the request
  * then gets an error and nothing is written, and Postgres logs a warning from half full on.
+ *
+ * Prepared (prepared()): each connection parses and plans it once; its plan does not depend on the
+ * parameters, so Postgres keeps the generic one.
  */
 export async function insertTasks(db: Db, inserts: TaskInsert[]): Promise<Inserted[]> {
   const input = inserts.map(({ task, context }) => {
@@ -64,7 +68,7 @@ export async function insertTasks(db: Db, inserts: TaskInsert[]): Promise<Insert
       message_headers: message.headers,
     };
   });
-  const { rows } = await sql<TaskRow>`
+  const { rows } = await sql<TaskRow>`${prepared('api_insert_tasks')}
     WITH input AS (
       SELECT * FROM jsonb_to_recordset(${JSON.stringify(input)}::jsonb) AS i(
         id uuid, type text, payload text, max_attempts int, owner text, idempotency_key text,

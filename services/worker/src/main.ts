@@ -17,7 +17,7 @@ import { createConsumer } from './consumer';
 import { createLeases } from './leases';
 import { createWorkerMetrics } from './metrics';
 import { createSweeper } from './sweeper';
-import { createAttemptWrites } from './task-sql';
+import { createAttemptWrites, setWorkerSession } from './task-sql';
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
@@ -25,6 +25,11 @@ async function main(): Promise<void> {
   // Each delivery in flight uses at most one connection at a time; a few more for heartbeats and sweeps.
   const pool = createPool(config.DATABASE_URL, logger, {
     max: Math.min(config.WORKER_PREFETCH, config.PG_POOL_SIZE) + 2,
+    onConnect: async (client) => {
+      await setWorkerSession(client).catch((err: unknown) => {
+        logger.warn('could not turn on generic plans for the worker', { error: toError(err).message });
+      });
+    },
   });
   const db = createDb(pool);
   const metrics = createWorkerMetrics(db);

@@ -1,13 +1,26 @@
-import { sql, type RawBuilder } from 'kysely';
+import { sql } from 'kysely';
 import {
   createBatcher,
   errorJson,
   insertOutbox,
   isDbUnavailable,
   outboxMessage,
+  prepared,
   type Db,
+  type PoolOptions,
   type TaskStatus,
 } from '@taskbox/shared';
+
+/**
+ * The worker's session settings, for each new connection (createPool's onConnect). Generic plans:
+ * the statements below that run for every task are prepared (prepared()), but Postgres would still
+ * plan them again for every batch, because a plan for the exact batch size looks cheaper. Every
+ * statement here finds its rows by key, where the generic plan is the same plan. Measured: Postgres
+ * CPU for a start and a finish, 0.55 ms with generic plans, 0.9 ms prepared alone, 1.15 ms unnamed.
+ */
+export const setWorkerSession: NonNullable<PoolOptions['onConnect']> = async (client) => {
+  await client.query('SET plan_cache_mode = force_generic_plan');
+};
 
 export interface LockedTask {
   id: string;
@@ -39,8 +52,8 @@ export interface AttemptStart {
 type StartedRow = Omit<LockedTask, 'status' | 'lease_expired'> & { external_job_id: string };
 
 /**
- * The one statement that starts attempts, for each start whose task `guard` matches (`guard` sees the
- * task as `t` and the start as `i`): the task becomes processing with the delivery's external job id
+ * The one statement that starts attempts, for each start whose task the guard matches (startGuards):
+ * the task becomes processing with the delivery's external job id
  * and a lease, and the attempt gets its row. Answers the tasks as updated (attempts is the new
  * attempt). When two starts name one task only one wins; the answer carries the winner's job id.
  *
@@ -49,8 +62,8 @@ type StartedRow = Omit<LockedTask, 'status' | 'lease_expired'> & { external_job_
  * for 100 rows it joined by scanning whole tables, a cost that grew with every task ever run (one
  * finish with 20 000 tasks: 5.8 ms with two sequential scans, 0.7 ms by key).
  */
-async function startNextAttempts(db: Db, starts: AttemptStart[], guard: RawBuilder<boolean>, leaseMs: number) {
-  const { rows } = await sql<StartedRow>`
+async function startNextAttempts(db: Db, starts: AttemptStart[], guard: keyof typeof startGuards, leaseMs: number) {
+  const { rows } = await sql<StartedRow>`${prepared(`worker_start_${guard}`)}
     WITH started AS (
       UPDATE tasks t
       SET status = 'processing', attempts = t.attempts + 1, external_job_id = i.external_job_id,
@@ -59,7 +72,7 @@ async function startNextAttempts(db: Db, starts: AttemptStart[], guard: RawBuild
       FROM unnest(${starts.map((s) => s.taskId)}::uuid[], ${starts.map((s) => s.type)}::text[],
                   ${starts.map((s) => s.attempt)}::int[], ${starts.map((s) => s.externalJobId)}::text[])
         AS i(task_id, type, attempt, external_job_id)
-      WHERE t.id = i.task_id AND ${guard}
+      WHERE t.id = i.task_id AND ${startGuards[guard]}
       RETURNING t.id, t.type, t.payload, t.attempts, t.max_attempts, t.correlation_id, t.external_job_id
     ), attempt AS (
       INSERT INTO task_attempts (task_id, attempt, external_job_id)
@@ -68,6 +81,16 @@ async function startNextAttempts(db: Db, starts: AttemptStart[], guard: RawBuild
     SELECT * FROM started`.execute(db);
   return rows;
 }
+
+/**
+ * Which starts startNextAttempts writes; each guard sees the task as `t` and the start as `i`.
+ * `pending` is decide()'s 'run' rule for a pending task; `locked` is for a start already decided under
+ * the task's row lock.
+ */
+const startGuards = {
+  pending: sql<boolean>`t.type = i.type AND t.status = 'pending' AND t.attempts < i.attempt`,
+  locked: sql<boolean>`true`,
+};
 
 /**
  * The common deliveries in ONE statement, with no explicit transaction: each pending task whose message
@@ -82,8 +105,7 @@ export async function startPendingAttempts(
   starts: AttemptStart[],
   leaseMs: number,
 ): Promise<({ task: LockedTask; attempt: number } | undefined)[]> {
-  const guard = sql<boolean>`t.type = i.type AND t.status = 'pending' AND t.attempts < i.attempt`;
-  const rows = await startNextAttempts(db, starts, guard, leaseMs);
+  const rows = await startNextAttempts(db, starts, 'pending', leaseMs);
   const byJobId = new Map(rows.map((row) => [row.external_job_id, row]));
   return starts.map((start) => {
     const row = byJobId.get(start.externalJobId);
@@ -109,7 +131,7 @@ export async function startPendingAttempts(
 export async function startAttempt(tx: Db, task: LockedTask, externalJobId: string, leaseMs: number): Promise<number> {
   if (task.status === 'processing') await closeLostAttempt(tx, task.id, task.attempts);
   const start = { taskId: task.id, type: task.type, attempt: task.attempts + 1, externalJobId };
-  const [started] = await startNextAttempts(tx, [start], sql<boolean>`true`, leaseMs);
+  const [started] = await startNextAttempts(tx, [start], 'locked', leaseMs);
   if (!started) throw new Error(`task ${task.id} vanished while locked`);
   return started.attempts;
 }
@@ -216,7 +238,7 @@ interface TerminalFinish {
  * (with 3 000 running: 0.45 ms per task instead of 0.01).
  */
 export async function finishTerminals(db: Db, finishes: TerminalFinish[]): Promise<boolean[]> {
-  const { rows } = await sql<{ id: string; attempts: number }>`
+  const { rows } = await sql<{ id: string; attempts: number }>`${prepared('worker_finish')}
     WITH locked AS (
       SELECT t.id, i.status, i.result, i.error
       FROM (

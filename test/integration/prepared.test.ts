@@ -1,0 +1,84 @@
+import { randomUUID } from 'node:crypto';
+import { sql } from 'kysely';
+import type pg from 'pg';
+import { createDb, createPool, prepared, type Db, type PoolOptions } from '@taskbox/shared';
+import { insertTasks } from '../../services/api/src/task-sql';
+import { finishTerminals, setWorkerSession, startPendingAttempts } from '../../services/worker/src/task-sql';
+import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
+import { insertTaskFixture } from '../helpers/factories';
+
+interface PreparedRow {
+  name: string;
+  generic_plans: string;
+  custom_plans: string;
+}
+
+// Prepared statements belong to a connection, so each test works on a pool of one.
+describe('statements prepared once per connection', () => {
+  let database: TestDatabase;
+  let pool: pg.Pool;
+  let db: Db;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+  });
+  afterEach(async () => {
+    await db.destroy();
+  });
+  afterAll(async () => {
+    await database.drop();
+  });
+
+  const connect = (onConnect?: PoolOptions['onConnect']) => {
+    pool = createPool(database.url, quietLogger, { max: 1, onConnect });
+    db = createDb(pool);
+  };
+  /** This connection's prepared statements: how often each was planned for its parameters (custom) or not. */
+  const preparedStatements = async () => {
+    const { rows } = await pool.query<PreparedRow>(
+      'SELECT name, generic_plans, custom_plans FROM pg_prepared_statements ORDER BY name',
+    );
+    return rows.map((r) => ({ name: r.name, custom: Number(r.custom_plans), generic: Number(r.generic_plans) }));
+  };
+
+  it('sends a statement marked prepared() under its name, in a transaction too, and any other unnamed', async () => {
+    connect();
+    const probe = (n: number) => sql<{ n: number }>`${prepared('probe')} SELECT ${n}::int AS n`;
+    expect((await probe(1).execute(db)).rows).toEqual([{ n: 1 }]);
+    await db.transaction().execute((trx) => probe(2).execute(trx));
+    await sql`SELECT ${3}::int AS n`.execute(db);
+    const statements = await preparedStatements();
+    expect(statements.map((s) => ({ name: s.name, runs: s.custom + s.generic }))).toEqual([{ name: 'probe', runs: 2 }]);
+  });
+
+  it("keeps the api's insert on its generic plan", async () => {
+    connect();
+    for (let n = 0; n < 8; n++) {
+      const task = {
+        id: randomUUID(),
+        type: 'echo',
+        payload: { n },
+        maxAttempts: 3,
+        owner: 'prepared',
+        idempotencyKey: null,
+        requestHash: null,
+      };
+      await insertTasks(db, [{ task, context: { correlationId: null } }]);
+    }
+    // Postgres plans a prepared statement for its parameters five times before it may settle.
+    expect(await preparedStatements()).toEqual([{ name: 'api_insert_tasks', custom: 5, generic: 3 }]);
+  });
+
+  it("runs the worker's start and finish on generic plans only, with the worker's session settings", async () => {
+    connect(setWorkerSession);
+    for (let n = 0; n < 8; n++) {
+      const taskId = await insertTaskFixture(db);
+      await startPendingAttempts(db, [{ taskId, type: 'echo', attempt: 1, externalJobId: `p:${n}` }], 60_000);
+      await finishTerminals(db, [{ taskId, attempt: 1, outcome: { kind: 'succeeded', result: n } }]);
+    }
+    expect(await preparedStatements()).toEqual([
+      { name: 'worker_finish', custom: 0, generic: 8 },
+      { name: 'worker_start_pending', custom: 0, generic: 8 },
+    ]);
+  });
+});
