@@ -1,8 +1,8 @@
 import amqp from 'amqplib';
 import { sql } from 'kysely';
-import { amqpNames, connectAmqp, createOutboxNotifier, insertOutbox, outboxMessage } from '@taskbox/shared';
+import { amqpNames, connectAmqp, createOutboxNotifier, createPool, insertOutbox, outboxMessage } from '@taskbox/shared';
 import { createListener } from '../../services/relay/src/listener';
-import { claimBatch } from '../../services/relay/src/outbox-sql';
+import { claimBatch, setRelaySession } from '../../services/relay/src/outbox-sql';
 import { createRelayMetrics } from '../../services/relay/src/metrics';
 import { createPublisher, type Publisher } from '../../services/relay/src/publisher';
 import { createRelayLoop, type RelayLoop } from '../../services/relay/src/relay-loop';
@@ -127,6 +127,18 @@ describe('relay', () => {
     });
     expect(claimed).toBe(200);
     expect(hot).toBe(200);
+  });
+
+  it("keeps bitmap scans off the claim and does not wait for the WAL flush on the relay's connections", async () => {
+    const pool = createPool(database.url, quietLogger, { max: 1, onConnect: setRelaySession });
+    try {
+      const { rows } = await pool.query<{ bitmap: string; sync: string }>(
+        "SELECT current_setting('enable_bitmapscan') AS bitmap, current_setting('synchronous_commit') AS sync",
+      );
+      expect(rows).toEqual([{ bitmap: 'off', sync: 'off' }]);
+    } finally {
+      await pool.end();
+    }
   });
 
   it('does not mark a row published when the broker returns it as unroutable', async () => {

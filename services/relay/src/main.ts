@@ -12,6 +12,7 @@ import {
 } from '@taskbox/shared';
 import { createListener } from './listener';
 import { createRelayMetrics } from './metrics';
+import { setRelaySession } from './outbox-sql';
 import { createPublisher } from './publisher';
 import { createRelayLoop } from './relay-loop';
 import { createRetention } from './retention';
@@ -19,16 +20,11 @@ import { createRetention } from './retention';
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
   const logger = createLogger('relay', config);
-  // The claim must read the unpublished-rows index with a plain index scan (see outbox-sql.ts
-  // claimBatch), and the relay's other statements are key lookups or ordered scans that do not need a
-  // bitmap scan. Set before the pool hands the connection out, so it applies to the first claim too.
-  // Through a transaction-pooling proxy the setting may not stick; the claim then only runs slower
-  // until vacuum.
   const pool = createPool(config.DATABASE_URL, logger, {
     max: 4,
     onConnect: async (client) => {
-      await client.query('SET enable_bitmapscan = off').catch((err: unknown) => {
-        logger.warn('could not turn off bitmap scans for the relay', { error: toError(err).message });
+      await setRelaySession(client).catch((err: unknown) => {
+        logger.warn('could not apply the relay session settings', { error: toError(err).message });
       });
     },
   });

@@ -1,5 +1,24 @@
 import { sql } from 'kysely';
-import type { Db } from '@taskbox/shared';
+import type { Db, PoolOptions } from '@taskbox/shared';
+
+/**
+ * The relay's session settings, for each new connection (createPool's onConnect), before the pool
+ * hands it out, so they apply to the first claim too.
+ *
+ * - No bitmap scans: the claim must read the unpublished-rows index with a plain index scan
+ *   (claimBatch). The relay's other statements are key lookups or ordered scans that need none.
+ * - No wait for the WAL flush at commit: everything the relay writes may be lost to a Postgres crash
+ *   at no cost but a second publish. A lost lease or published mark leaves the row to be published
+ *   again, and the worker absorbs the duplicate, as it does when the relay dies between the confirm
+ *   and the mark. Nothing is lost: the rows themselves were committed by the api. Measured at 300
+ *   tasks/s (six alternating rounds): commit -> worker start p50 17.4 ms against 20.5 ms (medians).
+ *
+ * Through a transaction-pooling proxy the settings may not stick; the claim then runs slower until
+ * vacuum, and commits wait for the flush.
+ */
+export const setRelaySession: NonNullable<PoolOptions['onConnect']> = async (client) => {
+  await client.query('SET enable_bitmapscan = off; SET synchronous_commit = off');
+};
 
 export interface ClaimedRow {
   id: string;
@@ -28,7 +47,7 @@ export interface ClaimedRow {
  * such an entry dead the first time it passes it once no transaction can still see the old row, so
  * later claims skip it; a bitmap scan (the planner's choice when it expects few rows) never does, and
  * visits every one on every claim: 2.9 ms per claim with 20 000 such entries, against 0.1 ms. The
- * relay's connections turn bitmap scans off (main.ts).
+ * relay's connections turn bitmap scans off (setRelaySession).
  */
 export async function claimBatch(db: Db, limit: number, leaseMs: number): Promise<ClaimedRow[]> {
   const { rows } = await sql<ClaimedRow>`
