@@ -51,6 +51,18 @@ describe('statements prepared once per connection', () => {
     expect(statements.map((s) => ({ name: s.name, runs: s.custom + s.generic }))).toEqual([{ name: 'probe', runs: 2 }]);
   });
 
+  it('closes a connection whose prepared statement went stale, so that only one statement fails', async () => {
+    connect();
+    await sql`CREATE TABLE probe (x int)`.execute(database.db);
+    await sql`INSERT INTO probe VALUES (1)`.execute(database.db);
+    const read = () => sql`${prepared('probe_read')} SELECT * FROM probe`.execute(db);
+    expect((await read()).rows).toEqual([{ x: 1 }]);
+    // A migration while the services run: the statement's cached plan no longer fits its result type.
+    await sql`ALTER TABLE probe ADD COLUMN y int`.execute(database.db);
+    await expect(read()).rejects.toMatchObject({ code: '0A000' });
+    expect((await read()).rows).toEqual([{ x: 1, y: null }]);
+  });
+
   it("keeps the api's insert on its generic plan", async () => {
     connect();
     for (let n = 0; n < 8; n++) {

@@ -113,19 +113,29 @@ export function createDb(pool: pg.Pool): Db {
  * text: sql`${prepared('worker_finish')} WITH ...`. Each connection then parses the statement once, and
  * plans it once when Postgres keeps a generic plan (it does by itself when the plan cannot depend on
  * the parameters; the worker forces it). For the statements that run for every task: at a few rows per
- * statement, parsing and planning cost Postgres as much as running them. One name, one text. Behind
- * PgBouncer this needs session pooling, or transaction pooling with max_prepared_statements (1.21+).
+ * statement, parsing and planning cost Postgres as much as running them. One name, one text; names
+ * start with the package that owns the statement (api_, worker_, shared_). Prepared statements live in
+ * a session: behind PgBouncer the services need session pooling (README).
  */
 export function prepared(name: string): RawBuilder<unknown> {
+  if (!/^\w+$/.test(name)) throw new Error(`prepared statement name must be letters, digits or _: ${name}`);
   return sql.raw(`/* prepared ${name} */`);
 }
 
 const preparedName = /^\/\* prepared (\w+) \*\//;
 
+/**
+ * Errors after which a connection cannot run its copy of a named statement again: 0A000, "cached plan
+ * must not change result type" (a migration changed a column the statement returns), and 26000, the
+ * server no longer has it. pg would keep sending the name on that connection, so it is closed instead.
+ */
+const stalePreparedCodes = new Set(['0A000', '26000']);
+
 /** The pool as Kysely sees it: a statement marked by prepared() goes out as a named statement. */
 function preparingPool(pool: pg.Pool): PostgresPool {
   const clients = new WeakMap<pg.PoolClient, PostgresPoolClient>();
   const wrap = (client: pg.PoolClient): PostgresPoolClient => {
+    let stale = false;
     function query<R>(text: string, values: readonly unknown[]): Promise<PostgresQueryResult<R>>;
     function query<R>(cursor: PostgresCursor<R>): PostgresCursor<R>;
     function query(
@@ -135,10 +145,17 @@ function preparingPool(pool: pg.Pool): PostgresPool {
       // Kysely passes a cursor only when the dialect has a cursor class, and createDb gives none.
       if (typeof text !== 'string') throw new Error('cursors are not supported');
       const name = preparedName.exec(text)?.[1];
+      const result = client.query({ name, text, values: [...values] });
+      if (name) {
+        // Runs before Kysely, which awaits the same promise and then releases the client.
+        result.catch((err: unknown) => {
+          if (stalePreparedCodes.has((err as { code?: unknown }).code as string)) stale = true;
+        });
+      }
       // pg types `command` as any string; Postgres answers Kysely's statements with the ones it lists.
-      return client.query({ name, text, values: [...values] }) as Promise<PostgresQueryResult<unknown>>;
+      return result as Promise<PostgresQueryResult<unknown>>;
     }
-    return { query, release: () => client.release() };
+    return { query, release: () => client.release(stale) };
   };
   return {
     async connect() {

@@ -40,7 +40,7 @@ function createCoalescer(pool: pg.Pool, channel: string, logger: Logger): Coales
     // it runs after most writes, and each connection then parses and plans it once.
     inFlight = pool
       .query({
-        name: 'notify',
+        name: 'shared_notify',
         text: 'SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p',
         values: [channel, payloads],
       })

@@ -8,13 +8,14 @@ import type { Db, PoolOptions } from '@taskbox/shared';
  * - No bitmap scans: the claim must read the unpublished-rows index with a plain index scan
  *   (claimBatch). The relay's other statements are key lookups or ordered scans that need none.
  * - No wait for the WAL flush at commit: everything the relay writes may be lost to a Postgres crash
- *   at no cost but a second publish. A lost lease or published mark leaves the row to be published
+ *   (or a failover to a standby) at no cost but a second publish. A lost lease or published mark leaves the row to be published
  *   again, and the worker absorbs the duplicate, as it does when the relay dies between the confirm
  *   and the mark. Nothing is lost: the rows themselves were committed by the api. Measured at 300
  *   tasks/s (six alternating rounds): commit -> worker start p50 17.4 ms against 20.5 ms (medians).
  *
- * Through a transaction-pooling proxy the settings may not stick; the claim then runs slower until
- * vacuum, and commits wait for the flush.
+ * Settings belong to a session: through a transaction-pooling proxy they would reach other clients'
+ * transactions (the api's inserts would stop waiting for the flush), so the relay needs a direct or
+ * session-pooled connection (README).
  */
 export const setRelaySession: NonNullable<PoolOptions['onConnect']> = async (client) => {
   await client.query('SET enable_bitmapscan = off; SET synchronous_commit = off');
