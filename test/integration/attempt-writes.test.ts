@@ -1,11 +1,16 @@
 import { sql } from 'kysely';
+import type pg from 'pg';
+import { createDb, createPool, type Db } from '@taskbox/shared';
 import {
   createAttemptWrites,
   finishTerminals,
+  renewLeases,
+  setStep,
+  setWorkerSession,
   startPendingAttempts,
   type AttemptWrites,
 } from '../../services/worker/src/task-sql';
-import { createTestDatabase, type TestDatabase } from '../helpers/db';
+import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
 
 // The writes share statements only when more than the batcher's two slots are busy, so each test
@@ -130,32 +135,46 @@ describe('worker writes shared by deliveries in flight together', () => {
 });
 
 // A worker's cost per task must not grow with the tasks it has already run. The planner's picture here
-// is the one that broke these statements: many finished tasks, statistics taken while none ran, then
-// thousands running.
+// is the one that broke these statements: many finished tasks, statistics taken while none ran (and
+// kept: autovacuum is off), then thousands running. The worker's own session settings apply.
 describe('worker writes on a large tasks table', () => {
   let database: TestDatabase;
+  let pool: pg.Pool;
+  let db: Db;
 
   beforeAll(async () => {
     database = await createTestDatabase();
-    const { db } = database;
+    const setup = database.db;
+    await sql`ALTER TABLE tasks SET (autovacuum_enabled = off)`.execute(setup);
     await sql`
       INSERT INTO tasks (id, type, payload, owner, status, attempts)
-      SELECT gen_random_uuid(), 'echo', '{}', 'bulk', 'succeeded', 1 FROM generate_series(1, 20000)`.execute(db);
+      SELECT gen_random_uuid(), 'echo', '{}', 'bulk', 'succeeded', 1 FROM generate_series(1, 20000)`.execute(setup);
     await sql`INSERT INTO task_attempts (task_id, attempt, external_job_id) SELECT id, 1, 'bulk' FROM tasks`.execute(
-      db,
+      setup,
     );
-    await sql`ANALYZE tasks, task_attempts`.execute(db);
-    await sql`UPDATE tasks SET status = 'processing' WHERE id IN (SELECT id FROM tasks LIMIT 3000)`.execute(db);
+    await sql`ANALYZE tasks, task_attempts`.execute(setup);
+    await sql`
+      UPDATE tasks SET status = 'processing', lease_until = now() + interval '1 minute'
+      WHERE id IN (SELECT id FROM tasks LIMIT 3000)`.execute(setup);
+    pool = createPool(database.url, quietLogger, { max: 1, onConnect: setWorkerSession });
+    db = createDb(pool);
   });
   afterAll(async () => {
+    await db.destroy();
     await database.drop();
   });
 
-  it('starts and finishes attempts by primary key: no table scan, no scan of the running tasks', async () => {
-    const ids = await Promise.all([insertTaskFixture(database.db), insertTaskFixture(database.db)]);
-    const scans = await database.db.transaction().execute(async (trx) => {
+  it('finds each task by primary key when it starts, renews, reports progress and finishes an attempt', async () => {
+    const ids = await Promise.all([insertTaskFixture(db), insertTaskFixture(db)]);
+    const scans = await db.transaction().execute(async (trx) => {
       const starts = ids.map((taskId, n) => ({ taskId, type: 'echo', attempt: 1, externalJobId: `big:${n}` }));
       const started = await startPendingAttempts(trx, starts, 60_000);
+      const renewed = await renewLeases(
+        trx,
+        ids.map((taskId) => ({ taskId, attempt: 1 })),
+        60_000,
+      );
+      await setStep(trx, ids[0]!, 1, 'halfway', 0.5);
       const succeeded = { kind: 'succeeded' as const, result: null };
       const finished = await finishTerminals(
         trx,
@@ -164,9 +183,16 @@ describe('worker writes on a large tasks table', () => {
       const { rows } = await sql<{ tasks: string; attempts: string; lease: string }>`
         SELECT pg_stat_get_xact_numscans('tasks'::regclass) AS tasks,
                pg_stat_get_xact_numscans('task_attempts'::regclass) AS attempts,
-               pg_stat_get_xact_numscans('tasks_processing_lease'::regclass) AS lease`.execute(trx);
-      return { started: started.map((s) => s?.attempt), finished, ...rows[0] };
+               pg_stat_get_xact_numscans('tasks_lease'::regclass) AS lease`.execute(trx);
+      return { started: started.map((s) => s?.attempt), renewed: renewed.length, finished, ...rows[0] };
     });
-    expect(scans).toEqual({ started: [1, 1], finished: [true, true], tasks: '0', attempts: '0', lease: '0' });
+    expect(scans).toEqual({
+      started: [1, 1],
+      renewed: 2,
+      finished: [true, true],
+      tasks: '0',
+      attempts: '0',
+      lease: '0',
+    });
   });
 });

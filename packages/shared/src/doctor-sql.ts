@@ -57,13 +57,17 @@ export async function pendingPublished(db: Db, ms: number): Promise<StuckTasks> 
   return toStuck(rows);
 }
 
-/** Tasks whose current attempt started more than `ms` ago and has not finished (uses tasks_processing_lease). */
+/**
+ * Tasks whose current attempt started more than `ms` ago and has not finished. Every running task has
+ * a lease, and saying so lets Postgres find them through tasks_lease.
+ */
 export async function longProcessing(db: Db, ms: number): Promise<StuckTasks> {
   const { rows } = await sql<StuckRow>`
     SELECT count(*) AS count,
            extract(epoch FROM now() - min(a.started_at))::float8 AS oldest,
            (array_agg(t.id::text ORDER BY a.started_at))[1] AS example
     FROM tasks t JOIN task_attempts a ON a.task_id = t.id AND a.attempt = t.attempts
-    WHERE t.status = 'processing' AND a.started_at < now() - ${ms} * interval '1 millisecond'`.execute(db);
+    WHERE t.lease_until IS NOT NULL AND t.status = 'processing'
+      AND a.started_at < now() - ${ms} * interval '1 millisecond'`.execute(db);
   return toStuck(rows);
 }

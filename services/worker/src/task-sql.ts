@@ -60,10 +60,11 @@ type StartedRow = Omit<LockedTask, 'status' | 'lease_expired'> & { external_job_
  * and a lease, and the attempt gets its row. Answers the tasks as updated (attempts is the new
  * attempt). When two starts name one task only one wins; the answer carries the winner's job id.
  *
- * The batch arrives as typed arrays through unnest, here and in finishTerminals, not as JSON: the
- * planner reads unnest's row count from the arrays, but assumes 100 rows for jsonb_to_recordset, and
- * for 100 rows it joined by scanning whole tables, a cost that grew with every task ever run (one
- * finish with 20 000 tasks: 5.8 ms with two sequential scans, 0.7 ms by key).
+ * The batch arrives as typed arrays through unnest, here and in finishTerminals, not as JSON: for
+ * unnest the planner assumes 10 rows under the worker's generic plans (and reads the arrays when it
+ * has them), but 100 rows for jsonb_to_recordset, and for 100 rows it joined by scanning whole tables,
+ * a cost that grew with every task ever run (one finish with 20 000 tasks: 5.8 ms with two sequential
+ * scans, 0.7 ms by key).
  */
 async function startNextAttempts(db: Db, starts: AttemptStart[], guard: keyof typeof startGuards, leaseMs: number) {
   const { rows } = await sql<StartedRow>`${prepared(`worker_start_${guard}`)}
@@ -234,11 +235,8 @@ interface TerminalFinish {
  * together or not at all, under the same guard as finishWithRetry. Answers, per finish, whether it
  * was written. One round trip for a whole batch instead of four per attempt.
  *
- * `locked` locks each task by primary key, in id order (a fixed lock order keeps two batches from
- * deadlocking), then applies the guard to the locked row. OFFSET 0 keeps the guard out of that lookup:
- * given status = 'processing', the planner may read the partial lease index instead, which it thinks
- * tiny when the last ANALYZE saw no task running, and then scans every running task for each finish
- * (with 3 000 running: 0.45 ms per task instead of 0.01).
+ * `locked` locks each task by primary key, in id order, under the guard: the fixed lock order keeps
+ * two batches from deadlocking.
  */
 export async function finishTerminals(db: Db, finishes: TerminalFinish[]): Promise<boolean[]> {
   const { rows } = await sql<{ id: string; attempts: number }>`${prepared('worker_finish')}
@@ -250,8 +248,9 @@ export async function finishTerminals(db: Db, finishes: TerminalFinish[]): Promi
                              ${finishes.map(errorText)}::text[]) AS u(task_id, attempt, status, result, error)
         ORDER BY task_id
       ) i
-      CROSS JOIN LATERAL (SELECT id, status, attempts FROM tasks WHERE id = i.task_id OFFSET 0 FOR UPDATE) t
-      WHERE t.status = 'processing' AND t.attempts = i.attempt
+      CROSS JOIN LATERAL (
+        SELECT id FROM tasks WHERE id = i.task_id AND status = 'processing' AND attempts = i.attempt FOR UPDATE
+      ) t
     ), finished AS (
       UPDATE tasks t
       SET status = l.status, result = l.result::jsonb, error = l.error::jsonb, lease_until = NULL,
