@@ -56,9 +56,9 @@ type StartedRow = Omit<LockedTask, 'status' | 'lease_expired'> & { external_job_
 
 /**
  * The one statement that starts attempts, for each start whose task the guard matches (startGuards):
- * the task becomes processing with the delivery's external job id
- * and a lease, and the attempt gets its row. Answers the tasks as updated (attempts is the new
- * attempt). When two starts name one task only one wins; the answer carries the winner's job id.
+ * the task becomes processing with the delivery's external job id and a lease, and the attempt gets
+ * its row. Answers the tasks as updated (attempts is the new attempt). When two starts name one task
+ * only one wins; the answer carries the winner's job id.
  *
  * The batch arrives as typed arrays through unnest, here and in finishTerminals, not as JSON: for
  * unnest the planner assumes 10 rows under the worker's generic plans (and reads the arrays when it
