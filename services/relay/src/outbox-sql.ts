@@ -8,10 +8,11 @@ import type { Db, PoolOptions } from '@taskbox/shared';
  * - No bitmap scans: the claim must read the unpublished-rows index with a plain index scan
  *   (claimBatch). The relay's other statements are key lookups or ordered scans that need none.
  * - No wait for the WAL flush at commit: everything the relay writes may be lost to a Postgres crash
- *   (or a failover to a standby) at no cost but a second publish. A lost lease or published mark leaves the row to be published
- *   again, and the worker absorbs the duplicate, as it does when the relay dies between the confirm
- *   and the mark. Nothing is lost: the rows themselves were committed by the api. Measured at 300
- *   tasks/s (six alternating rounds): commit -> worker start p50 17.4 ms against 20.5 ms (medians).
+ *   (or a failover to a standby) at no cost but a second publish. A lost lease or published mark
+ *   leaves the row to be published again, and the worker absorbs the duplicate, as it does when the
+ *   relay dies between the confirm and the mark. Nothing is lost: the rows themselves were committed
+ *   by the api. Measured at 300 tasks/s (six alternating rounds): commit -> worker start p50 17.4 ms
+ *   against 20.5 ms (medians).
  *
  * Settings belong to a session: through a transaction-pooling proxy they would reach other clients'
  * transactions (the api's inserts would stop waiting for the flush), so the relay needs a direct or
