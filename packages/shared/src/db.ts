@@ -11,6 +11,7 @@ import {
   sql,
 } from 'kysely';
 import pg from 'pg';
+import { errorCode } from './errors';
 import type { Logger } from './logger';
 
 // bigint (outbox.id) arrives as a string; keep it a string rather than lose precision.
@@ -149,7 +150,7 @@ function preparingPool(pool: pg.Pool): PostgresPool {
       if (name) {
         // Runs before Kysely, which awaits the same promise and then releases the client.
         result.catch((err: unknown) => {
-          if (stalePreparedCodes.has((err as { code?: unknown }).code as string)) stale = true;
+          if (stalePreparedCodes.has(errorCode(err) ?? '')) stale = true;
         });
       }
       // pg types `command` as any string; Postgres answers Kysely's statements with the ones it lists.

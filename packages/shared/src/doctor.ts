@@ -4,7 +4,7 @@ import type { AmqpNames } from './amqp';
 import { redactUrl } from './config';
 import type { Db } from './db';
 import { longProcessing, pendingPublished, pendingUnpublished, type StuckTasks } from './doctor-sql';
-import { toError } from './errors';
+import { errorCode, toError } from './errors';
 import { createMigrator } from './migrate';
 import { outboxBacklog } from './outbox';
 
@@ -52,7 +52,7 @@ export async function checkDatabase(pool: pg.Pool, url: string): Promise<CheckRe
     const { rows } = await pool.query<{ v: string }>("SELECT current_setting('server_version') AS v");
     return result(name, 'ok', `PostgreSQL ${rows[0]?.v ?? '?'} at ${redactUrl(url)}`);
   } catch (err) {
-    const missing = (err as { code?: string }).code === '3D000';
+    const missing = errorCode(err) === '3D000';
     return result(
       name,
       'fail',

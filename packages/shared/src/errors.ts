@@ -29,8 +29,9 @@ const unavailablePgClasses = new Set(['08', '53']);
 const conflictPgCodes = new Set(['40001', '40P01']);
 const unavailableNodeCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN']);
 
-function errorCode(value: Error): string | undefined {
-  const code = (value as { code?: unknown }).code;
+/** The code a thrown value carries (a SQLSTATE from Postgres, an errno name from Node), if any. */
+export function errorCode(value: unknown): string | undefined {
+  const code = (value as { code?: unknown } | null | undefined)?.code;
   return typeof code === 'string' ? code : undefined;
 }
 

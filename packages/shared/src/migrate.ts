@@ -3,6 +3,7 @@ import path from 'node:path';
 import { FileMigrationProvider, Migrator, type MigrationResultSet } from 'kysely';
 import pg from 'pg';
 import type { Db } from './db';
+import { errorCode } from './errors';
 
 /** Compiled migrations (db/migrations/*.ts built by `npm run build`). */
 export const migrationsDir = path.resolve(__dirname, '../../../db/migrations/dist');
@@ -26,7 +27,7 @@ export async function createDatabaseIfMissing(url: string): Promise<boolean> {
     return true;
   } catch (err) {
     // Two processes racing to create it: the loser sees duplicate_database, which is fine.
-    if ((err as { code?: string }).code === '42P04') return false;
+    if (errorCode(err) === '42P04') return false;
     throw err;
   } finally {
     await client.end();

@@ -1,6 +1,6 @@
 import { STATUS_CODES } from 'node:http';
 import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
-import { isTransientDbError, toError, type Logger } from '@taskbox/shared';
+import { errorCode, isTransientDbError, toError, type Logger } from '@taskbox/shared';
 
 /** An RFC 9457 problem: thrown by routes, rendered by `problemHandler`. */
 export class HttpProblem extends Error {
@@ -49,8 +49,7 @@ const bodyParserProblems: Record<string, [number, string]> = {
  * the detail stays generic because Postgres' message quotes the query's types and values.
  */
 function isDataException(err: unknown): boolean {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' && /^22[0-9A-Z]{3}$/.test(code);
+  return /^22[0-9A-Z]{3}$/.test(errorCode(err) ?? '');
 }
 
 /** Renders every error as problem+json; never leaks a stack trace. */
