@@ -1,5 +1,4 @@
 import { sql } from 'kysely';
-import type pg from 'pg';
 import { createDb, createPool, type Db } from '@taskbox/shared';
 import {
   createAttemptWrites,
@@ -139,7 +138,6 @@ describe('worker writes shared by deliveries in flight together', () => {
 // kept: autovacuum is off), then thousands running. The worker's own session settings apply.
 describe('worker writes on a large tasks table', () => {
   let database: TestDatabase;
-  let pool: pg.Pool;
   let db: Db;
 
   beforeAll(async () => {
@@ -156,8 +154,7 @@ describe('worker writes on a large tasks table', () => {
     await sql`
       UPDATE tasks SET status = 'processing', lease_until = now() + interval '1 minute'
       WHERE id IN (SELECT id FROM tasks LIMIT 3000)`.execute(setup);
-    pool = createPool(database.url, quietLogger, { max: 1, onConnect: setWorkerSession });
-    db = createDb(pool);
+    db = createDb(createPool(database.url, quietLogger, { max: 1, onConnect: setWorkerSession }));
   });
   afterAll(async () => {
     await db.destroy();
