@@ -1,6 +1,7 @@
 // Our api alone, then the whole chain api → relay → worker under a firehose and at paced loads.
 import { readFile } from 'node:fs/promises';
 import amqp from 'amqplib';
+import { cpuMeter } from './lib/cpu.mjs';
 import { amqpUrl, startService } from './lib/env.mjs';
 import { pacedLoad, postLoad, waitForOk, waitUntil } from './lib/load.mjs';
 
@@ -49,15 +50,17 @@ async function phaseStats(pool, phase, expected) {
 
 const triple = ([p50, p95, p99]) => ({ p50, p95, p99 });
 
-async function runPhase({ api, pool, phase, connections, seconds, rate }) {
+async function runPhase({ api, pool, processes, phase, connections, seconds, rate }) {
   // Each phase starts from tables without the previous phases' dead rows, as pgbench vacuums before a
   // run: otherwise autovacuum cleaning up after a heavy phase competes with the next one for the CPU.
   await pool.query('VACUUM (ANALYZE) tasks, task_attempts, outbox');
   const request = { url: `${api.url}/tasks`, body: echo(phase), seconds };
+  const meter = cpuMeter(processes);
   const load = rate ? await pacedLoad({ ...request, rate }) : await postLoad({ ...request, connections });
   const s = await phaseStats(pool, phase, load.ok);
   return {
     load,
+    cpu: meter.stop(s.tasks),
     tasks: s.tasks,
     succeeded: s.succeeded,
     tasksPerSecond: s.tasks / s.span_s,
@@ -116,7 +119,8 @@ export async function measureEndToEnd({ api, db, prefix, connections, seconds, s
   const worker = await startService('worker', { databaseUrl: db.url, prefix, env: serviceEnv.worker });
   await waitForOk(`${relay.url}/readyz`);
   await waitForOk(`${worker.url}/readyz`);
-  const common = { api, pool: db.pool, connections };
+  const processes = { api: api.child, relay: relay.child, worker: worker.child };
+  const common = { api, pool: db.pool, processes, connections };
   await runPhase({ ...common, phase: 'e2e-warmup', seconds: 2 });
   const firehose = await runPhase({ ...common, phase: 'e2e-firehose', seconds });
   const search = await findSustainedMax(common, firehose.tasksPerSecond, seconds);

@@ -76,6 +76,36 @@ function e2eSection({ e2e }) {
   ];
 }
 
+function cpuSection({ e2e, brokerFloor, machine }) {
+  const levels = [
+    [`max sustained (${n(e2e.max.rate)}/s)`, e2e.max],
+    ...e2e.levels.map((l) => [`${l.fraction * 100} % (${n(l.targetRate)}/s)`, l]),
+  ];
+  const parts = ['api', 'relay', 'worker', 'postgres', 'rabbitmq', 'load', 'machine'];
+  const rows = levels.map(([label, l]) => [
+    label,
+    n(l.tasksPerSecond),
+    ...parts.map((p) => ms(l.cpu.msPerTask[p])),
+    n(l.cpu.busyCores, 2),
+  ]);
+  const { cpu } = brokerFloor;
+  const budget = (machine.cpus * 1000) / cpu.rate;
+  return [
+    '## Where the CPU goes: ms of CPU per task, by process',
+    '',
+    ...table(
+      ['load', 'tasks/s', 'api', 'relay', 'worker', 'postgres', 'rabbitmq', 'load generator', 'machine', 'busy cores'],
+      rows,
+    ),
+    '',
+    `At ${n(cpu.rate)} tasks/s, ${machine.cpus} cores leave **${ms(budget)} ms** of CPU per task for everything on the machine. ` +
+      `RabbitMQ alone, passing ${n(cpu.rate)} persistent messages/s through a quorum queue with confirms and acks and nothing else, ` +
+      `used **${n(cpu.msPerMessage.rabbitmq, 2)} ms** per message, and its bare amqplib client ${n(cpu.msPerMessage.client, 2)} ms. ` +
+      '"machine" is every core\'s busy time, whatever ran it; the load generator is this benchmark process.',
+    '',
+  ];
+}
+
 function floorSection({ brokerFloor }) {
   const row = (name, f) => [
     name,
@@ -178,6 +208,7 @@ export function renderMarkdown(r) {
     ...apiSection(r),
     ...floorSection(r),
     ...e2eSection(r),
+    ...cpuSection(r),
     ...relaySection(r),
     ...naiveSection(r),
     ...scaleSection(r),
