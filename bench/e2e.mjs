@@ -113,7 +113,9 @@ async function findSustainedMax(common, guess, seconds) {
   return { best, tried };
 }
 
-/** The firehose, the sustained maximum, then 25, 50 and 90 % of it, evenly paced. */
+const TRICKLE_RATE = 10;
+
+/** The firehose, the sustained maximum, then 25, 50 and 90 % of it and a trickle, evenly paced. */
 export async function measureEndToEnd({ api, db, prefix, connections, seconds, serviceEnv }) {
   const relay = await startService('relay', { databaseUrl: db.url, prefix, env: serviceEnv.relay });
   const worker = await startService('worker', { databaseUrl: db.url, prefix, env: serviceEnv.worker });
@@ -131,8 +133,10 @@ export async function measureEndToEnd({ api, db, prefix, connections, seconds, s
     const result = await runPhase({ ...common, phase: `e2e-${fraction * 100}`, seconds, rate });
     levels.push({ fraction, targetRate: rate, ...result });
   }
+  // A trickle: each task alone on an idle chain, which shows the latency before any load adds to it.
+  const trickle = await runPhase({ ...common, phase: 'e2e-trickle', seconds, rate: TRICKLE_RATE });
   const notFound = await workerNotFound(worker, prefix);
   await worker.stop();
   await relay.stop();
-  return { firehose, search: search.tried, max, levels, notFound };
+  return { firehose, search: search.tried, max, levels, trickle, notFound };
 }

@@ -39,6 +39,7 @@ function e2eSection({ e2e }) {
     ['firehose (closed-loop)', e2e.firehose],
     ...e2e.search.map((t) => [`paced ${n(t.rate)}/s: ${t.sustained ? 'sustained' : 'fell behind'}`, t]),
     ...e2e.levels.map((l) => [`${l.fraction * 100} % of max (${n(l.targetRate)}/s)`, l]),
+    [`trickle (${n(e2e.trickle.load.targetRate)}/s)`, e2e.trickle],
   ];
   const rows = phases.map(([label, l]) => [
     label,
@@ -67,7 +68,7 @@ function e2eSection({ e2e }) {
       rows,
     ),
     '',
-    'Target at 50 %: commit → start p50 ≤ 5 ms, p99 ≤ 25 ms. "Marked published" is after the broker\'s confirm, so the worker often starts first.',
+    'Target at 50 %: commit → start p50 ≤ 5 ms, p99 ≤ 25 ms. The trickle sends each task alone to an idle chain: its latency is what the chain takes with no load at all. "Marked published" is after the broker\'s confirm, so the worker often starts first.',
     '',
     `Worker deliveries that found no task: ${e2e.notFound.unknownTaskLogged} logged, ${e2e.notFound.deadLettered} dead-lettered (must be 0).`,
     '',
@@ -80,6 +81,7 @@ function cpuSection({ e2e, brokerFloor, machine }) {
   const levels = [
     [`max sustained (${n(e2e.max.rate)}/s)`, e2e.max],
     ...e2e.levels.map((l) => [`${l.fraction * 100} % (${n(l.targetRate)}/s)`, l]),
+    [`trickle (${n(e2e.trickle.load.targetRate)}/s)`, e2e.trickle],
   ];
   const parts = ['api', 'relay', 'worker', 'postgres', 'rabbitmq', 'load', 'machine'];
   const rows = levels.map(([label, l]) => [
