@@ -1,4 +1,4 @@
-import { createPool } from '@taskbox/shared';
+import { bestEffortSettings, createPool } from '@taskbox/shared';
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 
 describe('createPool', () => {
@@ -43,6 +43,27 @@ describe('createPool', () => {
       expect(rows[0]!.enable_bitmapscan).toBe('off');
       expect(calls).toBe(2);
     } finally {
+      await pool.end();
+    }
+  });
+
+  it('uses the connection without best-effort settings that fail, and warns', async () => {
+    const warn = jest.spyOn(quietLogger, 'warn');
+    const pool = createPool(database.url, quietLogger, {
+      max: 1,
+      onConnect: bestEffortSettings(async (client) => {
+        await client.query('SET no_such_setting = 1');
+      }, quietLogger),
+    });
+    try {
+      const { rows } = await pool.query<{ one: number }>('SELECT 1 AS one');
+      expect(rows[0]!.one).toBe(1);
+      expect(warn).toHaveBeenCalledWith(
+        'could not apply the session settings; going on without them',
+        expect.objectContaining({ error: expect.stringMatching(/no_such_setting/) }),
+      );
+    } finally {
+      warn.mockRestore();
       await pool.end();
     }
   });

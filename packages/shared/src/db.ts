@@ -11,7 +11,7 @@ import {
   sql,
 } from 'kysely';
 import pg from 'pg';
-import { errorCode } from './errors';
+import { errorCode, toError } from './errors';
 import type { Logger } from './logger';
 
 // bigint (outbox.id) arrives as a string; keep it a string rather than lose precision.
@@ -84,6 +84,22 @@ export interface PoolOptions {
   connectionTimeoutMillis?: number;
   /** Runs on each new connection before any query may use it (session settings). */
   onConnect?: (client: pg.ClientBase) => Promise<void>;
+}
+
+/**
+ * Session settings that only tune performance (the relay's and the worker's), as an onConnect: when
+ * they fail, the connection is used without them and a warning says so, instead of every query on a
+ * new connection failing.
+ */
+export function bestEffortSettings(
+  apply: NonNullable<PoolOptions['onConnect']>,
+  logger: Logger,
+): NonNullable<PoolOptions['onConnect']> {
+  return async (client) => {
+    await apply(client).catch((err: unknown) => {
+      logger.warn('could not apply the session settings; going on without them', { error: toError(err).message });
+    });
+  };
 }
 
 /** A pool whose idle-client errors (a restarted server) are logged instead of crashing the process. */

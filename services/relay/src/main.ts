@@ -1,5 +1,6 @@
 import {
   amqpNames,
+  bestEffortSettings,
   connectAmqp,
   createDb,
   createLogger,
@@ -22,11 +23,7 @@ async function main(): Promise<void> {
   const logger = createLogger('relay', config);
   const pool = createPool(config.DATABASE_URL, logger, {
     max: 4,
-    onConnect: async (client) => {
-      await setRelaySession(client).catch((err: unknown) => {
-        logger.warn('could not apply the relay session settings', { error: toError(err).message });
-      });
-    },
+    onConnect: bestEffortSettings(setRelaySession, logger),
   });
   const db = createDb(pool);
   const metrics = createRelayMetrics(db);

@@ -1,6 +1,7 @@
 import { setMaxListeners } from 'node:events';
 import {
   amqpNames,
+  bestEffortSettings,
   connectAmqp,
   createDb,
   createLogger,
@@ -25,11 +26,7 @@ async function main(): Promise<void> {
   // Each delivery in flight uses at most one connection at a time; a few more for heartbeats and sweeps.
   const pool = createPool(config.DATABASE_URL, logger, {
     max: Math.min(config.WORKER_PREFETCH, config.PG_POOL_SIZE) + 2,
-    onConnect: async (client) => {
-      await setWorkerSession(client).catch((err: unknown) => {
-        logger.warn('could not turn on generic plans for the worker', { error: toError(err).message });
-      });
-    },
+    onConnect: bestEffortSettings(setWorkerSession, logger),
   });
   const db = createDb(pool);
   const metrics = createWorkerMetrics(db);
