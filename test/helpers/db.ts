@@ -38,7 +38,7 @@ export async function createTestDatabase(): Promise<TestDatabase> {
   await admin((c) => c.query(`CREATE DATABASE ${name} TEMPLATE ${process.env.TASKBOX_TEST_TEMPLATE_DB}`));
   const url = new URL(adminUrl());
   url.pathname = `/${name}`;
-  const pool = createPool(url.toString(), quietLogger, { max: 10 });
+  const pool = createPool(url.toString(), quietLogger, { max: 10, statementTimeoutMs: 10_000 });
   const db = createDb(pool);
   return {
     url: url.toString(),

@@ -229,6 +229,7 @@ describe('api: readiness', () => {
     // Port 1 on loopback: nothing listens there, so connecting is refused at once.
     const pool = createPool('postgres://postgres@127.0.0.1:1/none', quietLogger, {
       max: 2,
+      statementTimeoutMs: 10_000,
       connectionTimeoutMillis: 1000,
     });
     const api = await startTestApi({ pool, db: createDb(pool) });

@@ -154,7 +154,9 @@ describe('worker writes on a large tasks table', () => {
     await sql`
       UPDATE tasks SET status = 'processing', lease_until = now() + interval '1 minute'
       WHERE id IN (SELECT id FROM tasks LIMIT 3000)`.execute(setup);
-    db = createDb(createPool(database.url, quietLogger, { max: 1, onConnect: setWorkerSession }));
+    db = createDb(
+      createPool(database.url, quietLogger, { max: 1, statementTimeoutMs: 10_000, onConnect: setWorkerSession }),
+    );
   });
   afterAll(async () => {
     await db.destroy();

@@ -14,6 +14,7 @@ describe('createPool', () => {
   it('applies session settings from onConnect before the first query on each new connection', async () => {
     const pool = createPool(database.url, quietLogger, {
       max: 4,
+      statementTimeoutMs: 10_000,
       onConnect: async (client) => {
         await client.query('SET enable_bitmapscan = off');
       },
@@ -32,6 +33,7 @@ describe('createPool', () => {
     let calls = 0;
     const pool = createPool(database.url, quietLogger, {
       max: 1,
+      statementTimeoutMs: 10_000,
       onConnect: async (client) => {
         calls++;
         await client.query(calls === 1 ? 'SET no_such_setting = 1' : 'SET enable_bitmapscan = off');
@@ -51,6 +53,7 @@ describe('createPool', () => {
     const warn = jest.spyOn(quietLogger, 'warn');
     const pool = createPool(database.url, quietLogger, {
       max: 1,
+      statementTimeoutMs: 10_000,
       onConnect: bestEffortSettings(async (client) => {
         await client.query('SET no_such_setting = 1');
       }, quietLogger),

@@ -30,7 +30,7 @@ describe('statements prepared once per connection', () => {
   });
 
   const connect = (onConnect?: PoolOptions['onConnect']) => {
-    pool = createPool(database.url, quietLogger, { max: 1, onConnect });
+    pool = createPool(database.url, quietLogger, { max: 1, statementTimeoutMs: 10_000, onConnect });
     db = createDb(pool);
   };
   /** This connection's prepared statements: how often each was planned for its parameters (custom) or not. */

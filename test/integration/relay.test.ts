@@ -130,7 +130,11 @@ describe('relay', () => {
   });
 
   it("keeps bitmap scans off the claim and does not wait for the WAL flush on the relay's connections", async () => {
-    const pool = createPool(database.url, quietLogger, { max: 1, onConnect: setRelaySession });
+    const pool = createPool(database.url, quietLogger, {
+      max: 1,
+      statementTimeoutMs: 10_000,
+      onConnect: setRelaySession,
+    });
     try {
       const { rows } = await pool.query<{ bitmap: string; sync: string }>(
         "SELECT current_setting('enable_bitmapscan') AS bitmap, current_setting('synchronous_commit') AS sync",

@@ -1,4 +1,4 @@
-import { createBatcher } from '@taskbox/shared';
+import { OverloadedError, createBatcher } from '@taskbox/shared';
 
 /** A `run` whose calls stay open until the test releases them, recording what each call got. */
 function controlledRun(fail: (items: number[]) => boolean = () => false) {
@@ -91,5 +91,37 @@ describe('createBatcher', () => {
       'bad batch 2,3',
     ]);
     expect(calls).toHaveLength(2);
+  });
+
+  it('refuses an item at once when maxQueue items already wait, and never sends it', async () => {
+    const { run, calls } = controlledRun();
+    const submit = createBatcher(run, { maxSize: 10, concurrency: 1, isolate: () => true, maxQueue: 2 });
+    const inFlight = submit(1);
+    const waiting = [submit(2), submit(3)];
+    await expect(submit(4)).rejects.toBeInstanceOf(OverloadedError);
+    await flush();
+    calls[0]!.release();
+    await inFlight;
+    await flush();
+    calls[1]!.release();
+    await expect(Promise.all(waiting)).resolves.toEqual(['r2', 'r3']);
+    expect(calls.map((c) => c.items)).toEqual([[1], [2, 3]]);
+  });
+
+  it('refuses items that waited maxWaitMs for a slot before they are sent, and sends the ones that arrive later', async () => {
+    const { run, calls } = controlledRun();
+    const submit = createBatcher(run, { maxSize: 10, concurrency: 1, isolate: () => true, maxWaitMs: 50 });
+    const inFlight = submit(1);
+    const early = Promise.allSettled([submit(2), submit(3)]);
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    const late = submit(4);
+    const outcomes = await early;
+    expect(outcomes.map((o) => o.status === 'rejected' && o.reason instanceof OverloadedError)).toEqual([true, true]);
+    calls[0]!.release();
+    await inFlight;
+    await flush();
+    calls[1]!.release();
+    await expect(late).resolves.toBe('r4');
+    expect(calls.map((c) => c.items)).toEqual([[1], [4]]);
   });
 });

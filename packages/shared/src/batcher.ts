@@ -1,3 +1,5 @@
+import { OverloadedError } from './errors';
+
 export interface BatcherOptions {
   /** Most items one call of `run` gets. */
   maxSize: number;
@@ -9,6 +11,10 @@ export interface BatcherOptions {
    * whole batch at once, and each caller retries or answers as it would for a single item.
    */
   isolate: (err: unknown) => boolean;
+  /** Most items waiting for a slot; one more is refused at once with an OverloadedError. */
+  maxQueue?: number;
+  /** Longest an item waits for a slot; past it the item is refused with an OverloadedError, unsent. */
+  maxWaitMs?: number;
 }
 
 /**
@@ -21,6 +27,11 @@ export interface BatcherOptions {
  *
  * If a batch fails with an error `isolate` accepts, its items run again one after another in the same
  * slot, so that one bad item (a value Postgres refuses) fails only its own caller, with its own error.
+ *
+ * The queue is bounded in length (maxQueue) and in time (maxWaitMs): when every slot is held (by a
+ * locked table, say) waiting callers are refused with an OverloadedError before their item is sent,
+ * so a refusal never hides a write. An item already sent waits for its statement, which the pool's
+ * statement timeout bounds.
  */
 export function createBatcher<I, O>(
   run: (items: I[]) => Promise<O[]>,
@@ -30,9 +41,13 @@ export function createBatcher<I, O>(
     item: I;
     resolve: (result: O) => void;
     reject: (err: unknown) => void;
+    deadline: number;
   }
   const queue: Waiting[] = [];
+  const maxQueue = options.maxQueue ?? Infinity;
+  const maxWaitMs = options.maxWaitMs ?? Infinity;
   let inFlight = 0;
+  let expiry: NodeJS.Timeout | null = null;
 
   async function settle(batch: Waiting[]): Promise<void> {
     const results = await run(batch.map((w) => w.item));
@@ -54,6 +69,20 @@ export function createBatcher<I, O>(
     }
   }
 
+  /** Refuses the items whose wait ran out; the queue is in arrival order, so they are at its head. */
+  function expire(): void {
+    expiry = null;
+    const now = Date.now();
+    while (queue.length > 0 && (queue[0] as Waiting).deadline <= now) {
+      (queue.shift() as Waiting).reject(new OverloadedError(`waited ${maxWaitMs} ms for a free database slot`));
+    }
+    const head = queue[0];
+    if (head && maxWaitMs !== Infinity) {
+      expiry = setTimeout(expire, head.deadline - now);
+      expiry.unref();
+    }
+  }
+
   function dispatch(): void {
     while (inFlight < options.concurrency && queue.length > 0) {
       inFlight++;
@@ -62,11 +91,16 @@ export function createBatcher<I, O>(
         dispatch();
       });
     }
+    if (queue.length > 0 && !expiry && maxWaitMs !== Infinity) expire();
   }
 
   return (item) =>
     new Promise<O>((resolve, reject) => {
-      queue.push({ item, resolve, reject });
+      if (queue.length >= maxQueue) {
+        reject(new OverloadedError(`${queue.length} requests are already waiting for the database`));
+        return;
+      }
+      queue.push({ item, resolve, reject, deadline: Date.now() + maxWaitMs });
       dispatch();
     });
 }

@@ -41,6 +41,9 @@ export const configSchema = z.object({
     .regex(/^\d+(b|kb|mb)$/i, 'a size such as 64kb')
     .default('64kb'),
   PG_POOL_SIZE: positiveInt.default(10),
+  // Every statement of every service is cut after this (a held lock, an overloaded server); the api
+  // then answers 503 and the worker holds its delivery.
+  DB_STATEMENT_TIMEOUT_MS: positiveInt.default(5000),
   RELAY_BATCH_SIZE: positiveInt.max(10_000).default(200),
   RELAY_POLL_MS: positiveInt.default(1000),
   RELAY_CONFIRM_TIMEOUT_MS: positiveInt.default(10_000),

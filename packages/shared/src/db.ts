@@ -80,11 +80,20 @@ export type Db = Kysely<Database>;
 
 export interface PoolOptions {
   max: number;
+  /**
+   * How long a statement may run on the server (DB_STATEMENT_TIMEOUT_MS): a held lock or an overloaded
+   * server then fails the statement with 57014 instead of holding its caller. 0 turns it off (migrate).
+   */
+  statementTimeoutMs: number;
   /** How long a query may wait for a connection before it fails (and the api answers 503). */
   connectionTimeoutMillis?: number;
   /** Runs on each new connection before any query may use it (session settings). */
   onConnect?: (client: pg.ClientBase) => Promise<void>;
 }
+
+// Past the statement timeout, the server has answered unless it cannot be reached: a connection that
+// went silent (half-open TCP, a blackholed route) gets this much longer before pg gives up on it.
+const QUERY_TIMEOUT_MARGIN_MS = 1000;
 
 /**
  * Session settings that only tune performance (the relay's and the worker's), as an onConnect: when
@@ -102,13 +111,27 @@ export function bestEffortSettings(
   };
 }
 
-/** A pool whose idle-client errors (a restarted server) are logged instead of crashing the process. */
+/**
+ * A pool whose idle-client errors (a restarted server) are logged instead of crashing the process, and
+ * whose every wait is bounded: the statement timeout on the server; pg's client-side query_timeout a
+ * little later, for a server that never answers; and idle_in_transaction_session_timeout, so a client
+ * that vanished inside a transaction does not hold its row locks until TCP gives up on it.
+ */
 export function createPool(url: string, logger: Logger, options: PoolOptions): pg.Pool {
+  const timeout = options.statementTimeoutMs;
   const pool = new pg.Pool({
     connectionString: url,
     max: options.max,
     connectionTimeoutMillis: options.connectionTimeoutMillis ?? 5000,
     idleTimeoutMillis: 30_000,
+    keepAlive: true,
+    ...(timeout > 0
+      ? {
+          statement_timeout: timeout,
+          query_timeout: timeout + QUERY_TIMEOUT_MARGIN_MS,
+          idle_in_transaction_session_timeout: timeout * 2,
+        }
+      : {}),
     onConnect: options.onConnect,
   });
   pool.on('error', (err) => logger.warn('idle postgres connection failed', { error: err.message }));
@@ -148,11 +171,21 @@ const preparedName = /^\/\* prepared (\w+) \*\//;
  */
 const stalePreparedCodes = new Set(['0A000', '26000']);
 
+/**
+ * Whether the connection that ran a failed query must be closed rather than reused: its copy of a
+ * named statement is stale, or pg's query_timeout gave up on a server that never answered (pg leaves
+ * that query in flight on the connection, so every later query on it would wait behind it).
+ */
+function spoilsConnection(err: unknown, named: boolean): boolean {
+  if (named && stalePreparedCodes.has(errorCode(err) ?? '')) return true;
+  return toError(err).message === 'Query read timeout';
+}
+
 /** The pool as Kysely sees it: a statement marked by prepared() goes out as a named statement. */
 function preparingPool(pool: pg.Pool): PostgresPool {
   const clients = new WeakMap<pg.PoolClient, PostgresPoolClient>();
   const wrap = (client: pg.PoolClient): PostgresPoolClient => {
-    let stale = false;
+    let spoiled = false;
     function query<R>(text: string, values: readonly unknown[]): Promise<PostgresQueryResult<R>>;
     function query<R>(cursor: PostgresCursor<R>): PostgresCursor<R>;
     function query(
@@ -163,16 +196,14 @@ function preparingPool(pool: pg.Pool): PostgresPool {
       if (typeof text !== 'string') throw new Error('cursors are not supported');
       const name = preparedName.exec(text)?.[1];
       const result = client.query({ name, text, values: [...values] });
-      if (name) {
-        // Runs before Kysely, which awaits the same promise and then releases the client.
-        result.catch((err: unknown) => {
-          if (stalePreparedCodes.has(errorCode(err) ?? '')) stale = true;
-        });
-      }
+      // Runs before Kysely, which awaits the same promise and then releases the client.
+      result.catch((err: unknown) => {
+        if (spoilsConnection(err, name !== undefined)) spoiled = true;
+      });
       // pg types `command` as any string; Postgres answers Kysely's statements with the ones it lists.
       return result as Promise<PostgresQueryResult<unknown>>;
     }
-    return { query, release: () => client.release(stale) };
+    return { query, release: () => client.release(spoiled) };
   };
   return {
     async connect() {

@@ -78,7 +78,11 @@ async function main(): Promise<number> {
   const prefix = config.AMQP_PREFIX ? ` (AMQP_PREFIX ${config.AMQP_PREFIX})` : '';
   process.stdout.write(`taskbox doctor: ${redactUrl(config.DATABASE_URL)}, ${redactUrl(config.AMQP_URL)}${prefix}\n\n`);
 
-  const pool = createPool(config.DATABASE_URL, logger, { max: 2, connectionTimeoutMillis: 3000 });
+  const pool = createPool(config.DATABASE_URL, logger, {
+    max: 2,
+    connectionTimeoutMillis: 3000,
+    statementTimeoutMs: config.DB_STATEMENT_TIMEOUT_MS,
+  });
   const results = [await checkDatabase(pool, config.DATABASE_URL)];
   const db = results[0]?.status === 'ok' ? createDb(pool) : null;
   const { schema, flow } = steps(config);

@@ -14,6 +14,11 @@ export function toError(value: unknown): Error {
   return new Error(typeof value === 'string' ? value : JSON.stringify(value));
 }
 
+/** Work refused before it was started, because too much is already waiting: retry later. */
+export class OverloadedError extends Error {
+  override name = 'OverloadedError';
+}
+
 /** The JSON stored in tasks.error and task_attempts.error. */
 export function errorJson(value: unknown): { name: string; message: string } {
   const err = toError(value);
@@ -22,9 +27,13 @@ export function errorJson(value: unknown): { name: string; message: string } {
 
 // SQLSTATE classes and codes that mean "try again later", not "your request is wrong":
 // 08 connection exception, 53 insufficient resources, 57P01-57P03 admin shutdown / crash shutdown /
-// cannot connect now (the database is unavailable); 40001 serialization failure, 40P01 deadlock (this
-// statement lost a conflict with another).
-const unavailablePgCodes = new Set(['57P01', '57P02', '57P03']);
+// cannot connect now (the database is unavailable); 25006 read-only transaction (the server is a
+// standby, as after a failover until the services reach the new primary); 57014 query canceled
+// (DB_STATEMENT_TIMEOUT_MS ran out, as behind a held lock); 55P03 lock not available (lock_timeout);
+// 54000 program limit exceeded, only with a full NOTIFY queue ("too many notifications"): the same
+// code also refuses a value that is too large, which no retry fixes. 40001 serialization failure,
+// 40P01 deadlock: this statement lost a conflict with another.
+const unavailablePgCodes = new Set(['57P01', '57P02', '57P03', '25006', '57014', '55P03']);
 const unavailablePgClasses = new Set(['08', '53']);
 const conflictPgCodes = new Set(['40001', '40P01']);
 const unavailableNodeCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN']);
@@ -42,8 +51,10 @@ export function isDbUnavailable(value: unknown): boolean {
   if (code !== undefined) {
     if (unavailablePgCodes.has(code) || unavailableNodeCodes.has(code)) return true;
     if (code.length === 5 && unavailablePgClasses.has(code.slice(0, 2))) return true;
+    if (code === '54000' && /notification/i.test(value.message)) return true;
   }
-  return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(
+  // 'Query read timeout': pg's query_timeout, when the server never answered (createPool).
+  return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Query read timeout/i.test(
     value.message,
   );
 }

@@ -9,7 +9,8 @@ async function main(): Promise<void> {
   const logger = createLogger('migrate', config);
   const url = redactUrl(config.DATABASE_URL);
   if (await createDatabaseIfMissing(config.DATABASE_URL)) logger.info('created database', { url });
-  const pool = createPool(config.DATABASE_URL, logger, { max: 1 });
+  // No statement timeout: a migration may build an index for minutes, and no request waits on it.
+  const pool = createPool(config.DATABASE_URL, logger, { max: 1, statementTimeoutMs: 0 });
   const db = createDb(pool);
   const { error, results } = await migrateToLatest(db);
   for (const r of results ?? []) logger.info(`migration ${r.status.toLowerCase()}`, { migration: r.migrationName });

@@ -1,6 +1,6 @@
 import { STATUS_CODES } from 'node:http';
 import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
-import { errorCode, isTransientDbError, toError, type Logger } from '@taskbox/shared';
+import { OverloadedError, errorCode, isTransientDbError, toError, type Logger } from '@taskbox/shared';
 
 /** An RFC 9457 problem: thrown by routes, rendered by `problemHandler`. */
 export class HttpProblem extends Error {
@@ -66,13 +66,15 @@ export function problemHandler(logger: Logger): ErrorRequestHandler {
       return sendProblem(res, new HttpProblem(status, STATUS_CODES[status] ?? 'Bad Request', toError(err).message));
     }
     const log = { requestId: res.locals.requestId as string, method: req.method, path: req.path };
-    if (isTransientDbError(err)) {
-      logger.warn('database unavailable', { ...log, error: toError(err).message });
+    if (isTransientDbError(err) || err instanceof OverloadedError) {
+      const overloaded = err instanceof OverloadedError;
+      logger.warn(overloaded ? 'request refused: too many waiting' : 'database unavailable', {
+        ...log,
+        error: toError(err).message,
+      });
       res.setHeader('Retry-After', '2');
-      return sendProblem(
-        res,
-        new HttpProblem(503, 'Service Unavailable', 'the database is unavailable; retry shortly'),
-      );
+      const detail = overloaded ? 'too many requests are waiting for the database' : 'the database is unavailable';
+      return sendProblem(res, new HttpProblem(503, 'Service Unavailable', `${detail}; retry shortly`));
     }
     if (isDataException(err)) {
       logger.warn('database refused a value from the request', { ...log, error: toError(err).message });

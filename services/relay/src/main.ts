@@ -23,6 +23,7 @@ async function main(): Promise<void> {
   const logger = createLogger('relay', config);
   const pool = createPool(config.DATABASE_URL, logger, {
     max: 4,
+    statementTimeoutMs: config.DB_STATEMENT_TIMEOUT_MS,
     onConnect: bestEffortSettings(setRelaySession, logger),
   });
   const db = createDb(pool);

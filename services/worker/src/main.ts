@@ -26,6 +26,7 @@ async function main(): Promise<void> {
   // Each delivery in flight uses at most one connection at a time; a few more for heartbeats and sweeps.
   const pool = createPool(config.DATABASE_URL, logger, {
     max: Math.min(config.WORKER_PREFETCH, config.PG_POOL_SIZE) + 2,
+    statementTimeoutMs: config.DB_STATEMENT_TIMEOUT_MS,
     onConnect: bestEffortSettings(setWorkerSession, logger),
   });
   const db = createDb(pool);

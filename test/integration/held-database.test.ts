@@ -1,0 +1,113 @@
+import { isDbUnavailable, isTransientDbError } from '@taskbox/shared';
+import pg from 'pg';
+import { startSystem, type System } from '../helpers/system';
+
+/**
+ * Postgres that holds its callers instead of refusing them: a table locked by another session, a
+ * statement that runs too long, a read-only server. The api must answer 503 with Retry-After within
+ * 12 s and write nothing, with its default settings.
+ */
+describe('a database that holds requests', () => {
+  let system: System;
+  let api: string;
+
+  beforeAll(async () => {
+    system = await startSystem();
+    const service = await system.start('api');
+    api = `http://127.0.0.1:${await service.port()}`;
+  });
+  afterAll(async () => {
+    await system.stop();
+  });
+
+  async function withLockedTasks<T>(work: () => Promise<T>): Promise<T> {
+    const locker = new pg.Client({ connectionString: system.database.url });
+    await locker.connect();
+    try {
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE tasks');
+      return await work();
+    } finally {
+      await locker.query('ROLLBACK');
+      await locker.end();
+    }
+  }
+
+  it('answers every POST and GET 503 with Retry-After within 12 s while tasks is locked, and writes nothing', async () => {
+    const post = (i: number) =>
+      fetch(`${api}/tasks`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ type: 'echo', payload: { i } }),
+      });
+    const started = Date.now();
+    const answers = await withLockedTasks(async () => {
+      const responses = await Promise.all([
+        ...Array.from({ length: 40 }, (_, i) => post(i)),
+        fetch(`${api}/tasks/00000000-0000-4000-8000-000000000000`),
+      ]);
+      return Promise.all(
+        responses.map(async (res) => ({
+          status: res.status,
+          type: res.headers.get('content-type'),
+          retryAfter: res.headers.get('retry-after'),
+          ms: Date.now() - started,
+        })),
+      );
+    });
+    console.log(`held lock: slowest 503 after ${Math.max(...answers.map((a) => a.ms))} ms`);
+    for (const a of answers) {
+      expect(a).toMatchObject({ status: 503, retryAfter: expect.stringMatching(/^\d+$/) });
+      expect(a.type).toMatch(/^application\/problem\+json/);
+      expect(a.ms).toBeLessThan(12_000);
+    }
+    const stored = await system.database.db.selectFrom('tasks').select('id').execute();
+    expect(stored).toEqual([]);
+    expect((await post(0)).status).toBe(202);
+  }, 30_000);
+
+  it('classes a statement timeout, a lock not available and a read-only server as "database unavailable"', async () => {
+    const client = new pg.Client({ connectionString: system.database.url });
+    await client.connect();
+    const failure = (text: string) =>
+      client.query(text).then(
+        () => null,
+        (err: unknown) => err,
+      );
+    try {
+      await client.query("SET statement_timeout = '50ms'");
+      const timeout = await failure('SELECT pg_sleep(1)');
+      await client.query('RESET statement_timeout');
+      await client.query('SET default_transaction_read_only = on');
+      const readOnly = await failure(
+        "INSERT INTO tasks (id, type, payload, owner) VALUES (gen_random_uuid(), 'echo', '{}', 'x')",
+      );
+      await client.query('RESET default_transaction_read_only');
+      await client.query("SET lock_timeout = '50ms'");
+      const lockNotAvailable = await withLockedTasks(() => failure('SELECT count(*) FROM tasks'));
+      expect([timeout, readOnly, lockNotAvailable].map((e) => (e as { code?: string }).code)).toEqual([
+        '57014',
+        '25006',
+        '55P03',
+      ]);
+      for (const err of [timeout, readOnly, lockNotAvailable]) {
+        expect(isDbUnavailable(err)).toBe(true);
+        expect(isTransientDbError(err)).toBe(true);
+      }
+    } finally {
+      await client.end();
+    }
+  });
+
+  it('classes a full NOTIFY queue as unavailable but not a value over a size limit, which shares its SQLSTATE', async () => {
+    const tooLarge = await system.database.pool.query('SELECT array_fill(1, ARRAY[200000000])').then(
+      () => null,
+      (err: unknown) => err,
+    );
+    expect(tooLarge).toMatchObject({ code: '54000' });
+    expect(isTransientDbError(tooLarge)).toBe(false);
+    // Filling the real queue takes 8 GB; this is the error Postgres raises then (async.c).
+    const fullQueue = Object.assign(new Error('too many notifications in the NOTIFY queue'), { code: '54000' });
+    expect(isDbUnavailable(fullQueue)).toBe(true);
+  });
+});
