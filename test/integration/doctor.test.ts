@@ -127,6 +127,17 @@ describe('npm run doctor says where the chain is broken', () => {
     await waitFor('the sleep to finish', async () => (await taskStatus(id)) === 'succeeded');
   });
 
+  it('warns when the relay republished stranded tasks in the last day, naming the latest', async () => {
+    const id = await submit('echo', { republished: true });
+    await waitFor('the task to succeed', async () => (await taskStatus(id)) === 'succeeded');
+    await sql`UPDATE tasks SET republished_at = now() - interval '2 minutes' WHERE id = ${id}`.execute(database.db);
+    const run = await doctor();
+    expect(run.status(c.republished)).toBe('warn');
+    expect(run.line(c.republished)).toMatch(new RegExp(`1 in the last 24h, latest 2m ago \\(task ${id}\\)`));
+    expect(run.code).toBe(0);
+    await sql`UPDATE tasks SET republished_at = NULL WHERE id = ${id}`.execute(database.db);
+  });
+
   it('warns about dead letters waiting', async () => {
     const connection = await amqp.connect(amqpUrl());
     try {

@@ -36,7 +36,7 @@ describe('delivery guarantees with the services as separate processes', () => {
 
     // The dying relay: claims, publishes, gets the confirms, and never marks.
     const publisher = createPublisher(amqpNames(system.prefix), 5000, quietLogger);
-    const connection = await connectAmqp(amqpUrl(), quietLogger, (m) => publisher.setup(m));
+    const connection = await connectAmqp(amqpUrl(), quietLogger, publisher.setup);
     await waitFor('publisher ready', () => publisher.ready());
     const claimed = await claimBatch(system.database.db, 100, 900);
     expect((await publisher.publishBatch(claimed)).published).toHaveLength(20);

@@ -50,8 +50,8 @@ describe('relay', () => {
   ): Promise<{ loop: RelayLoop; publisher: Publisher }> {
     const publisher = createPublisher(amqpNames(prefix), 5000, quietLogger);
     const loop = createLoop(publisher, options);
-    const connection = await connectAmqp(amqpUrl(), quietLogger, async (model) => {
-      await publisher.setup(model);
+    const connection = await connectAmqp(amqpUrl(), quietLogger, async (model, rebuild) => {
+      await publisher.setup(model, rebuild);
       loop.wake();
     });
     connections.push(connection);

@@ -38,7 +38,7 @@ describe('worker', () => {
       },
       quietLogger,
     );
-    const connection = await connectAmqp(amqpUrl(), quietLogger, (m) => consumer.setup(m));
+    const connection = await connectAmqp(amqpUrl(), quietLogger, consumer.setup);
     leases.start();
     await waitFor('consumer ready', () => consumer.ready());
     return {

@@ -50,17 +50,37 @@ export async function assertTopology(channel: Channel, names: AmqpNames): Promis
 export const amqpSocketOptions = { noDelay: true, keepAlive: true };
 
 /**
+ * Runs after every (re)connect with the new connection. `rebuild` is for a channel the broker broke
+ * while the connection lives on: a consumer it cancelled (its queue deleted), a channel it closed (a
+ * 404 on a deleted exchange), publishes it keeps returning as unroutable.
+ */
+export type AmqpSetup = (model: ChannelModel, rebuild: (reason: string) => void) => Promise<void>;
+
+/**
  * Connects with amqplib's built-in recovery: capped exponential backoff with jitter, forever.
  * `setup` runs after every (re)connect and must open fresh channels: a channel never survives a
  * reconnect. Logs one line per state change, with the password redacted.
+ *
+ * A broken channel is healed by the same path as a lost connection: `rebuild` closes the connection,
+ * and recovery reconnects and runs `setup`, which declares the topology again (a deleted queue or
+ * exchange comes back), opens new channels and consumes again. One mechanism, already proven by the
+ * outage tests, instead of a second one per channel; a reconnect costs milliseconds, and the broker
+ * requeues whatever the closed channels had not settled, which the worker absorbs.
  */
-export async function connectAmqp(
-  url: string,
-  logger: Logger,
-  setup: (model: ChannelModel) => Promise<void>,
-): Promise<RecoveringChannelModel> {
+export async function connectAmqp(url: string, logger: Logger, setup: AmqpSetup): Promise<RecoveringChannelModel> {
   const safeUrl = redactUrl(url);
   let connected = false;
+  let rebuilding = false;
+  const rebuildFor = (model: ChannelModel) => {
+    let asked = false;
+    return (reason: string): void => {
+      if (asked) return;
+      asked = true;
+      rebuilding = true;
+      logger.warn('rabbitmq channel broken; reconnecting to declare the topology and open new channels', { reason });
+      model.close().catch(() => undefined);
+    };
+  };
   const connection = await amqp.connect(url, {
     ...amqpSocketOptions,
     recovery: {
@@ -69,15 +89,18 @@ export async function connectAmqp(
       factor: 2,
       jitter: 0.3,
       waitForConnect: false,
-      setup,
+      setup: (model: ChannelModel) => setup(model, rebuildFor(model)),
     },
   });
   connection.on('connect', () => {
     connected = true;
-    logger.info('rabbitmq connected', { url: safeUrl });
+    logger.info(rebuilding ? 'rabbitmq channels rebuilt' : 'rabbitmq connected', { url: safeUrl });
+    rebuilding = false;
   });
   connection.on('disconnect', (err: Error) => {
-    if (connected) logger.warn('rabbitmq connection lost; reconnecting', { url: safeUrl, error: err.message });
+    if (connected && !rebuilding) {
+      logger.warn('rabbitmq connection lost; reconnecting', { url: safeUrl, error: err.message });
+    }
     connected = false;
   });
   connection.on('connect-failed', (err: Error) =>

@@ -54,6 +54,9 @@ export const configSchema = z.object({
     .min(0)
     .default(30 * 86_400_000),
   RETENTION_INTERVAL_MS: positiveInt.default(60_000),
+  // A pending task whose message was published this long ago and that no worker started is republished
+  // by the relay's reconciler (the broker lost the message); the doctor reports such tasks too.
+  REPUBLISH_AFTER_MS: positiveInt.default(300_000),
   WORKER_PREFETCH: positiveInt.max(1000).default(20),
   WORKER_LEASE_MS: positiveInt.min(100).default(15_000),
   RETRY_BASE_MS: positiveInt.default(1000),

@@ -39,6 +39,7 @@ export interface TasksTable {
   correlation_id: string | null;
   lease_until: Timestamp | null;
   cancel_requested_at: Timestamp | null;
+  republished_at: Timestamp | null;
   created_at: Timestamp;
   updated_at: Timestamp;
   started_at: Timestamp | null;

@@ -71,3 +71,17 @@ export async function longProcessing(db: Db, ms: number): Promise<StuckTasks> {
       AND a.started_at < now() - ${ms} * interval '1 millisecond'`.execute(db);
   return toStuck(rows);
 }
+
+/** Tasks the relay's reconciler republished within `ms`: how many, how long ago the latest, and its id. */
+export async function recentlyRepublished(
+  db: Db,
+  ms: number,
+): Promise<{ count: number; latestSeconds: number; example: string | null }> {
+  const { rows } = await sql<{ count: string; latest: number | null; example: string | null }>`
+    SELECT count(*) AS count,
+           extract(epoch FROM now() - max(republished_at))::float8 AS latest,
+           (array_agg(id::text ORDER BY republished_at DESC))[1] AS example
+    FROM tasks WHERE republished_at > now() - ${ms} * interval '1 millisecond'`.execute(db);
+  const row = rows[0];
+  return { count: Number(row?.count ?? 0), latestSeconds: row?.latest ?? 0, example: row?.example ?? null };
+}

@@ -3,7 +3,13 @@ import type pg from 'pg';
 import type { AmqpNames } from './amqp';
 import { redactUrl } from './config';
 import type { Db } from './db';
-import { longProcessing, pendingPublished, pendingUnpublished, type StuckTasks } from './doctor-sql';
+import {
+  longProcessing,
+  pendingPublished,
+  pendingUnpublished,
+  recentlyRepublished,
+  type StuckTasks,
+} from './doctor-sql';
 import { errorCode, toError } from './errors';
 import { createMigrator } from './migrate';
 import { outboxBacklog } from './outbox';
@@ -20,6 +26,7 @@ export const checkNames = {
   backlog: 'outbox backlog',
   pendingUnpublished: 'pending, not published',
   pendingPublished: 'pending, published',
+  republished: 'stranded tasks republished',
   processing: 'processing too long',
   deadLetters: 'dead letters',
 } as const;
@@ -175,13 +182,30 @@ export async function checkPendingUnpublished(db: Db, pendingMs: number): Promis
   );
 }
 
-export async function checkPendingPublished(db: Db, pendingMs: number): Promise<CheckResult> {
+export async function checkPendingPublished(db: Db, pendingMs: number, republishMs: number): Promise<CheckResult> {
   return stuck(
     checkNames.pendingPublished,
     'fail',
     await pendingPublished(db, pendingMs),
     `pending over ${formatAge(pendingMs / 1000)} after publishing`,
-    'worker or queue problem: is a worker consuming this AMQP_PREFIX? grep its logs for the task id',
+    'worker or queue problem: is a worker consuming this AMQP_PREFIX? grep its logs for the task id; ' +
+      `if the broker lost the message, the relay republishes it ${formatAge(republishMs / 1000)} after publishing`,
+  );
+}
+
+const DAY_MS = 86_400_000;
+
+/** Says when the relay's reconciler acted: each time, the broker had lost a task's message. */
+export async function checkRepublished(db: Db): Promise<CheckResult> {
+  const name = checkNames.republished;
+  const r = await recentlyRepublished(db, DAY_MS);
+  if (r.count === 0) return result(name, 'ok', 'none in the last 24h');
+  return result(
+    name,
+    'warn',
+    `${r.count} in the last 24h, latest ${formatAge(r.latestSeconds)} ago (task ${r.example ?? '?'})`,
+    'the broker lost their messages (a purged or deleted queue, the delivery limit, a lost volume): ' +
+      "grep the relay's logs for 'stranded task republished'",
   );
 }
 

@@ -15,6 +15,7 @@ import { createListener } from './listener';
 import { createRelayMetrics } from './metrics';
 import { setRelaySession } from './outbox-sql';
 import { createPublisher } from './publisher';
+import { createReconciler } from './reconciler';
 import { createRelayLoop } from './relay-loop';
 import { createRetention } from './retention';
 
@@ -39,9 +40,17 @@ async function main(): Promise<void> {
     // Longer than a whole confirm round trip, so a live relay never loses its rows to another.
     leaseMs: config.RELAY_CONFIRM_TIMEOUT_MS * 3,
   });
-  const amqp = await connectAmqp(config.AMQP_URL, logger, async (model) => {
-    await publisher.setup(model);
+  const amqp = await connectAmqp(config.AMQP_URL, logger, async (model, rebuild) => {
+    await publisher.setup(model, rebuild);
     loop.wake();
+  });
+  const reconciler = createReconciler({
+    db,
+    publisher,
+    logger,
+    metrics,
+    afterMs: config.REPUBLISH_AFTER_MS,
+    wake: () => loop.wake(),
   });
   const listener = createListener(config.DATABASE_URL, logger, () => loop.wake());
   const retention = createRetention(
@@ -69,6 +78,7 @@ async function main(): Promise<void> {
   listener.start();
   loop.start();
   retention.start();
+  reconciler.start();
   logger.info('relay started', {
     database: redactUrl(config.DATABASE_URL),
     batchSize: config.RELAY_BATCH_SIZE,
@@ -76,6 +86,7 @@ async function main(): Promise<void> {
   });
 
   exitOnSignal(logger, config.SHUTDOWN_TIMEOUT_MS, async () => {
+    await reconciler.stop();
     await retention.stop();
     await listener.stop();
     await loop.stop();

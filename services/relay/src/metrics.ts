@@ -7,6 +7,7 @@ export interface RelayMetrics {
   publishFailures: Counter;
   batchSize: Histogram;
   confirmSeconds: Histogram;
+  republished: Counter<'queue'>;
 }
 
 export function createRelayMetrics(db: Db): RelayMetrics {
@@ -44,6 +45,12 @@ export function createRelayMetrics(db: Db): RelayMetrics {
       name: 'relay_batch_size',
       help: 'Rows per claimed batch',
       buckets: [1, 5, 10, 25, 50, 100, 200, 500, 1000],
+      registers,
+    }),
+    republished: new Counter({
+      name: 'tasks_republished_total',
+      help: 'Stranded pending tasks the reconciler republished; queue: caught-up (nothing old waits in it) or backlog',
+      labelNames: ['queue'] as const,
       registers,
     }),
     confirmSeconds: new Histogram({

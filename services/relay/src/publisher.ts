@@ -1,5 +1,5 @@
 import type { ChannelModel, ConfirmChannel, Message, Options } from 'amqplib';
-import { assertTopology, toError, type AmqpNames, type Logger } from '@taskbox/shared';
+import { assertTopology, toError, type AmqpNames, type AmqpSetup, type Logger } from '@taskbox/shared';
 import type { ClaimedRow } from './outbox-sql';
 
 export interface PublishResult {
@@ -8,12 +8,28 @@ export interface PublishResult {
 }
 
 export interface Publisher {
-  /** amqplib recovery calls this after every (re)connect: topology, then a fresh confirm channel. */
-  setup(model: ChannelModel): Promise<void>;
+  /**
+   * amqplib recovery calls this after every (re)connect: topology, then a fresh confirm channel.
+   * `rebuild` asks for that again when the broker closes the channel or keeps returning publishes.
+   */
+  setup: AmqpSetup;
+  /** A channel is open: the relay may claim rows and publish them. */
+  connected(): boolean;
+  /** Connected and its publishes reach the queue (/readyz). */
   ready(): boolean;
+  /** Ready messages in the tasks queue (a passive declare), or null when it cannot tell now. */
+  readyMessages(): Promise<number | null>;
   /** Publishes the rows and resolves when every one is confirmed, returned, nacked or timed out. */
   publishBatch(rows: ClaimedRow[]): Promise<PublishResult>;
 }
+
+/**
+ * How long publishes may keep coming back unroutable before the relay rebuilds its channel, which
+ * declares the topology again. Every routing key matches the queue's `#` binding, so a return means
+ * the queue is gone (deleted by hand, or a broker that lost it): the worker declares it again when it
+ * reconnects, so a short grace lets that happen first, and then the relay does it itself.
+ */
+const UNROUTABLE_REBUILD_MS = 2000;
 
 /**
  * Publishes outbox rows on a confirm channel. A row counts as published only when the broker acked it
@@ -23,18 +39,58 @@ export interface Publisher {
  */
 export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logger: Logger): Publisher {
   let channel: ConfirmChannel | null = null;
+  let model: ChannelModel | null = null;
+  let rebuildChannel: (reason: string) => void = () => undefined;
+  // Since when every batch has had a message returned as unroutable; null while they route.
+  let unroutableSince: number | null = null;
+
+  /** After each batch: how many messages came back unroutable, and how many reached the queue. */
+  function noteReturns(returned: number, routed: number): void {
+    if (returned === 0) {
+      if (routed > 0 && unroutableSince !== null) {
+        logger.info('publishes reach the queue again');
+        unroutableSince = null;
+      }
+      return;
+    }
+    if (unroutableSince === null) {
+      unroutableSince = Date.now();
+      logger.warn('publishes returned as unroutable: the queue is missing', { queue: names.queue });
+    } else if (Date.now() - unroutableSince >= UNROUTABLE_REBUILD_MS) {
+      rebuildChannel(`publishes returned as unroutable for ${UNROUTABLE_REBUILD_MS} ms`);
+    }
+  }
 
   return {
-    async setup(model) {
-      const ch = await model.createConfirmChannel();
-      ch.on('error', (err: Error) => logger.warn('publish channel error', { error: err.message }));
+    async setup(m, rebuild) {
+      const ch = await m.createConfirmChannel();
+      // A channel error is the broker closing this channel (a 404 on a deleted exchange, say).
+      ch.on('error', (err: Error) => rebuild(`publish channel closed by the broker: ${err.message}`));
       ch.on('close', () => {
         if (channel === ch) channel = null;
       });
       await assertTopology(ch, names);
       channel = ch;
+      model = m;
+      rebuildChannel = rebuild;
+      unroutableSince = null;
     },
-    ready: () => channel !== null,
+    connected: () => channel !== null,
+    ready: () => channel !== null && unroutableSince === null,
+    async readyMessages() {
+      if (!model || !channel) return null;
+      // Its own channel: a passive declare of a missing queue is a 404 that closes the channel.
+      const ch = await model.createChannel().catch(() => null);
+      if (!ch) return null;
+      ch.on('error', () => undefined);
+      const queue = await ch.checkQueue(names.queue).catch(() => null);
+      if (!queue) {
+        rebuildChannel(`queue ${names.queue} is missing`);
+        return null;
+      }
+      await ch.close().catch(() => undefined);
+      return queue.messageCount;
+    },
     async publishBatch(rows) {
       const ch = channel;
       if (!ch) return { published: [], failed: rows.map((r) => ({ id: r.id, error: 'not connected to rabbitmq' })) };
@@ -84,6 +140,7 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
         if (error === null) result.published.push(id);
         else result.failed.push({ id, error });
       }
+      noteReturns(returned.size, result.published.length);
       return result;
     },
   };

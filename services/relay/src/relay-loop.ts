@@ -1,6 +1,6 @@
 import { backoffMs, isTransientDbError, sleep, toError, type Db, type Logger } from '@taskbox/shared';
-import { claimBatch, markPublished, recordPublishFailure } from './outbox-sql';
-import type { Publisher } from './publisher';
+import { claimBatch, markPublished, recordPublishFailure, type ClaimedRow } from './outbox-sql';
+import type { Publisher, PublishResult } from './publisher';
 import type { RelayMetrics } from './metrics';
 
 export interface RelayLoopOptions {
@@ -25,8 +25,9 @@ export interface RelayLoop {
  * The relay's state machine:
  *
  *   waiting ──wake / poll timer──▶ draining ──batch full──▶ draining
- *      ▲                              │ batch short
- *      └──────────────────────────────┘
+ *      ▲  ▲                           │ batch short
+ *      │  └───────────────────────────┘
+ *      └── broker not connected (its setup wakes the loop)
  *   draining ──error (db or broker)──▶ backing off ──delay──▶ draining
  *
  * A drain claims a batch, publishes it with confirms, marks the confirmed rows and releases the rest
@@ -40,10 +41,39 @@ export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
   let stopping = false;
   let wakeRequested = false;
   let wakeUp: (() => void) | null = null;
+  let publishFailing = false;
   const stopController = new AbortController();
 
+  /**
+   * One line when publishing starts failing and one when it works again; each row only at debug
+   * (enough to follow one task, no cost at the default level), since a missing queue returns every
+   * row on every try.
+   */
+  function logBatch(rows: ClaimedRow[], failed: PublishResult['failed']): void {
+    if (failed.length > 0 && !publishFailing) {
+      logger.warn('outbox rows not published; each is retried with backoff', {
+        rows: failed.length,
+        error: failed[0]?.error,
+      });
+    } else if (failed.length === 0 && publishFailing) logger.info('outbox rows publish again');
+    publishFailing = failed.length > 0;
+    if (logger.isDebugEnabled()) {
+      const errors = new Map(failed.map((f) => [f.id, f.error]));
+      for (const row of rows) {
+        const error = errors.get(row.id);
+        logger.debug(error === undefined ? 'message published' : 'outbox row not published; will retry', {
+          outboxId: row.id,
+          messageId: row.message_id,
+          taskId: row.task_id,
+          correlationId: row.headers.correlationId,
+          ...(error === undefined ? {} : { error }),
+        });
+      }
+    }
+  }
+
   async function drainOnce(): Promise<{ claimed: number; failed: number }> {
-    if (!publisher.ready()) throw new Error('rabbitmq is not connected');
+    if (!publisher.connected()) throw new Error('rabbitmq is not connected');
     const rows = await claimBatch(db, batchSize, leaseMs);
     if (rows.length === 0) return { claimed: 0, failed: 0 };
     const endConfirm = metrics.confirmSeconds.startTimer();
@@ -55,31 +85,10 @@ export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
       db,
       failed.map((f) => ({ ...f, retryInMs: backoffMs(attempts.get(f.id) ?? 1, 500, 10_000) })),
     );
-    if (logger.isDebugEnabled()) {
-      // One line per message only at debug: enough to follow one task, no cost at the default level.
-      for (const id of published) {
-        const row = rows.find((r) => r.id === id);
-        logger.debug('message published', {
-          outboxId: id,
-          messageId: row?.message_id,
-          taskId: row?.task_id,
-          correlationId: row?.headers.correlationId,
-        });
-      }
-    }
     metrics.batchSize.observe(rows.length);
     metrics.published.inc(published.length);
     metrics.publishFailures.inc(failed.length);
-    for (const f of failed) {
-      const row = rows.find((r) => r.id === f.id);
-      logger.warn('outbox row not published; will retry', {
-        outboxId: f.id,
-        messageId: row?.message_id,
-        taskId: row?.task_id,
-        correlationId: row?.headers.correlationId,
-        error: f.error,
-      });
-    }
+    logBatch(rows, failed);
     return { claimed: rows.length, failed: failed.length };
   }
 
@@ -133,6 +142,12 @@ export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
     let failures = 0;
     while (!stopping) {
       wakeRequested = false;
+      // Until the broker is connected there is nothing to do: its setup wakes the loop, and the
+      // connection logs its own state changes.
+      if (!publisher.connected()) {
+        await waitForWake();
+        continue;
+      }
       try {
         const failed = await drainLanes();
         if (failures > 0) logger.info('relay recovered; publishing again', { after: failures });

@@ -1,19 +1,23 @@
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
-import type { ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib';
+import type { ConfirmChannel, ConsumeMessage } from 'amqplib';
 import {
   assertTopology,
   taskMessageSchema,
   toError,
   type AmqpNames,
+  type AmqpSetup,
   type Logger,
   type TaskMessage,
 } from '@taskbox/shared';
 import { beginAttempt, runAttempt, whilePostgresDown, type AttemptDeps } from './attempts';
 
 export interface Consumer {
-  /** amqplib recovery calls this after every (re)connect: a fresh channel and a fresh consumer tag. */
-  setup(model: ChannelModel): Promise<void>;
+  /**
+   * amqplib recovery calls this after every (re)connect: a fresh channel and a fresh consumer tag.
+   * `rebuild` asks for that again when the broker cancels the consumer or closes the channel.
+   */
+  setup: AmqpSetup;
   ready(): boolean;
   /** Stops taking messages, waits for runs in flight up to `graceMs`, then aborts the rest. */
   stop(graceMs: number): Promise<void>;
@@ -133,10 +137,11 @@ export function createConsumer(names: AmqpNames, prefetch: number, deps: Attempt
   }
 
   return {
-    async setup(model) {
+    async setup(model, rebuild) {
       if (stopping) return;
       const ch = await model.createConfirmChannel();
-      ch.on('error', (err: Error) => logger.warn('consume channel error', { error: err.message }));
+      // A channel error is the broker closing this channel (an ack it does not accept, say).
+      ch.on('error', (err: Error) => rebuild(`consume channel closed by the broker: ${err.message}`));
       ch.on('close', () => {
         if (channel === ch) channel = null;
       });
@@ -146,13 +151,10 @@ export function createConsumer(names: AmqpNames, prefetch: number, deps: Attempt
       await ch.consume(
         names.queue,
         (msg) => {
-          if (msg === null) {
-            logger.error('the broker cancelled the consumer (queue deleted?); reconnect or restart the worker', {
-              consumerTag: tag,
-            });
-            return;
-          }
-          track(ch, tag, msg);
+          if (msg !== null) return track(ch, tag, msg);
+          // The broker cancelled the consumer: its queue was deleted, or its leader moved away.
+          if (channel === ch) channel = null;
+          rebuild(`the broker cancelled consumer ${tag} (queue deleted?)`);
         },
         { consumerTag: tag },
       );

@@ -61,7 +61,7 @@ async function main(): Promise<void> {
     taskNotifier,
     logger,
   );
-  const amqp = await connectAmqp(config.AMQP_URL, logger, (model) => consumer.setup(model));
+  const amqp = await connectAmqp(config.AMQP_URL, logger, consumer.setup);
   const health = await startHealthServer(
     config.HEALTH_PORT ?? 3002,
     async () => ({

@@ -1,0 +1,90 @@
+import { createPeriodic, toError, type Db, type Logger, type Periodic } from '@taskbox/shared';
+import type { RelayMetrics } from './metrics';
+import { countPublishedWithin, republishStranded } from './outbox-sql';
+import type { Publisher } from './publisher';
+
+export interface Reconciler extends Periodic {
+  /** One pass now; returns how many tasks it republished. start() runs one every interval. */
+  reconcile(signal?: AbortSignal): Promise<number>;
+}
+
+export interface ReconcilerOptions {
+  db: Db;
+  publisher: Publisher;
+  logger: Logger;
+  metrics: RelayMetrics;
+  /** REPUBLISH_AFTER_MS: how long after its last publish an unstarted pending task counts as stranded. */
+  afterMs: number;
+  /** Called after a pass wrote outbox rows, so the relay loop publishes them now. */
+  wake(): void;
+}
+
+// While the queue holds ready messages, a task counts as stranded only this many times later.
+const BACKLOG_FACTOR = 12;
+const BATCH = 500;
+
+/**
+ * No task stays pending for good: the broker can lose what it holds (a purged or deleted queue, a
+ * message dead-lettered at its delivery limit, a single node's lost volume), and then nothing else
+ * would ever run the task. This republishes such tasks (republishStranded).
+ *
+ * The rule that keeps it from doubling a legitimate backlog. The queue is FIFO: if a message published
+ * before the window (REPUBLISH_AFTER_MS) were still waiting in it, so would be every message published
+ * after it, and the queue would hold more ready messages than were published within the window. So
+ * when it holds no more than that, no message older than the window is waiting, and a task whose
+ * message is older and that no worker started was lost (a worker starts every delivery it receives at
+ * once). When the queue holds more (the workers are behind, or none runs), a task may simply be waiting
+ * its turn, and counts as stranded only after 12 times as long (an hour by default): a lost message in
+ * a long backlog is still found, and a task waiting in it is republished at most once per that bound,
+ * whose duplicate the worker drops as stale. The count of recent publishes is read before the queue,
+ * so that publishes in between can only make the rule stricter.
+ */
+export function createReconciler(options: ReconcilerOptions): Reconciler {
+  const { db, publisher, logger, metrics, afterMs, wake } = options;
+  let failing = false;
+
+  async function reconcile(signal?: AbortSignal): Promise<number> {
+    const recent = await countPublishedWithin(db, afterMs);
+    const ready = await publisher.readyMessages();
+    // Not connected, or the queue is missing and being declared again: decide on the next pass.
+    if (ready === null) return 0;
+    const caughtUp = ready <= recent;
+    const quietMs = caughtUp ? afterMs : afterMs * BACKLOG_FACTOR;
+    const reason = caughtUp
+      ? `the queue holds no message older than ${afterMs} ms`
+      : `overdue behind ${ready} ready messages`;
+    let total = 0;
+    let batch;
+    do {
+      batch = await republishStranded(db, quietMs, BATCH);
+      for (const { message, correlationId } of batch) {
+        logger.warn('stranded task republished', {
+          taskId: message.task_id,
+          messageId: message.message_id,
+          correlationId,
+          reason,
+          notStartedForMs: quietMs,
+        });
+      }
+      metrics.republished.inc({ queue: caughtUp ? 'caught-up' : 'backlog' }, batch.length);
+      total += batch.length;
+    } while (batch.length === BATCH && !signal?.aborted);
+    if (total > 0) wake();
+    return total;
+  }
+
+  async function pass(signal: AbortSignal): Promise<void> {
+    try {
+      await reconcile(signal);
+      if (failing) logger.info('reconciler works again');
+      failing = false;
+    } catch (err) {
+      if (!failing) logger.warn('reconciler pass failed; will try again', { error: toError(err).message });
+      failing = true;
+    }
+  }
+
+  // Often enough that a stranded task waits little more than afterMs; at most once a minute.
+  const intervalMs = Math.min(60_000, Math.max(250, Math.floor(afterMs / 4)));
+  return { ...createPeriodic(intervalMs, pass), reconcile };
+}
