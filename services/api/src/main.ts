@@ -13,10 +13,13 @@ import {
   toError,
 } from '@taskbox/shared';
 import { buildApp } from './app';
+import { authStartProblem } from './auth';
 import { createTaskEvents } from './task-events';
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
+  const authProblem = authStartProblem(config);
+  if (authProblem) throw new Error(`invalid configuration:\n  ${authProblem}`);
   const logger = createLogger('api', config);
   // connectionTimeoutMillis also bounds the wait for a free pooled client, so it must be longer than a
   // burst's queue (600 concurrent POSTs wait ~2 s on a loaded 2-core machine) or a burst is answered
