@@ -1,9 +1,13 @@
+import { once } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { SignJWT, exportJWK, generateKeyPair } from 'jose';
 import request from 'supertest';
 import { closeServer, loadConfig } from '@taskbox/shared';
 import { startTestApi, type TestApi } from '../helpers/api';
+import { createTestDatabase, type TestDatabase } from '../helpers/db';
+import { startService } from '../helpers/services';
+import { waitFor } from '../helpers/wait';
 
 const SECRET = 'a-test-secret-that-is-at-least-32-chars';
 const PROBLEM = /^application\/problem\+json/;
@@ -79,7 +83,7 @@ describe('api auth: static tokens from AUTH_TOKENS', () => {
   });
 });
 
-describe('api auth: HS256 JWT from AUTH_JWT_SECRET, owner = sub', () => {
+describe('api auth: HS256 JWT from AUTH_JWT_SECRET, owner = jwt:<sub>', () => {
   let api: TestApi;
   beforeAll(async () => {
     const config = loadConfig({
@@ -97,7 +101,7 @@ describe('api auth: HS256 JWT from AUTH_JWT_SECRET, owner = sub', () => {
     await expectOwnersApart(api, `Bearer ${await hs256('alice')}`, `Bearer ${await hs256('bob')}`);
   });
 
-  it('refuses a token signed with another secret, expired, for another audience, or without a subject', async () => {
+  it('refuses a token signed with another secret, expired, for another audience, without a subject or without exp', async () => {
     const tokens = [
       await hs256('alice', 'taskbox', 'another-secret-that-is-32-chars-long!!'),
       await new SignJWT({})
@@ -112,6 +116,14 @@ describe('api auth: HS256 JWT from AUTH_JWT_SECRET, owner = sub', () => {
         .setProtectedHeader({ alg: 'HS256' })
         .setIssuer('https://issuer.test')
         .setAudience('taskbox')
+        .setExpirationTime('5m')
+        .sign(new TextEncoder().encode(SECRET)),
+      // Valid in every way but one: it never expires.
+      await new SignJWT({})
+        .setProtectedHeader({ alg: 'HS256' })
+        .setSubject('alice')
+        .setIssuer('https://issuer.test')
+        .setAudience('taskbox')
         .sign(new TextEncoder().encode(SECRET)),
     ];
     for (const token of tokens) {
@@ -119,6 +131,25 @@ describe('api auth: HS256 JWT from AUTH_JWT_SECRET, owner = sub', () => {
       expect(res.status).toBe(401);
       expect(res.headers['www-authenticate']).toBe('Bearer error="invalid_token"');
     }
+  });
+});
+
+describe('api auth: static tokens and JWTs together', () => {
+  let api: TestApi;
+  beforeAll(async () => {
+    api = await startTestApi({ auth: loadConfig({ AUTH_TOKENS: 'tok-alice:alice', AUTH_JWT_SECRET: SECRET }) });
+  });
+  afterAll(async () => {
+    await api.close();
+  });
+
+  it('keeps a token owner and a JWT subject of the same name apart', async () => {
+    const jwtAlice = `Bearer ${await hs256('alice')}`;
+    await expectOwnersApart(api, 'Bearer tok-alice', jwtAlice);
+    await expectOwnersApart(api, jwtAlice, 'Bearer tok-alice');
+    // README's upgrade note rewrites existing JWT rows to this form.
+    const owners = await api.database.db.selectFrom('tasks').select('owner').distinct().execute();
+    expect(owners.map((r) => r.owner).sort()).toEqual(['alice', 'jwt:alice']);
   });
 });
 
@@ -169,5 +200,51 @@ describe('auth configuration', () => {
     expect(() => loadConfig({ AUTH_JWT_SECRET: SECRET, AUTH_JWKS_URL: 'https://id.test/jwks' })).toThrow(
       /AUTH_JWKS_URL: set AUTH_JWT_SECRET or AUTH_JWKS_URL, not both/,
     );
+  });
+
+  it('refuses a static token owner named "anonymous", which would see the tasks made while auth was off', () => {
+    expect(() => loadConfig({ AUTH_TOKENS: 'tok-a:alice,tok-b:anonymous' })).toThrow(/AUTH_TOKENS: "anonymous"/);
+  });
+});
+
+describe('api start under NODE_ENV=production (the Docker image), as a process', () => {
+  let database: TestDatabase;
+  beforeAll(async () => {
+    database = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await database.drop();
+  });
+
+  it('exits 1 without any auth setting, naming the settings that would let it start', async () => {
+    const api = startService('api', { NODE_ENV: 'production', DATABASE_URL: database.url });
+    const closed = once(api.child, 'close');
+    try {
+      await waitFor('the api to exit', () => api.child.exitCode !== null, 10_000);
+      await closed;
+    } finally {
+      await api.kill();
+    }
+    expect(api.child.exitCode).toBe(1);
+    const output = api.text.join('\n');
+    for (const name of ['AUTH_TOKENS', 'AUTH_JWT_SECRET', 'AUTH_JWKS_URL', 'AUTH_DISABLED']) {
+      expect(output).toContain(name);
+    }
+  });
+
+  it('serves without auth when AUTH_DISABLED=true says so, and asks for a token when one is set', async () => {
+    const runs: { env: Record<string, string>; status: number }[] = [
+      { env: { AUTH_DISABLED: 'true' }, status: 200 },
+      { env: { AUTH_TOKENS: 'tok-alice:alice' }, status: 401 },
+    ];
+    for (const { env, status } of runs) {
+      const api = startService('api', { NODE_ENV: 'production', DATABASE_URL: database.url, ...env });
+      try {
+        const res = await fetch(`http://127.0.0.1:${await api.port()}/tasks`);
+        expect([env, res.status]).toEqual([env, status]);
+      } finally {
+        await api.stop();
+      }
+    }
   });
 });

@@ -33,13 +33,35 @@ export function service(file: ComposeFile, name: string): ComposeService {
   return found;
 }
 
+const keyValue = (pair: string): [string, string] => [pair.split('=')[0] ?? '', pair.slice(pair.indexOf('=') + 1)];
+
 /** Both environment forms: a map, or a list of KEY=value. */
 export function environment(s: ComposeService): Map<string, string> {
   const env = s.environment ?? {};
   const entries = Array.isArray(env)
-    ? env.map((line): [string, string] => [line.split('=')[0] ?? '', line.slice(line.indexOf('=') + 1)])
+    ? env.map(keyValue)
     : Object.entries(env).map(([k, v]): [string, string] => [k, String(v)]);
   return new Map(entries);
+}
+
+/** A published port: the host address it is bound to (undefined: every interface) and the container port. */
+export interface PublishedPort {
+  hostIp?: string;
+  target: string;
+}
+
+/** Both `ports` forms: `[[HOST_IP:]HOST_PORT:]CONTAINER_PORT[/PROTOCOL]` (IPv6 in brackets) and the long form. */
+export function publishedPorts(s: ComposeService): PublishedPort[] {
+  return (s.ports ?? []).map((port) => {
+    if (typeof port === 'object' && port !== null) {
+      const long = port as { host_ip?: string; target?: string | number };
+      return { hostIp: long.host_ip, target: String(long.target) };
+    }
+    const spec = String(port).replace(/\/\w+$/, '');
+    const ipv6 = /^\[([^\]]+)\]:(.*)$/.exec(spec);
+    const parts = (ipv6?.[2] ?? spec).split(':');
+    return { hostIp: ipv6?.[1] ?? (parts.length === 3 ? parts[0] : undefined), target: parts.at(-1) ?? '' };
+  });
 }
 
 /** Both depends_on forms; the short list form means `service_started`. */
@@ -71,6 +93,12 @@ export interface DockerStage {
   name?: string;
   /** Each instruction on one line, continuation lines joined, with those of the stages it builds on first. */
   instructions: string[];
+}
+
+/** What a stage's `ENV KEY=value …` instructions set. */
+export function stageEnvironment(stage: DockerStage): Map<string, string> {
+  const pairs = stage.instructions.filter((i) => /^ENV\s/i.test(i)).flatMap((i) => i.split(/\s+/).slice(1));
+  return new Map(pairs.map(keyValue));
 }
 
 /** The Dockerfile split into its stages; comments and the syntax directive dropped. */

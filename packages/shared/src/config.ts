@@ -8,11 +8,19 @@ const commaList = (value: string): string[] =>
     .map((item) => item.trim())
     .filter(Boolean);
 
+/** The owner of every task while authentication is off. */
+export const ANONYMOUS_OWNER = 'anonymous';
+
 // "token:owner,token:owner"; tokens and owners without ":" or "," so the list parses one way only.
+// No ":" also keeps token owners apart from JWT owners, which the api stores as "jwt:<sub>".
 const authTokens = z
   .string()
   .regex(/^\s*[^\s:,]+:[^\s:,]+\s*(,\s*[^\s:,]+:[^\s:,]+\s*)*$/, 'a list such as "token1:alice,token2:bob"')
-  .transform((value) => new Map(commaList(value).map((pair) => pair.split(':') as [string, string])));
+  .transform((value) => new Map(commaList(value).map((pair) => pair.split(':') as [string, string])))
+  .refine(
+    (tokens) => ![...tokens.values()].includes(ANONYMOUS_OWNER),
+    `"${ANONYMOUS_OWNER}" owns the tasks created while auth was off; give the token another owner`,
+  );
 
 // An origin is scheme://host[:port], exactly what browsers send in the Origin header.
 const corsOrigins = z
@@ -65,6 +73,9 @@ export const configSchema = z.object({
   // The doctor calls a pending task stuck after this long, and a running one after the second.
   DOCTOR_PENDING_MS: positiveInt.default(60_000),
   DOCTOR_PROCESSING_MS: positiveInt.default(600_000),
+  // "production" makes the api refuse to start without auth, unless AUTH_DISABLED says it is meant.
+  NODE_ENV: z.string().optional(),
+  AUTH_DISABLED: z.stringbool().default(false),
   AUTH_TOKENS: authTokens.optional(),
   // HS256 needs a key at least as long as its 256-bit hash (RFC 7518 section 3.2).
   AUTH_JWT_SECRET: z.string().min(32, 'at least 32 characters').optional(),

@@ -1,16 +1,32 @@
 import { timingSafeEqual } from 'node:crypto';
 import type { RequestHandler } from 'express';
 import { createRemoteJWKSet, errors, jwtVerify, type JWTVerifyResult } from 'jose';
-import type { Config } from '@taskbox/shared';
+import { ANONYMOUS_OWNER, type Config } from '@taskbox/shared';
 import { HttpProblem } from './problem';
-
-/** With authentication off (the laptop default) every task belongs to this one owner. */
-export const ANONYMOUS_OWNER = 'anonymous';
 
 export type AuthConfig = Pick<
   Config,
   'AUTH_TOKENS' | 'AUTH_JWT_SECRET' | 'AUTH_JWKS_URL' | 'AUTH_JWT_ISSUER' | 'AUTH_JWT_AUDIENCE'
 >;
+
+const AUTH_SETTINGS = ['AUTH_TOKENS', 'AUTH_JWT_SECRET', 'AUTH_JWKS_URL'] as const;
+
+/**
+ * Why the api must not start with these settings, or undefined. Without auth every caller is the one
+ * anonymous owner and sees every task, so production takes an explicit AUTH_DISABLED=true for it;
+ * AUTH_DISABLED=true next to a token setting is refused rather than guessing which one was meant.
+ */
+export function authStartProblem(
+  config: Pick<Config, 'NODE_ENV' | 'AUTH_DISABLED' | (typeof AUTH_SETTINGS)[number]>,
+): string | undefined {
+  const set = AUTH_SETTINGS.filter((key) => config[key] !== undefined);
+  if (set.length > 0 && config.AUTH_DISABLED) return `AUTH_DISABLED=true contradicts ${set.join(' and ')}; unset one`;
+  if (set.length === 0 && !config.AUTH_DISABLED && config.NODE_ENV === 'production') {
+    const names = AUTH_SETTINGS.join(', ');
+    return `NODE_ENV=production and none of ${names} set: set one, or AUTH_DISABLED=true to run without auth on purpose`;
+  }
+  return undefined;
+}
 
 type Verify = (token: string) => Promise<string | undefined>;
 
@@ -24,7 +40,8 @@ function staticTokens(tokens: Map<string, string>): Verify {
 }
 
 function jwt(config: AuthConfig): Verify | undefined {
-  const options = { issuer: config.AUTH_JWT_ISSUER, audience: config.AUTH_JWT_AUDIENCE };
+  // A token without exp would work forever once leaked.
+  const options = { issuer: config.AUTH_JWT_ISSUER, audience: config.AUTH_JWT_AUDIENCE, requiredClaims: ['exp'] };
   let verifyJwt: (token: string) => Promise<JWTVerifyResult>;
   if (config.AUTH_JWT_SECRET) {
     const secret = new TextEncoder().encode(config.AUTH_JWT_SECRET);
@@ -38,8 +55,9 @@ function jwt(config: AuthConfig): Verify | undefined {
   return async (token) => {
     try {
       const { payload } = await verifyJwt(token);
+      // Namespaced: a token owner has no ":", so a subject can never become a static token's owner.
       return typeof payload.sub === 'string' && payload.sub.length > 0 && payload.sub.length <= 200
-        ? payload.sub
+        ? `jwt:${payload.sub}`
         : undefined;
     } catch (err) {
       // A key set we cannot fetch is our outage, not the caller's bad token.
@@ -52,8 +70,8 @@ function jwt(config: AuthConfig): Verify | undefined {
 }
 
 /**
- * Sets res.locals.owner: from a static token (AUTH_TOKENS) or a JWT's `sub` (AUTH_JWT_SECRET or
- * AUTH_JWKS_URL); ANONYMOUS_OWNER when none is configured. A missing or invalid token is a 401
+ * Sets res.locals.owner: a static token's owner (AUTH_TOKENS) or `jwt:<sub>` of a JWT (AUTH_JWT_SECRET
+ * or AUTH_JWKS_URL); ANONYMOUS_OWNER when none is configured. A missing or invalid token is a 401
  * problem with WWW-Authenticate (RFC 6750 section 3).
  */
 export function authenticate(config: AuthConfig): RequestHandler {

@@ -13,10 +13,13 @@ import {
   toError,
 } from '@taskbox/shared';
 import { buildApp } from './app';
+import { authStartProblem } from './auth';
 import { createTaskEvents } from './task-events';
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
+  const authProblem = authStartProblem(config);
+  if (authProblem) throw new Error(`invalid configuration:\n  ${authProblem}`);
   const logger = createLogger('api', config);
   // connectionTimeoutMillis also bounds the wait for a free pooled client. POSTs share two statements
   // (createTaskInserter), so only a database that holds every connection (a locked table, a hung

@@ -90,7 +90,13 @@ export function openApiDocument(): JsonObject {
     info: { title: 'taskbox api', version: '0.1.0', description: 'Long-running tasks for a web frontend.' },
     components: {
       schemas: components(),
-      securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'static token or JWT (sub = owner)' } },
+      securitySchemes: {
+        bearer: {
+          type: 'http',
+          scheme: 'bearer',
+          description: 'static token (owner = its name) or JWT with exp (owner = jwt:<sub>)',
+        },
+      },
     },
     security: [{}, { bearer: [] }],
     paths: {
