@@ -1,3 +1,5 @@
+import amqp from 'amqplib';
+import { amqpNames } from '@taskbox/shared';
 import { amqpUrl } from '../helpers/amqp';
 import { startFaultProxy, type FaultProxy } from '../helpers/proxy';
 import type { RunningService } from '../helpers/services';
@@ -7,12 +9,16 @@ import { waitFor } from '../helpers/wait';
 const TASKS = Number(process.env.CHAOS_TASKS ?? 2000);
 const BROKER_OUTAGE_MS = Number(process.env.CHAOS_BROKER_OUTAGE_MS ?? 30_000);
 const DB_OUTAGE_MS = 5000;
+const REPUBLISH_AFTER_MS = 3000;
+// With no worker for this long, the queue fills with messages that the purge below then loses.
+const QUEUE_FILL_MS = 3000;
 const sleepFor = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
  * One run, real faults: kill -9 of the relay mid-flow and of the worker mid-handler, the broker gone
  * for 30 s and Postgres gone for 5 s (every connection reset, reconnects refused, through a TCP
- * proxy), all under a steady load of 2 000 tasks. Nothing may be lost, finish twice, or go missing.
+ * proxy), then the queue purged while it holds messages, all under a steady load of 2 000 tasks.
+ * Nothing may be lost, finish twice, or go missing.
  */
 describe('chaos', () => {
   let system: System;
@@ -30,7 +36,12 @@ describe('chaos', () => {
   });
 
   it('loses nothing, finishes nothing twice and never reports a task missing through crashes and outages', async () => {
-    system = await startSystem({ WORKER_LEASE_MS: '2000', RELAY_CONFIRM_TIMEOUT_MS: '1000', WORKER_PREFETCH: '50' });
+    system = await startSystem({
+      WORKER_LEASE_MS: '2000',
+      RELAY_CONFIRM_TIMEOUT_MS: '1000',
+      WORKER_PREFETCH: '50',
+      REPUBLISH_AFTER_MS: String(REPUBLISH_AFTER_MS),
+    });
     const dbUrl = new URL(system.database.url);
     const brokerUrl = new URL(amqpUrl());
     pgProxy = await startFaultProxy(dbUrl.hostname, Number(dbUrl.port || 5432));
@@ -46,7 +57,7 @@ describe('chaos', () => {
     let serverErrors = 0;
     // Paced so that submissions go on through every fault below, the database outage included.
     const loadStart = Date.now();
-    const interval = (BROKER_OUTAGE_MS + DB_OUTAGE_MS + 12_000) / TASKS;
+    const interval = (BROKER_OUTAGE_MS + DB_OUTAGE_MS + QUEUE_FILL_MS + 14_000) / TASKS;
     const load = (async () => {
       for (let i = 0; accepted.length < TASKS; i++) {
         await sleepFor(loadStart + accepted.length * interval - Date.now());
@@ -95,6 +106,15 @@ describe('chaos', () => {
     await pgProxy.restore();
     await waitFor('api ready again', async () => (await fetch(`${apiUrl}/readyz`)).status === 200, 15_000);
 
+    // The broker loses what it holds: the worker is gone while the queue fills, then the queue is purged.
+    const outageWorker = worker;
+    await worker.kill();
+    await sleepFor(QUEUE_FILL_MS);
+    const broker = await amqp.connect(amqpUrl());
+    const { messageCount: purged } = await (await broker.createChannel()).purgeQueue(amqpNames(system.prefix).queue);
+    await broker.close();
+    worker = await system.start('worker', viaProxies);
+
     await load;
     await system.waitForTerminal(accepted, 180_000);
 
@@ -134,6 +154,8 @@ describe('chaos', () => {
         await db.selectFrom('task_attempts').select('task_id').where('outcome', '=', 'lost').execute()
       ).length,
       'duplicates absorbed': system.logs((l) => l.message === 'duplicate delivery absorbed').length,
+      'purged messages': purged,
+      republished: system.logs((l) => l.message === 'stranded task republished').length,
     };
     const doubles = [
       ...[...doubleInDb].map((id) => `db ${id}`),
@@ -167,6 +189,8 @@ describe('chaos', () => {
     expect(report['slowest 503 ms']).toBeLessThan(5000); // "fast, no hang": bounded by connect refusal, not a timeout
     // One line per state change, not one per reconnect attempt.
     expect(relay.logs.filter((l) => l.message === 'rabbitmq connection lost; reconnecting')).toHaveLength(1);
-    expect(worker.logs.filter((l) => l.message === 'rabbitmq connection lost; reconnecting')).toHaveLength(1);
+    expect(outageWorker.logs.filter((l) => l.message === 'rabbitmq connection lost; reconnecting')).toHaveLength(1);
+    expect(purged).toBeGreaterThan(0);
+    expect(report.republished).toBeGreaterThanOrEqual(purged);
   }, 300_000);
 });
