@@ -1,9 +1,11 @@
+import { sql } from 'kysely';
 import { amqpNames, connectAmqp } from '@taskbox/shared';
 import { claimBatch } from '../../services/relay/src/outbox-sql';
 import { createPublisher } from '../../services/relay/src/publisher';
 import { amqpUrl } from '../helpers/amqp';
 import { startFaultProxy, type FaultProxy } from '../helpers/proxy';
 import { quietLogger } from '../helpers/db';
+import type { LogLine } from '../helpers/services';
 import { startSystem, type System } from '../helpers/system';
 import { waitFor } from '../helpers/wait';
 
@@ -13,17 +15,18 @@ describe('delivery guarantees with the services as separate processes', () => {
   let proxy: FaultProxy | null = null;
 
   afterEach(async () => {
+    // Also ends a blackhole: a worker whose queries never return could not shut down.
     await proxy?.restore();
     await system.stop();
     await proxy?.close();
     proxy = null;
   });
 
-  /** A worker whose Postgres connections go through a proxy the test can cut. */
-  async function startWorkerBehindProxy() {
+  /** A worker whose Postgres connections go through a proxy the test can cut or blackhole. */
+  async function startWorkerBehindProxy(env: Record<string, string> = {}) {
     const url = new URL(system.database.url);
     proxy = await startFaultProxy(url.hostname, Number(url.port || 5432));
-    return system.start('worker', { DATABASE_URL: proxy.url(system.database.url) });
+    return system.start('worker', { DATABASE_URL: proxy.url(system.database.url), ...env });
   }
 
   const attemptsOf = (id: string) =>
@@ -222,5 +225,44 @@ describe('delivery guarantees with the services as separate processes', () => {
     await system.start('worker');
     await system.waitForTerminal([id], 20_000);
     expect(await system.status(id)).toBe('succeeded');
+  });
+
+  it('aborts a run whose Postgres connection hangs before its lease can expire, so another worker resumes it only after that, and it succeeds once', async () => {
+    system = await startSystem({ WORKER_LEASE_MS: '2000' });
+    await system.start('api');
+    await system.start('relay');
+    // One delivery at a time: once A abandons the run, the requeued message comes back to A and its start
+    // hangs there, so the attempt that resumes the task can only go to B.
+    const a = await startWorkerBehindProxy({ WORKER_PREFETCH: '1' });
+    // Long enough that A is still in the first half of its sleep, not awaiting a progress write, when fenced.
+    const id = await system.submit('sleep', { ms: 10_000 });
+    const task = () =>
+      system.database.db.selectFrom('tasks').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
+    await waitFor('the handler running on A', async () => (await task()).current_step === 'sleeping');
+
+    proxy!.blackhole();
+    const abandoned = (l: LogLine) => l.message === 'task abandoned (lost); it will be resumed' && l.taskId === id;
+    const leaseExpired = async () => {
+      const { expired } = await system.database.db
+        .selectFrom('tasks')
+        .select(sql<boolean>`coalesce(lease_until < now(), true)`.as('expired'))
+        .where('id', '=', id)
+        .executeTakeFirstOrThrow();
+      return expired;
+    };
+    await waitFor('A to abandon its run, or its lease to expire', async () => a.logs.some(abandoned) || leaseExpired());
+    const b = await system.start('worker');
+    const resumed = await b.waitForLog(
+      'the task resumed',
+      (l) => l.message === 'task started' && l.taskId === id && l.attempt === 2,
+    );
+    const abort = a.logs.find(abandoned);
+    expect(abort).toBeDefined();
+    expect(Date.parse(String(resumed.timestamp))).toBeGreaterThan(Date.parse(String(abort!.timestamp)));
+
+    await system.waitForTerminal([id], 30_000);
+    expect(await system.status(id)).toBe('succeeded');
+    expect((await attemptsOf(id)).map((t) => t.outcome)).toEqual(['lost', 'succeeded']);
+    expect(system.logs((l) => l.message === 'task succeeded' && l.taskId === id)).toHaveLength(1);
   });
 });

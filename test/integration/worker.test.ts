@@ -1,6 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import amqp from 'amqplib';
-import { amqpNames, assertTopology, connectAmqp, createOutboxNotifier, createTaskNotifier } from '@taskbox/shared';
+import {
+  amqpNames,
+  assertTopology,
+  connectAmqp,
+  createOutboxNotifier,
+  createTaskNotifier,
+  sleep,
+} from '@taskbox/shared';
 import { createConsumer, type Consumer } from '../../services/worker/src/consumer';
 import { createLeases } from '../../services/worker/src/leases';
 import { createWorkerMetrics } from '../../services/worker/src/metrics';
@@ -215,6 +222,27 @@ describe('worker', () => {
     expect(await database.db.selectFrom('outbox').selectAll().execute()).toEqual([]);
   });
 
+  it('does not run the handler of a start whose answer came back after another worker could own the task', async () => {
+    await worker.close();
+    const leaseMs = 1000;
+    // The start commits at once, but its answer takes a whole lease to arrive (a stalled network).
+    worker = await startWorker(leaseMs, (real) => ({
+      ...real,
+      startPending: async (start) => {
+        const started = await real.startPending(start);
+        await sleep(leaseMs);
+        return started;
+      },
+    }));
+    const id = await insertTaskFixture(database.db, { type: 'echo' });
+    await publish({ taskId: id, type: 'echo', attempt: 1 });
+    await waitFor('succeeded', async () => (await task(id)).status === 'succeeded');
+    expect(await attemptsOf(id)).toMatchObject([
+      { attempt: 1, outcome: 'lost' },
+      { attempt: 2, outcome: 'succeeded' },
+    ]);
+  });
+
   it('schedules a retry through the outbox, with backoff, in the transaction that records the failure', async () => {
     const id = await insertTaskFixture(database.db, { type: 'flaky', payload: { failTimes: 1 } });
     await publish({ taskId: id, type: 'flaky', attempt: 1 }, {}, 'flaky');
@@ -231,7 +259,7 @@ describe('worker', () => {
   it('cancels a running handler through its AbortSignal when cancellation is requested', async () => {
     const id = await insertTaskFixture(database.db, { type: 'sleep', payload: { ms: 60_000 } });
     await worker.close();
-    worker = await startWorker(300); // heartbeat every 100 ms
+    worker = await startWorker(1200); // heartbeat every 200 ms
     await publish({ taskId: id, type: 'sleep', attempt: 1 }, {}, 'sleep');
     await waitFor('processing', async () => (await task(id)).status === 'processing');
     await database.db.updateTable('tasks').set({ cancel_requested_at: new Date() }).where('id', '=', id).execute();

@@ -2,7 +2,7 @@ import { backoffMs, isTaskType, isTransientDbError, sleep, taskPayloadSchemas, t
 import type { Db, Logger, OutboxNotifier, TaskMessage, TaskNotifier } from '@taskbox/shared';
 import { handlers } from './handlers';
 import type { HandlerContext, TaskHandler } from './handlers/types';
-import type { AbortReason, Leases } from './leases';
+import { leaseClock, type AbortReason, type Leases } from './leases';
 import type { WorkerMetrics } from './metrics';
 import {
   failTask,
@@ -72,16 +72,27 @@ export interface AttemptDeps {
   stopping: AbortSignal;
 }
 
-export type Begin = Decision | { action: 'started'; task: LockedTask; attempt: number };
+/** A started attempt; `leaseFrom` (leaseClock) was read before the statement that set its lease was sent. */
+export interface Started {
+  action: 'started';
+  task: LockedTask;
+  attempt: number;
+  leaseFrom: number;
+}
+
+export type Begin = Decision | Started;
 
 /**
  * The common case (a pending task's next attempt) in one statement; otherwise one transaction: lock the
- * task, decide, and (to run) mark it processing with the external job id.
+ * task, decide, and (to run) mark it processing with the external job id. Each path reads leaseClock()
+ * before it sends its first statement: Postgres starts the lease at that statement's now() or later.
  */
 export async function beginAttempt(deps: AttemptDeps, message: TaskMessage, externalJobId: string): Promise<Begin> {
+  const fastFrom = leaseClock();
   const fast = isTaskType(message.type) ? await deps.writes.startPending({ ...message, externalJobId }) : undefined;
+  const lockedFrom = leaseClock();
   const begin: Begin = fast
-    ? { action: 'started', ...fast }
+    ? { action: 'started', ...fast, leaseFrom: fastFrom }
     : await deps.db.transaction().execute(async (tx): Promise<Begin> => {
         const task = await lockTask(tx, message.taskId);
         const decision = decide(task, message);
@@ -95,7 +106,7 @@ export async function beginAttempt(deps: AttemptDeps, message: TaskMessage, exte
           return decision;
         }
         const attempt = await startAttempt(tx, task, externalJobId, deps.leaseMs);
-        return { action: 'started', task, attempt };
+        return { action: 'started', task, attempt, leaseFrom: lockedFrom };
       });
   if (begin.action === 'started' || begin.action === 'fail') deps.taskNotifier.changed(message.taskId);
   return begin;
@@ -109,19 +120,17 @@ export async function beginAttempt(deps: AttemptDeps, message: TaskMessage, exte
 export type RunResult = 'recorded' | 'abandoned';
 
 /** Runs the handler and records its outcome. */
-export async function runAttempt(
-  deps: AttemptDeps,
-  task: LockedTask,
-  attempt: number,
-  logger: Logger,
-): Promise<RunResult> {
+export async function runAttempt(deps: AttemptDeps, started: Started, logger: Logger): Promise<RunResult> {
+  const { task, attempt } = started;
   const type = task.type as keyof typeof handlers;
   const handler = handlers[type] as TaskHandler;
-  const signal = deps.leases.register(task.id, attempt);
+  const signal = deps.leases.register(task.id, attempt, started.leaseFrom);
   const endTimer = deps.metrics.handlerSeconds.startTimer({ type });
   let outcome: AttemptOutcome;
   const payload = taskPayloadSchemas[type].safeParse(task.payload);
   try {
+    // Fenced at registration (the start's answer came back late): another worker may own the task.
+    signal.throwIfAborted();
     // A payload that no longer fits its schema will not fit on a retry either: fail at once.
     if (!payload.success) throw new PermanentError(`invalid payload: ${payload.error.message}`);
     const ctx: HandlerContext<unknown> = {

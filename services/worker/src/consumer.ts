@@ -113,7 +113,7 @@ export function createConsumer(names: AmqpNames, prefetch: number, deps: Attempt
       case 'started': {
         // Ack only after the outcome is committed (invariant 3); an abandoned run is requeued, and its
         // redelivery resumes the task as a new attempt or is absorbed if the task moved on.
-        const result = await runAttempt(deps, begin.task, begin.attempt, log);
+        const result = await runAttempt(deps, begin, log);
         return settle(ch, msg, result === 'recorded' ? 'ack' : 'requeue', log);
       }
     }

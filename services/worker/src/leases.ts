@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import { toError, type Db, type Logger } from '@taskbox/shared';
 import { renewLeases } from './task-sql';
 
@@ -5,37 +6,72 @@ import { renewLeases } from './task-sql';
 export type AbortReason = 'cancelled' | 'shutdown' | 'lost';
 
 export interface Leases {
-  /** A live run: its lease is renewed until unregister; the signal aborts with an AbortReason. */
-  register(taskId: string, attempt: number): AbortSignal;
+  /**
+   * A live run: its lease is renewed until unregister; the signal aborts with an AbortReason.
+   * `leaseFrom` is a leaseClock() reading taken before the statement that set the lease was sent.
+   */
+  register(taskId: string, attempt: number, leaseFrom: number): AbortSignal;
   unregister(taskId: string, attempt: number): void;
   abortAll(reason: AbortReason): void;
   start(): void;
   stop(): void;
 }
 
+/**
+ * The clock of lease stamps: monotonic, so that a step of the wall clock (NTP) neither fences every
+ * run at once nor keeps a run alive past its lease. Postgres measures the lease on its own clock; only
+ * elapsed times are compared, and both clocks advance at the same rate.
+ */
+export const leaseClock = (): number => performance.now();
+
 interface Run {
   taskId: string;
   attempt: number;
   controller: AbortController;
+  /** When the statement behind the last lease Postgres granted was sent: the lease runs to at least this + lease. */
   renewedAt: number;
 }
 
 /**
- * Renews the leases of this worker's live runs every leaseMs / 3 in one UPDATE, turns a cancellation
- * requested through the api into an abort of the running handler, and fences runs that lost their
- * lease: a run the renewal no longer finds (the task was resumed or finished elsewhere), or whose
- * lease went unrenewed for 2/3 of its length (Postgres unreachable, so another worker may take over
- * once it expires), is aborted with 'lost'. So a live run is stopped before another can start, and
- * the handler of one task does not run twice at the same time.
+ * Renews the leases of this worker's live runs in one UPDATE, turns a cancellation requested through
+ * the api into an abort of the running handler, and fences runs that may have lost their lease, so
+ * that a run is stopped before another worker can start the task (a sweeper resumes it only once its
+ * lease expired in Postgres).
+ *
+ * THE FENCE, with L the lease: every tick (L / 6) aborts with 'lost' each run whose last granted lease
+ * was sent more than L / 2 ago, whether or not the renewal sent before has come back. A renewal that
+ * hangs (a half-open connection: no answer, no error) therefore fences as surely as one that fails.
+ * Stamps are taken before the statement is sent, because Postgres starts the lease at its now(), which
+ * is later; only a renewal that came back advances them. The abort comes by L / 2 + L / 6 after the
+ * last grant, leaving L / 3 before the lease can expire for timer lag and for the handler to stop.
+ * While a renewal is in flight a tick only fences: piling up renewals behind a hung one would take a
+ * connection each, and a renewal that never returns leaves every later run on this worker to be
+ * fenced (the safe side) until it returns or fails. A renewal may take up to about L / 3 before its
+ * runs are fenced needlessly.
+ * A run the renewal no longer finds (the task was resumed or finished elsewhere) is aborted at once.
  */
 export function createLeases(db: Db, leaseMs: number, logger: Logger): Leases {
   const runs = new Map<string, Run>();
   const key = (taskId: string, attempt: number): string => `${taskId}:${attempt}`;
+  const fenceMs = leaseMs / 2;
   let timer: NodeJS.Timeout | null = null;
+  let renewing = false;
   let failing = false;
 
-  async function heartbeat(): Promise<void> {
+  function fence(run: Run, now: number): void {
+    if (run.controller.signal.aborted || now - run.renewedAt <= fenceMs) return;
+    logger.warn('lease not renewed in time; aborting the run', {
+      taskId: run.taskId,
+      attempt: run.attempt,
+      sinceRenewalMs: Math.round(now - run.renewedAt),
+    });
+    run.controller.abort('lost' satisfies AbortReason);
+  }
+
+  async function renew(): Promise<void> {
     const live = [...runs.values()];
+    const sentAt = leaseClock();
+    renewing = true;
     try {
       const renewed = new Map((await renewLeases(db, live, leaseMs)).map((r) => [key(r.id, r.attempt), r]));
       if (failing) logger.info('lease renewal works again');
@@ -44,21 +80,29 @@ export function createLeases(db: Db, leaseMs: number, logger: Logger): Leases {
         const row = renewed.get(key(run.taskId, run.attempt));
         if (!row) run.controller.abort('lost' satisfies AbortReason);
         else if (row.cancel_requested) run.controller.abort('cancelled' satisfies AbortReason);
-        else run.renewedAt = Date.now();
+        else run.renewedAt = sentAt;
       }
     } catch (err) {
       if (!failing) logger.warn('could not renew leases', { runs: live.length, error: toError(err).message });
       failing = true;
-      const fence = Date.now() - (leaseMs * 2) / 3;
-      for (const run of live) if (run.renewedAt < fence) run.controller.abort('lost' satisfies AbortReason);
+    } finally {
+      renewing = false;
     }
   }
 
+  function tick(): void {
+    const now = leaseClock();
+    for (const run of runs.values()) fence(run, now);
+    if (!renewing) void renew();
+  }
+
   return {
-    register(taskId, attempt) {
-      const controller = new AbortController();
-      runs.set(key(taskId, attempt), { taskId, attempt, controller, renewedAt: Date.now() });
-      return controller.signal;
+    register(taskId, attempt, leaseFrom) {
+      const run = { taskId, attempt, controller: new AbortController(), renewedAt: leaseFrom };
+      runs.set(key(taskId, attempt), run);
+      // A start whose answer came back late may have a lease that is already past the fence.
+      fence(run, leaseClock());
+      return run.controller.signal;
     },
     unregister(taskId, attempt) {
       runs.delete(key(taskId, attempt));
@@ -67,7 +111,7 @@ export function createLeases(db: Db, leaseMs: number, logger: Logger): Leases {
       for (const r of runs.values()) r.controller.abort(reason);
     },
     start() {
-      timer ??= setInterval(() => void heartbeat(), Math.max(50, Math.floor(leaseMs / 3)));
+      timer ??= setInterval(tick, Math.floor(leaseMs / 6));
     },
     stop() {
       if (timer) clearInterval(timer);
