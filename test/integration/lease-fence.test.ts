@@ -25,7 +25,7 @@ describe('lease renewal over a connection that hangs', () => {
     database = await createTestDatabase();
     const target = new URL(database.url);
     proxy = await startFaultProxy(target.hostname, Number(target.port || 5432));
-    pool = createPool(proxy.url(database.url), quietLogger, { max: 4 });
+    pool = createPool(proxy.url(database.url), quietLogger, { max: 4, statementTimeoutMs: 10_000 });
     leases = createLeases(createDb(pool), leaseMs, quietLogger);
   });
 
