@@ -1,4 +1,6 @@
-import { bestEffortSettings, createPool } from '@taskbox/shared';
+import { sql } from 'kysely';
+import { bestEffortSettings, createDb, createPool, isDbUnavailable } from '@taskbox/shared';
+import { startFaultProxy } from '../helpers/proxy';
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 
 describe('createPool', () => {
@@ -68,6 +70,32 @@ describe('createPool', () => {
     } finally {
       warn.mockRestore();
       await pool.end();
+    }
+  });
+
+  it('gives up on a server that never answers after the statement timeout and a margin, and does not reuse that connection', async () => {
+    const target = new URL(database.url);
+    const proxy = await startFaultProxy(target.hostname, Number(target.port || 5432));
+    const pool = createPool(proxy.url(database.url), quietLogger, { max: 1, statementTimeoutMs: 300 });
+    const db = createDb(pool);
+    const backend = async () => (await sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`.execute(db)).rows[0]!.pid;
+    try {
+      const before = await backend();
+      proxy.blackhole();
+      const started = Date.now();
+      const failure = await backend().then(
+        () => null,
+        (err: unknown) => err,
+      );
+      expect(Date.now() - started).toBeLessThan(5000);
+      expect(isDbUnavailable(failure)).toBe(true);
+      await proxy.restore();
+      // One connection at most: had the silent one gone back to the pool, this would wait behind it.
+      expect(await backend()).not.toBe(before);
+    } finally {
+      await proxy.restore();
+      await db.destroy();
+      await proxy.close();
     }
   });
 });
