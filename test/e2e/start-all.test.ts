@@ -1,0 +1,57 @@
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import readline from 'node:readline';
+import { amqpUrl, deleteTopology, testPrefix } from '../helpers/amqp';
+import { createTestDatabase, type TestDatabase } from '../helpers/db';
+import { waitFor } from '../helpers/wait';
+
+const root = path.resolve(__dirname, '../..');
+
+describe('npm start on a laptop', () => {
+  let database: TestDatabase;
+  let prefix: string;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    prefix = testPrefix();
+  });
+  afterAll(async () => {
+    await database.drop();
+    await deleteTopology(prefix);
+  });
+
+  it('drains every service once and exits 0 on Ctrl-C, which the terminal sends to the whole process group', async () => {
+    // Detached: its own process group, which the test signals as a terminal does.
+    const child = spawn(process.execPath, [path.join(root, 'scripts/start-all.mjs')], {
+      cwd: root,
+      detached: true,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: {
+        PATH: process.env.PATH ?? '',
+        DATABASE_URL: database.url,
+        AMQP_URL: amqpUrl(),
+        AMQP_PREFIX: prefix,
+        PORT: '0',
+        HEALTH_PORT: '0',
+      },
+    });
+    const lines: string[] = [];
+    readline.createInterface({ input: child.stdout! }).on('line', (line) => lines.push(line));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    await waitFor(
+      'all three started',
+      () =>
+        lines.some((l) => l.includes('"consuming"')) &&
+        lines.some((l) => l.includes('"relay started"')) &&
+        lines.some((l) => l.includes('"api listening"')),
+    );
+
+    process.kill(-(child.pid as number), 'SIGINT');
+    expect(await exited).toBe(0);
+    for (const name of ['api', 'relay', 'worker']) {
+      expect(lines).toContain(`[${name.padEnd(6)}] exited (0)`);
+    }
+    expect(lines.filter((l) => l.includes('second signal'))).toEqual([]);
+    expect(lines.filter((l) => l.includes('"message":"stopped"'))).toHaveLength(3);
+  }, 60_000);
+});
