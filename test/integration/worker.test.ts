@@ -11,7 +11,8 @@ import {
 import { createConsumer, type Consumer } from '../../services/worker/src/consumer';
 import { createLeases } from '../../services/worker/src/leases';
 import { createWorkerMetrics } from '../../services/worker/src/metrics';
-import { createAttemptWrites, sweepExpiredLeases, type AttemptWrites } from '../../services/worker/src/task-sql';
+import { createAttemptWrites, type AttemptWrites } from '../../services/worker/src/attempt-writes';
+import { sweepExpiredLeases } from '../../services/worker/src/lease-sql';
 import { amqpUrl, deleteTopology, drainQueue, testPrefix } from '../helpers/amqp';
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';

@@ -4,16 +4,9 @@ import { handlers } from './handlers';
 import type { HandlerContext, TaskHandler } from './handlers/types';
 import { leaseClock, type AbortReason, type Leases } from './leases';
 import type { WorkerMetrics } from './metrics';
-import {
-  failTask,
-  lockTask,
-  releaseLease,
-  setStep,
-  startAttempt,
-  type AttemptOutcome,
-  type AttemptWrites,
-  type LockedTask,
-} from './task-sql';
+import type { AttemptWrites } from './attempt-writes';
+import { releaseLease } from './lease-sql';
+import { failTask, lockTask, setStep, startAttempt, type AttemptOutcome, type LockedTask } from './task-sql';
 
 /** An error that retrying cannot fix; the task fails without further attempts. */
 export class PermanentError extends Error {

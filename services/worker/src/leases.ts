@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import { toError, type Db, type Logger } from '@taskbox/shared';
-import { renewLeases } from './task-sql';
+import { renewLeases } from './lease-sql';
 
 /** Why a run's signal aborted: the api asked, the worker is stopping, or the run lost its lease. */
 export type AbortReason = 'cancelled' | 'shutdown' | 'lost';

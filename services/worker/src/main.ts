@@ -18,7 +18,8 @@ import { createConsumer } from './consumer';
 import { createLeases } from './leases';
 import { createWorkerMetrics } from './metrics';
 import { createSweeper } from './sweeper';
-import { createAttemptWrites, setWorkerSession } from './task-sql';
+import { createAttemptWrites } from './attempt-writes';
+import { setWorkerSession } from './task-sql';
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);

@@ -7,7 +7,7 @@ import {
   type Periodic,
   type TaskNotifier,
 } from '@taskbox/shared';
-import { sweepExpiredLeases } from './task-sql';
+import { sweepExpiredLeases } from './lease-sql';
 
 /** Every intervalMs, resumes (or fails) tasks whose run stopped renewing its lease. */
 export function createSweeper(

@@ -1,15 +1,14 @@
 import { sql } from 'kysely';
 import {
-  createBatcher,
   errorJson,
   insertOutbox,
-  isDbUnavailable,
   outboxMessage,
   prepared,
   type Db,
   type PoolOptions,
   type TaskStatus,
 } from '@taskbox/shared';
+import { closeLostAttempts } from './lease-sql';
 
 /**
  * The worker's session settings, for each new connection (createPool's onConnect). Generic plans:
@@ -133,36 +132,16 @@ export async function startPendingAttempts(
  * dead run, that run's attempt row is closed as 'lost'.
  */
 export async function startAttempt(tx: Db, task: LockedTask, externalJobId: string, leaseMs: number): Promise<number> {
-  if (task.status === 'processing') await closeLostAttempt(tx, task.id, task.attempts);
+  if (task.status === 'processing') await closeLostAttempts(tx, [{ taskId: task.id, attempt: task.attempts }]);
   const start = { taskId: task.id, type: task.type, attempt: task.attempts + 1, externalJobId };
   const [started] = await startNextAttempts(tx, [start], 'locked', leaseMs);
   if (!started) throw new Error(`task ${task.id} vanished while locked`);
   return started.attempts;
 }
 
-/** The error of an attempt whose run stopped (its worker died, or lost Postgres longer than its lease). */
-const LOST_RUN = JSON.stringify({
-  name: 'LostRun',
-  message: 'the worker running this attempt stopped renewing its lease',
-});
-
-async function closeLostAttempt(tx: Db, taskId: string, attempt: number): Promise<void> {
-  await tx
-    .updateTable('task_attempts')
-    .set({
-      outcome: 'lost',
-      finished_at: sql`now()`,
-      error: LOST_RUN,
-    })
-    .where('task_id', '=', taskId)
-    .where('attempt', '=', attempt)
-    .where('finished_at', 'is', null)
-    .execute();
-}
-
 /** Fails a task without running it (its payload or type is not runnable, or attempts ran out). */
 export async function failTask(tx: Db, task: LockedTask, error: unknown): Promise<void> {
-  if (task.status === 'processing') await closeLostAttempt(tx, task.id, task.attempts);
+  if (task.status === 'processing') await closeLostAttempts(tx, [{ taskId: task.id, attempt: task.attempts }]);
   await tx
     .updateTable('tasks')
     .set({
@@ -189,7 +168,7 @@ export type AttemptOutcome =
  * the task. Otherwise returns the task's new status: pending, or cancelled when a cancel was
  * requested while the attempt ran (it wins over the retry).
  */
-async function finishWithRetry(
+export async function finishWithRetry(
   db: Db,
   taskId: string,
   attempt: number,
@@ -224,7 +203,7 @@ async function finishWithRetry(
 }
 
 /** An attempt that ends its task: succeeded, cancelled, or failed with no retry left. */
-interface TerminalFinish {
+export interface TerminalFinish {
   taskId: string;
   attempt: number;
   outcome: AttemptOutcome;
@@ -276,61 +255,6 @@ const resultText = ({ outcome }: TerminalFinish) =>
 const errorText = ({ outcome }: TerminalFinish) =>
   outcome.kind === 'failed' ? JSON.stringify(errorJson(outcome.error)) : null;
 
-/** The writes every delivery makes, with deliveries in flight together sharing statements. */
-export interface AttemptWrites {
-  /** Starts a pending task's next attempt (startPendingAttempts); undefined: take the locked path. */
-  startPending(start: AttemptStart): Promise<{ task: LockedTask; attempt: number } | undefined>;
-  /**
-   * Records how an attempt ended. Returns the task's new status, or null when nothing was written
-   * because a newer attempt owns the task.
-   */
-  finish(taskId: string, attempt: number, outcome: AttemptOutcome): Promise<TaskStatus | null>;
-}
-
-/**
- * Starts and terminal finishes go through createBatcher, so that deliveries in flight together share
- * one statement each; a retry is a transaction of its own (it is rare, and writes an outbox row).
- */
-export function createAttemptWrites(db: Db, leaseMs: number, maxBatch: number): AttemptWrites {
-  const options = { maxSize: maxBatch, concurrency: 2, isolate: (err: unknown) => !isDbUnavailable(err) };
-  const start = createBatcher((starts: AttemptStart[]) => startPendingAttempts(db, starts, leaseMs), options);
-  const finishTerminal = createBatcher((finishes: TerminalFinish[]) => finishTerminals(db, finishes), options);
-  return {
-    startPending: start,
-    async finish(taskId, attempt, outcome) {
-      if (outcome.kind === 'failed' && outcome.retryInMs !== null) {
-        return finishWithRetry(db, taskId, attempt, outcome.error, outcome.retryInMs);
-      }
-      return (await finishTerminal({ taskId, attempt, outcome })) ? outcome.kind : null;
-    },
-  };
-}
-
-/** Lets a run that is being abandoned (shutdown) be resumed at once by the redelivery. */
-export async function releaseLease(db: Db, taskId: string, attempt: number): Promise<void> {
-  await db
-    .updateTable('tasks')
-    .set({ lease_until: sql`now()` })
-    .where('id', '=', taskId)
-    .where('status', '=', 'processing')
-    .where('attempts', '=', attempt)
-    .execute();
-}
-
-/**
- * Extends the leases of live runs. Returns the runs it renewed (a run missing from the answer no
- * longer owns its task) and whether each one's cancellation was requested.
- */
-export async function renewLeases(db: Db, runs: { taskId: string; attempt: number }[], leaseMs: number) {
-  if (runs.length === 0) return [];
-  const { rows } = await sql<{ id: string; attempt: number; cancel_requested: boolean }>`
-    UPDATE tasks t SET lease_until = now() + ${leaseMs} * interval '1 millisecond'
-    FROM unnest(${runs.map((r) => r.taskId)}::uuid[], ${runs.map((r) => r.attempt)}::int[]) AS r(id, attempt)
-    WHERE t.id = r.id AND t.attempts = r.attempt AND t.status = 'processing'
-    RETURNING t.id, t.attempts AS attempt, t.cancel_requested_at IS NOT NULL AS cancel_requested`.execute(db);
-  return rows;
-}
-
 export async function setStep(db: Db, taskId: string, attempt: number, step: string | null, progress?: number) {
   await db
     .updateTable('tasks')
@@ -343,51 +267,4 @@ export async function setStep(db: Db, taskId: string, attempt: number, step: str
     .where('status', '=', 'processing')
     .where('attempts', '=', attempt)
     .execute();
-}
-
-/**
- * Resumes runs whose lease expired (their worker died or lost Postgres): the attempt is closed as
- * 'lost' and the task goes back to pending with an outbox row for the next attempt, or to failed
- * when no attempts are left. SKIP LOCKED lets every worker run this without stepping on another.
- */
-export async function sweepExpiredLeases(
-  db: Db,
-  limit: number,
-): Promise<{ resumed: number; failed: number; taskIds: string[] }> {
-  return db.transaction().execute(async (tx) => {
-    const { rows } = await sql<{
-      id: string;
-      type: string;
-      status: TaskStatus;
-      attempts: number;
-      correlation_id: string | null;
-    }>`
-      WITH expired AS (
-        SELECT id FROM tasks
-        WHERE status = 'processing' AND lease_until < now()
-        ORDER BY lease_until LIMIT ${limit}
-        FOR UPDATE SKIP LOCKED
-      ), lost AS (
-        UPDATE task_attempts a
-        SET outcome = 'lost', finished_at = now(),
-            error = ${LOST_RUN}::jsonb
-        FROM tasks t JOIN expired e ON e.id = t.id
-        WHERE a.task_id = t.id AND a.attempt = t.attempts AND a.finished_at IS NULL
-      )
-      UPDATE tasks t
-      SET status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
-                        WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'pending' END,
-          error = ${LOST_RUN}::jsonb,
-          finished_at = CASE WHEN t.cancel_requested_at IS NULL AND t.attempts < t.max_attempts THEN NULL ELSE now() END,
-          lease_until = NULL, updated_at = now()
-      FROM expired e WHERE t.id = e.id
-      RETURNING t.id, t.type, t.status, t.attempts, t.correlation_id`.execute(tx);
-    const resumed = rows.filter((r) => r.status === 'pending');
-    await insertOutbox(
-      tx,
-      resumed.map((r) => outboxMessage(r, r.attempts + 1, { correlationId: r.correlation_id })),
-    );
-    const failed = rows.filter((r) => r.status === 'failed').length;
-    return { resumed: resumed.length, failed, taskIds: rows.map((r) => r.id) };
-  });
 }

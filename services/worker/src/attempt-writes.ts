@@ -1,0 +1,40 @@
+import { createBatcher, isDbUnavailable, type Db, type TaskStatus } from '@taskbox/shared';
+import {
+  finishTerminals,
+  finishWithRetry,
+  startPendingAttempts,
+  type AttemptOutcome,
+  type AttemptStart,
+  type LockedTask,
+  type TerminalFinish,
+} from './task-sql';
+
+/** The writes every delivery makes, with deliveries in flight together sharing statements. */
+export interface AttemptWrites {
+  /** Starts a pending task's next attempt (startPendingAttempts); undefined: take the locked path. */
+  startPending(start: AttemptStart): Promise<{ task: LockedTask; attempt: number } | undefined>;
+  /**
+   * Records how an attempt ended. Returns the task's new status, or null when nothing was written
+   * because a newer attempt owns the task.
+   */
+  finish(taskId: string, attempt: number, outcome: AttemptOutcome): Promise<TaskStatus | null>;
+}
+
+/**
+ * Starts and terminal finishes go through createBatcher, so that deliveries in flight together share
+ * one statement each; a retry is a transaction of its own (it is rare, and writes an outbox row).
+ */
+export function createAttemptWrites(db: Db, leaseMs: number, maxBatch: number): AttemptWrites {
+  const options = { maxSize: maxBatch, concurrency: 2, isolate: (err: unknown) => !isDbUnavailable(err) };
+  const start = createBatcher((starts: AttemptStart[]) => startPendingAttempts(db, starts, leaseMs), options);
+  const finishTerminal = createBatcher((finishes: TerminalFinish[]) => finishTerminals(db, finishes), options);
+  return {
+    startPending: start,
+    async finish(taskId, attempt, outcome) {
+      if (outcome.kind === 'failed' && outcome.retryInMs !== null) {
+        return finishWithRetry(db, taskId, attempt, outcome.error, outcome.retryInMs);
+      }
+      return (await finishTerminal({ taskId, attempt, outcome })) ? outcome.kind : null;
+    },
+  };
+}

@@ -1,0 +1,91 @@
+import { sql } from 'kysely';
+import { insertOutbox, outboxMessage, type Db, type TaskStatus } from '@taskbox/shared';
+
+/** The error of an attempt whose run stopped (its worker died, or lost Postgres longer than its lease). */
+export const LOST_RUN = JSON.stringify({
+  name: 'LostRun',
+  message: 'the worker running this attempt stopped renewing its lease',
+});
+
+/**
+ * Closes the current attempts of runs that stopped as 'lost', in the caller's transaction, which holds
+ * the tasks' row locks. The one place a run is declared lost: when a delivery resumes or fails a task
+ * whose run died (startAttempt, failTask), and when the sweeper does (sweepExpiredLeases).
+ */
+export async function closeLostAttempts(tx: Db, runs: { taskId: string; attempt: number }[]): Promise<void> {
+  if (runs.length === 0) return;
+  await sql`
+    UPDATE task_attempts a SET outcome = 'lost', finished_at = now(), error = ${LOST_RUN}::jsonb
+    FROM unnest(${runs.map((r) => r.taskId)}::uuid[], ${runs.map((r) => r.attempt)}::int[]) AS r(task_id, attempt)
+    WHERE a.task_id = r.task_id AND a.attempt = r.attempt AND a.finished_at IS NULL`.execute(tx);
+}
+
+/** Lets a run that is being abandoned (shutdown) be resumed at once by the redelivery. */
+export async function releaseLease(db: Db, taskId: string, attempt: number): Promise<void> {
+  await db
+    .updateTable('tasks')
+    .set({ lease_until: sql`now()` })
+    .where('id', '=', taskId)
+    .where('status', '=', 'processing')
+    .where('attempts', '=', attempt)
+    .execute();
+}
+
+/**
+ * Extends the leases of live runs. Returns the runs it renewed (a run missing from the answer no
+ * longer owns its task) and whether each one's cancellation was requested.
+ */
+export async function renewLeases(db: Db, runs: { taskId: string; attempt: number }[], leaseMs: number) {
+  if (runs.length === 0) return [];
+  const { rows } = await sql<{ id: string; attempt: number; cancel_requested: boolean }>`
+    UPDATE tasks t SET lease_until = now() + ${leaseMs} * interval '1 millisecond'
+    FROM unnest(${runs.map((r) => r.taskId)}::uuid[], ${runs.map((r) => r.attempt)}::int[]) AS r(id, attempt)
+    WHERE t.id = r.id AND t.attempts = r.attempt AND t.status = 'processing'
+    RETURNING t.id, t.attempts AS attempt, t.cancel_requested_at IS NOT NULL AS cancel_requested`.execute(db);
+  return rows;
+}
+
+/**
+ * Resumes runs whose lease expired (their worker died or lost Postgres): the attempt is closed as
+ * 'lost' and the task goes back to pending with an outbox row for the next attempt, or to failed
+ * when no attempts are left. SKIP LOCKED lets every worker run this without stepping on another.
+ */
+export async function sweepExpiredLeases(
+  db: Db,
+  limit: number,
+): Promise<{ resumed: number; failed: number; taskIds: string[] }> {
+  return db.transaction().execute(async (tx) => {
+    const { rows: expired } = await sql<{ id: string; attempts: number }>`
+      SELECT id, attempts FROM tasks
+      WHERE status = 'processing' AND lease_until < now()
+      ORDER BY lease_until LIMIT ${limit}
+      FOR UPDATE SKIP LOCKED`.execute(tx);
+    if (expired.length === 0) return { resumed: 0, failed: 0, taskIds: [] };
+    await closeLostAttempts(
+      tx,
+      expired.map((e) => ({ taskId: e.id, attempt: e.attempts })),
+    );
+    const { rows } = await sql<{
+      id: string;
+      type: string;
+      status: TaskStatus;
+      attempts: number;
+      correlation_id: string | null;
+    }>`
+      UPDATE tasks t
+      SET status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                        WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'pending' END,
+          error = ${LOST_RUN}::jsonb,
+          finished_at = CASE WHEN t.cancel_requested_at IS NULL AND t.attempts < t.max_attempts THEN NULL ELSE now() END,
+          lease_until = NULL, updated_at = now()
+      WHERE t.id = ANY(${expired.map((e) => e.id)}::uuid[])
+      RETURNING t.id, t.type, t.status, t.attempts, t.correlation_id`.execute(tx);
+    const resumed = rows.filter((r) => r.status === 'pending');
+    await insertOutbox(
+      tx,
+      resumed.map((r) => outboxMessage(r, r.attempts + 1, { correlationId: r.correlation_id })),
+    );
+    const failed = rows.filter((r) => r.status === 'failed').length;
+    return { resumed: resumed.length, failed, taskIds: rows.map((r) => r.id) };
+  });
+}
