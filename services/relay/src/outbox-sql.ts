@@ -1,5 +1,5 @@
 import { sql } from 'kysely';
-import { insertOutbox, outboxMessage, type Db, type OutboxMessage, type PoolOptions } from '@taskbox/shared';
+import type { Db, PoolOptions } from '@taskbox/shared';
 
 /**
  * The relay's session settings, for each new connection (createPool's onConnect), before the pool
@@ -102,65 +102,6 @@ export async function countPublishedWithin(db: Db, ms: number): Promise<number> 
   return Number(rows[0]?.n ?? 0);
 }
 
-export interface Republished {
-  message: OutboxMessage;
-  correlationId: string | null;
-}
-
-/**
- * Republishes up to `limit` stranded tasks, each through a new outbox row in this one transaction: a
- * task that is pending, whose every outbox row was published (or deleted by retention after
- * publishing) more than `quietMs` ago, and that no worker has started since. The new message asks for
- * the same attempt as the lost one (attempts + 1), so if the lost one turns up after all, the worker
- * runs whichever comes first and drops the other as stale.
- *
- * One actor per task across relays: SKIP LOCKED keeps two relays off the same rows at once, and the
- * republished_at guard is re-checked on the locked row, so a relay whose snapshot predates another's
- * commit skips the task rather than republishing it a second time. The unpublished row this writes also
- * keeps the task out of every later pass until it is published and quietMs passes again.
- *
- * `since` is at least updated_at (a message is published after the change that wrote it), so the
- * updated_at bound lets the scan read only old pending tasks from tasks_pending.
- */
-export async function republishStranded(db: Db, quietMs: number, limit: number): Promise<Republished[]> {
-  return db.transaction().execute(async (tx) => {
-    const { rows } = await sql<{ id: string; type: string; attempts: number; correlation_id: string | null }>`
-      SELECT t.id, t.type, t.attempts, t.correlation_id
-      FROM tasks t
-      CROSS JOIN LATERAL (
-        SELECT max(o.published_at) AS published_at, count(*) FILTER (WHERE o.published_at IS NULL) AS unpublished
-        FROM outbox o WHERE o.task_id = t.id
-      ) m
-      WHERE t.status = 'pending'
-        AND t.updated_at < now() - ${quietMs} * interval '1 millisecond'
-        AND coalesce(m.published_at, t.updated_at) < now() - ${quietMs} * interval '1 millisecond'
-        AND m.unpublished = 0
-        AND (t.republished_at IS NULL OR t.republished_at < now() - ${quietMs} * interval '1 millisecond')
-      ORDER BY t.updated_at
-      LIMIT ${limit}
-      FOR UPDATE OF t SKIP LOCKED`.execute(tx);
-    if (rows.length === 0) return [];
-    const republished = rows.map((t) => ({
-      message: outboxMessage(t, t.attempts + 1, { correlationId: t.correlation_id }),
-      correlationId: t.correlation_id,
-    }));
-    await insertOutbox(
-      tx,
-      republished.map((r) => r.message),
-    );
-    await tx
-      .updateTable('tasks')
-      .set({ republished_at: sql`now()` })
-      .where(
-        'id',
-        'in',
-        rows.map((t) => t.id),
-      )
-      .execute();
-    return republished;
-  });
-}
-
 /**
  * Deletes published rows older than the retention, at most `limit` at a time so that no statement
  * holds many row locks or runs long (a long transaction would stop vacuum and bloat the claim scan).
@@ -170,22 +111,6 @@ export async function deletePublished(db: Db, retentionMs: number, limit: number
     DELETE FROM outbox WHERE id IN (
       SELECT id FROM outbox
       WHERE published_at < now() - ${retentionMs} * interval '1 millisecond'
-      LIMIT ${limit}
-    )`.execute(db);
-  return Number(result.numAffectedRows ?? 0);
-}
-
-/**
- * Deletes finished task attempts older than the retention, `limit` at a time like deletePublished.
- * Unfinished attempts are never touched: a live or lost run still needs its row. There is no index
- * on finished_at; the LIMIT stops the scan at the first `limit` matches, and old rows sit early in
- * the heap, so a batch stays cheap while the table is kept trimmed.
- */
-export async function deleteFinishedAttempts(db: Db, retentionMs: number, limit: number): Promise<number> {
-  const result = await sql`
-    DELETE FROM task_attempts WHERE (task_id, attempt) IN (
-      SELECT task_id, attempt FROM task_attempts
-      WHERE finished_at < now() - ${retentionMs} * interval '1 millisecond'
       LIMIT ${limit}
     )`.execute(db);
   return Number(result.numAffectedRows ?? 0);

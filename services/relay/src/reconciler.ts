@@ -1,6 +1,7 @@
 import { createPeriodic, toError, type Db, type Logger, type Periodic } from '@taskbox/shared';
 import type { RelayMetrics } from './metrics';
-import { countPublishedWithin, republishStranded } from './outbox-sql';
+import { countPublishedWithin } from './outbox-sql';
+import { republishStranded } from './task-sql';
 import type { Publisher } from './publisher';
 
 export interface Reconciler extends Periodic {

@@ -1,5 +1,6 @@
 import { createPeriodic, toError, type Db, type Logger, type Periodic } from '@taskbox/shared';
-import { deleteFinishedAttempts, deletePublished } from './outbox-sql';
+import { deletePublished } from './outbox-sql';
+import { deleteFinishedAttempts } from './task-sql';
 
 export interface Retention extends Periodic {
   /** One full sweep now; start() runs one every intervalMs. */
