@@ -18,8 +18,15 @@ import type { Logger } from './logger';
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
 type Json = ColumnType<unknown, string, string>;
 
-export type TaskStatus = 'pending' | 'processing' | 'succeeded' | 'failed' | 'cancelled';
+/** Every task status, the one list from which the type, the api's enums and the metrics' labels derive. */
+export const taskStatuses = ['pending', 'processing', 'succeeded', 'failed', 'cancelled'] as const;
+export type TaskStatus = (typeof taskStatuses)[number];
 export const terminalStatuses: readonly TaskStatus[] = ['succeeded', 'failed', 'cancelled'];
+
+/** A terminal task never changes again and never runs again. */
+export function isTerminal(status: TaskStatus): boolean {
+  return terminalStatuses.includes(status);
+}
 
 export interface TasksTable {
   id: string;

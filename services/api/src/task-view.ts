@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { jsonValueSchema } from '@taskbox/shared';
+import { jsonValueSchema, taskStatuses } from '@taskbox/shared';
 import type { findTimeline, TaskRow } from './task-sql';
 
 const iso = z.iso.datetime({ offset: true });
@@ -8,7 +8,7 @@ const iso = z.iso.datetime({ offset: true });
 export const taskViewSchema = z.object({
   id: z.guid(),
   type: z.string(),
-  status: z.enum(['pending', 'processing', 'succeeded', 'failed', 'cancelled']),
+  status: z.enum(taskStatuses),
   payload: jsonValueSchema,
   currentStep: z.string().nullable(),
   progress: z.number().min(0).max(1).nullable(),

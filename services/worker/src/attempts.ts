@@ -1,4 +1,12 @@
-import { backoffMs, isTaskType, isTransientDbError, sleep, taskPayloadSchemas, toError } from '@taskbox/shared';
+import {
+  backoffMs,
+  isTaskType,
+  isTerminal,
+  isTransientDbError,
+  sleep,
+  taskPayloadSchemas,
+  toError,
+} from '@taskbox/shared';
 import type { Db, Logger, OutboxNotifier, TaskMessage, TaskNotifier } from '@taskbox/shared';
 import { handlers } from './handlers';
 import type { HandlerContext, TaskHandler } from './handlers/types';
@@ -38,7 +46,7 @@ export type Decision =
 export function decide(task: LockedTask | undefined, message: TaskMessage): Decision {
   if (!task) return { action: 'dead-letter', reason: 'unknown-task' };
   if (task.type !== message.type) return { action: 'dead-letter', reason: 'type-mismatch' };
-  if (task.status === 'succeeded' || task.status === 'failed' || task.status === 'cancelled') {
+  if (isTerminal(task.status)) {
     return { action: 'skip', reason: 'terminal' };
   }
   if (!isTaskType(task.type)) return { action: 'fail', reason: 'unknown-type' };

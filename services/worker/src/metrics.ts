@@ -1,7 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { Db, TaskStatus } from '@taskbox/shared';
+import { taskStatuses, type Db } from '@taskbox/shared';
 
-const taskStatuses: TaskStatus[] = ['pending', 'processing', 'succeeded', 'failed', 'cancelled'];
 // Known label values, exported at zero from the start: a counter that appears only after its first
 // dead letter or retry cannot be alerted on with rate() or increase().
 const deliveryOutcomes = ['run', 'skip', 'fail', 'dead-letter'];
