@@ -52,7 +52,7 @@ async function resolveServices(): Promise<{ adminUrl: string; amqpUrl: string }>
     const missing = [!pgOk && `Postgres at ${adminUrl}`, !amqpOk && `RabbitMQ at ${amqpUrl}`].filter(Boolean);
     throw new Error(
       `tests need ${missing.join(' and ')}, and no Docker engine is available for testcontainers. ` +
-        'Start them (see README "Running the tests"), or set TEST_DATABASE_URL / TEST_AMQP_URL.',
+        'Start them (see README "Two commands"), or set TEST_DATABASE_URL / TEST_AMQP_URL.',
     );
   }
   if (!pgOk) {

@@ -14,7 +14,6 @@ import pg from 'pg';
 import { errorCode, toError } from './errors';
 import type { Logger } from './logger';
 
-// bigint (outbox.id) arrives as a string; keep it a string rather than lose precision.
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
 type Json = ColumnType<unknown, string, string>;
 
@@ -64,6 +63,7 @@ export interface TaskAttemptsTable {
 }
 
 export interface OutboxTable {
+  // bigint arrives as a string; it stays a string rather than lose precision.
   id: Generated<string>;
   message_id: string;
   task_id: string;

@@ -48,9 +48,21 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+export interface BackoffPolicy {
+  baseMs: number;
+  maxMs: number;
+}
+
+/** Waiting for Postgres or the broker to come back: try again soon, never wait long once it is back. */
+export const UNAVAILABLE_BACKOFF: BackoffPolicy = { baseMs: 200, maxMs: 5000 };
+/** An outbox row the broker did not take: each row waits its own delay, so one bad row does not spin. */
+export const PUBLISH_RETRY_BACKOFF: BackoffPolicy = { baseMs: 500, maxMs: 10_000 };
+/** A LISTEN connection lost: polling covers for it meanwhile, so it may wait longer between tries. */
+export const LISTEN_BACKOFF: BackoffPolicy = { baseMs: 250, maxMs: 10_000 };
+
 /** Exponential backoff with full jitter: a random delay in [0, min(max, base * 2^(n-1))]. */
-export function backoffMs(attempt: number, baseMs: number, maxMs: number, random = Math.random): number {
-  const ceiling = Math.min(maxMs, baseMs * 2 ** Math.max(0, attempt - 1));
+export function backoffMs(attempt: number, policy: BackoffPolicy, random = Math.random): number {
+  const ceiling = Math.min(policy.maxMs, policy.baseMs * 2 ** Math.max(0, attempt - 1));
   return Math.round(ceiling * random());
 }
 

@@ -3,13 +3,6 @@ import type { Config } from './config';
 
 export type Logger = winston.Logger;
 
-/** Context that every log line about one task carries, in all three services. */
-export interface TaskLogContext {
-  taskId?: string;
-  messageId?: string;
-  correlationId?: string;
-}
-
 export function createLogger(service: string, config: Pick<Config, 'LOG_LEVEL' | 'LOG_FORMAT'>): Logger {
   const format =
     config.LOG_FORMAT === 'pretty'

@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { toError } from './errors';
-import { backoffMs, sleep } from './lifecycle';
+import { LISTEN_BACKOFF, backoffMs, sleep } from './lifecycle';
 import type { Logger } from './logger';
 
 export interface PgListener {
@@ -73,7 +73,7 @@ export function createPgListener(options: PgListenerOptions): PgListener {
         client = null;
         await c?.end().catch(() => undefined);
       }
-      if (!stopping) await sleep(backoffMs(failures, 250, 10_000), stopController.signal);
+      if (!stopping) await sleep(backoffMs(failures, LISTEN_BACKOFF), stopController.signal);
     }
   }
 

@@ -1,5 +1,12 @@
 import type { ChannelModel, ConfirmChannel, Message, Options } from 'amqplib';
-import { assertTopology, toError, type AmqpNames, type AmqpSetup, type Logger } from '@taskbox/shared';
+import {
+  assertTopology,
+  taskMessageSchema,
+  toError,
+  type AmqpNames,
+  type AmqpSetup,
+  type Logger,
+} from '@taskbox/shared';
 import type { ClaimedRow } from './outbox-sql';
 
 export interface PublishResult {
@@ -148,6 +155,9 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
 
 /** The message properties DESIGN.md names: messageId, correlationId, type, persistent, mandatory... */
 function messageOptions(row: ClaimedRow): Options.Publish {
+  // Written by taskbox itself, so it parses; a row that did not would go out without the header, and
+  // the worker dead-letters its body with the reason.
+  const body = taskMessageSchema.safeParse(row.payload);
   return {
     messageId: row.message_id,
     correlationId: row.headers.correlationId,
@@ -158,7 +168,7 @@ function messageOptions(row: ClaimedRow): Options.Publish {
     timestamp: Math.floor(Date.now() / 1000),
     headers: {
       'x-task-id': row.task_id,
-      'x-attempt': (row.payload as { attempt?: number }).attempt,
+      'x-attempt': body.success ? body.data.attempt : undefined,
       ...(row.headers.traceparent ? { traceparent: row.headers.traceparent } : {}),
     },
   };

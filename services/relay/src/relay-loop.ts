@@ -1,4 +1,13 @@
-import { backoffMs, isTransientDbError, sleep, toError, type Db, type Logger } from '@taskbox/shared';
+import {
+  backoffMs,
+  isTransientDbError,
+  PUBLISH_RETRY_BACKOFF,
+  sleep,
+  toError,
+  UNAVAILABLE_BACKOFF,
+  type Db,
+  type Logger,
+} from '@taskbox/shared';
 import { claimBatch, markPublished, recordPublishFailure, type ClaimedRow } from './outbox-sql';
 import type { Publisher, PublishResult } from './publisher';
 import type { RelayMetrics } from './metrics';
@@ -83,7 +92,7 @@ export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
     const attempts = new Map(rows.map((r) => [r.id, r.publish_attempts]));
     await recordPublishFailure(
       db,
-      failed.map((f) => ({ ...f, retryInMs: backoffMs(attempts.get(f.id) ?? 1, 500, 10_000) })),
+      failed.map((f) => ({ ...f, retryInMs: backoffMs(attempts.get(f.id) ?? 1, PUBLISH_RETRY_BACKOFF) })),
     );
     metrics.batchSize.observe(rows.length);
     metrics.published.inc(published.length);
@@ -152,7 +161,7 @@ export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
         const failed = await drainLanes();
         if (failures > 0) logger.info('relay recovered; publishing again', { after: failures });
         failures = 0;
-        if (failed > 0) await sleep(backoffMs(1, 500, 10_000), stopController.signal);
+        if (failed > 0) await sleep(backoffMs(1, PUBLISH_RETRY_BACKOFF), stopController.signal);
       } catch (err) {
         if (failures === 0) {
           logger.warn('relay cannot drain the outbox; backing off', {
@@ -161,7 +170,7 @@ export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
           });
         }
         failures++;
-        await sleep(backoffMs(failures, 200, 5000), stopController.signal);
+        await sleep(backoffMs(failures, UNAVAILABLE_BACKOFF), stopController.signal);
         continue;
       }
       if (!wakeRequested && !stopping) await waitForWake();

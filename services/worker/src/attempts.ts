@@ -1,5 +1,6 @@
 import {
   backoffMs,
+  UNAVAILABLE_BACKOFF,
   isTaskType,
   isTerminal,
   isTransientDbError,
@@ -7,7 +8,7 @@ import {
   taskPayloadSchemas,
   toError,
 } from '@taskbox/shared';
-import type { Db, Logger, OutboxNotifier, TaskMessage, TaskNotifier } from '@taskbox/shared';
+import type { BackoffPolicy, Db, Logger, OutboxNotifier, TaskMessage, TaskNotifier } from '@taskbox/shared';
 import { handlers } from './handlers';
 import type { HandlerContext, TaskHandler } from './handlers/types';
 import { leaseClock, type AbortReason, type Leases } from './leases';
@@ -67,8 +68,8 @@ export interface AttemptDeps {
   taskNotifier: TaskNotifier;
   metrics: WorkerMetrics;
   leaseMs: number;
-  retryBaseMs: number;
-  retryMaxMs: number;
+  /** How long a failed attempt waits before its retry (RETRY_BASE_MS, RETRY_MAX_MS). */
+  retry: BackoffPolicy;
   /** Aborted when the worker stops: recording a result stops retrying then. */
   stopping: AbortSignal;
 }
@@ -158,7 +159,7 @@ export async function runAttempt(deps: AttemptDeps, started: Started, logger: Lo
     if (reason === 'cancelled') outcome = { kind: 'cancelled' };
     else {
       const retry = attempt < task.max_attempts && !(err instanceof PermanentError);
-      const retryInMs = retry ? backoffMs(attempt, deps.retryBaseMs, deps.retryMaxMs) : null;
+      const retryInMs = retry ? backoffMs(attempt, deps.retry) : null;
       outcome = { kind: 'failed', error: err, retryInMs };
     }
   } finally {
@@ -201,7 +202,7 @@ export async function whilePostgresDown<T>(deps: AttemptDeps, logger: Logger, wo
     } catch (err) {
       if (!isTransientDbError(err) || deps.stopping.aborted) throw err;
       if (tries === 1) logger.warn('postgres unavailable; retrying', { error: toError(err).message });
-      await sleep(backoffMs(tries, 200, 5000), deps.stopping);
+      await sleep(backoffMs(tries, UNAVAILABLE_BACKOFF), deps.stopping);
     }
   }
 }

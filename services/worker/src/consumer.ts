@@ -10,6 +10,7 @@ import {
   type Logger,
   type TaskMessage,
 } from '@taskbox/shared';
+import type { deadLetterCodes } from './metrics';
 import { beginAttempt, runAttempt, whilePostgresDown, type AttemptDeps } from './attempts';
 
 export interface Consumer {
@@ -32,17 +33,25 @@ export function newConsumerTag(): string {
   return `worker-${os.hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`;
 }
 
-function parseMessage(msg: ConsumeMessage): TaskMessage | string {
+/** Why a message goes to the dead-letter queue: a code for metrics and alerts, and what was wrong. */
+export interface DeadLetterReason {
+  code: (typeof deadLetterCodes)[number];
+  detail?: string;
+}
+
+/** The x-dead-letter-reason header: the code, then the detail. */
+const reasonHeader = (r: DeadLetterReason): string => (r.detail ? `${r.code}: ${r.detail}` : r.code);
+
+function parseMessage(msg: ConsumeMessage): TaskMessage | DeadLetterReason {
   let body: unknown;
   try {
     body = JSON.parse(msg.content.toString('utf8'));
   } catch {
-    return 'unparseable: body is not JSON';
+    return { code: 'unparseable', detail: 'body is not JSON' };
   }
   const parsed = taskMessageSchema.safeParse(body);
-  return parsed.success
-    ? parsed.data
-    : `invalid: ${parsed.error.issues.map((i) => `${i.path.join('.')} ${i.message}`).join('; ')}`;
+  if (parsed.success) return parsed.data;
+  return { code: 'invalid', detail: parsed.error.issues.map((i) => `${i.path.join('.')} ${i.message}`).join('; ') };
 }
 
 export function createConsumer(names: AmqpNames, prefetch: number, deps: AttemptDeps, logger: Logger): Consumer {
@@ -52,8 +61,14 @@ export function createConsumer(names: AmqpNames, prefetch: number, deps: Attempt
   const inFlight = new Set<Promise<void>>();
 
   /** Publishes the message to the dead-letter exchange with a reason header, then acks it. */
-  async function deadLetter(ch: ConfirmChannel, msg: ConsumeMessage, reason: string, log: Logger): Promise<void> {
-    deps.metrics.deadLetters.inc({ reason: reason.split(':')[0] });
+  async function deadLetter(
+    ch: ConfirmChannel,
+    msg: ConsumeMessage,
+    why: DeadLetterReason,
+    log: Logger,
+  ): Promise<void> {
+    const reason = reasonHeader(why);
+    deps.metrics.deadLetters.inc({ reason: why.code });
     log.error('message dead-lettered', { reason, routingKey: msg.fields.routingKey });
     try {
       await new Promise<void>((resolve, reject) => {
@@ -95,17 +110,17 @@ export function createConsumer(names: AmqpNames, prefetch: number, deps: Attempt
       correlationId: msg.properties.correlationId as string | undefined,
     };
     const parsed = parseMessage(msg);
-    if (typeof parsed === 'string') return deadLetter(ch, msg, parsed, logger.child(base));
+    if ('code' in parsed) return deadLetter(ch, msg, parsed, logger.child(base));
     const log = logger.child({ ...base, taskId: parsed.taskId, externalJobId });
 
     const begin = await whilePostgresDown(deps, log, () => beginAttempt(deps, parsed, externalJobId));
     deps.metrics.deliveries.inc({ outcome: begin.action === 'started' ? 'run' : begin.action });
     switch (begin.action) {
       case 'dead-letter':
-        return deadLetter(ch, msg, begin.reason, log);
+        return deadLetter(ch, msg, { code: begin.reason }, log);
       case 'fail':
         log.error('task failed without running', { reason: begin.reason });
-        if (begin.reason === 'unknown-type') return deadLetter(ch, msg, 'unknown-type', log);
+        if (begin.reason === 'unknown-type') return deadLetter(ch, msg, { code: 'unknown-type' }, log);
         return settle(ch, msg, 'ack', log);
       case 'skip':
         log.info('duplicate delivery absorbed', { reason: begin.reason, attempt: parsed.attempt });

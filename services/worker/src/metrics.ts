@@ -4,7 +4,7 @@ import { taskStatuses, type Db } from '@taskbox/shared';
 // Known label values, exported at zero from the start: a counter that appears only after its first
 // dead letter or retry cannot be alerted on with rate() or increase().
 const deliveryOutcomes = ['run', 'skip', 'fail', 'dead-letter'];
-const deadLetterReasons = ['unparseable', 'invalid', 'unknown-task', 'type-mismatch', 'unknown-type'];
+export const deadLetterCodes = ['unparseable', 'invalid', 'unknown-task', 'type-mismatch', 'unknown-type'] as const;
 
 export interface WorkerMetrics {
   registry: Registry;
@@ -65,6 +65,6 @@ export function createWorkerMetrics(db: Db): WorkerMetrics {
   };
   for (const outcome of deliveryOutcomes) metrics.deliveries.inc({ outcome }, 0);
   for (const final of ['true', 'false']) metrics.failures.inc({ final }, 0);
-  for (const reason of deadLetterReasons) metrics.deadLetters.inc({ reason }, 0);
+  for (const reason of deadLetterCodes) metrics.deadLetters.inc({ reason }, 0);
   return metrics;
 }
