@@ -36,7 +36,7 @@ describe('worker', () => {
         db: database.db,
         writes: wrapWrites(createAttemptWrites(database.db, leaseMs, 10)),
         leases,
-        notifier: createOutboxNotifier(database.pool, quietLogger),
+        outboxNotifier: createOutboxNotifier(database.pool, quietLogger),
         taskNotifier: createTaskNotifier(database.pool, quietLogger),
         metrics: createWorkerMetrics(database.db),
         leaseMs,

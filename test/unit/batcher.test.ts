@@ -19,7 +19,7 @@ const flush = () => new Promise((resolve) => setImmediate(resolve));
 describe('createBatcher', () => {
   it('runs an item at once when idle, and groups the items that arrive while every slot is busy', async () => {
     const { run, calls } = controlledRun();
-    const submit = createBatcher(run, { maxSize: 3, concurrency: 1, isolate: () => true });
+    const submit = createBatcher(run, { maxSize: 3, concurrency: 1, retryAlone: () => true });
     const first = submit(1);
     const rest = [2, 3, 4, 5].map((i) => submit(i));
     await flush();
@@ -39,7 +39,7 @@ describe('createBatcher', () => {
 
   it('keeps up to `concurrency` batches in flight', async () => {
     const { run, calls } = controlledRun();
-    const submit = createBatcher(run, { maxSize: 10, concurrency: 2, isolate: () => true });
+    const submit = createBatcher(run, { maxSize: 10, concurrency: 2, retryAlone: () => true });
     const results = [1, 2, 3, 4].map((i) => submit(i));
     await flush();
     expect(calls.map((c) => c.items)).toEqual([[1], [2]]);
@@ -53,7 +53,7 @@ describe('createBatcher', () => {
 
   it('runs the items of a failed batch again one by one, so only the bad item fails, with its own error', async () => {
     const { run, calls } = controlledRun((items) => items.includes(3));
-    const submit = createBatcher(run, { maxSize: 10, concurrency: 1, isolate: () => true });
+    const submit = createBatcher(run, { maxSize: 10, concurrency: 1, retryAlone: () => true });
     const first = submit(1);
     const settled = Promise.allSettled([2, 3, 4].map((i) => submit(i)));
     await flush();
@@ -75,9 +75,9 @@ describe('createBatcher', () => {
     ]);
   });
 
-  it('fails the whole batch at once with an error that isolate refuses (every item would meet it)', async () => {
+  it('fails the whole batch at once with an error that retryAlone refuses (every item would meet it)', async () => {
     const { run, calls } = controlledRun((items) => items.length > 1);
-    const submit = createBatcher(run, { maxSize: 10, concurrency: 1, isolate: () => false });
+    const submit = createBatcher(run, { maxSize: 10, concurrency: 1, retryAlone: () => false });
     const first = submit(1);
     const settled = Promise.allSettled([2, 3].map((i) => submit(i)));
     await flush();
@@ -95,7 +95,7 @@ describe('createBatcher', () => {
 
   it('refuses an item at once when maxQueue items already wait, and never sends it', async () => {
     const { run, calls } = controlledRun();
-    const submit = createBatcher(run, { maxSize: 10, concurrency: 1, isolate: () => true, maxQueue: 2 });
+    const submit = createBatcher(run, { maxSize: 10, concurrency: 1, retryAlone: () => true, maxQueue: 2 });
     const inFlight = submit(1);
     const waiting = [submit(2), submit(3)];
     await expect(submit(4)).rejects.toBeInstanceOf(OverloadedError);
@@ -110,7 +110,7 @@ describe('createBatcher', () => {
 
   it('refuses items that waited maxWaitMs for a slot before they are sent, and sends the ones that arrive later', async () => {
     const { run, calls } = controlledRun();
-    const submit = createBatcher(run, { maxSize: 10, concurrency: 1, isolate: () => true, maxWaitMs: 50 });
+    const submit = createBatcher(run, { maxSize: 10, concurrency: 1, retryAlone: () => true, maxWaitMs: 50 });
     const inFlight = submit(1);
     const early = Promise.allSettled([submit(2), submit(3)]);
     await new Promise((resolve) => setTimeout(resolve, 30));

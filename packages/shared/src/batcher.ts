@@ -10,7 +10,7 @@ export interface BatcherOptions {
    * bad one. Not for an error every item would meet again (the database is down): those reject the
    * whole batch at once, and each caller retries or answers as it would for a single item.
    */
-  isolate: (err: unknown) => boolean;
+  retryAlone: (err: unknown) => boolean;
   /** Most items waiting for a slot; one more is refused at once with an OverloadedError. */
   maxQueue?: number;
   /** Longest an item waits for a slot; past it the item is refused with an OverloadedError, unsent. */
@@ -25,7 +25,7 @@ export interface BatcherOptions {
  * (the benchmark's profiles show a third of each service in socket writes), so a batch of N costs
  * little more than one item.
  *
- * If a batch fails with an error `isolate` accepts, its items run again one after another in the same
+ * If a batch fails with an error `retryAlone` accepts, its items run again one after another in the same
  * slot, so that one bad item (a value Postgres refuses) fails only its own caller, with its own error.
  *
  * The queue is bounded in length (maxQueue) and in time (maxWaitMs): when every slot is held (by a
@@ -49,7 +49,7 @@ export function createBatcher<I, O>(
   let inFlight = 0;
   let expiry: NodeJS.Timeout | null = null;
 
-  async function settle(batch: Waiting[]): Promise<void> {
+  async function runAndResolve(batch: Waiting[]): Promise<void> {
     const results = await run(batch.map((w) => w.item));
     if (results.length !== batch.length) {
       throw new Error(`a batch of ${batch.length} got ${results.length} results`);
@@ -59,13 +59,13 @@ export function createBatcher<I, O>(
 
   async function runBatch(batch: Waiting[]): Promise<void> {
     try {
-      await settle(batch);
+      await runAndResolve(batch);
     } catch (err) {
-      if (batch.length === 1 || !options.isolate(err)) {
+      if (batch.length === 1 || !options.retryAlone(err)) {
         batch.forEach((w) => w.reject(err));
         return;
       }
-      for (const entry of batch) await settle([entry]).catch((alone: unknown) => entry.reject(alone));
+      for (const entry of batch) await runAndResolve([entry]).catch((alone: unknown) => entry.reject(alone));
     }
   }
 

@@ -106,7 +106,7 @@ export function createTaskInserter(db: Db): (insert: TaskInsert) => Promise<Inse
   return createBatcher((inserts: TaskInsert[]) => insertTasks(db, inserts), {
     maxSize: 100,
     concurrency: 2,
-    isolate: (err) => !isDbUnavailable(err),
+    retryAlone: (err) => !isDbUnavailable(err),
     maxQueue: 5000,
     maxWaitMs: 2000,
   });

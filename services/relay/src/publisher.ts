@@ -106,25 +106,25 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
       const returned = new Set<string>();
       let allSettled: () => void = () => undefined;
       const settledPromise = new Promise<void>((resolve) => (allSettled = resolve));
-      const settle = (id: string, error: string | null): void => {
+      const conclude = (id: string, error: string | null): void => {
         if (outcome.has(id)) return;
         outcome.set(id, error);
         if (outcome.size === rows.length) allSettled();
       };
-      const settleAll = (error: string): void => rows.forEach((r) => settle(r.id, error));
+      const failRemaining = (error: string): void => rows.forEach((r) => conclude(r.id, error));
       const onReturn = (msg: Message): void => {
         if (typeof msg.properties.messageId === 'string') returned.add(msg.properties.messageId);
       };
-      const onClose = (): void => settleAll('channel closed before confirm');
+      const onClose = (): void => failRemaining('channel closed before confirm');
       ch.on('return', onReturn);
       ch.once('close', onClose);
-      const timer = setTimeout(() => settleAll(`no confirm within ${confirmTimeoutMs} ms`), confirmTimeoutMs);
+      const timer = setTimeout(() => failRemaining(`no confirm within ${confirmTimeoutMs} ms`), confirmTimeoutMs);
       try {
         for (const row of rows) {
           if (outcome.size === rows.length) break; // the channel closed or the confirm wait timed out
           const confirmed = (err: unknown): void => {
-            if (err) settle(row.id, `nacked by broker: ${toError(err).message}`);
-            else settle(row.id, returned.has(row.message_id) ? 'returned as unroutable' : null);
+            if (err) conclude(row.id, `nacked by broker: ${toError(err).message}`);
+            else conclude(row.id, returned.has(row.message_id) ? 'returned as unroutable' : null);
           };
           try {
             const body = Buffer.from(JSON.stringify(row.payload));
@@ -132,7 +132,7 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
             // Backpressure: amqplib buffers what the socket cannot take; wait until it drains.
             if (!writable) await drainedOrClosed(ch);
           } catch (err) {
-            settle(row.id, `publish failed: ${toError(err).message}`);
+            conclude(row.id, `publish failed: ${toError(err).message}`);
           }
         }
         if (rows.length === 0) allSettled();

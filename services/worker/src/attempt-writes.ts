@@ -25,7 +25,7 @@ export interface AttemptWrites {
  * one statement each; a retry is a transaction of its own (it is rare, and writes an outbox row).
  */
 export function createAttemptWrites(db: Db, leaseMs: number, maxBatch: number): AttemptWrites {
-  const options = { maxSize: maxBatch, concurrency: 2, isolate: (err: unknown) => !isDbUnavailable(err) };
+  const options = { maxSize: maxBatch, concurrency: 2, retryAlone: (err: unknown) => !isDbUnavailable(err) };
   const start = createBatcher((starts: AttemptStart[]) => startPendingAttempts(db, starts, leaseMs), options);
   const finishTerminal = createBatcher((finishes: TerminalFinish[]) => finishTerminals(db, finishes), options);
   return {

@@ -63,7 +63,7 @@ export interface AttemptDeps {
   /** Starts and finishes, batched across the deliveries in flight (createAttemptWrites). */
   writes: AttemptWrites;
   leases: Leases;
-  notifier: OutboxNotifier;
+  outboxNotifier: OutboxNotifier;
   /** Told after each commit that changes a task, so long-polling api clients answer at once. */
   taskNotifier: TaskNotifier;
   metrics: WorkerMetrics;
@@ -82,20 +82,26 @@ export interface Started {
   leaseFrom: number;
 }
 
-export type Begin = Decision | Started;
+export type DeliveryDecision = Decision | Started;
 
 /**
  * The common case (a pending task's next attempt) in one statement; otherwise one transaction: lock the
  * task, decide, and (to run) mark it processing with the external job id. Each path reads leaseClock()
  * before it sends its first statement: Postgres starts the lease at that statement's now() or later.
  */
-export async function beginAttempt(deps: AttemptDeps, message: TaskMessage, externalJobId: string): Promise<Begin> {
-  const fastFrom = leaseClock();
-  const fast = isTaskType(message.type) ? await deps.writes.startPending({ ...message, externalJobId }) : undefined;
+export async function beginAttempt(
+  deps: AttemptDeps,
+  message: TaskMessage,
+  externalJobId: string,
+): Promise<DeliveryDecision> {
+  const pendingLeaseFrom = leaseClock();
+  const startedPending = isTaskType(message.type)
+    ? await deps.writes.startPending({ ...message, externalJobId })
+    : undefined;
   const lockedFrom = leaseClock();
-  const begin: Begin = fast
-    ? { action: 'started', ...fast, leaseFrom: fastFrom }
-    : await deps.db.transaction().execute(async (tx): Promise<Begin> => {
+  const result: DeliveryDecision = startedPending
+    ? { action: 'started', ...startedPending, leaseFrom: pendingLeaseFrom }
+    : await deps.db.transaction().execute(async (tx): Promise<DeliveryDecision> => {
         const task = await lockTask(tx, message.taskId);
         const decision = decide(task, message);
         if (!task || decision.action === 'dead-letter' || decision.action === 'skip') return decision;
@@ -110,8 +116,8 @@ export async function beginAttempt(deps: AttemptDeps, message: TaskMessage, exte
         const attempt = await startAttempt(tx, task, externalJobId, deps.leaseMs);
         return { action: 'started', task, attempt, leaseFrom: lockedFrom };
       });
-  if (begin.action === 'started' || begin.action === 'fail') deps.taskNotifier.changed(message.taskId);
-  return begin;
+  if (result.action === 'started' || result.action === 'fail') deps.taskNotifier.changed(message.taskId);
+  return result;
 }
 
 /**
@@ -235,7 +241,7 @@ async function recordOutcome(
     return 'recorded';
   }
   deps.taskNotifier.changed(taskId);
-  if (status === 'pending') deps.notifier.poke();
+  if (status === 'pending') deps.outboxNotifier.poke();
   if (outcome.kind === 'failed') {
     deps.metrics.failures.inc({ final: String(status !== 'pending') });
     const message = status === 'pending' ? 'task attempt failed; retry scheduled' : `task ${status}`;

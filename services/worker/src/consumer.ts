@@ -94,7 +94,7 @@ export function createConsumer(names: AmqpNames, prefetch: number, deps: Attempt
    * Acks or requeues on the channel that delivered the message. After a reconnect that channel is
    * gone and the broker has already requeued the message; its redelivery is absorbed by decide().
    */
-  function settle(ch: ConfirmChannel, msg: ConsumeMessage, how: 'ack' | 'requeue', log: Logger): void {
+  function ackOrRequeue(ch: ConfirmChannel, msg: ConsumeMessage, how: 'ack' | 'requeue', log: Logger): void {
     if (ch !== channel) {
       log.info('delivery not settled: its channel closed; the redelivery will be absorbed', { how });
       return;
@@ -121,20 +121,20 @@ export function createConsumer(names: AmqpNames, prefetch: number, deps: Attempt
       case 'fail':
         log.error('task failed without running', { reason: begin.reason });
         if (begin.reason === 'unknown-type') return deadLetter(ch, msg, { code: 'unknown-type' }, log);
-        return settle(ch, msg, 'ack', log);
+        return ackOrRequeue(ch, msg, 'ack', log);
       case 'skip':
         log.info('duplicate delivery absorbed', { reason: begin.reason, attempt: parsed.attempt });
-        return settle(ch, msg, 'ack', log);
+        return ackOrRequeue(ch, msg, 'ack', log);
       case 'started': {
         // Ack only after the outcome is committed (invariant 3); an abandoned run is requeued, and its
         // redelivery resumes the task as a new attempt or is absorbed if the task moved on.
         const result = await runAttempt(deps, begin, log);
-        return settle(ch, msg, result === 'recorded' ? 'ack' : 'requeue', log);
+        return ackOrRequeue(ch, msg, result === 'recorded' ? 'ack' : 'requeue', log);
       }
     }
   }
 
-  function track(ch: ConfirmChannel, tag: string, msg: ConsumeMessage): void {
+  function startHandling(ch: ConfirmChannel, tag: string, msg: ConsumeMessage): void {
     const log = logger.child({
       messageId: msg.properties.messageId as string | undefined,
       correlationId: msg.properties.correlationId as string | undefined,
@@ -145,7 +145,9 @@ export function createConsumer(names: AmqpNames, prefetch: number, deps: Attempt
         // Not handled (an unexpected error, or Postgres still down when the worker stops): give the
         // message back, after a pause so that a persistent error does not spin.
         log.warn('delivery not handled; requeueing', { error: toError(err).message });
-        return new Promise<void>((resolve) => setTimeout(resolve, 1000)).then(() => settle(ch, msg, 'requeue', log));
+        return new Promise<void>((resolve) => setTimeout(resolve, 1000)).then(() =>
+          ackOrRequeue(ch, msg, 'requeue', log),
+        );
       })
       .finally(() => inFlight.delete(run));
     inFlight.add(run);
@@ -166,7 +168,7 @@ export function createConsumer(names: AmqpNames, prefetch: number, deps: Attempt
       await ch.consume(
         names.queue,
         (msg) => {
-          if (msg !== null) return track(ch, tag, msg);
+          if (msg !== null) return startHandling(ch, tag, msg);
           // The broker cancelled the consumer: its queue was deleted, or its leader moved away.
           if (channel === ch) channel = null;
           rebuild(`the broker cancelled consumer ${tag} (queue deleted?)`);

@@ -32,7 +32,7 @@ async function main(): Promise<void> {
   });
   const db = createDb(pool);
   const metrics = createWorkerMetrics(db);
-  const notifier = createOutboxNotifier(pool, logger);
+  const outboxNotifier = createOutboxNotifier(pool, logger);
   const taskNotifier = createTaskNotifier(pool, logger);
   const leases = createLeases(db, config.WORKER_LEASE_MS, logger);
   const stopController = new AbortController();
@@ -45,7 +45,7 @@ async function main(): Promise<void> {
       db,
       writes: createAttemptWrites(db, config.WORKER_LEASE_MS, config.WORKER_PREFETCH),
       leases,
-      notifier,
+      outboxNotifier,
       taskNotifier,
       metrics,
       leaseMs: config.WORKER_LEASE_MS,
@@ -57,7 +57,7 @@ async function main(): Promise<void> {
   const sweeper = createSweeper(
     db,
     Math.max(250, Math.floor(config.WORKER_LEASE_MS / 2)),
-    notifier,
+    outboxNotifier,
     taskNotifier,
     logger,
   );
@@ -90,7 +90,7 @@ async function main(): Promise<void> {
     await sweeper.stop();
     leases.stop();
     await amqp.close().catch(() => undefined);
-    await notifier.stop();
+    await outboxNotifier.stop();
     await taskNotifier.stop();
     await health.stop();
     await db.destroy();

@@ -13,14 +13,14 @@ import { sweepExpiredLeases } from './lease-sql';
 export function createSweeper(
   db: Db,
   intervalMs: number,
-  notifier: OutboxNotifier,
+  outboxNotifier: OutboxNotifier,
   taskNotifier: TaskNotifier,
   logger: Logger,
 ): Periodic {
   return createPeriodic(intervalMs, async () => {
     try {
       const { resumed, failed, taskIds } = await sweepExpiredLeases(db, 100);
-      if (resumed > 0) notifier.poke();
+      if (resumed > 0) outboxNotifier.poke();
       if (taskIds.length > 0) taskNotifier.changed(...taskIds);
       if (resumed + failed > 0) logger.warn('resumed runs whose lease expired', { resumed, failed });
     } catch (err) {
