@@ -5,7 +5,7 @@ import { outDir, runToEnd } from './lib/env.mjs';
 
 // The api's transaction for one task (services/api/src/task-sql.ts insertTasks): task and outbox row
 // in one data-modifying CTE, returning the task row for the response. Under load the api puts several
-// requests in one such statement; the ceiling stays one task per transaction, as the issue defines it.
+// requests in one such statement; the ceiling stays one task per transaction (bench/README.md).
 const insertCte = `WITH inserted AS (
   INSERT INTO tasks (id, type, payload, max_attempts, owner, idempotency_key, request_hash, correlation_id)
   VALUES (gen_random_uuid(), 'echo', '{"phase":"pgbench"}'::jsonb, 3, 'pgbench', NULL, NULL, gen_random_uuid()::text)

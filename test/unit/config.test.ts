@@ -1,7 +1,7 @@
 import { configSchema, loadConfig, redactUrl } from '@taskbox/shared';
 
 describe('config', () => {
-  it('uses the DESIGN.md defaults when nothing is set', () => {
+  it('uses the documented defaults (README, Configuration) when nothing is set', () => {
     const config = loadConfig({});
     expect(config).toMatchObject({
       DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/taskbox',
@@ -31,7 +31,7 @@ describe('config', () => {
     expect(() => loadConfig({ AMQP_PREFIX: 'a b' })).toThrow(/AMQP_PREFIX/);
   });
 
-  it('lists the env names of DESIGN.md in its schema', () => {
+  it('lists the documented env names in its schema', () => {
     const keys = Object.keys(configSchema.shape);
     for (const name of ['DATABASE_URL', 'AMQP_URL', 'AMQP_PREFIX', 'LOG_LEVEL', 'LOG_FORMAT', 'PORT']) {
       expect(keys).toContain(name);

@@ -153,7 +153,7 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
   };
 }
 
-/** The message properties DESIGN.md names: messageId, correlationId, type, persistent, mandatory... */
+/** The message properties of docs/design.md ("Names on the wire"), mandatory. */
 function messageOptions(row: ClaimedRow): Options.Publish {
   // Written by taskbox itself, so it parses; a row that did not would go out without the header, and
   // the worker dead-letters its body with the reason.
