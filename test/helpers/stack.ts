@@ -2,6 +2,11 @@ import { amqpUrl, deleteTopology, testPrefix } from './amqp';
 import { createTestDatabase, type TestDatabase } from './db';
 import { startService, type RunningService, type ServiceName } from './services';
 
+function once<T>(run: () => Promise<T>): () => Promise<T> {
+  let result: Promise<T> | null = null;
+  return () => (result ??= run());
+}
+
 export interface Stack {
   database: TestDatabase;
   prefix: string;
@@ -10,7 +15,10 @@ export interface Stack {
   worker: RunningService;
   /** Base URLs: the api's port, and the relay's and worker's health ports. */
   urls: Record<ServiceName, string>;
-  /** Stops the three (SIGTERM), drops the database and the topology; returns the exit codes. */
+  /**
+   * Stops the three (SIGTERM), drops the database and the topology; returns the exit codes. Runs once:
+   * a last test asserts on the codes, and afterAll calls it again to clean up when that test did not run.
+   */
   stop(): Promise<(number | null)[]>;
 }
 
@@ -41,11 +49,11 @@ export async function startStack(
     relay,
     worker,
     urls: { api: url(apiPort), relay: url(relayPort), worker: url(workerPort) },
-    async stop() {
+    stop: once(async () => {
       const codes = await Promise.all([api, relay, worker].map((s) => s.stop()));
       await database.drop();
       await deleteTopology(prefix);
       return codes;
-    },
+    }),
   };
 }

@@ -180,7 +180,9 @@ describe('delivery guarantees with the services as separate processes', () => {
       'postgres unavailable',
       (l) => l.message === 'postgres unavailable; retrying' && l.taskId === id,
     );
-    await new Promise((r) => setTimeout(r, 2000));
+    // Held, not requeued, until the worker itself reports its Postgres gone.
+    const health = `http://127.0.0.1:${await worker.port()}/readyz`;
+    await waitFor('the worker to report Postgres unavailable', async () => (await fetch(health)).status === 503);
     await proxy!.restore();
     await system.waitForTerminal([id], 20_000);
     expect(await system.status(id)).toBe('succeeded');

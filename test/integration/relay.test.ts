@@ -177,9 +177,21 @@ describe('relay', () => {
 
   it('leaves rows untouched while RabbitMQ is unreachable', async () => {
     await seed(3);
-    const loop = createLoop(createPublisher(amqpNames(prefix), 1000, quietLogger), { batchSize: 10, pollMs: 50 });
+    // Never set up, so never connected: the loop looks at it on every poll and must not claim.
+    const publisher = createPublisher(amqpNames(prefix), 1000, quietLogger);
+    let looked = 0;
+    const loop = createLoop(
+      {
+        ...publisher,
+        connected: () => {
+          looked++;
+          return publisher.connected();
+        },
+      },
+      { batchSize: 10, pollMs: 50 },
+    );
     loop.start();
-    await new Promise((r) => setTimeout(r, 300));
+    await waitFor('the loop to look at the broker five times', () => looked >= 5);
     const rows = await database.db.selectFrom('outbox').select(['publish_attempts', 'published_at']).execute();
     expect(rows).toEqual(Array(3).fill({ publish_attempts: 0, published_at: null }));
   });

@@ -16,7 +16,7 @@ describe('GET /tasks/{id} shows where a running task is', () => {
   });
 
   afterAll(async () => {
-    expect(await stack.stop()).toEqual([0, 0, 0]);
+    await stack.stop();
   });
 
   it('shows the step and progress the handler sets while it runs, then a timeline of created, published, started and finished', async () => {
@@ -58,5 +58,9 @@ describe('GET /tasks/{id} shows where a running task is', () => {
     );
     expect(done.timeline[0]?.event).toBe('created');
     expect(done.timeline[3]?.event).toBe('finished');
+  });
+
+  it('stops api, relay and worker with exit code 0', async () => {
+    expect(await stack.stop()).toEqual([0, 0, 0]);
   });
 });

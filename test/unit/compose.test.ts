@@ -16,7 +16,7 @@ import {
   repoRoot,
   service,
   stageEnvironment,
-} from './compose-file';
+} from '../helpers/compose-file';
 
 // No Docker engine runs these tests, so the packaging is checked as text against what the code expects.
 const { raw, file } = loadCompose();
