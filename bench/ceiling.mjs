@@ -1,33 +1,48 @@
 // The ceiling: pgbench running the api's own insert, with nothing in between (no HTTP, no JSON, no Node).
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import pg from 'pg';
+import api from '../services/api/dist/task-sql.js';
+import shared from '../packages/shared/dist/index.js';
 import { outDir, runToEnd } from './lib/env.mjs';
 
-// The api's transaction for one task (services/api/src/task-sql.ts insertTasks): task and outbox row
-// in one data-modifying CTE, returning the task row for the response. Under load the api puts several
-// requests in one such statement; the ceiling stays one task per transaction (bench/README.md).
-const insertCte = `WITH inserted AS (
-  INSERT INTO tasks (id, type, payload, max_attempts, owner, idempotency_key, request_hash, correlation_id)
-  VALUES (gen_random_uuid(), 'echo', '{"phase":"pgbench"}'::jsonb, 3, 'pgbench', NULL, NULL, gen_random_uuid()::text)
-  RETURNING *
-), queued AS (
-  INSERT INTO outbox (message_id, task_id, routing_key, payload, headers)
-  SELECT gen_random_uuid(), id, type, jsonb_build_object('taskId', id, 'type', type, 'attempt', 1), '{}'::jsonb
-  FROM inserted
-)`;
+// The api's own statement (services/api/src/task-sql.ts insertTasksStatement), compiled by Kysely as
+// the api sends it. Its one parameter, the JSON of the rows to insert, becomes an expression that makes
+// one fresh task per transaction: under load the api puts several requests in one statement, but the
+// ceiling stays one task per transaction (bench/README.md).
+const oneTask = `jsonb_build_array(jsonb_build_object(
+  'id', gen_random_uuid(), 'type', 'echo', 'payload', '{"phase":"pgbench"}', 'max_attempts', 3,
+  'owner', 'pgbench', 'idempotency_key', NULL, 'request_hash', NULL, 'correlation_id', gen_random_uuid(),
+  'message_id', gen_random_uuid(), 'message_payload', '{"type":"echo","attempt":1}', 'message_headers', '{}'))::text`;
 
+function apiStatement() {
+  const db = shared.createDb(new pg.Pool({ max: 1 }));
+  const { sql, parameters } = api.insertTasksStatement('[]').compile(db);
+  const [, channel] = parameters;
+  const withNotify = sql
+    .replace('$1', `(${oneTask})`)
+    .replace('$2', `'${channel}'`)
+    .replace(/\s*\n\s*/g, ' ');
+  const wake = /, \(SELECT pg_notify\([^)]*\)\) AS wake/;
+  if (parameters.length !== 2 || !wake.test(withNotify)) {
+    throw new Error(`the api's insert statement changed shape; update bench/ceiling.mjs:\n${sql}`);
+  }
+  return { withNotify, withoutNotify: withNotify.replace(wake, '') };
+}
+
+const statement = apiStatement();
 // pgbench reads one statement per line, so the statement is folded onto one line.
 const scripts = {
   // The insert without any NOTIFY: a stricter bound than the api's own statement.
-  insert: `${insertCte} SELECT * FROM inserted;`,
+  insert: `${statement.withoutNotify};`,
   // The api's own statement, NOTIFY inside, one request per transaction (the api shares it among the
   // requests that arrive together).
-  insertWithNotify: `${insertCte} SELECT i.*, pg_notify('taskbox_outbox', '') FROM inserted i;`,
+  insertWithNotify: `${statement.withNotify};`,
 };
 
 async function pgbench(databaseUrl, name, clients, seconds) {
   const file = path.join(outDir, `pgbench-${name}.sql`);
-  await writeFile(file, scripts[name].replace(/\s*\n\s*/g, ' ') + '\n');
+  await writeFile(file, scripts[name] + '\n');
   const out = await runToEnd(process.env.PGBENCH ?? 'pgbench', [
     '-n',
     '-M',

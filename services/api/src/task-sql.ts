@@ -68,9 +68,22 @@ export async function insertTasks(db: Db, inserts: TaskInsert[]): Promise<Insert
       message_headers: message.headers,
     };
   });
-  const { rows } = await sql<TaskRow>`${prepared('api_insert_tasks')}
+  const { rows } = await insertTasksStatement(JSON.stringify(input)).execute(db);
+  const byId = new Map(rows.map((row) => [row.id, row]));
+  return input.map((i) => {
+    const task = byId.get(i.id);
+    return task && { task, messageId: i.message_id };
+  });
+}
+
+/**
+ * The insert statement itself, for `input`: a JSON array of rows as insertTasks builds them. Exported
+ * for the benchmark, which runs this very statement under pgbench as the api's ceiling.
+ */
+export function insertTasksStatement(input: string) {
+  return sql<TaskRow>`${prepared('api_insert_tasks')}
     WITH input AS (
-      SELECT * FROM jsonb_to_recordset(${JSON.stringify(input)}::jsonb) AS i(
+      SELECT * FROM jsonb_to_recordset(${input}::jsonb) AS i(
         id uuid, type text, payload text, max_attempts int, owner text, idempotency_key text,
         request_hash text, correlation_id text, message_id uuid, message_payload text, message_headers text)
     ), inserted AS (
@@ -83,12 +96,7 @@ export async function insertTasks(db: Db, inserts: TaskInsert[]): Promise<Insert
       SELECT i.message_id, t.id, t.type, i.message_payload::jsonb, i.message_headers::jsonb
       FROM inserted t JOIN input i ON i.id = t.id
     )
-    SELECT inserted.* FROM inserted, (SELECT pg_notify(${OUTBOX_CHANNEL}, '')) AS wake`.execute(db);
-  const byId = new Map(rows.map((row) => [row.id, row]));
-  return input.map((i) => {
-    const task = byId.get(i.id);
-    return task && { task, messageId: i.message_id };
-  });
+    SELECT inserted.* FROM inserted, (SELECT pg_notify(${OUTBOX_CHANNEL}, '')) AS wake`;
 }
 
 /**
