@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { sql } from 'kysely';
+import { sql, type RawBuilder } from 'kysely';
 import type { Db } from './db';
 import type { TaskMessage } from './task-types';
 
@@ -51,11 +51,25 @@ export async function outboxBacklog(db: Db): Promise<{ count: number; oldestAgeS
   return { count: Number(row?.count ?? 0), oldestAgeSeconds: row?.oldest ?? 0 };
 }
 
+/**
+ * THE outbox insert: every statement that queues messages (the api's insert, a retry, a resumed run, a
+ * republished task) writes its rows through this, so the columns and the due time are set one way.
+ * `rows` is a query whose columns are, in order: message_id (uuid), task_id (uuid), routing_key, payload
+ * (jsonb), headers (jsonb) and delay_ms (a row is due that long after now()).
+ */
+export function outboxInsert(rows: RawBuilder<unknown>): RawBuilder<unknown> {
+  return sql`INSERT INTO outbox (message_id, task_id, routing_key, payload, headers, available_at)
+    SELECT r.message_id, r.task_id, r.routing_key, r.payload, r.headers, now() + r.delay_ms * interval '1 millisecond'
+    FROM (${rows}) AS r(message_id, task_id, routing_key, payload, headers, delay_ms)`;
+}
+
 /** Inserts outbox rows inside the caller's transaction; `delayMs` defers a retry. */
 export async function insertOutbox(db: Db, messages: OutboxMessage[], delayMs = 0): Promise<void> {
   if (messages.length === 0) return;
-  await db
-    .insertInto('outbox')
-    .values(messages.map((m) => ({ ...m, available_at: sql<Date>`now() + ${delayMs} * interval '1 millisecond'` })))
-    .execute();
+  const rows = sql`
+    SELECT m.*, ${delayMs}::int FROM unnest(
+      ${messages.map((m) => m.message_id)}::uuid[], ${messages.map((m) => m.task_id)}::uuid[],
+      ${messages.map((m) => m.routing_key)}::text[], ${messages.map((m) => m.payload)}::jsonb[],
+      ${messages.map((m) => m.headers)}::jsonb[]) AS m`;
+  await outboxInsert(rows).execute(db);
 }

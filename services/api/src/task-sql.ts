@@ -3,6 +3,7 @@ import {
   createBatcher,
   isDbUnavailable,
   OUTBOX_CHANNEL,
+  outboxInsert,
   outboxMessage,
   prepared,
   type Db,
@@ -92,9 +93,9 @@ export function insertTasksStatement(input: string) {
       ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
       RETURNING ${sql.join(taskColumns.map((c) => sql.ref(c)))}
     ), queued AS (
-      INSERT INTO outbox (message_id, task_id, routing_key, payload, headers)
-      SELECT i.message_id, t.id, t.type, i.message_payload::jsonb, i.message_headers::jsonb
-      FROM inserted t JOIN input i ON i.id = t.id
+      ${outboxInsert(sql`
+        SELECT i.message_id, t.id, t.type, i.message_payload::jsonb, i.message_headers::jsonb, 0
+        FROM inserted t JOIN input i ON i.id = t.id`)}
     )
     SELECT inserted.* FROM inserted, (SELECT pg_notify(${OUTBOX_CHANNEL}, '')) AS wake`;
 }
