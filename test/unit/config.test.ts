@@ -41,6 +41,14 @@ describe('config', () => {
     }
   });
 
+  it('refuses HTTP limits the api could not run with', () => {
+    expect(() => loadConfig({ HTTP_HEADERS_TIMEOUT_MS: '40000' })).toThrow(/HTTP_HEADERS_TIMEOUT_MS/);
+    expect(loadConfig({ HTTP_HEADERS_TIMEOUT_MS: '500', HTTP_REQUEST_TIMEOUT_MS: '1000' })).toMatchObject({
+      HTTP_HEADERS_TIMEOUT_MS: 500,
+      HTTP_REQUEST_TIMEOUT_MS: 1000,
+    });
+  });
+
   it('never prints a password', () => {
     expect(redactUrl('amqp://guest:secret@host:5672')).toBe('amqp://guest:***@host:5672');
     expect(redactUrl('postgres://u:p%40ss@db/x')).not.toContain('p%40ss');

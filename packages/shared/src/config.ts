@@ -66,11 +66,27 @@ export const configSchema = z.object({
   AUTH_JWT_ISSUER: z.string().min(1).optional(),
   AUTH_JWT_AUDIENCE: z.string().min(1).optional(),
   CORS_ORIGINS: corsOrigins.default([]),
+  // The api's bounds on slow clients: all headers within the first, the whole request within the second.
+  HTTP_HEADERS_TIMEOUT_MS: positiveInt.default(10_000),
+  HTTP_REQUEST_TIMEOUT_MS: positiveInt.default(30_000),
+  // Room for thousands of waiting long polls and as many sockets again for ordinary requests and idle
+  // keep-alive connections; far below the file descriptors a container gets.
+  HTTP_MAX_CONNECTIONS: positiveInt.default(4000),
 });
 
 export type Config = z.infer<typeof configSchema>;
 
 export const configKeys = Object.keys(configSchema.shape) as (keyof Config)[];
+
+// Node refuses a headers timeout longer than the request timeout.
+function httpLimitIssues(config: Config | undefined): { path: string; message: string }[] {
+  if (!config) return [];
+  const issues = [];
+  if (config.HTTP_HEADERS_TIMEOUT_MS > config.HTTP_REQUEST_TIMEOUT_MS) {
+    issues.push({ path: 'HTTP_HEADERS_TIMEOUT_MS', message: 'at most HTTP_REQUEST_TIMEOUT_MS' });
+  }
+  return issues;
+}
 
 /** Parses the environment or throws one error that names every bad variable. */
 export function loadConfig(env: NodeJS.ProcessEnv): Config {
@@ -80,6 +96,7 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
   if (parsed.data?.AUTH_JWT_SECRET && parsed.data.AUTH_JWKS_URL) {
     issues.push({ path: 'AUTH_JWKS_URL', message: 'set AUTH_JWT_SECRET or AUTH_JWKS_URL, not both' });
   }
+  issues.push(...httpLimitIssues(parsed.data));
   if (parsed.success && issues.length === 0) return parsed.data;
   const lines = issues.map((i) => `  ${i.path}: ${i.message}`);
   throw new Error(`invalid configuration:\n${lines.join('\n')}`);

@@ -1,4 +1,3 @@
-import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import {
   closeServer,
@@ -13,6 +12,7 @@ import {
   toError,
 } from '@taskbox/shared';
 import { buildApp } from './app';
+import { createServer } from './server';
 import { createTaskEvents } from './task-events';
 
 async function main(): Promise<void> {
@@ -37,7 +37,11 @@ async function main(): Promise<void> {
     corsOrigins: config.CORS_ORIGINS,
   });
   events.start();
-  const server = http.createServer(app);
+  const server = createServer(app, {
+    headersTimeoutMs: config.HTTP_HEADERS_TIMEOUT_MS,
+    requestTimeoutMs: config.HTTP_REQUEST_TIMEOUT_MS,
+    maxConnections: config.HTTP_MAX_CONNECTIONS,
+  });
   await listen(server, config.PORT);
   logger.info('api listening', {
     port: (server.address() as AddressInfo).port,
