@@ -4,12 +4,15 @@ import { closeServer, createTaskNotifier, loadConfig } from '@taskbox/shared';
 import { buildApp, type AppDeps } from '../../services/api/src/app';
 import { createServer, type HttpLimits } from '../../services/api/src/server';
 import { createTaskEvents, type TaskEvents } from '../../services/api/src/task-events';
+import { findTask } from '../../services/api/src/task-sql';
 import { createTestDatabase, quietLogger, type TestDatabase } from './db';
 
 export interface TestApi {
   app: http.RequestListener;
   database: TestDatabase;
   events: TaskEvents;
+  /** Reads of a task row made for long polls (first reads and shared reads) that have ended. */
+  taskReads(): number;
   /**
    * Listens on a loopback port, through the api's own server and limits (the configured defaults unless
    * overridden), for clients other than supertest (fetch, long polls, raw sockets); returns the base URL.
@@ -23,8 +26,13 @@ const defaults = loadConfig({});
 /** The api built in-process (as main.ts builds it) on its own test database, auth off unless overridden. */
 export async function startTestApi(overrides: Partial<AppDeps> = {}): Promise<TestApi> {
   const database = await createTestDatabase();
+  const db = overrides.db ?? database.db;
   const taskNotifier = createTaskNotifier(database.pool, quietLogger);
-  const events = createTaskEvents(database.url, quietLogger);
+  let taskReads = 0;
+  // Counted when a read ends, so a test that saw the count rise knows the reader has its row.
+  const events = createTaskEvents(database.url, quietLogger, (owner, id) =>
+    findTask(db, owner, id).finally(() => taskReads++),
+  );
   events.start();
   const { app } = buildApp({
     db: database.db,
@@ -35,6 +43,7 @@ export async function startTestApi(overrides: Partial<AppDeps> = {}): Promise<Te
     bodyLimit: '16kb',
     auth: {},
     corsOrigins: [],
+    longPoll: { max: defaults.LONG_POLL_MAX, maxPerOwner: defaults.LONG_POLL_MAX_PER_OWNER },
     ...overrides,
   });
   let server: http.Server | null = null;
@@ -42,6 +51,7 @@ export async function startTestApi(overrides: Partial<AppDeps> = {}): Promise<Te
     app,
     database,
     events,
+    taskReads: () => taskReads,
     async listen(limits = {}) {
       const s = createServer(app, {
         headersTimeoutMs: defaults.HTTP_HEADERS_TIMEOUT_MS,

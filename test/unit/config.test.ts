@@ -43,6 +43,7 @@ describe('config', () => {
 
   it('refuses HTTP limits the api could not run with', () => {
     expect(() => loadConfig({ HTTP_HEADERS_TIMEOUT_MS: '40000' })).toThrow(/HTTP_HEADERS_TIMEOUT_MS/);
+    expect(() => loadConfig({ LONG_POLL_MAX: '5000', HTTP_MAX_CONNECTIONS: '5000' })).toThrow(/LONG_POLL_MAX/);
     expect(loadConfig({ HTTP_HEADERS_TIMEOUT_MS: '500', HTTP_REQUEST_TIMEOUT_MS: '1000' })).toMatchObject({
       HTTP_HEADERS_TIMEOUT_MS: 500,
       HTTP_REQUEST_TIMEOUT_MS: 1000,

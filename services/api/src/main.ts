@@ -14,6 +14,7 @@ import {
 import { buildApp } from './app';
 import { createServer } from './server';
 import { createTaskEvents } from './task-events';
+import { findTask } from './task-sql';
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
@@ -25,7 +26,7 @@ async function main(): Promise<void> {
   const pool = createPool(config.DATABASE_URL, logger, { max: config.PG_POOL_SIZE, connectionTimeoutMillis: 10_000 });
   const db = createDb(pool);
   const taskNotifier = createTaskNotifier(pool, logger);
-  const events = createTaskEvents(config.DATABASE_URL, logger);
+  const events = createTaskEvents(config.DATABASE_URL, logger, (owner, id) => findTask(db, owner, id));
   const { app } = buildApp({
     db,
     pool,
@@ -35,6 +36,7 @@ async function main(): Promise<void> {
     bodyLimit: config.BODY_LIMIT,
     auth: config,
     corsOrigins: config.CORS_ORIGINS,
+    longPoll: { max: config.LONG_POLL_MAX, maxPerOwner: config.LONG_POLL_MAX_PER_OWNER },
   });
   events.start();
   const server = createServer(app, {

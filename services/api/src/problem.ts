@@ -9,12 +9,15 @@ export class HttpProblem extends Error {
     readonly title: string,
     readonly detail?: string,
     readonly extra: Record<string, unknown> = {},
+    /** Sent as Retry-After: when a client that was turned away may try again. */
+    readonly retryAfterSeconds?: number,
   ) {
     super(detail ?? title);
   }
 }
 
 export function sendProblem(res: Response, problem: HttpProblem): void {
+  if (problem.retryAfterSeconds !== undefined) res.setHeader('Retry-After', String(problem.retryAfterSeconds));
   res
     .status(problem.status)
     .type('application/problem+json')
