@@ -18,7 +18,10 @@ export interface LongPollAnswer {
 }
 
 export interface LongPolls {
-  /** Waits for a change to the task (see waitForChange); undefined when it does not exist for `owner`. */
+  /**
+   * Waits for a change to the task (see waitForChange); undefined when it does not exist for `owner`,
+   * or when `signal` aborted (the client went away).
+   */
   wait(owner: string, id: string, waitMs: number, signal: AbortSignal): Promise<LongPollAnswer | undefined>;
 }
 
@@ -91,7 +94,10 @@ export function createLongPolls(db: Db, events: TaskEvents, limits: LongPollLimi
       const release = admit(owner);
       // The slot is for waiting: it frees before the timeline read, when the poll has its answer.
       const read = await waitForChange(events, owner, id, waitMs, signal).finally(release);
-      return read.row && { row: read.row, timeline: await timelineAfter(read, id) };
+      // A client that went away gets no answer: skip its timeline read, or many leaving at once (a proxy
+      // restarting) would queue a burst of reads in front of every other request.
+      if (!read.row || signal.aborted) return undefined;
+      return { row: read.row, timeline: await timelineAfter(read, id) };
     },
   };
 }

@@ -153,6 +153,7 @@ function getTask({ db }: TasksDeps, longPolls: LongPolls): Handler {
     const answer = wait
       ? await longPolls.wait(owner(res), id, wait * 1000, gone.signal)
       : await readNow(db, owner(res), id);
+    if (gone.signal.aborted) return;
     if (!answer) throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
     res.json(toTaskView(answer.row, answer.timeline));
   };
