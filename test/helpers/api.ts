@@ -1,24 +1,38 @@
-import http from 'node:http';
+import type http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { closeServer, createTaskNotifier } from '@taskbox/shared';
+import { closeServer, createTaskNotifier, loadConfig } from '@taskbox/shared';
 import { buildApp, type AppDeps } from '../../services/api/src/app';
+import { createServer, type HttpLimits } from '../../services/api/src/server';
 import { createTaskEvents, type TaskEvents } from '../../services/api/src/task-events';
+import { findTask } from '../../services/api/src/task-sql';
 import { createTestDatabase, quietLogger, type TestDatabase } from './db';
 
 export interface TestApi {
   app: http.RequestListener;
   database: TestDatabase;
   events: TaskEvents;
-  /** Listens on a loopback port for clients other than supertest (fetch, long polls); returns the base URL. */
-  listen(): Promise<string>;
+  /** Reads of a task row made for long polls (first reads and shared reads) that have ended. */
+  taskReads(): number;
+  /**
+   * Listens on a loopback port, through the api's own server and limits (the configured defaults unless
+   * overridden), for clients other than supertest (fetch, long polls, raw sockets); returns the base URL.
+   */
+  listen(limits?: Partial<HttpLimits>): Promise<string>;
   close(): Promise<void>;
 }
+
+const defaults = loadConfig({});
 
 /** The api built in-process (as main.ts builds it) on its own test database, auth off unless overridden. */
 export async function startTestApi(overrides: Partial<AppDeps> = {}): Promise<TestApi> {
   const database = await createTestDatabase();
+  const db = overrides.db ?? database.db;
   const taskNotifier = createTaskNotifier(database.pool, quietLogger);
-  const events = createTaskEvents(database.url, quietLogger);
+  let taskReads = 0;
+  // Counted when a read ends, so a test that saw the count rise knows the reader has its row.
+  const events = createTaskEvents(database.url, quietLogger, (owner, id) =>
+    findTask(db, owner, id).finally(() => taskReads++),
+  );
   events.start();
   const { app } = buildApp({
     db: database.db,
@@ -29,6 +43,7 @@ export async function startTestApi(overrides: Partial<AppDeps> = {}): Promise<Te
     bodyLimit: '16kb',
     auth: {},
     corsOrigins: [],
+    longPoll: { max: defaults.LONG_POLL_MAX, maxPerOwner: defaults.LONG_POLL_MAX_PER_OWNER },
     ...overrides,
   });
   let server: http.Server | null = null;
@@ -36,11 +51,17 @@ export async function startTestApi(overrides: Partial<AppDeps> = {}): Promise<Te
     app,
     database,
     events,
-    async listen() {
-      const s = http.createServer(app);
+    taskReads: () => taskReads,
+    async listen(limits = {}) {
+      const s = createServer(app, {
+        headersTimeoutMs: defaults.HTTP_HEADERS_TIMEOUT_MS,
+        requestTimeoutMs: defaults.HTTP_REQUEST_TIMEOUT_MS,
+        maxConnections: defaults.HTTP_MAX_CONNECTIONS,
+        ...limits,
+      });
       server = s;
       await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
-      return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+      return `http://127.0.0.1:${(s.address() as AddressInfo).port}`;
     },
     async close() {
       await events.stop();

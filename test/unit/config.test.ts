@@ -41,6 +41,15 @@ describe('config', () => {
     }
   });
 
+  it('refuses HTTP limits the api could not run with', () => {
+    expect(() => loadConfig({ HTTP_HEADERS_TIMEOUT_MS: '40000' })).toThrow(/HTTP_HEADERS_TIMEOUT_MS/);
+    expect(() => loadConfig({ LONG_POLL_MAX: '5000', HTTP_MAX_CONNECTIONS: '5000' })).toThrow(/LONG_POLL_MAX/);
+    expect(loadConfig({ HTTP_HEADERS_TIMEOUT_MS: '500', HTTP_REQUEST_TIMEOUT_MS: '1000' })).toMatchObject({
+      HTTP_HEADERS_TIMEOUT_MS: 500,
+      HTTP_REQUEST_TIMEOUT_MS: 1000,
+    });
+  });
+
   it('never prints a password', () => {
     expect(redactUrl('amqp://guest:secret@host:5672')).toBe('amqp://guest:***@host:5672');
     expect(redactUrl('postgres://u:p%40ss@db/x')).not.toContain('p%40ss');

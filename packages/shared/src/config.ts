@@ -83,11 +83,36 @@ export const configSchema = z.object({
   AUTH_JWT_ISSUER: z.string().min(1).optional(),
   AUTH_JWT_AUDIENCE: z.string().min(1).optional(),
   CORS_ORIGINS: corsOrigins.default([]),
+  // The api's bounds on slow clients: all headers within the first, the whole request within the second.
+  HTTP_HEADERS_TIMEOUT_MS: positiveInt.default(10_000),
+  HTTP_REQUEST_TIMEOUT_MS: positiveInt.default(30_000),
+  // Every long poll the api may hold (LONG_POLL_MAX) and as many sockets again for ordinary requests
+  // and idle keep-alive connections; far below the file descriptors a container gets.
+  HTTP_MAX_CONNECTIONS: positiveInt.default(4000),
+  // Per api process. A waiting long poll holds a socket and ~20 KB of heap, no database connection, and
+  // one read per change serves all polls on a task: the cap bounds memory and the answers sent at once.
+  LONG_POLL_MAX: positiveInt.default(2000),
+  // A browser over HTTP/1.1 opens at most six connections to a host; this leaves room for a backend that
+  // watches for many users with one token. With auth off every caller is one owner.
+  LONG_POLL_MAX_PER_OWNER: positiveInt.default(100),
 });
 
 export type Config = z.infer<typeof configSchema>;
 
 export const configKeys = Object.keys(configSchema.shape) as (keyof Config)[];
+
+// Node refuses a headers timeout longer than the request timeout, and long polls must leave connections free.
+function httpLimitIssues(config: Config | undefined): { path: string; message: string }[] {
+  if (!config) return [];
+  const issues = [];
+  if (config.HTTP_HEADERS_TIMEOUT_MS > config.HTTP_REQUEST_TIMEOUT_MS) {
+    issues.push({ path: 'HTTP_HEADERS_TIMEOUT_MS', message: 'at most HTTP_REQUEST_TIMEOUT_MS' });
+  }
+  if (config.LONG_POLL_MAX >= config.HTTP_MAX_CONNECTIONS) {
+    issues.push({ path: 'LONG_POLL_MAX', message: 'less than HTTP_MAX_CONNECTIONS' });
+  }
+  return issues;
+}
 
 /** Parses the environment or throws one error that names every bad variable. */
 export function loadConfig(env: NodeJS.ProcessEnv): Config {
@@ -97,6 +122,7 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
   if (parsed.data?.AUTH_JWT_SECRET && parsed.data.AUTH_JWKS_URL) {
     issues.push({ path: 'AUTH_JWKS_URL', message: 'set AUTH_JWT_SECRET or AUTH_JWKS_URL, not both' });
   }
+  issues.push(...httpLimitIssues(parsed.data));
   if (parsed.success && issues.length === 0) return parsed.data;
   const lines = issues.map((i) => `  ${i.path}: ${i.message}`);
   throw new Error(`invalid configuration:\n${lines.join('\n')}`);

@@ -2,9 +2,10 @@ import { randomUUID } from 'node:crypto';
 import cors from 'cors';
 import express, { type RequestHandler } from 'express';
 import type pg from 'pg';
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { toError, type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
 import { authenticate, type AuthConfig } from './auth';
+import type { LongPollLimits } from './long-poll';
 import { openApiDocument } from './openapi';
 import { notFoundHandler, problemHandler } from './problem';
 import { tasksRouter } from './routes/tasks';
@@ -21,6 +22,7 @@ export interface AppDeps {
   auth: AuthConfig;
   /** Origins a browser may call from ("*" for any); empty sends no CORS headers at all. */
   corsOrigins: string[];
+  longPoll: LongPollLimits;
 }
 
 const REQUEST_ID = /^[\w.:@/+=-]{1,128}$/;
@@ -80,6 +82,14 @@ export function buildApp(deps: AppDeps): { app: express.Express; registry: Regis
   const registry = new Registry();
   registry.setDefaultLabels({ service: 'api' });
   collectDefaultMetrics({ register: registry });
+  new Gauge({
+    name: 'http_long_polls_waiting',
+    help: 'GET /tasks/{id}?wait= requests waiting for a change',
+    registers: [registry],
+    collect() {
+      this.set(deps.events.waiting());
+    },
+  });
 
   const app = express();
   app.disable('x-powered-by');

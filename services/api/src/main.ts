@@ -1,4 +1,3 @@
-import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import {
   closeServer,
@@ -14,7 +13,9 @@ import {
 } from '@taskbox/shared';
 import { buildApp } from './app';
 import { authStartProblem } from './auth';
+import { createServer } from './server';
 import { createTaskEvents } from './task-events';
+import { findTask } from './task-sql';
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
@@ -32,7 +33,7 @@ async function main(): Promise<void> {
   });
   const db = createDb(pool);
   const taskNotifier = createTaskNotifier(pool, logger);
-  const events = createTaskEvents(config.DATABASE_URL, logger);
+  const events = createTaskEvents(config.DATABASE_URL, logger, (owner, id) => findTask(db, owner, id));
   const { app } = buildApp({
     db,
     pool,
@@ -42,9 +43,14 @@ async function main(): Promise<void> {
     bodyLimit: config.BODY_LIMIT,
     auth: config,
     corsOrigins: config.CORS_ORIGINS,
+    longPoll: { max: config.LONG_POLL_MAX, maxPerOwner: config.LONG_POLL_MAX_PER_OWNER },
   });
   events.start();
-  const server = http.createServer(app);
+  const server = createServer(app, {
+    headersTimeoutMs: config.HTTP_HEADERS_TIMEOUT_MS,
+    requestTimeoutMs: config.HTTP_REQUEST_TIMEOUT_MS,
+    maxConnections: config.HTTP_MAX_CONNECTIONS,
+  });
   await listen(server, config.PORT);
   logger.info('api listening', {
     port: (server.address() as AddressInfo).port,

@@ -25,6 +25,10 @@ const problem = (description: string) => ({
   content: { 'application/problem+json': { schema: ref('Problem') } },
 });
 const header = (description: string) => ({ description, schema: { type: 'string' } });
+const retryLater = (description: string) => ({
+  ...problem(description),
+  headers: { 'Retry-After': { description: 'seconds', schema: { type: 'integer' } } },
+});
 
 type Io = 'input' | 'output';
 
@@ -133,7 +137,15 @@ export function openApiDocument(): JsonObject {
         get: {
           summary: 'Get a task; with ?wait=SECONDS, long-poll until its status, step or progress changes',
           parameters: [idParam, ...queryParameters(getQuerySchema)],
-          responses: { '200': json('TaskView', 'the task'), ...common, '404': problem('no such task for you') },
+          responses: {
+            '200': json('TaskView', 'the task'),
+            ...common,
+            '404': problem('no such task for you'),
+            '429': retryLater('with wait: you have LONG_POLL_MAX_PER_OWNER long polls waiting already'),
+            '503': retryLater(
+              'with wait: this process holds LONG_POLL_MAX long polls already; or the database is down',
+            ),
+          },
         },
       },
       '/tasks/{id}/cancel': {

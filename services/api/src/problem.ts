@@ -9,12 +9,15 @@ export class HttpProblem extends Error {
     readonly title: string,
     readonly detail?: string,
     readonly extra: Record<string, unknown> = {},
+    /** Sent as Retry-After: when a client that was turned away may try again. */
+    readonly retryAfterSeconds?: number,
   ) {
     super(detail ?? title);
   }
 }
 
 export function sendProblem(res: Response, problem: HttpProblem): void {
+  if (problem.retryAfterSeconds !== undefined) res.setHeader('Retry-After', String(problem.retryAfterSeconds));
   res
     .status(problem.status)
     .type('application/problem+json')
@@ -72,9 +75,8 @@ export function problemHandler(logger: Logger): ErrorRequestHandler {
         ...log,
         error: toError(err).message,
       });
-      res.setHeader('Retry-After', '2');
       const detail = overloaded ? 'too many requests are waiting for the database' : 'the database is unavailable';
-      return sendProblem(res, new HttpProblem(503, 'Service Unavailable', `${detail}; retry shortly`));
+      return sendProblem(res, new HttpProblem(503, 'Service Unavailable', `${detail}; retry shortly`, {}, 2));
     }
     if (isDataException(err)) {
       logger.warn('database refused a value from the request', { ...log, error: toError(err).message });

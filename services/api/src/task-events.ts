@@ -1,76 +1,164 @@
 import { TASK_CHANNEL, createPgListener, type Logger } from '@taskbox/shared';
+import type { TaskRow } from './task-sql';
 
-/** A registration for changes to one task; register BEFORE reading the row, so no change slips between. */
+/** Reads one task as `owner` may see it; undefined when there is none for that owner. */
+export type TaskReader = (owner: string, id: string) => Promise<TaskRow | undefined>;
+
+/** One read of a task. The same object reaches every watcher it answers, so they can share what follows. */
+export interface TaskRead {
+  readonly row: TaskRow | undefined;
+}
+
+/** A registration for changes to one task, made BEFORE the watcher's first read, so no change slips between. */
 export interface TaskWatch {
-  /** Resolves at once if a change was announced since the last reset, else on the next one, after `ms`, or on abort. */
-  next(ms: number, signal: AbortSignal): Promise<void>;
-  /** Forget announced changes; call right before re-reading the row. */
-  reset(): void;
+  /** The watcher's own read, with its owner check. Every shared read it gets later started after this one ended. */
+  first(owner: string): Promise<TaskRead>;
+  /**
+   * The next shared read after a change to the task; null when `ms` pass, `signal` aborts or the events
+   * stop first. Rejects when that read failed.
+   */
+  next(ms: number, signal: AbortSignal): Promise<TaskRead | null>;
   close(): void;
 }
 
 export interface TaskEvents {
   start(): void;
-  /** Stops listening and releases every waiting request (they answer with the current view). */
+  /** Stops listening and releases every waiting request (they answer with the latest view they have). */
   stop(): Promise<void>;
   watch(taskId: string): TaskWatch;
-  /** How many requests are waiting now (a gauge for tests and metrics). */
+  /** How many requests are watching now (a gauge for tests and metrics). */
   waiting(): number;
+}
+
+type Outcome = { read: TaskRead } | { error: unknown };
+
+interface Watcher {
+  /** Shared reads numbered above this started after the watcher's first read ended; null until then. */
+  freshAfter: number | null;
+  /** The task's change count when the watcher registered, to tell whether its first read may have missed one. */
+  changesSeen: number;
+  outcome: Outcome | null;
+  wake: (() => void) | null;
+}
+
+interface Group {
+  taskId: string;
+  /** The task's owner, known once a first read found it; shared reads need it. */
+  owner: string | null;
+  watchers: Set<Watcher>;
+  changes: number;
+  reading: boolean;
+  readAgain: boolean;
+}
+
+function nextOutcome(watcher: Watcher, ms: number, signal: AbortSignal, stopped: () => boolean) {
+  return new Promise<TaskRead | null>((resolve, reject) => {
+    const timer = setTimeout(take, ms);
+    signal.addEventListener('abort', take, { once: true });
+    watcher.wake = take;
+    if (watcher.outcome || stopped() || signal.aborted) take();
+    function take(): void {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', take);
+      watcher.wake = null;
+      const outcome = watcher.outcome;
+      watcher.outcome = null;
+      if (outcome && 'error' in outcome) reject(outcome.error);
+      else resolve(outcome?.read ?? null);
+    }
+  });
 }
 
 /**
  * Fans out "task changed" NOTIFYs (sent by the worker and the api after their commits, see
- * createTaskNotifier) to the long-polling requests of this process: one LISTEN connection per
- * process, however many requests wait. A waiting request holds a socket but no database connection.
+ * createTaskNotifier) to the long-polling requests of this process: one LISTEN connection per process,
+ * however many requests wait, and ONE read of a task per change, however many requests watch it. A
+ * waiting request holds a socket but no database connection. At most one shared read per task runs at
+ * a time; changes announced during it are covered by one more read right after it.
  */
-export function createTaskEvents(url: string, logger: Logger): TaskEvents {
-  const watchers = new Map<string, Set<() => void>>();
+export function createTaskEvents(url: string, logger: Logger, readTask: TaskReader): TaskEvents {
+  const groups = new Map<string, Group>();
+  let reads = 0;
+  let waiting = 0;
   let stopped = false;
-  const wakeAll = (): void => {
-    for (const set of watchers.values()) for (const wake of set) wake();
-  };
+
+  function readShared(group: Group): void {
+    // Without an owner no watcher has finished its first read; each asks for a read when it does.
+    if (group.owner === null) return;
+    if (group.reading) {
+      group.readAgain = true;
+      return;
+    }
+    group.reading = true;
+    group.readAgain = false;
+    const number = ++reads;
+    const deliver = (outcome: Outcome): void => {
+      for (const watcher of group.watchers) {
+        if (watcher.freshAfter === null || number <= watcher.freshAfter) continue;
+        watcher.outcome = outcome;
+        watcher.wake?.();
+      }
+    };
+    readTask(group.owner, group.taskId)
+      .then(
+        (row) => deliver({ read: { row } }),
+        (error: unknown) => deliver({ error }),
+      )
+      .finally(() => {
+        group.reading = false;
+        if (group.readAgain && group.watchers.size > 0) readShared(group);
+      });
+  }
+
+  function changed(group: Group): void {
+    group.changes++;
+    readShared(group);
+  }
+
   const listener = createPgListener({
     url,
     channel: TASK_CHANNEL,
     logger,
     onNotify(payload) {
-      for (const id of payload.split(',')) for (const wake of watchers.get(id) ?? []) wake();
+      for (const id of payload.split(',')) {
+        const group = groups.get(id);
+        if (group) changed(group);
+      }
     },
-    // NOTIFYs sent while the connection was down are lost: every waiter re-reads its task.
-    onConnect: wakeAll,
+    // NOTIFYs sent while the connection was down are lost: read every watched task again.
+    onConnect: () => groups.forEach(changed),
   });
 
+  function groupOf(taskId: string): Group {
+    const existing = groups.get(taskId);
+    if (existing) return existing;
+    const group: Group = { taskId, owner: null, watchers: new Set(), changes: 0, reading: false, readAgain: false };
+    groups.set(taskId, group);
+    return group;
+  }
+
   function watch(taskId: string): TaskWatch {
-    let changed = stopped;
-    let resolveNext: (() => void) | null = null;
-    const wake = (): void => {
-      changed = true;
-      resolveNext?.();
-    };
-    const set = watchers.get(taskId) ?? new Set();
-    watchers.set(taskId, set.add(wake));
+    const group = groupOf(taskId);
+    const watcher: Watcher = { freshAfter: null, changesSeen: group.changes, outcome: null, wake: null };
+    group.watchers.add(watcher);
+    waiting++;
     return {
-      next(ms, signal) {
-        if (changed || signal.aborted) return Promise.resolve();
-        return new Promise((resolve) => {
-          const done = (): void => {
-            clearTimeout(timer);
-            signal.removeEventListener('abort', done);
-            resolveNext = null;
-            resolve();
-          };
-          const timer = setTimeout(done, ms);
-          signal.addEventListener('abort', done, { once: true });
-          resolveNext = done;
-        });
+      async first(owner) {
+        const row = await readTask(owner, taskId);
+        // A shared read already running may have started before this read: only later ones are fresh.
+        watcher.freshAfter = reads;
+        if (row) {
+          group.owner ??= row.owner;
+          if (group.changes !== watcher.changesSeen) readShared(group);
+        }
+        return { row };
       },
-      reset() {
-        changed = stopped;
-      },
+      next: (ms, signal) => nextOutcome(watcher, ms, signal, () => stopped),
       close() {
-        set.delete(wake);
-        if (set.size === 0 && watchers.get(taskId) === set) watchers.delete(taskId);
-        resolveNext?.();
+        if (!group.watchers.delete(watcher)) return;
+        waiting--;
+        if (group.watchers.size === 0 && groups.get(taskId) === group) groups.delete(taskId);
+        watcher.wake?.();
       },
     };
   }
@@ -79,10 +167,10 @@ export function createTaskEvents(url: string, logger: Logger): TaskEvents {
     start: () => listener.start(),
     async stop() {
       stopped = true;
-      wakeAll();
+      for (const group of groups.values()) for (const watcher of group.watchers) watcher.wake?.();
       await listener.stop();
     },
     watch,
-    waiting: () => [...watchers.values()].reduce((n, set) => n + set.size, 0),
+    waiting: () => waiting,
   };
 }

@@ -1,17 +1,10 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { Router, type Request, type Response } from 'express';
 import { z } from 'zod';
-import {
-  isTaskType,
-  taskTypes,
-  terminalStatuses,
-  type Db,
-  type Logger,
-  type TaskNotifier,
-  type TaskType,
-} from '@taskbox/shared';
+import { isTaskType, taskTypes, type Db, type Logger, type TaskNotifier, type TaskType } from '@taskbox/shared';
 import { decodeCursor, encodeCursor } from '../cursor';
 import { canonicalJson, findJsonIssue } from '../json-guard';
+import { createLongPolls, type LongPollAnswer, type LongPollLimits, type LongPolls } from '../long-poll';
 import { HttpProblem } from '../problem';
 import { createTaskSchema, getQuerySchema, idSchema, listQuerySchema, taskBodySchemas } from '../schemas';
 import type { TaskEvents } from '../task-events';
@@ -36,6 +29,7 @@ export interface TasksDeps {
   taskNotifier: TaskNotifier;
   events: TaskEvents;
   logger: Logger;
+  longPoll: LongPollLimits;
 }
 
 function invalid(title: string, error: z.ZodError): HttpProblem {
@@ -55,33 +49,6 @@ function owner(res: Response): string {
 
 function badQuery(error: z.ZodError): HttpProblem {
   return new HttpProblem(400, 'Invalid Query', error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
-}
-
-// What a long poll watches: the fields a progress display shows (status, step, progress).
-const changeKey = (row: TaskRow): string => JSON.stringify([row.status, row.current_step, row.progress]);
-
-/**
- * The long poll: answers when the task's status, step or progress differs from what it was when the
- * request arrived, when the task is terminal (it will not change again), or when `waitMs` passes.
- * Woken by NOTIFY, never by polling the row; the deadline also covers a NOTIFY that was lost.
- */
-async function waitForChange(deps: TasksDeps, owner: string, id: string, waitMs: number, signal: AbortSignal) {
-  const deadline = Date.now() + waitMs;
-  const watch = deps.events.watch(id);
-  try {
-    let row = await findTask(deps.db, owner, id);
-    const initial = row && changeKey(row);
-    while (row && !terminalStatuses.includes(row.status) && changeKey(row) === initial && !signal.aborted) {
-      const remaining = deadline - Date.now();
-      if (remaining <= 0) break;
-      await watch.next(remaining, signal);
-      watch.reset();
-      row = await findTask(deps.db, owner, id);
-    }
-    return row;
-  } finally {
-    watch.close();
-  }
 }
 
 type Handler = (req: Request, res: Response) => Promise<void>;
@@ -169,7 +136,12 @@ function listTasksHandler({ db }: TasksDeps): Handler {
   };
 }
 
-function getTask(deps: TasksDeps): Handler {
+async function readNow(db: Db, owner: string, id: string): Promise<LongPollAnswer | undefined> {
+  const row = await findTask(db, owner, id);
+  return row && { row, timeline: await findTimeline(db, id) };
+}
+
+function getTask({ db }: TasksDeps, longPolls: LongPolls): Handler {
   return async (req, res) => {
     const id = parseId(req);
     const query = getQuerySchema.safeParse(req.query);
@@ -178,11 +150,12 @@ function getTask(deps: TasksDeps): Handler {
     // A client that goes away ends its wait, so an abandoned long poll holds nothing.
     const gone = new AbortController();
     res.once('close', () => gone.abort());
-    const row = wait
-      ? await waitForChange(deps, owner(res), id, wait * 1000, gone.signal)
-      : await findTask(deps.db, owner(res), id);
-    if (!row) throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
-    res.json(toTaskView(row, await findTimeline(deps.db, id)));
+    const answer = wait
+      ? await longPolls.wait(owner(res), id, wait * 1000, gone.signal)
+      : await readNow(db, owner(res), id);
+    if (gone.signal.aborted) return;
+    if (!answer) throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
+    res.json(toTaskView(answer.row, answer.timeline));
   };
 }
 
@@ -209,7 +182,7 @@ export function tasksRouter(deps: TasksDeps): Router {
   const router = Router();
   router.post('/', createTask(deps, createTaskInserter(deps.db)));
   router.get('/', listTasksHandler(deps));
-  router.get('/:id', getTask(deps));
+  router.get('/:id', getTask(deps, createLongPolls(deps.db, deps.events, deps.longPoll)));
   router.post('/:id/cancel', cancel(deps));
   return router;
 }
