@@ -108,12 +108,12 @@ describe('chaos', () => {
 
     // The broker loses what it holds: the worker is gone while the queue fills, then the queue is purged.
     const outageWorker = worker;
-    await worker.kill();
+    await outageWorker.kill();
     await sleepFor(QUEUE_FILL_MS);
     const broker = await amqp.connect(amqpUrl());
     const { messageCount: purged } = await (await broker.createChannel()).purgeQueue(amqpNames(system.prefix).queue);
     await broker.close();
-    worker = await system.start('worker', viaProxies);
+    await system.start('worker', viaProxies);
 
     await load;
     await system.waitForTerminal(accepted, 180_000);
