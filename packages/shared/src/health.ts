@@ -1,10 +1,19 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type pg from 'pg';
 import type { Registry } from 'prom-client';
 import { toError } from './errors';
 import type { Logger } from './logger';
 
 export type ReadinessCheck = () => Promise<Record<string, boolean>>;
+
+/** Every service's readiness probe of Postgres: true when a trivial statement answers. */
+export function postgresReady(pool: pg.Pool): Promise<boolean> {
+  return pool.query('SELECT 1').then(
+    () => true,
+    () => false,
+  );
+}
 
 export interface HealthServer {
   port(): number;

@@ -3,7 +3,7 @@ import cors from 'cors';
 import express, { type RequestHandler } from 'express';
 import type pg from 'pg';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { toError, type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
+import { postgresReady, type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
 import { authenticate, type AuthConfig } from './auth';
 import type { LongPollLimits } from './long-poll';
 import { openApiDocument } from './openapi';
@@ -114,12 +114,8 @@ export function buildApp(deps: AppDeps): { app: express.Express; registry: Regis
     res.json({ status: 'ok' });
   });
   app.get('/readyz', async (_req, res) => {
-    try {
-      await deps.pool.query('SELECT 1');
-      res.json({ status: 'ready', checks: { postgres: true } });
-    } catch (err) {
-      res.status(503).json({ status: 'not ready', checks: { postgres: false }, error: toError(err).message });
-    }
+    const postgres = await postgresReady(deps.pool);
+    res.status(postgres ? 200 : 503).json({ status: postgres ? 'ready' : 'not ready', checks: { postgres } });
   });
   app.get('/metrics', async (_req, res) => {
     res.type(registry.contentType).send(await registry.metrics());

@@ -81,5 +81,4 @@ export const healthSchema = z.object({ status: z.literal('ok') });
 export const readySchema = z.object({
   status: z.enum(['ready', 'not ready']),
   checks: z.object({ postgres: z.boolean() }),
-  error: z.string().optional(),
 });

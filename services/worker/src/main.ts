@@ -10,6 +10,7 @@ import {
   createTaskNotifier,
   exitOnSignal,
   loadConfig,
+  postgresReady,
   redactUrl,
   startHealthServer,
   toError,
@@ -65,10 +66,7 @@ async function main(): Promise<void> {
   const health = await startHealthServer(
     config.HEALTH_PORT ?? 3002,
     async () => ({
-      postgres: await pool.query('SELECT 1').then(
-        () => true,
-        () => false,
-      ),
+      postgres: await postgresReady(pool),
       rabbitmq: consumer.ready(),
     }),
     metrics.registry,
