@@ -31,7 +31,7 @@ describe('worker', () => {
     const stopping = new AbortController();
     const consumer = createConsumer(
       amqpNames(prefix),
-      10,
+      { prefetch: 10, graceMs: 5000, giveUp: () => stopping.abort() },
       {
         db: database.db,
         writes: wrapWrites(createAttemptWrites(database.db, leaseMs, 10)),
@@ -51,9 +51,8 @@ describe('worker', () => {
     return {
       consumer,
       async close() {
-        await consumer.stop(5000);
-        stopping.abort();
-        leases.stop();
+        await consumer.stop();
+        await leases.stop();
         await connection.close();
       },
     };

@@ -1,5 +1,6 @@
 import amqp, { type Channel, type ChannelModel, type RecoveringChannelModel } from 'amqplib';
 import { redactUrl } from './config';
+import type { Service } from './lifecycle';
 import type { Logger } from './logger';
 
 export interface AmqpNames {
@@ -110,4 +111,17 @@ export async function connectAmqp(url: string, logger: Logger, setup: AmqpSetup)
   connection.on('blocked', (reason: string) => logger.warn('rabbitmq blocked the connection', { reason }));
   connection.on('unblocked', () => logger.info('rabbitmq unblocked the connection'));
   return connection;
+}
+
+/** The broker connection as a part of a service: start connects (recovering forever), stop closes it. */
+export function amqpConnection(url: string, logger: Logger, setup: AmqpSetup): Service {
+  let connection: RecoveringChannelModel | null = null;
+  return {
+    async start() {
+      connection ??= await connectAmqp(url, logger, setup);
+    },
+    async stop() {
+      await connection?.close().catch(() => undefined);
+    },
+  };
 }

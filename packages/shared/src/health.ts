@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import type pg from 'pg';
 import type { Registry } from 'prom-client';
 import { toError } from './errors';
+import type { Service } from './lifecycle';
 import type { Logger } from './logger';
 
 export type ReadinessCheck = () => Promise<Record<string, boolean>>;
@@ -15,18 +16,27 @@ export function postgresReady(pool: pg.Pool): Promise<boolean> {
   );
 }
 
-export interface HealthServer {
+export interface ServerPart extends Service {
+  /** The port it listens on, once started (port 0 picks a free one). */
   port(): number;
-  stop(): Promise<void>;
+}
+
+/** An HTTP server as a part of a service: start listens on `port`, stop closes it. */
+export function serverPart(server: http.Server, port: number): ServerPart {
+  return {
+    start: () => listen(server, port),
+    stop: () => closeServer(server),
+    port: () => (server.address() as AddressInfo).port,
+  };
 }
 
 /** /healthz (alive), /readyz (its dependencies usable: 200 or 503) and /metrics, for relay and worker. */
-export async function startHealthServer(
+export function createHealthServer(
   port: number,
   ready: ReadinessCheck,
   registry: Registry,
   logger: Logger,
-): Promise<HealthServer> {
+): ServerPart {
   const server = http.createServer((req, res) => {
     const send = (status: number, type: string, body: string): void => {
       res.writeHead(status, { 'content-type': type }).end(body);
@@ -54,11 +64,13 @@ export async function startHealthServer(
     }
     send(404, 'text/plain', 'not found');
   });
-  await listen(server, port);
-  logger.info('health server listening', { port: (server.address() as AddressInfo).port });
+  const part = serverPart(server, port);
   return {
-    port: () => (server.address() as AddressInfo).port,
-    stop: () => closeServer(server),
+    ...part,
+    async start() {
+      await part.start();
+      logger.info('health server listening', { port: part.port() });
+    },
   };
 }
 

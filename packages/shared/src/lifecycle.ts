@@ -2,36 +2,73 @@ import { toError } from './errors';
 import type { Logger } from './logger';
 
 /**
- * Runs `stop` on the first SIGTERM or SIGINT and exits 0 when it finished within `timeoutMs`, 1 when
- * it did not or failed. A second signal exits at once. Called only from a service's main.ts.
+ * A long-lived part of a service: the relay loop, the consumer, a listener, a periodic job, the health
+ * server. `stop` may run twice, or before `start`, and resolves once the part holds nothing.
  */
-export function exitOnSignal(logger: Logger, timeoutMs: number, stop: () => Promise<void>): void {
+export interface Service {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** A part that is open from the moment it is made (a pool, a notifier): it only needs closing, once. */
+export function resource(close: () => Promise<void>): Service {
+  let closed: Promise<void> | null = null;
+  return { start: async () => undefined, stop: () => (closed ??= close()) };
+}
+
+/** Starts the parts in order; a main.ts lists them so that each one's dependencies come first. */
+export async function startAll(parts: readonly Service[]): Promise<void> {
+  for (const part of parts) await part.start();
+}
+
+/**
+ * Stops the parts in reverse order (each before what it depends on). A part that fails to stop is
+ * logged and the others still stop. Resolves false when they did not all stop within `deadlineMs`.
+ */
+export async function stopAll(parts: readonly Service[], deadlineMs: number, logger: Logger): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), deadlineMs);
+    timer.unref();
+  });
+  const stopping = (async () => {
+    let clean = true;
+    for (const part of [...parts].reverse()) {
+      await part.stop().catch((err: unknown) => {
+        clean = false;
+        logger.error('a part failed to stop', { error: toError(err).message });
+      });
+    }
+    return clean;
+  })();
+  try {
+    return await Promise.race([stopping, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * What a service does on SIGTERM or SIGINT: the first signal runs `stop` and answers the exit code, 0
+ * when it stopped cleanly in time; a second signal answers 1 at once. main.ts wires it to the process.
+ */
+export function onShutdownSignal(logger: Logger, stop: () => Promise<boolean>): (signal: string) => Promise<number> {
   let stopping = false;
-  const onSignal = (signal: NodeJS.Signals): void => {
+  return async (signal) => {
     if (stopping) {
       logger.warn('second signal; exiting now', { signal });
-      process.exit(1);
+      return 1;
     }
     stopping = true;
-    logger.info('shutting down', { signal, timeoutMs });
-    const deadline = setTimeout(() => {
-      logger.error('shutdown deadline passed; exiting with work unfinished', { timeoutMs });
-      process.exit(1);
-    }, timeoutMs);
-    deadline.unref();
-    stop().then(
-      () => {
-        logger.info('stopped');
-        process.exit(0);
-      },
-      (err: unknown) => {
-        logger.error('shutdown failed', { error: toError(err).message });
-        process.exit(1);
-      },
-    );
+    logger.info('shutting down', { signal });
+    const clean = await stop().catch((err: unknown) => {
+      logger.error('shutdown failed', { error: toError(err).message });
+      return false;
+    });
+    if (clean) logger.info('stopped');
+    else logger.error('shutdown deadline passed or a part failed; exiting with work unfinished');
+    return clean ? 0 : 1;
   };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
 }
 
 /** Resolves after `ms`, or at once when `signal` aborts. */
@@ -66,18 +103,12 @@ export function backoffMs(attempt: number, policy: BackoffPolicy, random = Math.
   return Math.round(ceiling * random());
 }
 
-export interface Periodic {
-  start(): void;
-  /** Stops scheduling and waits for a run in progress. */
-  stop(): Promise<void>;
-}
-
 /**
  * Runs `run` every `intervalMs`, never two at once (the next run is scheduled when one ends). `run`
  * gets a signal that aborts on stop, to cut a long batch loop short. The timer does not keep the
  * process alive.
  */
-export function createPeriodic(intervalMs: number, run: (signal: AbortSignal) => Promise<void>): Periodic {
+export function createPeriodic(intervalMs: number, run: (signal: AbortSignal) => Promise<void>): Service {
   const stopping = new AbortController();
   let timer: NodeJS.Timeout | null = null;
   let running: Promise<void> | null = null;
@@ -91,7 +122,7 @@ export function createPeriodic(intervalMs: number, run: (signal: AbortSignal) =>
   }
 
   return {
-    start() {
+    async start() {
       if (!timer && !stopping.signal.aborted) schedule();
     },
     async stop() {

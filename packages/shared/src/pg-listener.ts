@@ -1,11 +1,9 @@
 import pg from 'pg';
 import { toError } from './errors';
-import { LISTEN_BACKOFF, backoffMs, sleep } from './lifecycle';
+import { LISTEN_BACKOFF, backoffMs, sleep, type Service } from './lifecycle';
 import type { Logger } from './logger';
 
-export interface PgListener {
-  start(): void;
-  stop(): Promise<void>;
+export interface PgListener extends Service {
   listening(): boolean;
 }
 
@@ -94,7 +92,7 @@ export function createPgListener(options: PgListenerOptions): PgListener {
   }
 
   return {
-    start() {
+    async start() {
       if (running || stopping) return;
       running = run();
     },

@@ -1,15 +1,17 @@
-import type { AddressInfo } from 'node:net';
 import {
-  closeServer,
   createDb,
   createLogger,
   createPool,
   createTaskNotifier,
-  exitOnSignal,
-  listen,
   loadConfig,
+  onShutdownSignal,
   redactUrl,
+  resource,
+  serverPart,
+  startAll,
+  stopAll,
   toError,
+  type Service,
 } from '@taskbox/shared';
 import { buildApp } from './app';
 import { authStartProblem } from './auth';
@@ -45,26 +47,28 @@ async function main(): Promise<void> {
     corsOrigins: config.CORS_ORIGINS,
     longPoll: { max: config.LONG_POLL_MAX, maxPerOwner: config.LONG_POLL_MAX_PER_OWNER },
   });
-  events.start();
-  const server = createServer(app, {
-    headersTimeoutMs: config.HTTP_HEADERS_TIMEOUT_MS,
-    requestTimeoutMs: config.HTTP_REQUEST_TIMEOUT_MS,
-    maxConnections: config.HTTP_MAX_CONNECTIONS,
-  });
-  await listen(server, config.PORT);
+  const server = serverPart(
+    createServer(app, {
+      headersTimeoutMs: config.HTTP_HEADERS_TIMEOUT_MS,
+      requestTimeoutMs: config.HTTP_REQUEST_TIMEOUT_MS,
+      maxConnections: config.HTTP_MAX_CONNECTIONS,
+    }),
+    config.PORT,
+  );
+  // Started in this order, stopped in reverse: long polls are released first (they answer with the
+  // current view), or closing the server would wait for them.
+  const parts: Service[] = [resource(() => db.destroy()), resource(() => taskNotifier.stop()), server, events];
+  await startAll(parts);
   logger.info('api listening', {
-    port: (server.address() as AddressInfo).port,
+    port: server.port(),
     database: redactUrl(config.DATABASE_URL),
     auth: config.AUTH_JWKS_URL ? 'jwks' : config.AUTH_JWT_SECRET ? 'jwt' : config.AUTH_TOKENS ? 'tokens' : 'off',
   });
 
-  exitOnSignal(logger, config.SHUTDOWN_TIMEOUT_MS, async () => {
-    // Release long polls first (they answer with the current view), or closing would wait for them.
-    await events.stop();
-    await closeServer(server);
-    await taskNotifier.stop();
-    await db.destroy();
-  });
+  const shutdown = onShutdownSignal(logger, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, logger));
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(signal, () => void shutdown(signal).then((code) => process.exit(code)));
+  }
 }
 
 main().catch((err: unknown) => {

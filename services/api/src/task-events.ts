@@ -1,4 +1,4 @@
-import { TASK_CHANNEL, createPgListener, type Logger } from '@taskbox/shared';
+import { TASK_CHANNEL, createPgListener, type Logger, type Service } from '@taskbox/shared';
 import type { TaskRow } from './task-sql';
 
 /** Reads one task as `owner` may see it; undefined when there is none for that owner. */
@@ -21,8 +21,7 @@ export interface TaskWatch {
   close(): void;
 }
 
-export interface TaskEvents {
-  start(): void;
+export interface TaskEvents extends Service {
   /** Stops listening and releases every waiting request (they answer with the latest view they have). */
   stop(): Promise<void>;
   watch(taskId: string): TaskWatch;

@@ -1,16 +1,20 @@
 import {
+  amqpConnection,
   amqpNames,
   bestEffortSettings,
-  connectAmqp,
   createDb,
+  createHealthServer,
   createLogger,
   createPool,
-  exitOnSignal,
   loadConfig,
+  onShutdownSignal,
   postgresReady,
   redactUrl,
-  startHealthServer,
+  resource,
+  startAll,
+  stopAll,
   toError,
+  type Service,
 } from '@taskbox/shared';
 import { createListener } from './listener';
 import { createRelayMetrics } from './metrics';
@@ -41,10 +45,6 @@ async function main(): Promise<void> {
     // Longer than a whole confirm round trip, so a live relay never loses its rows to another.
     leaseMs: config.RELAY_CONFIRM_TIMEOUT_MS * 3,
   });
-  const amqp = await connectAmqp(config.AMQP_URL, logger, async (model, rebuild) => {
-    await publisher.setup(model, rebuild);
-    loop.wake();
-  });
   const reconciler = createReconciler({
     db,
     publisher,
@@ -53,7 +53,6 @@ async function main(): Promise<void> {
     afterMs: config.REPUBLISH_AFTER_MS,
     wake: () => loop.wake(),
   });
-  const listener = createListener(config.DATABASE_URL, logger, () => loop.wake());
   const retention = createRetention(
     db,
     {
@@ -63,35 +62,36 @@ async function main(): Promise<void> {
     },
     logger,
   );
-  const health = await startHealthServer(
+  const health = createHealthServer(
     config.HEALTH_PORT ?? 3001,
-    async () => ({
-      postgres: await postgresReady(pool),
-      rabbitmq: publisher.ready(),
-    }),
+    async () => ({ postgres: await postgresReady(pool), rabbitmq: publisher.ready() }),
     metrics.registry,
     logger,
   );
-
-  listener.start();
-  loop.start();
-  retention.start();
-  reconciler.start();
+  // Started in this order, stopped in reverse: the periodic jobs and the loop first, the pool last.
+  const parts: Service[] = [
+    resource(() => db.destroy()),
+    health,
+    amqpConnection(config.AMQP_URL, logger, async (model, rebuild) => {
+      await publisher.setup(model, rebuild);
+      loop.wake();
+    }),
+    loop,
+    createListener(config.DATABASE_URL, logger, () => loop.wake()),
+    retention,
+    reconciler,
+  ];
+  await startAll(parts);
   logger.info('relay started', {
     database: redactUrl(config.DATABASE_URL),
     batchSize: config.RELAY_BATCH_SIZE,
     pollMs: config.RELAY_POLL_MS,
   });
 
-  exitOnSignal(logger, config.SHUTDOWN_TIMEOUT_MS, async () => {
-    await reconciler.stop();
-    await retention.stop();
-    await listener.stop();
-    await loop.stop();
-    await amqp.close().catch(() => undefined);
-    await health.stop();
-    await db.destroy();
-  });
+  const shutdown = onShutdownSignal(logger, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, logger));
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(signal, () => void shutdown(signal).then((code) => process.exit(code)));
+  }
 }
 
 main().catch((err: unknown) => {

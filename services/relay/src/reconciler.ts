@@ -1,10 +1,10 @@
-import { createPeriodic, toError, type Db, type Logger, type Periodic } from '@taskbox/shared';
+import { createPeriodic, toError, type Db, type Logger, type Service } from '@taskbox/shared';
 import type { RelayMetrics } from './metrics';
 import { countPublishedWithin } from './outbox-sql';
 import { republishStranded } from './task-sql';
 import type { Publisher } from './publisher';
 
-export interface Reconciler extends Periodic {
+export interface Reconciler extends Service {
   /** One pass now; returns how many tasks it republished. start() runs one every interval. */
   reconcile(signal?: AbortSignal): Promise<number>;
 }

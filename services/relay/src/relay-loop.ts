@@ -7,6 +7,7 @@ import {
   UNAVAILABLE_BACKOFF,
   type Db,
   type Logger,
+  type Service,
 } from '@taskbox/shared';
 import { claimBatch, markPublished, recordPublishFailure, type ClaimedRow } from './outbox-sql';
 import type { Publisher, PublishResult } from './publisher';
@@ -22,8 +23,7 @@ export interface RelayLoopOptions {
   leaseMs: number;
 }
 
-export interface RelayLoop {
-  start(): void;
+export interface RelayLoop extends Service {
   /** Finishes the batch in flight (publish, confirm, mark), then stops. */
   stop(): Promise<void>;
   /** Ask for a drain now (a NOTIFY arrived, or the broker came back). */
@@ -178,7 +178,7 @@ export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
   }
 
   return {
-    start() {
+    async start() {
       if (running || stopping) return;
       running = run();
     },

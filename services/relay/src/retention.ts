@@ -1,8 +1,8 @@
-import { createPeriodic, toError, type Db, type Logger, type Periodic } from '@taskbox/shared';
+import { createPeriodic, toError, type Db, type Logger, type Service } from '@taskbox/shared';
 import { deletePublished } from './outbox-sql';
 import { deleteFinishedAttempts } from './task-sql';
 
-export interface Retention extends Periodic {
+export interface Retention extends Service {
   /** One full sweep now; start() runs one every intervalMs. */
   sweep(): Promise<void>;
 }

@@ -8,20 +8,32 @@ import {
   type AmqpNames,
   type AmqpSetup,
   type Logger,
+  type Service,
   type TaskMessage,
 } from '@taskbox/shared';
 import type { deadLetterCodes } from './metrics';
 import { beginAttempt, runAttempt, whilePostgresDown, type AttemptDeps } from './attempts';
 
-export interface Consumer {
+/**
+ * Consuming begins in `setup`, which the broker connection runs, so `start` has nothing to do; `stop`
+ * stops taking messages, waits for the runs in flight up to the grace, then abandons the rest (their
+ * messages are requeued, never acked unfinished).
+ */
+export interface Consumer extends Service {
   /**
    * amqplib recovery calls this after every (re)connect: a fresh channel and a fresh consumer tag.
    * `rebuild` asks for that again when the broker cancels the consumer or closes the channel.
    */
   setup: AmqpSetup;
   ready(): boolean;
-  /** Stops taking messages, waits for runs in flight up to `graceMs`, then aborts the rest. */
-  stop(graceMs: number): Promise<void>;
+}
+
+export interface ConsumerOptions {
+  prefetch: number;
+  /** How long stop() waits for runs in flight before it abandons them. */
+  graceMs: number;
+  /** Called when the grace is over: runs must stop retrying (a Postgres that is down) and return. */
+  giveUp(): void;
 }
 
 /**
@@ -54,7 +66,13 @@ function parseMessage(msg: ConsumeMessage): TaskMessage | DeadLetterReason {
   return { code: 'invalid', detail: parsed.error.issues.map((i) => `${i.path.join('.')} ${i.message}`).join('; ') };
 }
 
-export function createConsumer(names: AmqpNames, prefetch: number, deps: AttemptDeps, logger: Logger): Consumer {
+export function createConsumer(
+  names: AmqpNames,
+  options: ConsumerOptions,
+  deps: AttemptDeps,
+  logger: Logger,
+): Consumer {
+  const { prefetch, graceMs, giveUp } = options;
   let channel: ConfirmChannel | null = null;
   let consumerTag: string | null = null;
   let stopping = false;
@@ -180,7 +198,8 @@ export function createConsumer(names: AmqpNames, prefetch: number, deps: Attempt
       logger.info('consuming', { queue: names.queue, consumerTag: tag, prefetch });
     },
     ready: () => channel !== null,
-    async stop(graceMs) {
+    async start() {},
+    async stop() {
       stopping = true;
       const ch = channel;
       if (ch && consumerTag) await ch.cancel(consumerTag).catch(() => undefined);
@@ -188,9 +207,11 @@ export function createConsumer(names: AmqpNames, prefetch: number, deps: Attempt
       const graceOver = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), graceMs).unref());
       if ((await Promise.race([drained, graceOver])) === 'timeout') {
         logger.warn('runs still in flight at the shutdown deadline; abandoning them', { runs: inFlight.size });
+        giveUp();
         deps.leases.abortAll('shutdown');
         await Promise.all([...inFlight]);
       }
+      giveUp();
     },
   };
 }

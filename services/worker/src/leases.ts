@@ -1,11 +1,11 @@
 import { performance } from 'node:perf_hooks';
-import { toError, type Db, type Logger } from '@taskbox/shared';
+import { toError, type Db, type Logger, type Service } from '@taskbox/shared';
 import { renewLeases } from './lease-sql';
 
 /** Why a run's signal aborted: the api asked, the worker is stopping, or the run lost its lease. */
 export type AbortReason = 'cancelled' | 'shutdown' | 'lost';
 
-export interface Leases {
+export interface Leases extends Service {
   /**
    * A live run: its lease is renewed until unregister; the signal aborts with an AbortReason.
    * `leaseFrom` is a leaseClock() reading taken before the statement that set the lease was sent.
@@ -13,8 +13,6 @@ export interface Leases {
   register(taskId: string, attempt: number, leaseFrom: number): AbortSignal;
   unregister(taskId: string, attempt: number): void;
   abortAll(reason: AbortReason): void;
-  start(): void;
-  stop(): void;
 }
 
 /**
@@ -110,10 +108,10 @@ export function createLeases(db: Db, leaseMs: number, logger: Logger): Leases {
     abortAll(reason) {
       for (const r of runs.values()) r.controller.abort(reason);
     },
-    start() {
+    async start() {
       timer ??= setInterval(tick, Math.floor(leaseMs / 6));
     },
-    stop() {
+    async stop() {
       if (timer) clearInterval(timer);
       timer = null;
     },

@@ -1,19 +1,23 @@
 import { setMaxListeners } from 'node:events';
 import {
+  amqpConnection,
   amqpNames,
   bestEffortSettings,
-  connectAmqp,
   createDb,
+  createHealthServer,
   createLogger,
   createOutboxNotifier,
   createPool,
   createTaskNotifier,
-  exitOnSignal,
   loadConfig,
+  onShutdownSignal,
   postgresReady,
   redactUrl,
-  startHealthServer,
+  resource,
+  startAll,
+  stopAll,
   toError,
+  type Service,
 } from '@taskbox/shared';
 import { createConsumer } from './consumer';
 import { createLeases } from './leases';
@@ -39,9 +43,13 @@ async function main(): Promise<void> {
   const stopController = new AbortController();
   // Every run waiting to retry recording its result listens on this signal: up to one per prefetch slot.
   setMaxListeners(config.WORKER_PREFETCH + 10, stopController.signal);
+  // Leave a margin under the shutdown deadline for abandoning runs and closing connections. At the
+  // grace deadline the consumer abandons the runs still going, and stopController stops their retries
+  // against a Postgres that is down, so that every run returns and its message is requeued.
+  const graceMs = Math.floor(config.SHUTDOWN_TIMEOUT_MS * 0.7);
   const consumer = createConsumer(
     amqpNames(config.AMQP_PREFIX),
-    config.WORKER_PREFETCH,
+    { prefetch: config.WORKER_PREFETCH, graceMs, giveUp: () => stopController.abort() },
     {
       db,
       writes: createAttemptWrites(db, config.WORKER_LEASE_MS, config.WORKER_PREFETCH),
@@ -55,44 +63,30 @@ async function main(): Promise<void> {
     },
     logger,
   );
-  const sweeper = createSweeper(
-    db,
-    Math.max(250, Math.floor(config.WORKER_LEASE_MS / 2)),
-    outboxNotifier,
-    taskNotifier,
-    logger,
-  );
-  const amqp = await connectAmqp(config.AMQP_URL, logger, consumer.setup);
-  const health = await startHealthServer(
+  const health = createHealthServer(
     config.HEALTH_PORT ?? 3002,
-    async () => ({
-      postgres: await postgresReady(pool),
-      rabbitmq: consumer.ready(),
-    }),
+    async () => ({ postgres: await postgresReady(pool), rabbitmq: consumer.ready() }),
     metrics.registry,
     logger,
   );
-  leases.start();
-  sweeper.start();
+  // Started in this order, stopped in reverse: the consumer drains first, the pool closes last.
+  const parts: Service[] = [
+    resource(() => db.destroy()),
+    health,
+    resource(() => taskNotifier.stop()),
+    resource(() => outboxNotifier.stop()),
+    amqpConnection(config.AMQP_URL, logger, consumer.setup),
+    leases,
+    createSweeper(db, Math.max(250, Math.floor(config.WORKER_LEASE_MS / 2)), outboxNotifier, taskNotifier, logger),
+    consumer,
+  ];
+  await startAll(parts);
   logger.info('worker started', { database: redactUrl(config.DATABASE_URL), prefetch: config.WORKER_PREFETCH });
 
-  exitOnSignal(logger, config.SHUTDOWN_TIMEOUT_MS, async () => {
-    // Leave a margin under the deadline for abandoning runs and closing connections. At the grace
-    // deadline the consumer aborts the runs still going, and this stops retries against a Postgres
-    // that is down, so that every run returns and its message is requeued.
-    const graceMs = Math.floor(config.SHUTDOWN_TIMEOUT_MS * 0.7);
-    const giveUp = setTimeout(() => stopController.abort(), graceMs);
-    await consumer.stop(graceMs);
-    clearTimeout(giveUp);
-    stopController.abort();
-    await sweeper.stop();
-    leases.stop();
-    await amqp.close().catch(() => undefined);
-    await outboxNotifier.stop();
-    await taskNotifier.stop();
-    await health.stop();
-    await db.destroy();
-  });
+  const shutdown = onShutdownSignal(logger, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, logger));
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(signal, () => void shutdown(signal).then((code) => process.exit(code)));
+  }
 }
 
 main().catch((err: unknown) => {

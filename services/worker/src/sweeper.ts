@@ -4,7 +4,7 @@ import {
   type Db,
   type Logger,
   type OutboxNotifier,
-  type Periodic,
+  type Service,
   type TaskNotifier,
 } from '@taskbox/shared';
 import { sweepExpiredLeases } from './lease-sql';
@@ -16,7 +16,7 @@ export function createSweeper(
   outboxNotifier: OutboxNotifier,
   taskNotifier: TaskNotifier,
   logger: Logger,
-): Periodic {
+): Service {
   return createPeriodic(intervalMs, async () => {
     try {
       const { resumed, failed, taskIds } = await sweepExpiredLeases(db, 100);

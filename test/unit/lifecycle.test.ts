@@ -1,0 +1,47 @@
+import { onShutdownSignal, resource, startAll, stopAll, type Service } from '@taskbox/shared';
+import { quietLogger } from '../helpers/db';
+
+/** A part that records when it starts and stops; `stop` may fail or hang. */
+function part(name: string, log: string[], stop: () => Promise<void> = async () => undefined): Service {
+  return {
+    start: async () => void log.push(`start ${name}`),
+    stop: async () => {
+      log.push(`stop ${name}`);
+      await stop();
+    },
+  };
+}
+
+describe('the lifecycle contract', () => {
+  it('starts the parts in order and stops them in reverse, each once, even when one fails to stop', async () => {
+    const log: string[] = [];
+    let closed = 0;
+    const parts = [
+      resource(async () => void closed++),
+      part('a', log),
+      part('b', log, () => Promise.reject(new Error('b broke'))),
+      part('c', log),
+    ];
+    await startAll(parts);
+    expect(await stopAll(parts, 1000, quietLogger)).toBe(false);
+    await stopAll(parts, 1000, quietLogger);
+    expect(log.slice(0, 6)).toEqual(['start a', 'start b', 'start c', 'stop c', 'stop b', 'stop a']);
+    expect(closed).toBe(1);
+  });
+
+  it('gives up at the deadline when a part hangs, answering false', async () => {
+    const parts = [part('hung', [], () => new Promise(() => undefined))];
+    const started = Date.now();
+    expect(await stopAll(parts, 100, quietLogger)).toBe(false);
+    expect(Date.now() - started).toBeLessThan(1000);
+  });
+
+  it('answers exit code 0 after a clean stop, and 1 at once for a second signal', async () => {
+    let release: (clean: boolean) => void = () => undefined;
+    const shutdown = onShutdownSignal(quietLogger, () => new Promise((resolve) => (release = resolve)));
+    const first = shutdown('SIGTERM');
+    expect(await shutdown('SIGINT')).toBe(1);
+    release(true);
+    expect(await first).toBe(0);
+  });
+});
