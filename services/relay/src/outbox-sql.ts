@@ -95,11 +95,17 @@ export async function recordPublishFailure(
     WHERE o.id = f.id`.execute(db);
 }
 
-/** How many messages were published within the last `ms` (the reconciler's measure of a live queue). */
-export async function countPublishedWithin(db: Db, ms: number): Promise<number> {
-  const { rows } = await sql<{ n: string }>`
-    SELECT count(*) AS n FROM outbox WHERE published_at > now() - ${ms} * interval '1 millisecond'`.execute(db);
-  return Number(rows[0]?.n ?? 0);
+/**
+ * The reconciler's measure of a live queue: the time `ms` ago (as Postgres text, to the microsecond),
+ * and how many messages were published since then.
+ */
+export async function publishedSince(db: Db, ms: number): Promise<{ cutoff: string; count: number }> {
+  const { rows } = await sql<{ cutoff: string; n: string }>`
+    SELECT c.cutoff::text AS cutoff, (SELECT count(*) FROM outbox WHERE published_at > c.cutoff) AS n
+    FROM (SELECT now() - ${ms} * interval '1 millisecond' AS cutoff) c`.execute(db);
+  const row = rows[0];
+  if (!row) throw new Error('the cutoff query answered no row');
+  return { cutoff: row.cutoff, count: Number(row.n) };
 }
 
 /**

@@ -1,6 +1,6 @@
 import { createPeriodic, toError, type Db, type Logger, type Service } from '@taskbox/shared';
 import type { RelayMetrics } from './metrics';
-import { countPublishedWithin } from './outbox-sql';
+import { publishedSince } from './outbox-sql';
 import { republishStranded } from './task-sql';
 import type { Publisher } from './publisher';
 
@@ -37,27 +37,29 @@ const BATCH = 500;
  * once). When the queue holds more (the workers are behind, or none runs), a task may simply be waiting
  * its turn, and counts as stranded only after 12 times as long (an hour by default): a lost message in
  * a long backlog is still found, and a task waiting in it is republished at most once per that bound,
- * whose duplicate the worker drops as stale. The count of recent publishes is read before the queue,
- * so that publishes in between can only make the rule stricter.
+ * whose duplicate the worker drops as stale. One cutoff time serves both the count of recent publishes
+ * and which tasks are old enough, so no message is counted as recent and then republished as old; and
+ * the count is read before the queue, so that publishes in between can only make the rule stricter.
  */
 export function createReconciler(options: ReconcilerOptions): Reconciler {
   const { db, publisher, logger, metrics, afterMs, wake } = options;
   let failing = false;
 
   async function reconcile(signal?: AbortSignal): Promise<number> {
-    const recent = await countPublishedWithin(db, afterMs);
+    const { cutoff, count: recent } = await publishedSince(db, afterMs);
     const ready = await publisher.readyMessages();
     // Not connected, or the queue is missing and being declared again: decide on the next pass.
     if (ready === null) return 0;
     const caughtUp = ready <= recent;
     const quietMs = caughtUp ? afterMs : afterMs * BACKLOG_FACTOR;
+    const before = { cutoff, extraMs: quietMs - afterMs };
     const reason = caughtUp
       ? `the queue holds no message older than ${afterMs} ms`
       : `overdue behind ${ready} ready messages`;
     let total = 0;
     let batch;
     do {
-      batch = await republishStranded(db, quietMs, BATCH);
+      batch = await republishStranded(db, before, BATCH);
       for (const { message, correlationId } of batch) {
         logger.warn('stranded task republished', {
           taskId: message.task_id,

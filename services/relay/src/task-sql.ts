@@ -11,19 +11,25 @@ export interface Republished {
 /**
  * Republishes up to `limit` stranded tasks, each through a new outbox row in this one transaction: a
  * task that is pending, whose every outbox row was published (or deleted by retention after
- * publishing) more than `quietMs` ago, and that no worker has started since. The new message asks for
+ * publishing) before `extraMs` ahead of `cutoff` (a Postgres timestamp), and that no worker has started
+ * since. The new message asks for
  * the same attempt as the lost one (attempts + 1), so if the lost one turns up after all, the worker
  * runs whichever comes first and drops the other as stale.
  *
  * One actor per task across relays: SKIP LOCKED keeps two relays off the same rows at once, and the
  * republished_at guard is re-checked on the locked row, so a relay whose snapshot predates another's
  * commit skips the task rather than republishing it a second time. The unpublished row this writes also
- * keeps the task out of every later pass until it is published and quietMs passes again.
+ * keeps the task out of every later pass until it is published, and published long enough ago.
  *
  * `since` is at least updated_at (a message is published after the change that wrote it), so the
  * updated_at bound lets the scan read only old pending tasks from tasks_pending.
  */
-export async function republishStranded(db: Db, quietMs: number, limit: number): Promise<Republished[]> {
+export async function republishStranded(
+  db: Db,
+  before: { cutoff: string; extraMs: number },
+  limit: number,
+): Promise<Republished[]> {
+  const publishedBefore = sql`${before.cutoff}::timestamptz - ${before.extraMs} * interval '1 millisecond'`;
   return db.transaction().execute(async (tx) => {
     const { rows } = await sql<{ id: string; type: string; attempts: number; correlation_id: string | null }>`
       SELECT t.id, t.type, t.attempts, t.correlation_id
@@ -33,10 +39,10 @@ export async function republishStranded(db: Db, quietMs: number, limit: number):
         FROM outbox o WHERE o.task_id = t.id
       ) m
       WHERE t.status = 'pending'
-        AND t.updated_at < now() - ${quietMs} * interval '1 millisecond'
-        AND coalesce(m.published_at, t.updated_at) < now() - ${quietMs} * interval '1 millisecond'
+        AND t.updated_at < ${publishedBefore}
+        AND coalesce(m.published_at, t.updated_at) < ${publishedBefore}
         AND m.unpublished = 0
-        AND (t.republished_at IS NULL OR t.republished_at < now() - ${quietMs} * interval '1 millisecond')
+        AND (t.republished_at IS NULL OR t.republished_at < ${publishedBefore})
       ORDER BY t.updated_at
       LIMIT ${limit}
       FOR UPDATE OF t SKIP LOCKED`.execute(tx);
