@@ -10,5 +10,6 @@ module.exports = {
   moduleNameMapper: { '^@taskbox/shared$': '<rootDir>/packages/shared/src/index.ts' },
   globalSetup: '<rootDir>/test/global-setup.ts',
   globalTeardown: '<rootDir>/test/global-teardown.ts',
+  setupFilesAfterEnv: ['<rootDir>/test/leak-check.ts'],
   testTimeout: 60_000,
 };

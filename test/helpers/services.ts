@@ -23,6 +23,16 @@ export interface RunningService {
 
 const root = path.resolve(__dirname, '../..');
 
+// Every service this test file started and that has not exited yet (test/leak-check.ts).
+const running = new Set<RunningService>();
+
+/** Kills (SIGKILL) what a test file left running, and names it: its test forgot to stop it. */
+export async function killLeftovers(): Promise<string[]> {
+  const left = [...running];
+  await Promise.all(left.map((s) => s.kill()));
+  return left.map((s) => `${s.name} (pid ${s.child.pid ?? '?'})`);
+}
+
 /** Starts a built service (`npm test` builds first) as a child process, as production runs it. */
 export function startService(name: ServiceName, env: Record<string, string>): RunningService {
   const child = spawn(process.execPath, [path.join(root, `services/${name}/dist/main.js`)], {
@@ -32,6 +42,7 @@ export function startService(name: ServiceName, env: Record<string, string>): Ru
   const logs: LogLine[] = [];
   const text: string[] = [];
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  void exited.then(() => running.delete(service));
   for (const stream of [child.stdout, child.stderr]) {
     if (!stream) continue;
     readline.createInterface({ input: stream }).on('line', (line) => {
@@ -73,5 +84,6 @@ export function startService(name: ServiceName, env: Record<string, string>): Ru
       await exited;
     },
   };
+  running.add(service);
   return service;
 }

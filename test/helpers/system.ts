@@ -46,6 +46,8 @@ export async function startSystem(env: Record<string, string> = {}): Promise<Sys
         await service.waitForLog('consuming', (l) => l.message === 'consuming');
       } else {
         await service.waitForLog('started', (l) => l.message === 'relay started');
+        // Its topology is declared on connect: a test that breaks the broker must not race it.
+        await service.waitForLog('connected', (l) => l.message === 'rabbitmq connected');
       }
       return service;
     },

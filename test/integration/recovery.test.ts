@@ -154,6 +154,8 @@ describe('recovery from what the broker loses', () => {
 
     const ids = await Promise.all(Array.from({ length: 5 }, (_, i) => system.submit('echo', { i })));
     await waitFor('relay not ready while its publishes are returned', async () => {
+      if (relay.child.exitCode !== null)
+        throw new Error(`relay exited ${relay.child.exitCode}: ${relay.text.join('\n')}`);
       return (await fetch(`${relayUrl}/readyz`)).status === 503;
     });
     await relay.waitForLog('a rebuild', (l) => /unroutable/.test(String(l.reason ?? '')), 15_000);
