@@ -41,12 +41,11 @@ export type Inserted = { task: TaskRow; messageId: string } | undefined;
  * The statement also wakes the relay: its pg_notify is delivered when it commits. A NOTIFY inside a
  * transaction holds a cluster-wide lock from pre-commit until the commit is flushed, which serializes
  * notifying commits (notify.ts), but here it is one NOTIFY per shared statement, and an api process
- * has at most two in flight: group commit already coalesces the wake-ups. A NOTIFY sent after the
- * commit instead costs a second round trip per statement; api throughput was 17 % higher with it inside
- * (2 175 against 1 853 POST/s, means of four alternating 8 s runs at 16 connections, same machine).
- * The price: a NOTIFY that fails now fails the insert. That happens only when Postgres's notification
- * queue (8 GB) is full, because a listening session sits in one transaction for hours; the request
- * then gets an error and nothing is written, and Postgres logs a warning from half full on.
+ * has at most two in flight: group commit already coalesces the wake-ups, and a NOTIFY after the
+ * commit would cost a second round trip per statement (the api's throughput was 17 % lower that way;
+ * bench/README.md). The price: a NOTIFY that fails fails the insert. That happens only when Postgres's
+ * notification queue is full (a listening session stuck in one transaction for hours): the request
+ * gets 503 and nothing is written, and Postgres logs a warning from half full on.
  *
  * Prepared (prepared()): each connection parses and plans it once; its plan does not depend on the
  * parameters, so Postgres keeps the generic one.
