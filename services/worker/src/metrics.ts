@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { taskStatuses, type Db } from '@taskbox/shared';
+import { countTasksByStatus } from './task-sql';
 
 // Known label values, exported at zero from the start: a counter that appears only after its first
 // dead letter or retry cannot be alerted on with rate() or increase().
@@ -25,14 +26,9 @@ export function createWorkerMetrics(db: Db): WorkerMetrics {
     labelNames: ['status'],
     registers,
     async collect() {
-      const rows = await db
-        .selectFrom('tasks')
-        .select(['status', db.fn.countAll<string>().as('n')])
-        .groupBy('status')
-        .execute();
+      const counts = await countTasksByStatus(db);
       // Every status, zeros included, so a dashboard or alert never sees a series vanish.
-      for (const status of taskStatuses) this.set({ status }, 0);
-      for (const r of rows) this.set({ status: r.status }, Number(r.n));
+      for (const status of taskStatuses) this.set({ status }, counts.get(status) ?? 0);
     },
   });
   const metrics: WorkerMetrics = {

@@ -268,3 +268,13 @@ export async function setStep(db: Db, taskId: string, attempt: number, step: str
     .where('attempts', '=', attempt)
     .execute();
 }
+
+/** How many tasks are in each status (statuses with none are absent): tasks_by_status on /metrics. */
+export async function countTasksByStatus(db: Db): Promise<Map<TaskStatus, number>> {
+  const rows = await db
+    .selectFrom('tasks')
+    .select(['status', db.fn.countAll<string>().as('n')])
+    .groupBy('status')
+    .execute();
+  return new Map(rows.map((r) => [r.status, Number(r.n)]));
+}
