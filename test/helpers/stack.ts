@@ -1,11 +1,6 @@
-import { amqpUrl, deleteTopology, testPrefix } from './amqp';
-import { createTestDatabase, type TestDatabase } from './db';
-import { startService, type RunningService, type ServiceName } from './services';
-
-function once<T>(run: () => Promise<T>): () => Promise<T> {
-  let result: Promise<T> | null = null;
-  return () => (result ??= run());
-}
+import type { TestDatabase } from './db';
+import type { RunningService, ServiceName } from './services';
+import { startSystem } from './system';
 
 export interface Stack {
   database: TestDatabase;
@@ -23,37 +18,29 @@ export interface Stack {
 }
 
 /**
- * api, relay and worker as child processes on a fresh database and AMQP_PREFIX, ready once the
- * worker consumes. `env` goes to all three, `perService` on top for one.
+ * The whole system, started: api, relay and worker of one `startSystem`, ready once the worker
+ * consumes. `env` goes to all three, `perService` on top for one.
  */
 export async function startStack(
   env: Record<string, string> = {},
   perService: Partial<Record<ServiceName, Record<string, string>>> = {},
 ): Promise<Stack> {
-  const database = await createTestDatabase();
-  const prefix = testPrefix();
-  const base = { DATABASE_URL: database.url, AMQP_URL: amqpUrl(), AMQP_PREFIX: prefix, ...env };
-  const names: ServiceName[] = ['api', 'relay', 'worker'];
-  const [api, relay, worker] = names.map((n) => startService(n, { ...base, ...perService[n] })) as [
-    RunningService,
-    RunningService,
-    RunningService,
-  ];
-  const [apiPort, relayPort, workerPort] = await Promise.all([api.port(), relay.port(), worker.port()]);
-  await worker.waitForLog('consuming', (l) => l.message === 'consuming');
-  const url = (port: number) => `http://127.0.0.1:${port}`;
+  const system = await startSystem(env);
+  const [api, relay, worker] = await Promise.all([
+    system.start('api', perService.api),
+    system.start('relay', perService.relay),
+    system.start('worker', perService.worker),
+  ]);
+  const url = async (s: RunningService) => `http://127.0.0.1:${await s.port()}`;
+  const [apiUrl, relayUrl, workerUrl] = await Promise.all([url(api), url(relay), url(worker)]);
+  let stopped: Promise<(number | null)[]> | null = null;
   return {
-    database,
-    prefix,
+    database: system.database,
+    prefix: system.prefix,
     api,
     relay,
     worker,
-    urls: { api: url(apiPort), relay: url(relayPort), worker: url(workerPort) },
-    stop: once(async () => {
-      const codes = await Promise.all([api, relay, worker].map((s) => s.stop()));
-      await database.drop();
-      await deleteTopology(prefix);
-      return codes;
-    }),
+    urls: { api: apiUrl, relay: relayUrl, worker: workerUrl },
+    stop: () => (stopped ??= system.stop()),
   };
 }
