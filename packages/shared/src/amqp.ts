@@ -1,5 +1,5 @@
 import amqp, { type Channel, type ChannelModel, type RecoveringChannelModel } from 'amqplib';
-import { redactUrl } from './config';
+import { brokerNodes } from './broker-nodes';
 import type { Logger } from './logger';
 
 export interface AmqpNames {
@@ -56,6 +56,10 @@ export const amqpSocketOptions = { noDelay: true, keepAlive: true };
  */
 export type AmqpSetup = (model: ChannelModel, rebuild: (reason: string) => void) => Promise<void>;
 
+// Bounds the TCP connect and handshake: a node whose host went silent would otherwise hold each
+// attempt for the kernel's SYN retries (about two minutes) before the next node is tried.
+const CONNECT_TIMEOUT_MS = 5000;
+
 /**
  * Connects with amqplib's built-in recovery: capped exponential backoff with jitter, forever.
  * `setup` runs after every (re)connect and must open fresh channels: a channel never survives a
@@ -66,9 +70,16 @@ export type AmqpSetup = (model: ChannelModel, rebuild: (reason: string) => void)
  * exchange comes back), opens new channels and consumes again. One mechanism, already proven by the
  * outage tests, instead of a second one per channel; a reconnect costs milliseconds, and the broker
  * requeues whatever the closed channels had not settled, which the worker absorbs.
+ *
+ * With several URLs (the nodes of a cluster, AMQP_URLS) it starts at the first and moves to the next
+ * after every failed attempt and every lost connection (see brokerNodes).
  */
-export async function connectAmqp(url: string, logger: Logger, setup: AmqpSetup): Promise<RecoveringChannelModel> {
-  const safeUrl = redactUrl(url);
+export async function connectAmqp(
+  urls: string | readonly string[],
+  logger: Logger,
+  setup: AmqpSetup,
+): Promise<RecoveringChannelModel> {
+  const nodes = brokerNodes(typeof urls === 'string' ? [urls] : urls);
   let connected = false;
   let rebuilding = false;
   const rebuildFor = (model: ChannelModel) => {
@@ -81,8 +92,9 @@ export async function connectAmqp(url: string, logger: Logger, setup: AmqpSetup)
       model.close().catch(() => undefined);
     };
   };
-  const connection = await amqp.connect(url, {
+  const connection = await amqp.connect(nodes.target, {
     ...amqpSocketOptions,
+    timeout: CONNECT_TIMEOUT_MS,
     recovery: {
       initialDelay: 200,
       maxDelay: 5000,
@@ -94,18 +106,20 @@ export async function connectAmqp(url: string, logger: Logger, setup: AmqpSetup)
   });
   connection.on('connect', () => {
     connected = true;
-    logger.info(rebuilding ? 'rabbitmq channels rebuilt' : 'rabbitmq connected', { url: safeUrl });
+    logger.info(rebuilding ? 'rabbitmq channels rebuilt' : 'rabbitmq connected', { url: nodes.current() });
     rebuilding = false;
   });
   connection.on('disconnect', (err: Error) => {
     if (connected && !rebuilding) {
-      logger.warn('rabbitmq connection lost; reconnecting', { url: safeUrl, error: err.message });
+      logger.warn('rabbitmq connection lost; reconnecting', { url: nodes.current(), error: err.message });
     }
     connected = false;
+    nodes.next();
   });
-  connection.on('connect-failed', (err: Error) =>
-    logger.debug('rabbitmq connect attempt failed', { url: safeUrl, error: err.message }),
-  );
+  connection.on('connect-failed', (err: Error) => {
+    logger.debug('rabbitmq connect attempt failed', { url: nodes.current(), error: err.message });
+    nodes.next();
+  });
   connection.on('error', (err: Error) => logger.debug('rabbitmq connection error', { error: err.message }));
   connection.on('blocked', (reason: string) => logger.warn('rabbitmq blocked the connection', { reason }));
   connection.on('unblocked', () => logger.info('rabbitmq unblocked the connection'));

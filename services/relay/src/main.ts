@@ -1,5 +1,6 @@
 import {
   amqpNames,
+  amqpUrls,
   bestEffortSettings,
   connectAmqp,
   createDb,
@@ -40,7 +41,7 @@ async function main(): Promise<void> {
     // Longer than a whole confirm round trip, so a live relay never loses its rows to another.
     leaseMs: config.RELAY_CONFIRM_TIMEOUT_MS * 3,
   });
-  const amqp = await connectAmqp(config.AMQP_URL, logger, async (model, rebuild) => {
+  const amqp = await connectAmqp(amqpUrls(config), logger, async (model, rebuild) => {
     await publisher.setup(model, rebuild);
     loop.wake();
   });

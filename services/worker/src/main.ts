@@ -1,6 +1,7 @@
 import { setMaxListeners } from 'node:events';
 import {
   amqpNames,
+  amqpUrls,
   bestEffortSettings,
   connectAmqp,
   createDb,
@@ -61,7 +62,7 @@ async function main(): Promise<void> {
     taskNotifier,
     logger,
   );
-  const amqp = await connectAmqp(config.AMQP_URL, logger, consumer.setup);
+  const amqp = await connectAmqp(amqpUrls(config), logger, consumer.setup);
   const health = await startHealthServer(
     config.HEALTH_PORT ?? 3002,
     async () => ({
