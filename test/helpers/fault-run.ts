@@ -15,16 +15,16 @@ export interface Load {
 }
 
 /**
- * POSTs tasks to the api at a steady pace over `durationMs`, as a frontend would, and goes on through
- * refusals until `tasks` were accepted. One in five is a `sleep` of 100-400 ms, so that some handlers
- * run whenever a fault strikes.
+ * POSTs tasks to the api at a steady pace over `durationMs` from `lanes` concurrent clients, as the
+ * users of a frontend would, and goes on through refusals until `tasks` were accepted. One in five is
+ * a `sleep` of 100-400 ms, so that some handlers run whenever a fault strikes.
  */
-export function startLoad(apiUrl: string, tasks: number, durationMs: number): Load {
+export function startLoad(apiUrl: string, tasks: number, durationMs: number, lanes = 4): Load {
   const load: Load = { accepted: [], unavailable: 0, others: [], done: Promise.resolve() };
   const start = Date.now();
-  load.done = (async () => {
-    for (let i = 0; load.accepted.length < tasks; i++) {
-      await sleepFor(start + (load.accepted.length * durationMs) / tasks - Date.now());
+  const lane = async (share: number, offset: number) => {
+    for (let i = offset, mine = 0; mine < share; i += lanes) {
+      await sleepFor(start + (mine * durationMs) / share - Date.now());
       const body =
         i % 5 === 0 ? { type: 'sleep', payload: { ms: 100 + (i % 4) * 100 } } : { type: 'echo', payload: { i } };
       const res = await fetch(`${apiUrl}/tasks`, {
@@ -32,12 +32,16 @@ export function startLoad(apiUrl: string, tasks: number, durationMs: number): Lo
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ ...body, maxAttempts: 10 }),
       }).catch((err: unknown) => String(err));
-      if (typeof res !== 'string' && res.status === 202) load.accepted.push(((await res.json()) as { id: string }).id);
-      else if (typeof res !== 'string' && res.status === 503) load.unavailable++;
+      if (typeof res !== 'string' && res.status === 202) {
+        load.accepted.push(((await res.json()) as { id: string }).id);
+        mine++;
+      } else if (typeof res !== 'string' && res.status === 503) load.unavailable++;
       else load.others.push(typeof res === 'string' ? res : `${res.status} ${await res.text()}`);
       if (typeof res === 'string' || res.status !== 202) await sleepFor(100);
     }
-  })();
+  };
+  const shares = Array.from({ length: lanes }, (_, l) => Math.floor(tasks / lanes) + (l < tasks % lanes ? 1 : 0));
+  load.done = Promise.all(shares.map((share, l) => lane(share, l))).then(() => undefined);
   return load;
 }
 
