@@ -1,5 +1,5 @@
 import { amqpNames } from '@taskbox/shared';
-import { reportLine, runReport, startLoad } from '../helpers/fault-run';
+import { reportLine, runReport, startLoad, troubles } from '../helpers/fault-run';
 import { startRabbitCluster, type RabbitCluster } from '../helpers/rabbit-cluster';
 import { startSystem, type System } from '../helpers/system';
 import { waitFor } from '../helpers/wait';
@@ -16,11 +16,10 @@ const LOAD_MS = 20_000;
 describe('RabbitMQ cluster', () => {
   let cluster: RabbitCluster | undefined;
   let system: System | undefined;
+  let passed = false;
 
   afterAll(async () => {
-    for (const s of system?.services ?? []) {
-      if (s.text.length > 0) console.log(`${s.name} printed:\n${s.text.join('\n')}`);
-    }
+    if (!passed) console.log(`the services' warnings and errors:\n${troubles(system?.services ?? [])}`);
     await system?.stop();
     await cluster?.stop();
   }, 120_000);
@@ -72,6 +71,7 @@ describe('RabbitMQ cluster', () => {
         'new leader': newLeader.name,
         'new leader seen after s': leaderSeenS.toFixed(2),
         'services failed over': failedOver.map((s) => s.name).join('+') || 'none',
+        'channels replaced after nacks': relay.logs.filter((l) => /nacked/.test(String(l.reason))).length,
       }),
     );
 
@@ -81,5 +81,6 @@ describe('RabbitMQ cluster', () => {
     expect(report.unfinished).toBe(0);
     expect(report.succeeded).toBe(TASKS);
     expect(report.doubleRun).toBe(0);
+    passed = true;
   }, 300_000);
 });

@@ -1,5 +1,5 @@
 import type { Db } from '@taskbox/shared';
-import type { LogLine } from './services';
+import type { LogLine, RunningService } from './services';
 
 const sleepFor = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -129,4 +129,14 @@ export function reportLine(title: string, report: RunReport, extra: Record<strin
   return `${title}: ${Object.entries(fields)
     .map(([k, v]) => `${k} ${v}`)
     .join(', ')}`;
+}
+
+/** The last warnings and errors each service logged, and what it printed: what to read when a fault run fails. */
+export function troubles(services: RunningService[], perService = 40): string {
+  return services
+    .map((s) => {
+      const lines = s.logs.filter((l) => l.level === 'warn' || l.level === 'error').slice(-perService);
+      return `${s.name} (pid ${s.child.pid}):\n${lines.map((l) => JSON.stringify(l)).join('\n')}\n${s.text.join('\n')}`;
+    })
+    .join('\n');
 }
