@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chownSync, closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chownSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { freePort, ownedTempDir, pidFromFile, runAs, signalAndWait, systemUser, type SystemUser } from './local-server';
 
@@ -85,6 +85,7 @@ export async function startRabbitCluster(size = 3): Promise<RabbitCluster> {
 
 /** Names, free ports and directories for the nodes; nothing runs yet. */
 async function planCluster(size: number): Promise<Cluster> {
+  if (!existsSync(path.join(BIN, 'rabbitmq-server'))) throw new Error(`no rabbitmq-server under ${BIN}`);
   const user = systemUser('rabbitmq');
   const base = ownedTempDir(user, 'rabbit');
   const id = randomBytes(3).toString('hex');
@@ -223,6 +224,7 @@ async function startNode(cluster: Cluster, spec: NodeSpec): Promise<void> {
   child.unref();
   let dead = false;
   child.once('exit', () => (dead = true));
+  child.once('error', () => (dead = true));
   const failure = () => {
     const printed = readFileSync(outFile, 'utf8').split('\n').slice(-15).join('\n');
     return new Error(`RabbitMQ node ${spec.name} could not start:\n${printed}`);
