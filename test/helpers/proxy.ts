@@ -12,6 +12,11 @@ export interface FaultProxy {
   blackhole(): void;
   /** Ends a cut or a blackhole; what the blackhole held back passes then, as after a healed partition. */
   restore(): Promise<void>;
+  /**
+   * Sends new connections to another server, as a virtual IP or a DNS name moves after a failover;
+   * open connections stay with the server they reached.
+   */
+  retarget(host: string, port: number): void;
   close(): Promise<void>;
 }
 
@@ -29,6 +34,7 @@ interface Link {
  * servers, so they also run against remote or containerized ones.
  */
 export async function startFaultProxy(targetHost: string, targetPort: number): Promise<FaultProxy> {
+  let target = { host: targetHost, port: targetPort };
   const links = new Set<Link>();
   let holding = false;
 
@@ -43,7 +49,7 @@ export async function startFaultProxy(targetHost: string, targetPort: number): P
 
   function pass(link: Link): void {
     if (!link.upstream) {
-      link.upstream = net.connect(targetPort, targetHost);
+      link.upstream = net.connect(target.port, target.host);
       watch(link, link.upstream);
     }
     link.client.pipe(link.upstream).pipe(link.client);
@@ -86,6 +92,9 @@ export async function startFaultProxy(targetHost: string, targetPort: number): P
       holding = false;
       for (const link of links) if (!link.passing) pass(link);
       if (!server.listening) await listen(port);
+    },
+    retarget(host, newPort) {
+      target = { host, port: newPort };
     },
     async close() {
       await new Promise<void>((resolve) => {

@@ -18,9 +18,12 @@ export interface System {
   stop(): Promise<(number | null)[]>;
 }
 
-/** A database, an AMQP prefix, and taskbox services as child processes, as production runs them. */
-export async function startSystem(env: Record<string, string> = {}): Promise<System> {
-  const database = await createTestDatabase();
+/**
+ * A database, an AMQP prefix, and taskbox services as child processes, as production runs them.
+ * `ownDatabase` replaces the fresh one on the shared server (a test's own Postgres); stop() drops it too.
+ */
+export async function startSystem(env: Record<string, string> = {}, ownDatabase?: TestDatabase): Promise<System> {
+  const database = ownDatabase ?? (await createTestDatabase());
   const prefix = testPrefix();
   const baseEnv = {
     DATABASE_URL: database.url,

@@ -169,6 +169,16 @@ describe('npm run doctor says where the chain is broken', () => {
     expect(run.code).toBe(1);
   });
 
+  it('with AMQP_URLS, checks through the first node that answers and warns about the ones before it', async () => {
+    const down = `amqp://guest:s3cret@127.0.0.1:${await closedPort()}`;
+    const run = await doctor({ AMQP_URLS: `${down},${amqpUrl()}` });
+    expect(run.status(c.broker)).toBe('warn');
+    expect(run.line(c.broker)).toMatch(/ECONNREFUSED.*RabbitMQ at .*start the nodes that do not answer/);
+    expect(run.status(c.consumers)).toBe('ok');
+    expect(run.stdout).not.toContain('s3cret');
+    expect(run.code).toBe(0);
+  });
+
   it('with the database unreachable, fails "database reachable" and skips the database checks', async () => {
     const run = await doctor({ DATABASE_URL: `postgres://postgres:s3cret@127.0.0.1:${await closedPort()}/taskbox` });
     expect(run.status(c.database)).toBe('fail');

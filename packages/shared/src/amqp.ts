@@ -1,6 +1,6 @@
 import amqp, { type Channel, type ChannelModel, type RecoveringChannelModel } from 'amqplib';
-import { redactUrl } from './config';
 import type { Service } from './lifecycle';
+import { brokerNodes } from './broker-nodes';
 import type { Logger } from './logger';
 
 export interface AmqpNames {
@@ -57,6 +57,10 @@ export const amqpSocketOptions = { noDelay: true, keepAlive: true };
  */
 export type AmqpSetup = (model: ChannelModel, rebuild: (reason: string) => void) => Promise<void>;
 
+// Bounds the TCP connect and handshake: a node whose host went silent would otherwise hold each
+// attempt for the kernel's SYN retries (about two minutes) before the next node is tried.
+const CONNECT_TIMEOUT_MS = 5000;
+
 /**
  * Connects with amqplib's built-in recovery: capped exponential backoff with jitter, forever.
  * `setup` runs after every (re)connect and must open fresh channels: a channel never survives a
@@ -67,9 +71,16 @@ export type AmqpSetup = (model: ChannelModel, rebuild: (reason: string) => void)
  * exchange comes back), opens new channels and consumes again. One mechanism, already proven by the
  * outage tests, instead of a second one per channel; a reconnect costs milliseconds, and the broker
  * requeues whatever the closed channels had not settled, which the worker absorbs.
+ *
+ * With several URLs (the nodes of a cluster, AMQP_URLS) it starts at the first and moves to the next
+ * after every failed attempt and every lost connection (see brokerNodes).
  */
-export async function connectAmqp(url: string, logger: Logger, setup: AmqpSetup): Promise<RecoveringChannelModel> {
-  const safeUrl = redactUrl(url);
+export async function connectAmqp(
+  urls: string | readonly string[],
+  logger: Logger,
+  setup: AmqpSetup,
+): Promise<RecoveringChannelModel> {
+  const nodes = brokerNodes(typeof urls === 'string' ? [urls] : urls);
   let connected = false;
   let rebuilding = false;
   const rebuildFor = (model: ChannelModel) => {
@@ -82,8 +93,9 @@ export async function connectAmqp(url: string, logger: Logger, setup: AmqpSetup)
       model.close().catch(() => undefined);
     };
   };
-  const connection = await amqp.connect(url, {
+  const connection = await amqp.connect(nodes.target, {
     ...amqpSocketOptions,
+    timeout: CONNECT_TIMEOUT_MS,
     recovery: {
       initialDelay: 200,
       maxDelay: 5000,
@@ -95,18 +107,20 @@ export async function connectAmqp(url: string, logger: Logger, setup: AmqpSetup)
   });
   connection.on('connect', () => {
     connected = true;
-    logger.info(rebuilding ? 'rabbitmq channels rebuilt' : 'rabbitmq connected', { url: safeUrl });
+    logger.info(rebuilding ? 'rabbitmq channels rebuilt' : 'rabbitmq connected', { url: nodes.current() });
     rebuilding = false;
   });
   connection.on('disconnect', (err: Error) => {
     if (connected && !rebuilding) {
-      logger.warn('rabbitmq connection lost; reconnecting', { url: safeUrl, error: err.message });
+      logger.warn('rabbitmq connection lost; reconnecting', { url: nodes.current(), error: err.message });
     }
     connected = false;
+    nodes.next();
   });
-  connection.on('connect-failed', (err: Error) =>
-    logger.debug('rabbitmq connect attempt failed', { url: safeUrl, error: err.message }),
-  );
+  connection.on('connect-failed', (err: Error) => {
+    logger.debug('rabbitmq connect attempt failed', { url: nodes.current(), error: err.message });
+    nodes.next();
+  });
   connection.on('error', (err: Error) => logger.debug('rabbitmq connection error', { error: err.message }));
   connection.on('blocked', (reason: string) => logger.warn('rabbitmq blocked the connection', { reason }));
   connection.on('unblocked', () => logger.info('rabbitmq unblocked the connection'));
@@ -114,11 +128,11 @@ export async function connectAmqp(url: string, logger: Logger, setup: AmqpSetup)
 }
 
 /** The broker connection as a part of a service: start connects (recovering forever), stop closes it. */
-export function amqpConnection(url: string, logger: Logger, setup: AmqpSetup): Service {
+export function amqpConnection(urls: readonly string[], logger: Logger, setup: AmqpSetup): Service {
   let connection: RecoveringChannelModel | null = null;
   return {
     async start() {
-      connection ??= await connectAmqp(url, logger, setup);
+      connection ??= await connectAmqp(urls, logger, setup);
     },
     async stop() {
       await connection?.close().catch(() => undefined);

@@ -36,6 +36,13 @@ const corsOrigins = z
 export const configSchema = z.object({
   DATABASE_URL: z.url().default('postgres://postgres@127.0.0.1:5432/taskbox'),
   AMQP_URL: z.url().default('amqp://guest:guest@127.0.0.1:5672'),
+  // The nodes of a RabbitMQ cluster: the relay and the worker connect to the first that answers and
+  // move on to the next at every reconnect. Set, it replaces AMQP_URL.
+  AMQP_URLS: z
+    .string()
+    .transform(commaList)
+    .pipe(z.array(z.url({ protocol: /^amqps?$/, error: 'amqp:// or amqps:// URLs, comma-separated' })).min(1))
+    .optional(),
   AMQP_PREFIX: z
     .string()
     .regex(/^[A-Za-z0-9._-]*$/, 'letters, digits, ".", "_" and "-" only')
@@ -126,6 +133,11 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
   if (parsed.success && issues.length === 0) return parsed.data;
   const lines = issues.map((i) => `  ${i.path}: ${i.message}`);
   throw new Error(`invalid configuration:\n${lines.join('\n')}`);
+}
+
+/** The broker nodes to connect to, in order of preference. */
+export function amqpUrls(config: Pick<Config, 'AMQP_URL' | 'AMQP_URLS'>): string[] {
+  return config.AMQP_URLS ?? [config.AMQP_URL];
 }
 
 /** The URL with its password replaced, for logs. */

@@ -1,6 +1,6 @@
 import type { ChannelModel } from 'amqplib';
 import { amqpNames } from './amqp';
-import { loadConfig, redactUrl, type Config } from './config';
+import { amqpUrls, loadConfig, redactUrl, type Config } from './config';
 import { createDb, createPool, type Db } from './db';
 import {
   checkConsumers,
@@ -78,7 +78,8 @@ async function main(): Promise<number> {
   // Only pool errors would be logged; the findings go to stdout as the report.
   const logger = createLogger('doctor', { LOG_LEVEL: 'error', LOG_FORMAT: config.LOG_FORMAT });
   const prefix = config.AMQP_PREFIX ? ` (AMQP_PREFIX ${config.AMQP_PREFIX})` : '';
-  process.stdout.write(`taskbox doctor: ${redactUrl(config.DATABASE_URL)}, ${redactUrl(config.AMQP_URL)}${prefix}\n\n`);
+  const brokers = amqpUrls(config).map(redactUrl).join(', ');
+  process.stdout.write(`taskbox doctor: ${redactUrl(config.DATABASE_URL)}, ${brokers}${prefix}\n\n`);
 
   const pool = createPool(config.DATABASE_URL, logger, {
     max: 2,
@@ -89,7 +90,7 @@ async function main(): Promise<number> {
   const db = results[0]?.status === 'ok' ? createDb(pool) : null;
   const { schema, flow } = steps(config);
   for (const step of schema) results.push(await runStep(step, db, null));
-  const broker = await connectBroker(config.AMQP_URL);
+  const broker = await connectBroker(amqpUrls(config));
   results.push(broker.check);
   for (const step of flow) results.push(await runStep(step, db, broker.model));
 

@@ -83,17 +83,30 @@ export async function checkMigrations(db: Db): Promise<CheckResult> {
   }
 }
 
-/** Connects once without recovery: the doctor wants to know whether the broker answers now. */
-export async function connectBroker(url: string): Promise<{ check: CheckResult; model: ChannelModel | null }> {
+/**
+ * Connects once without recovery to the first node that answers: the doctor wants to know whether the
+ * broker answers now. A node that did not answer before it is a warning: the cluster runs short.
+ */
+export async function connectBroker(
+  urls: readonly string[],
+): Promise<{ check: CheckResult; model: ChannelModel | null }> {
   const name = checkNames.broker;
-  try {
-    const model = await amqp.connect(url, { timeout: 3000 });
-    model.on('error', () => undefined);
-    return { check: result(name, 'ok', `RabbitMQ at ${redactUrl(url)}`), model };
-  } catch (err) {
-    const check = result(name, 'fail', `${redactUrl(url)}: ${toError(err).message}`, 'start RabbitMQ or fix AMQP_URL');
-    return { check, model: null };
+  const failures: string[] = [];
+  for (const url of urls) {
+    try {
+      const model = await amqp.connect(url, { timeout: 3000 });
+      model.on('error', () => undefined);
+      const detail = [...failures, `RabbitMQ at ${redactUrl(url)}`].join('; ');
+      const check = result(name, failures.length > 0 ? 'warn' : 'ok', detail, 'start the nodes that do not answer');
+      return { check, model };
+    } catch (err) {
+      failures.push(`${redactUrl(url)}: ${toError(err).message}`);
+    }
   }
+  return {
+    check: result(name, 'fail', failures.join('; '), 'start RabbitMQ or fix AMQP_URL / AMQP_URLS'),
+    model: null,
+  };
 }
 
 /**

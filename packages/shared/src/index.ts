@@ -1,4 +1,5 @@
 export * from './amqp';
+export * from './broker-nodes';
 export * from './batcher';
 export * from './config';
 export * from './db';

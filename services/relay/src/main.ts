@@ -1,6 +1,7 @@
 import {
   amqpConnection,
   amqpNames,
+  amqpUrls,
   bestEffortSettings,
   createDb,
   createHealthServer,
@@ -72,7 +73,7 @@ async function main(): Promise<void> {
   const parts: Service[] = [
     resource(() => db.destroy()),
     health,
-    amqpConnection(config.AMQP_URL, logger, async (model, rebuild) => {
+    amqpConnection(amqpUrls(config), logger, async (model, rebuild) => {
       await publisher.setup(model, rebuild);
       loop.wake();
     }),

@@ -39,6 +39,14 @@ export interface Publisher {
 const UNROUTABLE_REBUILD_MS = 2000;
 
 /**
+ * How long the broker may nack every publish before the relay replaces its channel. RabbitMQ 3.10 was
+ * seen (test/chaos/rabbit-cluster.test.ts) to nack every publish, for good, on a channel opened while
+ * the quorum queue was electing a new leader after a node died, while a new channel on the same
+ * connection was acked at once.
+ */
+const NACKED_REBUILD_MS = 2000;
+
+/**
  * Publishes outbox rows on a confirm channel. A row counts as published only when the broker acked it
  * and did not return it first: with `mandatory`, an unroutable message is returned before its ack,
  * so an ack alone is not proof it reached a queue. A closed channel or a confirm timeout leaves the row
@@ -50,6 +58,8 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
   let rebuildChannel: (reason: string) => void = () => undefined;
   // Since when every batch has had a message returned as unroutable; null while they route.
   let unroutableSince: number | null = null;
+  // Since when the broker has nacked every publish; null while it confirms some.
+  let nackedSince: number | null = null;
 
   /** After each batch: how many messages came back unroutable, and how many reached the queue. */
   function noteReturns(returned: number, routed: number): void {
@@ -68,6 +78,17 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
     }
   }
 
+  function noteNacks(nacked: number, confirmed: number): void {
+    if (nacked === 0 || confirmed > 0) {
+      nackedSince = null;
+      return;
+    }
+    nackedSince ??= Date.now();
+    if (Date.now() - nackedSince >= NACKED_REBUILD_MS) {
+      rebuildChannel(`every publish nacked by the broker for ${NACKED_REBUILD_MS} ms`);
+    }
+  }
+
   return {
     async setup(m, rebuild) {
       const ch = await m.createConfirmChannel();
@@ -81,6 +102,7 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
       model = m;
       rebuildChannel = rebuild;
       unroutableSince = null;
+      nackedSince = null;
     },
     connected: () => channel !== null,
     ready: () => channel !== null && unroutableSince === null,
@@ -104,6 +126,7 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
 
       const outcome = new Map<string, string | null>();
       const returned = new Set<string>();
+      let nacked = 0;
       let allSettled: () => void = () => undefined;
       const settledPromise = new Promise<void>((resolve) => (allSettled = resolve));
       const conclude = (id: string, error: string | null): void => {
@@ -123,8 +146,10 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
         for (const row of rows) {
           if (outcome.size === rows.length) break; // the channel closed or the confirm wait timed out
           const confirmed = (err: unknown): void => {
-            if (err) conclude(row.id, `nacked by broker: ${toError(err).message}`);
-            else conclude(row.id, returned.has(row.message_id) ? 'returned as unroutable' : null);
+            if (err) {
+              nacked++;
+              conclude(row.id, `nacked by broker: ${toError(err).message}`);
+            } else conclude(row.id, returned.has(row.message_id) ? 'returned as unroutable' : null);
           };
           try {
             const body = Buffer.from(JSON.stringify(row.payload));
@@ -148,6 +173,7 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
         else result.failed.push({ id, error });
       }
       noteReturns(returned.size, result.published.length);
+      noteNacks(nacked, result.published.length);
       return result;
     },
   };

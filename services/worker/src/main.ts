@@ -2,6 +2,7 @@ import { setMaxListeners } from 'node:events';
 import {
   amqpConnection,
   amqpNames,
+  amqpUrls,
   bestEffortSettings,
   createDb,
   createHealthServer,
@@ -75,7 +76,7 @@ async function main(): Promise<void> {
     health,
     resource(() => taskNotifier.stop()),
     resource(() => outboxNotifier.stop()),
-    amqpConnection(config.AMQP_URL, logger, consumer.setup),
+    amqpConnection(amqpUrls(config), logger, consumer.setup),
     leases,
     createSweeper(db, Math.max(250, Math.floor(config.WORKER_LEASE_MS / 2)), outboxNotifier, taskNotifier, logger),
     consumer,

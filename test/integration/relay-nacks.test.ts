@@ -1,0 +1,65 @@
+import amqp from 'amqplib';
+import { amqpNames, connectAmqp } from '@taskbox/shared';
+import { createRelayMetrics } from '../../services/relay/src/metrics';
+import { createPublisher } from '../../services/relay/src/publisher';
+import { createRelayLoop, type RelayLoop } from '../../services/relay/src/relay-loop';
+import { amqpUrl, deleteTopology, testPrefix } from '../helpers/amqp';
+import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
+import { insertTaskFixture } from '../helpers/factories';
+import { waitFor } from '../helpers/wait';
+
+describe('relay and a broker that nacks', () => {
+  let database: TestDatabase;
+  let prefix: string;
+  let loop: RelayLoop | undefined;
+  let connection: Awaited<ReturnType<typeof connectAmqp>> | undefined;
+  let admin: amqp.ChannelModel | undefined;
+
+  afterEach(async () => {
+    await loop?.stop();
+    await connection?.close();
+    await admin?.close();
+    await database.drop();
+    await deleteTopology(prefix);
+  });
+
+  it('opens a new channel when the broker nacks every publish, and publishes once it takes them again', async () => {
+    database = await createTestDatabase();
+    prefix = testPrefix();
+    const names = amqpNames(prefix);
+    const publisher = createPublisher(names, 5000, quietLogger);
+    loop = createRelayLoop({
+      db: database.db,
+      publisher,
+      logger: quietLogger,
+      metrics: createRelayMetrics(database.db),
+      batchSize: 50,
+      pollMs: 100,
+      leaseMs: 15_000,
+    });
+    let setups = 0;
+    connection = await connectAmqp(amqpUrl(), quietLogger, async (model, rebuild) => {
+      await publisher.setup(model, rebuild);
+      setups++;
+      loop?.wake();
+    });
+    await waitFor('publisher ready', () => publisher.ready());
+
+    // A full queue that rejects publishes, bound next to the tasks queue: the broker nacks every message.
+    admin = await amqp.connect(amqpUrl());
+    const ch = await admin.createChannel();
+    const full = `${prefix}full`;
+    await ch.assertQueue(full, { arguments: { 'x-max-length': 0, 'x-overflow': 'reject-publish' } });
+    await ch.bindQueue(full, names.exchange, '#');
+    const taskId = await insertTaskFixture(database.db, { withOutbox: true });
+    loop.start();
+
+    await waitFor('a new channel after the nacks', () => setups >= 2);
+    const row = () =>
+      database.db.selectFrom('outbox').selectAll().where('task_id', '=', taskId).executeTakeFirstOrThrow();
+    expect((await row()).published_at).toBeNull();
+
+    await ch.deleteQueue(full);
+    await waitFor('the row published', async () => (await row()).published_at !== null, 30_000);
+  }, 60_000);
+});

@@ -1,0 +1,157 @@
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import type { PodDisruptionBudget } from 'kubernetes-types/policy/v1';
+import { amqpUrls, configKeys, loadConfig } from '@taskbox/shared';
+import { authStartProblem } from '../../services/api/src/auth';
+import { loadDockerfileStages, repoRoot, stageEnvironment } from '../helpers/compose-file';
+import {
+  deployDir,
+  kubernetesTypeErrors,
+  loadManifests,
+  onlyContainer,
+  podSpec,
+  portNumber,
+  resolvedEnv,
+  type Manifest,
+} from '../helpers/deploy-files';
+
+// No Kubernetes cluster runs these tests: the manifests are checked against the API's types and
+// against what the services read and serve.
+const manifests = loadManifests();
+const find = (kind: string, name: string): Manifest => {
+  const found = manifests.find((m) => m.doc.kind === kind && m.doc.metadata.name === name);
+  if (!found) throw new Error(`deploy/ has no ${kind} ${name}`);
+  return found;
+};
+const SERVICES = ['api', 'relay', 'worker'] as const;
+const deployments = SERVICES.map((s) => find('Deployment', `taskbox-${s}`));
+const migrate = find('Job', 'taskbox-migrate');
+const workloads = [migrate, ...deployments];
+const secret = find('Secret', 'taskbox').doc.stringData ?? {};
+const imageEnv = stageEnvironment(loadDockerfileStages().at(-1) ?? { base: '', instructions: [] });
+const ENTRYPOINTS: Record<string, string> = {
+  'taskbox-migrate': 'packages/shared/dist/migrate-main.js',
+  'taskbox-api': 'services/api/dist/main.js',
+  'taskbox-relay': 'services/relay/dist/main.js',
+  'taskbox-worker': 'services/worker/dist/main.js',
+};
+/** The port each service listens on: the api's PORT, the relay's and the worker's HEALTH_PORT. */
+const LISTEN_ENV: Record<string, string> = { api: 'PORT', relay: 'HEALTH_PORT', worker: 'HEALTH_PORT' };
+
+/** The config a workload's container starts with: the image's env, then the manifest's, Secret values in. */
+const configOf = (m: Manifest) =>
+  loadConfig({ ...Object.fromEntries(imageEnv), ...resolvedEnv(onlyContainer(m), secret) });
+
+describe('deploy/ (Kubernetes manifests)', () => {
+  it('type-checks against the Kubernetes API types, so no field is misspelled, unknown or of the wrong type', () => {
+    expect(kubernetesTypeErrors(manifests)).toEqual([]);
+  });
+
+  it('the type check rejects a misspelled field', () => {
+    const api = find('Deployment', 'taskbox-api');
+    const broken = JSON.parse(
+      JSON.stringify(api.doc).replace('"readinessProbe"', '"readinesProbe"'),
+    ) as Manifest['doc'];
+    expect(kubernetesTypeErrors([{ file: api.file, doc: broken }]).join('\n')).toMatch(/readinesProbe/);
+  });
+
+  it('runs the migrate Job and the three Deployments from one image, each with the file `npm run build` makes', () => {
+    const images = new Set(workloads.map((m) => onlyContainer(m).image));
+    expect(images.size).toBe(1);
+    for (const m of workloads) {
+      const [node, entry = ''] = onlyContainer(m).command ?? [];
+      expect([m.doc.metadata.name, node, entry]).toEqual([
+        m.doc.metadata.name,
+        'node',
+        ENTRYPOINTS[m.doc.metadata.name],
+      ]);
+      expect([entry, existsSync(path.join(repoRoot, entry))]).toEqual([entry, true]);
+    }
+  });
+
+  it('probes /readyz for readiness and /healthz for liveness on the port each service listens on', () => {
+    for (const [i, service] of SERVICES.entries()) {
+      const container = onlyContainer(deployments[i]!);
+      const listens = configOf(deployments[i]!)[LISTEN_ENV[service] as 'PORT' | 'HEALTH_PORT'];
+      const probes = [container.readinessProbe?.httpGet, container.livenessProbe?.httpGet];
+      expect([service, ...probes.map((p) => [p?.path, portNumber(container, p?.port)])]).toEqual([
+        service,
+        ['/readyz', listens],
+        ['/healthz', listens],
+      ]);
+    }
+    const apiService = find('Service', 'taskbox-api').doc.spec as { ports: { targetPort: string | number }[] };
+    expect(portNumber(onlyContainer(deployments[0]!), apiService.ports[0]?.targetPort)).toBe(3000);
+  });
+
+  it('sets only variables the config schema reads, and each service starts under the image’s NODE_ENV=production', () => {
+    const known = new Set<string>(configKeys);
+    expect(Object.keys(secret).filter((key) => !known.has(key))).toEqual([]);
+    for (const m of workloads) {
+      const names = (onlyContainer(m).env ?? []).map((e) => e.name);
+      expect([m.doc.metadata.name, names.filter((n) => !known.has(n))]).toEqual([m.doc.metadata.name, []]);
+    }
+    expect(imageEnv.get('NODE_ENV')).toBe('production');
+    expect(authStartProblem(configOf(find('Deployment', 'taskbox-api')))).toBeUndefined();
+    for (const name of ['taskbox-relay', 'taskbox-worker']) {
+      expect([name, amqpUrls(configOf(find('Deployment', name))).length]).toEqual([name, 3]);
+    }
+  });
+
+  it('reads DATABASE_URL and AMQP_URLS from the Secret, never from the manifest itself', () => {
+    for (const m of workloads) {
+      for (const e of onlyContainer(m).env ?? []) {
+        if (/^(DATABASE_URL|AMQP_URLS?|AUTH_TOKENS|AUTH_JWT_SECRET)$/.test(e.name)) {
+          expect([e.name, e.valueFrom?.secretKeyRef?.name]).toEqual([e.name, 'taskbox']);
+        }
+      }
+    }
+  });
+
+  it('gives every pod longer to stop than its preStop pause plus SHUTDOWN_TIMEOUT_MS', () => {
+    for (const m of deployments) {
+      const container = onlyContainer(m);
+      const pause = Number(container.lifecycle?.preStop?.exec?.command?.find((a) => /^\d+$/.test(a)) ?? 0);
+      const needed = pause + configOf(m).SHUTDOWN_TIMEOUT_MS / 1000;
+      expect([m.doc.metadata.name, podSpec(m).terminationGracePeriodSeconds! > needed]).toEqual([
+        m.doc.metadata.name,
+        true,
+      ]);
+    }
+  });
+
+  it('requests CPU and memory for every container, and caps its memory', () => {
+    for (const m of workloads) {
+      const { requests, limits } = onlyContainer(m).resources ?? {};
+      expect([m.doc.metadata.name, requests?.cpu, requests?.memory, limits?.memory].every(Boolean)).toBe(true);
+    }
+  });
+
+  it('keeps each Deployment running through a node drain: a PodDisruptionBudget selects its pods and lets one go', () => {
+    const budgets = manifests
+      .filter((m) => m.doc.kind === 'PodDisruptionBudget')
+      .map((m) => m.doc as PodDisruptionBudget);
+    for (const m of deployments) {
+      const spec = m.doc.spec as { replicas: number; template: { metadata: { labels: Record<string, string> } } };
+      const labels = spec.template.metadata.labels;
+      const budget = budgets.find((b) =>
+        Object.entries(b.spec?.selector?.matchLabels ?? {}).every(([k, v]) => labels[k] === v),
+      )?.spec;
+      const evictable = budget?.maxUnavailable ?? spec.replicas - Number(budget?.minAvailable ?? spec.replicas);
+      expect([m.doc.metadata.name, budget !== undefined, Number(evictable) >= 1, spec.replicas >= 2]).toEqual([
+        m.doc.metadata.name,
+        true,
+        true,
+        true,
+      ]);
+    }
+  });
+
+  it('rollout.sh waits for the migrate Job to complete before it applies the Deployments', () => {
+    const lines = readFileSync(path.join(deployDir, 'rollout.sh'), 'utf8').split('\n');
+    const waits = lines.findIndex((l) => /kubectl wait --for=condition=complete .*job\/taskbox-migrate/.test(l));
+    const applies = lines.findIndex((l) => /for part in api relay worker; do .*kubectl apply/.test(l));
+    expect(waits).toBeGreaterThan(lines.findIndex((l) => /migrate-job\.yaml \| kubectl apply/.test(l)));
+    expect(applies).toBeGreaterThan(waits);
+  });
+});
