@@ -3,7 +3,7 @@
 #   api (default)  node services/api/dist/main.js
 #   relay          node services/relay/dist/main.js
 #   worker         node services/worker/dist/main.js
-#   migrate        node packages/shared/dist/migrate-main.js
+#   migrate        node tools/dist/migrate-main.js
 # One image means one build and one version to roll out, and the same artifact runs on a laptop
 # (docker-compose.yml) and as separate deployments in production.
 
@@ -15,6 +15,7 @@ COPY packages/shared/package.json packages/shared/
 COPY services/api/package.json services/api/
 COPY services/relay/package.json services/relay/
 COPY services/worker/package.json services/worker/
+COPY tools/package.json tools/
 
 FROM manifests AS build
 RUN npm ci --no-audit --no-fund
@@ -29,6 +30,7 @@ COPY --from=build /app/packages/shared/dist packages/shared/dist
 COPY --from=build /app/services/api/dist services/api/dist
 COPY --from=build /app/services/relay/dist services/relay/dist
 COPY --from=build /app/services/worker/dist services/worker/dist
+COPY --from=build /app/tools/dist tools/dist
 # migrate.ts resolves migrations as <its dist>/../../../db/migrations/dist, so keep the repo layout.
 COPY --from=build /app/db/migrations/dist db/migrations/dist
 USER node

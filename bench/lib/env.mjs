@@ -55,7 +55,7 @@ export async function createBenchDatabase() {
   const name = randomName('taskbox_bench_');
   const url = dbUrl(name);
   cleanups.push(() => adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
-  await runToEnd(process.execPath, [path.join(root, 'packages/shared/dist/migrate-main.js')], {
+  await runToEnd(process.execPath, [path.join(root, 'tools/dist/migrate-main.js')], {
     DATABASE_URL: url,
     LOG_LEVEL: 'warn',
   });

@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
-import { checkNames, type CheckStatus } from '../../packages/shared/src/doctor';
+import { checkNames, type CheckStatus } from '../../tools/src/doctor';
 
 export interface DoctorRun {
   code: number;
@@ -12,7 +12,7 @@ export interface DoctorRun {
   line(name: string): string;
 }
 
-const main = path.resolve(__dirname, '../../packages/shared/dist/doctor-main.js');
+const main = path.resolve(__dirname, '../../tools/dist/doctor-main.js');
 const escape = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 /** Runs the built doctor (`npm test` builds first) as a child process, as `npm run doctor` does. */

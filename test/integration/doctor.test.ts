@@ -1,7 +1,7 @@
 import amqp from 'amqplib';
 import { sql } from 'kysely';
 import { amqpNames } from '@taskbox/shared';
-import { checkNames as c } from '../../packages/shared/src/doctor';
+import { checkNames as c } from '../../tools/src/doctor';
 import { amqpUrl, deleteTopology, testPrefix } from '../helpers/amqp';
 import { createTestDatabase, type TestDatabase } from '../helpers/db';
 import { closedPort, runDoctor, statuses } from '../helpers/doctor';

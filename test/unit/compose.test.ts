@@ -23,7 +23,7 @@ const { raw, file } = loadCompose();
 const TASKBOX = ['migrate', 'api', 'relay', 'worker'];
 const LONG_RUNNING = ['api', 'relay', 'worker'];
 const ENTRYPOINTS: Record<string, string> = {
-  migrate: 'packages/shared/dist/migrate-main.js',
+  migrate: 'tools/dist/migrate-main.js',
   api: 'services/api/dist/main.js',
   relay: 'services/relay/dist/main.js',
   worker: 'services/worker/dist/main.js',

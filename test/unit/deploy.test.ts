@@ -30,7 +30,7 @@ const workloads = [migrate, ...deployments];
 const secret = find('Secret', 'taskbox').doc.stringData ?? {};
 const imageEnv = stageEnvironment(loadDockerfileStages().at(-1) ?? { base: '', instructions: [] });
 const ENTRYPOINTS: Record<string, string> = {
-  'taskbox-migrate': 'packages/shared/dist/migrate-main.js',
+  'taskbox-migrate': 'tools/dist/migrate-main.js',
   'taskbox-api': 'services/api/dist/main.js',
   'taskbox-relay': 'services/relay/dist/main.js',
   'taskbox-worker': 'services/worker/dist/main.js',

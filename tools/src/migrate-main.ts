@@ -1,8 +1,13 @@
-import { loadConfig, redactUrl } from './config';
-import { createDb, createPool } from './db';
-import { toError } from './errors';
-import { createLogger } from './logger';
-import { createDatabaseIfMissing, migrateToLatest } from './migrate';
+import {
+  createDatabaseIfMissing,
+  createDb,
+  createLogger,
+  createPool,
+  loadConfig,
+  migrateToLatest,
+  redactUrl,
+  toError,
+} from '@taskbox/shared';
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);

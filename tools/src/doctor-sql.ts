@@ -1,5 +1,5 @@
 import { sql } from 'kysely';
-import type { Db } from './db';
+import type { Db } from '@taskbox/shared';
 
 /** Tasks stuck in one place: how many, how long the oldest has waited, and its id to look up. */
 export interface StuckTasks {

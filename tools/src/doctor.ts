@@ -1,8 +1,5 @@
 import amqp, { type ChannelModel, type Replies } from 'amqplib';
 import type pg from 'pg';
-import type { AmqpNames } from './amqp';
-import { redactUrl } from './config';
-import type { Db } from './db';
 import {
   longProcessing,
   pendingPublished,
@@ -10,9 +7,7 @@ import {
   recentlyRepublished,
   type StuckTasks,
 } from './doctor-sql';
-import { errorCode, toError } from './errors';
-import { createMigrator } from './migrate';
-import { outboxBacklog } from './outbox';
+import { createMigrator, errorCode, outboxBacklog, redactUrl, toError, type AmqpNames, type Db } from '@taskbox/shared';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail';
 

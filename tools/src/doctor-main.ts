@@ -1,7 +1,16 @@
 import type { ChannelModel } from 'amqplib';
-import { amqpNames } from './amqp';
-import { amqpUrls, loadConfig, redactUrl, type Config } from './config';
-import { createDb, createPool, type Db } from './db';
+import {
+  amqpNames,
+  amqpUrls,
+  createDb,
+  createLogger,
+  createPool,
+  loadConfig,
+  redactUrl,
+  toError,
+  type Config,
+  type Db,
+} from '@taskbox/shared';
 import {
   checkConsumers,
   checkDatabase,
@@ -17,8 +26,6 @@ import {
   connectBroker,
   type CheckResult,
 } from './doctor';
-import { toError } from './errors';
-import { createLogger } from './logger';
 
 type Step =
   | { name: string; needs: 'database'; run(db: Db): Promise<CheckResult> }
