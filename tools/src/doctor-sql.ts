@@ -1,4 +1,4 @@
-import { sql } from 'kysely';
+import { sql, type RawBuilder } from 'kysely';
 import type { Db } from '@taskbox/shared';
 
 /** Tasks stuck in one place: how many, how long the oldest has waited, and its id to look up. */
@@ -8,13 +8,17 @@ export interface StuckTasks {
   example: string | null;
 }
 
-interface StuckRow {
-  count: string;
-  oldest: number | null;
-  example: string | null;
-}
-
-function toStuck(rows: StuckRow[]): StuckTasks {
+/**
+ * How many of `tasks` (a query with columns `id` and `since`) have waited since before `ms` ago, how
+ * long the oldest has, and its id. Each check below only says which tasks, waiting since when.
+ */
+async function stuckSince(db: Db, tasks: RawBuilder<unknown>, ms: number): Promise<StuckTasks> {
+  const { rows } = await sql<{ count: string; oldest: number | null; example: string | null }>`
+    SELECT count(*) AS count,
+           extract(epoch FROM now() - min(s.since))::float8 AS oldest,
+           (array_agg(s.id::text ORDER BY s.since))[1] AS example
+    FROM (${tasks}) s
+    WHERE s.since < now() - ${ms} * interval '1 millisecond'`.execute(db);
   const row = rows[0];
   return { count: Number(row?.count ?? 0), oldestSeconds: row?.oldest ?? 0, example: row?.example ?? null };
 }
@@ -24,52 +28,41 @@ function toStuck(rows: StuckRow[]): StuckTasks {
  * relay is not publishing (stopped, or failing to reach the broker). A retry whose backoff has not
  * run out yet is not due, so it is not counted.
  */
-export async function pendingUnpublished(db: Db, ms: number): Promise<StuckTasks> {
-  const { rows } = await sql<StuckRow>`
-    SELECT count(DISTINCT t.id) AS count,
-           extract(epoch FROM now() - min(o.available_at))::float8 AS oldest,
-           (array_agg(t.id::text ORDER BY o.available_at))[1] AS example
+export function pendingUnpublished(db: Db, ms: number): Promise<StuckTasks> {
+  const tasks = sql`
+    SELECT t.id, min(o.available_at) AS since
     FROM tasks t JOIN outbox o ON o.task_id = t.id
     WHERE t.status = 'pending' AND o.published_at IS NULL
-      AND o.available_at < now() - ${ms} * interval '1 millisecond'`.execute(db);
-  return toStuck(rows);
+    GROUP BY t.id`;
+  return stuckSince(db, tasks, ms);
 }
 
 /**
  * Pending tasks whose message was published more than `ms` ago and that no worker has started: the
  * worker is down, consumes another queue (AMQP_PREFIX), or the message was lost in the broker. A task
  * with no outbox row left counts as published: rows are only ever deleted after publishing. This
- * scans pending tasks without an index, which is fine for an on-demand diagnosis.
+ * scans pending tasks through tasks_pending, which is fine for an on-demand diagnosis.
  */
-export async function pendingPublished(db: Db, ms: number): Promise<StuckTasks> {
-  const { rows } = await sql<StuckRow>`
-    SELECT count(*) AS count,
-           extract(epoch FROM now() - min(s.since))::float8 AS oldest,
-           (array_agg(s.id ORDER BY s.since))[1] AS example
-    FROM (
-      SELECT t.id::text AS id,
-             coalesce((SELECT max(o.published_at) FROM outbox o WHERE o.task_id = t.id), t.updated_at) AS since
-      FROM tasks t
-      WHERE t.status = 'pending'
-        AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.task_id = t.id AND o.published_at IS NULL)
-    ) s
-    WHERE s.since < now() - ${ms} * interval '1 millisecond'`.execute(db);
-  return toStuck(rows);
+export function pendingPublished(db: Db, ms: number): Promise<StuckTasks> {
+  const tasks = sql`
+    SELECT t.id,
+           coalesce((SELECT max(o.published_at) FROM outbox o WHERE o.task_id = t.id), t.updated_at) AS since
+    FROM tasks t
+    WHERE t.status = 'pending'
+      AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.task_id = t.id AND o.published_at IS NULL)`;
+  return stuckSince(db, tasks, ms);
 }
 
 /**
  * Tasks whose current attempt started more than `ms` ago and has not finished. Every running task has
  * a lease, and saying so lets Postgres find them through tasks_lease.
  */
-export async function longProcessing(db: Db, ms: number): Promise<StuckTasks> {
-  const { rows } = await sql<StuckRow>`
-    SELECT count(*) AS count,
-           extract(epoch FROM now() - min(a.started_at))::float8 AS oldest,
-           (array_agg(t.id::text ORDER BY a.started_at))[1] AS example
+export function longProcessing(db: Db, ms: number): Promise<StuckTasks> {
+  const tasks = sql`
+    SELECT t.id, a.started_at AS since
     FROM tasks t JOIN task_attempts a ON a.task_id = t.id AND a.attempt = t.attempts
-    WHERE t.lease_until IS NOT NULL AND t.status = 'processing'
-      AND a.started_at < now() - ${ms} * interval '1 millisecond'`.execute(db);
-  return toStuck(rows);
+    WHERE t.lease_until IS NOT NULL AND t.status = 'processing'`;
+  return stuckSince(db, tasks, ms);
 }
 
 /** Tasks the relay's reconciler republished within `ms`: how many, how long ago the latest, and its id. */
