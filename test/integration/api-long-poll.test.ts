@@ -27,10 +27,9 @@ describe('api: GET /tasks/{id}?wait= long-polls, woken by Postgres NOTIFY', () =
   });
 
   afterAll(async () => {
-    const codes = await Promise.all(services.map((s) => s.stop()));
+    await Promise.all(services.map((s) => s.stop()));
     await api.close();
     await deleteTopology(prefix);
-    expect(codes).toEqual([0, 0]);
   });
 
   async function poll(id: string, wait: number): Promise<{ view: View; ms: number }> {
@@ -101,5 +100,9 @@ describe('api: GET /tasks/{id}?wait= long-polls, woken by Postgres NOTIFY', () =
     const res = await fetch(`${base}/tasks/${id}?wait=${wait}`);
     expect(res.status).toBe(400);
     expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+  });
+
+  it('stops the relay and the worker with exit code 0', async () => {
+    expect(await Promise.all(services.map((s) => s.stop()))).toEqual([0, 0]);
   });
 });

@@ -20,8 +20,7 @@ interface Coalescer {
  *
  * Why not pg_notify inside the transaction that made the change: NOTIFY takes a cluster-wide lock from
  * pre-commit until the commit is flushed (async.c, PreCommit_Notify), which serializes every commit
- * that notifies. Measured with pgbench on a 2-core machine: 1 585 tx/s with pg_notify inside vs 3 227
- * without at 8 clients. Every listener also polls or times out, so a NOTIFY that fails (Postgres
+ * that notifies: pgbench ran half as many transactions with pg_notify inside. Every listener also polls or times out, so a NOTIFY that fails (Postgres
  * restarting) costs latency, never correctness. (The api's insert is the exception: requests that
  * arrive together already share one statement, so its NOTIFY rides inside it; see insertTasks.)
  */

@@ -103,12 +103,12 @@ export function insertTasksStatement(input: string) {
  * The api's one way to insert a task: concurrent requests are grouped into one insertTasks statement
  * (createBatcher), which is what lets the api keep up with the database under load. A request whose
  * values Postgres refuses fails alone. Two statements in flight: the benchmark's api throughput was
- * best with one or two (larger batches, fewer round trips) and about a fifth lower with four; two keep
- * inserts going while one statement waits on a lock.
+ * best with one or two (larger batches, fewer round trips) and lower with four; two keep inserts going
+ * while one statement waits on a lock.
  *
  * The wait for a slot is bounded so that a POST is answered within 12 s however Postgres holds it:
- * at most 2 s here, then the pool's wait for a connection (main.ts) and the statement timeout. 5 000
- * waiting requests are about two seconds of the api's best throughput.
+ * a short wait here, then the pool's wait for a connection (main.ts) and the statement timeout. The
+ * queue holds about two seconds of the api's best throughput.
  */
 export function createTaskInserter(db: Db): (insert: TaskInsert) => Promise<Inserted> {
   return createBatcher((inserts: TaskInsert[]) => insertTasks(db, inserts), {

@@ -11,8 +11,7 @@ import type { Db, PoolOptions } from '@taskbox/shared';
  *   (or a failover to a standby) at no cost but a second publish. A lost lease or published mark
  *   leaves the row to be published again, and the worker absorbs the duplicate, as it does when the
  *   relay dies between the confirm and the mark. Nothing is lost: the rows themselves were committed
- *   by the api. Measured at 300 tasks/s (six alternating rounds): commit -> worker start p50 17.4 ms
- *   against 20.5 ms (medians).
+ *   by the api. It takes about a seventh off commit -> worker start (bench/README.md).
  *
  * Settings belong to a session: through a transaction-pooling proxy they would reach other clients'
  * transactions (the api's inserts would stop waiting for the flush), so the relay needs a direct or
@@ -48,8 +47,8 @@ export interface ClaimedRow {
  * The index keeps an entry for every row published since the last vacuum. A plain index scan marks
  * such an entry dead the first time it passes it once no transaction can still see the old row, so
  * later claims skip it; a bitmap scan (the planner's choice when it expects few rows) never does, and
- * visits every one on every claim: 2.9 ms per claim with 20 000 such entries, against 0.1 ms. The
- * relay's connections turn bitmap scans off (setRelaySession).
+ * visits every one on every claim, thirty times slower with 20 000 of them. The relay's connections
+ * turn bitmap scans off (setRelaySession).
  */
 export async function claimBatch(db: Db, limit: number, leaseMs: number): Promise<ClaimedRow[]> {
   const { rows } = await sql<ClaimedRow>`

@@ -13,9 +13,8 @@ import { closeLostAttempts } from './lease-sql';
 /**
  * The worker's session settings, for each new connection (createPool's onConnect). Generic plans:
  * the statements below that run for every task are prepared (prepared()), but Postgres would still
- * plan them again for every batch, because a plan for the exact batch size looks cheaper. Measured:
- * Postgres CPU for a start and a finish, 0.55 ms with generic plans, 0.9 ms prepared alone, 1.15 ms
- * unnamed. The setting covers every statement of the worker, so each must plan the same without its
+ * plan them again for every batch, because a plan for the exact batch size looks cheaper; generic
+ * plans halve Postgres's CPU for a start and a finish (bench/README.md). The setting covers every statement of the worker, so each must plan the same without its
  * values: all find their rows by key or through the lease index (EXPLAIN of the start, the finish and
  * the sweep shows the same plans either way). A statement whose plan depends on a value, such as the
  * relay's claim with its LIMIT (a full scan when planned without it), does not belong here.
@@ -62,8 +61,7 @@ type StartedRow = Omit<LockedTask, 'status' | 'lease_expired'> & { external_job_
  * The batch arrives as typed arrays through unnest, here and in finishTerminals, not as JSON: for
  * unnest the planner assumes 10 rows under the worker's generic plans (and reads the arrays when it
  * has them), but 100 rows for jsonb_to_recordset, and for 100 rows it joined by scanning whole tables,
- * a cost that grew with every task ever run (one finish with 20 000 tasks: 5.8 ms with two sequential
- * scans, 0.7 ms by key).
+ * a cost that grew with every task ever run (bench/README.md, "planned like a scan").
  */
 async function startNextAttempts(db: Db, starts: AttemptStart[], guard: keyof typeof startGuards, leaseMs: number) {
   const { rows } = await sql<StartedRow>`${prepared(`worker_start_${guard}`)}
