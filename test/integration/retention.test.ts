@@ -1,6 +1,8 @@
 import { sql } from 'kysely';
-import { insertOutbox, outboxMessage } from '@taskbox/shared';
-import { createRetention } from '../../services/relay/src/retention';
+import request from 'supertest';
+import { insertOutbox, outboxMessage, type TaskStatus } from '@taskbox/shared';
+import { createRetention, RETENTION_LOCK } from '../../services/relay/src/retention';
+import { startTestApi } from '../helpers/api';
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
 import { waitFor } from '../helpers/wait';
@@ -8,7 +10,7 @@ import { waitFor } from '../helpers/wait';
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
 
-describe('retention of published outbox rows and finished task attempts', () => {
+describe('retention of published outbox rows, finished attempts and finished tasks', () => {
   let database: TestDatabase;
 
   beforeAll(async () => {
@@ -63,7 +65,8 @@ describe('retention of published outbox rows and finished task attempts', () => 
 
     const retention = createRetention(
       database.db,
-      { outboxMs: HOUR, attemptsMs: 30 * DAY, intervalMs: 50 },
+      database.pool,
+      { outboxMs: HOUR, attemptsMs: 30 * DAY, tasksMs: 365 * DAY, intervalMs: 50 },
       quietLogger,
     );
     retention.start();
@@ -82,4 +85,101 @@ describe('retention of published outbox rows and finished task attempts', () => 
     const attempts = await database.db.selectFrom('task_attempts').select('attempt').orderBy('attempt').execute();
     expect(attempts.map((a) => a.attempt)).toEqual([2, 4]);
   });
+
+  /** A task in `status` that finished (or, for pending and processing, was created) `ageMs` ago. */
+  async function agedTask(status: TaskStatus, ageMs: number): Promise<string> {
+    const id = await insertTaskFixture(database.db, { status, attempts: status === 'pending' ? 0 : 1 });
+    const at = sql<Date>`now() - ${ageMs} * interval '1 millisecond'`;
+    const finished = ['succeeded', 'failed', 'cancelled'].includes(status);
+    await database.db
+      .updateTable('tasks')
+      .set({ created_at: at, updated_at: at, ...(finished ? { finished_at: at } : {}) })
+      .where('id', '=', id)
+      .execute();
+    if (status !== 'pending') await attempt(id, 1, ageMs + 1000, finished ? ageMs : null);
+    return id;
+  }
+
+  const retentionFor = (tasksMs: number) =>
+    createRetention(
+      database.db,
+      database.pool,
+      { outboxMs: HOUR, attemptsMs: 365 * DAY, tasksMs, intervalMs: 60_000 },
+      quietLogger,
+    );
+
+  it('deletes tasks finished longer ago than the retention with their attempts, and never a pending or processing task', async () => {
+    const old = await Promise.all(
+      (['succeeded', 'failed', 'cancelled'] as const).map((status) => agedTask(status, 31 * DAY)),
+    );
+    const kept = await Promise.all([
+      agedTask('succeeded', 29 * DAY),
+      agedTask('pending', 400 * DAY),
+      agedTask('processing', 400 * DAY),
+    ]);
+    await retentionFor(30 * DAY).sweep();
+
+    const left = await database.db
+      .selectFrom('tasks')
+      .select('id')
+      .where('id', 'in', [...old, ...kept])
+      .execute();
+    expect(left.map((r) => r.id).sort()).toEqual([...kept].sort());
+    const attemptsOfOld = await database.db
+      .selectFrom('task_attempts')
+      .select('task_id')
+      .where('task_id', 'in', old)
+      .execute();
+    expect(attemptsOfOld).toEqual([]);
+  });
+
+  it('sweeps only while no other relay holds the retention lock', async () => {
+    const id = await agedTask('succeeded', 31 * DAY);
+    const other = await database.pool.connect();
+    try {
+      await other.query('SELECT pg_advisory_lock($1)', [RETENTION_LOCK]);
+      await retentionFor(30 * DAY).sweep();
+      expect(await database.db.selectFrom('tasks').select('id').where('id', '=', id).execute()).toHaveLength(1);
+      await other.query('SELECT pg_advisory_unlock($1)', [RETENTION_LOCK]);
+      await retentionFor(30 * DAY).sweep();
+      expect(await database.db.selectFrom('tasks').select('id').where('id', '=', id).execute()).toHaveLength(0);
+    } finally {
+      other.release();
+    }
+  });
+
+  it('deletes 100 000 finished tasks in batches while the api goes on accepting tasks', async () => {
+    const api = await startTestApi();
+    try {
+      await sql`
+        INSERT INTO tasks (id, type, payload, status, attempts, owner, created_at, updated_at, finished_at)
+        SELECT gen_random_uuid(), 'echo', '{}', 'succeeded', 1, 'old', now() - interval '40 days',
+               now() - interval '40 days', now() - interval '40 days'
+        FROM generate_series(1, 100000)`.execute(api.database.db);
+      const retention = createRetention(
+        api.database.db,
+        api.database.pool,
+        { outboxMs: HOUR, attemptsMs: 365 * DAY, tasksMs: 30 * DAY, intervalMs: 60_000 },
+        quietLogger,
+      );
+      let sweeping = true;
+      const swept = retention.sweep().finally(() => (sweeping = false));
+      const latencies: number[] = [];
+      while (sweeping) {
+        const started = performance.now();
+        const res = await request(api.app).post('/tasks').send({ type: 'echo', payload: {} });
+        expect(res.status).toBe(202);
+        latencies.push(performance.now() - started);
+      }
+      await swept;
+      const old = await api.database.db.selectFrom('tasks').select('id').where('owner', '=', 'old').limit(1).execute();
+      expect(old).toEqual([]);
+      latencies.sort((a, b) => a - b);
+      const p = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))]!.toFixed(1);
+      console.log(`100 000-task retention: ${latencies.length} POSTs meanwhile, p50 ${p(0.5)} ms, p99 ${p(0.99)} ms`);
+      expect(latencies.length).toBeGreaterThan(0);
+    } finally {
+      await api.close();
+    }
+  }, 120_000);
 });

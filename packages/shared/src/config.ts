@@ -68,6 +68,12 @@ export const configSchema = z.object({
     .int()
     .min(0)
     .default(30 * 86_400_000),
+  // Tasks that finished longer ago than this are deleted, with their attempts.
+  TASK_RETENTION_MS: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .default(30 * 86_400_000),
   RETENTION_INTERVAL_MS: positiveInt.default(60_000),
   // A pending task whose message was published this long ago and that no worker started is republished
   // by the relay's reconciler (the broker lost the message); the doctor reports such tasks too.

@@ -56,9 +56,11 @@ async function main(): Promise<void> {
   });
   const retention = createRetention(
     db,
+    pool,
     {
       outboxMs: config.OUTBOX_RETENTION_MS,
       attemptsMs: config.ATTEMPT_RETENTION_MS,
+      tasksMs: config.TASK_RETENTION_MS,
       intervalMs: config.RETENTION_INTERVAL_MS,
     },
     logger,

@@ -1,9 +1,10 @@
+import type pg from 'pg';
 import { createPeriodic, toError, type Db, type Logger, type Service } from '@taskbox/shared';
 import { deletePublished } from './outbox-sql';
-import { deleteFinishedAttempts } from './task-sql';
+import { deleteFinishedAttempts, deleteFinishedTasks } from './task-sql';
 
 export interface Retention extends Service {
-  /** One full sweep now; start() runs one every intervalMs. */
+  /** One full sweep now, unless another relay's is running; start() runs one every intervalMs. */
   sweep(): Promise<void>;
 }
 
@@ -12,17 +13,23 @@ export interface RetentionOptions {
   outboxMs: number;
   /** Finished task attempts older than this are deleted. */
   attemptsMs: number;
+  /** Tasks that finished longer ago than this are deleted, with their attempts. */
+  tasksMs: number;
   intervalMs: number;
 }
 
 const BATCH = 1000;
 
+// The session advisory lock a sweep holds, so that with N relays one deletes at a time (and the
+// others do not fight it for the same rows). Any fixed number, taskbox's own.
+export const RETENTION_LOCK = 7_126_011;
+
 /**
- * Deletes published outbox rows and finished task attempts older than their retention, in batches
- * of 1 000, each its own short statement, so no transaction holds many locks or holds back vacuum.
- * This is the only place that deletes either; several relays running it at once only split the work.
+ * Deletes published outbox rows, finished task attempts and finished tasks older than their
+ * retention, in batches of 1 000, each its own short statement, so no transaction holds many locks or
+ * holds back vacuum, and inserts go on meanwhile. This is the only place that deletes any of them.
  */
-export function createRetention(db: Db, options: RetentionOptions, logger: Logger): Retention {
+export function createRetention(db: Db, pool: pg.Pool, options: RetentionOptions, logger: Logger): Retention {
   async function deleteAll(
     what: string,
     retentionMs: number,
@@ -43,8 +50,27 @@ export function createRetention(db: Db, options: RetentionOptions, logger: Logge
   }
 
   async function sweep(signal?: AbortSignal): Promise<void> {
-    await deleteAll('published outbox rows', options.outboxMs, deletePublished, signal);
-    await deleteAll('finished task attempts', options.attemptsMs, deleteFinishedAttempts, signal);
+    // The lock lives in this one session; the batches run on other pooled connections meanwhile.
+    const holder = await pool.connect().catch((err: unknown) => {
+      logger.warn('retention could not reach Postgres; will try again', { error: toError(err).message });
+      return null;
+    });
+    if (!holder) return;
+    try {
+      const { rows } = await holder.query<{ got: boolean }>('SELECT pg_try_advisory_lock($1) AS got', [RETENTION_LOCK]);
+      if (!rows[0]?.got) return;
+      try {
+        await deleteAll('published outbox rows', options.outboxMs, deletePublished, signal);
+        await deleteAll('finished task attempts', options.attemptsMs, deleteFinishedAttempts, signal);
+        await deleteAll('finished tasks', options.tasksMs, deleteFinishedTasks, signal);
+      } finally {
+        await holder.query('SELECT pg_advisory_unlock($1)', [RETENTION_LOCK]);
+      }
+    } catch (err) {
+      logger.warn('retention sweep failed; will try again', { error: toError(err).message });
+    } finally {
+      holder.release();
+    }
   }
 
   return { ...createPeriodic(options.intervalMs, sweep), sweep };

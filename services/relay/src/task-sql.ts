@@ -83,3 +83,25 @@ export async function deleteFinishedAttempts(db: Db, retentionMs: number, limit:
     )`.execute(db);
   return Number(result.numAffectedRows ?? 0);
 }
+
+/**
+ * Deletes up to `limit` tasks that finished more than `retentionMs` ago, oldest first, with their
+ * attempts (ON DELETE CASCADE) and any outbox rows left for them. Pending and processing tasks are
+ * never touched: the predicate names the finished statuses, as tasks_finished does. SKIP LOCKED: a
+ * task being read for update elsewhere (a late retry of a cancel, say) waits for the next batch.
+ */
+export async function deleteFinishedTasks(db: Db, retentionMs: number, limit: number): Promise<number> {
+  const result = await sql`
+    WITH doomed AS (
+      SELECT id FROM tasks
+      WHERE status IN ('succeeded', 'failed', 'cancelled')
+        AND finished_at < now() - ${retentionMs} * interval '1 millisecond'
+      ORDER BY finished_at
+      LIMIT ${limit}
+      FOR UPDATE SKIP LOCKED
+    ), outbox_rows AS (
+      DELETE FROM outbox o USING doomed d WHERE o.task_id = d.id
+    )
+    DELETE FROM tasks t USING doomed d WHERE t.id = d.id`.execute(db);
+  return Number(result.numAffectedRows ?? 0);
+}

@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { taskStatuses, type Db } from '@taskbox/shared';
+import { taskStatuses, type Db, type TaskStatus } from '@taskbox/shared';
 import { countTasksByStatus } from './task-sql';
 
 // Known label values, exported at zero from the start: a counter that appears only after its first
@@ -15,7 +15,20 @@ export interface WorkerMetrics {
   deadLetters: Counter<'reason'>;
 }
 
+// Counting the whole table on every scrape costs Postgres a scan each time, and every worker replica is
+// scraped: a few seconds of staleness is fine for a gauge.
+const COUNTS_FRESH_MS = 5000;
+
 export function createWorkerMetrics(db: Db): WorkerMetrics {
+  let cached: { at: number; counts: Promise<Map<TaskStatus, number>> } | null = null;
+  const countsCache = (): Promise<Map<TaskStatus, number>> => {
+    if (!cached || Date.now() - cached.at > COUNTS_FRESH_MS) {
+      const counts = countTasksByStatus(db);
+      counts.catch(() => (cached = null));
+      cached = { at: Date.now(), counts };
+    }
+    return cached.counts;
+  };
   const registry = new Registry();
   registry.setDefaultLabels({ service: 'worker' });
   collectDefaultMetrics({ register: registry });
@@ -26,7 +39,7 @@ export function createWorkerMetrics(db: Db): WorkerMetrics {
     labelNames: ['status'],
     registers,
     async collect() {
-      const counts = await countTasksByStatus(db);
+      const counts = await countsCache();
       // Every status, zeros included, so a dashboard or alert never sees a series vanish.
       for (const status of taskStatuses) this.set({ status }, counts.get(status) ?? 0);
     },
