@@ -159,7 +159,8 @@ export async function checkDeadLetters(model: ChannelModel, deadQueue: string): 
       name,
       'warn',
       `${q.messageCount} waiting in ${deadQueue}`,
-      'read them; the x-dead-letter-reason header and the worker error log say why',
+      'see what re-driving would do with `npm run redrive -- --dry-run`, then `npm run redrive`; ' +
+        'the x-dead-letter-reason header and the worker error log say why they died',
     );
   }
   return result(name, 'ok', `none in ${deadQueue}`);

@@ -11,4 +11,5 @@ export * from './migrate';
 export * from './notify';
 export * from './outbox';
 export * from './pg-listener';
+export * from './redrive';
 export * from './task-types';

@@ -3,7 +3,7 @@ import os from 'node:os';
 import type { ConfirmChannel, ConsumeMessage } from 'amqplib';
 import {
   assertTopology,
-  taskMessageSchema,
+  parseTaskMessage,
   toError,
   type AmqpNames,
   type AmqpSetup,
@@ -55,15 +55,8 @@ export interface DeadLetterReason {
 const reasonHeader = (r: DeadLetterReason): string => (r.detail ? `${r.code}: ${r.detail}` : r.code);
 
 function parseMessage(msg: ConsumeMessage): TaskMessage | DeadLetterReason {
-  let body: unknown;
-  try {
-    body = JSON.parse(msg.content.toString('utf8'));
-  } catch {
-    return { code: 'unparseable', detail: 'body is not JSON' };
-  }
-  const parsed = taskMessageSchema.safeParse(body);
-  if (parsed.success) return parsed.data;
-  return { code: 'invalid', detail: parsed.error.issues.map((i) => `${i.path.join('.')} ${i.message}`).join('; ') };
+  const parsed = parseTaskMessage(msg.content);
+  return parsed.ok ? parsed.message : { code: parsed.problem, detail: parsed.detail };
 }
 
 export function createConsumer(

@@ -1,0 +1,114 @@
+import { createHash } from 'node:crypto';
+import type { ChannelModel, GetMessage } from 'amqplib';
+import { sql } from 'kysely';
+import type { AmqpNames } from './amqp';
+import { isTerminal, type Db, type TaskStatus } from './db';
+import type { Logger } from './logger';
+import { outboxInsert, outboxMessage } from './outbox';
+import { parseTaskMessage } from './task-types';
+
+export interface RedriveOptions {
+  /** Decide and report, write nothing, take nothing off the queue. */
+  dryRun: boolean;
+  /** Most messages to look at in this run. */
+  limit: number;
+}
+
+export interface RedriveReport {
+  /** Messages whose task got a new outbox row (or, in a dry run, would have). */
+  republished: number;
+  /** Messages dropped, by why. */
+  dropped: Record<string, number>;
+}
+
+type Verdict = { action: 'republish'; taskId: string } | { action: 'drop'; reason: string; taskId?: string };
+
+/**
+ * A stable id for the outbox row that re-drives a dead message: a second run that meets the same
+ * message again (the first committed, then died before its ack) writes nothing new.
+ */
+function redriveMessageId(msg: GetMessage): string {
+  const key = typeof msg.properties.messageId === 'string' ? msg.properties.messageId : msg.content.toString('base64');
+  const hex = createHash('sha256').update(`taskbox redrive ${key}`).digest('hex');
+  const variant = ((parseInt(hex[16] ?? '0', 16) & 0x3) | 0x8).toString(16);
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-5${hex.slice(13, 16)}-${variant}${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
+}
+
+async function taskStatus(db: Db, taskId: string, lock: boolean) {
+  const { rows } = await sql<{ type: string; status: TaskStatus; attempts: number; correlation_id: string | null }>`
+    SELECT type, status, attempts, correlation_id FROM tasks WHERE id = ${taskId}
+    ${lock ? sql`FOR UPDATE` : sql``}`.execute(db);
+  return rows[0];
+}
+
+/** What to do with one dead message, from its body and its task as they are now. */
+async function judge(db: Db, msg: GetMessage): Promise<Verdict> {
+  const parsed = parseTaskMessage(msg.content);
+  if (!parsed.ok) return { action: 'drop', reason: parsed.problem };
+  const { taskId } = parsed.message;
+  const task = await taskStatus(db, taskId, false);
+  if (!task) return { action: 'drop', reason: 'unknown task', taskId };
+  if (isTerminal(task.status)) return { action: 'drop', reason: `task ${task.status}`, taskId };
+  return { action: 'republish', taskId };
+}
+
+/**
+ * Republishes, in one transaction, the next attempt of a task that is still pending or processing,
+ * under a message id derived from the dead one. Answers false when the task finished meanwhile.
+ */
+async function republish(db: Db, taskId: string, messageId: string): Promise<boolean> {
+  return db.transaction().execute(async (tx) => {
+    const task = await taskStatus(tx, taskId, true);
+    if (!task || isTerminal(task.status)) return false;
+    const m = outboxMessage({ id: taskId, type: task.type }, task.attempts + 1, {
+      correlationId: task.correlation_id,
+    });
+    await sql`${outboxInsert(sql`
+      SELECT ${messageId}::uuid, ${m.task_id}::uuid, ${m.routing_key}, ${m.payload}::jsonb, ${m.headers}::jsonb, 0`)}
+      ON CONFLICT (message_id) DO NOTHING`.execute(tx);
+    return true;
+  });
+}
+
+/**
+ * Re-drives the dead-letter queue. A message whose task is still pending or processing goes back
+ * through the outbox (a new row for the task's next attempt, which the relay publishes and the worker
+ * runs or absorbs like any other); one whose task is finished or unknown, or that cannot be parsed, is
+ * dropped. Either way one log line says which and why, and the message is acked only once its outcome
+ * has committed: a run that dies half-way leaves the rest, and what it committed is not written twice.
+ */
+export async function redriveDeadLetters(
+  db: Db,
+  model: ChannelModel,
+  names: AmqpNames,
+  options: RedriveOptions,
+  logger: Logger,
+): Promise<RedriveReport> {
+  const report: RedriveReport = { republished: 0, dropped: {} };
+  const ch = await model.createChannel();
+  try {
+    for (let n = 0; n < options.limit; n++) {
+      const msg = await ch.get(names.deadQueue, { noAck: false });
+      if (!msg) break;
+      let verdict = await judge(db, msg);
+      const messageId = redriveMessageId(msg);
+      if (verdict.action === 'republish' && !options.dryRun && !(await republish(db, verdict.taskId, messageId))) {
+        verdict = { action: 'drop', reason: 'task finished', taskId: verdict.taskId };
+      }
+      const context = { taskId: verdict.taskId, messageId: msg.properties.messageId as string | undefined };
+      if (verdict.action === 'republish') {
+        report.republished++;
+        logger.info('dead letter re-driven', { ...context, newMessageId: messageId, dryRun: options.dryRun });
+      } else {
+        report.dropped[verdict.reason] = (report.dropped[verdict.reason] ?? 0) + 1;
+        logger.info('dead letter dropped', { ...context, reason: verdict.reason, dryRun: options.dryRun });
+      }
+      if (!options.dryRun) ch.ack(msg);
+    }
+    // A dry run gives every message back, in order, as it found them.
+    if (options.dryRun) ch.nackAll(true);
+  } finally {
+    await ch.close().catch(() => undefined);
+  }
+  return report;
+}

@@ -1,0 +1,108 @@
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { randomUUID } from 'node:crypto';
+import amqp from 'amqplib';
+import { amqpNames, assertTopology } from '@taskbox/shared';
+import { amqpUrl } from '../helpers/amqp';
+import { insertTaskFixture } from '../helpers/factories';
+import { startSystem, type System } from '../helpers/system';
+
+const main = path.resolve(__dirname, '../../tools/dist/redrive-main.js');
+
+describe('npm run redrive', () => {
+  let system: System;
+  let connection: amqp.ChannelModel;
+  let channel: amqp.ConfirmChannel;
+
+  beforeEach(async () => {
+    system = await startSystem();
+    connection = await amqp.connect(amqpUrl());
+    channel = await connection.createConfirmChannel();
+    await assertTopology(channel, amqpNames(system.prefix));
+  });
+  afterEach(async () => {
+    await connection.close();
+    await system.stop();
+  });
+
+  /** Runs the built tool as `npm run redrive -- <args>` does; answers its exit code and output. */
+  function redrive(...args: string[]): Promise<{ code: number; stdout: string }> {
+    return new Promise((resolve) => {
+      const env = { PATH: process.env.PATH ?? '', ...system.env, LOG_LEVEL: 'warn' };
+      execFile(process.execPath, [main, ...args], { env }, (err, stdout) => {
+        resolve({ code: typeof err?.code === 'number' ? err.code : 0, stdout });
+      });
+    });
+  }
+
+  /** A message as the broker dead-letters it, with the id of the outbox row it came from. */
+  async function deadLetter(body: unknown, messageId: string = randomUUID()): Promise<string> {
+    const content = Buffer.from(typeof body === 'string' ? body : JSON.stringify(body));
+    channel.publish(amqpNames(system.prefix).deadExchange, 'echo', content, { messageId, persistent: true });
+    await channel.waitForConfirms();
+    return messageId;
+  }
+
+  const deadCount = async () => (await channel.checkQueue(amqpNames(system.prefix).deadQueue)).messageCount;
+  const outboxOf = (taskId: string) =>
+    system.database.db.selectFrom('outbox').select(['message_id', 'payload']).where('task_id', '=', taskId).execute();
+
+  async function deadOfEveryKind() {
+    const pending = await insertTaskFixture(system.database.db, { status: 'pending' });
+    const processing = await insertTaskFixture(system.database.db, { status: 'processing', attempts: 1 });
+    const succeeded = await insertTaskFixture(system.database.db, { status: 'succeeded', attempts: 1 });
+    const pendingMessage = await deadLetter({ taskId: pending, type: 'echo', attempt: 1 });
+    await deadLetter({ taskId: processing, type: 'echo', attempt: 1 });
+    await deadLetter({ taskId: succeeded, type: 'echo', attempt: 1 });
+    await deadLetter({ taskId: randomUUID(), type: 'echo', attempt: 1 });
+    await deadLetter('not json');
+    return { pending, processing, succeeded, pendingMessage };
+  }
+
+  it('republishes the tasks still pending or processing, drops the rest with a reason, and empties the queue', async () => {
+    const { pending, processing, succeeded } = await deadOfEveryKind();
+    const run = await redrive();
+    expect(run).toMatchObject({ code: 0 });
+    expect(run.stdout).toMatch(/re-drove 2; dropped /);
+    expect(run.stdout).toMatch(/1 task succeeded/);
+    expect(run.stdout).toMatch(/1 unknown task/);
+    expect(run.stdout).toMatch(/1 unparseable/);
+    expect(await deadCount()).toBe(0);
+    expect((await outboxOf(pending)).map((r) => r.payload)).toEqual([{ taskId: pending, type: 'echo', attempt: 1 }]);
+    expect((await outboxOf(processing)).map((r) => r.payload)).toEqual([
+      { taskId: processing, type: 'echo', attempt: 2 },
+    ]);
+    expect(await outboxOf(succeeded)).toEqual([]);
+
+    // The re-driven task runs to its end through the usual chain.
+    await system.start('relay');
+    await system.start('worker');
+    await system.waitForTerminal([pending]);
+    expect(await system.status(pending)).toBe('succeeded');
+  });
+
+  it('with --dry-run, reports the same and writes nothing, leaving every message in the queue', async () => {
+    const { pending } = await deadOfEveryKind();
+    const run = await redrive('--dry-run');
+    expect(run.stdout).toMatch(/would re-drive 2; dropped /);
+    expect(await deadCount()).toBe(5);
+    expect(await outboxOf(pending)).toEqual([]);
+  });
+
+  it('re-drives a message it meets again (its ack was lost) without writing it twice', async () => {
+    const pending = await insertTaskFixture(system.database.db, { status: 'pending' });
+    const messageId = await deadLetter({ taskId: pending, type: 'echo', attempt: 1 });
+    await redrive();
+    await deadLetter({ taskId: pending, type: 'echo', attempt: 1 }, messageId);
+    await redrive();
+    expect(await outboxOf(pending)).toHaveLength(1);
+    expect(await deadCount()).toBe(0);
+  });
+
+  it('looks at no more than --limit messages, and refuses a limit that is not a positive integer', async () => {
+    await deadOfEveryKind();
+    expect((await redrive('--limit', '2')).stdout).toMatch(/re-drove 2; dropped none/);
+    expect(await deadCount()).toBe(3);
+    expect((await redrive('--limit', 'many')).code).toBe(2);
+  });
+});

@@ -1,0 +1,54 @@
+import { parseArgs } from 'node:util';
+import {
+  amqpNames,
+  amqpUrls,
+  createDb,
+  createLogger,
+  createPool,
+  loadConfig,
+  OUTBOX_CHANNEL,
+  redriveDeadLetters,
+  toError,
+} from '@taskbox/shared';
+import { connectBroker } from './doctor';
+
+const usage = 'usage: npm run redrive -- [--dry-run] [--limit N]   (N: most messages to look at, default 1000)';
+
+/** `npm run redrive`: re-drives the dead-letter queue (redriveDeadLetters) and prints what it did. */
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    options: { 'dry-run': { type: 'boolean', default: false }, limit: { type: 'string', default: '1000' } },
+  });
+  const limit = Number(values.limit);
+  if (!Number.isInteger(limit) || limit < 1) {
+    console.error(usage);
+    return 2;
+  }
+  const config = loadConfig(process.env);
+  const logger = createLogger('redrive', config);
+  const pool = createPool(config.DATABASE_URL, logger, { max: 2, statementTimeoutMs: config.DB_STATEMENT_TIMEOUT_MS });
+  const db = createDb(pool);
+  const broker = await connectBroker(amqpUrls(config));
+  try {
+    if (!broker.model) throw new Error(`${broker.check.detail} (${broker.check.hint})`);
+    const dryRun = values['dry-run'];
+    const report = await redriveDeadLetters(db, broker.model, amqpNames(config.AMQP_PREFIX), { dryRun, limit }, logger);
+    // Wake the relay now rather than at its next poll.
+    if (report.republished > 0 && !dryRun) await pool.query('SELECT pg_notify($1, $2)', [OUTBOX_CHANNEL, '']);
+    const dropped = Object.entries(report.dropped).map(([why, n]) => `${n} ${why}`);
+    const verb = dryRun ? 'would re-drive' : 're-drove';
+    process.stdout.write(`${verb} ${report.republished}; dropped ${dropped.join(', ') || 'none'}\n`);
+    return 0;
+  } finally {
+    await broker.model?.close().catch(() => undefined);
+    await db.destroy();
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    console.error(`redrive failed: ${toError(err).message}`);
+    process.exit(1);
+  },
+);
