@@ -18,17 +18,19 @@ const children = services.map((name) => {
   }
   child.on('exit', (code, signal) => {
     console.log(`[${name.padEnd(6)}] exited (${signal ?? code})`);
-    stopAll();
+    if (!stopping) onSignal();
   });
   return child;
 });
 
+// The first signal (or a service exiting) drains the rest with one SIGTERM each; a second signal kills
+// what still runs, as the services themselves do.
 let stopping = false;
-function stopAll() {
-  if (stopping) return;
+function onSignal() {
+  const signal = stopping ? 'SIGKILL' : 'SIGTERM';
   stopping = true;
-  for (const child of children) if (child.exitCode === null) child.kill('SIGTERM');
+  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill(signal);
 }
-process.on('SIGINT', stopAll);
-process.on('SIGTERM', stopAll);
+// SIGHUP too: a closed terminal would otherwise leave the detached services running on their own.
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, onSignal);
 process.on('exit', () => children.forEach((c) => c.exitCode === null && c.kill('SIGKILL')));

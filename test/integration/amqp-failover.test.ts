@@ -63,7 +63,7 @@ describe('AMQP_URLS failover', () => {
 
     await waitFor('a connection through the second URL', () => setups.length === 1);
     expect(connectedTo()).toEqual([withPassword(amqpUrl(), '***')]);
-    expect(lines.some((l) => l.message === 'rabbitmq connect attempt failed' && /:\*\*\*@/.test(l.url ?? ''))).toBe(
+    expect(lines.some((l) => l.message === 'rabbitmq unreachable; retrying' && /:\*\*\*@/.test(l.url ?? ''))).toBe(
       true,
     );
     const logged = JSON.stringify(lines);

@@ -1,5 +1,5 @@
 import { sql, type RawBuilder } from 'kysely';
-import type { Db } from '@taskbox/shared';
+import { lastPublishedAt, type Db } from '@taskbox/shared';
 
 /** Tasks stuck in one place: how many, how long the oldest has waited, and its id to look up. */
 export interface StuckTasks {
@@ -39,17 +39,11 @@ export function pendingUnpublished(db: Db, ms: number): Promise<StuckTasks> {
 
 /**
  * Pending tasks whose message was published more than `ms` ago and that no worker has started: the
- * worker is down, consumes another queue (AMQP_PREFIX), or the message was lost in the broker. A task
- * with no outbox row left counts as published: rows are only ever deleted after publishing. This
+ * worker is down, consumes another queue (AMQP_PREFIX), or the message was lost in the broker. This
  * scans pending tasks through tasks_pending, which is fine for an on-demand diagnosis.
  */
 export function pendingPublished(db: Db, ms: number): Promise<StuckTasks> {
-  const tasks = sql`
-    SELECT t.id,
-           coalesce((SELECT max(o.published_at) FROM outbox o WHERE o.task_id = t.id), t.updated_at) AS since
-    FROM tasks t
-    WHERE t.status = 'pending'
-      AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.task_id = t.id AND o.published_at IS NULL)`;
+  const tasks = sql`SELECT t.id, ${lastPublishedAt} AS since FROM tasks t WHERE t.status = 'pending'`;
   return stuckSince(db, tasks, ms);
 }
 

@@ -1,5 +1,15 @@
-import amqp, { type ChannelModel, type Replies } from 'amqplib';
+import amqp, { type ChannelModel } from 'amqplib';
 import type pg from 'pg';
+import {
+  createMigrator,
+  errorCode,
+  inspectQueue,
+  outboxBacklog,
+  redactUrl,
+  toError,
+  type AmqpNames,
+  type Db,
+} from '@taskbox/shared';
 import {
   longProcessing,
   pendingPublished,
@@ -7,7 +17,6 @@ import {
   recentlyRepublished,
   type StuckTasks,
 } from './doctor-sql';
-import { createMigrator, errorCode, outboxBacklog, redactUrl, toError, type AmqpNames, type Db } from '@taskbox/shared';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail';
 
@@ -104,26 +113,22 @@ export async function connectBroker(
   };
 }
 
-/**
- * A passive declare of one queue, or null when it does not exist. A failed check closes its channel
- * (404 is a channel error), so each check gets a fresh one.
- */
-export async function inspectQueue(model: ChannelModel, queue: string): Promise<Replies.AssertQueue | null> {
-  return passive(model, (ch) => ch.checkQueue(queue));
-}
-
-async function passive<T>(model: ChannelModel, check: (ch: amqp.Channel) => Promise<T>): Promise<T | null> {
+/** A passive declare of one exchange on a channel of its own (a 404 closes it): false when missing. */
+async function exchangeExists(model: ChannelModel, exchange: string): Promise<boolean> {
   const ch = await model.createChannel();
   ch.on('error', () => undefined);
-  const value = await check(ch).catch(() => null);
-  if (value !== null) await ch.close().catch(() => undefined);
-  return value;
+  const found = await ch.checkExchange(exchange).then(
+    () => true,
+    () => false,
+  );
+  if (found) await ch.close().catch(() => undefined);
+  return found;
 }
 
 export async function checkTopology(model: ChannelModel, names: AmqpNames): Promise<CheckResult> {
   const missing: string[] = [];
   for (const exchange of [names.exchange, names.deadExchange]) {
-    if ((await passive(model, (ch) => ch.checkExchange(exchange))) === null) missing.push(`exchange ${exchange}`);
+    if (!(await exchangeExists(model, exchange))) missing.push(`exchange ${exchange}`);
   }
   for (const queue of [names.queue, names.deadQueue]) {
     if ((await inspectQueue(model, queue)) === null) missing.push(`queue ${queue}`);
@@ -213,8 +218,9 @@ export async function checkRepublished(db: Db): Promise<CheckResult> {
     name,
     'warn',
     `${r.count} in the last 24h, latest ${formatAge(r.latestSeconds)} ago (task ${r.example ?? '?'})`,
-    'the broker lost their messages (a purged or deleted queue, the delivery limit, a lost volume): ' +
-      "grep the relay's logs for 'stranded task republished'",
+    'the broker lost their messages (a purged or deleted queue, the delivery limit, a lost volume), ' +
+      "or they waited behind a backlog for 12 times REPUBLISH_AFTER_MS: grep the relay's logs for " +
+      "'stranded task republished' (its reason says which)",
   );
 }
 

@@ -4,9 +4,9 @@ import {
   amqpUrls,
   createDb,
   createLogger,
+  createOutboxNotifier,
   createPool,
   loadConfig,
-  OUTBOX_CHANNEL,
   redriveDeadLetters,
   toError,
 } from '@taskbox/shared';
@@ -34,7 +34,11 @@ async function main(): Promise<number> {
     const dryRun = values['dry-run'];
     const report = await redriveDeadLetters(db, broker.model, amqpNames(config.AMQP_PREFIX), { dryRun, limit }, logger);
     // Wake the relay now rather than at its next poll.
-    if (report.republished > 0 && !dryRun) await pool.query('SELECT pg_notify($1, $2)', [OUTBOX_CHANNEL, '']);
+    if (report.republished > 0 && !dryRun) {
+      const notifier = createOutboxNotifier(pool, logger);
+      notifier.poke();
+      await notifier.stop();
+    }
     const dropped = Object.entries(report.dropped).map(([why, n]) => `${n} ${why}`);
     const verb = dryRun ? 'would re-drive' : 're-drove';
     process.stdout.write(`${verb} ${report.republished}; dropped ${dropped.join(', ') || 'none'}\n`);

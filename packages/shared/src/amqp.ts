@@ -1,5 +1,5 @@
-import amqp, { type Channel, type ChannelModel, type RecoveringChannelModel } from 'amqplib';
-import type { Service } from './lifecycle';
+import amqp, { type Channel, type ChannelModel, type RecoveringChannelModel, type Replies } from 'amqplib';
+import { withTimeout, type Service } from './lifecycle';
 import { brokerNodes } from './broker-nodes';
 import type { Logger } from './logger';
 
@@ -44,6 +44,29 @@ export async function assertTopology(channel: Channel, names: AmqpNames): Promis
 }
 
 /**
+ * A passive declare of `queue` (its ready messages and consumers) on a channel of its own, since a
+ * 404 closes the channel it happens on: null when the queue does not exist; rejects when the broker
+ * does not answer within `timeoutMs`.
+ */
+export async function inspectQueue(
+  model: ChannelModel,
+  queue: string,
+  timeoutMs = 5000,
+): Promise<Replies.AssertQueue | null> {
+  const ch = await withTimeout(model.createChannel(), timeoutMs, 'opening a channel');
+  ch.on('error', () => undefined);
+  try {
+    return await withTimeout(ch.checkQueue(queue), timeoutMs, `checking queue ${queue}`);
+  } catch (err) {
+    // amqplib puts the broker's reply code on the error: 404 NOT_FOUND is "no such queue".
+    if ((err as { code?: unknown }).code === 404) return null;
+    throw err;
+  } finally {
+    await ch.close().catch(() => undefined);
+  }
+}
+
+/**
  * The socket options of every taskbox AMQP connection (the benchmark's comparisons use them too).
  * Without TCP_NODELAY, Nagle's algorithm holds a publish's frames until the broker's delayed ACK:
  * publish → delivery on a quorum queue took about 33 ms instead of 2 (bench/README.md).
@@ -83,6 +106,8 @@ export async function connectAmqp(
   const nodes = brokerNodes(typeof urls === 'string' ? [urls] : urls);
   let connected = false;
   let rebuilding = false;
+  // A warning already says the broker is out of reach: further failed attempts add nothing to it.
+  let reportedDown = false;
   const rebuildFor = (model: ChannelModel) => {
     let asked = false;
     return (reason: string): void => {
@@ -90,7 +115,8 @@ export async function connectAmqp(
       asked = true;
       rebuilding = true;
       logger.warn('rabbitmq channel broken; reconnecting to declare the topology and open new channels', { reason });
-      model.close().catch(() => undefined);
+      // A model already closed is being replaced anyway: its reconnect is not this rebuild's.
+      model.close().catch(() => (rebuilding = false));
     };
   };
   const connection = await amqp.connect(nodes.target, {
@@ -107,18 +133,22 @@ export async function connectAmqp(
   });
   connection.on('connect', () => {
     connected = true;
+    reportedDown = false;
     logger.info(rebuilding ? 'rabbitmq channels rebuilt' : 'rabbitmq connected', { url: nodes.current() });
     rebuilding = false;
   });
   connection.on('disconnect', (err: Error) => {
     if (connected && !rebuilding) {
       logger.warn('rabbitmq connection lost; reconnecting', { url: nodes.current(), error: err.message });
+      reportedDown = true;
     }
     connected = false;
     nodes.next();
   });
   connection.on('connect-failed', (err: Error) => {
-    logger.debug('rabbitmq connect attempt failed', { url: nodes.current(), error: err.message });
+    if (reportedDown) logger.debug('rabbitmq connect attempt failed', { url: nodes.current(), error: err.message });
+    else logger.warn('rabbitmq unreachable; retrying', { url: nodes.current(), error: err.message });
+    reportedDown = true;
     nodes.next();
   });
   connection.on('error', (err: Error) => logger.debug('rabbitmq connection error', { error: err.message }));

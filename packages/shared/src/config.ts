@@ -68,11 +68,12 @@ export const configSchema = z.object({
     .int()
     .min(0)
     .default(30 * 86_400_000),
-  // Tasks that finished longer ago than this are deleted, with their attempts.
+  // Tasks that finished longer ago than this are deleted, with their attempts. At least an hour: a
+  // mistaken 0 would delete every finished task within a minute.
   TASK_RETENTION_MS: z.coerce
     .number()
     .int()
-    .min(0)
+    .min(3_600_000, 'at least 3600000 (an hour)')
     .default(30 * 86_400_000),
   RETENTION_INTERVAL_MS: positiveInt.default(60_000),
   // A pending task whose message was published this long ago and that no worker started is republished

@@ -11,7 +11,7 @@ import {
   sql,
 } from 'kysely';
 import pg from 'pg';
-import { errorCode, toError } from './errors';
+import { QUERY_READ_TIMEOUT, errorCode, toError } from './errors';
 import type { Logger } from './logger';
 
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
@@ -186,7 +186,7 @@ const stalePreparedCodes = new Set(['0A000', '26000']);
  */
 function spoilsConnection(err: unknown, named: boolean): boolean {
   if (named && stalePreparedCodes.has(errorCode(err) ?? '')) return true;
-  return toError(err).message === 'Query read timeout';
+  return toError(err).message === QUERY_READ_TIMEOUT;
 }
 
 /** The pool as Kysely sees it: a statement marked by prepared() goes out as a named statement. */

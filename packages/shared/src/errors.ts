@@ -38,6 +38,15 @@ const unavailablePgClasses = new Set(['08', '53']);
 const conflictPgCodes = new Set(['40001', '40P01']);
 const unavailableNodeCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN']);
 
+/** The message of pg's client-side query_timeout: the server never answered in time (createPool). */
+export const QUERY_READ_TIMEOUT = 'Query read timeout';
+
+// Errors pg and pg-pool raise without a code when the server cannot be reached or never answers.
+const unavailableMessage = new RegExp(
+  `Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|${QUERY_READ_TIMEOUT}`,
+  'i',
+);
+
 /** The code a thrown value carries (a SQLSTATE from Postgres, an errno name from Node), if any. */
 export function errorCode(value: unknown): string | undefined {
   const code = (value as { code?: unknown } | null | undefined)?.code;
@@ -53,10 +62,7 @@ export function isDbUnavailable(value: unknown): boolean {
     if (code.length === 5 && unavailablePgClasses.has(code.slice(0, 2))) return true;
     if (code === '54000' && /notification/i.test(value.message)) return true;
   }
-  // 'Query read timeout': pg's query_timeout, when the server never answered (createPool).
-  return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Query read timeout/i.test(
-    value.message,
-  );
+  return unavailableMessage.test(value.message);
 }
 
 /** True when a database error means "try again later" (unavailable, or a lost conflict), not that the query was wrong. */

@@ -71,6 +71,15 @@ export function onShutdownSignal(logger: Logger, stop: () => Promise<boolean>): 
   };
 }
 
+/** `promise`, or a rejection naming `what` when it has not settled within `ms`: a broker that never answers. */
+export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
 /** Resolves after `ms`, or at once when `signal` aborts. */
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
@@ -116,7 +125,10 @@ export function createPeriodic(intervalMs: number, run: (signal: AbortSignal) =>
   function schedule(): void {
     if (stopping.signal.aborted) return;
     timer = setTimeout(() => {
-      running = run(stopping.signal).finally(schedule);
+      // `run` handles its own errors; the catch only keeps a slip from crashing the process.
+      running = run(stopping.signal)
+        .catch(() => undefined)
+        .finally(schedule);
     }, intervalMs);
     timer.unref();
   }

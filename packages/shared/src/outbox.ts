@@ -63,6 +63,16 @@ export function outboxInsert(rows: RawBuilder<unknown>): RawBuilder<unknown> {
     FROM (${rows}) AS r(message_id, task_id, routing_key, payload, headers, delay_ms)`;
 }
 
+/**
+ * For the task row `t`: when its latest message was published, or NULL while one of its messages still
+ * waits to be published. A task with no outbox row left counts from its last change: rows are only
+ * ever deleted after publishing. "Published this long ago, and no worker started it": the reconciler
+ * republishes such a task, and the doctor reports it.
+ */
+export const lastPublishedAt = sql<Date | null>`(
+  SELECT CASE WHEN bool_or(o.published_at IS NULL) THEN NULL ELSE coalesce(max(o.published_at), t.updated_at) END
+  FROM outbox o WHERE o.task_id = t.id)`;
+
 /** Inserts outbox rows inside the caller's transaction; `delayMs` defers a retry. */
 export async function insertOutbox(db: Db, messages: OutboxMessage[], delayMs = 0): Promise<void> {
   if (messages.length === 0) return;

@@ -45,7 +45,13 @@ export function createPgListener(options: PgListenerOptions): PgListener {
     c.on('notification', (n) => {
       if (n.channel === channel) onNotify(n.payload ?? '');
     });
-    await c.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+    try {
+      await c.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+    } catch (err) {
+      // Refused (a standby in recovery, after a failover): this connection is closed, not left open.
+      await c.end().catch(() => undefined);
+      throw err;
+    }
     return c;
   }
 

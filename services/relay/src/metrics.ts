@@ -33,7 +33,7 @@ export function createRelayMetrics(db: Db): RelayMetrics {
     },
   });
   registry.registerMetric(oldest);
-  return {
+  const metrics: RelayMetrics = {
     registry,
     published: new Counter({ name: 'relay_published_total', help: 'Messages confirmed by the broker', registers }),
     publishFailures: new Counter({
@@ -60,4 +60,7 @@ export function createRelayMetrics(db: Db): RelayMetrics {
       registers,
     }),
   };
+  // Both label values from the start, so that an alert on the first republish sees it rise from zero.
+  for (const queue of ['caught-up', 'backlog']) metrics.republished.inc({ queue }, 0);
+  return metrics;
 }

@@ -1,6 +1,7 @@
 import type { ChannelModel, ConfirmChannel, Message, Options } from 'amqplib';
 import {
   assertTopology,
+  inspectQueue,
   taskMessageSchema,
   toError,
   type AmqpNames,
@@ -20,7 +21,7 @@ export interface Publisher {
    * `rebuild` asks for that again when the broker closes the channel or keeps returning publishes.
    */
   setup: AmqpSetup;
-  /** A channel is open: the relay may claim rows and publish them. */
+  /** A channel is open and the broker does not block the connection: the relay may claim and publish. */
   connected(): boolean;
   /** Connected and its publishes reach the queue (/readyz). */
   ready(): boolean;
@@ -31,18 +32,18 @@ export interface Publisher {
 }
 
 /**
- * How long publishes may keep coming back unroutable before the relay rebuilds its channel, which
- * declares the topology again. Every routing key matches the queue's `#` binding, so a return means
+ * How long publishes may keep coming back unroutable before the relay rebuilds its connection, which
+ * declares the topology again on new channels. Every routing key matches the queue's `#` binding, so a return means
  * the queue is gone (deleted by hand, or a broker that lost it): the worker declares it again when it
  * reconnects, so a short grace lets that happen first, and then the relay does it itself.
  */
 const UNROUTABLE_REBUILD_MS = 2000;
 
 /**
- * How long the broker may nack every publish before the relay replaces its channel. RabbitMQ 3.10 was
- * seen (test/chaos/rabbit-cluster.test.ts) to nack every publish, for good, on a channel opened while
- * the quorum queue was electing a new leader after a node died, while a new channel on the same
- * connection was acked at once.
+ * How long the broker may nack every publish before the relay rebuilds its connection (new channels).
+ * RabbitMQ 3.10 was seen (test/chaos/rabbit-cluster.test.ts) to nack every publish, for good, on a
+ * channel opened while the quorum queue was electing a new leader after a node died, while a new
+ * channel on the same connection was acked at once.
  */
 const NACKED_REBUILD_MS = 2000;
 
@@ -60,6 +61,8 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
   let unroutableSince: number | null = null;
   // Since when the broker has nacked every publish; null while it confirms some.
   let nackedSince: number | null = null;
+  // The broker blocked the connection (a memory or disk alarm): publishes would wait for the alarm.
+  let blocked = false;
 
   /** After each batch: how many messages came back unroutable, and how many reached the queue. */
   function noteReturns(returned: number, routed: number): void {
@@ -98,26 +101,25 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
         if (channel === ch) channel = null;
       });
       await assertTopology(ch, names);
+      m.on('blocked', () => (blocked = true));
+      m.on('unblocked', () => (blocked = false));
+      blocked = false;
       channel = ch;
       model = m;
       rebuildChannel = rebuild;
       unroutableSince = null;
       nackedSince = null;
     },
-    connected: () => channel !== null,
-    ready: () => channel !== null && unroutableSince === null,
+    connected: () => channel !== null && !blocked,
+    ready: () => channel !== null && !blocked && unroutableSince === null,
     async readyMessages() {
       if (!model || !channel) return null;
-      // Its own channel: a passive declare of a missing queue is a 404 that closes the channel.
-      const ch = await model.createChannel().catch(() => null);
-      if (!ch) return null;
-      ch.on('error', () => undefined);
-      const queue = await ch.checkQueue(names.queue).catch(() => null);
-      if (!queue) {
+      const queue = await inspectQueue(model, names.queue).catch(() => undefined);
+      if (queue === undefined) return null; // no answer: decide on the next pass
+      if (queue === null) {
         rebuildChannel(`queue ${names.queue} is missing`);
         return null;
       }
-      await ch.close().catch(() => undefined);
       return queue.messageCount;
     },
     async publishBatch(rows) {
@@ -155,7 +157,7 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
             const body = Buffer.from(JSON.stringify(row.payload));
             const writable = ch.publish(names.exchange, row.routing_key, body, messageOptions(row), confirmed);
             // Backpressure: amqplib buffers what the socket cannot take; wait until it drains.
-            if (!writable) await drainedOrClosed(ch);
+            if (!writable) await drainedOrClosed(ch, settledPromise);
           } catch (err) {
             conclude(row.id, `publish failed: ${toError(err).message}`);
           }
@@ -200,7 +202,11 @@ function messageOptions(row: ClaimedRow): Options.Publish {
   };
 }
 
-function drainedOrClosed(ch: ConfirmChannel): Promise<void> {
+/**
+ * Resolves when the channel drains or closes, or when the batch is settled anyway (its confirm wait
+ * timed out: a broker that blocked the connection never drains it, and the relay must not wait for it).
+ */
+function drainedOrClosed(ch: ConfirmChannel, settled: Promise<void>): Promise<void> {
   return new Promise((resolve) => {
     const done = (): void => {
       ch.off('drain', done);
@@ -209,5 +215,6 @@ function drainedOrClosed(ch: ConfirmChannel): Promise<void> {
     };
     ch.once('drain', done);
     ch.once('close', done);
+    void settled.then(done);
   });
 }

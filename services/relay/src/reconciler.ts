@@ -66,7 +66,7 @@ export function createReconciler(options: ReconcilerOptions): Reconciler {
           messageId: message.message_id,
           correlationId,
           reason,
-          notStartedForMs: quietMs,
+          publishedMoreThanMsAgo: quietMs,
         });
       }
       metrics.republished.inc({ queue: caughtUp ? 'caught-up' : 'backlog' }, batch.length);
@@ -87,7 +87,7 @@ export function createReconciler(options: ReconcilerOptions): Reconciler {
     }
   }
 
-  // Often enough that a stranded task waits little more than afterMs; at most once a minute.
+  // Often enough that a stranded task waits little more than afterMs; at least once a minute.
   const intervalMs = Math.min(60_000, Math.max(250, Math.floor(afterMs / 4)));
   return { ...createPeriodic(intervalMs, pass), reconcile };
 }

@@ -56,6 +56,7 @@ export function createRetention(db: Db, pool: pg.Pool, options: RetentionOptions
       return null;
     });
     if (!holder) return;
+    let broken: Error | undefined;
     try {
       const { rows } = await holder.query<{ got: boolean }>('SELECT pg_try_advisory_lock($1) AS got', [RETENTION_LOCK]);
       if (!rows[0]?.got) return;
@@ -67,9 +68,12 @@ export function createRetention(db: Db, pool: pg.Pool, options: RetentionOptions
         await holder.query('SELECT pg_advisory_unlock($1)', [RETENTION_LOCK]);
       }
     } catch (err) {
-      logger.warn('retention sweep failed; will try again', { error: toError(err).message });
+      // The lock's session may still hold it, or a query may still be in flight on it: closing the
+      // connection ends both, where handing it back to the pool would keep the lock for good.
+      broken = toError(err);
+      logger.warn('retention sweep failed; will try again', { error: broken.message });
     } finally {
-      holder.release();
+      holder.release(broken);
     }
   }
 

@@ -1,5 +1,5 @@
 import { sql } from 'kysely';
-import { insertOutbox, outboxMessage, type Db, type OutboxMessage } from '@taskbox/shared';
+import { insertOutbox, lastPublishedAt, outboxMessage, type Db, type OutboxMessage } from '@taskbox/shared';
 
 // The relay's SQL on tasks and their attempts (its outbox SQL is in outbox-sql.ts).
 
@@ -10,19 +10,18 @@ export interface Republished {
 
 /**
  * Republishes up to `limit` stranded tasks, each through a new outbox row in this one transaction: a
- * task that is pending, whose every outbox row was published (or deleted by retention after
- * publishing) before `extraMs` ahead of `cutoff` (a Postgres timestamp), and that no worker has started
- * since. The new message asks for
- * the same attempt as the lost one (attempts + 1), so if the lost one turns up after all, the worker
- * runs whichever comes first and drops the other as stale.
+ * task that is pending, whose latest message was published (lastPublishedAt) before `cutoff` minus
+ * `extraMs`, and that no worker has started since. The new message asks for the same attempt as the
+ * lost one (attempts + 1), so if the lost one turns up after all, the worker runs whichever comes
+ * first and drops the other as stale.
  *
  * One actor per task across relays: SKIP LOCKED keeps two relays off the same rows at once, and the
  * republished_at guard is re-checked on the locked row, so a relay whose snapshot predates another's
  * commit skips the task rather than republishing it a second time. The unpublished row this writes also
  * keeps the task out of every later pass until it is published, and published long enough ago.
  *
- * `since` is at least updated_at (a message is published after the change that wrote it), so the
- * updated_at bound lets the scan read only old pending tasks from tasks_pending.
+ * lastPublishedAt is at least updated_at (a message is published after the change that wrote it), so
+ * the updated_at bound lets the scan read only old pending tasks from tasks_pending.
  */
 export async function republishStranded(
   db: Db,
@@ -34,14 +33,9 @@ export async function republishStranded(
     const { rows } = await sql<{ id: string; type: string; attempts: number; correlation_id: string | null }>`
       SELECT t.id, t.type, t.attempts, t.correlation_id
       FROM tasks t
-      CROSS JOIN LATERAL (
-        SELECT max(o.published_at) AS published_at, count(*) FILTER (WHERE o.published_at IS NULL) AS unpublished
-        FROM outbox o WHERE o.task_id = t.id
-      ) m
       WHERE t.status = 'pending'
         AND t.updated_at < ${publishedBefore}
-        AND coalesce(m.published_at, t.updated_at) < ${publishedBefore}
-        AND m.unpublished = 0
+        AND ${lastPublishedAt} < ${publishedBefore}
         AND (t.republished_at IS NULL OR t.republished_at < ${publishedBefore})
       ORDER BY t.updated_at
       LIMIT ${limit}

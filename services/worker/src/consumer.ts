@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
-import type { ConfirmChannel, ConsumeMessage } from 'amqplib';
+import type { ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib';
 import {
   assertTopology,
   parseTaskMessage,
   toError,
+  withTimeout,
   type AmqpNames,
   type AmqpSetup,
   type Logger,
@@ -59,6 +60,10 @@ function parseMessage(msg: ConsumeMessage): TaskMessage | DeadLetterReason {
   return parsed.ok ? parsed.message : { code: parsed.problem, detail: parsed.detail };
 }
 
+// How long the broker may take to confirm a dead-letter publish or a consumer cancel before the worker
+// stops waiting: a blocked connection would otherwise hold a delivery, or the shutdown, for good.
+const BROKER_ANSWER_MS = 10_000;
+
 export function createConsumer(
   names: AmqpNames,
   options: ConsumerOptions,
@@ -69,6 +74,7 @@ export function createConsumer(
   let channel: ConfirmChannel | null = null;
   let consumerTag: string | null = null;
   let stopping = false;
+  let settingUp: Promise<void> | null = null;
   const inFlight = new Set<Promise<void>>();
 
   /** Publishes the message to the dead-letter exchange with a reason header, then acks it. */
@@ -82,7 +88,7 @@ export function createConsumer(
     deps.metrics.deadLetters.inc({ reason: why.code });
     log.error('message dead-lettered', { reason, routingKey: msg.fields.routingKey });
     try {
-      await new Promise<void>((resolve, reject) => {
+      const confirmed = new Promise<void>((resolve, reject) => {
         ch.publish(
           names.deadExchange,
           msg.fields.routingKey,
@@ -91,6 +97,7 @@ export function createConsumer(
           (err) => (err ? reject(toError(err)) : resolve()),
         );
       });
+      await withTimeout(confirmed, BROKER_ANSWER_MS, 'dead-letter confirm');
       ch.ack(msg);
     } catch (err) {
       // The broker's own dead-lettering (queue's x-dead-letter-exchange) still keeps the message.
@@ -164,38 +171,48 @@ export function createConsumer(
     inFlight.add(run);
   }
 
-  return {
-    async setup(model, rebuild) {
-      if (stopping) return;
-      const ch = await model.createConfirmChannel();
-      // A channel error is the broker closing this channel (an ack it does not accept, say).
-      ch.on('error', (err: Error) => rebuild(`consume channel closed by the broker: ${err.message}`));
-      ch.on('close', () => {
+  /** A fresh confirm channel with the topology, the prefetch and a consumer under a new tag. */
+  async function consume(model: ChannelModel, rebuild: (reason: string) => void): Promise<void> {
+    const ch = await model.createConfirmChannel();
+    // A channel error is the broker closing this channel (an ack it does not accept, say).
+    ch.on('error', (err: Error) => rebuild(`consume channel closed by the broker: ${err.message}`));
+    ch.on('close', () => {
+      if (channel === ch) channel = null;
+    });
+    await assertTopology(ch, names);
+    await ch.prefetch(prefetch);
+    const tag = newConsumerTag();
+    await ch.consume(
+      names.queue,
+      (msg) => {
+        if (msg !== null) return startHandling(ch, tag, msg);
+        // The broker cancelled the consumer: its queue was deleted, or its leader moved away.
         if (channel === ch) channel = null;
-      });
-      await assertTopology(ch, names);
-      await ch.prefetch(prefetch);
-      const tag = newConsumerTag();
-      await ch.consume(
-        names.queue,
-        (msg) => {
-          if (msg !== null) return startHandling(ch, tag, msg);
-          // The broker cancelled the consumer: its queue was deleted, or its leader moved away.
-          if (channel === ch) channel = null;
-          rebuild(`the broker cancelled consumer ${tag} (queue deleted?)`);
-        },
-        { consumerTag: tag },
-      );
-      channel = ch;
-      consumerTag = tag;
-      logger.info('consuming', { queue: names.queue, consumerTag: tag, prefetch });
+        rebuild(`the broker cancelled consumer ${tag} (queue deleted?)`);
+      },
+      { consumerTag: tag },
+    );
+    channel = ch;
+    consumerTag = tag;
+    logger.info('consuming', { queue: names.queue, consumerTag: tag, prefetch });
+  }
+
+  return {
+    setup(model, rebuild) {
+      if (stopping) return Promise.resolve();
+      // stop() waits for a setup in progress, so that no consumer starts after it has cancelled.
+      settingUp = consume(model, rebuild);
+      return settingUp;
     },
     ready: () => channel !== null,
     async start() {},
     async stop() {
       stopping = true;
+      await settingUp?.catch(() => undefined);
       const ch = channel;
-      if (ch && consumerTag) await ch.cancel(consumerTag).catch(() => undefined);
+      if (ch && consumerTag) {
+        await withTimeout(ch.cancel(consumerTag), BROKER_ANSWER_MS, 'cancelling the consumer').catch(() => undefined);
+      }
       const drained = Promise.all([...inFlight]);
       const graceOver = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), graceMs).unref());
       if ((await Promise.race([drained, graceOver])) === 'timeout') {
