@@ -11,3 +11,4 @@ export * from './notify';
 export * from './outbox';
 export * from './pg-listener';
 export * from './task-types';
+export * from './task-version';

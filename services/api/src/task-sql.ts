@@ -6,6 +6,7 @@ import {
   outboxInsert,
   outboxMessage,
   prepared,
+  taskChanged,
   type Db,
   type MessageContext,
   type TaskStatus,
@@ -140,6 +141,7 @@ const taskColumns = [
   'updated_at',
   'started_at',
   'finished_at',
+  'version',
 ] as const;
 
 export function findTask(db: Db, owner: string, id: string) {
@@ -219,14 +221,22 @@ export async function cancelTask(db: Db, owner: string, id: string): Promise<Tas
     if (task.status === 'pending') {
       await tx
         .updateTable('tasks')
-        .set({ status: 'cancelled', finished_at: sql`now()`, updated_at: sql`now()`, cancel_requested_at: sql`now()` })
+        .set({
+          status: 'cancelled',
+          finished_at: sql`now()`,
+          updated_at: sql`now()`,
+          cancel_requested_at: sql`now()`,
+          ...taskChanged,
+        })
         .where('id', '=', id)
         .execute();
     } else if (task.status === 'processing') {
       await tx
         .updateTable('tasks')
-        .set({ cancel_requested_at: sql`coalesce(cancel_requested_at, now())`, updated_at: sql`now()` })
+        .set({ cancel_requested_at: sql`now()`, updated_at: sql`now()`, ...taskChanged })
         .where('id', '=', id)
+        // A second request changes nothing a client sees: no new version.
+        .where('cancel_requested_at', 'is', null)
         .execute();
     }
     return task.status;
