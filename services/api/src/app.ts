@@ -5,10 +5,14 @@ import type pg from 'pg';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { postgresReady, type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
 import { authenticate, type AuthConfig } from './auth';
-import type { LongPollLimits } from './long-poll';
+import type { StreamTiming } from './event-stream';
+import { createHeldRequests, type LongPollLimits } from './held-requests';
+import { createListStreams } from './list-streams';
 import { openApiDocument } from './openapi';
 import { notFoundHandler, problemHandler } from './problem';
+import { streamsRouter } from './routes/streams';
 import { tasksRouter } from './routes/tasks';
+import { createStreamTokens } from './stream-tokens';
 import type { TaskEvents } from './task-events';
 
 export interface AppDeps {
@@ -22,7 +26,16 @@ export interface AppDeps {
   auth: AuthConfig;
   /** Origins a browser may call from ("*" for any); empty sends no CORS headers at all. */
   corsOrigins: string[];
+  /** Caps long polls and streams together. */
   longPoll: LongPollLimits;
+  streams: StreamSettings;
+}
+
+export interface StreamSettings {
+  timing: StreamTiming;
+  /** Signs stream tokens; without it each process draws its own key (stream-tokens.ts). */
+  tokenSecret: string | undefined;
+  tokenTtlMs: number;
 }
 
 const REQUEST_ID = /^[\w.:@/+=-]{1,128}$/;
@@ -121,11 +134,30 @@ export function buildApp(deps: AppDeps): { app: express.Express; registry: Regis
     res.type(registry.contentType).send(await registry.metrics());
   });
 
+  const held = createHeldRequests(deps.db, deps.longPoll);
+  new Gauge({
+    name: 'http_streams_open',
+    help: 'Server-Sent Event streams open (GET /tasks/{id}/events, GET /tasks/events)',
+    registers: [registry],
+    collect() {
+      this.set(held.count('stream'));
+    },
+  });
+  app.use(
+    '/tasks',
+    streamsRouter({
+      ...deps,
+      held,
+      lists: createListStreams(deps.db, deps.events, deps.logger),
+      tokens: createStreamTokens(deps.streams.tokenSecret, deps.streams.tokenTtlMs),
+      timing: deps.streams.timing,
+    }),
+  );
   app.use(
     '/tasks',
     authenticate(deps.auth),
     express.json({ limit: deps.bodyLimit, type: ['application/json', 'application/*+json'] }),
-    tasksRouter(deps),
+    tasksRouter({ ...deps, held }),
   );
   app.use(notFoundHandler);
   app.use(problemHandler(deps.logger));

@@ -19,6 +19,10 @@ import { createServer } from './server';
 import { createTaskEvents } from './task-events';
 import { findTask } from './task-sql';
 
+// How long an EventSource waits before it reconnects after a cut: short enough that a progress bar
+// barely stalls.
+const STREAM_RETRY_MS = 2000;
+
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
   const authProblem = authStartProblem(config);
@@ -46,6 +50,11 @@ async function main(): Promise<void> {
     auth: config,
     corsOrigins: config.CORS_ORIGINS,
     longPoll: { max: config.LONG_POLL_MAX, maxPerOwner: config.LONG_POLL_MAX_PER_OWNER },
+    streams: {
+      timing: { heartbeatMs: config.STREAM_HEARTBEAT_MS, retryMs: STREAM_RETRY_MS },
+      tokenSecret: config.STREAM_TOKEN_SECRET,
+      tokenTtlMs: config.STREAM_TOKEN_TTL_MS,
+    },
   });
   const server = serverPart(
     createServer(app, {
@@ -55,8 +64,8 @@ async function main(): Promise<void> {
     }),
     config.PORT,
   );
-  // Started in this order, stopped in reverse: long polls are released first (they answer with the
-  // current view), or closing the server would wait for them.
+  // Started in this order, stopped in reverse: long polls and streams are released first (polls answer
+  // with the current view, streams end), or closing the server would wait for them.
   const parts: Service[] = [resource(() => db.destroy()), resource(() => taskNotifier.stop()), server, events];
   await startAll(parts);
   logger.info('api listening', {
