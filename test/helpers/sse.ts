@@ -36,9 +36,12 @@ export async function openSse(url: string, headers: Record<string, string> = {})
   });
   const reading = (async () => {
     if (!res.body) return;
+    const reader = res.body.getReader();
     const decoder = new TextDecoder();
     try {
-      for await (const chunk of res.body) parser.feed(decoder.decode(chunk as Uint8Array, { stream: true }));
+      for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+        parser.feed(decoder.decode(chunk.value, { stream: true }));
+      }
     } catch {
       // Aborted by close(), or the connection was cut: the test asserts on what arrived.
     } finally {

@@ -6,6 +6,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import { postgresReady, type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
 import { authenticate, type AuthConfig } from './auth';
 import type { StreamTiming } from './event-stream';
+import { examplePageRouter, type ExamplePage } from './example-page';
 import { createHeldRequests, type LongPollLimits } from './held-requests';
 import { createListStreams } from './list-streams';
 import { openApiDocument } from './openapi';
@@ -29,6 +30,8 @@ export interface AppDeps {
   /** Caps long polls and streams together. */
   longPoll: LongPollLimits;
   streams: StreamSettings;
+  /** Served at /example/ when given (EXAMPLE_PAGE=true). */
+  examplePage?: ExamplePage;
 }
 
 export interface StreamSettings {
@@ -159,6 +162,7 @@ export function buildApp(deps: AppDeps): { app: express.Express; registry: Regis
     express.json({ limit: deps.bodyLimit, type: ['application/json', 'application/*+json'] }),
     tasksRouter({ ...deps, held }),
   );
+  if (deps.examplePage) app.use('/example', examplePageRouter(deps.examplePage));
   app.use(notFoundHandler);
   app.use(problemHandler(deps.logger));
   return { app, registry };

@@ -15,6 +15,7 @@ import {
 } from '@taskbox/shared';
 import { buildApp } from './app';
 import { authStartProblem } from './auth';
+import { examplePageFromRepo } from './example-page';
 import { createServer } from './server';
 import { createTaskEvents } from './task-events';
 import { findTask } from './task-sql';
@@ -55,6 +56,7 @@ async function main(): Promise<void> {
       tokenSecret: config.STREAM_TOKEN_SECRET,
       tokenTtlMs: config.STREAM_TOKEN_TTL_MS,
     },
+    examplePage: config.EXAMPLE_PAGE ? examplePageFromRepo(__dirname) : undefined,
   });
   const server = serverPart(
     createServer(app, {
@@ -71,6 +73,7 @@ async function main(): Promise<void> {
   logger.info('api listening', {
     port: server.port(),
     database: redactUrl(config.DATABASE_URL),
+    ...(config.EXAMPLE_PAGE ? { examplePage: '/example/' } : {}),
     auth: config.AUTH_JWKS_URL ? 'jwks' : config.AUTH_JWT_SECRET ? 'jwt' : config.AUTH_TOKENS ? 'tokens' : 'off',
   });
 
