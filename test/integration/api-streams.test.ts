@@ -70,23 +70,16 @@ describe('api: GET /tasks/{id}/events streams a task live (Server-Sent Events)',
     return s;
   }
 
-  async function status(id: string): Promise<string> {
-    const row = await api.database.db
+  /** The task as the database has it now. */
+  function stored(id: string) {
+    return api.database.db
       .selectFrom('tasks')
-      .select('status')
+      .select(['status', 'version'])
       .where('id', '=', id)
       .executeTakeFirstOrThrow();
-    return row.status;
   }
 
-  async function dbVersion(id: string): Promise<number> {
-    const row = await api.database.db
-      .selectFrom('tasks')
-      .select('version')
-      .where('id', '=', id)
-      .executeTakeFirstOrThrow();
-    return Number(row.version);
-  }
+  const dbVersion = async (id: string): Promise<number> => Number((await stored(id)).version);
 
   it('sends the current state first, then each later state in order with its version as id, and ends after the terminal event', async () => {
     const id = await submitSleep(1000);
@@ -186,7 +179,7 @@ describe('api: GET /tasks/{id}/events streams a task live (Server-Sent Events)',
     const mark = s.events[0]?.id as string;
     s.close();
     const b = await submitSleep(200);
-    await waitFor('b to finish', async () => (await status(b)) === 'succeeded');
+    await waitFor('b to finish', async () => (await stored(b)).status === 'succeeded');
     const resumed = await stream(`${base}/tasks/events?type=sleep`, { 'last-event-id': mark });
     await resumed.waitFor('a and b in their final states', (events) =>
       [a, b].every((id) =>
