@@ -106,7 +106,10 @@ describe('@taskbox/client in Node against a running api', () => {
 
   it('cancels a running task, and waitForTask resolves with the cancelled state', async () => {
     const { data } = await client.createTask({ type: 'sleep', payload: { ms: 30_000 } });
-    await client.watchTask(data!.id, () => undefined, { signal: AbortSignal.timeout(100) });
+    const running = new AbortController();
+    await client.watchTask(data!.id, (view) => view.status === 'processing' && running.abort(), {
+      signal: running.signal,
+    });
     const cancelled = await client.cancelTask(data!.id);
     expect(cancelled.error).toBeUndefined();
     expect((await client.waitForTask(data!.id, { timeoutMs: 20_000 })).data?.status).toBe('cancelled');

@@ -7,7 +7,7 @@ import { postgresReady, type Db, type Logger, type TaskNotifier } from '@taskbox
 import { authenticate, type AuthConfig } from './auth';
 import type { StreamTiming } from './event-stream';
 import { examplePageRouter, type ExamplePage } from './example-page';
-import { createHeldRequests, type LongPollLimits } from './held-requests';
+import { createHeldRequests, type HeldKind, type HeldRequests, type LongPollLimits } from './held-requests';
 import { createListStreams } from './list-streams';
 import { openApiDocument } from './openapi';
 import { notFoundHandler, problemHandler } from './problem';
@@ -93,19 +93,30 @@ function httpMetrics(registry: Registry): RequestHandler {
   };
 }
 
+function heldGauges(registry: Registry, held: HeldRequests): void {
+  const gauges: [string, string, HeldKind][] = [
+    ['http_long_polls_waiting', 'GET /tasks/{id}?wait= requests waiting for a change', 'long poll'],
+    ['http_streams_open', 'Server-Sent Event streams open (GET /tasks/{id}/events, GET /tasks/events)', 'stream'],
+  ];
+  for (const [name, help, kind] of gauges) {
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.set(held.count(kind));
+      },
+    });
+  }
+}
+
 /** Builds the api; main.ts listens on it, tests use port 0. */
 export function buildApp(deps: AppDeps): { app: express.Express; registry: Registry } {
   const registry = new Registry();
   registry.setDefaultLabels({ service: 'api' });
   collectDefaultMetrics({ register: registry });
-  new Gauge({
-    name: 'http_long_polls_waiting',
-    help: 'GET /tasks/{id}?wait= requests waiting for a change',
-    registers: [registry],
-    collect() {
-      this.set(deps.events.waiting());
-    },
-  });
+  const held = createHeldRequests(deps.db, deps.longPoll);
+  heldGauges(registry, held);
 
   const app = express();
   app.disable('x-powered-by');
@@ -137,15 +148,6 @@ export function buildApp(deps: AppDeps): { app: express.Express; registry: Regis
     res.type(registry.contentType).send(await registry.metrics());
   });
 
-  const held = createHeldRequests(deps.db, deps.longPoll);
-  new Gauge({
-    name: 'http_streams_open',
-    help: 'Server-Sent Event streams open (GET /tasks/{id}/events, GET /tasks/events)',
-    registers: [registry],
-    collect() {
-      this.set(held.count('stream'));
-    },
-  });
   app.use(
     '/tasks',
     streamsRouter({

@@ -97,7 +97,40 @@ function eventStream(description: string): JsonObject {
   return { description, headers, content: { 'text/event-stream': { schema: { type: 'string' } } } };
 }
 
-/** The Server-Sent Events endpoints (routes/streams.ts) and their tokens. */
+const streamErrors = {
+  '400': problem('invalid id or query'),
+  '401': problem('no valid bearer token, or a stream token that is invalid, expired or for one task only'),
+  '429': retryLater('you hold LONG_POLL_MAX_PER_OWNER long polls and streams already'),
+  '503': retryLater('this process holds LONG_POLL_MAX long polls and streams already; or the database is down'),
+};
+
+/** The stream tokens (routes/streams.ts). */
+function streamTokenPaths(): JsonObject {
+  return {
+    '/tasks/{id}/stream-token': {
+      post: {
+        summary: "A short-lived token for this task's stream, for EventSource (which cannot send headers)",
+        parameters: [idParam],
+        responses: {
+          '200': json('StreamToken', 'the token, and the stream URL with it'),
+          '401': streamErrors['401'],
+          '404': problem('no such task for you'),
+        },
+      },
+    },
+    '/tasks/stream-token': {
+      post: {
+        summary: "A short-lived token for all of the caller's streams (GET /tasks/events and each task's)",
+        responses: {
+          '200': json('StreamToken', 'the token, and the list stream URL with it'),
+          '401': streamErrors['401'],
+        },
+      },
+    },
+  };
+}
+
+/** The Server-Sent Events endpoints (routes/streams.ts). */
 function streamPaths(): JsonObject {
   const lastEventId = {
     name: 'Last-Event-ID',
@@ -107,14 +140,6 @@ function streamPaths(): JsonObject {
     schema: { type: 'string' },
   };
   const security = [{}, { bearer: [] }, { streamToken: [] }];
-  const full = retryLater('you hold LONG_POLL_MAX_PER_OWNER long polls and streams already (429)');
-  const busy = retryLater('this process holds LONG_POLL_MAX long polls and streams already; or the database is down');
-  const errors = {
-    '400': problem('invalid id or query'),
-    '401': problem('no valid bearer token, or a stream token that is invalid, expired or for one task only'),
-    '429': full,
-    '503': busy,
-  };
   return {
     '/tasks/{id}/events': {
       get: {
@@ -126,7 +151,7 @@ function streamPaths(): JsonObject {
         responses: {
           '200': eventStream('the stream'),
           '204': { description: 'Last-Event-ID has the terminal state already: nothing more will come' },
-          ...errors,
+          ...streamErrors,
           '404': problem('no such task for you, or a stream token for another task'),
         },
       },
@@ -138,24 +163,7 @@ function streamPaths(): JsonObject {
           'First `event: ready`; then `event: task` with the TaskView (no timeline) of each task that changed and matches the filters as it is now. Ids are watermarks: reconnect with Last-Event-ID to get every task changed since, some possibly again (compare `version`). For the tasks as they were before the stream, GET /tasks after `ready`.',
         security,
         parameters: [...queryParameters(listStreamQuerySchema), lastEventId],
-        responses: { '200': eventStream('the stream'), ...errors },
-      },
-    },
-    '/tasks/{id}/stream-token': {
-      post: {
-        summary: "A short-lived token for this task's stream, for EventSource (which cannot send headers)",
-        parameters: [idParam],
-        responses: {
-          '200': json('StreamToken', 'the token, and the stream URL with it'),
-          '401': errors['401'],
-          '404': problem('no such task for you'),
-        },
-      },
-    },
-    '/tasks/stream-token': {
-      post: {
-        summary: "A short-lived token for all of the caller's streams (GET /tasks/events and each task's)",
-        responses: { '200': json('StreamToken', 'the token, and the list stream URL with it'), '401': errors['401'] },
+        responses: { '200': eventStream('the stream'), ...streamErrors },
       },
     },
   };
@@ -246,6 +254,7 @@ export function openApiDocument(): JsonObject {
         },
       },
       ...streamPaths(),
+      ...streamTokenPaths(),
       '/healthz': { get: { summary: 'Alive', security: [], responses: { '200': json('Health', 'alive') } } },
       '/readyz': {
         get: {
