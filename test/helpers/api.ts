@@ -18,6 +18,8 @@ export interface TestApi {
    * overridden), for clients other than supertest (fetch, long polls, raw sockets); returns the base URL.
    */
   listen(limits?: Partial<HttpLimits>): Promise<string>;
+  /** Connections the listening server holds open now. */
+  connections(): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -77,6 +79,11 @@ export async function startTestApi(overrides: Partial<AppDeps> = {}, options: Te
       server = s;
       await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
       return `http://127.0.0.1:${(s.address() as AddressInfo).port}`;
+    },
+    connections() {
+      return new Promise((resolve, reject) =>
+        server ? server.getConnections((err, n) => (err ? reject(err) : resolve(n))) : resolve(0),
+      );
     },
     async close() {
       await events.stop();

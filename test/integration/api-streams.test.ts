@@ -1,3 +1,4 @@
+import { sql } from 'kysely';
 import { amqpUrl, deleteTopology, testPrefix } from '../helpers/amqp';
 import { startTestApi, type TestApi } from '../helpers/api';
 import { startFaultProxy, type FaultProxy } from '../helpers/proxy';
@@ -147,6 +148,35 @@ describe('api: GET /tasks/{id}/events streams a task live (Server-Sent Events)',
     expect(s.events.length).toBeGreaterThan(before);
     expect(strictlyIncreasing(versions(s.events))).toBe(true);
     expect(view(s.events.at(-1) as SseEvent)).toMatchObject({ status: 'succeeded', version: await dbVersion(id) });
+  });
+
+  it('holds nothing for a client that left while its stream was still opening', async () => {
+    const id = await submitSleep(30_000);
+    const openStreams = async () => {
+      const text = await (await fetch(`${base}/metrics`)).text();
+      return Number(/^http_streams_open\{[^}]*\} (\d+)$/m.exec(text)?.[1]);
+    };
+    await api.database.db.transaction().execute(async (tx) => {
+      // The stream's first read waits on this lock, and its client leaves meanwhile.
+      await sql`LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE`.execute(tx);
+      const leaving = new AbortController();
+      const request = fetch(`${base}/tasks/${id}/events`, { signal: leaving.signal }).catch(() => undefined);
+      await waitFor('the first read to wait on the lock', async () => {
+        const { rows } = await sql<{ n: number }>`
+          SELECT count(*)::int AS n FROM pg_stat_activity
+          WHERE datname = current_database() AND wait_event_type = 'Lock'
+            AND query LIKE 'select %from "tasks" where "owner" = $1 and "id" = $2'`.execute(api.database.db);
+        return rows[0]?.n === 1;
+      });
+      expect(await openStreams()).toBe(1);
+      const before = await api.connections();
+      leaving.abort();
+      await request;
+      await waitFor('the api to see the client go', async () => (await api.connections()) < before);
+    });
+    await waitFor('the abandoned stream to be released', async () => (await openStreams()) === 0);
+    expect(api.events.waiting()).toBe(0);
+    await fetch(`${base}/tasks/${id}/cancel`, { method: 'POST' });
   });
 
   it('ends a cancelled task’s stream with the cancelled state', async () => {

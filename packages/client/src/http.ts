@@ -72,7 +72,7 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
-/** Exponential backoff with jitter: 0 before the first failure, then up to 30 s. */
+/** Exponential backoff with jitter: none before the first failure, then growing up to 30 s. */
 export function backoffMs(failures: number): number {
   if (failures <= 0) return 0;
   const ceiling = Math.min(30_000, 500 * 2 ** (failures - 1));

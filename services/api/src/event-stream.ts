@@ -69,6 +69,8 @@ export function openEventStream(res: Response, timing: StreamTiming): EventStrea
   };
   res.on('drain', flush);
   res.once('close', finish);
+  // The client may have left during the reads before the stream opened: its 'close' has fired already.
+  if (res.closed || !res.socket || res.socket.destroyed) finish();
   write(`retry: ${timing.retryMs}\n\n`);
 
   return {

@@ -1,13 +1,13 @@
 import { isTerminal, toError, type Logger } from '@taskbox/shared';
-import type { EventStream, StreamTiming } from './event-stream';
+import type { EventStream } from './event-stream';
 import type { HeldRequests } from './held-requests';
 import type { TaskEvents, TaskRead, TaskWatch } from './task-events';
+import type { TaskRow } from './task-sql';
 import { toTaskView } from './task-view';
 
 export interface TaskStreamDeps {
   events: TaskEvents;
   held: HeldRequests;
-  timing: StreamTiming;
   logger: Logger;
 }
 
@@ -22,11 +22,19 @@ export function parseVersion(header: string | undefined): number | undefined {
   return header && /^\d{1,15}$/.test(header) ? Number(header) : undefined;
 }
 
-async function sendRead(deps: TaskStreamDeps, stream: EventStream, id: string, read: TaskRead): Promise<void> {
-  if (!read.row) return;
-  const timeline = await deps.held.timelineAfter(read, id);
-  const version = String(read.row.version);
-  stream.send('task', { id: version, event: 'task', data: toTaskView(read.row, timeline) });
+/** Sends the read's state with its timeline; false when the timeline could not be read (logged). */
+async function sendRead(deps: TaskStreamDeps, stream: EventStream, row: TaskRow, read: TaskRead): Promise<boolean> {
+  try {
+    const timeline = await deps.held.timelineAfter(read, row.id);
+    stream.send('task', { id: String(row.version), event: 'task', data: toTaskView(row, timeline) });
+    return true;
+  } catch (err) {
+    deps.logger.warn('task stream read failed; waiting for the next change', {
+      taskId: row.id,
+      error: toError(err).message,
+    });
+    return false;
+  }
 }
 
 /**
@@ -40,10 +48,10 @@ async function follow(deps: TaskStreamDeps, stream: EventStream, watch: TaskWatc
     if (read) {
       // Gone: deleted by retention, which only takes finished tasks, so its terminal state was sent.
       if (!read.row) return;
-      if (Number(read.row.version) > seen) {
+      if (Number(read.row.version) > seen && (await sendRead(deps, stream, read.row, read))) {
         seen = Number(read.row.version);
-        await sendRead(deps, stream, read.row.id, read);
       }
+      // Ended even when that send failed: the client reconnects, and its first event is the terminal state.
       if (isTerminal(read.row.status)) return;
     }
     if (stream.closed.aborted || deps.events.stopped()) return;
