@@ -4,6 +4,7 @@ import { createStreamTokens } from '../../services/api/src/stream-tokens';
 import { startTestApi, type TestApi } from '../helpers/api';
 import { insertTaskFixture } from '../helpers/factories';
 import { openSse, type SseClient } from '../helpers/sse';
+import { waitFor } from '../helpers/wait';
 
 const SECRET = 'stream-token-secret-for-this-test-only';
 const ALICE = { authorization: 'Bearer alice-token' };
@@ -36,6 +37,8 @@ describe('api: streams and stream tokens are scoped to their owner', () => {
           ['bob-token', 'bob'],
         ]),
       },
+      // Small caps, shared with long polls: two per owner, three in all.
+      longPoll: { max: 3, maxPerOwner: 2 },
       streams: {
         timing: { heartbeatMs: 200, retryMs: 2000 },
         tokenSecret: SECRET,
@@ -51,7 +54,17 @@ describe('api: streams and stream tokens are scoped to their owner', () => {
     ]);
   });
 
-  afterEach(() => open.splice(0).forEach((s) => s.close()));
+  afterEach(async () => {
+    open.splice(0).forEach((s) => s.close());
+    await waitFor('the api to release every stream', async () => (await held()) === 0);
+  });
+
+  /** Streams and long polls the api holds now. */
+  async function held(): Promise<number> {
+    const text = await (await fetch(`${base}/metrics`)).text();
+    const gauge = (name: string) => Number(new RegExp(`^${name}\\{[^}]*\\} (\\d+)$`, 'm').exec(text)?.[1]);
+    return gauge('http_streams_open') + gauge('http_long_polls_waiting');
+  }
 
   afterAll(async () => {
     await api.close();
@@ -124,6 +137,22 @@ describe('api: streams and stream tokens are scoped to their owner', () => {
 
     expect((await stream(`/tasks/${alicesOther}/events?token=${issued.body.token}`)).status).toBe(200);
     expect((await fetch(`${base}/tasks/${bobs}/events?token=${issued.body.token}`)).status).toBe(404);
+  });
+
+  it('caps streams and long polls together: 429 beyond the owner’s share, 503 beyond the process’s, with Retry-After', async () => {
+    await stream(`/tasks/${alices}/events`, ALICE);
+    await stream('/tasks/events', ALICE);
+    const third = await fetch(`${base}/tasks/${alicesOther}?wait=30`, { headers: ALICE });
+    expect(third.status).toBe(429);
+    const another = await fetch(`${base}/tasks/${alicesOther}/events`, { headers: ALICE });
+    expect(another.status).toBe(429);
+    expect(another.headers.get('retry-after')).toBe('5');
+    expect(await another.json()).toMatchObject({ status: 429, title: 'Too Many Streams' });
+
+    expect((await stream(`/tasks/${bobs}/events`, BOB)).status).toBe(200);
+    const full = await fetch(`${base}/tasks/events`, { headers: BOB });
+    expect(full.status).toBe(503);
+    expect(full.headers.get('retry-after')).toBe('5');
   });
 
   it('shows bob’s list stream none of alice’s changes', async () => {

@@ -168,7 +168,7 @@ describe('api: GET /tasks/{id}/events streams a task live (Server-Sent Events)',
             AND query LIKE 'select %from "tasks" where "owner" = $1 and "id" = $2'`.execute(api.database.db);
         return rows[0]?.n === 1;
       });
-      expect(await openStreams()).toBe(1);
+      expect(api.events.waiting()).toBe(1);
       const before = await api.connections();
       leaving.abort();
       await request;

@@ -54,16 +54,20 @@ function taskStream(deps: StreamsDeps): Handler {
     const id = parseId(req);
     const query = taskStreamQuerySchema.safeParse(req.query);
     if (!query.success) throw badQuery(query.error);
-    const release = deps.held.admit(owner(res), 'stream');
+    let release: (() => void) | undefined;
     try {
       const lastSeen = parseVersion(req.get('last-event-id'));
-      const open = () => openEventStream(res, deps.timing);
+      // Admitted once the task is known: a task that is not yours is 404 whatever your streams.
+      const open = () => {
+        release = deps.held.admit(owner(res), 'stream');
+        return openEventStream(res, deps.timing);
+      };
       const start = await streamTask(deps, open, owner(res), id, lastSeen);
       if (start === 'not found') throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
       // The client has the terminal state: 204 is what stops an EventSource from reconnecting.
       if (start === 'already seen') res.status(204).end();
     } finally {
-      release();
+      release?.();
     }
   };
 }
