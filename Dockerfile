@@ -12,6 +12,7 @@ FROM node:20-bookworm-slim AS manifests
 WORKDIR /app
 COPY package.json package-lock.json ./
 COPY packages/shared/package.json packages/shared/
+COPY packages/client/package.json packages/client/
 COPY services/api/package.json services/api/
 COPY services/relay/package.json services/relay/
 COPY services/worker/package.json services/worker/

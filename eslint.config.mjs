@@ -25,5 +25,6 @@ export default tseslint.config(
     },
   },
   { files: ['scripts/**', 'bench/**', 'test/**'], rules: { 'no-console': 'off' } },
+  { files: ['examples/web/**'], languageOptions: { globals: { document: 'readonly', AbortController: 'readonly' } } },
   { files: ['jest.config.js'], languageOptions: { sourceType: 'commonjs', globals: { module: 'writable' } } },
 );

@@ -7,7 +7,12 @@ module.exports = {
   transform: { '^.+\\.(ts|js)$': ['ts-jest', { tsconfig: 'test/tsconfig.json' }] },
   // jose 6 is ESM only: node loads it through require(esm), jest's module loader cannot, so jest compiles it.
   transformIgnorePatterns: ['/node_modules/(?!jose/)'],
-  moduleNameMapper: { '^@taskbox/shared$': '<rootDir>/packages/shared/src/index.ts' },
+  moduleNameMapper: {
+    '^@taskbox/shared$': '<rootDir>/packages/shared/src/index.ts',
+    '^@taskbox/client$': '<rootDir>/packages/client/src/index.ts',
+    // The client is ESM and names its own modules with .js, as Node requires; jest runs its sources.
+    '^(\\.{1,2}/.*)\\.js$': '$1',
+  },
   globalSetup: '<rootDir>/test/global-setup.ts',
   globalTeardown: '<rootDir>/test/global-teardown.ts',
   setupFilesAfterEnv: ['<rootDir>/test/leak-check.ts'],

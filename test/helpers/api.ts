@@ -18,20 +18,32 @@ export interface TestApi {
    * overridden), for clients other than supertest (fetch, long polls, raw sockets); returns the base URL.
    */
   listen(limits?: Partial<HttpLimits>): Promise<string>;
+  /** Connections the listening server holds open now. */
+  connections(): Promise<number>;
   close(): Promise<void>;
 }
 
 const defaults = loadConfig({});
 
+export interface TestApiOptions {
+  /** Where the api LISTENs, given the test database's URL: e.g. through a fault proxy in front of it. */
+  listenVia?: (databaseUrl: string) => string;
+  /** The resync of watched tasks; off unless a test sets it, so reads are counted exactly. */
+  resyncMs?: number | null;
+}
+
 /** The api built in-process (as main.ts builds it) on its own test database, auth off unless overridden. */
-export async function startTestApi(overrides: Partial<AppDeps> = {}): Promise<TestApi> {
+export async function startTestApi(overrides: Partial<AppDeps> = {}, options: TestApiOptions = {}): Promise<TestApi> {
   const database = await createTestDatabase();
   const db = overrides.db ?? database.db;
   const taskNotifier = createTaskNotifier(database.pool, quietLogger);
   let taskReads = 0;
   // Counted when a read ends, so a test that saw the count rise knows the reader has its row.
-  const events = createTaskEvents(database.url, quietLogger, (owner, id) =>
-    findTask(db, owner, id).finally(() => taskReads++),
+  const events = createTaskEvents(
+    options.listenVia?.(database.url) ?? database.url,
+    quietLogger,
+    (owner, id) => findTask(db, owner, id).finally(() => taskReads++),
+    { resyncMs: options.resyncMs ?? null },
   );
   events.start();
   const { app } = buildApp({
@@ -44,6 +56,11 @@ export async function startTestApi(overrides: Partial<AppDeps> = {}): Promise<Te
     auth: {},
     corsOrigins: [],
     longPoll: { max: defaults.LONG_POLL_MAX, maxPerOwner: defaults.LONG_POLL_MAX_PER_OWNER },
+    streams: {
+      timing: { heartbeatMs: defaults.STREAM_HEARTBEAT_MS, retryMs: 2000 },
+      tokenSecret: undefined,
+      tokenTtlMs: defaults.STREAM_TOKEN_TTL_MS,
+    },
     ...overrides,
   });
   let server: http.Server | null = null;
@@ -62,6 +79,11 @@ export async function startTestApi(overrides: Partial<AppDeps> = {}): Promise<Te
       server = s;
       await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
       return `http://127.0.0.1:${(s.address() as AddressInfo).port}`;
+    },
+    connections() {
+      return new Promise((resolve, reject) =>
+        server ? server.getConnections((err, n) => (err ? reject(err) : resolve(n))) : resolve(0),
+      );
     },
     async close() {
       await events.stop();

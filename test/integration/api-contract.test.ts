@@ -43,7 +43,19 @@ describe('api contract: GET /openapi.json describes the real responses', () => {
 
   it('documents each endpoint and each task type’s payload schema', () => {
     expect(Object.keys(doc.paths).sort()).toEqual(
-      ['/healthz', '/metrics', '/openapi.json', '/readyz', '/tasks', '/tasks/{id}', '/tasks/{id}/cancel'].sort(),
+      [
+        '/healthz',
+        '/metrics',
+        '/openapi.json',
+        '/readyz',
+        '/tasks',
+        '/tasks/{id}',
+        '/tasks/{id}/cancel',
+        '/tasks/{id}/events',
+        '/tasks/{id}/stream-token',
+        '/tasks/events',
+        '/tasks/stream-token',
+      ].sort(),
     );
     expect(doc.components.schemas.CreateTask_sleep).toMatchObject({
       properties: { payload: { required: ['ms'], properties: { ms: { type: 'integer' } } } },
@@ -63,6 +75,14 @@ describe('api contract: GET /openapi.json describes the real responses', () => {
       [await request(api.app).post('/tasks').send({ type: 'nope' }), '/tasks', 'post', '422'],
       [await request(api.app).post('/tasks').send({ type: 'sleep', payload: {} }), '/tasks', 'post', '422'],
       [await request(api.app).get('/tasks/x'), '/tasks/{id}', 'get', '400'],
+      [
+        await request(api.app).post(`/tasks/${created.body.id}/stream-token`),
+        '/tasks/{id}/stream-token',
+        'post',
+        '200',
+      ],
+      [await request(api.app).post('/tasks/stream-token'), '/tasks/stream-token', 'post', '200'],
+      [await request(api.app).get(`/tasks/${randomUUID()}/events`), '/tasks/{id}/events', 'get', '404'],
       [await request(api.app).post(`/tasks/${created.body.id}/cancel`), '/tasks/{id}/cancel', 'post', '200'],
       [await request(api.app).get('/healthz'), '/healthz', 'get', '200'],
       [await request(api.app).get('/readyz'), '/readyz', 'get', '200'],

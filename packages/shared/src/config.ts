@@ -109,6 +109,14 @@ export const configSchema = z.object({
   // A browser over HTTP/1.1 opens at most six connections to a host; this leaves room for a backend that
   // watches for many users with one token. With auth off every caller is one owner.
   LONG_POLL_MAX_PER_OWNER: positiveInt.default(100),
+  // Server-Sent Events (services/api/src/routes/streams.ts). Stream tokens ride in URLs, so they are short-lived;
+  // every api process behind one load balancer needs the same secret, or a token opens streams only where issued.
+  STREAM_TOKEN_SECRET: z.string().min(32, 'at least 32 characters').optional(),
+  STREAM_TOKEN_TTL_MS: positiveInt.default(120_000),
+  // Below the idle timeouts of common proxies and load balancers, which start at a minute.
+  STREAM_HEARTBEAT_MS: positiveInt.default(15_000),
+  // Serves examples/web at /example/: a development aid, off unless asked for.
+  EXAMPLE_PAGE: z.stringbool().default(false),
 });
 
 export type Config = z.infer<typeof configSchema>;

@@ -13,3 +13,4 @@ export * from './outbox';
 export * from './pg-listener';
 export * from './redrive';
 export * from './task-types';
+export * from './task-version';

@@ -9,10 +9,11 @@ export interface PgListener extends Service {
 
 export interface PgListenerOptions {
   url: string;
-  channel: string;
+  /** One channel, or several on the same connection. */
+  channel: string | readonly string[];
   logger: Logger;
-  /** Called with each NOTIFY payload on the channel. */
-  onNotify(payload: string): void;
+  /** Called with each NOTIFY payload on the channel(s). */
+  onNotify(payload: string, channel: string): void;
   /** Called after each (re)connect: NOTIFYs sent while disconnected are gone, so look again. */
   onConnect(): void;
 }
@@ -32,7 +33,9 @@ const HEARTBEAT_TIMEOUT_MS = 5000;
  * point DATABASE_URL at Postgres directly or at a session-pooled port.
  */
 export function createPgListener(options: PgListenerOptions): PgListener {
-  const { url, channel, logger, onNotify, onConnect } = options;
+  const { url, logger, onNotify, onConnect } = options;
+  const channels: readonly string[] = typeof options.channel === 'string' ? [options.channel] : options.channel;
+  const channel = channels.join(',');
   let client: pg.Client | null = null;
   let stopping = false;
   let running: Promise<void> | null = null;
@@ -43,10 +46,10 @@ export function createPgListener(options: PgListenerOptions): PgListener {
     c.on('error', () => undefined); // surfaced through 'end' below
     await c.connect();
     c.on('notification', (n) => {
-      if (n.channel === channel) onNotify(n.payload ?? '');
+      if (channels.includes(n.channel)) onNotify(n.payload ?? '', n.channel);
     });
     try {
-      await c.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+      for (const name of channels) await c.query(`LISTEN ${pg.escapeIdentifier(name)}`);
     } catch (err) {
       // Refused (a standby in recovery, after a failover): this connection is closed, not left open.
       await c.end().catch(() => undefined);
@@ -93,7 +96,7 @@ export function createPgListener(options: PgListenerOptions): PgListener {
       timeout.catch(() => undefined);
       const query = c.query<{ ch: string }>('SELECT pg_listening_channels() AS ch');
       const { rows } = await Promise.race([query, ended, timeout]);
-      if (!rows.some((r) => r.ch === channel)) throw new Error('no longer listening');
+      if (!channels.every((name) => rows.some((r) => r.ch === name))) throw new Error('no longer listening');
     }
   }
 

@@ -5,10 +5,15 @@ import type pg from 'pg';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { postgresReady, type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
 import { authenticate, type AuthConfig } from './auth';
-import type { LongPollLimits } from './long-poll';
+import type { StreamTiming } from './event-stream';
+import { examplePageRouter, type ExamplePage } from './example-page';
+import { createHeldRequests, type HeldKind, type HeldRequests, type LongPollLimits } from './held-requests';
+import { createListStreams } from './list-streams';
 import { openApiDocument } from './openapi';
 import { notFoundHandler, problemHandler } from './problem';
+import { streamsRouter } from './routes/streams';
 import { tasksRouter } from './routes/tasks';
+import { createStreamTokens } from './stream-tokens';
 import type { TaskEvents } from './task-events';
 
 export interface AppDeps {
@@ -22,7 +27,18 @@ export interface AppDeps {
   auth: AuthConfig;
   /** Origins a browser may call from ("*" for any); empty sends no CORS headers at all. */
   corsOrigins: string[];
+  /** Caps long polls and streams together. */
   longPoll: LongPollLimits;
+  streams: StreamSettings;
+  /** Served at /example/ when given (EXAMPLE_PAGE=true). */
+  examplePage?: ExamplePage;
+}
+
+export interface StreamSettings {
+  timing: StreamTiming;
+  /** Signs stream tokens; without it each process draws its own key (stream-tokens.ts). */
+  tokenSecret: string | undefined;
+  tokenTtlMs: number;
 }
 
 const REQUEST_ID = /^[\w.:@/+=-]{1,128}$/;
@@ -77,19 +93,30 @@ function httpMetrics(registry: Registry): RequestHandler {
   };
 }
 
+function heldGauges(registry: Registry, held: HeldRequests): void {
+  const gauges: [string, string, HeldKind][] = [
+    ['http_long_polls_waiting', 'GET /tasks/{id}?wait= requests waiting for a change', 'long poll'],
+    ['http_streams_open', 'Server-Sent Event streams open (GET /tasks/{id}/events, GET /tasks/events)', 'stream'],
+  ];
+  for (const [name, help, kind] of gauges) {
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.set(held.count(kind));
+      },
+    });
+  }
+}
+
 /** Builds the api; main.ts listens on it, tests use port 0. */
 export function buildApp(deps: AppDeps): { app: express.Express; registry: Registry } {
   const registry = new Registry();
   registry.setDefaultLabels({ service: 'api' });
   collectDefaultMetrics({ register: registry });
-  new Gauge({
-    name: 'http_long_polls_waiting',
-    help: 'GET /tasks/{id}?wait= requests waiting for a change',
-    registers: [registry],
-    collect() {
-      this.set(deps.events.waiting());
-    },
-  });
+  const held = createHeldRequests(deps.db, deps.longPoll);
+  heldGauges(registry, held);
 
   const app = express();
   app.disable('x-powered-by');
@@ -123,10 +150,21 @@ export function buildApp(deps: AppDeps): { app: express.Express; registry: Regis
 
   app.use(
     '/tasks',
+    streamsRouter({
+      ...deps,
+      held,
+      lists: createListStreams(deps.db, deps.events, deps.logger),
+      tokens: createStreamTokens(deps.streams.tokenSecret, deps.streams.tokenTtlMs),
+      timing: deps.streams.timing,
+    }),
+  );
+  app.use(
+    '/tasks',
     authenticate(deps.auth),
     express.json({ limit: deps.bodyLimit, type: ['application/json', 'application/*+json'] }),
-    tasksRouter(deps),
+    tasksRouter({ ...deps, held }),
   );
+  if (deps.examplePage) app.use('/example', examplePageRouter(deps.examplePage));
   app.use(notFoundHandler);
   app.use(problemHandler(deps.logger));
   return { app, registry };

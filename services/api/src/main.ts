@@ -15,9 +15,14 @@ import {
 } from '@taskbox/shared';
 import { buildApp } from './app';
 import { authStartProblem } from './auth';
+import { examplePageFromRepo } from './example-page';
 import { createServer } from './server';
 import { createTaskEvents } from './task-events';
 import { findTask } from './task-sql';
+
+// How long an EventSource waits before it reconnects after a cut: short enough that a progress bar
+// barely stalls.
+const STREAM_RETRY_MS = 2000;
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
@@ -46,6 +51,12 @@ async function main(): Promise<void> {
     auth: config,
     corsOrigins: config.CORS_ORIGINS,
     longPoll: { max: config.LONG_POLL_MAX, maxPerOwner: config.LONG_POLL_MAX_PER_OWNER },
+    streams: {
+      timing: { heartbeatMs: config.STREAM_HEARTBEAT_MS, retryMs: STREAM_RETRY_MS },
+      tokenSecret: config.STREAM_TOKEN_SECRET,
+      tokenTtlMs: config.STREAM_TOKEN_TTL_MS,
+    },
+    examplePage: config.EXAMPLE_PAGE ? examplePageFromRepo(__dirname) : undefined,
   });
   const server = serverPart(
     createServer(app, {
@@ -55,13 +66,14 @@ async function main(): Promise<void> {
     }),
     config.PORT,
   );
-  // Started in this order, stopped in reverse: long polls are released first (they answer with the
-  // current view), or closing the server would wait for them.
+  // Started in this order, stopped in reverse: long polls and streams are released first (polls answer
+  // with the current view, streams end), or closing the server would wait for them.
   const parts: Service[] = [resource(() => db.destroy()), resource(() => taskNotifier.stop()), server, events];
   await startAll(parts);
   logger.info('api listening', {
     port: server.port(),
     database: redactUrl(config.DATABASE_URL),
+    ...(config.EXAMPLE_PAGE ? { examplePage: '/example/' } : {}),
     auth: config.AUTH_JWKS_URL ? 'jwks' : config.AUTH_JWT_SECRET ? 'jwt' : config.AUTH_TOKENS ? 'tokens' : 'off',
   });
 

@@ -59,6 +59,26 @@ export const listQuerySchema = z
 /** GET /tasks/{id}: `wait` long-polls up to 30 s (longer holds sockets that proxies cut anyway). */
 export const getQuerySchema = z.object({ wait: z.coerce.number().gt(0).max(30).optional() });
 
+const tokenParam = z
+  .string()
+  .max(4096)
+  .optional()
+  .describe('a stream token (POST .../stream-token) instead of a bearer header');
+
+/** GET /tasks/{id}/events. */
+export const taskStreamQuerySchema = z.object({ token: tokenParam }).strict();
+
+/** GET /tasks/events: the filters of GET /tasks, without paging. */
+export const listStreamQuerySchema = z
+  .object({ status: statusSchema.optional(), type: typeNameSchema.optional(), token: tokenParam })
+  .strict();
+
+export const streamTokenSchema = z.object({
+  token: z.string(),
+  expiresAt: z.iso.datetime({ offset: true }),
+  url: z.string().describe('the stream this token opens, token included: pass it to EventSource'),
+});
+
 export const taskListSchema = z.object({
   items: z.array(taskViewSchema),
   next: z.string().nullable().describe('cursor of the next page; null on the last page'),

@@ -1,4 +1,4 @@
-import { TASK_CHANNEL, createPgListener, type Logger, type Service } from '@taskbox/shared';
+import { OUTBOX_CHANNEL, TASK_CHANNEL, createPgListener, type Logger, type Service } from '@taskbox/shared';
 import type { TaskRow } from './task-sql';
 
 /** Reads one task as `owner` may see it; undefined when there is none for that owner. */
@@ -24,7 +24,14 @@ export interface TaskWatch {
 export interface TaskEvents extends Service {
   /** Stops listening and releases every waiting request (they answer with the latest view they have). */
   stop(): Promise<void>;
+  /** True once stop() was called: a watcher whose next() answered null should end. */
+  stopped(): boolean;
   watch(taskId: string): TaskWatch;
+  /**
+   * Calls `wake` whenever any task may have changed (a NOTIFY on the task or outbox channel, a
+   * reconnect, a resync) and at stop; answers the unsubscribe. For readers that cannot name their tasks.
+   */
+  onAnyChange(wake: () => void): () => void;
   /** How many requests are watching now (a gauge for tests and metrics). */
   waiting(): number;
 }
@@ -68,6 +75,16 @@ function nextOutcome(watcher: Watcher, ms: number, signal: AbortSignal, stopped:
   });
 }
 
+export interface TaskEventsOptions {
+  /**
+   * NOTIFYs are sent after commits and can fail (notify.ts): every watched task is read again this
+   * often, so a stream never waits for good on a change it was not told about; null turns it off.
+   */
+  resyncMs: number | null;
+}
+
+const defaultOptions: TaskEventsOptions = { resyncMs: 30_000 };
+
 /**
  * Fans out "task changed" NOTIFYs (sent by the worker and the api after their commits, see
  * createTaskNotifier) to the long-polling requests of this process: one LISTEN connection per process,
@@ -75,11 +92,23 @@ function nextOutcome(watcher: Watcher, ms: number, signal: AbortSignal, stopped:
  * waiting request holds a socket but no database connection. At most one shared read per task runs at
  * a time; changes announced during it are covered by one more read right after it.
  */
-export function createTaskEvents(url: string, logger: Logger, readTask: TaskReader): TaskEvents {
+export function createTaskEvents(
+  url: string,
+  logger: Logger,
+  readTask: TaskReader,
+  { resyncMs }: TaskEventsOptions = defaultOptions,
+): TaskEvents {
   const groups = new Map<string, Group>();
   let reads = 0;
   let waiting = 0;
   let stopped = false;
+  const anyChange = new Set<() => void>();
+  const wakeAll = (): void => anyChange.forEach((wake) => wake());
+  const resync = (): void => {
+    groups.forEach(changed);
+    wakeAll();
+  };
+  let resyncTimer: NodeJS.Timeout | null = null;
 
   function readShared(group: Group): void {
     // Without an owner no watcher has finished its first read; each asks for a read when it does.
@@ -116,16 +145,20 @@ export function createTaskEvents(url: string, logger: Logger, readTask: TaskRead
 
   const listener = createPgListener({
     url,
-    channel: TASK_CHANNEL,
+    // The outbox channel announces new tasks (the api's insert notifies it), which list streams show.
+    channel: [TASK_CHANNEL, OUTBOX_CHANNEL],
     logger,
-    onNotify(payload) {
-      for (const id of payload.split(',')) {
-        const group = groups.get(id);
-        if (group) changed(group);
+    onNotify(payload, channel) {
+      if (channel === TASK_CHANNEL) {
+        for (const id of payload.split(',')) {
+          const group = groups.get(id);
+          if (group) changed(group);
+        }
       }
+      wakeAll();
     },
     // NOTIFYs sent while the connection was down are lost: read every watched task again.
-    onConnect: () => groups.forEach(changed),
+    onConnect: resync,
   });
 
   function groupOf(taskId: string): Group {
@@ -163,13 +196,23 @@ export function createTaskEvents(url: string, logger: Logger, readTask: TaskRead
   }
 
   return {
-    start: () => listener.start(),
+    async start() {
+      if (resyncMs !== null) resyncTimer ??= setInterval(resync, resyncMs).unref();
+      await listener.start();
+    },
     async stop() {
       stopped = true;
+      if (resyncTimer) clearInterval(resyncTimer);
       for (const group of groups.values()) for (const watcher of group.watchers) watcher.wake?.();
+      wakeAll();
       await listener.stop();
     },
+    stopped: () => stopped,
     watch,
+    onAnyChange(wake) {
+      anyChange.add(wake);
+      return () => anyChange.delete(wake);
+    },
     waiting: () => waiting,
   };
 }

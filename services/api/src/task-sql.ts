@@ -6,6 +6,7 @@ import {
   outboxInsert,
   outboxMessage,
   prepared,
+  taskChanged,
   type Db,
   type MessageContext,
   type TaskStatus,
@@ -140,6 +141,7 @@ const taskColumns = [
   'updated_at',
   'started_at',
   'finished_at',
+  'version',
 ] as const;
 
 export function findTask(db: Db, owner: string, id: string) {
@@ -219,16 +221,50 @@ export async function cancelTask(db: Db, owner: string, id: string): Promise<Tas
     if (task.status === 'pending') {
       await tx
         .updateTable('tasks')
-        .set({ status: 'cancelled', finished_at: sql`now()`, updated_at: sql`now()`, cancel_requested_at: sql`now()` })
+        .set({
+          status: 'cancelled',
+          finished_at: sql`now()`,
+          updated_at: sql`now()`,
+          cancel_requested_at: sql`now()`,
+          ...taskChanged,
+        })
         .where('id', '=', id)
         .execute();
     } else if (task.status === 'processing') {
       await tx
         .updateTable('tasks')
-        .set({ cancel_requested_at: sql`coalesce(cancel_requested_at, now())`, updated_at: sql`now()` })
+        .set({ cancel_requested_at: sql`now()`, updated_at: sql`now()`, ...taskChanged })
         .where('id', '=', id)
+        // A second request changes nothing a client sees: no new version.
+        .where('cancel_requested_at', 'is', null)
         .execute();
     }
     return task.status;
   });
+}
+
+/**
+ * The watermark of a list stream: every transaction with an id below it has ended, so a read from it on
+ * misses no commit (db/migrations/0005_task_versions.ts).
+ */
+export async function currentHorizon(db: Db): Promise<string> {
+  const { rows } = await sql<{
+    horizon: string;
+  }>`SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS horizon`.execute(db);
+  return (rows[0] as { horizon: string }).horizon;
+}
+
+/**
+ * The tasks of these owners changed at or after `since`, with the watermark of the same snapshot for
+ * the next read. Read through tasks_owner_changed: one index range per owner, as long as the changes
+ * since the oldest watermark (a long transaction anywhere holds it back).
+ */
+export async function tasksChangedSince(db: Db, owners: string[], since: string) {
+  const { rows } = await sql<Partial<TaskRow> & { horizon: string; changed_xid: string | null }>`
+    WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS horizon)
+    SELECT h.horizon, t.changed_xid::text AS changed_xid, ${sql.join(taskColumns.map((c) => sql.ref(`t.${c}`)))}
+    FROM h LEFT JOIN tasks t ON t.owner = ANY(${owners}::text[]) AND t.changed_xid >= ${since}::xid8`.execute(db);
+  const horizon = rows[0]?.horizon ?? since;
+  const changed = rows.filter((r): r is TaskRow & { horizon: string; changed_xid: string } => r.id != null);
+  return { horizon, changed };
 }

@@ -23,6 +23,11 @@ export const taskViewSchema = z.object({
   updatedAt: iso,
   startedAt: iso.nullable(),
   finishedAt: iso.nullable(),
+  version: z
+    .number()
+    .int()
+    .min(1)
+    .describe('counts the changes of this view; a higher version is a later state (the event id of its stream)'),
   timeline: z
     .array(
       z.object({
@@ -58,6 +63,7 @@ export function toTaskView(row: TaskRow, timeline?: Awaited<ReturnType<typeof fi
     updatedAt: row.updated_at.toISOString(),
     startedAt: isoOrNull(row.started_at),
     finishedAt: isoOrNull(row.finished_at),
+    version: Number(row.version),
   };
   if (timeline) view.timeline = toTimeline(row, timeline);
   return view;

@@ -1,5 +1,5 @@
 import { sql } from 'kysely';
-import { insertOutbox, outboxMessage, type Db, type TaskStatus } from '@taskbox/shared';
+import { insertOutbox, outboxMessage, TASK_CHANGED_SET, type Db, type TaskStatus } from '@taskbox/shared';
 
 /** The error of an attempt whose run stopped (its worker died, or lost Postgres longer than its lease). */
 export const LOST_RUN = JSON.stringify({
@@ -77,7 +77,7 @@ export async function sweepExpiredLeases(
                         WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'pending' END,
           error = ${LOST_RUN}::jsonb,
           finished_at = CASE WHEN t.cancel_requested_at IS NULL AND t.attempts < t.max_attempts THEN NULL ELSE now() END,
-          lease_until = NULL, updated_at = now()
+          lease_until = NULL, updated_at = now(), ${TASK_CHANGED_SET}
       WHERE t.id = ANY(${expired.map((e) => e.id)}::uuid[])
       RETURNING t.id, t.type, t.status, t.attempts, t.correlation_id`.execute(tx);
     const resumed = rows.filter((r) => r.status === 'pending');

@@ -4,6 +4,8 @@ import {
   insertOutbox,
   outboxMessage,
   prepared,
+  TASK_CHANGED_SET,
+  taskChanged,
   type Db,
   type PoolOptions,
   type TaskStatus,
@@ -69,7 +71,7 @@ async function startNextAttempts(db: Db, starts: AttemptStart[], guard: keyof ty
       UPDATE tasks t
       SET status = 'processing', attempts = t.attempts + 1, external_job_id = i.external_job_id,
           lease_until = now() + ${leaseMs} * interval '1 millisecond', started_at = coalesce(t.started_at, now()),
-          updated_at = now(), current_step = NULL, progress = NULL
+          updated_at = now(), current_step = NULL, progress = NULL, ${TASK_CHANGED_SET}
       FROM unnest(${starts.map((s) => s.taskId)}::uuid[], ${starts.map((s) => s.type)}::text[],
                   ${starts.map((s) => s.attempt)}::int[], ${starts.map((s) => s.externalJobId)}::text[])
         AS i(task_id, type, attempt, external_job_id)
@@ -148,6 +150,7 @@ export async function failTask(tx: Db, task: LockedTask, error: unknown): Promis
       lease_until: null,
       finished_at: sql`now()`,
       updated_at: sql`now()`,
+      ...taskChanged,
     })
     .where('id', '=', task.id)
     .execute();
@@ -179,7 +182,7 @@ export async function finishWithRetry(
       UPDATE tasks
       SET status = CASE WHEN cancel_requested_at IS NULL THEN 'pending' ELSE 'cancelled' END,
           finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END,
-          result = NULL, error = ${error}::jsonb, lease_until = NULL, updated_at = now()
+          result = NULL, error = ${error}::jsonb, lease_until = NULL, updated_at = now(), ${TASK_CHANGED_SET}
       WHERE id = ${taskId} AND status = 'processing' AND attempts = ${attempt}
       RETURNING type, status, correlation_id`.execute(tx);
     const updated = rows[0];
@@ -232,7 +235,7 @@ export async function finishTerminals(db: Db, finishes: TerminalFinish[]): Promi
       UPDATE tasks t
       SET status = l.status, result = l.result::jsonb, error = l.error::jsonb, lease_until = NULL,
           updated_at = now(), finished_at = now(),
-          progress = CASE WHEN l.status = 'succeeded' THEN 1 ELSE t.progress END
+          progress = CASE WHEN l.status = 'succeeded' THEN 1 ELSE t.progress END, ${TASK_CHANGED_SET}
       FROM locked l
       WHERE t.id = l.id
       RETURNING t.id, t.attempts, l.status, l.error
@@ -260,6 +263,7 @@ export async function setStep(db: Db, taskId: string, attempt: number, step: str
       ...(step !== null ? { current_step: step } : {}),
       ...(progress !== undefined ? { progress } : {}),
       updated_at: sql`now()`,
+      ...taskChanged,
     })
     .where('id', '=', taskId)
     .where('status', '=', 'processing')

@@ -4,7 +4,8 @@ import { z } from 'zod';
 import { isTaskType, taskTypes, type Db, type Logger, type TaskNotifier, type TaskType } from '@taskbox/shared';
 import { decodeCursor, encodeCursor } from '../cursor';
 import { canonicalJson, findJsonIssue } from '../json-guard';
-import { createLongPolls, type LongPollAnswer, type LongPollLimits, type LongPolls } from '../long-poll';
+import type { HeldRequests } from '../held-requests';
+import { createLongPolls, type LongPollAnswer, type LongPolls } from '../long-poll';
 import { HttpProblem } from '../problem';
 import { createTaskSchema, getQuerySchema, idSchema, listQuerySchema, taskBodySchemas } from '../schemas';
 import type { TaskEvents } from '../task-events';
@@ -29,7 +30,7 @@ export interface TasksDeps {
   taskNotifier: TaskNotifier;
   events: TaskEvents;
   logger: Logger;
-  longPoll: LongPollLimits;
+  held: HeldRequests;
 }
 
 function invalid(title: string, error: z.ZodError): HttpProblem {
@@ -37,17 +38,17 @@ function invalid(title: string, error: z.ZodError): HttpProblem {
   return new HttpProblem(422, title, issues.map((i) => `${i.path || '(body)'}: ${i.message}`).join('; '), { issues });
 }
 
-function parseId(req: Request): string {
+export function parseId(req: Request): string {
   const parsed = idSchema.safeParse(req.params.id);
   if (!parsed.success) throw new HttpProblem(400, 'Invalid Task Id', 'the task id must be a UUID');
   return parsed.data;
 }
 
-function owner(res: Response): string {
+export function owner(res: Response): string {
   return res.locals.owner as string;
 }
 
-function badQuery(error: z.ZodError): HttpProblem {
+export function badQuery(error: z.ZodError): HttpProblem {
   return new HttpProblem(400, 'Invalid Query', error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
 }
 
@@ -182,7 +183,7 @@ export function tasksRouter(deps: TasksDeps): Router {
   const router = Router();
   router.post('/', createTask(deps, createTaskInserter(deps.db)));
   router.get('/', listTasksHandler(deps));
-  router.get('/:id', getTask(deps, createLongPolls(deps.db, deps.events, deps.longPoll)));
+  router.get('/:id', getTask(deps, createLongPolls(deps.events, deps.held)));
   router.post('/:id/cancel', cancel(deps));
   return router;
 }

@@ -1,0 +1,93 @@
+import { abortError, isTransient, type ClientError, type Result } from './errors.js';
+import { backoffMs, createHttp, request, sleep, type ClientOptions } from './http.js';
+import type { NewTask, StreamToken, TaskList, TaskStatus, TaskView } from './types.js';
+import { watchTask, type WatchOptions } from './watch.js';
+
+export interface CreateOptions {
+  /** Makes a retry return the same task; one is drawn when absent, so the client's own retries are safe. */
+  idempotencyKey?: string;
+  signal?: AbortSignal;
+}
+
+export interface ListFilter {
+  status?: TaskStatus;
+  type?: string;
+  /** Tasks per page, 1 to 100. */
+  limit?: number;
+}
+
+export interface WaitOptions {
+  signal?: AbortSignal;
+  /** Gives up after this long with a `timeout` error; the task itself goes on. */
+  timeoutMs?: number;
+}
+
+export interface TaskboxClient {
+  createTask(task: NewTask, options?: CreateOptions): Promise<Result<TaskView>>;
+  getTask(id: string, options?: { signal?: AbortSignal }): Promise<Result<TaskView>>;
+  /** Pages of the caller's tasks, newest first; an error ends the iteration as its last element. */
+  listTasks(filter?: ListFilter, options?: { signal?: AbortSignal }): AsyncIterable<Result<TaskList>>;
+  cancelTask(id: string, options?: { signal?: AbortSignal }): Promise<Result<TaskView>>;
+  /** Calls `onChange` with each newer state until the terminal one, which it resolves with. */
+  watchTask(id: string, onChange: (view: TaskView) => void, options?: WatchOptions): Promise<Result<TaskView>>;
+  /** The terminal state, without the states on the way. */
+  waitForTask(id: string, options?: WaitOptions): Promise<Result<TaskView>>;
+  /** A short-lived token for a browser's own EventSource (which cannot send headers); all streams without an id. */
+  createStreamToken(id?: string, options?: { signal?: AbortSignal }): Promise<Result<StreamToken>>;
+}
+
+// Three tries: a blip of the network or a restart of the api, not an outage.
+const CREATE_TRIES = 3;
+
+function randomKey(): string {
+  // getRandomValues, unlike randomUUID, also exists on pages served over plain http.
+  const bytes = globalThis.crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+function retryDelay(error: ClientError, tries: number): number {
+  return error.retryAfterSeconds !== undefined ? Math.min(error.retryAfterSeconds, 10) * 1000 : backoffMs(tries);
+}
+
+/** The client. Every method answers `{ data }` or `{ error }` and never throws for an HTTP or network failure. */
+export function createClient(options: ClientOptions): TaskboxClient {
+  const http = createHttp(options);
+  const client: TaskboxClient = {
+    async createTask(task, { idempotencyKey = randomKey(), signal } = {}) {
+      for (let tries = 1; ; tries++) {
+        const init = { method: 'POST' as const, body: task, headers: { 'idempotency-key': idempotencyKey }, signal };
+        const answer = await request<TaskView>(http, '/tasks', init);
+        if (!answer.error || !isTransient(answer.error) || tries >= CREATE_TRIES) return answer;
+        await sleep(retryDelay(answer.error, tries), signal);
+        if (signal?.aborted) return { error: abortError(signal) };
+      }
+    },
+    getTask: (id, { signal } = {}) => request<TaskView>(http, `/tasks/${encodeURIComponent(id)}`, { signal }),
+    async *listTasks(filter = {}, { signal } = {}) {
+      let cursor: string | null = null;
+      do {
+        const query = new URLSearchParams();
+        for (const [key, value] of Object.entries({ ...filter, cursor })) {
+          if (value !== undefined && value !== null) query.set(key, String(value));
+        }
+        const page: Result<TaskList> = await request<TaskList>(http, `/tasks?${query}`, { signal });
+        yield page;
+        cursor = page.data?.next ?? null;
+      } while (cursor);
+    },
+    cancelTask: (id, { signal } = {}) =>
+      request<TaskView>(http, `/tasks/${encodeURIComponent(id)}/cancel`, { method: 'POST', signal }),
+    watchTask: (id, onChange, watchOptions) => watchTask(http, encodeURIComponent(id), onChange, watchOptions),
+    waitForTask(id, { signal, timeoutMs } = {}) {
+      const signals = [signal, timeoutMs === undefined ? undefined : AbortSignal.timeout(timeoutMs)];
+      const combined = AbortSignal.any(signals.filter((s): s is AbortSignal => s !== undefined));
+      return client.watchTask(id, () => undefined, { signal: combined });
+    },
+    createStreamToken: (id, { signal } = {}) =>
+      request<StreamToken>(http, id ? `/tasks/${encodeURIComponent(id)}/stream-token` : '/tasks/stream-token', {
+        method: 'POST',
+        signal,
+      }),
+  };
+  return client;
+}

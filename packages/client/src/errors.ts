@@ -1,0 +1,55 @@
+import type { Problem } from './types.js';
+
+/**
+ * Every failure as a value: the api's problem+json fields when it answered, or why there was no
+ * answer. `status` is 0 then.
+ */
+export interface ClientError {
+  kind: 'problem' | 'network' | 'aborted' | 'timeout';
+  status: number;
+  title: string;
+  detail?: string;
+  type?: string;
+  instance?: string;
+  requestId?: string;
+  issues?: Problem['issues'];
+  knownTypes?: string[];
+  /** From Retry-After: when the api expects a retry to succeed. */
+  retryAfterSeconds?: number;
+}
+
+export type Result<T> = { data: T; error?: undefined } | { data?: undefined; error: ClientError };
+
+export function networkError(cause: unknown): ClientError {
+  const detail = cause instanceof Error ? cause.message : String(cause);
+  return { kind: 'network', status: 0, title: 'Network Error', detail };
+}
+
+/** Why `signal` aborted: a timeout (AbortSignal.timeout) or the caller. */
+export function abortError(signal: AbortSignal): ClientError {
+  // By name: a DOMException from another realm (a worker, a test sandbox) fails instanceof.
+  const reason = signal.reason as { name?: unknown } | undefined;
+  const timedOut = reason?.name === 'TimeoutError';
+  return timedOut ? { kind: 'timeout', status: 0, title: 'Timeout' } : { kind: 'aborted', status: 0, title: 'Aborted' };
+}
+
+/** The error of a response that is not 2xx; a body that is not problem+json still gives status and title. */
+export async function problemError(response: Response): Promise<ClientError> {
+  const retryAfter = Number(response.headers.get('retry-after') ?? NaN);
+  const base: ClientError = {
+    kind: 'problem',
+    status: response.status,
+    title: response.statusText || `HTTP ${response.status}`,
+    ...(Number.isFinite(retryAfter) ? { retryAfterSeconds: retryAfter } : {}),
+  };
+  try {
+    const body = (await response.json()) as Partial<Problem>;
+    return { ...base, ...body, kind: 'problem', status: response.status };
+  } catch {
+    return base;
+  }
+}
+
+/** Answers that a retry may fix: the network, or the api saying it is briefly unavailable. */
+export const isTransient = (error: ClientError): boolean =>
+  error.kind === 'network' || error.status === 429 || error.status === 503;

@@ -1,0 +1,77 @@
+/**
+ * The api's contract as TypeScript types, written out so the client needs no schema library at run
+ * time. test/unit/client-types.test.ts fails when they drift from the zod schemas the api validates
+ * and answers with (services/api/src/schemas.ts, task-view.ts), which also generate /openapi.json.
+ */
+
+export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
+
+export const taskStatuses = ['pending', 'processing', 'succeeded', 'failed', 'cancelled'] as const;
+export type TaskStatus = (typeof taskStatuses)[number];
+
+export interface TimelineEvent {
+  event: 'created' | 'published' | 'started' | 'finished';
+  at: string;
+  attempt?: number;
+  externalJobId?: string;
+  outcome?: string;
+}
+
+export interface TaskView {
+  id: string;
+  type: string;
+  status: TaskStatus;
+  payload: JsonValue;
+  currentStep: string | null;
+  /** 0 to 1, or null before the handler reports any. */
+  progress: number | null;
+  attempts: number;
+  maxAttempts: number;
+  externalJobId: string | null;
+  result: JsonValue | null;
+  error: JsonValue | null;
+  correlationId: string | null;
+  cancelRequested: boolean;
+  createdAt: string;
+  updatedAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+  /** Counts the changes of this view: a higher version is a later state. */
+  version: number;
+  /** On GET /tasks/{id} and on a task's stream. */
+  timeline?: TimelineEvent[];
+}
+
+export interface TaskList {
+  items: TaskView[];
+  /** The cursor of the next page; null on the last page. */
+  next: string | null;
+}
+
+export interface NewTask {
+  type: string;
+  payload?: JsonValue;
+  maxAttempts?: number;
+}
+
+export interface StreamToken {
+  token: string;
+  expiresAt: string;
+  /** The stream this token opens, token included: pass it to EventSource. */
+  url: string;
+}
+
+/** An RFC 9457 problem, as the api sends it. */
+export interface Problem {
+  type: string;
+  title: string;
+  status: number;
+  detail?: string;
+  instance: string;
+  requestId?: string;
+  issues?: { path: string; message: string }[];
+  knownTypes?: string[];
+}
+
+export const isTerminal = (status: TaskStatus): boolean =>
+  status === 'succeeded' || status === 'failed' || status === 'cancelled';

@@ -1,0 +1,152 @@
+import { createParser } from 'eventsource-parser';
+import { abortError, networkError, problemError, type ClientError, type Result } from './errors.js';
+import { backoffMs, request, sleep, type Http } from './http.js';
+import { isTerminal, type TaskView } from './types.js';
+
+export interface WatchOptions {
+  signal?: AbortSignal;
+  /**
+   * A stream that sends nothing for this long is taken as broken (a proxy that buffers it); the api
+   * sends a heartbeat well within it.
+   */
+  idleMs?: number;
+}
+
+/** How one round of watching ended: the terminal state, an error that retrying cannot fix, or a retry. */
+type Round = { view: TaskView } | { error: ClientError } | { retry: { progressed: boolean; streamBroken: boolean } };
+
+// Errors that mean the same request will never work: stop watching instead of retrying.
+const FINAL = new Set([400, 401, 403, 404]);
+
+const settle = (error: ClientError): Round =>
+  FINAL.has(error.status) ? { error } : { retry: { progressed: false, streamBroken: true } };
+
+type Emit = (view: TaskView) => void;
+
+async function readStream(response: Response, emit: Emit, idleMs: number, cut: AbortController): Promise<boolean> {
+  let terminal = false;
+  let events = 0;
+  const parser = createParser({
+    onEvent(message) {
+      if (message.event !== 'task') return;
+      const view = JSON.parse(message.data) as TaskView;
+      events++;
+      emit(view);
+      terminal ||= isTerminal(view.status);
+    },
+  });
+  const body = response.body;
+  if (!body) return false;
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let idle = setTimeout(() => cut.abort(), idleMs);
+  try {
+    while (!terminal) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      clearTimeout(idle);
+      idle = setTimeout(() => cut.abort(), idleMs);
+      parser.feed(decoder.decode(value, { stream: true }));
+    }
+  } catch {
+    // Cut, idle or aborted: the caller looks at what arrived.
+  } finally {
+    clearTimeout(idle);
+    if (terminal) void reader.cancel().catch(() => undefined);
+  }
+  return terminal || events > 0;
+}
+
+/** One stream: from the version the caller has, until the terminal state or a break. */
+async function viaStream(
+  http: Http,
+  id: string,
+  last: TaskView | undefined,
+  emit: Emit,
+  options: WatchOptions,
+): Promise<Round> {
+  const cut = new AbortController();
+  const stop = () => cut.abort();
+  options.signal?.addEventListener('abort', stop, { once: true });
+  try {
+    const extra: Record<string, string> = { accept: 'text/event-stream' };
+    if (last) extra['last-event-id'] = String(last.version);
+    let response: Response;
+    try {
+      response = await http.fetch(`${http.baseUrl}/tasks/${id}/events`, {
+        headers: await http.headers(extra),
+        signal: cut.signal,
+      });
+    } catch (err) {
+      return settle(networkError(err));
+    }
+    // The stream has nothing newer than `last`, which is terminal.
+    if (response.status === 204 && last) return { view: last };
+    if (!response.ok) return settle(await problemError(response));
+    if (!response.headers.get('content-type')?.startsWith('text/event-stream')) {
+      return { retry: { progressed: false, streamBroken: true } };
+    }
+    let terminal: TaskView | undefined;
+    const progressed = await readStream(
+      response,
+      (view) => {
+        emit(view);
+        if (isTerminal(view.status)) terminal = view;
+      },
+      options.idleMs ?? 45_000,
+      cut,
+    );
+    if (terminal) return { view: terminal };
+    return { retry: { progressed, streamBroken: !progressed } };
+  } finally {
+    options.signal?.removeEventListener('abort', stop);
+  }
+}
+
+/** One long poll: answers at the next change or after its wait. */
+async function viaLongPoll(
+  http: Http,
+  id: string,
+  last: TaskView | undefined,
+  emit: Emit,
+  signal?: AbortSignal,
+): Promise<Round> {
+  const answer = await request<TaskView>(http, `/tasks/${id}${last ? '?wait=25' : ''}`, { signal });
+  if (answer.error) return settle(answer.error);
+  emit(answer.data);
+  return isTerminal(answer.data.status) ? { view: answer.data } : { retry: { progressed: true, streamBroken: false } };
+}
+
+/**
+ * Follows a task to its terminal state, calling `onChange` with each newer state (never one it had).
+ * Uses the task's event stream; after two streams in a row broke without an event (a proxy that buffers
+ * or blocks them), long polls for the rest of the watch. Retries with backoff meanwhile; stops at once
+ * on 400, 401, 403 or 404, and when `signal` aborts.
+ */
+export async function watchTask(
+  http: Http,
+  id: string,
+  onChange: (view: TaskView) => void,
+  options: WatchOptions = {},
+): Promise<Result<TaskView>> {
+  let last: TaskView | undefined;
+  const emit: Emit = (view) => {
+    if (last && view.version <= last.version) return;
+    last = view;
+    onChange(view);
+  };
+  let failures = 0;
+  let brokenStreams = 0;
+  for (;;) {
+    if (options.signal?.aborted) return { error: abortError(options.signal) };
+    const streaming = brokenStreams < 2;
+    const round = streaming
+      ? await viaStream(http, id, last, emit, options)
+      : await viaLongPoll(http, id, last, emit, options.signal);
+    if ('view' in round) return { data: round.view };
+    if ('error' in round) return { error: round.error };
+    failures = round.retry.progressed ? 0 : failures + 1;
+    if (streaming) brokenStreams = round.retry.streamBroken ? brokenStreams + 1 : 0;
+    await sleep(backoffMs(failures), options.signal);
+  }
+}

@@ -1,0 +1,111 @@
+import { toError, type Db, type Logger, type TaskStatus } from '@taskbox/shared';
+import type { EventStream } from './event-stream';
+import type { TaskEvents } from './task-events';
+import { tasksChangedSince, type TaskRow } from './task-sql';
+import { toTaskView } from './task-view';
+
+export interface ListFilter {
+  owner: string;
+  status?: TaskStatus;
+  type?: string;
+}
+
+export interface ListStreams {
+  /**
+   * Sends `stream` every state of the filter's tasks changed at or after the watermark `since`, until
+   * the stream closes or the api stops.
+   */
+  follow(filter: ListFilter, since: string, stream: EventStream): Promise<void>;
+}
+
+interface Subscriber {
+  filter: ListFilter;
+  /** Every change by a transaction below this watermark has been sent (or did not match). */
+  since: string;
+  /** What was sent of the tasks that a read from `since` returns again, to send each state once. */
+  sent: Map<string, { version: number; xid: bigint }>;
+  stream: EventStream;
+  done(): void;
+}
+
+// The key of the block that moves the client's last event id; task ids are UUIDs, so it never clashes.
+const WATERMARK_KEY = 'watermark';
+
+type ChangedRow = TaskRow & { changed_xid: string };
+
+const matches = ({ owner, status, type }: ListFilter, row: TaskRow): boolean =>
+  row.owner === owner && (!status || row.status === status) && (!type || row.type === type);
+
+/**
+ * Event ids are watermarks. Each task event carries the watermark the subscriber had before the read,
+ * and a last id-only block the new one: a client cut off mid-batch resumes from before the batch and
+ * gets those tasks' latest states again, never a gap. The stream queues the latest update last, so the
+ * new watermark always follows the events it covers.
+ */
+function deliver(sub: Subscriber, changed: ChangedRow[], horizon: string): void {
+  const before = sub.since;
+  let sent = 0;
+  for (const row of changed) {
+    const version = Number(row.version);
+    if (!matches(sub.filter, row) || (sub.sent.get(row.id)?.version ?? 0) >= version) continue;
+    sub.sent.set(row.id, { version, xid: BigInt(row.changed_xid) });
+    sub.stream.send(row.id, { id: before, event: 'task', data: toTaskView(row) });
+    sent++;
+  }
+  if (BigInt(horizon) > BigInt(before)) sub.since = horizon;
+  const floor = BigInt(sub.since);
+  for (const [id, entry] of sub.sent) if (entry.xid < floor) sub.sent.delete(id);
+  if (sent > 0) sub.stream.send(WATERMARK_KEY, { id: sub.since });
+}
+
+/**
+ * The list streams of this process share one read per wake-up, for every owner at once, from the oldest
+ * watermark among them: a NOTIFY names tasks, not owners, so each stream could not tell which changes
+ * are its own without a read of its own. At most one read runs at a time, and one more follows it when
+ * anything changed meanwhile.
+ */
+export function createListStreams(db: Db, events: TaskEvents, logger: Logger): ListStreams {
+  const subscribers = new Set<Subscriber>();
+  let reading = false;
+  let again = false;
+
+  async function read(): Promise<void> {
+    reading = true;
+    again = false;
+    // Only those subscribed before the read starts: a later one has a watermark the read may not cover.
+    const readers = [...subscribers];
+    const since = readers.map((s) => BigInt(s.since)).reduce((a, b) => (b < a ? b : a));
+    const owners = [...new Set(readers.map((s) => s.filter.owner))];
+    try {
+      const { horizon, changed } = await tasksChangedSince(db, owners, String(since));
+      for (const sub of readers) if (subscribers.has(sub)) deliver(sub, changed, horizon);
+    } catch (err) {
+      logger.warn('list stream read failed; reading again at the next change', { error: toError(err).message });
+    } finally {
+      reading = false;
+      if (again) wake();
+    }
+  }
+
+  function wake(): void {
+    if (events.stopped()) subscribers.forEach((sub) => sub.done());
+    else if (reading) again = true;
+    else if (subscribers.size > 0) void read();
+  }
+  events.onAnyChange(wake);
+
+  return {
+    follow(filter, since, stream) {
+      return new Promise<void>((resolve) => {
+        const sub: Subscriber = { filter, since, sent: new Map(), stream, done };
+        function done(): void {
+          subscribers.delete(sub);
+          resolve();
+        }
+        stream.closed.addEventListener('abort', done, { once: true });
+        subscribers.add(sub);
+        wake();
+      });
+    },
+  };
+}

@@ -1,0 +1,117 @@
+import { Router, type Request, type RequestHandler, type Response } from 'express';
+import type { Db, Logger } from '@taskbox/shared';
+import { authenticate, type AuthConfig } from '../auth';
+import { openEventStream, type StreamTiming } from '../event-stream';
+import type { HeldRequests } from '../held-requests';
+import type { ListStreams } from '../list-streams';
+import { HttpProblem } from '../problem';
+import { listStreamQuerySchema, taskStreamQuerySchema } from '../schemas';
+import type { StreamTokens } from '../stream-tokens';
+import type { TaskEvents } from '../task-events';
+import { parseVersion, streamTask } from '../task-stream';
+import { currentHorizon, findTask } from '../task-sql';
+import { badQuery, owner, parseId } from './tasks';
+
+export interface StreamsDeps {
+  db: Db;
+  events: TaskEvents;
+  lists: ListStreams;
+  held: HeldRequests;
+  tokens: StreamTokens;
+  auth: AuthConfig;
+  timing: StreamTiming;
+  logger: Logger;
+}
+
+type Handler = (req: Request, res: Response) => Promise<void>;
+
+/**
+ * A bearer header, or `?token=` from POST .../stream-token for EventSource. A task's token opens only
+ * that task's stream (another task is 404, as if it did not exist); an owner's token opens every
+ * stream of its owner. Invalid or expired: 401.
+ */
+function streamAuth(tokens: StreamTokens, bearer: RequestHandler): RequestHandler {
+  return async (req, res, next) => {
+    const token = req.query.token;
+    if (token === undefined) return bearer(req, res, next);
+    const scope = typeof token === 'string' && token.length <= 4096 ? await tokens.verify(token) : undefined;
+    if (!scope) {
+      const detail = 'the stream token is invalid or expired; POST .../stream-token for a new one';
+      throw new HttpProblem(401, 'Invalid Stream Token', detail);
+    }
+    const task = req.params.id;
+    if (scope.task !== null && task === undefined) {
+      throw new HttpProblem(401, 'Invalid Stream Token', "a task's stream token opens that task's stream only");
+    }
+    if (scope.task !== null && scope.task !== task) throw new HttpProblem(404, 'Task Not Found', `no task ${task}`);
+    res.locals.owner = scope.owner;
+    next();
+  };
+}
+
+function taskStream(deps: StreamsDeps): Handler {
+  return async (req, res) => {
+    const id = parseId(req);
+    const query = taskStreamQuerySchema.safeParse(req.query);
+    if (!query.success) throw badQuery(query.error);
+    let release: (() => void) | undefined;
+    try {
+      const lastSeen = parseVersion(req.get('last-event-id'));
+      // Admitted once the task is known: a task that is not yours is 404 whatever your streams.
+      const open = () => {
+        release = deps.held.admit(owner(res), 'stream');
+        return openEventStream(res, deps.timing);
+      };
+      const start = await streamTask(deps, open, owner(res), id, lastSeen);
+      if (start === 'not found') throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
+      // The client has the terminal state: 204 is what stops an EventSource from reconnecting.
+      if (start === 'already seen') res.status(204).end();
+    } finally {
+      release?.();
+    }
+  };
+}
+
+function listStream(deps: StreamsDeps): Handler {
+  return async (req, res) => {
+    const query = listStreamQuerySchema.safeParse(req.query);
+    if (!query.success) throw badQuery(query.error);
+    const { status, type } = query.data;
+    const release = deps.held.admit(owner(res), 'stream');
+    try {
+      const horizon = await currentHorizon(deps.db);
+      const last = req.get('last-event-id');
+      // A watermark from the future (another database, a restore) cannot be trusted: start from now.
+      const since = last && /^\d{1,20}$/.test(last) && BigInt(last) <= BigInt(horizon) ? last : horizon;
+      const stream = openEventStream(res, deps.timing);
+      stream.send('ready', { id: since, event: 'ready', data: {} });
+      await deps.lists.follow({ owner: owner(res), status, type }, since, stream);
+      stream.end();
+    } finally {
+      release();
+    }
+  };
+}
+
+function issueToken(deps: StreamsDeps, forTask: boolean): Handler {
+  return async (req, res) => {
+    const task = forTask ? parseId(req) : null;
+    if (task && !(await findTask(deps.db, owner(res), task))) {
+      throw new HttpProblem(404, 'Task Not Found', `no task ${task}`);
+    }
+    const { token, expiresAt } = await deps.tokens.issue({ owner: owner(res), task });
+    const path = task ? `/tasks/${task}/events` : '/tasks/events';
+    res.json({ token, expiresAt: expiresAt.toISOString(), url: `${path}?token=${encodeURIComponent(token)}` });
+  };
+}
+
+/** Server-Sent Events and their tokens; mounted before the /tasks routes, which would take `events` for an id. */
+export function streamsRouter(deps: StreamsDeps): Router {
+  const bearer = authenticate(deps.auth);
+  const router = Router();
+  router.get('/events', streamAuth(deps.tokens, bearer), listStream(deps));
+  router.get('/:id/events', streamAuth(deps.tokens, bearer), taskStream(deps));
+  router.post('/stream-token', bearer, issueToken(deps, false));
+  router.post('/:id/stream-token', bearer, issueToken(deps, true));
+  return router;
+}

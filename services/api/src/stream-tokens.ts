@@ -1,0 +1,48 @@
+import { randomBytes } from 'node:crypto';
+import { SignJWT, jwtVerify } from 'jose';
+
+/** What a stream token opens: one task's stream, or (task null) every stream of its owner. */
+export interface StreamScope {
+  owner: string;
+  task: string | null;
+}
+
+export interface StreamTokens {
+  issue(scope: StreamScope): Promise<{ token: string; expiresAt: Date }>;
+  /** The token's scope; undefined when it is not one of ours or has expired. */
+  verify(token: string): Promise<StreamScope | undefined>;
+}
+
+const AUDIENCE = 'taskbox-stream';
+
+/**
+ * Short-lived HS256 tokens for EventSource, which cannot send an Authorization header; the token rides
+ * in the URL (`?token=`), so it is scoped to one task or one owner's streams and expires quickly. It is
+ * checked when a stream opens, and an open stream outlives it. Its key is never an auth key, so a stream
+ * token can never pass as a bearer token. Without a configured secret each process draws its own, and a
+ * token opens streams only on the process that issued it.
+ */
+export function createStreamTokens(secret: string | undefined, ttlMs: number): StreamTokens {
+  const key = secret ? new TextEncoder().encode(secret) : new Uint8Array(randomBytes(32));
+  return {
+    async issue({ owner, task }) {
+      const expiresAt = new Date(Date.now() + ttlMs);
+      const token = await new SignJWT(task ? { task } : {})
+        .setProtectedHeader({ alg: 'HS256' })
+        .setSubject(owner)
+        .setAudience(AUDIENCE)
+        .setExpirationTime(Math.floor(expiresAt.getTime() / 1000))
+        .sign(key);
+      return { token, expiresAt };
+    },
+    async verify(token) {
+      try {
+        const { payload } = await jwtVerify(token, key, { algorithms: ['HS256'], audience: AUDIENCE });
+        if (typeof payload.sub !== 'string') return undefined;
+        return { owner: payload.sub, task: typeof payload.task === 'string' ? payload.task : null };
+      } catch {
+        return undefined;
+      }
+    },
+  };
+}

@@ -1,0 +1,168 @@
+import { sql } from 'kysely';
+import { TASK_CHANNEL, taskChanged, type Db } from '@taskbox/shared';
+import { createStreamTokens } from '../../services/api/src/stream-tokens';
+import { startTestApi, type TestApi } from '../helpers/api';
+import { insertTaskFixture } from '../helpers/factories';
+import { openSse, type SseClient } from '../helpers/sse';
+import { waitFor } from '../helpers/wait';
+
+const SECRET = 'stream-token-secret-for-this-test-only';
+const ALICE = { authorization: 'Bearer alice-token' };
+const BOB = { authorization: 'Bearer bob-token' };
+
+/** What the worker does: change the task (a new version), then announce it after the commit. */
+async function progress(db: Db, id: string, fraction: number): Promise<void> {
+  await db
+    .updateTable('tasks')
+    .set({ status: 'processing', progress: fraction, ...taskChanged })
+    .where('id', '=', id)
+    .execute();
+  await sql`SELECT pg_notify(${TASK_CHANNEL}, ${id})`.execute(db);
+}
+
+describe('api: streams and stream tokens are scoped to their owner', () => {
+  let api: TestApi;
+  let base: string;
+  let db: Db;
+  let alices: string;
+  let alicesOther: string;
+  let bobs: string;
+  const open: SseClient[] = [];
+
+  beforeAll(async () => {
+    api = await startTestApi({
+      auth: {
+        AUTH_TOKENS: new Map([
+          ['alice-token', 'alice'],
+          ['bob-token', 'bob'],
+        ]),
+      },
+      // Small caps, shared with long polls: two per owner, three in all.
+      longPoll: { max: 3, maxPerOwner: 2 },
+      streams: {
+        timing: { heartbeatMs: 200, retryMs: 2000 },
+        tokenSecret: SECRET,
+        tokenTtlMs: 60_000,
+      },
+    });
+    base = await api.listen();
+    db = api.database.db;
+    [alices, alicesOther, bobs] = await Promise.all([
+      insertTaskFixture(db, { owner: 'alice' }),
+      insertTaskFixture(db, { owner: 'alice' }),
+      insertTaskFixture(db, { owner: 'bob' }),
+    ]);
+  });
+
+  afterEach(async () => {
+    open.splice(0).forEach((s) => s.close());
+    await waitFor('the api to release every stream', async () => (await held()) === 0);
+  });
+
+  /** Streams and long polls the api holds now. */
+  async function held(): Promise<number> {
+    const text = await (await fetch(`${base}/metrics`)).text();
+    const gauge = (name: string) => Number(new RegExp(`^${name}\\{[^}]*\\} (\\d+)$`, 'm').exec(text)?.[1]);
+    return gauge('http_streams_open') + gauge('http_long_polls_waiting');
+  }
+
+  afterAll(async () => {
+    await api.close();
+  });
+
+  async function stream(path: string, headers: Record<string, string> = {}): Promise<SseClient> {
+    const s = await openSse(`${base}${path}`, headers);
+    open.push(s);
+    return s;
+  }
+
+  async function streamToken(path: string, headers: Record<string, string>) {
+    const res = await fetch(`${base}${path}`, { method: 'POST', headers });
+    return { status: res.status, body: (await res.json()) as { token: string; url: string; expiresAt: string } };
+  }
+
+  it('answers 401 without a token and 404 for another owner’s task, before any stream opens', async () => {
+    const anonymous = await fetch(`${base}/tasks/${alices}/events`);
+    expect(anonymous.status).toBe(401);
+    const foreign = await fetch(`${base}/tasks/${alices}/events`, { headers: BOB });
+    expect(foreign.status).toBe(404);
+    expect(foreign.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+  });
+
+  it('streams with a bearer header, with heartbeat comments while the task is idle', async () => {
+    const s = await stream(`/tasks/${alices}/events`, ALICE);
+    expect(s.status).toBe(200);
+    await s.waitFor('the current state', (events) => events.length === 1);
+    await s.waitFor('two heartbeats', () => s.comments.filter((c) => c.trim() === 'heartbeat').length >= 2);
+  });
+
+  it('opens a task’s stream with its stream token and no header; the token opens no other task', async () => {
+    const issued = await streamToken(`/tasks/${alices}/stream-token`, ALICE);
+    expect(issued.status).toBe(200);
+    expect(issued.body.url).toBe(`/tasks/${alices}/events?token=${issued.body.token}`);
+    const s = await stream(issued.body.url);
+    expect(s.status).toBe(200);
+    await progress(db, alices, 0.25);
+    await s.waitFor('the change', (events) => events.some((e) => (e.data as { progress: number }).progress === 0.25));
+
+    const other = await fetch(`${base}/tasks/${alicesOther}/events?token=${issued.body.token}`);
+    expect(other.status).toBe(404);
+    const list = await fetch(`${base}/tasks/events?token=${issued.body.token}`);
+    expect(list.status).toBe(401);
+  });
+
+  it('issues no token for another owner’s task', async () => {
+    expect((await streamToken(`/tasks/${alices}/stream-token`, BOB)).status).toBe(404);
+    expect((await streamToken(`/tasks/${alices}/stream-token`, {})).status).toBe(401);
+  });
+
+  it('refuses expired, forged and foreign-key tokens with 401', async () => {
+    const expired = await createStreamTokens(SECRET, -60_000).issue({ owner: 'alice', task: alices });
+    const otherKey = await createStreamTokens(undefined, 60_000).issue({ owner: 'alice', task: alices });
+    for (const token of [expired.token, otherKey.token, 'not-a-token']) {
+      const res = await fetch(`${base}/tasks/${alices}/events?token=${encodeURIComponent(token)}`);
+      expect(res.status).toBe(401);
+    }
+  });
+
+  it('an owner’s token opens that owner’s list stream and task streams, never another owner’s', async () => {
+    const issued = await streamToken('/tasks/stream-token', ALICE);
+    expect(issued.body.url).toBe(`/tasks/events?token=${issued.body.token}`);
+    const list = await stream(issued.body.url);
+    await list.waitFor('ready', (events) => events[0]?.event === 'ready');
+    await progress(db, bobs, 0.5);
+    await progress(db, alicesOther, 0.5);
+    await list.waitFor('alice’s change', (events) => events.some((e) => (e.data as { id: string }).id === alicesOther));
+    expect(list.events.some((e) => (e.data as { id?: string }).id === bobs)).toBe(false);
+
+    expect((await stream(`/tasks/${alicesOther}/events?token=${issued.body.token}`)).status).toBe(200);
+    expect((await fetch(`${base}/tasks/${bobs}/events?token=${issued.body.token}`)).status).toBe(404);
+  });
+
+  it('caps streams and long polls together: 429 beyond the owner’s share, 503 beyond the process’s, with Retry-After', async () => {
+    await stream(`/tasks/${alices}/events`, ALICE);
+    await stream('/tasks/events', ALICE);
+    const third = await fetch(`${base}/tasks/${alicesOther}?wait=30`, { headers: ALICE });
+    expect(third.status).toBe(429);
+    const another = await fetch(`${base}/tasks/${alicesOther}/events`, { headers: ALICE });
+    expect(another.status).toBe(429);
+    expect(another.headers.get('retry-after')).toBe('5');
+    expect(await another.json()).toMatchObject({ status: 429, title: 'Too Many Streams' });
+
+    expect((await stream(`/tasks/${bobs}/events`, BOB)).status).toBe(200);
+    const full = await fetch(`${base}/tasks/events`, { headers: BOB });
+    expect(full.status).toBe(503);
+    expect(full.headers.get('retry-after')).toBe('5');
+  });
+
+  it('shows bob’s list stream none of alice’s changes', async () => {
+    const list = await stream('/tasks/events', BOB);
+    await list.waitFor('ready', (events) => events[0]?.event === 'ready');
+    await progress(db, alices, 0.75);
+    await progress(db, bobs, 0.75);
+    await list.waitFor('bob’s change', (events) => events.some((e) => (e.data as { id: string }).id === bobs));
+    expect(list.events.filter((e) => e.event === 'task').every((e) => (e.data as { id: string }).id === bobs)).toBe(
+      true,
+    );
+  });
+});

@@ -1,0 +1,157 @@
+import { randomUUID } from 'node:crypto';
+import { createClient, type TaskView, type TaskboxClient } from '@taskbox/client';
+import { amqpUrl, deleteTopology, testPrefix } from '../helpers/amqp';
+import { startTestApi, type TestApi } from '../helpers/api';
+import { startFaultProxy, type FaultProxy } from '../helpers/proxy';
+import { startService, type RunningService } from '../helpers/services';
+
+const increasing = (views: TaskView[]): boolean => views.every((v, i) => i === 0 || v.version > views[i - 1]!.version);
+
+describe('@taskbox/client in Node against a running api', () => {
+  let api: TestApi;
+  let base: string;
+  let prefix: string;
+  let proxy: FaultProxy;
+  let services: RunningService[] = [];
+  let client: TaskboxClient;
+  const calls: string[] = [];
+
+  beforeAll(async () => {
+    api = await startTestApi({ auth: { AUTH_TOKENS: new Map([['alice-token', 'alice']]) } });
+    base = await api.listen();
+    proxy = await startFaultProxy('127.0.0.1', Number(new URL(base).port));
+    prefix = testPrefix();
+    const env = { DATABASE_URL: api.database.url, AMQP_URL: amqpUrl(), AMQP_PREFIX: prefix };
+    services = [startService('relay', env), startService('worker', env)];
+    await services[1]!.waitForLog('consuming', (l) => l.message === 'consuming');
+    client = createClient({ baseUrl: base, token: async () => 'alice-token' });
+  });
+
+  afterAll(async () => {
+    const codes = await Promise.all(services.map((s) => s.stop()));
+    await api.close();
+    await proxy.close();
+    await deleteTopology(prefix);
+    expect(codes).toEqual([0, 0]);
+  });
+
+  /** A fetch that records each URL and can fail some, as a broken network or proxy would. */
+  function recording(fail: (url: string, n: number) => boolean = () => false): typeof fetch {
+    let n = 0;
+    return async (input, init) => {
+      const url = String(input);
+      calls.push(url);
+      if (fail(url, ++n)) throw new TypeError('fetch failed');
+      return fetch(input, init);
+    };
+  }
+
+  it('creates a task and watches it to its result, each state newer than the last', async () => {
+    const created = await client.createTask({ type: 'sleep', payload: { ms: 600 } });
+    expect(created.error).toBeUndefined();
+    const seen: TaskView[] = [];
+    const done = await client.watchTask(created.data!.id, (view) => seen.push(view));
+    expect(done.data).toMatchObject({ id: created.data!.id, status: 'succeeded', progress: 1 });
+    expect(increasing(seen)).toBe(true);
+    expect(seen.at(-1)).toEqual(done.data);
+  });
+
+  it('retries a create whose answer was lost with the same idempotency key: one task, not two', async () => {
+    const key = randomUUID();
+    // The first request reaches the api, then its answer is lost.
+    let first = true;
+    const losing: typeof fetch = async (input, init) => {
+      const res = await fetch(input, init);
+      if (!first) return res;
+      first = false;
+      throw new TypeError('fetch failed');
+    };
+    const flaky = createClient({ baseUrl: base, token: 'alice-token', fetch: losing });
+    const created = await flaky.createTask({ type: 'echo', payload: { n: 1 } }, { idempotencyKey: key });
+    expect(created.data?.status).toBeDefined();
+    const rows = await api.database.db.selectFrom('tasks').select('id').where('idempotency_key', '=', key).execute();
+    expect(rows.map((r) => r.id)).toEqual([created.data!.id]);
+  });
+
+  it('answers failures as values with the problem’s fields', async () => {
+    const unknown = await client.createTask({ type: 'nope' });
+    expect(unknown.error).toMatchObject({ kind: 'problem', status: 422, title: 'Unknown Task Type' });
+    expect(unknown.error?.knownTypes).toContain('sleep');
+    const invalid = await client.createTask({ type: 'sleep', payload: { ms: -1 } });
+    expect(invalid.error?.issues?.[0]?.path).toBe('payload.ms');
+    expect((await client.getTask(randomUUID())).error).toMatchObject({ kind: 'problem', status: 404 });
+    const stranger = createClient({ baseUrl: base });
+    expect((await stranger.getTask(randomUUID())).error).toMatchObject({ status: 401 });
+    await proxy.cut();
+    const offline = createClient({ baseUrl: proxy.url(base), token: 'alice-token' });
+    expect((await offline.getTask(randomUUID())).error).toMatchObject({ kind: 'network', status: 0 });
+    await proxy.restore();
+  });
+
+  it('lists every task once, page after page', async () => {
+    const type = 'echo';
+    const ids = [];
+    for (let i = 0; i < 5; i++) ids.push((await client.createTask({ type, payload: { i } })).data!.id);
+    const listed: string[] = [];
+    let pages = 0;
+    for await (const page of client.listTasks({ type, limit: 2 })) {
+      expect(page.error).toBeUndefined();
+      listed.push(...page.data!.items.map((t) => t.id));
+      pages++;
+    }
+    expect(listed).toEqual(expect.arrayContaining(ids));
+    expect(new Set(listed).size).toBe(listed.length);
+    expect(pages).toBe(Math.ceil(listed.length / 2));
+  });
+
+  it('cancels a running task, and waitForTask resolves with the cancelled state', async () => {
+    const { data } = await client.createTask({ type: 'sleep', payload: { ms: 30_000 } });
+    const running = new AbortController();
+    await client.watchTask(data!.id, (view) => view.status === 'processing' && running.abort(), {
+      signal: running.signal,
+    });
+    const cancelled = await client.cancelTask(data!.id);
+    expect(cancelled.error).toBeUndefined();
+    expect((await client.waitForTask(data!.id, { timeoutMs: 20_000 })).data?.status).toBe('cancelled');
+  });
+
+  it('gives up waiting with a timeout error, the task going on', async () => {
+    const { data } = await client.createTask({ type: 'sleep', payload: { ms: 5000 } });
+    const waited = await client.waitForTask(data!.id, { timeoutMs: 200 });
+    expect(waited.error).toMatchObject({ kind: 'timeout' });
+    expect((await client.cancelTask(data!.id)).error).toBeUndefined();
+  });
+
+  it('falls back to long polls when streams keep failing, and still sees the task finish', async () => {
+    calls.length = 0;
+    const noStreams = createClient({
+      baseUrl: base,
+      token: 'alice-token',
+      fetch: recording((url) => url.endsWith('/events')),
+    });
+    const { data } = await noStreams.createTask({ type: 'sleep', payload: { ms: 3000 } });
+    const seen: TaskView[] = [];
+    const done = await noStreams.watchTask(data!.id, (view) => seen.push(view));
+    expect(done.data?.status).toBe('succeeded');
+    expect(calls.filter((u) => u.endsWith('/events'))).toHaveLength(2);
+    expect(calls.some((u) => u.endsWith('?wait=25'))).toBe(true);
+    expect(increasing(seen)).toBe(true);
+  });
+
+  it('reconnects a stream cut mid-task and resumes from the last version it had', async () => {
+    const viaProxy = createClient({ baseUrl: proxy.url(base), token: 'alice-token' });
+    const { data } = await viaProxy.createTask({ type: 'sleep', payload: { ms: 1500 } });
+    const seen: TaskView[] = [];
+    let cut = false;
+    const done = await viaProxy.watchTask(data!.id, (view) => {
+      seen.push(view);
+      if (!cut && view.status === 'processing') {
+        cut = true;
+        void proxy.cut().then(() => proxy.restore());
+      }
+    });
+    expect(cut).toBe(true);
+    expect(done.data?.status).toBe('succeeded');
+    expect(increasing(seen)).toBe(true);
+  });
+});
