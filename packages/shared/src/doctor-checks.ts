@@ -1,15 +1,11 @@
 import amqp, { type ChannelModel } from 'amqplib';
 import type pg from 'pg';
-import {
-  createMigrator,
-  errorCode,
-  inspectQueue,
-  outboxBacklog,
-  redactUrl,
-  toError,
-  type AmqpNames,
-  type Db,
-} from '@taskbox/shared';
+import { inspectQueue, type AmqpNames } from './amqp';
+import { redactUrl } from './config';
+import type { Db } from './db';
+import { errorCode, toError } from './errors';
+import { createMigrator } from './migrate';
+import { outboxBacklog } from './outbox';
 import {
   longProcessing,
   pendingPublished,
