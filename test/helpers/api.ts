@@ -42,7 +42,7 @@ export async function startTestApi(overrides: Partial<AppDeps> = {}, options: Te
   const events = createTaskEvents(
     options.listenVia?.(database.url) ?? database.url,
     quietLogger,
-    (owner, id) => findTask(db, owner, id).finally(() => taskReads++),
+    (viewer, id) => findTask(db, viewer, id).finally(() => taskReads++),
     { resyncMs: options.resyncMs ?? null },
   );
   events.start();

@@ -45,6 +45,7 @@ describe('api contract: GET /openapi.json describes the real responses', () => {
     expect(Object.keys(doc.paths).sort()).toEqual(
       [
         '/healthz',
+        '/me',
         '/metrics',
         '/openapi.json',
         '/readyz',
@@ -84,6 +85,7 @@ describe('api contract: GET /openapi.json describes the real responses', () => {
       [await request(api.app).post('/tasks/stream-token'), '/tasks/stream-token', 'post', '200'],
       [await request(api.app).get(`/tasks/${randomUUID()}/events`), '/tasks/{id}/events', 'get', '404'],
       [await request(api.app).post(`/tasks/${created.body.id}/cancel`), '/tasks/{id}/cancel', 'post', '200'],
+      [await request(api.app).get('/me'), '/me', 'get', '200'],
       [await request(api.app).get('/healthz'), '/healthz', 'get', '200'],
       [await request(api.app).get('/readyz'), '/readyz', 'get', '200'],
     ];

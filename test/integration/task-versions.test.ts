@@ -13,6 +13,8 @@ import {
 import { createTestDatabase, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
 
+const ANONYMOUS = { owner: 'anonymous', admin: false };
+
 /**
  * Streams send a state only when its version is newer, and list streams find changed tasks by their
  * transaction: a write that changed a task's view without both would never reach a page.
@@ -68,10 +70,10 @@ describe('every write that changes what a task view shows gives the task a new v
 
   it('the api’s cancel, once per request that changes something', async () => {
     const pending = await insertTaskFixture(db);
-    expect(await bumps(pending, () => cancelTask(db, 'anonymous', pending))).toBe(true);
+    expect(await bumps(pending, () => cancelTask(db, ANONYMOUS, pending))).toBe(true);
     const running = await insertTaskFixture(db, { status: 'processing', attempts: 1 });
-    expect(await bumps(running, () => cancelTask(db, 'anonymous', running))).toBe(true);
-    expect(await bumps(running, () => cancelTask(db, 'anonymous', running))).toBe(false);
+    expect(await bumps(running, () => cancelTask(db, ANONYMOUS, running))).toBe(true);
+    expect(await bumps(running, () => cancelTask(db, ANONYMOUS, running))).toBe(false);
   });
 
   it('not a lease renewal, which no view shows', async () => {

@@ -15,6 +15,7 @@ import { streamsRouter } from './routes/streams';
 import { tasksRouter } from './routes/tasks';
 import { createStreamTokens } from './stream-tokens';
 import type { TaskEvents } from './task-events';
+import { viewer } from './viewer';
 
 export interface AppDeps {
   db: Db;
@@ -148,6 +149,10 @@ export function buildApp(deps: AppDeps): { app: express.Express; registry: Regis
     res.type(registry.contentType).send(await registry.metrics());
   });
 
+  // Who the token says the caller is: a page shows admin controls only to admins (the api checks anyway).
+  app.get('/me', authenticate(deps.auth), (_req, res) => {
+    res.json(viewer(res));
+  });
   app.use(
     '/tasks',
     streamsRouter({

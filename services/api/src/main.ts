@@ -40,7 +40,7 @@ async function main(): Promise<void> {
   });
   const db = createDb(pool);
   const taskNotifier = createTaskNotifier(pool, logger);
-  const events = createTaskEvents(config.DATABASE_URL, logger, (owner, id) => findTask(db, owner, id));
+  const events = createTaskEvents(config.DATABASE_URL, logger, (viewer, id) => findTask(db, viewer, id));
   const { app } = buildApp({
     db,
     pool,

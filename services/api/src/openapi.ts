@@ -6,6 +6,7 @@ import {
   healthSchema,
   listQuerySchema,
   listStreamQuerySchema,
+  meSchema,
   problemSchema,
   readySchema,
   streamTokenSchema,
@@ -68,6 +69,7 @@ function components(): Record<string, JsonObject> {
       [healthSchema, 'Health'],
       [readySchema, 'Ready'],
       [streamTokenSchema, 'StreamToken'],
+      [meSchema, 'Me'],
     ]),
   };
 }
@@ -163,7 +165,12 @@ function streamPaths(): JsonObject {
           'First `event: ready`; then `event: task` with the TaskView (no timeline) of each task that changed and matches the filters as it is now. Ids are watermarks: reconnect with Last-Event-ID to get every task changed since, some possibly again (compare `version`). For the tasks as they were before the stream, GET /tasks after `ready`.',
         security,
         parameters: [...queryParameters(listStreamQuerySchema), lastEventId],
-        responses: { '200': eventStream('the stream'), ...streamErrors },
+        responses: {
+          '200': eventStream('the stream'),
+          ...streamErrors,
+          '400': problem("invalid query; or an admin's stream that names no owner"),
+          '403': problem('?owner= names another owner and the caller is not an admin'),
+        },
       },
     },
   };
@@ -220,9 +227,13 @@ export function openApiDocument(): JsonObject {
           },
         },
         get: {
-          summary: 'List tasks, newest first (keyset pagination)',
+          summary: "List the caller's tasks (an admin: every owner's, or ?owner=), newest first (keyset pagination)",
           parameters: queryParameters(listQuerySchema),
-          responses: { '200': json('TaskList', 'a page'), ...common },
+          responses: {
+            '200': json('TaskList', 'a page'),
+            ...common,
+            '403': problem('?owner= names another owner and the caller is not an admin'),
+          },
         },
       },
       '/tasks/{id}': {
@@ -251,6 +262,12 @@ export function openApiDocument(): JsonObject {
             '404': problem('no such task for you'),
             '409': problem('already finished'),
           },
+        },
+      },
+      '/me': {
+        get: {
+          summary: 'Who the bearer token says the caller is, and whether an admin',
+          responses: { '200': json('Me', 'the caller'), '401': common['401'] },
         },
       },
       ...streamPaths(),

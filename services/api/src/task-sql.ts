@@ -11,6 +11,7 @@ import {
   type MessageContext,
   type TaskStatus,
 } from '@taskbox/shared';
+import type { Viewer } from './viewer';
 
 export interface NewTask {
   id: string;
@@ -144,8 +145,14 @@ const taskColumns = [
   'version',
 ] as const;
 
-export function findTask(db: Db, owner: string, id: string) {
-  return db.selectFrom('tasks').select(taskColumns).where('owner', '=', owner).where('id', '=', id).executeTakeFirst();
+/** The task as `viewer` may see it: any owner's for an admin, else only the viewer's own. */
+export function findTask(db: Db, viewer: Viewer, id: string) {
+  return db
+    .selectFrom('tasks')
+    .select(taskColumns)
+    .$if(!viewer.admin, (q) => q.where('owner', '=', viewer.owner))
+    .where('id', '=', id)
+    .executeTakeFirst();
 }
 
 export function findTaskByIdempotencyKey(db: Db, owner: string, key: string) {
@@ -177,7 +184,8 @@ export async function findTimeline(db: Db, id: string) {
 }
 
 export interface ListFilter {
-  owner: string;
+  /** null: every owner's tasks (an admin's list; listOwner in viewer.ts decides). */
+  owner: string | null;
   status?: TaskStatus;
   type?: string;
   limit: number;
@@ -186,14 +194,15 @@ export interface ListFilter {
 
 /**
  * Keyset pagination, newest first. The cursor carries created_at as Postgres text (microseconds; a JS
- * Date would round to milliseconds and skip or repeat rows) plus the id as a tie-breaker.
+ * Date would round to milliseconds and skip or repeat rows) plus the id as a tie-breaker. One owner's
+ * pages read tasks_owner_created, every owner's tasks_created (migration 0007).
  */
 export function listTasks(db: Db, filter: ListFilter) {
   let query = db
     .selectFrom('tasks')
     .select(taskColumns)
-    .select(sql<string>`created_at::text`.as('cursor_created_at'))
-    .where('owner', '=', filter.owner);
+    .select(sql<string>`created_at::text`.as('cursor_created_at'));
+  if (filter.owner !== null) query = query.where('owner', '=', filter.owner);
   if (filter.status) query = query.where('status', '=', filter.status);
   if (filter.type) query = query.where('type', '=', filter.type);
   if (filter.after) {
@@ -206,15 +215,15 @@ export function listTasks(db: Db, filter: ListFilter) {
 /**
  * A pending task is cancelled at once (the worker will skip its message); a processing one gets
  * cancel_requested_at, which the worker's heartbeat turns into an abort of the running handler.
- * Returns the status the task had, or undefined when it does not exist for this owner.
+ * Returns the status the task had, or undefined when `viewer` may not see it.
  */
-export async function cancelTask(db: Db, owner: string, id: string): Promise<TaskStatus | undefined> {
+export async function cancelTask(db: Db, viewer: Viewer, id: string): Promise<TaskStatus | undefined> {
   return db.transaction().execute(async (tx) => {
     const task = await tx
       .selectFrom('tasks')
       .select('status')
-      .where('owner', '=', owner)
       .where('id', '=', id)
+      .$if(!viewer.admin, (q) => q.where('owner', '=', viewer.owner))
       .forUpdate()
       .executeTakeFirst();
     if (!task) return undefined;

@@ -21,6 +21,7 @@ import {
   type TaskRow,
 } from '../task-sql';
 import { toTaskView } from '../task-view';
+import { actor, listOwner, viewer, type Viewer } from '../viewer';
 
 const idempotencyKeySchema = z.string().min(1).max(200);
 const DEFAULT_MAX_ATTEMPTS = 3;
@@ -42,10 +43,6 @@ export function parseId(req: Request): string {
   const parsed = idSchema.safeParse(req.params.id);
   if (!parsed.success) throw new HttpProblem(400, 'Invalid Task Id', 'the task id must be a UUID');
   return parsed.data;
-}
-
-export function owner(res: Response): string {
-  return res.locals.owner as string;
 }
 
 export function badQuery(error: z.ZodError): HttpProblem {
@@ -95,7 +92,15 @@ function createTask({ db, logger }: TasksDeps, insertTask: (insert: TaskInsert) 
           .digest('hex')
       : null;
     const correlationId = res.locals.requestId as string;
-    const task = { id: randomUUID(), type, payload, maxAttempts, owner: owner(res), idempotencyKey, requestHash };
+    const task = {
+      id: randomUUID(),
+      type,
+      payload,
+      maxAttempts,
+      owner: viewer(res).owner,
+      idempotencyKey,
+      requestHash,
+    };
     const inserted = await insertTask({
       task,
       context: { correlationId, traceparent: req.get('traceparent') ?? null },
@@ -122,9 +127,9 @@ function listTasksHandler({ db }: TasksDeps): Handler {
   return async (req, res) => {
     const query = listQuerySchema.safeParse(req.query);
     if (!query.success) throw badQuery(query.error);
-    const { status, type, limit, cursor } = query.data;
+    const { status, type, owner, limit, cursor } = query.data;
     const rows = await listTasks(db, {
-      owner: owner(res),
+      owner: listOwner(viewer(res), owner),
       status,
       type,
       limit: limit + 1,
@@ -137,8 +142,8 @@ function listTasksHandler({ db }: TasksDeps): Handler {
   };
 }
 
-async function readNow(db: Db, owner: string, id: string): Promise<LongPollAnswer | undefined> {
-  const row = await findTask(db, owner, id);
+async function readNow(db: Db, who: Viewer, id: string): Promise<LongPollAnswer | undefined> {
+  const row = await findTask(db, who, id);
   return row && { row, timeline: await findTimeline(db, id) };
 }
 
@@ -152,8 +157,8 @@ function getTask({ db }: TasksDeps, longPolls: LongPolls): Handler {
     const gone = new AbortController();
     res.once('close', () => gone.abort());
     const answer = wait
-      ? await longPolls.wait(owner(res), id, wait * 1000, gone.signal)
-      : await readNow(db, owner(res), id);
+      ? await longPolls.wait(viewer(res), id, wait * 1000, gone.signal)
+      : await readNow(db, viewer(res), id);
     if (gone.signal.aborted) return;
     if (!answer) throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
     res.json(toTaskView(answer.row, answer.timeline));
@@ -163,17 +168,19 @@ function getTask({ db }: TasksDeps, longPolls: LongPolls): Handler {
 function cancel({ db, taskNotifier, logger }: TasksDeps): Handler {
   return async (req, res) => {
     const id = parseId(req);
-    const before = await cancelTask(db, owner(res), id);
+    const who = viewer(res);
+    const before = await cancelTask(db, who, id);
     if (!before) throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
     if (before !== 'pending' && before !== 'processing') {
       throw new HttpProblem(409, 'Task Already Finished', `task ${id} is ${before} and cannot be cancelled`);
     }
     if (before === 'pending') taskNotifier.changed(id);
-    const row = await findTask(db, owner(res), id);
+    const row = await findTask(db, who, id);
     if (!row) throw new Error(`task ${id} vanished after cancel`);
     logger.info(before === 'pending' ? 'task cancelled' : 'task cancel requested', {
       taskId: id,
       correlationId: row.correlation_id,
+      ...actor(who, row.owner),
     });
     res.status(before === 'pending' ? 200 : 202).json(toTaskView(row));
   };
