@@ -1,5 +1,6 @@
 import { sql } from 'kysely';
 import type { Db } from '@taskbox/shared';
+import { retryTask } from '../../services/api/src/retry-sql';
 import { cancelTask, currentHorizon, tasksChangedSince } from '../../services/api/src/task-sql';
 import { renewLeases, sweepExpiredLeases } from '../../services/worker/src/lease-sql';
 import {
@@ -74,6 +75,12 @@ describe('every write that changes what a task view shows gives the task a new v
     const running = await insertTaskFixture(db, { status: 'processing', attempts: 1 });
     expect(await bumps(running, () => cancelTask(db, ANONYMOUS, running))).toBe(true);
     expect(await bumps(running, () => cancelTask(db, ANONYMOUS, running))).toBe(false);
+  });
+
+  it('the api’s retry, and not a retry it refuses', async () => {
+    const failed = await insertTaskFixture(db, { status: 'failed', attempts: 3 });
+    expect(await bumps(failed, () => retryTask(db, ANONYMOUS, failed, null, { traceparent: null }))).toBe(true);
+    expect(await bumps(failed, () => retryTask(db, ANONYMOUS, failed, null, { traceparent: null }))).toBe(false);
   });
 
   it('not a lease renewal, which no view shows', async () => {

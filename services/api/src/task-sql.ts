@@ -164,9 +164,9 @@ export function findTaskByIdempotencyKey(db: Db, owner: string, key: string) {
     .executeTakeFirst();
 }
 
-/** The timeline: each attempt, and when each outbox message for the task was published. */
+/** The timeline: each attempt, each retry asked for, and when each outbox message for the task was published. */
 export async function findTimeline(db: Db, id: string) {
-  const [attempts, messages] = await Promise.all([
+  const [attempts, messages, retries] = await Promise.all([
     db
       .selectFrom('task_attempts')
       .select(['attempt', 'external_job_id', 'started_at', 'finished_at', 'outcome', 'error'])
@@ -179,8 +179,14 @@ export async function findTimeline(db: Db, id: string) {
       .where('task_id', '=', id)
       .orderBy('id')
       .execute(),
+    db
+      .selectFrom('task_retries')
+      .select(['retry', 'requested_by', 'requested_at'])
+      .where('task_id', '=', id)
+      .orderBy('retry')
+      .execute(),
   ]);
-  return { attempts, messages };
+  return { attempts, messages, retries };
 }
 
 export interface ListFilter {

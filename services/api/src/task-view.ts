@@ -31,11 +31,13 @@ export const taskViewSchema = z.object({
   timeline: z
     .array(
       z.object({
-        event: z.enum(['created', 'published', 'started', 'finished']),
+        event: z.enum(['created', 'published', 'started', 'finished', 'retried']),
         at: iso,
         attempt: z.number().int().optional(),
         externalJobId: z.string().optional(),
         outcome: z.string().optional(),
+        retry: z.number().int().optional().describe('retried: 1 for the first retry of the task, then 2, …'),
+        by: z.string().optional().describe('retried: the owner or admin who asked'),
       }),
     )
     .optional(),
@@ -69,7 +71,7 @@ export function toTaskView(row: TaskRow, timeline?: Awaited<ReturnType<typeof fi
   return view;
 }
 
-function toTimeline(row: TaskRow, { attempts, messages }: Awaited<ReturnType<typeof findTimeline>>) {
+function toTimeline(row: TaskRow, { attempts, messages, retries }: Awaited<ReturnType<typeof findTimeline>>) {
   const events: NonNullable<TaskView['timeline']> = [{ event: 'created', at: row.created_at.toISOString() }];
   for (const m of messages) {
     const attempt = (m.payload as { attempt?: number }).attempt;
@@ -85,6 +87,9 @@ function toTimeline(row: TaskRow, { attempts, messages }: Awaited<ReturnType<typ
     if (a.finished_at) {
       events.push({ event: 'finished', at: a.finished_at.toISOString(), attempt: a.attempt, outcome: a.outcome ?? '' });
     }
+  }
+  for (const r of retries) {
+    events.push({ event: 'retried', at: r.requested_at.toISOString(), retry: r.retry, by: r.requested_by });
   }
   return events.sort((x, y) => x.at.localeCompare(y.at));
 }

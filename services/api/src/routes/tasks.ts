@@ -20,6 +20,7 @@ import {
   type Inserted,
   type TaskRow,
 } from '../task-sql';
+import { retryTask } from '../retry-sql';
 import { toTaskView } from '../task-view';
 import { actor, listOwner, viewer, type Viewer } from '../viewer';
 
@@ -75,12 +76,16 @@ function parseCreateRequest(req: Request): CreateRequest {
   }
   const typed = taskBodySchemas[type].safeParse(req.body);
   if (!typed.success) throw invalid('Invalid Payload', typed.error);
+  return { type, payload: typed.data.payload, maxAttempts, idempotencyKey: parseIdempotencyKey(req) };
+}
+
+function parseIdempotencyKey(req: Request): string | null {
   const rawKey = req.get('idempotency-key');
   const keyParse = rawKey === undefined ? undefined : idempotencyKeySchema.safeParse(rawKey);
   if (keyParse && !keyParse.success) {
     throw new HttpProblem(400, 'Invalid Idempotency-Key', 'the Idempotency-Key header must be 1 to 200 characters');
   }
-  return { type, payload: typed.data.payload, maxAttempts, idempotencyKey: keyParse?.data ?? null };
+  return keyParse?.data ?? null;
 }
 
 function createTask({ db, logger }: TasksDeps, insertTask: (insert: TaskInsert) => Promise<Inserted>): Handler {
@@ -186,11 +191,36 @@ function cancel({ db, taskNotifier, logger }: TasksDeps): Handler {
   };
 }
 
+function retry({ db, taskNotifier, logger }: TasksDeps): Handler {
+  return async (req, res) => {
+    const id = parseId(req);
+    const key = parseIdempotencyKey(req);
+    const who = viewer(res);
+    const outcome = await retryTask(db, who, id, key, { traceparent: req.get('traceparent') ?? null });
+    if (outcome.kind === 'not found') throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
+    if (outcome.kind === 'refused') {
+      const detail = `task ${id} is ${outcome.status}; only a failed or cancelled task can be retried`;
+      throw new HttpProblem(409, 'Task Not Retryable', detail);
+    }
+    if (outcome.kind === 'retried') {
+      taskNotifier.changed(id);
+      logger.info('task retried', { taskId: id, attempt: outcome.attempt, ...actor(who, outcome.owner) });
+    } else res.setHeader('Idempotent-Replayed', 'true');
+    const row = await findTask(db, who, id);
+    if (!row) throw new Error(`task ${id} vanished after retry`);
+    res
+      .status(outcome.kind === 'retried' ? 202 : 200)
+      .location(`/tasks/${id}`)
+      .json(toTaskView(row));
+  };
+}
+
 export function tasksRouter(deps: TasksDeps): Router {
   const router = Router();
   router.post('/', createTask(deps, createTaskInserter(deps.db)));
   router.get('/', listTasksHandler(deps));
   router.get('/:id', getTask(deps, createLongPolls(deps.events, deps.held)));
   router.post('/:id/cancel', cancel(deps));
+  router.post('/:id/retry', retry(deps));
   return router;
 }
