@@ -1,7 +1,8 @@
 import { sql } from 'kysely';
 import type { Db } from '@taskbox/shared';
 import { retryTask } from '../../services/api/src/retry-sql';
-import { cancelTask, currentHorizon, tasksChangedSince } from '../../services/api/src/task-sql';
+import { cancelTask } from '../../services/api/src/cancel-sql';
+import { currentHorizon, tasksChangedSince } from '../../services/api/src/task-sql';
 import { renewLeases, sweepExpiredLeases } from '../../services/worker/src/lease-sql';
 import {
   failTask,

@@ -141,6 +141,8 @@ export const configSchema = z.object({
   STREAM_TOKEN_TTL_MS: positiveInt.default(120_000),
   // Below the idle timeouts of common proxies and load balancers, which start at a minute.
   STREAM_HEARTBEAT_MS: positiveInt.default(15_000),
+  // Most tasks one bulk retry or cancel acts on: each is one transaction holding that many row locks.
+  BULK_ACTION_MAX: positiveInt.max(100_000).default(1000),
   // Serves examples/web at /example/: a development aid, off unless asked for.
   EXAMPLE_PAGE: z.stringbool().default(false),
 });

@@ -11,9 +11,13 @@ import { createHeldRequests, type HeldKind, type HeldRequests, type LongPollLimi
 import { createListStreams } from './list-streams';
 import { openApiDocument } from './openapi';
 import { notFoundHandler, problemHandler } from './problem';
+import { adminRouter, type AdminSettings } from './routes/admin';
 import { streamsRouter } from './routes/streams';
 import { tasksRouter } from './routes/tasks';
 import { createStreamTokens } from './stream-tokens';
+import { createSystemChecks } from './system-checks';
+import { cachedLoader } from './cache';
+import { countTasks } from './bulk-sql';
 import type { TaskEvents } from './task-events';
 import { viewer } from './viewer';
 
@@ -33,6 +37,7 @@ export interface AppDeps {
   streams: StreamSettings;
   /** Served at /example/ when given (EXAMPLE_PAGE=true). */
   examplePage?: ExamplePage;
+  admin: AdminSettings;
 }
 
 export interface StreamSettings {
@@ -41,6 +46,9 @@ export interface StreamSettings {
   tokenSecret: string | undefined;
   tokenTtlMs: number;
 }
+
+// Counts scan an owner's tasks (an admin's, every task): pages that poll them share one count a second.
+const COUNTS_REUSE_MS = 1000;
 
 const REQUEST_ID = /^[\w.:@/+=-]{1,128}$/;
 
@@ -163,12 +171,13 @@ export function buildApp(deps: AppDeps): { app: express.Express; registry: Regis
       timing: deps.streams.timing,
     }),
   );
-  app.use(
-    '/tasks',
-    authenticate(deps.auth),
-    express.json({ limit: deps.bodyLimit, type: ['application/json', 'application/*+json'] }),
-    tasksRouter({ ...deps, held }),
-  );
+  const json = express.json({ limit: deps.bodyLimit, type: ['application/json', 'application/*+json'] });
+  // Keyed by owner; '' stands for every owner, since no owner is empty.
+  const countsOf = cachedLoader(COUNTS_REUSE_MS, (owner) => countTasks(deps.db, owner === '' ? null : owner));
+  const counts = (owner: string | null) => countsOf(owner ?? '');
+  app.use('/tasks', authenticate(deps.auth), json, tasksRouter({ ...deps, held, counts }));
+  const checks = createSystemChecks(deps.admin.doctor, deps.pool, deps.db);
+  app.use('/admin', authenticate(deps.auth), json, adminRouter({ ...deps, settings: deps.admin, checks }));
   if (deps.examplePage) app.use('/example', examplePageRouter(deps.examplePage));
   app.use(notFoundHandler);
   app.use(problemHandler(deps.logger));

@@ -57,6 +57,7 @@ async function main(): Promise<void> {
       tokenTtlMs: config.STREAM_TOKEN_TTL_MS,
     },
     examplePage: config.EXAMPLE_PAGE ? examplePageFromRepo(__dirname) : undefined,
+    admin: { doctor: config, bulkMax: config.BULK_ACTION_MAX },
   });
   const server = serverPart(
     createServer(app, {

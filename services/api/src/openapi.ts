@@ -12,6 +12,14 @@ import {
   taskBodySchemas,
   taskListSchema,
 } from './schemas';
+import {
+  bulkRequestSchema,
+  bulkResultSchema,
+  countsSchema,
+  redriveRequestSchema,
+  redriveResultSchema,
+  systemStatusSchema,
+} from './admin-schemas';
 import { MAX_JSON_DEPTH } from './json-guard';
 import { taskViewSchema } from './task-view';
 import { operatorPaths } from './openapi-operator';
@@ -49,6 +57,8 @@ function components(): Record<string, JsonObject> {
   const requests = generate('input', [
     [jsonValueSchema, 'JsonValue'],
     [createTaskRequestSchema, 'CreateTask'],
+    [bulkRequestSchema, 'BulkRequest'],
+    [redriveRequestSchema, 'RedriveRequest'],
     ...taskTypes.map((t): [z.ZodType, string] => [taskBodySchemas[t], bodyName(t)]),
   ]);
   const mapping = Object.fromEntries(taskTypes.map((t) => [t, `#/components/schemas/${bodyName(t)}`]));
@@ -64,6 +74,10 @@ function components(): Record<string, JsonObject> {
       [readySchema, 'Ready'],
       [streamTokenSchema, 'StreamToken'],
       [meSchema, 'Me'],
+      [countsSchema, 'Counts'],
+      [bulkResultSchema, 'BulkResult'],
+      [redriveResultSchema, 'RedriveResult'],
+      [systemStatusSchema, 'SystemStatus'],
     ]),
   };
 }

@@ -1,8 +1,8 @@
 import { sql, type RawBuilder } from 'kysely';
 import {
   insertOutbox,
-  OUTBOX_CHANNEL,
   outboxMessage,
+  wakeRelays,
   TASK_CHANGED_SET,
   type Db,
   type MessageContext,
@@ -70,19 +70,24 @@ export async function retryLocked(
   );
   await insertOutbox(tx, messages);
   // Rare (a person asked), so the relay is woken from inside the transaction: delivered at the commit.
-  await sql`SELECT pg_notify(${OUTBOX_CHANNEL}, '')`.execute(tx);
+  await wakeRelays(tx);
+}
+
+/** The condition for the one task `id`, if `viewer` may see it. */
+export function visibleTask(viewer: Viewer, id: string): RawBuilder<boolean> {
+  return viewer.admin ? sql<boolean>`id = ${id}` : sql<boolean>`id = ${id} AND owner = ${viewer.owner}`;
 }
 
 /**
- * Locks tasks for a retry or a cancel, in id order so that two callers never deadlock. `narrow` adds
- * the callers' conditions (the owner, a bulk filter); SKIP LOCKED for bulk actions, which leave a task
- * busy elsewhere to the next call.
+ * Locks tasks for a retry or a cancel, oldest first. `narrow` holds the caller's conditions (one task
+ * and its owner, or a bulk filter). A bulk action passes skipLocked: a task busy elsewhere is left to
+ * the next call, and since it never waits, no order of locking can deadlock it.
  */
 export function lockTasks(tx: Db, narrow: RawBuilder<boolean>, limit: number, skipLocked: boolean) {
   return sql<LockedForRetry>`
     SELECT id, type, status, attempts, owner, correlation_id FROM tasks
     WHERE ${narrow}
-    ORDER BY id
+    ORDER BY created_at, id
     LIMIT ${limit}
     FOR UPDATE ${skipLocked ? sql`SKIP LOCKED` : sql``}`.execute(tx);
 }
@@ -100,8 +105,7 @@ export async function retryTask(
   context: Pick<MessageContext, 'traceparent'>,
 ): Promise<RetryOutcome> {
   return db.transaction().execute(async (tx): Promise<RetryOutcome> => {
-    const owner = viewer.admin ? sql`true` : sql`owner = ${viewer.owner}`;
-    const { rows } = await lockTasks(tx, sql<boolean>`id = ${id} AND ${owner}`, 1, false);
+    const { rows } = await lockTasks(tx, visibleTask(viewer, id), 1, false);
     const task = rows[0];
     if (!task) return { kind: 'not found' };
     if (idempotencyKey !== null) {

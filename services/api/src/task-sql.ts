@@ -6,7 +6,6 @@ import {
   outboxInsert,
   outboxMessage,
   prepared,
-  taskChanged,
   type Db,
   type MessageContext,
   type TaskStatus,
@@ -216,46 +215,6 @@ export function listTasks(db: Db, filter: ListFilter) {
     query = query.where(sql<boolean>`(created_at, id) < (${createdAt}::timestamptz, ${id}::uuid)`);
   }
   return query.orderBy('created_at', 'desc').orderBy('id', 'desc').limit(filter.limit).execute();
-}
-
-/**
- * A pending task is cancelled at once (the worker will skip its message); a processing one gets
- * cancel_requested_at, which the worker's heartbeat turns into an abort of the running handler.
- * Returns the status the task had, or undefined when `viewer` may not see it.
- */
-export async function cancelTask(db: Db, viewer: Viewer, id: string): Promise<TaskStatus | undefined> {
-  return db.transaction().execute(async (tx) => {
-    const task = await tx
-      .selectFrom('tasks')
-      .select('status')
-      .where('id', '=', id)
-      .$if(!viewer.admin, (q) => q.where('owner', '=', viewer.owner))
-      .forUpdate()
-      .executeTakeFirst();
-    if (!task) return undefined;
-    if (task.status === 'pending') {
-      await tx
-        .updateTable('tasks')
-        .set({
-          status: 'cancelled',
-          finished_at: sql`now()`,
-          updated_at: sql`now()`,
-          cancel_requested_at: sql`now()`,
-          ...taskChanged,
-        })
-        .where('id', '=', id)
-        .execute();
-    } else if (task.status === 'processing') {
-      await tx
-        .updateTable('tasks')
-        .set({ cancel_requested_at: sql`now()`, updated_at: sql`now()`, ...taskChanged })
-        .where('id', '=', id)
-        // A second request changes nothing a client sees: no new version.
-        .where('cancel_requested_at', 'is', null)
-        .execute();
-    }
-    return task.status;
-  });
 }
 
 /**

@@ -9,8 +9,10 @@ import { createLongPolls, type LongPollAnswer, type LongPolls } from '../long-po
 import { HttpProblem } from '../problem';
 import { createTaskSchema, getQuerySchema, idSchema, listQuerySchema, taskBodySchemas } from '../schemas';
 import type { TaskEvents } from '../task-events';
+import { countsQuerySchema } from '../admin-schemas';
+import type { countTasks } from '../bulk-sql';
+import { cancelTask } from '../cancel-sql';
 import {
-  cancelTask,
   findTask,
   findTaskByIdempotencyKey,
   findTimeline,
@@ -33,9 +35,11 @@ export interface TasksDeps {
   events: TaskEvents;
   logger: Logger;
   held: HeldRequests;
+  /** Counts by type and status: one owner's, or (null) every owner's; reused for a moment (app.ts). */
+  counts: (owner: string | null) => Promise<Counts>;
 }
 
-function invalid(title: string, error: z.ZodError): HttpProblem {
+export function invalid(title: string, error: z.ZodError): HttpProblem {
   const issues = error.issues.map((i) => ({ path: i.path.join('.'), message: i.message }));
   return new HttpProblem(422, title, issues.map((i) => `${i.path || '(body)'}: ${i.message}`).join('; '), { issues });
 }
@@ -51,6 +55,8 @@ export function badQuery(error: z.ZodError): HttpProblem {
 }
 
 type Handler = (req: Request, res: Response) => Promise<void>;
+
+type Counts = Awaited<ReturnType<typeof countTasks>>;
 
 interface CreateRequest {
   type: TaskType;
@@ -147,6 +153,14 @@ function listTasksHandler({ db }: TasksDeps): Handler {
   };
 }
 
+function countsHandler({ counts }: TasksDeps): Handler {
+  return async (req, res) => {
+    const query = countsQuerySchema.safeParse(req.query);
+    if (!query.success) throw badQuery(query.error);
+    res.json({ counts: await counts(listOwner(viewer(res), query.data.owner)) });
+  };
+}
+
 async function readNow(db: Db, who: Viewer, id: string): Promise<LongPollAnswer | undefined> {
   const row = await findTask(db, who, id);
   return row && { row, timeline: await findTimeline(db, id) };
@@ -219,6 +233,7 @@ export function tasksRouter(deps: TasksDeps): Router {
   const router = Router();
   router.post('/', createTask(deps, createTaskInserter(deps.db)));
   router.get('/', listTasksHandler(deps));
+  router.get('/counts', countsHandler(deps));
   router.get('/:id', getTask(deps, createLongPolls(deps.events, deps.held)));
   router.post('/:id/cancel', cancel(deps));
   router.post('/:id/retry', retry(deps));
