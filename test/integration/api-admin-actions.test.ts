@@ -79,7 +79,7 @@ describe('api: admin bulk actions, re-drive, counts and checks', () => {
     expect((await bulk('retry', { filter: { status: 'pending' } })).status).toBe(422);
   });
 
-  it('takes only the tasks that match every filter: owner, status, created before and after, error text', async () => {
+  it('takes only the tasks that match every filter (owner, status, created before and after, error text), as GET /tasks lists them', async () => {
     const before = new Date().toISOString();
     const [timeout] = await tasks(1, { type: 'filtered', status: 'failed', error: 'upstream TIMEOUT after 30 s' });
     await tasks(1, { type: 'filtered', status: 'failed', error: 'bad input' });
@@ -91,6 +91,9 @@ describe('api: admin bulk actions, re-drive, counts and checks', () => {
     expect(await matched({ createdAfter: before })).toBe(1);
     expect(await matched({ createdBefore: before })).toBe(0);
     expect(await matched({ errorContains: '%' })).toBe(0);
+    // The list takes the same filter, so a page shows what a bulk action would take.
+    const listed = await request(api.app).get('/tasks').query(filter).set(ROOT);
+    expect(listed.body.items.map((t: { id: string }) => t.id)).toEqual([timeout]);
     expect((await bulk('retry', { filter })).body).toMatchObject({ matched: 1, acted: 1 });
     expect(await statusOf([timeout as string])).toEqual(['pending']);
   });

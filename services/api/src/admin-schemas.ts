@@ -1,22 +1,14 @@
 import { z } from 'zod';
 import { taskStatuses } from '@taskbox/shared';
 import { isStorableText, UNSTORABLE_TEXT } from './json-guard';
+import { taskFilterFields } from './schemas';
 
 /** The bodies and answers of the counts and the admin endpoints (routes/admin.ts), for the routes and /openapi.json. */
 
 const iso = z.iso.datetime({ offset: true });
 const text = (max: number) => z.string().min(1).max(max).refine(isStorableText, UNSTORABLE_TEXT);
 
-export const bulkFilterSchema = z
-  .object({
-    owner: text(300).optional(),
-    type: text(100).optional(),
-    status: z.enum(taskStatuses).optional(),
-    createdAfter: iso.optional().describe('created at or after'),
-    createdBefore: iso.optional().describe('created before'),
-    errorContains: text(200).optional().describe("part of the error's name or message, in any case"),
-  })
-  .strict();
+export const bulkFilterSchema = z.object({ ...taskFilterFields, owner: text(300).optional() }).strict();
 
 export const bulkRequestSchema = z
   .object({

@@ -2,17 +2,7 @@ import { sql, type RawBuilder } from 'kysely';
 import type { Db, MessageContext, TaskStatus } from '@taskbox/shared';
 import { cancellableStatuses, cancelLocked } from './cancel-sql';
 import { lockTasks, retryableStatuses, retryLocked, type LockedForRetry } from './retry-sql';
-
-/** Which tasks a bulk action takes: every given field must match. */
-export interface BulkFilter {
-  owner?: string;
-  type?: string;
-  status?: TaskStatus;
-  createdAfter?: string;
-  createdBefore?: string;
-  /** Part of the error's name or message, in any case. */
-  errorContains?: string;
-}
+import { allOf, filterConditions, type TaskFilter } from './task-filter';
 
 export type BulkAction = 'retry' | 'cancel';
 
@@ -22,19 +12,8 @@ export const bulkStatuses: Record<BulkAction, readonly TaskStatus[]> = {
   cancel: cancellableStatuses,
 };
 
-function matching(action: BulkAction, filter: BulkFilter): RawBuilder<boolean> {
-  const parts = [sql`status = ANY(${bulkStatuses[action]}::text[])`];
-  if (filter.status) parts.push(sql`status = ${filter.status}`);
-  if (filter.owner) parts.push(sql`owner = ${filter.owner}`);
-  if (filter.type) parts.push(sql`type = ${filter.type}`);
-  if (filter.createdAfter) parts.push(sql`created_at >= ${filter.createdAfter}::timestamptz`);
-  if (filter.createdBefore) parts.push(sql`created_at < ${filter.createdBefore}::timestamptz`);
-  if (filter.errorContains) {
-    // strpos, not LIKE: the text is matched as given, "%" and "_" included.
-    const error = sql`lower(concat_ws(' ', error->>'name', error->>'message'))`;
-    parts.push(sql`strpos(${error}, lower(${filter.errorContains})) > 0`);
-  }
-  return sql<boolean>`${sql.join(parts, sql` AND `)}`;
+function matching(action: BulkAction, filter: TaskFilter): RawBuilder<boolean> {
+  return allOf([sql`status = ANY(${bulkStatuses[action]}::text[])`, ...filterConditions(filter)]);
 }
 
 export interface BulkOutcome {
@@ -51,7 +30,7 @@ export interface BulkOutcome {
 export async function bulkAct(
   db: Db,
   action: BulkAction,
-  filter: BulkFilter,
+  filter: TaskFilter,
   options: { limit: number; dryRun: boolean; by: string; context: Pick<MessageContext, 'traceparent'> },
 ): Promise<BulkOutcome> {
   return db.transaction().execute(async (tx) => {

@@ -55,10 +55,26 @@ const ownerParam = z
   .optional()
   .describe("an admin's filter: this owner's tasks (without it, every owner's); others may name only themselves");
 
+const iso = z.iso.datetime({ offset: true });
+
+/** The filters GET /tasks and the bulk actions share (task-filter.ts). */
+export const taskFilterFields = {
+  status: statusSchema.optional(),
+  type: typeNameSchema.optional(),
+  createdAfter: iso.optional().describe('created at or after this time'),
+  createdBefore: iso.optional().describe('created before this time'),
+  errorContains: z
+    .string()
+    .min(1)
+    .max(200)
+    .refine(isStorableText, UNSTORABLE_TEXT)
+    .optional()
+    .describe("part of the error's name or message, in any case"),
+};
+
 export const listQuerySchema = z
   .object({
-    status: statusSchema.optional(),
-    type: typeNameSchema.optional(),
+    ...taskFilterFields,
     owner: ownerParam,
     limit: z.coerce.number().int().min(1).max(100).default(20),
     cursor: z.string().max(200).optional(),

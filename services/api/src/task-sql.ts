@@ -8,8 +8,8 @@ import {
   prepared,
   type Db,
   type MessageContext,
-  type TaskStatus,
 } from '@taskbox/shared';
+import { allOf, filterConditions, type TaskFilter } from './task-filter';
 import type { Viewer } from './viewer';
 
 export interface NewTask {
@@ -188,11 +188,9 @@ export async function findTimeline(db: Db, id: string) {
   return { attempts, messages, retries };
 }
 
-export interface ListFilter {
-  /** null: every owner's tasks (an admin's list; listOwner in viewer.ts decides). */
+export interface ListFilter extends TaskFilter {
+  /** Required here, so that no list leaves it out by mistake. */
   owner: string | null;
-  status?: TaskStatus;
-  type?: string;
   limit: number;
   after?: { createdAt: string; id: string };
 }
@@ -203,18 +201,20 @@ export interface ListFilter {
  * pages read tasks_owner_created, every owner's tasks_created (migration 0007).
  */
 export function listTasks(db: Db, filter: ListFilter) {
-  let query = db
-    .selectFrom('tasks')
-    .select(taskColumns)
-    .select(sql<string>`created_at::text`.as('cursor_created_at'));
-  if (filter.owner !== null) query = query.where('owner', '=', filter.owner);
-  if (filter.status) query = query.where('status', '=', filter.status);
-  if (filter.type) query = query.where('type', '=', filter.type);
+  const conditions = filterConditions(filter);
   if (filter.after) {
     const { createdAt, id } = filter.after;
-    query = query.where(sql<boolean>`(created_at, id) < (${createdAt}::timestamptz, ${id}::uuid)`);
+    conditions.push(sql<boolean>`(created_at, id) < (${createdAt}::timestamptz, ${id}::uuid)`);
   }
-  return query.orderBy('created_at', 'desc').orderBy('id', 'desc').limit(filter.limit).execute();
+  return db
+    .selectFrom('tasks')
+    .select(taskColumns)
+    .select(sql<string>`created_at::text`.as('cursor_created_at'))
+    .where(allOf(conditions))
+    .orderBy('created_at', 'desc')
+    .orderBy('id', 'desc')
+    .limit(filter.limit)
+    .execute();
 }
 
 /**

@@ -138,11 +138,10 @@ function listTasksHandler({ db }: TasksDeps): Handler {
   return async (req, res) => {
     const query = listQuerySchema.safeParse(req.query);
     if (!query.success) throw badQuery(query.error);
-    const { status, type, owner, limit, cursor } = query.data;
+    const { owner, limit, cursor, ...filter } = query.data;
     const rows = await listTasks(db, {
+      ...filter,
       owner: listOwner(viewer(res), owner),
-      status,
-      type,
       limit: limit + 1,
       after: cursor ? decodeCursor(cursor) : undefined,
     });
