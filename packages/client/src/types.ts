@@ -25,6 +25,8 @@ export interface TaskView {
   id: string;
   type: string;
   status: TaskStatus;
+  /** Whose task it is: the caller, unless the caller is an admin. */
+  owner: string;
   payload: JsonValue;
   currentStep: string | null;
   /** 0 to 1, or null before the handler reports any. */

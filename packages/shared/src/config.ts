@@ -143,6 +143,8 @@ export const configSchema = z.object({
   STREAM_HEARTBEAT_MS: positiveInt.default(15_000),
   // Most tasks one bulk retry or cancel acts on: each is one transaction holding that many row locks.
   BULK_ACTION_MAX: positiveInt.max(100_000).default(1000),
+  // Serves the operators' dashboard at /dashboard/ (static files; the data needs the api's token).
+  DASHBOARD: z.stringbool().default(true),
   // Serves examples/web at /example/: a development aid, off unless asked for.
   EXAMPLE_PAGE: z.stringbool().default(false),
 });

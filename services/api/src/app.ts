@@ -6,6 +6,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import { postgresReady, type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
 import { authenticate, type AuthConfig } from './auth';
 import type { StreamTiming } from './event-stream';
+import { dashboardRouter, type DashboardFiles } from './dashboard';
 import { examplePageRouter, type ExamplePage } from './example-page';
 import { createHeldRequests, type HeldKind, type HeldRequests, type LongPollLimits } from './held-requests';
 import { createListStreams } from './list-streams';
@@ -37,6 +38,8 @@ export interface AppDeps {
   streams: StreamSettings;
   /** Served at /example/ when given (EXAMPLE_PAGE=true). */
   examplePage?: ExamplePage;
+  /** Served at /dashboard/ when given (DASHBOARD, on by default). */
+  dashboard?: DashboardFiles;
   admin: AdminSettings;
 }
 
@@ -179,6 +182,7 @@ export function buildApp(deps: AppDeps): { app: express.Express; registry: Regis
   const checks = createSystemChecks(deps.admin.doctor, deps.pool, deps.db);
   app.use('/admin', authenticate(deps.auth), json, adminRouter({ ...deps, settings: deps.admin, checks }));
   if (deps.examplePage) app.use('/example', examplePageRouter(deps.examplePage));
+  if (deps.dashboard) app.use('/dashboard', dashboardRouter(deps.dashboard));
   app.use(notFoundHandler);
   app.use(problemHandler(deps.logger));
   return { app, registry };

@@ -15,6 +15,7 @@ import {
 } from '@taskbox/shared';
 import { buildApp } from './app';
 import { authStartProblem } from './auth';
+import { dashboardFromRepo } from './dashboard';
 import { examplePageFromRepo } from './example-page';
 import { createServer } from './server';
 import { createTaskEvents } from './task-events';
@@ -57,6 +58,7 @@ async function main(): Promise<void> {
       tokenTtlMs: config.STREAM_TOKEN_TTL_MS,
     },
     examplePage: config.EXAMPLE_PAGE ? examplePageFromRepo(__dirname) : undefined,
+    dashboard: config.DASHBOARD ? dashboardFromRepo(__dirname) : undefined,
     admin: { doctor: config, bulkMax: config.BULK_ACTION_MAX },
   });
   const server = serverPart(
@@ -75,6 +77,7 @@ async function main(): Promise<void> {
     port: server.port(),
     database: redactUrl(config.DATABASE_URL),
     ...(config.EXAMPLE_PAGE ? { examplePage: '/example/' } : {}),
+    ...(config.DASHBOARD ? { dashboard: '/dashboard/' } : {}),
     auth: config.AUTH_JWKS_URL ? 'jwks' : config.AUTH_JWT_SECRET ? 'jwt' : config.AUTH_TOKENS ? 'tokens' : 'off',
   });
 
