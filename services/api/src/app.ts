@@ -122,6 +122,31 @@ function heldGauges(registry: Registry, held: HeldRequests): void {
   }
 }
 
+/** /me, the tasks (streams first: /tasks/events is not an id) and the admin endpoints. */
+function useTaskRoutes(app: express.Express, deps: AppDeps, held: HeldRequests): void {
+  // Who the token says the caller is: a page shows admin controls only to admins (the api checks anyway).
+  app.get('/me', authenticate(deps.auth), (_req, res) => {
+    res.json(viewer(res));
+  });
+  app.use(
+    '/tasks',
+    streamsRouter({
+      ...deps,
+      held,
+      lists: createListStreams(deps.db, deps.events, deps.logger),
+      tokens: createStreamTokens(deps.streams.tokenSecret, deps.streams.tokenTtlMs),
+      timing: deps.streams.timing,
+    }),
+  );
+  const json = express.json({ limit: deps.bodyLimit, type: ['application/json', 'application/*+json'] });
+  // Keyed by owner; '' stands for every owner, since no owner is empty.
+  const countsOf = cachedLoader(COUNTS_REUSE_MS, (owner) => countTasks(deps.db, owner === '' ? null : owner));
+  const counts = (owner: string | null) => countsOf(owner ?? '');
+  app.use('/tasks', authenticate(deps.auth), json, tasksRouter({ ...deps, held, counts }));
+  const checks = createSystemChecks(deps.admin.doctor, deps.pool, deps.db);
+  app.use('/admin', authenticate(deps.auth), json, adminRouter({ ...deps, settings: deps.admin, checks }));
+}
+
 /** Builds the api; main.ts listens on it, tests use port 0. */
 export function buildApp(deps: AppDeps): { app: express.Express; registry: Registry } {
   const registry = new Registry();
@@ -160,27 +185,7 @@ export function buildApp(deps: AppDeps): { app: express.Express; registry: Regis
     res.type(registry.contentType).send(await registry.metrics());
   });
 
-  // Who the token says the caller is: a page shows admin controls only to admins (the api checks anyway).
-  app.get('/me', authenticate(deps.auth), (_req, res) => {
-    res.json(viewer(res));
-  });
-  app.use(
-    '/tasks',
-    streamsRouter({
-      ...deps,
-      held,
-      lists: createListStreams(deps.db, deps.events, deps.logger),
-      tokens: createStreamTokens(deps.streams.tokenSecret, deps.streams.tokenTtlMs),
-      timing: deps.streams.timing,
-    }),
-  );
-  const json = express.json({ limit: deps.bodyLimit, type: ['application/json', 'application/*+json'] });
-  // Keyed by owner; '' stands for every owner, since no owner is empty.
-  const countsOf = cachedLoader(COUNTS_REUSE_MS, (owner) => countTasks(deps.db, owner === '' ? null : owner));
-  const counts = (owner: string | null) => countsOf(owner ?? '');
-  app.use('/tasks', authenticate(deps.auth), json, tasksRouter({ ...deps, held, counts }));
-  const checks = createSystemChecks(deps.admin.doctor, deps.pool, deps.db);
-  app.use('/admin', authenticate(deps.auth), json, adminRouter({ ...deps, settings: deps.admin, checks }));
+  useTaskRoutes(app, deps, held);
   if (deps.examplePage) app.use('/example', examplePageRouter(deps.examplePage));
   if (deps.dashboard) app.use('/dashboard', dashboardRouter(deps.dashboard));
   app.use(notFoundHandler);

@@ -11,9 +11,10 @@ import {
   startAll,
   stopAll,
   toError,
+  type Config,
   type Service,
 } from '@taskbox/shared';
-import { buildApp } from './app';
+import { buildApp, type AppDeps } from './app';
 import { authStartProblem } from './auth';
 import { dashboardFromRepo } from './dashboard';
 import { examplePageFromRepo } from './example-page';
@@ -24,6 +25,14 @@ import { findTask } from './task-sql';
 // How long an EventSource waits before it reconnects after a cut: short enough that a progress bar
 // barely stalls.
 const STREAM_RETRY_MS = 2000;
+
+/** The pages the api serves, as configured; one whose files are missing stops the start. */
+function pages(config: Config): Pick<AppDeps, 'examplePage' | 'dashboard'> {
+  return {
+    examplePage: config.EXAMPLE_PAGE ? examplePageFromRepo(__dirname) : undefined,
+    dashboard: config.DASHBOARD ? dashboardFromRepo(__dirname) : undefined,
+  };
+}
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
@@ -57,8 +66,7 @@ async function main(): Promise<void> {
       tokenSecret: config.STREAM_TOKEN_SECRET,
       tokenTtlMs: config.STREAM_TOKEN_TTL_MS,
     },
-    examplePage: config.EXAMPLE_PAGE ? examplePageFromRepo(__dirname) : undefined,
-    dashboard: config.DASHBOARD ? dashboardFromRepo(__dirname) : undefined,
+    ...pages(config),
     admin: { doctor: config, bulkMax: config.BULK_ACTION_MAX },
   });
   const server = serverPart(

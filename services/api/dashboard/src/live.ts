@@ -1,4 +1,4 @@
-import { call, query } from './api.js';
+import { call } from './api.js';
 
 export interface Follow {
   /** How the page learns of changes: 'stream' or 'polling'. */
@@ -48,8 +48,10 @@ export function followChanges(owner: string | null, admin: boolean, changed: () 
     try {
       const issued = await call<{ url: string }>('POST', '/tasks/stream-token');
       if (stopped) return;
-      const extra = admin && owner ? query({ owner }).replace('?', '&') : '';
-      source = new EventSource(`${issued.url}${extra}`);
+      const url = new URL(issued.url, location.href);
+      // An admin's list stream names the owner it follows; anyone else's follows their own.
+      if (admin && owner) url.searchParams.set('owner', owner);
+      source = new EventSource(url);
       source.addEventListener('ready', () => {
         failures = 0;
         soon();
