@@ -1,7 +1,7 @@
 import { sql, type RawBuilder } from 'kysely';
 import type { Db, MessageContext, TaskStatus } from '@taskbox/shared';
 import { cancellableStatuses, cancelLocked } from './cancel-sql';
-import { lockTasks, retryableStatuses, retryLocked, type LockedForRetry } from './retry-sql';
+import { lockTasks, retryableStatuses, retryLocked, type LockedTask } from './retry-sql';
 import { allOf, filterConditions, type TaskFilter } from './task-filter';
 
 export type BulkAction = 'retry' | 'cancel';
@@ -20,7 +20,7 @@ export interface BulkOutcome {
   /** Tasks the filter matched when the call ran (the action's statuses only). */
   matched: number;
   /** The tasks this call retried or cancelled: at most the limit, none on a dry run. */
-  acted: LockedForRetry[];
+  acted: LockedTask[];
 }
 
 /**

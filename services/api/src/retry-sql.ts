@@ -10,8 +10,8 @@ import {
 } from '@taskbox/shared';
 import type { Viewer } from './viewer';
 
-/** What a retry needs of a task it has locked. */
-export interface LockedForRetry {
+/** What a retry or a cancel needs of a task it has locked. */
+export interface LockedTask {
   id: string;
   type: string;
   status: TaskStatus;
@@ -39,7 +39,7 @@ export type RetryOutcome =
  */
 export async function retryLocked(
   tx: Db,
-  tasks: LockedForRetry[],
+  tasks: LockedTask[],
   requestedBy: string,
   idempotencyKey: string | null,
   context: Pick<MessageContext, 'traceparent'>,
@@ -84,7 +84,7 @@ export function visibleTask(viewer: Viewer, id: string): RawBuilder<boolean> {
  * the next call, and since it never waits, no order of locking can deadlock it.
  */
 export function lockTasks(tx: Db, narrow: RawBuilder<boolean>, limit: number, skipLocked: boolean) {
-  return sql<LockedForRetry>`
+  return sql<LockedTask>`
     SELECT id, type, status, attempts, owner, correlation_id FROM tasks
     WHERE ${narrow}
     ORDER BY created_at, id
