@@ -29,6 +29,10 @@ ENV NODE_ENV=production
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 COPY --from=build /app/packages/shared/dist packages/shared/dist
 COPY --from=build /app/services/api/dist services/api/dist
+# The dashboard (/dashboard/): its page and style, its compiled modules, and the client build they import.
+COPY --from=build /app/services/api/dashboard/static services/api/dashboard/static
+COPY --from=build /app/services/api/dashboard/dist services/api/dashboard/dist
+COPY --from=build /app/packages/client/dist/browser packages/client/dist/browser
 COPY --from=build /app/services/relay/dist services/relay/dist
 COPY --from=build /app/services/worker/dist services/worker/dist
 COPY --from=build /app/tools/dist tools/dist

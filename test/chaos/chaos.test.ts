@@ -12,6 +12,8 @@ const DB_OUTAGE_MS = 5000;
 const REPUBLISH_AFTER_MS = 3000;
 // Tasks that wait in the queue, with no worker, for the purge to lose.
 const STRANDED = 50;
+// Tasks that fail on purpose, then are retried in bulk.
+const FAILING = 50;
 const sleepFor = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
@@ -24,6 +26,7 @@ describe('chaos', () => {
   let system: System;
   let pgProxy: FaultProxy;
   let amqpProxy: FaultProxy;
+  let viaProxies: Record<string, string>;
 
   afterAll(async () => {
     for (const s of system?.services ?? [])
@@ -46,7 +49,7 @@ describe('chaos', () => {
     const brokerUrl = new URL(amqpUrl());
     pgProxy = await startFaultProxy(dbUrl.hostname, Number(dbUrl.port || 5432));
     amqpProxy = await startFaultProxy(brokerUrl.hostname, Number(brokerUrl.port || 5672));
-    const viaProxies = { DATABASE_URL: pgProxy.url(system.database.url), AMQP_URL: amqpProxy.url(amqpUrl()) };
+    viaProxies = { DATABASE_URL: pgProxy.url(system.database.url), AMQP_URL: amqpProxy.url(amqpUrl()) };
     const api = await system.start('api', viaProxies);
     const apiUrl = `http://127.0.0.1:${await api.port()}`;
     let relay: RunningService = await system.start('relay', viaProxies);
@@ -205,4 +208,51 @@ describe('chaos', () => {
     // Not one per purged message: some were duplicates of tasks that had already run.
     expect(report.republished).toBeGreaterThan(0);
   }, 300_000);
+
+  it('retries in bulk 50 tasks that failed on purpose, through a relay killed mid-way, and each then succeeds once', async () => {
+    const db = system.database.db;
+    // Each fails its first attempt, its only one: failed for good until retried.
+    const failing = await Promise.all(
+      Array.from({ length: FAILING }, () => system.submit('flaky', { failTimes: 1 }, { maxAttempts: 1 })),
+    );
+    await system.waitForTerminal(failing);
+    const failed = await db.selectFrom('tasks').select('id').where('id', 'in', failing).where('status', '=', 'failed');
+    expect(await failed.execute()).toHaveLength(FAILING);
+
+    // The bulk endpoints need an admin: a second api with an admin token, on the same database.
+    const admin = await system.start('api', { ...viaProxies, AUTH_TOKENS: 'chaos-admin:ops:admin' });
+    const retried = await fetch(`http://127.0.0.1:${await admin.port()}/admin/tasks/retry`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: 'Bearer chaos-admin' },
+      body: JSON.stringify({ filter: { type: 'flaky', status: 'failed' } }),
+    });
+    expect(await retried.json()).toMatchObject({ matched: FAILING, acted: FAILING });
+    const relay = system.services.find((s) => s.name === 'relay' && s.child.exitCode === null);
+    await relay?.kill();
+    await system.start('relay', viaProxies);
+    await system.waitForTerminal(failing);
+
+    const attempts = await db
+      .selectFrom('task_attempts')
+      .select(['task_id', 'attempt', 'outcome'])
+      .where('task_id', 'in', failing)
+      .orderBy('attempt')
+      .execute();
+    const byTask = new Map<string, string[]>();
+    for (const a of attempts) byTask.set(a.task_id, [...(byTask.get(a.task_id) ?? []), `${a.attempt} ${a.outcome}`]);
+    const shapes = new Set([...byTask.values()].map((a) => a.join(', ')));
+    const succeeded = await db
+      .selectFrom('tasks')
+      .select('id')
+      .where('id', 'in', failing)
+      .where('status', '=', 'succeeded');
+    console.log(
+      `bulk retry: ${FAILING} failed on purpose, ${(await succeeded.execute()).length} succeeded after it; attempts: ${[...shapes].join(' | ')}`,
+    );
+    expect(await succeeded.execute()).toHaveLength(FAILING);
+    expect([...shapes]).toEqual(['1 failed, 2 succeeded']);
+    // Run once: one success logged per task, whatever the relay published twice.
+    const ran = system.logs((l) => l.message === 'task succeeded' && failing.includes(String(l.taskId)));
+    expect(ran).toHaveLength(FAILING);
+  }, 120_000);
 });

@@ -1,15 +1,9 @@
 /// <reference lib="dom" />
 // The page functions below run in the browser.
-import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import type { Page } from 'playwright-core';
+import { ARTIFACTS, launchBrowser, type Browser } from '../helpers/browser';
 import { startStack, type Stack } from '../helpers/stack';
-
-// Debian's chromium, never a downloaded browser build (none can be fetched here); .ci/run installs it.
-const CHROMIUM = '/usr/bin/chromium';
-const ARTIFACTS = path.resolve(__dirname, '../artifacts');
 
 /**
  * The example page in a real browser: it loads the client's browser build from the api under a strict
@@ -17,48 +11,20 @@ const ARTIFACTS = path.resolve(__dirname, '../artifacts');
  */
 describe('examples/web in headless Chromium, served by the api', () => {
   let stack: Stack;
-  let context: BrowserContext;
-  let profile: string;
-  const problems: string[] = [];
+  let browser: Browser;
 
   beforeAll(async () => {
-    if (!existsSync(CHROMIUM)) {
-      throw new Error(`the browser test needs Debian's chromium at ${CHROMIUM}: apt-get install -y chromium`);
-    }
     stack = await startStack({}, { api: { EXAMPLE_PAGE: 'true' } });
-    profile = await mkdtemp(path.join(tmpdir(), 'taskbox-chromium-'));
-    await mkdir(ARTIFACTS, { recursive: true });
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      viewport: { width: 900, height: 720 },
-      args: [
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
+    browser = await launchBrowser(stack.urls.api);
   });
 
   afterAll(async () => {
-    await context?.close();
-    if (profile) await rm(profile, { recursive: true, force: true });
+    await browser?.close();
     await stack?.stop();
   });
 
-  async function openPage(): Promise<Page> {
-    const page = await context.newPage();
-    // A CSP violation or a script error is a broken page even when the checks below pass.
-    page.on('console', (m) => m.type() === 'error' && problems.push(`console: ${m.text()}`));
-    page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
-    page.on('response', (r) => r.status() >= 400 && problems.push(`${r.status()} ${r.url()}`));
-    await page.goto(`${stack.urls.api}/example/`);
-    return page;
-  }
+  const openPage = (): Promise<Page> => browser.open(`${stack.urls.api}/example/`);
+  const problems = (): string[] => browser.problems;
 
   const text = (page: Page, selector: string) => page.locator(selector).innerText();
 
@@ -73,7 +39,7 @@ describe('examples/web in headless Chromium, served by the api', () => {
     expect(await text(page, '#timeline')).toMatch(/created[\s\S]*published[\s\S]*started[\s\S]*finished/);
     expect(await page.locator('#cancel').isDisabled()).toBe(true);
     await page.screenshot({ path: path.join(ARTIFACTS, 'example-page-succeeded.png') });
-    expect(problems).toEqual([]);
+    expect(problems()).toEqual([]);
     await page.close();
   });
 
@@ -86,7 +52,7 @@ describe('examples/web in headless Chromium, served by the api', () => {
     await page.waitForFunction(() => document.getElementById('status')?.textContent === 'cancelled');
     expect(await text(page, '#timeline')).toMatch(/finished \(attempt 1\): cancelled/);
     await page.screenshot({ path: path.join(ARTIFACTS, 'example-page-cancelled.png') });
-    expect(problems).toEqual([]);
+    expect(problems()).toEqual([]);
     await page.close();
   });
 
@@ -110,7 +76,7 @@ describe('examples/web in headless Chromium, served by the api', () => {
       });
     });
     expect(seen.at(-1)).toBe('succeeded');
-    expect(problems).toEqual([]);
+    expect(problems()).toEqual([]);
     await page.close();
   });
 });

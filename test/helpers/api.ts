@@ -5,6 +5,7 @@ import { buildApp, type AppDeps } from '../../services/api/src/app';
 import { createServer, type HttpLimits } from '../../services/api/src/server';
 import { createTaskEvents, type TaskEvents } from '../../services/api/src/task-events';
 import { findTask } from '../../services/api/src/task-sql';
+import { amqpUrl, testPrefix } from './amqp';
 import { createTestDatabase, quietLogger, type TestDatabase } from './db';
 
 export interface TestApi {
@@ -30,6 +31,9 @@ export interface TestApiOptions {
   listenVia?: (databaseUrl: string) => string;
   /** The resync of watched tasks; off unless a test sets it, so reads are counted exactly. */
   resyncMs?: number | null;
+  /** The AMQP_PREFIX of the admin endpoints (re-drive, checks); a fresh one by default, which reaches nothing. */
+  amqpPrefix?: string;
+  bulkMax?: number;
 }
 
 /** The api built in-process (as main.ts builds it) on its own test database, auth off unless overridden. */
@@ -42,7 +46,7 @@ export async function startTestApi(overrides: Partial<AppDeps> = {}, options: Te
   const events = createTaskEvents(
     options.listenVia?.(database.url) ?? database.url,
     quietLogger,
-    (owner, id) => findTask(db, owner, id).finally(() => taskReads++),
+    (viewer, id) => findTask(db, viewer, id).finally(() => taskReads++),
     { resyncMs: options.resyncMs ?? null },
   );
   events.start();
@@ -60,6 +64,15 @@ export async function startTestApi(overrides: Partial<AppDeps> = {}, options: Te
       timing: { heartbeatMs: defaults.STREAM_HEARTBEAT_MS, retryMs: 2000 },
       tokenSecret: undefined,
       tokenTtlMs: defaults.STREAM_TOKEN_TTL_MS,
+    },
+    admin: {
+      doctor: {
+        ...defaults,
+        DATABASE_URL: database.url,
+        AMQP_URL: amqpUrl(),
+        AMQP_PREFIX: options.amqpPrefix ?? testPrefix(),
+      },
+      bulkMax: options.bulkMax ?? defaults.BULK_ACTION_MAX,
     },
     ...overrides,
   });

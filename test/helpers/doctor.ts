@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
-import { checkNames, type CheckStatus } from '../../tools/src/doctor';
+import { checkNames, type CheckStatus } from '@taskbox/shared';
 
 export interface DoctorRun {
   code: number;

@@ -44,13 +44,20 @@ describe('api contract: GET /openapi.json describes the real responses', () => {
   it('documents each endpoint and each task type’s payload schema', () => {
     expect(Object.keys(doc.paths).sort()).toEqual(
       [
+        '/admin/dead-letters/redrive',
+        '/admin/status',
+        '/admin/tasks/cancel',
+        '/admin/tasks/retry',
         '/healthz',
+        '/me',
         '/metrics',
         '/openapi.json',
         '/readyz',
         '/tasks',
+        '/tasks/counts',
         '/tasks/{id}',
         '/tasks/{id}/cancel',
+        '/tasks/{id}/retry',
         '/tasks/{id}/events',
         '/tasks/{id}/stream-token',
         '/tasks/events',
@@ -83,7 +90,12 @@ describe('api contract: GET /openapi.json describes the real responses', () => {
       ],
       [await request(api.app).post('/tasks/stream-token'), '/tasks/stream-token', 'post', '200'],
       [await request(api.app).get(`/tasks/${randomUUID()}/events`), '/tasks/{id}/events', 'get', '404'],
+      [await request(api.app).post(`/tasks/${created.body.id}/retry`), '/tasks/{id}/retry', 'post', '409'],
       [await request(api.app).post(`/tasks/${created.body.id}/cancel`), '/tasks/{id}/cancel', 'post', '200'],
+      [await request(api.app).post(`/tasks/${created.body.id}/retry`), '/tasks/{id}/retry', 'post', '202'],
+      [await request(api.app).get('/me'), '/me', 'get', '200'],
+      [await request(api.app).get('/tasks/counts'), '/tasks/counts', 'get', '200'],
+      [await request(api.app).post('/admin/tasks/retry').send({}), '/admin/tasks/retry', 'post', '403'],
       [await request(api.app).get('/healthz'), '/healthz', 'get', '200'],
       [await request(api.app).get('/readyz'), '/readyz', 'get', '200'],
     ];

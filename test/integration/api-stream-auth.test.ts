@@ -1,5 +1,5 @@
 import { sql } from 'kysely';
-import { TASK_CHANNEL, taskChanged, type Db } from '@taskbox/shared';
+import { TASK_CHANNEL, loadConfig, taskChanged, type Db } from '@taskbox/shared';
 import { createStreamTokens } from '../../services/api/src/stream-tokens';
 import { startTestApi, type TestApi } from '../helpers/api';
 import { insertTaskFixture } from '../helpers/factories';
@@ -31,12 +31,7 @@ describe('api: streams and stream tokens are scoped to their owner', () => {
 
   beforeAll(async () => {
     api = await startTestApi({
-      auth: {
-        AUTH_TOKENS: new Map([
-          ['alice-token', 'alice'],
-          ['bob-token', 'bob'],
-        ]),
-      },
+      auth: loadConfig({ AUTH_TOKENS: 'alice-token:alice,bob-token:bob' }),
       // Small caps, shared with long polls: two per owner, three in all.
       longPoll: { max: 3, maxPerOwner: 2 },
       streams: {
@@ -117,8 +112,8 @@ describe('api: streams and stream tokens are scoped to their owner', () => {
   });
 
   it('refuses expired, forged and foreign-key tokens with 401', async () => {
-    const expired = await createStreamTokens(SECRET, -60_000).issue({ owner: 'alice', task: alices });
-    const otherKey = await createStreamTokens(undefined, 60_000).issue({ owner: 'alice', task: alices });
+    const expired = await createStreamTokens(SECRET, -60_000).issue({ owner: 'alice', admin: false, task: alices });
+    const otherKey = await createStreamTokens(undefined, 60_000).issue({ owner: 'alice', admin: false, task: alices });
     for (const token of [expired.token, otherKey.token, 'not-a-token']) {
       const res = await fetch(`${base}/tasks/${alices}/events?token=${encodeURIComponent(token)}`);
       expect(res.status).toBe(401);

@@ -17,7 +17,7 @@ describe('@taskbox/client in Node against a running api', () => {
   const calls: string[] = [];
 
   beforeAll(async () => {
-    api = await startTestApi({ auth: { AUTH_TOKENS: new Map([['alice-token', 'alice']]) } });
+    api = await startTestApi({ auth: { AUTH_TOKENS: new Map([['alice-token', { owner: 'alice', admin: false }]]) } });
     base = await api.listen();
     proxy = await startFaultProxy('127.0.0.1', Number(new URL(base).port));
     prefix = testPrefix();

@@ -1,7 +1,6 @@
 import amqp from 'amqplib';
 import { sql } from 'kysely';
-import { amqpNames } from '@taskbox/shared';
-import { checkNames as c } from '../../tools/src/doctor';
+import { amqpNames, checkNames as c } from '@taskbox/shared';
 import { amqpUrl, deleteTopology, testPrefix } from '../helpers/amqp';
 import { createTestDatabase, type TestDatabase } from '../helpers/db';
 import { closedPort, runDoctor, statuses } from '../helpers/doctor';

@@ -1,6 +1,8 @@
 import { sql } from 'kysely';
 import type { Db } from '@taskbox/shared';
-import { cancelTask, currentHorizon, tasksChangedSince } from '../../services/api/src/task-sql';
+import { retryTask } from '../../services/api/src/retry-sql';
+import { cancelTask } from '../../services/api/src/cancel-sql';
+import { currentHorizon, tasksChangedSince } from '../../services/api/src/task-sql';
 import { renewLeases, sweepExpiredLeases } from '../../services/worker/src/lease-sql';
 import {
   failTask,
@@ -12,6 +14,8 @@ import {
 } from '../../services/worker/src/task-sql';
 import { createTestDatabase, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
+
+const ANONYMOUS = { owner: 'anonymous', admin: false };
 
 /**
  * Streams send a state only when its version is newer, and list streams find changed tasks by their
@@ -68,10 +72,16 @@ describe('every write that changes what a task view shows gives the task a new v
 
   it('the api’s cancel, once per request that changes something', async () => {
     const pending = await insertTaskFixture(db);
-    expect(await bumps(pending, () => cancelTask(db, 'anonymous', pending))).toBe(true);
+    expect(await bumps(pending, () => cancelTask(db, ANONYMOUS, pending))).toBe(true);
     const running = await insertTaskFixture(db, { status: 'processing', attempts: 1 });
-    expect(await bumps(running, () => cancelTask(db, 'anonymous', running))).toBe(true);
-    expect(await bumps(running, () => cancelTask(db, 'anonymous', running))).toBe(false);
+    expect(await bumps(running, () => cancelTask(db, ANONYMOUS, running))).toBe(true);
+    expect(await bumps(running, () => cancelTask(db, ANONYMOUS, running))).toBe(false);
+  });
+
+  it('the api’s retry, and not a retry it refuses', async () => {
+    const failed = await insertTaskFixture(db, { status: 'failed', attempts: 3 });
+    expect(await bumps(failed, () => retryTask(db, ANONYMOUS, failed, null, { traceparent: null }))).toBe(true);
+    expect(await bumps(failed, () => retryTask(db, ANONYMOUS, failed, null, { traceparent: null }))).toBe(false);
   });
 
   it('not a lease renewal, which no view shows', async () => {

@@ -1,74 +1,14 @@
-import type { ChannelModel } from 'amqplib';
 import {
-  amqpNames,
   amqpUrls,
   createDb,
   createLogger,
   createPool,
   loadConfig,
   redactUrl,
+  runDoctor,
   toError,
-  type Config,
-  type Db,
-} from '@taskbox/shared';
-import {
-  checkConsumers,
-  checkDatabase,
-  checkDeadLetters,
-  checkLongProcessing,
-  checkMigrations,
-  checkNames,
-  checkOutboxBacklog,
-  checkPendingPublished,
-  checkPendingUnpublished,
-  checkRepublished,
-  checkTopology,
-  connectBroker,
   type CheckResult,
-} from './doctor';
-
-type Step =
-  | { name: string; needs: 'database'; run(db: Db): Promise<CheckResult> }
-  | { name: string; needs: 'broker'; run(broker: ChannelModel): Promise<CheckResult> };
-
-/** The checks after "database reachable" and "broker reachable", in the order a task travels. */
-function steps(config: Config): { schema: Step[]; flow: Step[] } {
-  const names = amqpNames(config.AMQP_PREFIX);
-  const pendingMs = config.DOCTOR_PENDING_MS;
-  const onDb = (name: string, run: (db: Db) => Promise<CheckResult>): Step => ({ name, needs: 'database', run });
-  const onBroker = (name: string, run: (b: ChannelModel) => Promise<CheckResult>): Step => ({
-    name,
-    needs: 'broker',
-    run,
-  });
-  return {
-    schema: [onDb(checkNames.migrations, checkMigrations)],
-    flow: [
-      onBroker(checkNames.topology, (b) => checkTopology(b, names)),
-      onBroker(checkNames.consumers, (b) => checkConsumers(b, names.queue)),
-      onDb(checkNames.backlog, (db) => checkOutboxBacklog(db, pendingMs)),
-      onDb(checkNames.pendingUnpublished, (db) => checkPendingUnpublished(db, pendingMs)),
-      onDb(checkNames.pendingPublished, (db) => checkPendingPublished(db, pendingMs, config.REPUBLISH_AFTER_MS)),
-      onDb(checkNames.republished, checkRepublished),
-      onDb(checkNames.processing, (db) => checkLongProcessing(db, config.DOCTOR_PROCESSING_MS)),
-      onBroker(checkNames.deadLetters, (b) => checkDeadLetters(b, names.deadQueue)),
-    ],
-  };
-}
-
-/** Runs one step; an unreachable dependency or a thrown error is a fail with a hint, never a crash. */
-async function runStep(step: Step, db: Db | null, broker: ChannelModel | null): Promise<CheckResult> {
-  const reached = step.needs === 'database' ? db : broker;
-  if (!reached) {
-    const first = step.needs === 'database' ? checkNames.database : checkNames.broker;
-    return { name: step.name, status: 'fail', detail: 'not checked', hint: `fix "${first}" first` };
-  }
-  try {
-    return step.needs === 'database' ? await step.run(reached as Db) : await step.run(reached as ChannelModel);
-  } catch (err) {
-    return { name: step.name, status: 'fail', detail: toError(err).message, hint: 'the check itself failed' };
-  }
-}
+} from '@taskbox/shared';
 
 function print(results: CheckResult[]): void {
   const width = Math.max(...results.map((r) => r.name.length));
@@ -93,16 +33,8 @@ async function main(): Promise<number> {
     connectionTimeoutMillis: 3000,
     statementTimeoutMs: config.DB_STATEMENT_TIMEOUT_MS,
   });
-  const results = [await checkDatabase(pool, config.DATABASE_URL)];
-  const db = results[0]?.status === 'ok' ? createDb(pool) : null;
-  const { schema, flow } = steps(config);
-  for (const step of schema) results.push(await runStep(step, db, null));
-  const broker = await connectBroker(amqpUrls(config));
-  results.push(broker.check);
-  for (const step of flow) results.push(await runStep(step, db, broker.model));
-
+  const results = await runDoctor(config, pool, createDb(pool));
   print(results);
-  await broker.model?.close().catch(() => undefined);
   await pool.end().catch(() => undefined);
   return results.some((r) => r.status === 'fail') ? 1 : 0;
 }

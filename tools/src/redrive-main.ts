@@ -2,6 +2,7 @@ import { parseArgs } from 'node:util';
 import {
   amqpNames,
   amqpUrls,
+  connectBroker,
   createDb,
   createLogger,
   createOutboxNotifier,
@@ -10,7 +11,6 @@ import {
   redriveDeadLetters,
   toError,
 } from '@taskbox/shared';
-import { connectBroker } from './doctor';
 
 const usage = 'usage: npm run redrive -- [--dry-run] [--limit N]   (N: most messages to look at, default 1000)';
 

@@ -10,17 +10,23 @@ export const taskStatuses = ['pending', 'processing', 'succeeded', 'failed', 'ca
 export type TaskStatus = (typeof taskStatuses)[number];
 
 export interface TimelineEvent {
-  event: 'created' | 'published' | 'started' | 'finished';
+  event: 'created' | 'published' | 'started' | 'finished' | 'retried';
   at: string;
   attempt?: number;
   externalJobId?: string;
   outcome?: string;
+  /** retried: 1 for the task's first retry, then 2, … */
+  retry?: number;
+  /** retried: the owner or admin who asked. */
+  by?: string;
 }
 
 export interface TaskView {
   id: string;
   type: string;
   status: TaskStatus;
+  /** Whose task it is: the caller, unless the caller is an admin. */
+  owner: string;
   payload: JsonValue;
   currentStep: string | null;
   /** 0 to 1, or null before the handler reports any. */

@@ -11,16 +11,41 @@ const commaList = (value: string): string[] =>
 /** The owner of every task while authentication is off. */
 export const ANONYMOUS_OWNER = 'anonymous';
 
-// "token:owner,token:owner"; tokens and owners without ":" or "," so the list parses one way only.
+/** A static token's caller: the owner of the tasks it creates, and whether it may act on every owner's. */
+export interface TokenCaller {
+  owner: string;
+  admin: boolean;
+}
+
+// "token:owner[:admin],…"; tokens and owners without ":" or "," so the list parses one way only.
 // No ":" also keeps token owners apart from JWT owners, which the api stores as "jwt:<sub>".
+const tokenEntry = String.raw`\s*[^\s:,]+:[^\s:,]+(:admin)?\s*`;
 const authTokens = z
   .string()
-  .regex(/^\s*[^\s:,]+:[^\s:,]+\s*(,\s*[^\s:,]+:[^\s:,]+\s*)*$/, 'a list such as "token1:alice,token2:bob"')
-  .transform((value) => new Map(commaList(value).map((pair) => pair.split(':') as [string, string])))
+  .regex(new RegExp(`^${tokenEntry}(,${tokenEntry})*$`), 'a list such as "token1:alice:admin,token2:bob"')
+  .transform(
+    (value) =>
+      new Map(
+        commaList(value).map((entry): [string, TokenCaller] => {
+          const [token = '', owner = '', flag] = entry.split(':');
+          return [token, { owner, admin: flag === 'admin' }];
+        }),
+      ),
+  )
   .refine(
-    (tokens) => ![...tokens.values()].includes(ANONYMOUS_OWNER),
+    (tokens) => ![...tokens.values()].some((caller) => caller.owner === ANONYMOUS_OWNER),
     `"${ANONYMOUS_OWNER}" owns the tasks created while auth was off; give the token another owner`,
   );
+
+// "claim=value": a JWT whose claim holds the value (one of its space-separated words, or an element
+// of its array) is an admin's. "=" rather than ":" because claim names are often URLs.
+const adminClaim = z
+  .string()
+  .regex(/^[^=\s]+=[^=\s]+$/, 'a claim and a value such as "scope=taskbox:admin"')
+  .transform((value) => {
+    const [claim = '', wanted = ''] = value.split('=');
+    return { claim, value: wanted };
+  });
 
 // An origin is scheme://host[:port], exactly what browsers send in the Origin header.
 const corsOrigins = z
@@ -96,6 +121,7 @@ export const configSchema = z.object({
   AUTH_JWKS_URL: z.url().optional(),
   AUTH_JWT_ISSUER: z.string().min(1).optional(),
   AUTH_JWT_AUDIENCE: z.string().min(1).optional(),
+  AUTH_JWT_ADMIN_CLAIM: adminClaim.optional(),
   CORS_ORIGINS: corsOrigins.default([]),
   // The api's bounds on slow clients: all headers within the first, the whole request within the second.
   HTTP_HEADERS_TIMEOUT_MS: positiveInt.default(10_000),
@@ -115,6 +141,10 @@ export const configSchema = z.object({
   STREAM_TOKEN_TTL_MS: positiveInt.default(120_000),
   // Below the idle timeouts of common proxies and load balancers, which start at a minute.
   STREAM_HEARTBEAT_MS: positiveInt.default(15_000),
+  // Most tasks one bulk retry or cancel acts on: each is one transaction holding that many row locks.
+  BULK_ACTION_MAX: positiveInt.max(100_000).default(1000),
+  // Serves the operators' dashboard at /dashboard/ (static files; the data needs the api's token).
+  DASHBOARD: z.stringbool().default(true),
   // Serves examples/web at /example/: a development aid, off unless asked for.
   EXAMPLE_PAGE: z.stringbool().default(false),
 });
@@ -143,6 +173,9 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
   const issues = parsed.error?.issues.map((i) => ({ path: i.path.join('.'), message: i.message })) ?? [];
   if (parsed.data?.AUTH_JWT_SECRET && parsed.data.AUTH_JWKS_URL) {
     issues.push({ path: 'AUTH_JWKS_URL', message: 'set AUTH_JWT_SECRET or AUTH_JWKS_URL, not both' });
+  }
+  if (parsed.data?.AUTH_JWT_ADMIN_CLAIM && !parsed.data.AUTH_JWT_SECRET && !parsed.data.AUTH_JWKS_URL) {
+    issues.push({ path: 'AUTH_JWT_ADMIN_CLAIM', message: 'applies to JWTs: set AUTH_JWT_SECRET or AUTH_JWKS_URL too' });
   }
   issues.push(...httpLimitIssues(parsed.data));
   if (parsed.success && issues.length === 0) return parsed.data;

@@ -65,6 +65,18 @@ export interface TaskAttemptsTable {
   error: Json | null;
 }
 
+/** A retry an owner or an admin asked for (POST /tasks/{id}/retry): the timeline shows it. */
+export interface TaskRetriesTable {
+  task_id: string;
+  /** 1 for a task's first retry, then 2, … */
+  retry: number;
+  /** The task's attempts when it was retried: its next attempt is this plus one. */
+  after_attempt: number;
+  requested_by: string;
+  requested_at: Timestamp;
+  idempotency_key: string | null;
+}
+
 export interface OutboxTable {
   // bigint arrives as a string; it stays a string rather than lose precision.
   id: Generated<string>;
@@ -84,6 +96,7 @@ export interface OutboxTable {
 export interface Database {
   tasks: TasksTable;
   task_attempts: TaskAttemptsTable;
+  task_retries: TaskRetriesTable;
   outbox: OutboxTable;
 }
 

@@ -3,6 +3,8 @@ export * from './broker-nodes';
 export * from './batcher';
 export * from './config';
 export * from './db';
+export * from './doctor';
+export * from './doctor-checks';
 export * from './errors';
 export * from './health';
 export * from './lifecycle';

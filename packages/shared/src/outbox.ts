@@ -73,6 +73,14 @@ export const lastPublishedAt = sql<Date | null>`(
   SELECT CASE WHEN bool_or(o.published_at IS NULL) THEN NULL ELSE coalesce(max(o.published_at), t.updated_at) END
   FROM outbox o WHERE o.task_id = t.id)`;
 
+/**
+ * Wakes the relays now rather than at their next poll, for writers that add outbox rows rarely (a
+ * retry, a re-drive); inside a transaction the NOTIFY is delivered at its commit.
+ */
+export async function wakeRelays(db: Db): Promise<void> {
+  await sql`SELECT pg_notify(${OUTBOX_CHANNEL}, '')`.execute(db);
+}
+
 /** Inserts outbox rows inside the caller's transaction; `delayMs` defers a retry. */
 export async function insertOutbox(db: Db, messages: OutboxMessage[], delayMs = 0): Promise<void> {
   if (messages.length === 0) return;

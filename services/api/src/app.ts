@@ -6,15 +6,21 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import { postgresReady, type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
 import { authenticate, type AuthConfig } from './auth';
 import type { StreamTiming } from './event-stream';
+import { dashboardRouter, type DashboardFiles } from './dashboard';
 import { examplePageRouter, type ExamplePage } from './example-page';
 import { createHeldRequests, type HeldKind, type HeldRequests, type LongPollLimits } from './held-requests';
 import { createListStreams } from './list-streams';
 import { openApiDocument } from './openapi';
 import { notFoundHandler, problemHandler } from './problem';
+import { adminRouter, type AdminSettings } from './routes/admin';
 import { streamsRouter } from './routes/streams';
 import { tasksRouter } from './routes/tasks';
 import { createStreamTokens } from './stream-tokens';
+import { createSystemChecks } from './system-checks';
+import { cachedLoader } from './cache';
+import { countTasks } from './bulk-sql';
 import type { TaskEvents } from './task-events';
+import { viewer } from './viewer';
 
 export interface AppDeps {
   db: Db;
@@ -32,6 +38,9 @@ export interface AppDeps {
   streams: StreamSettings;
   /** Served at /example/ when given (EXAMPLE_PAGE=true). */
   examplePage?: ExamplePage;
+  /** Served at /dashboard/ when given (DASHBOARD, on by default). */
+  dashboard?: DashboardFiles;
+  admin: AdminSettings;
 }
 
 export interface StreamSettings {
@@ -40,6 +49,9 @@ export interface StreamSettings {
   tokenSecret: string | undefined;
   tokenTtlMs: number;
 }
+
+// Counts scan an owner's tasks (an admin's, every task): pages that poll them share one count a second.
+const COUNTS_REUSE_MS = 1000;
 
 const REQUEST_ID = /^[\w.:@/+=-]{1,128}$/;
 
@@ -110,6 +122,31 @@ function heldGauges(registry: Registry, held: HeldRequests): void {
   }
 }
 
+/** /me, the tasks (streams first: /tasks/events is not an id) and the admin endpoints. */
+function useTaskRoutes(app: express.Express, deps: AppDeps, held: HeldRequests): void {
+  // Who the token says the caller is: a page shows admin controls only to admins (the api checks anyway).
+  app.get('/me', authenticate(deps.auth), (_req, res) => {
+    res.json(viewer(res));
+  });
+  app.use(
+    '/tasks',
+    streamsRouter({
+      ...deps,
+      held,
+      lists: createListStreams(deps.db, deps.events, deps.logger),
+      tokens: createStreamTokens(deps.streams.tokenSecret, deps.streams.tokenTtlMs),
+      timing: deps.streams.timing,
+    }),
+  );
+  const json = express.json({ limit: deps.bodyLimit, type: ['application/json', 'application/*+json'] });
+  // Keyed by owner; '' stands for every owner, since no owner is empty.
+  const countsOf = cachedLoader(COUNTS_REUSE_MS, (owner) => countTasks(deps.db, owner === '' ? null : owner));
+  const counts = (owner: string | null) => countsOf(owner ?? '');
+  app.use('/tasks', authenticate(deps.auth), json, tasksRouter({ ...deps, held, counts }));
+  const checks = createSystemChecks(deps.admin.doctor, deps.pool, deps.db);
+  app.use('/admin', authenticate(deps.auth), json, adminRouter({ ...deps, settings: deps.admin, checks }));
+}
+
 /** Builds the api; main.ts listens on it, tests use port 0. */
 export function buildApp(deps: AppDeps): { app: express.Express; registry: Registry } {
   const registry = new Registry();
@@ -148,23 +185,9 @@ export function buildApp(deps: AppDeps): { app: express.Express; registry: Regis
     res.type(registry.contentType).send(await registry.metrics());
   });
 
-  app.use(
-    '/tasks',
-    streamsRouter({
-      ...deps,
-      held,
-      lists: createListStreams(deps.db, deps.events, deps.logger),
-      tokens: createStreamTokens(deps.streams.tokenSecret, deps.streams.tokenTtlMs),
-      timing: deps.streams.timing,
-    }),
-  );
-  app.use(
-    '/tasks',
-    authenticate(deps.auth),
-    express.json({ limit: deps.bodyLimit, type: ['application/json', 'application/*+json'] }),
-    tasksRouter({ ...deps, held }),
-  );
+  useTaskRoutes(app, deps, held);
   if (deps.examplePage) app.use('/example', examplePageRouter(deps.examplePage));
+  if (deps.dashboard) app.use('/dashboard', dashboardRouter(deps.dashboard));
   app.use(notFoundHandler);
   app.use(problemHandler(deps.logger));
   return { app, registry };

@@ -1,12 +1,13 @@
 import { timingSafeEqual } from 'node:crypto';
 import type { RequestHandler } from 'express';
 import { createRemoteJWKSet, errors, jwtVerify, type JWTVerifyResult } from 'jose';
-import { ANONYMOUS_OWNER, type Config } from '@taskbox/shared';
+import { ANONYMOUS_OWNER, type Config, type TokenCaller } from '@taskbox/shared';
 import { HttpProblem } from './problem';
+import type { Viewer } from './viewer';
 
 export type AuthConfig = Pick<
   Config,
-  'AUTH_TOKENS' | 'AUTH_JWT_SECRET' | 'AUTH_JWKS_URL' | 'AUTH_JWT_ISSUER' | 'AUTH_JWT_AUDIENCE'
+  'AUTH_TOKENS' | 'AUTH_JWT_SECRET' | 'AUTH_JWKS_URL' | 'AUTH_JWT_ISSUER' | 'AUTH_JWT_AUDIENCE' | 'AUTH_JWT_ADMIN_CLAIM'
 >;
 
 const AUTH_SETTINGS = ['AUTH_TOKENS', 'AUTH_JWT_SECRET', 'AUTH_JWKS_URL'] as const;
@@ -28,15 +29,21 @@ export function authStartProblem(
   return undefined;
 }
 
-type Verify = (token: string) => Promise<string | undefined>;
+type Verify = (token: string) => Promise<Viewer | undefined>;
 
-function staticTokens(tokens: Map<string, string>): Verify {
-  const known = [...tokens].map(([token, owner]) => [Buffer.from(token), owner] as const);
+function staticTokens(tokens: Map<string, TokenCaller>): Verify {
+  const known = [...tokens].map(([token, caller]) => [Buffer.from(token), caller] as const);
   // Constant-time compare, so response timing does not reveal how much of a token was right.
   return async (token) => {
     const given = Buffer.from(token);
     return known.find(([t]) => t.length === given.length && timingSafeEqual(t, given))?.[1];
   };
+}
+
+/** Whether a claim holds `value`: a word of a space-separated string (OAuth's scope) or an array element. */
+function claimHolds(claim: unknown, value: string): boolean {
+  if (typeof claim === 'string') return claim.split(' ').includes(value);
+  return Array.isArray(claim) && claim.includes(value);
 }
 
 function jwt(config: AuthConfig): Verify | undefined {
@@ -55,10 +62,13 @@ function jwt(config: AuthConfig): Verify | undefined {
   return async (token) => {
     try {
       const { payload } = await verifyJwt(token);
+      if (typeof payload.sub !== 'string' || payload.sub.length === 0 || payload.sub.length > 200) return undefined;
+      const admin = config.AUTH_JWT_ADMIN_CLAIM;
       // Namespaced: a token owner has no ":", so a subject can never become a static token's owner.
-      return typeof payload.sub === 'string' && payload.sub.length > 0 && payload.sub.length <= 200
-        ? `jwt:${payload.sub}`
-        : undefined;
+      return {
+        owner: `jwt:${payload.sub}`,
+        admin: admin !== undefined && claimHolds(payload[admin.claim], admin.value),
+      };
     } catch (err) {
       // A key set we cannot fetch is our outage, not the caller's bad token.
       if (err instanceof errors.JWKSTimeout || !(err instanceof errors.JOSEError)) {
@@ -71,8 +81,9 @@ function jwt(config: AuthConfig): Verify | undefined {
 
 /**
  * Sets res.locals.owner: a static token's owner (AUTH_TOKENS) or `jwt:<sub>` of a JWT (AUTH_JWT_SECRET
- * or AUTH_JWKS_URL); ANONYMOUS_OWNER when none is configured. A missing or invalid token is a 401
- * problem with WWW-Authenticate (RFC 6750 section 3).
+ * or AUTH_JWKS_URL); ANONYMOUS_OWNER when none is configured. res.locals.admin is true for a token
+ * flagged `:admin` or a JWT with AUTH_JWT_ADMIN_CLAIM; never while auth is off, when there is one owner
+ * anyway. A missing or invalid token is a 401 problem with WWW-Authenticate (RFC 6750 section 3).
  */
 export function authenticate(config: AuthConfig): RequestHandler {
   const verifiers = [config.AUTH_TOKENS?.size ? staticTokens(config.AUTH_TOKENS) : undefined, jwt(config)].filter(
@@ -81,13 +92,15 @@ export function authenticate(config: AuthConfig): RequestHandler {
   return async (req, res, next) => {
     if (verifiers.length === 0) {
       res.locals.owner = ANONYMOUS_OWNER;
+      res.locals.admin = false;
       return next();
     }
     const token = /^Bearer ([\x21-\x7e]{1,4096})$/i.exec(req.get('authorization') ?? '')?.[1];
     for (const verify of token ? verifiers : []) {
-      const owner = await verify(token as string);
-      if (owner) {
-        res.locals.owner = owner;
+      const caller = await verify(token as string);
+      if (caller) {
+        res.locals.owner = caller.owner;
+        res.locals.admin = caller.admin;
         return next();
       }
     }

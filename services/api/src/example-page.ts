@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import express, { Router } from 'express';
+import { strictPageCsp } from './page-csp';
 
 export interface ExamplePage {
   /** examples/web: the page, its script and its style. */
@@ -8,18 +9,6 @@ export interface ExamplePage {
   /** The client's one-file build (packages/client/dist/browser), which the page imports. */
   clientDir: string;
 }
-
-// Only this origin's own files: no inline script or style, no CDN, nothing framed.
-const CSP = [
-  "default-src 'none'",
-  "script-src 'self'",
-  "style-src 'self'",
-  "connect-src 'self'",
-  "img-src 'self'",
-  "base-uri 'none'",
-  "form-action 'none'",
-  "frame-ancestors 'none'",
-].join('; ');
 
 /** The example page's files as the repository lays them out, from the api's dist folder; fails when one is missing. */
 export function examplePageFromRepo(apiDist: string): ExamplePage {
@@ -34,10 +23,7 @@ export function examplePageFromRepo(apiDist: string): ExamplePage {
 /** Serves the example page at /example/ (EXAMPLE_PAGE=true, for development). */
 export function examplePageRouter(page: ExamplePage): Router {
   const router = Router();
-  router.use((_req, res, next) => {
-    res.setHeader('Content-Security-Policy', CSP);
-    next();
-  });
+  router.use(strictPageCsp());
   router.use('/client', express.static(page.clientDir, { index: false }));
   router.use(express.static(page.pageDir, { index: 'index.html' }));
   return router;

@@ -2,6 +2,7 @@ import { terminalStatuses } from '@taskbox/shared';
 import type { HeldRequests, Timeline } from './held-requests';
 import type { TaskEvents, TaskRead } from './task-events';
 import type { TaskRow } from './task-sql';
+import type { Viewer } from './viewer';
 
 export interface LongPollAnswer {
   row: TaskRow;
@@ -10,10 +11,10 @@ export interface LongPollAnswer {
 
 export interface LongPolls {
   /**
-   * Waits for a change to the task (see waitForChange); undefined when it does not exist for `owner`,
-   * or when `signal` aborted (the client went away).
+   * Waits for a change to the task (see waitForChange); undefined when `viewer` may not see it, or when
+   * `signal` aborted (the client went away).
    */
-  wait(owner: string, id: string, waitMs: number, signal: AbortSignal): Promise<LongPollAnswer | undefined>;
+  wait(viewer: Viewer, id: string, waitMs: number, signal: AbortSignal): Promise<LongPollAnswer | undefined>;
 }
 
 // What a long poll watches: the fields a progress display shows (status, step, progress).
@@ -24,11 +25,11 @@ const changeKey = (row: TaskRow): string => JSON.stringify([row.status, row.curr
  * task is terminal (it will not change again), or at `waitMs` with the latest read. Woken by NOTIFY,
  * never by polling the row; the deadline also covers a NOTIFY that was lost.
  */
-async function waitForChange(events: TaskEvents, owner: string, id: string, waitMs: number, signal: AbortSignal) {
+async function waitForChange(events: TaskEvents, viewer: Viewer, id: string, waitMs: number, signal: AbortSignal) {
   const deadline = Date.now() + waitMs;
   const watch = events.watch(id);
   try {
-    let read: TaskRead = await watch.first(owner);
+    let read: TaskRead = await watch.first(viewer);
     const initial = read.row && changeKey(read.row);
     while (read.row && !terminalStatuses.includes(read.row.status) && changeKey(read.row) === initial) {
       const next = await watch.next(deadline - Date.now(), signal);
@@ -44,10 +45,10 @@ async function waitForChange(events: TaskEvents, owner: string, id: string, wait
 /** Long polls within the held-request caps; the waiters that answer from one shared read share its timeline read. */
 export function createLongPolls(events: TaskEvents, held: HeldRequests): LongPolls {
   return {
-    async wait(owner, id, waitMs, signal) {
-      const release = held.admit(owner, 'long poll');
+    async wait(viewer, id, waitMs, signal) {
+      const release = held.admit(viewer.owner, 'long poll');
       // The slot is for waiting: it frees before the timeline read, when the poll has its answer.
-      const read = await waitForChange(events, owner, id, waitMs, signal).finally(release);
+      const read = await waitForChange(events, viewer, id, waitMs, signal).finally(release);
       // A client that went away gets no answer: skip its timeline read, or many leaving at once (a proxy
       // restarting) would queue a burst of reads in front of every other request.
       if (!read.row || signal.aborted) return undefined;

@@ -11,10 +11,12 @@ import {
   startAll,
   stopAll,
   toError,
+  type Config,
   type Service,
 } from '@taskbox/shared';
-import { buildApp } from './app';
+import { buildApp, type AppDeps } from './app';
 import { authStartProblem } from './auth';
+import { dashboardFromRepo } from './dashboard';
 import { examplePageFromRepo } from './example-page';
 import { createServer } from './server';
 import { createTaskEvents } from './task-events';
@@ -23,6 +25,14 @@ import { findTask } from './task-sql';
 // How long an EventSource waits before it reconnects after a cut: short enough that a progress bar
 // barely stalls.
 const STREAM_RETRY_MS = 2000;
+
+/** The pages the api serves, as configured; one whose files are missing stops the start. */
+function pages(config: Config): Pick<AppDeps, 'examplePage' | 'dashboard'> {
+  return {
+    examplePage: config.EXAMPLE_PAGE ? examplePageFromRepo(__dirname) : undefined,
+    dashboard: config.DASHBOARD ? dashboardFromRepo(__dirname) : undefined,
+  };
+}
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
@@ -40,7 +50,7 @@ async function main(): Promise<void> {
   });
   const db = createDb(pool);
   const taskNotifier = createTaskNotifier(pool, logger);
-  const events = createTaskEvents(config.DATABASE_URL, logger, (owner, id) => findTask(db, owner, id));
+  const events = createTaskEvents(config.DATABASE_URL, logger, (viewer, id) => findTask(db, viewer, id));
   const { app } = buildApp({
     db,
     pool,
@@ -56,7 +66,8 @@ async function main(): Promise<void> {
       tokenSecret: config.STREAM_TOKEN_SECRET,
       tokenTtlMs: config.STREAM_TOKEN_TTL_MS,
     },
-    examplePage: config.EXAMPLE_PAGE ? examplePageFromRepo(__dirname) : undefined,
+    ...pages(config),
+    admin: { doctor: config, bulkMax: config.BULK_ACTION_MAX },
   });
   const server = serverPart(
     createServer(app, {
@@ -74,6 +85,7 @@ async function main(): Promise<void> {
     port: server.port(),
     database: redactUrl(config.DATABASE_URL),
     ...(config.EXAMPLE_PAGE ? { examplePage: '/example/' } : {}),
+    ...(config.DASHBOARD ? { dashboard: '/dashboard/' } : {}),
     auth: config.AUTH_JWKS_URL ? 'jwks' : config.AUTH_JWT_SECRET ? 'jwt' : config.AUTH_TOKENS ? 'tokens' : 'off',
   });
 

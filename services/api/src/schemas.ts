@@ -47,10 +47,35 @@ export const createTaskRequestSchema = z.discriminatedUnion(
 
 export const idSchema = z.guid();
 
+const ownerParam = z
+  .string()
+  .min(1)
+  .max(300)
+  .refine(isStorableText, UNSTORABLE_TEXT)
+  .optional()
+  .describe("an admin's filter: this owner's tasks (without it, every owner's); others may name only themselves");
+
+const iso = z.iso.datetime({ offset: true });
+
+/** The filters GET /tasks and the bulk actions share (task-filter.ts). */
+export const taskFilterFields = {
+  status: statusSchema.optional(),
+  type: typeNameSchema.optional(),
+  createdAfter: iso.optional().describe('created at or after this time'),
+  createdBefore: iso.optional().describe('created before this time'),
+  errorContains: z
+    .string()
+    .min(1)
+    .max(200)
+    .refine(isStorableText, UNSTORABLE_TEXT)
+    .optional()
+    .describe("part of the error's name or message, in any case"),
+};
+
 export const listQuerySchema = z
   .object({
-    status: statusSchema.optional(),
-    type: typeNameSchema.optional(),
+    ...taskFilterFields,
+    owner: ownerParam,
     limit: z.coerce.number().int().min(1).max(100).default(20),
     cursor: z.string().max(200).optional(),
   })
@@ -70,7 +95,12 @@ export const taskStreamQuerySchema = z.object({ token: tokenParam }).strict();
 
 /** GET /tasks/events: the filters of GET /tasks, without paging. */
 export const listStreamQuerySchema = z
-  .object({ status: statusSchema.optional(), type: typeNameSchema.optional(), token: tokenParam })
+  .object({
+    status: statusSchema.optional(),
+    type: typeNameSchema.optional(),
+    owner: ownerParam.describe("an admin's stream follows the owner it names, and must name one"),
+    token: tokenParam,
+  })
   .strict();
 
 export const streamTokenSchema = z.object({
@@ -94,6 +124,11 @@ export const problemSchema = z.looseObject({
   requestId: z.string().optional(),
   issues: z.array(z.object({ path: z.string(), message: z.string() })).optional(),
   knownTypes: z.array(z.string()).optional(),
+});
+
+export const meSchema = z.object({
+  owner: z.string().describe('the owner of the tasks this caller creates'),
+  admin: z.boolean().describe("whether this caller may see and act on every owner's tasks"),
 });
 
 export const healthSchema = z.object({ status: z.literal('ok') });

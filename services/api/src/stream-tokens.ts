@@ -1,9 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { SignJWT, jwtVerify } from 'jose';
 
-/** What a stream token opens: one task's stream, or (task null) every stream of its owner. */
+/**
+ * What a stream token opens: one task's stream, or (task null) every stream its caller may open; an
+ * admin's token opens other owners' streams as the admin could.
+ */
 export interface StreamScope {
   owner: string;
+  admin: boolean;
   task: string | null;
 }
 
@@ -25,9 +29,9 @@ const AUDIENCE = 'taskbox-stream';
 export function createStreamTokens(secret: string | undefined, ttlMs: number): StreamTokens {
   const key = secret ? new TextEncoder().encode(secret) : new Uint8Array(randomBytes(32));
   return {
-    async issue({ owner, task }) {
+    async issue({ owner, admin, task }) {
       const expiresAt = new Date(Date.now() + ttlMs);
-      const token = await new SignJWT(task ? { task } : {})
+      const token = await new SignJWT({ ...(task ? { task } : {}), ...(admin ? { admin } : {}) })
         .setProtectedHeader({ alg: 'HS256' })
         .setSubject(owner)
         .setAudience(AUDIENCE)
@@ -39,7 +43,8 @@ export function createStreamTokens(secret: string | undefined, ttlMs: number): S
       try {
         const { payload } = await jwtVerify(token, key, { algorithms: ['HS256'], audience: AUDIENCE });
         if (typeof payload.sub !== 'string') return undefined;
-        return { owner: payload.sub, task: typeof payload.task === 'string' ? payload.task : null };
+        const task = typeof payload.task === 'string' ? payload.task : null;
+        return { owner: payload.sub, admin: payload.admin === true, task };
       } catch {
         return undefined;
       }

@@ -1,8 +1,9 @@
 import { OUTBOX_CHANNEL, TASK_CHANNEL, createPgListener, type Logger, type Service } from '@taskbox/shared';
 import type { TaskRow } from './task-sql';
+import type { Viewer } from './viewer';
 
-/** Reads one task as `owner` may see it; undefined when there is none for that owner. */
-export type TaskReader = (owner: string, id: string) => Promise<TaskRow | undefined>;
+/** Reads one task as `viewer` may see it; undefined when there is none for them. */
+export type TaskReader = (viewer: Viewer, id: string) => Promise<TaskRow | undefined>;
 
 /** One read of a task. The same object reaches every watcher it answers, so they can share what follows. */
 export interface TaskRead {
@@ -12,7 +13,7 @@ export interface TaskRead {
 /** A registration for changes to one task, made BEFORE the watcher's first read, so no change slips between. */
 export interface TaskWatch {
   /** The watcher's own read, with its owner check. Every shared read it gets later started after this one ended. */
-  first(owner: string): Promise<TaskRead>;
+  first(viewer: Viewer): Promise<TaskRead>;
   /**
    * The next shared read after a change to the task; null when `ms` pass, `signal` aborts or the events
    * stop first. Rejects when that read failed.
@@ -127,7 +128,8 @@ export function createTaskEvents(
         watcher.wake?.();
       }
     };
-    readTask(group.owner, group.taskId)
+    // As the task's own owner: every watcher passed its own check in its first read.
+    readTask({ owner: group.owner, admin: false }, group.taskId)
       .then(
         (row) => deliver({ read: { row } }),
         (error: unknown) => deliver({ error }),
@@ -175,8 +177,8 @@ export function createTaskEvents(
     group.watchers.add(watcher);
     waiting++;
     return {
-      async first(owner) {
-        const row = await readTask(owner, taskId);
+      async first(viewer) {
+        const row = await readTask(viewer, taskId);
         // A shared read already running may have started before this read: only later ones are fresh.
         watcher.freshAfter = reads;
         if (row) {

@@ -6,11 +6,11 @@ import {
   outboxInsert,
   outboxMessage,
   prepared,
-  taskChanged,
   type Db,
   type MessageContext,
-  type TaskStatus,
 } from '@taskbox/shared';
+import { allOf, filterConditions, type TaskFilter } from './task-filter';
+import type { Viewer } from './viewer';
 
 export interface NewTask {
   id: string;
@@ -144,8 +144,14 @@ const taskColumns = [
   'version',
 ] as const;
 
-export function findTask(db: Db, owner: string, id: string) {
-  return db.selectFrom('tasks').select(taskColumns).where('owner', '=', owner).where('id', '=', id).executeTakeFirst();
+/** The task as `viewer` may see it: any owner's for an admin, else only the viewer's own. */
+export function findTask(db: Db, viewer: Viewer, id: string) {
+  return db
+    .selectFrom('tasks')
+    .select(taskColumns)
+    .$if(!viewer.admin, (q) => q.where('owner', '=', viewer.owner))
+    .where('id', '=', id)
+    .executeTakeFirst();
 }
 
 export function findTaskByIdempotencyKey(db: Db, owner: string, key: string) {
@@ -157,9 +163,9 @@ export function findTaskByIdempotencyKey(db: Db, owner: string, key: string) {
     .executeTakeFirst();
 }
 
-/** The timeline: each attempt, and when each outbox message for the task was published. */
+/** The timeline: each attempt, each retry asked for, and when each outbox message for the task was published. */
 export async function findTimeline(db: Db, id: string) {
-  const [attempts, messages] = await Promise.all([
+  const [attempts, messages, retries] = await Promise.all([
     db
       .selectFrom('task_attempts')
       .select(['attempt', 'external_job_id', 'started_at', 'finished_at', 'outcome', 'error'])
@@ -172,75 +178,43 @@ export async function findTimeline(db: Db, id: string) {
       .where('task_id', '=', id)
       .orderBy('id')
       .execute(),
+    db
+      .selectFrom('task_retries')
+      .select(['retry', 'requested_by', 'requested_at'])
+      .where('task_id', '=', id)
+      .orderBy('retry')
+      .execute(),
   ]);
-  return { attempts, messages };
+  return { attempts, messages, retries };
 }
 
-export interface ListFilter {
-  owner: string;
-  status?: TaskStatus;
-  type?: string;
+export interface ListFilter extends TaskFilter {
+  /** Required here, so that no list leaves it out by mistake. */
+  owner: string | null;
   limit: number;
   after?: { createdAt: string; id: string };
 }
 
 /**
  * Keyset pagination, newest first. The cursor carries created_at as Postgres text (microseconds; a JS
- * Date would round to milliseconds and skip or repeat rows) plus the id as a tie-breaker.
+ * Date would round to milliseconds and skip or repeat rows) plus the id as a tie-breaker. One owner's
+ * pages read tasks_owner_created, every owner's tasks_created (migration 0007).
  */
 export function listTasks(db: Db, filter: ListFilter) {
-  let query = db
+  const conditions = filterConditions(filter);
+  if (filter.after) {
+    const { createdAt, id } = filter.after;
+    conditions.push(sql<boolean>`(created_at, id) < (${createdAt}::timestamptz, ${id}::uuid)`);
+  }
+  return db
     .selectFrom('tasks')
     .select(taskColumns)
     .select(sql<string>`created_at::text`.as('cursor_created_at'))
-    .where('owner', '=', filter.owner);
-  if (filter.status) query = query.where('status', '=', filter.status);
-  if (filter.type) query = query.where('type', '=', filter.type);
-  if (filter.after) {
-    const { createdAt, id } = filter.after;
-    query = query.where(sql<boolean>`(created_at, id) < (${createdAt}::timestamptz, ${id}::uuid)`);
-  }
-  return query.orderBy('created_at', 'desc').orderBy('id', 'desc').limit(filter.limit).execute();
-}
-
-/**
- * A pending task is cancelled at once (the worker will skip its message); a processing one gets
- * cancel_requested_at, which the worker's heartbeat turns into an abort of the running handler.
- * Returns the status the task had, or undefined when it does not exist for this owner.
- */
-export async function cancelTask(db: Db, owner: string, id: string): Promise<TaskStatus | undefined> {
-  return db.transaction().execute(async (tx) => {
-    const task = await tx
-      .selectFrom('tasks')
-      .select('status')
-      .where('owner', '=', owner)
-      .where('id', '=', id)
-      .forUpdate()
-      .executeTakeFirst();
-    if (!task) return undefined;
-    if (task.status === 'pending') {
-      await tx
-        .updateTable('tasks')
-        .set({
-          status: 'cancelled',
-          finished_at: sql`now()`,
-          updated_at: sql`now()`,
-          cancel_requested_at: sql`now()`,
-          ...taskChanged,
-        })
-        .where('id', '=', id)
-        .execute();
-    } else if (task.status === 'processing') {
-      await tx
-        .updateTable('tasks')
-        .set({ cancel_requested_at: sql`now()`, updated_at: sql`now()`, ...taskChanged })
-        .where('id', '=', id)
-        // A second request changes nothing a client sees: no new version.
-        .where('cancel_requested_at', 'is', null)
-        .execute();
-    }
-    return task.status;
-  });
+    .where(allOf(conditions))
+    .orderBy('created_at', 'desc')
+    .orderBy('id', 'desc')
+    .limit(filter.limit)
+    .execute();
 }
 
 /**

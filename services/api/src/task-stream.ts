@@ -4,6 +4,7 @@ import type { HeldRequests } from './held-requests';
 import type { TaskEvents, TaskRead, TaskWatch } from './task-events';
 import type { TaskRow } from './task-sql';
 import { toTaskView } from './task-view';
+import type { Viewer } from './viewer';
 
 export interface TaskStreamDeps {
   events: TaskEvents;
@@ -64,20 +65,20 @@ async function follow(deps: TaskStreamDeps, stream: EventStream, watch: TaskWatc
 }
 
 /**
- * One task's stream for `owner`: the current state first (unless `lastSeen` says the client has it),
+ * One task's stream for `viewer`: the current state first (unless `lastSeen` says the client has it),
  * then every newer state, and the end after the terminal one. Answers what prevented it from opening.
  * `res` is only touched once the task is known, so a 404 is a plain problem response.
  */
 export async function streamTask(
   deps: TaskStreamDeps,
   open: () => EventStream,
-  owner: string,
+  viewer: Viewer,
   id: string,
   lastSeen: number | undefined,
 ): Promise<TaskStreamStart | undefined> {
   const watch = deps.events.watch(id);
   try {
-    const first = await watch.first(owner);
+    const first = await watch.first(viewer);
     if (!first.row) return 'not found';
     const seen = lastSeen ?? 0;
     if (Number(first.row.version) <= seen && isTerminal(first.row.status)) return 'already seen';

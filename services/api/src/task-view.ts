@@ -9,6 +9,7 @@ export const taskViewSchema = z.object({
   id: z.guid(),
   type: z.string(),
   status: z.enum(taskStatuses),
+  owner: z.string().describe('whose task it is: the caller, unless the caller is an admin'),
   payload: jsonValueSchema,
   currentStep: z.string().nullable(),
   progress: z.number().min(0).max(1).nullable(),
@@ -31,11 +32,13 @@ export const taskViewSchema = z.object({
   timeline: z
     .array(
       z.object({
-        event: z.enum(['created', 'published', 'started', 'finished']),
+        event: z.enum(['created', 'published', 'started', 'finished', 'retried']),
         at: iso,
         attempt: z.number().int().optional(),
         externalJobId: z.string().optional(),
         outcome: z.string().optional(),
+        retry: z.number().int().optional().describe('retried: 1 for the first retry of the task, then 2, …'),
+        by: z.string().optional().describe('retried: the owner or admin who asked'),
       }),
     )
     .optional(),
@@ -49,6 +52,7 @@ export function toTaskView(row: TaskRow, timeline?: Awaited<ReturnType<typeof fi
     id: row.id,
     type: row.type,
     status: row.status,
+    owner: row.owner,
     payload: row.payload as TaskView['payload'],
     currentStep: row.current_step,
     progress: row.progress,
@@ -69,7 +73,7 @@ export function toTaskView(row: TaskRow, timeline?: Awaited<ReturnType<typeof fi
   return view;
 }
 
-function toTimeline(row: TaskRow, { attempts, messages }: Awaited<ReturnType<typeof findTimeline>>) {
+function toTimeline(row: TaskRow, { attempts, messages, retries }: Awaited<ReturnType<typeof findTimeline>>) {
   const events: NonNullable<TaskView['timeline']> = [{ event: 'created', at: row.created_at.toISOString() }];
   for (const m of messages) {
     const attempt = (m.payload as { attempt?: number }).attempt;
@@ -85,6 +89,9 @@ function toTimeline(row: TaskRow, { attempts, messages }: Awaited<ReturnType<typ
     if (a.finished_at) {
       events.push({ event: 'finished', at: a.finished_at.toISOString(), attempt: a.attempt, outcome: a.outcome ?? '' });
     }
+  }
+  for (const r of retries) {
+    events.push({ event: 'retried', at: r.requested_at.toISOString(), retry: r.retry, by: r.requested_by });
   }
   return events.sort((x, y) => x.at.localeCompare(y.at));
 }

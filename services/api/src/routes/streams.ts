@@ -10,7 +10,8 @@ import type { StreamTokens } from '../stream-tokens';
 import type { TaskEvents } from '../task-events';
 import { parseVersion, streamTask } from '../task-stream';
 import { currentHorizon, findTask } from '../task-sql';
-import { badQuery, owner, parseId } from './tasks';
+import { listOwner, viewer } from '../viewer';
+import { badQuery, parseId } from './tasks';
 
 export interface StreamsDeps {
   db: Db;
@@ -45,6 +46,7 @@ function streamAuth(tokens: StreamTokens, bearer: RequestHandler): RequestHandle
     }
     if (scope.task !== null && scope.task !== task) throw new HttpProblem(404, 'Task Not Found', `no task ${task}`);
     res.locals.owner = scope.owner;
+    res.locals.admin = scope.admin;
     next();
   };
 }
@@ -54,15 +56,16 @@ function taskStream(deps: StreamsDeps): Handler {
     const id = parseId(req);
     const query = taskStreamQuerySchema.safeParse(req.query);
     if (!query.success) throw badQuery(query.error);
+    const who = viewer(res);
     let release: (() => void) | undefined;
     try {
       const lastSeen = parseVersion(req.get('last-event-id'));
       // Admitted once the task is known: a task that is not yours is 404 whatever your streams.
       const open = () => {
-        release = deps.held.admit(owner(res), 'stream');
+        release = deps.held.admit(who.owner, 'stream');
         return openEventStream(res, deps.timing);
       };
-      const start = await streamTask(deps, open, owner(res), id, lastSeen);
+      const start = await streamTask(deps, open, who, id, lastSeen);
       if (start === 'not found') throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
       // The client has the terminal state: 204 is what stops an EventSource from reconnecting.
       if (start === 'already seen') res.status(204).end();
@@ -77,7 +80,12 @@ function listStream(deps: StreamsDeps): Handler {
     const query = listStreamQuerySchema.safeParse(req.query);
     if (!query.success) throw badQuery(query.error);
     const { status, type } = query.data;
-    const release = deps.held.admit(owner(res), 'stream');
+    const who = viewer(res);
+    const owner = listOwner(who, query.data.owner);
+    // Every owner's changes would be found by scanning the table at each wake-up: no index has them
+    // by transaction alone (tasks_owner_changed starts with the owner).
+    if (owner === null) throw new HttpProblem(400, 'Owner Required', "an admin's list stream names an owner (?owner=)");
+    const release = deps.held.admit(who.owner, 'stream');
     try {
       const horizon = await currentHorizon(deps.db);
       const last = req.get('last-event-id');
@@ -85,7 +93,7 @@ function listStream(deps: StreamsDeps): Handler {
       const since = last && /^\d{1,20}$/.test(last) && BigInt(last) <= BigInt(horizon) ? last : horizon;
       const stream = openEventStream(res, deps.timing);
       stream.send('ready', { id: since, event: 'ready', data: {} });
-      await deps.lists.follow({ owner: owner(res), status, type }, since, stream);
+      await deps.lists.follow({ owner, status, type }, since, stream);
       stream.end();
     } finally {
       release();
@@ -96,10 +104,11 @@ function listStream(deps: StreamsDeps): Handler {
 function issueToken(deps: StreamsDeps, forTask: boolean): Handler {
   return async (req, res) => {
     const task = forTask ? parseId(req) : null;
-    if (task && !(await findTask(deps.db, owner(res), task))) {
+    const who = viewer(res);
+    if (task && !(await findTask(deps.db, who, task))) {
       throw new HttpProblem(404, 'Task Not Found', `no task ${task}`);
     }
-    const { token, expiresAt } = await deps.tokens.issue({ owner: owner(res), task });
+    const { token, expiresAt } = await deps.tokens.issue({ ...who, task });
     const path = task ? `/tasks/${task}/events` : '/tasks/events';
     res.json({ token, expiresAt: expiresAt.toISOString(), url: `${path}?token=${encodeURIComponent(token)}` });
   };

@@ -9,8 +9,10 @@ import { createLongPolls, type LongPollAnswer, type LongPolls } from '../long-po
 import { HttpProblem } from '../problem';
 import { createTaskSchema, getQuerySchema, idSchema, listQuerySchema, taskBodySchemas } from '../schemas';
 import type { TaskEvents } from '../task-events';
+import { countsQuerySchema } from '../admin-schemas';
+import type { countTasks } from '../bulk-sql';
+import { cancelTask } from '../cancel-sql';
 import {
-  cancelTask,
   findTask,
   findTaskByIdempotencyKey,
   findTimeline,
@@ -20,7 +22,9 @@ import {
   type Inserted,
   type TaskRow,
 } from '../task-sql';
+import { retryTask } from '../retry-sql';
 import { toTaskView } from '../task-view';
+import { actor, listOwner, viewer, type Viewer } from '../viewer';
 
 const idempotencyKeySchema = z.string().min(1).max(200);
 const DEFAULT_MAX_ATTEMPTS = 3;
@@ -31,9 +35,11 @@ export interface TasksDeps {
   events: TaskEvents;
   logger: Logger;
   held: HeldRequests;
+  /** Counts by type and status: one owner's, or (null) every owner's; reused for a moment (app.ts). */
+  counts: (owner: string | null) => Promise<Counts>;
 }
 
-function invalid(title: string, error: z.ZodError): HttpProblem {
+export function invalid(title: string, error: z.ZodError): HttpProblem {
   const issues = error.issues.map((i) => ({ path: i.path.join('.'), message: i.message }));
   return new HttpProblem(422, title, issues.map((i) => `${i.path || '(body)'}: ${i.message}`).join('; '), { issues });
 }
@@ -44,15 +50,13 @@ export function parseId(req: Request): string {
   return parsed.data;
 }
 
-export function owner(res: Response): string {
-  return res.locals.owner as string;
-}
-
 export function badQuery(error: z.ZodError): HttpProblem {
   return new HttpProblem(400, 'Invalid Query', error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
 }
 
 type Handler = (req: Request, res: Response) => Promise<void>;
+
+type Counts = Awaited<ReturnType<typeof countTasks>>;
 
 interface CreateRequest {
   type: TaskType;
@@ -78,12 +82,16 @@ function parseCreateRequest(req: Request): CreateRequest {
   }
   const typed = taskBodySchemas[type].safeParse(req.body);
   if (!typed.success) throw invalid('Invalid Payload', typed.error);
+  return { type, payload: typed.data.payload, maxAttempts, idempotencyKey: parseIdempotencyKey(req) };
+}
+
+function parseIdempotencyKey(req: Request): string | null {
   const rawKey = req.get('idempotency-key');
   const keyParse = rawKey === undefined ? undefined : idempotencyKeySchema.safeParse(rawKey);
   if (keyParse && !keyParse.success) {
     throw new HttpProblem(400, 'Invalid Idempotency-Key', 'the Idempotency-Key header must be 1 to 200 characters');
   }
-  return { type, payload: typed.data.payload, maxAttempts, idempotencyKey: keyParse?.data ?? null };
+  return keyParse?.data ?? null;
 }
 
 function createTask({ db, logger }: TasksDeps, insertTask: (insert: TaskInsert) => Promise<Inserted>): Handler {
@@ -95,7 +103,15 @@ function createTask({ db, logger }: TasksDeps, insertTask: (insert: TaskInsert) 
           .digest('hex')
       : null;
     const correlationId = res.locals.requestId as string;
-    const task = { id: randomUUID(), type, payload, maxAttempts, owner: owner(res), idempotencyKey, requestHash };
+    const task = {
+      id: randomUUID(),
+      type,
+      payload,
+      maxAttempts,
+      owner: viewer(res).owner,
+      idempotencyKey,
+      requestHash,
+    };
     const inserted = await insertTask({
       task,
       context: { correlationId, traceparent: req.get('traceparent') ?? null },
@@ -122,11 +138,10 @@ function listTasksHandler({ db }: TasksDeps): Handler {
   return async (req, res) => {
     const query = listQuerySchema.safeParse(req.query);
     if (!query.success) throw badQuery(query.error);
-    const { status, type, limit, cursor } = query.data;
+    const { owner, limit, cursor, ...filter } = query.data;
     const rows = await listTasks(db, {
-      owner: owner(res),
-      status,
-      type,
+      ...filter,
+      owner: listOwner(viewer(res), owner),
       limit: limit + 1,
       after: cursor ? decodeCursor(cursor) : undefined,
     });
@@ -137,8 +152,16 @@ function listTasksHandler({ db }: TasksDeps): Handler {
   };
 }
 
-async function readNow(db: Db, owner: string, id: string): Promise<LongPollAnswer | undefined> {
-  const row = await findTask(db, owner, id);
+function countsHandler({ counts }: TasksDeps): Handler {
+  return async (req, res) => {
+    const query = countsQuerySchema.safeParse(req.query);
+    if (!query.success) throw badQuery(query.error);
+    res.json({ counts: await counts(listOwner(viewer(res), query.data.owner)) });
+  };
+}
+
+async function readNow(db: Db, who: Viewer, id: string): Promise<LongPollAnswer | undefined> {
+  const row = await findTask(db, who, id);
   return row && { row, timeline: await findTimeline(db, id) };
 }
 
@@ -152,8 +175,8 @@ function getTask({ db }: TasksDeps, longPolls: LongPolls): Handler {
     const gone = new AbortController();
     res.once('close', () => gone.abort());
     const answer = wait
-      ? await longPolls.wait(owner(res), id, wait * 1000, gone.signal)
-      : await readNow(db, owner(res), id);
+      ? await longPolls.wait(viewer(res), id, wait * 1000, gone.signal)
+      : await readNow(db, viewer(res), id);
     if (gone.signal.aborted) return;
     if (!answer) throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
     res.json(toTaskView(answer.row, answer.timeline));
@@ -163,19 +186,45 @@ function getTask({ db }: TasksDeps, longPolls: LongPolls): Handler {
 function cancel({ db, taskNotifier, logger }: TasksDeps): Handler {
   return async (req, res) => {
     const id = parseId(req);
-    const before = await cancelTask(db, owner(res), id);
+    const who = viewer(res);
+    const before = await cancelTask(db, who, id);
     if (!before) throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
     if (before !== 'pending' && before !== 'processing') {
       throw new HttpProblem(409, 'Task Already Finished', `task ${id} is ${before} and cannot be cancelled`);
     }
     if (before === 'pending') taskNotifier.changed(id);
-    const row = await findTask(db, owner(res), id);
+    const row = await findTask(db, who, id);
     if (!row) throw new Error(`task ${id} vanished after cancel`);
     logger.info(before === 'pending' ? 'task cancelled' : 'task cancel requested', {
       taskId: id,
       correlationId: row.correlation_id,
+      ...actor(who, row.owner),
     });
     res.status(before === 'pending' ? 200 : 202).json(toTaskView(row));
+  };
+}
+
+function retry({ db, taskNotifier, logger }: TasksDeps): Handler {
+  return async (req, res) => {
+    const id = parseId(req);
+    const key = parseIdempotencyKey(req);
+    const who = viewer(res);
+    const outcome = await retryTask(db, who, id, key, { traceparent: req.get('traceparent') ?? null });
+    if (outcome.kind === 'not found') throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
+    if (outcome.kind === 'refused') {
+      const detail = `task ${id} is ${outcome.status}; only a failed or cancelled task can be retried`;
+      throw new HttpProblem(409, 'Task Not Retryable', detail);
+    }
+    if (outcome.kind === 'retried') {
+      taskNotifier.changed(id);
+      logger.info('task retried', { taskId: id, attempt: outcome.attempt, ...actor(who, outcome.owner) });
+    } else res.setHeader('Idempotent-Replayed', 'true');
+    const row = await findTask(db, who, id);
+    if (!row) throw new Error(`task ${id} vanished after retry`);
+    res
+      .status(outcome.kind === 'retried' ? 202 : 200)
+      .location(`/tasks/${id}`)
+      .json(toTaskView(row));
   };
 }
 
@@ -183,7 +232,9 @@ export function tasksRouter(deps: TasksDeps): Router {
   const router = Router();
   router.post('/', createTask(deps, createTaskInserter(deps.db)));
   router.get('/', listTasksHandler(deps));
+  router.get('/counts', countsHandler(deps));
   router.get('/:id', getTask(deps, createLongPolls(deps.events, deps.held)));
   router.post('/:id/cancel', cancel(deps));
+  router.post('/:id/retry', retry(deps));
   return router;
 }

@@ -1,5 +1,6 @@
 import { sql, type RawBuilder } from 'kysely';
-import { lastPublishedAt, type Db } from '@taskbox/shared';
+import type { Db } from './db';
+import { lastPublishedAt } from './outbox';
 
 /** Tasks stuck in one place: how many, how long the oldest has waited, and its id to look up. */
 export interface StuckTasks {

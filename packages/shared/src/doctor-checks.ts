@@ -1,15 +1,11 @@
 import amqp, { type ChannelModel } from 'amqplib';
 import type pg from 'pg';
-import {
-  createMigrator,
-  errorCode,
-  inspectQueue,
-  outboxBacklog,
-  redactUrl,
-  toError,
-  type AmqpNames,
-  type Db,
-} from '@taskbox/shared';
+import { inspectQueue, type AmqpNames } from './amqp';
+import { redactUrl } from './config';
+import type { Db } from './db';
+import { errorCode, toError } from './errors';
+import { createMigrator } from './migrate';
+import { outboxBacklog } from './outbox';
 import {
   longProcessing,
   pendingPublished,
@@ -41,6 +37,8 @@ export interface CheckResult {
   detail: string;
   /** What to do about it; printed for warn and fail. */
   hint: string;
+  /** What the check counted, where it counts one thing (unpublished rows, dead letters), for a dashboard. */
+  count?: number;
 }
 
 const result = (name: string, status: CheckStatus, detail: string, hint = ''): CheckResult => ({
@@ -159,25 +157,24 @@ export async function checkDeadLetters(model: ChannelModel, deadQueue: string): 
   const name = checkNames.deadLetters;
   const q = await inspectQueue(model, deadQueue);
   if (!q) return result(name, 'fail', `queue ${deadQueue} does not exist`, `see "${checkNames.topology}"`);
-  if (q.messageCount > 0) {
-    return result(
-      name,
-      'warn',
-      `${q.messageCount} waiting in ${deadQueue}`,
-      'see what re-driving would do with `npm run redrive -- --dry-run`, then `npm run redrive`; ' +
-        'the x-dead-letter-reason header and the worker error log say why they died',
-    );
+  const count = q.messageCount;
+  if (count > 0) {
+    const hint =
+      'see what re-driving would do with `npm run redrive -- --dry-run` (or the dashboard), then re-drive; ' +
+      'the x-dead-letter-reason header and the worker error log say why they died';
+    return { ...result(name, 'warn', `${count} waiting in ${deadQueue}`, hint), count };
   }
-  return result(name, 'ok', `none in ${deadQueue}`);
+  return { ...result(name, 'ok', `none in ${deadQueue}`), count };
 }
 
 export async function checkOutboxBacklog(db: Db, pendingMs: number): Promise<CheckResult> {
   const { count, oldestAgeSeconds } = await outboxBacklog(db);
   const detail = `${count} unpublished, oldest due ${formatAge(oldestAgeSeconds)} ago`;
   if (count > 0 && oldestAgeSeconds * 1000 > pendingMs) {
-    return result(checkNames.backlog, 'warn', detail, 'the relay is behind or stopped: check its /readyz and logs');
+    const hint = 'the relay is behind or stopped: check its /readyz and logs';
+    return { ...result(checkNames.backlog, 'warn', detail, hint), count };
   }
-  return result(checkNames.backlog, 'ok', count === 0 ? 'empty' : detail);
+  return { ...result(checkNames.backlog, 'ok', count === 0 ? 'empty' : detail), count };
 }
 
 function stuck(name: string, status: CheckStatus, s: StuckTasks, what: string, hint: string): CheckResult {

@@ -1,0 +1,95 @@
+import type { ChannelModel } from 'amqplib';
+import type pg from 'pg';
+import { amqpNames } from './amqp';
+import { amqpUrls, type Config } from './config';
+import type { Db } from './db';
+import {
+  checkConsumers,
+  checkDatabase,
+  checkDeadLetters,
+  checkLongProcessing,
+  checkMigrations,
+  checkNames,
+  checkOutboxBacklog,
+  checkPendingPublished,
+  checkPendingUnpublished,
+  checkRepublished,
+  checkTopology,
+  connectBroker,
+  type CheckResult,
+} from './doctor-checks';
+import { toError } from './errors';
+
+export type DoctorConfig = Pick<
+  Config,
+  | 'DATABASE_URL'
+  | 'AMQP_URL'
+  | 'AMQP_URLS'
+  | 'AMQP_PREFIX'
+  | 'DOCTOR_PENDING_MS'
+  | 'DOCTOR_PROCESSING_MS'
+  | 'REPUBLISH_AFTER_MS'
+>;
+
+type Step =
+  | { name: string; needs: 'database'; run(db: Db): Promise<CheckResult> }
+  | { name: string; needs: 'broker'; run(broker: ChannelModel): Promise<CheckResult> };
+
+/** The checks after "database reachable" and "broker reachable", in the order a task travels. */
+function steps(config: DoctorConfig): { schema: Step[]; flow: Step[] } {
+  const names = amqpNames(config.AMQP_PREFIX);
+  const pendingMs = config.DOCTOR_PENDING_MS;
+  const onDb = (name: string, run: (db: Db) => Promise<CheckResult>): Step => ({ name, needs: 'database', run });
+  const onBroker = (name: string, run: (b: ChannelModel) => Promise<CheckResult>): Step => ({
+    name,
+    needs: 'broker',
+    run,
+  });
+  return {
+    schema: [onDb(checkNames.migrations, checkMigrations)],
+    flow: [
+      onBroker(checkNames.topology, (b) => checkTopology(b, names)),
+      onBroker(checkNames.consumers, (b) => checkConsumers(b, names.queue)),
+      onDb(checkNames.backlog, (db) => checkOutboxBacklog(db, pendingMs)),
+      onDb(checkNames.pendingUnpublished, (db) => checkPendingUnpublished(db, pendingMs)),
+      onDb(checkNames.pendingPublished, (db) => checkPendingPublished(db, pendingMs, config.REPUBLISH_AFTER_MS)),
+      onDb(checkNames.republished, checkRepublished),
+      onDb(checkNames.processing, (db) => checkLongProcessing(db, config.DOCTOR_PROCESSING_MS)),
+      onBroker(checkNames.deadLetters, (b) => checkDeadLetters(b, names.deadQueue)),
+    ],
+  };
+}
+
+/** Runs one step; an unreachable dependency or a thrown error is a fail with a hint, never a crash. */
+async function runStep(step: Step, db: Db | null, broker: ChannelModel | null): Promise<CheckResult> {
+  const reached = step.needs === 'database' ? db : broker;
+  if (!reached) {
+    const first = step.needs === 'database' ? checkNames.database : checkNames.broker;
+    return { name: step.name, status: 'fail', detail: 'not checked', hint: `fix "${first}" first` };
+  }
+  try {
+    return step.needs === 'database' ? await step.run(reached as Db) : await step.run(reached as ChannelModel);
+  } catch (err) {
+    return { name: step.name, status: 'fail', detail: toError(err).message, hint: 'the check itself failed' };
+  }
+}
+
+/**
+ * Every check of the chain a task takes, in order, for `npm run doctor` and the dashboard. The broker
+ * is reached through a connection of its own, opened for this run and closed after it: the api has no
+ * other AMQP connection, and a run is rare enough (a person asking) that a connect per run is cheap.
+ */
+export async function runDoctor(config: DoctorConfig, pool: pg.Pool, db: Db): Promise<CheckResult[]> {
+  const results = [await checkDatabase(pool, config.DATABASE_URL)];
+  const reachedDb = results[0]?.status === 'ok' ? db : null;
+  const { schema, flow } = steps(config);
+  for (const step of schema) results.push(await runStep(step, reachedDb, null));
+  const broker = await connectBroker(amqpUrls(config));
+  try {
+    results.push(broker.check);
+    for (const step of flow) results.push(await runStep(step, reachedDb, broker.model));
+  } finally {
+    await broker.model?.close().catch(() => undefined);
+  }
+  return results;
+}

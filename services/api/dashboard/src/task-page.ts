@@ -1,0 +1,106 @@
+import { isTerminal, type TaskView, type TimelineEvent } from './taskbox-client.js';
+import { call, client } from './api.js';
+import { byId, h, pretty, showMessage, when } from './dom.js';
+
+/** The attempts a timeline records: when each started (with its external job id) and how it ended. */
+function attemptRows(timeline: TimelineEvent[]): HTMLTableRowElement[] {
+  const attempts = new Map<number, { started?: TimelineEvent; finished?: TimelineEvent }>();
+  for (const e of timeline) {
+    if (e.attempt === undefined || (e.event !== 'started' && e.event !== 'finished')) continue;
+    const entry = attempts.get(e.attempt) ?? {};
+    entry[e.event] = e;
+    attempts.set(e.attempt, entry);
+  }
+  return [...attempts].map(([attempt, { started, finished }]) =>
+    h(
+      'tr',
+      {},
+      h('td', {}, String(attempt)),
+      h('td', {}, h('code', {}, started?.externalJobId ?? '')),
+      h('td', {}, when(started?.at)),
+      h('td', {}, when(finished?.at)),
+      h('td', {}, finished?.outcome ?? (started ? 'running' : '')),
+    ),
+  );
+}
+
+function timelineItem(e: TimelineEvent): HTMLLIElement {
+  const detail = [
+    e.attempt !== undefined ? `attempt ${e.attempt}` : '',
+    e.outcome ?? '',
+    e.externalJobId ? `job ${e.externalJobId}` : '',
+    e.retry !== undefined ? `retry ${e.retry} by ${e.by ?? '?'}` : '',
+  ].filter(Boolean);
+  return h(
+    'li',
+    { 'data-event': e.event },
+    h('time', { datetime: e.at }, when(e.at)),
+    ` ${e.event}`,
+    detail.length > 0 ? ` (${detail.join(', ')})` : '',
+  );
+}
+
+function render(view: TaskView): void {
+  byId('task-id').textContent = view.id;
+  const status = byId('task-status');
+  status.textContent = view.status;
+  status.dataset.status = view.status;
+  byId<HTMLButtonElement>('task-retry').disabled = view.status !== 'failed' && view.status !== 'cancelled';
+  byId<HTMLButtonElement>('task-cancel').disabled = isTerminal(view.status) || view.cancelRequested;
+  const facts: [string, string][] = [
+    ['type', view.type],
+    ['owner', view.owner],
+    ['attempts', `${view.attempts} of ${view.maxAttempts}`],
+    ['step', view.currentStep ?? '—'],
+    ['progress', view.progress === null ? '—' : `${Math.round(view.progress * 100)} %`],
+    ['created', when(view.createdAt)],
+    ['started', when(view.startedAt) || '—'],
+    ['finished', when(view.finishedAt) || '—'],
+    ['external job id', view.externalJobId ?? '—'],
+    ['correlation id', view.correlationId ?? '—'],
+  ];
+  byId('task-facts').replaceChildren(...facts.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+  byId('task-payload').textContent = pretty(view.payload);
+  byId('task-result').textContent = pretty(view.result);
+  byId('task-error').textContent = pretty(view.error);
+  if (view.timeline) {
+    byId('task-attempts').replaceChildren(...attemptRows(view.timeline));
+    byId('task-timeline').replaceChildren(...view.timeline.map(timelineItem));
+  }
+}
+
+export interface TaskPage {
+  close(): void;
+}
+
+/** One task, live: its stream (through the client) until it is terminal, and again after a retry. */
+export function openTaskPage(id: string): TaskPage {
+  let watching = new AbortController();
+  const watch = async (): Promise<void> => {
+    watching.abort();
+    watching = new AbortController();
+    const done = await client.watchTask(id, render, { signal: watching.signal });
+    if (done.error && done.error.kind !== 'aborted') showMessage(`${done.error.title}: ${done.error.detail ?? ''}`);
+  };
+  const act = (action: 'retry' | 'cancel') => async (): Promise<void> => {
+    try {
+      render(await call<TaskView>('POST', `/tasks/${id}/${action}`));
+      // A retried task is live again; a cancelled one's stream brings its end.
+      if (action === 'retry') void watch();
+    } catch (err) {
+      showMessage(String(err));
+    }
+  };
+  const retry = act('retry');
+  const cancel = act('cancel');
+  byId('task-retry').addEventListener('click', retry);
+  byId('task-cancel').addEventListener('click', cancel);
+  void watch();
+  return {
+    close() {
+      watching.abort();
+      byId('task-retry').removeEventListener('click', retry);
+      byId('task-cancel').removeEventListener('click', cancel);
+    },
+  };
+}

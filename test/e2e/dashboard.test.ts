@@ -1,0 +1,126 @@
+/// <reference lib="dom" />
+/// <reference lib="dom.iterable" />
+// The page functions below run in the browser.
+import path from 'node:path';
+import type { Page } from 'playwright-core';
+import { ARTIFACTS, launchBrowser, type Browser } from '../helpers/browser';
+import { startStack, type Stack } from '../helpers/stack';
+import { waitFor } from '../helpers/wait';
+
+const TOKENS = { ops: 'tok-ops', alice: 'tok-alice', bob: 'tok-bob' };
+
+/**
+ * The dashboard in a real browser, against the whole system: an admin sees the counts move while tasks
+ * run, retries a failed task from its page and sees it succeed with both attempts; a non-admin sees
+ * only their own tasks. Every page must load nothing from another origin and break no CSP rule.
+ */
+describe('the dashboard in headless Chromium, served by the api', () => {
+  let stack: Stack;
+  let browser: Browser;
+
+  beforeAll(async () => {
+    const auth = `${TOKENS.ops}:ops:admin,${TOKENS.alice}:alice,${TOKENS.bob}:bob`;
+    stack = await startStack({}, { api: { AUTH_TOKENS: auth } });
+    browser = await launchBrowser(stack.urls.api);
+  });
+  afterAll(async () => {
+    await browser?.close();
+    await stack?.stop();
+  });
+
+  async function submit(as: keyof typeof TOKENS, body: object): Promise<string> {
+    const res = await fetch(`${stack.urls.api}/tasks`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${TOKENS[as]}` },
+      body: JSON.stringify(body),
+    });
+    if (res.status !== 202) throw new Error(`POST /tasks answered ${res.status}`);
+    return ((await res.json()) as { id: string }).id;
+  }
+  const status = async (id: string) =>
+    (await stack.database.db.selectFrom('tasks').select('status').where('id', '=', id).executeTakeFirst())?.status;
+
+  async function signIn(as: keyof typeof TOKENS): Promise<Page> {
+    const page = await browser.open(`${stack.urls.api}/dashboard`);
+    await page.fill('#token', TOKENS[as]);
+    await page.click('#sign-in button[type=submit]');
+    await page.waitForSelector('#overview-view:not([hidden])');
+    return page;
+  }
+  const rowIds = (page: Page) =>
+    page.locator('#task-rows tr').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-id')));
+
+  it('shows an admin the counts changing while tasks run, and a failed flaky task that Retry brings to succeeded with two attempts', async () => {
+    // Fails its first attempt, its only one: failed for good until someone retries it.
+    const flaky = await submit('alice', { type: 'flaky', payload: { failTimes: 1 }, maxAttempts: 1 });
+    await waitFor('the flaky task to fail', async () => (await status(flaky)) === 'failed');
+
+    const page = await signIn('ops');
+    await page.waitForFunction(() => document.getElementById('count-failed')?.textContent === '1');
+    expect(await page.locator('#who').innerText()).toBe('ops (admin)');
+    const sleeps = await Promise.all([1, 2, 3].map(() => submit('bob', { type: 'sleep', payload: { ms: 4000 } })));
+    await page.waitForFunction(() => Number(document.getElementById('count-processing')?.textContent) > 0);
+    await page.waitForFunction(() => document.getElementById('count-succeeded')?.textContent === '3');
+    expect(await Promise.all(sleeps.map(status))).toEqual(['succeeded', 'succeeded', 'succeeded']);
+    await page.waitForFunction(() => document.getElementById('outbox-count')?.textContent === '0');
+    expect(await page.locator('#checks li').count()).toBeGreaterThan(5);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-admin.png'), fullPage: true });
+
+    await page.selectOption('#filter-status', 'failed');
+    await page.click('#filters button[type=submit]');
+    await page.waitForFunction(() =>
+      Array.from(document.querySelectorAll<HTMLElement>('#task-rows tr')).every((r) => r.dataset.status === 'failed'),
+    );
+    expect(await rowIds(page)).toEqual([flaky]);
+    await page.click(`#task-rows tr[data-id="${flaky}"] a`);
+    await page.waitForFunction(() => document.getElementById('task-status')?.textContent === 'failed');
+    expect(await page.locator('#task-attempts tr').count()).toBe(1);
+    await page.click('#task-retry');
+    await page.waitForFunction(() => document.getElementById('task-status')?.textContent === 'succeeded');
+    await page.waitForFunction(() => document.querySelectorAll('#task-attempts tr').length === 2);
+    const attempts = await page
+      .locator('#task-attempts tr')
+      .evaluateAll((rows) => rows.map((r) => [...r.querySelectorAll('td')].map((td) => td.textContent)));
+    expect(attempts.map((a) => [a[0], a[4]])).toEqual([
+      ['1', 'failed'],
+      ['2', 'succeeded'],
+    ]);
+    // Each attempt names the delivery that ran it: <consumer tag>:<delivery tag>.
+    for (const a of attempts) expect(a[1]).toMatch(/^worker-.+:\d+$/);
+    expect(await page.locator('#task-timeline li[data-event=retried]').innerText()).toMatch(/retry 1 by ops/);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-task.png'), fullPage: true });
+    expect(browser.problems).toEqual([]);
+    await page.close();
+  });
+
+  it('is served under a strict Content-Security-Policy, with no inline script or other origin allowed', async () => {
+    const res = await fetch(`${stack.urls.api}/dashboard/`);
+    expect(res.status).toBe(200);
+    const csp = res.headers.get('content-security-policy') ?? '';
+    for (const rule of ["default-src 'none'", "script-src 'self'", "style-src 'self'", "connect-src 'self'"]) {
+      expect(csp).toContain(rule);
+    }
+  });
+
+  it("shows a non-admin only their own tasks and counts, live, and none of the admin's controls", async () => {
+    const alices = await submit('alice', { type: 'echo', payload: {} });
+    const page = await signIn('bob');
+    expect(await page.locator('#who').innerText()).toBe('bob');
+    await page.waitForFunction(() => document.getElementById('live-mode')?.textContent === 'live');
+    const bobs = await submit('bob', { type: 'echo', payload: {} });
+    await page.waitForFunction((id) => document.querySelector(`#task-rows tr[data-id="${id}"]`), bobs);
+    const shown = await rowIds(page);
+    expect(shown).not.toContain(alices);
+    const owners = await stack.database.db
+      .selectFrom('tasks')
+      .select('owner')
+      .where('id', 'in', shown as string[])
+      .execute();
+    expect(new Set(owners.map((o) => o.owner))).toEqual(new Set(['bob']));
+    await page.waitForFunction(() => document.getElementById('count-succeeded')?.textContent === '4');
+    for (const hidden of ['#bulk-retry', '#redrive', '#filter-owner']) expect(await page.isVisible(hidden)).toBe(false);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-owner.png'), fullPage: true });
+    expect(browser.problems).toEqual([]);
+    await page.close();
+  });
+});
