@@ -119,6 +119,11 @@ describe('api: admin bulk actions, re-drive, counts and checks', () => {
       expect.objectContaining({ by: 'root', admin: true, owner: 'alice', bulk: true }),
     ]);
     expect(capture.lines.find((l) => l.message === 'bulk cancel')).toMatchObject({ by: 'root', acted: 2 });
+    // The running task was asked once: a second call finds nothing left to cancel.
+    expect((await bulk('cancel', { filter: { type: 'cancelled-in-bulk' } })).body).toMatchObject({
+      matched: 0,
+      acted: 0,
+    });
   });
 
   it('counts tasks by type and status: the caller’s own, or for an admin every owner’s or one owner’s', async () => {

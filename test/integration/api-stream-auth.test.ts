@@ -1,3 +1,4 @@
+import { SignJWT } from 'jose';
 import { sql } from 'kysely';
 import { TASK_CHANNEL, loadConfig, taskChanged, type Db } from '@taskbox/shared';
 import { createStreamTokens } from '../../services/api/src/stream-tokens';
@@ -159,5 +160,36 @@ describe('api: streams and stream tokens are scoped to their owner', () => {
     expect(list.events.filter((e) => e.event === 'task').every((e) => (e.data as { id: string }).id === bobs)).toBe(
       true,
     );
+  });
+});
+
+describe('api: a stream token is never a bearer token', () => {
+  it('refuses a stream token as a bearer token even when one key signs both', async () => {
+    const shared = 'one-key-for-both-which-config-refuses-anyway';
+    const api = await startTestApi({
+      auth: { AUTH_JWT_SECRET: shared },
+      streams: { timing: { heartbeatMs: 200, retryMs: 2000 }, tokenSecret: shared, tokenTtlMs: 60_000 },
+    });
+    try {
+      const base = await api.listen();
+      const jwt = await new SignJWT({})
+        .setProtectedHeader({ alg: 'HS256' })
+        .setSubject('alice')
+        .setExpirationTime('1h')
+        .sign(new TextEncoder().encode(shared));
+      const issued = await fetch(`${base}/tasks/stream-token`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${jwt}` },
+      });
+      expect(issued.status).toBe(200);
+      const { token } = (await issued.json()) as { token: string };
+      expect((await fetch(`${base}/tasks`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(401);
+      expect((await fetch(`${base}/tasks`, { headers: { authorization: `Bearer ${jwt}` } })).status).toBe(200);
+      expect(() => loadConfig({ AUTH_JWT_SECRET: shared, STREAM_TOKEN_SECRET: shared })).toThrow(
+        /STREAM_TOKEN_SECRET: must differ from AUTH_JWT_SECRET/,
+      );
+    } finally {
+      await api.close();
+    }
   });
 });

@@ -174,6 +174,10 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
   if (parsed.data?.AUTH_JWT_SECRET && parsed.data.AUTH_JWKS_URL) {
     issues.push({ path: 'AUTH_JWKS_URL', message: 'set AUTH_JWT_SECRET or AUTH_JWKS_URL, not both' });
   }
+  // One key for both would let a stream token pass as a bearer token (auth.ts refuses their audience too).
+  if (parsed.data?.STREAM_TOKEN_SECRET && parsed.data.STREAM_TOKEN_SECRET === parsed.data.AUTH_JWT_SECRET) {
+    issues.push({ path: 'STREAM_TOKEN_SECRET', message: 'must differ from AUTH_JWT_SECRET' });
+  }
   if (parsed.data?.AUTH_JWT_ADMIN_CLAIM && !parsed.data.AUTH_JWT_SECRET && !parsed.data.AUTH_JWKS_URL) {
     issues.push({ path: 'AUTH_JWT_ADMIN_CLAIM', message: 'applies to JWTs: set AUTH_JWT_SECRET or AUTH_JWKS_URL too' });
   }

@@ -4,6 +4,7 @@ import { inspectQueue, type AmqpNames } from './amqp';
 import { redactUrl } from './config';
 import type { Db } from './db';
 import { errorCode, toError } from './errors';
+import { withTimeout } from './lifecycle';
 import { createMigrator } from './migrate';
 import { outboxBacklog } from './outbox';
 import {
@@ -113,15 +114,22 @@ export async function connectBroker(
 
 /** A passive declare of one exchange on a channel of its own (a 404 closes it): false when missing. */
 async function exchangeExists(model: ChannelModel, exchange: string): Promise<boolean> {
-  const ch = await model.createChannel();
+  const ch = await withTimeout(model.createChannel(), BROKER_ANSWER_MS, 'opening a channel');
   ch.on('error', () => undefined);
-  const found = await ch.checkExchange(exchange).then(
-    () => true,
-    () => false,
-  );
-  if (found) await ch.close().catch(() => undefined);
-  return found;
+  try {
+    await withTimeout(ch.checkExchange(exchange), BROKER_ANSWER_MS, `checking exchange ${exchange}`);
+    return true;
+  } catch (err) {
+    // 404 NOT_FOUND is "no such exchange"; a broker that does not answer fails the check instead.
+    if ((err as { code?: unknown }).code === 404) return false;
+    throw err;
+  } finally {
+    await ch.close().catch(() => undefined);
+  }
 }
+
+// As long as inspectQueue waits for the broker (amqp.ts).
+const BROKER_ANSWER_MS = 5000;
 
 export async function checkTopology(model: ChannelModel, names: AmqpNames): Promise<CheckResult> {
   const missing: string[] = [];

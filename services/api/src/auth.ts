@@ -3,6 +3,7 @@ import type { RequestHandler } from 'express';
 import { createRemoteJWKSet, errors, jwtVerify, type JWTVerifyResult } from 'jose';
 import { ANONYMOUS_OWNER, type Config, type TokenCaller } from '@taskbox/shared';
 import { HttpProblem } from './problem';
+import { STREAM_TOKEN_AUDIENCE } from './stream-tokens';
 import type { Viewer } from './viewer';
 
 export type AuthConfig = Pick<
@@ -63,6 +64,8 @@ function jwt(config: AuthConfig): Verify | undefined {
     try {
       const { payload } = await verifyJwt(token);
       if (typeof payload.sub !== 'string' || payload.sub.length === 0 || payload.sub.length > 200) return undefined;
+      // A stream token is never a bearer token, whatever key signed it.
+      if ([payload.aud].flat().includes(STREAM_TOKEN_AUDIENCE)) return undefined;
       const admin = config.AUTH_JWT_ADMIN_CLAIM;
       // Namespaced: a token owner has no ":", so a subject can never become a static token's owner.
       return {

@@ -13,7 +13,10 @@ export const bulkStatuses: Record<BulkAction, readonly TaskStatus[]> = {
 };
 
 function matching(action: BulkAction, filter: TaskFilter): RawBuilder<boolean> {
-  return allOf([sql`status = ANY(${bulkStatuses[action]}::text[])`, ...filterConditions(filter)]);
+  // A running task whose cancel was already asked for is not taken again: it would fill every later
+  // call's batch and change nothing.
+  const notAsked = action === 'cancel' ? [sql<boolean>`(status = 'pending' OR cancel_requested_at IS NULL)`] : [];
+  return allOf([sql`status = ANY(${bulkStatuses[action]}::text[])`, ...notAsked, ...filterConditions(filter)]);
 }
 
 export interface BulkOutcome {

@@ -102,6 +102,8 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
           subscribers.delete(sub);
           resolve();
         }
+        // A client that left while its stream opened: an abort listener added now would never fire.
+        if (stream.closed.aborted) return resolve();
         stream.closed.addEventListener('abort', done, { once: true });
         subscribers.add(sub);
         wake();

@@ -17,13 +17,14 @@ export interface StreamTokens {
   verify(token: string): Promise<StreamScope | undefined>;
 }
 
-const AUDIENCE = 'taskbox-stream';
+/** The audience of every stream token; a bearer check refuses it (auth.ts). */
+export const STREAM_TOKEN_AUDIENCE = 'taskbox-stream';
 
 /**
  * Short-lived HS256 tokens for EventSource, which cannot send an Authorization header; the token rides
  * in the URL (`?token=`), so it is scoped to one task or one owner's streams and expires quickly. It is
- * checked when a stream opens, and an open stream outlives it. Its key is never an auth key, so a stream
- * token can never pass as a bearer token. Without a configured secret each process draws its own, and a
+ * checked when a stream opens, and an open stream outlives it. Its key may not be the auth key, and a
+ * bearer check refuses its audience, so a stream token can never pass as a bearer token. Without a configured secret each process draws its own, and a
  * token opens streams only on the process that issued it.
  */
 export function createStreamTokens(secret: string | undefined, ttlMs: number): StreamTokens {
@@ -34,14 +35,14 @@ export function createStreamTokens(secret: string | undefined, ttlMs: number): S
       const token = await new SignJWT({ ...(task ? { task } : {}), ...(admin ? { admin } : {}) })
         .setProtectedHeader({ alg: 'HS256' })
         .setSubject(owner)
-        .setAudience(AUDIENCE)
+        .setAudience(STREAM_TOKEN_AUDIENCE)
         .setExpirationTime(Math.floor(expiresAt.getTime() / 1000))
         .sign(key);
       return { token, expiresAt };
     },
     async verify(token) {
       try {
-        const { payload } = await jwtVerify(token, key, { algorithms: ['HS256'], audience: AUDIENCE });
+        const { payload } = await jwtVerify(token, key, { algorithms: ['HS256'], audience: STREAM_TOKEN_AUDIENCE });
         if (typeof payload.sub !== 'string') return undefined;
         const task = typeof payload.task === 'string' ? payload.task : null;
         return { owner: payload.sub, admin: payload.admin === true, task };

@@ -78,11 +78,13 @@ export function createTaskList(me: Me, filterChanged: () => void): TaskList {
 
 /** Bulk retry and cancel on the list's filter: a dry run counts first, then Confirm acts. */
 function setUpBulk(filter: () => BulkFilter, after: () => void): void {
-  let pending: 'retry' | 'cancel' | null = null;
+  // The action and the very filter its dry run counted: Confirm acts on that, whatever the form says now.
+  let pending: { action: 'retry' | 'cancel'; filter: BulkFilter } | null = null;
   const confirm = byId('bulk-confirm');
   const ask = async (action: 'retry' | 'cancel'): Promise<void> => {
-    const dry = await call<BulkResult>('POST', `/admin/tasks/${action}`, { filter: filter(), dryRun: true });
-    pending = action;
+    const counted = { ...filter() };
+    const dry = await call<BulkResult>('POST', `/admin/tasks/${action}`, { filter: counted, dryRun: true });
+    pending = { action, filter: counted };
     const which = action === 'retry' ? 'failed or cancelled' : 'pending or processing';
     byId('bulk-question').textContent =
       `${dry.matched} ${which} tasks match; ${action} ${Math.min(dry.matched, dry.limit)} of them?`;
@@ -90,8 +92,8 @@ function setUpBulk(filter: () => BulkFilter, after: () => void): void {
   };
   const go = async (): Promise<void> => {
     if (!pending) return;
-    const done = await call<BulkResult>('POST', `/admin/tasks/${pending}`, { filter: filter() });
-    showMessage(`${pending === 'retry' ? 'Retried' : 'Cancelled'} ${done.acted} of ${done.matched}.`, false);
+    const done = await call<BulkResult>('POST', `/admin/tasks/${pending.action}`, { filter: pending.filter });
+    showMessage(`${pending.action === 'retry' ? 'Retried' : 'Cancelled'} ${done.acted} of ${done.matched}.`, false);
     pending = null;
     confirm.hidden = true;
     after();

@@ -192,7 +192,8 @@ function cancel({ db, taskNotifier, logger }: TasksDeps): Handler {
     if (before !== 'pending' && before !== 'processing') {
       throw new HttpProblem(409, 'Task Already Finished', `task ${id} is ${before} and cannot be cancelled`);
     }
-    if (before === 'pending') taskNotifier.changed(id);
+    // Both change the view (cancelled, or cancelRequested): long polls and streams hear of it now.
+    taskNotifier.changed(id);
     const row = await findTask(db, who, id);
     if (!row) throw new Error(`task ${id} vanished after cancel`);
     logger.info(before === 'pending' ? 'task cancelled' : 'task cancel requested', {
