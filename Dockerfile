@@ -12,6 +12,7 @@ FROM node:20-bookworm-slim AS manifests
 WORKDIR /app
 COPY package.json package-lock.json ./
 COPY packages/shared/package.json packages/shared/
+COPY packages/tasks/package.json packages/tasks/
 COPY packages/client/package.json packages/client/
 COPY services/api/package.json services/api/
 COPY services/relay/package.json services/relay/
@@ -28,6 +29,7 @@ ENV NODE_ENV=production
 # Production dependencies of every workspace; npm links @taskbox/shared to packages/shared.
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 COPY --from=build /app/packages/shared/dist packages/shared/dist
+COPY --from=build /app/packages/tasks/dist packages/tasks/dist
 COPY --from=build /app/services/api/dist services/api/dist
 # The dashboard (/dashboard/): its page and style, its compiled modules, and the client build they import.
 COPY --from=build /app/services/api/dashboard/static services/api/dashboard/static

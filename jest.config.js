@@ -9,6 +9,7 @@ module.exports = {
   transformIgnorePatterns: ['/node_modules/(?!jose/)'],
   moduleNameMapper: {
     '^@taskbox/shared$': '<rootDir>/packages/shared/src/index.ts',
+    '^@taskbox/tasks$': '<rootDir>/packages/tasks/src/index.ts',
     '^@taskbox/client$': '<rootDir>/packages/client/src/index.ts',
     // The client is ESM and names its own modules with .js, as Node requires; jest runs its sources.
     '^(\\.{1,2}/.*)\\.js$': '$1',

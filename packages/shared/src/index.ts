@@ -14,5 +14,6 @@ export * from './notify';
 export * from './outbox';
 export * from './pg-listener';
 export * from './redrive';
-export * from './task-types';
+export * from './task-message';
+export * from './task-type';
 export * from './task-version';

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { sql, type RawBuilder } from 'kysely';
 import type { Db } from './db';
-import type { TaskMessage } from './task-types';
+import type { TaskMessage } from './task-message';
 
 /** The NOTIFY channel the relay listens on. NOTIFY is scoped to one database, so tests stay apart. */
 export const OUTBOX_CHANNEL = 'taskbox_outbox';

@@ -5,7 +5,7 @@ import type { AmqpNames } from './amqp';
 import { isTerminal, type Db, type TaskStatus } from './db';
 import type { Logger } from './logger';
 import { outboxInsert, outboxMessage } from './outbox';
-import { parseTaskMessage } from './task-types';
+import { parseTaskMessage } from './task-message';
 
 export interface RedriveOptions {
   /** Decide and report, write nothing, take nothing off the queue. */

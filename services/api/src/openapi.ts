@@ -1,5 +1,6 @@
 import { z } from 'zod';
-import { jsonValueSchema, taskTypes } from '@taskbox/shared';
+import { jsonValueSchema } from '@taskbox/shared';
+import { taskTypeNames } from '@taskbox/tasks';
 import {
   createTaskRequestSchema,
   getQuerySchema,
@@ -59,9 +60,9 @@ function components(): Record<string, JsonObject> {
     [createTaskRequestSchema, 'CreateTask'],
     [bulkRequestSchema, 'BulkRequest'],
     [redriveRequestSchema, 'RedriveRequest'],
-    ...taskTypes.map((t): [z.ZodType, string] => [taskBodySchemas[t], bodyName(t)]),
+    ...taskTypeNames.map((t): [z.ZodType, string] => [taskBodySchemas[t], bodyName(t)]),
   ]);
-  const mapping = Object.fromEntries(taskTypes.map((t) => [t, `#/components/schemas/${bodyName(t)}`]));
+  const mapping = Object.fromEntries(taskTypeNames.map((t) => [t, `#/components/schemas/${bodyName(t)}`]));
   return {
     ...requests,
     CreateTask: { ...requests.CreateTask, discriminator: { propertyName: 'type', mapping } },

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { taskPayloadSchemas, taskTypes, type TaskType } from '@taskbox/shared';
+import { taskTypeList, type TaskType } from '@taskbox/tasks';
 import { isStorableText, UNSTORABLE_TEXT } from './json-guard';
 import { taskViewSchema } from './task-view';
 
@@ -22,19 +22,19 @@ export const createTaskSchema = z
   })
   .strict();
 
-function taskBody(type: TaskType) {
+function taskBody(type: (typeof taskTypeList)[number]) {
   return z
     .object({
-      type: z.literal(type),
+      type: z.literal(type.name),
       // prefault, not default: a missing payload is parsed as {} so a type that needs fields still says which.
-      payload: (taskPayloadSchemas[type] as z.ZodType<unknown>).prefault({}),
+      payload: (type.payload as z.ZodType<unknown>).prefault({}),
       maxAttempts: maxAttemptsSchema.optional(),
     })
     .strict();
 }
 
 /** Per task type: the whole request body, with that type's payload schema. */
-export const taskBodySchemas = Object.fromEntries(taskTypes.map((t) => [t, taskBody(t)])) as Record<
+export const taskBodySchemas = Object.fromEntries(taskTypeList.map((t) => [t.name, taskBody(t)])) as Record<
   TaskType,
   ReturnType<typeof taskBody>
 >;

@@ -1,26 +1,27 @@
 import {
   backoffMs,
   UNAVAILABLE_BACKOFF,
-  isTaskType,
   isTerminal,
   isTransientDbError,
+  PermanentError,
   sleep,
-  taskPayloadSchemas,
   toError,
 } from '@taskbox/shared';
-import type { BackoffPolicy, Db, Logger, OutboxNotifier, TaskMessage, TaskNotifier } from '@taskbox/shared';
-import { handlers } from './handlers';
-import type { HandlerContext, TaskHandler } from './handlers/types';
+import type {
+  BackoffPolicy,
+  Db,
+  Logger,
+  OutboxNotifier,
+  TaskContext,
+  TaskMessage,
+  TaskNotifier,
+} from '@taskbox/shared';
+import { findTaskType, isTaskType } from '@taskbox/tasks';
 import { leaseClock, type AbortReason, type Leases } from './leases';
 import type { WorkerMetrics } from './metrics';
 import type { AttemptWrites } from './attempt-writes';
 import { releaseLease } from './lease-sql';
 import { failTask, lockTask, setStep, startAttempt, type AttemptOutcome, type LockedTask } from './task-sql';
-
-/** An error that retrying cannot fix; the task fails without further attempts. */
-export class PermanentError extends Error {
-  override name = 'PermanentError';
-}
 
 export type Decision =
   | { action: 'run' }
@@ -130,18 +131,20 @@ export type RunResult = 'recorded' | 'abandoned';
 /** Runs the handler and records its outcome. */
 export async function runAttempt(deps: AttemptDeps, started: Started, logger: Logger): Promise<RunResult> {
   const { task, attempt } = started;
-  const type = task.type as keyof typeof handlers;
-  const handler = handlers[type] as TaskHandler;
+  // decide() let only registered types through to here.
+  const definition = findTaskType(task.type);
+  if (!definition) throw new Error(`no task type "${task.type}"`);
+  const type = definition.name;
   const signal = deps.leases.register(task.id, attempt, started.leaseFrom);
   const endTimer = deps.metrics.handlerSeconds.startTimer({ type });
   let outcome: AttemptOutcome;
-  const payload = taskPayloadSchemas[type].safeParse(task.payload);
+  const payload = definition.payload.safeParse(task.payload);
   try {
     // Fenced at registration (the start's answer came back late): another worker may own the task.
     signal.throwIfAborted();
     // A payload that no longer fits its schema will not fit on a retry either: fail at once.
     if (!payload.success) throw new PermanentError(`invalid payload: ${payload.error.message}`);
-    const ctx: HandlerContext<unknown> = {
+    const ctx: TaskContext<unknown> = {
       taskId: task.id,
       payload: payload.data,
       attempt,
@@ -151,8 +154,7 @@ export async function runAttempt(deps: AttemptDeps, started: Started, logger: Lo
       progress: (fraction) => reportProgress(deps, task.id, attempt, null, Math.min(1, Math.max(0, fraction)), logger),
     };
     logger.info('task started', { attempt });
-    // The payload was parsed with this type's own schema just above.
-    outcome = { kind: 'succeeded', result: await handler.run(ctx as HandlerContext<never>) };
+    outcome = { kind: 'succeeded', result: await definition.run(ctx) };
   } catch (err) {
     const reason = signal.aborted ? (signal.reason as AbortReason) : null;
     if (reason === 'shutdown' || reason === 'lost') {

@@ -1,7 +1,8 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { Router, type Request, type Response } from 'express';
 import { z } from 'zod';
-import { isTaskType, taskTypes, type Db, type Logger, type TaskNotifier, type TaskType } from '@taskbox/shared';
+import { type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
+import { findTaskType, taskTypeNames, type TaskType } from '@taskbox/tasks';
 import { decodeCursor, encodeCursor } from '../cursor';
 import { canonicalJson, findJsonIssue } from '../json-guard';
 import type { HeldRequests } from '../held-requests';
@@ -27,7 +28,6 @@ import { toTaskView } from '../task-view';
 import { actor, listOwner, viewer, type Viewer } from '../viewer';
 
 const idempotencyKeySchema = z.string().min(1).max(200);
-const DEFAULT_MAX_ATTEMPTS = 3;
 
 export interface TasksDeps {
   db: Db;
@@ -76,12 +76,15 @@ function parseCreateRequest(req: Request): CreateRequest {
     throw new HttpProblem(422, 'Invalid Task', `${issue.path || '(body)'}: ${issue.message}`, { issues: [issue] });
   const body = createTaskSchema.safeParse(req.body);
   if (!body.success) throw invalid('Invalid Task', body.error);
-  const { type, maxAttempts = DEFAULT_MAX_ATTEMPTS } = body.data;
-  if (!isTaskType(type)) {
-    throw new HttpProblem(422, 'Unknown Task Type', `unknown task type "${type}"`, { knownTypes: taskTypes });
+  const definition = findTaskType(body.data.type);
+  if (!definition) {
+    const detail = `unknown task type "${body.data.type}"`;
+    throw new HttpProblem(422, 'Unknown Task Type', detail, { knownTypes: taskTypeNames });
   }
+  const type = definition.name;
   const typed = taskBodySchemas[type].safeParse(req.body);
   if (!typed.success) throw invalid('Invalid Payload', typed.error);
+  const maxAttempts = body.data.maxAttempts ?? definition.maxAttempts;
   return { type, payload: typed.data.payload, maxAttempts, idempotencyKey: parseIdempotencyKey(req) };
 }
 

@@ -1,8 +1,10 @@
-import { abortable, type TaskHandler } from './types';
+import { z } from 'zod';
+import { abortable, defineTaskType } from '@taskbox/shared';
 
 /** Waits `ms`, reporting progress; stops early when cancelled. */
-export const sleep: TaskHandler<'sleep'> = {
-  type: 'sleep',
+export const sleep = defineTaskType({
+  name: 'sleep',
+  payload: z.object({ ms: z.number().int().min(0).max(3_600_000) }).strict(),
   async run({ payload, signal, step, progress }) {
     await step('sleeping');
     const halves = [Math.floor(payload.ms / 2), Math.ceil(payload.ms / 2)];
@@ -17,4 +19,4 @@ export const sleep: TaskHandler<'sleep'> = {
     }
     return { sleptMs: payload.ms };
   },
-};
+});
