@@ -37,70 +37,87 @@ export function createBatcher<I, O>(
   run: (items: I[]) => Promise<O[]>,
   options: BatcherOptions,
 ): (item: I) => Promise<O> {
-  interface Waiting {
-    item: I;
-    resolve: (result: O) => void;
-    reject: (err: unknown) => void;
-    deadline: number;
-  }
-  const queue: Waiting[] = [];
-  const maxQueue = options.maxQueue ?? Infinity;
-  const maxWaitMs = options.maxWaitMs ?? Infinity;
-  let inFlight = 0;
-  let expiry: NodeJS.Timeout | null = null;
-
-  async function runAndResolve(batch: Waiting[]): Promise<void> {
-    const results = await run(batch.map((w) => w.item));
-    if (results.length !== batch.length) {
-      throw new Error(`a batch of ${batch.length} got ${results.length} results`);
-    }
-    batch.forEach((w, i) => w.resolve(results[i] as O));
-  }
-
-  async function runBatch(batch: Waiting[]): Promise<void> {
-    try {
-      await runAndResolve(batch);
-    } catch (err) {
-      if (batch.length === 1 || !options.retryAlone(err)) {
-        batch.forEach((w) => w.reject(err));
-        return;
-      }
-      for (const entry of batch) await runAndResolve([entry]).catch((alone: unknown) => entry.reject(alone));
-    }
-  }
-
-  /** Refuses the items whose wait ran out; the queue is in arrival order, so they are at its head. */
-  function expire(): void {
-    expiry = null;
-    const now = Date.now();
-    while (queue.length > 0 && (queue[0] as Waiting).deadline <= now) {
-      (queue.shift() as Waiting).reject(new OverloadedError(`waited ${maxWaitMs} ms for a free database slot`));
-    }
-    const head = queue[0];
-    if (head && maxWaitMs !== Infinity) {
-      expiry = setTimeout(expire, head.deadline - now);
-      expiry.unref();
-    }
-  }
-
-  function dispatch(): void {
-    while (inFlight < options.concurrency && queue.length > 0) {
-      inFlight++;
-      void runBatch(queue.splice(0, options.maxSize)).finally(() => {
-        inFlight--;
-        dispatch();
-      });
-    }
-    if (queue.length > 0 && !expiry && maxWaitMs !== Infinity) expire();
-  }
-
+  const state: BatcherState<I, O> = {
+    run,
+    options,
+    queue: [],
+    maxQueue: options.maxQueue ?? Infinity,
+    maxWaitMs: options.maxWaitMs ?? Infinity,
+    inFlight: 0,
+    expiry: null,
+  };
   return (item) =>
     new Promise<O>((resolve, reject) => {
-      if (queue.length >= maxQueue) {
-        reject(new OverloadedError(`${queue.length} requests are already waiting for the database`));
+      if (state.queue.length >= state.maxQueue) {
+        reject(new OverloadedError(`${state.queue.length} requests are already waiting for the database`));
         return;
       }
-      queue.push({ item, resolve, reject, deadline: Date.now() + maxWaitMs });
-      dispatch();
+      state.queue.push({ item, resolve, reject, deadline: Date.now() + state.maxWaitMs });
+      dispatch(state);
     });
+}
+
+interface Waiting<I, O> {
+  item: I;
+  resolve: (result: O) => void;
+  reject: (err: unknown) => void;
+  deadline: number;
+}
+
+interface BatcherState<I, O> {
+  run: (items: I[]) => Promise<O[]>;
+  options: BatcherOptions;
+  /** In arrival order. */
+  queue: Waiting<I, O>[];
+  maxQueue: number;
+  maxWaitMs: number;
+  inFlight: number;
+  expiry: NodeJS.Timeout | null;
+}
+
+function dispatch<I, O>(state: BatcherState<I, O>): void {
+  while (state.inFlight < state.options.concurrency && state.queue.length > 0) {
+    state.inFlight++;
+    void runBatch(state, state.queue.splice(0, state.options.maxSize)).finally(() => {
+      state.inFlight--;
+      dispatch(state);
+    });
+  }
+  if (state.queue.length > 0 && !state.expiry && state.maxWaitMs !== Infinity) expire(state);
+}
+
+async function runBatch<I, O>(state: BatcherState<I, O>, batch: Waiting<I, O>[]): Promise<void> {
+  try {
+    await runAndResolve(state, batch);
+  } catch (err) {
+    if (batch.length === 1 || !state.options.retryAlone(err)) {
+      batch.forEach((w) => w.reject(err));
+      return;
+    }
+    for (const entry of batch) await runAndResolve(state, [entry]).catch((alone: unknown) => entry.reject(alone));
+  }
+}
+
+async function runAndResolve<I, O>(state: BatcherState<I, O>, batch: Waiting<I, O>[]): Promise<void> {
+  const results = await state.run(batch.map((w) => w.item));
+  if (results.length !== batch.length) {
+    throw new Error(`a batch of ${batch.length} got ${results.length} results`);
+  }
+  batch.forEach((w, i) => w.resolve(results[i] as O));
+}
+
+/** Refuses the items whose wait ran out; the queue is in arrival order, so they are at its head. */
+function expire<I, O>(state: BatcherState<I, O>): void {
+  state.expiry = null;
+  const now = Date.now();
+  const { queue } = state;
+  while (queue.length > 0 && (queue[0] as Waiting<I, O>).deadline <= now) {
+    const expired = queue.shift() as Waiting<I, O>;
+    expired.reject(new OverloadedError(`waited ${state.maxWaitMs} ms for a free database slot`));
+  }
+  const head = queue[0];
+  if (head && state.maxWaitMs !== Infinity) {
+    state.expiry = setTimeout(() => expire(state), head.deadline - now);
+    state.expiry.unref();
+  }
 }

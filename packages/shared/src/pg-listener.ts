@@ -37,38 +37,21 @@ export function createPgListener(options: PgListenerOptions): PgListener {
   const channels: readonly string[] = typeof options.channel === 'string' ? [options.channel] : options.channel;
   const channel = channels.join(',');
   let client: pg.Client | null = null;
-  let stopping = false;
   let running: Promise<void> | null = null;
   const stopController = new AbortController();
-
-  async function connectOnce(): Promise<pg.Client> {
-    const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5000 });
-    c.on('error', () => undefined); // surfaced through 'end' below
-    await c.connect();
-    c.on('notification', (n) => {
-      if (channels.includes(n.channel)) onNotify(n.payload ?? '', n.channel);
-    });
-    try {
-      for (const name of channels) await c.query(`LISTEN ${pg.escapeIdentifier(name)}`);
-    } catch (err) {
-      // Refused (a standby in recovery, after a failover): this connection is closed, not left open.
-      await c.end().catch(() => undefined);
-      throw err;
-    }
-    return c;
-  }
+  const { signal: stop } = stopController;
 
   async function run(): Promise<void> {
     let failures = 0;
-    while (!stopping) {
+    while (!stop.aborted) {
       try {
-        client = await connectOnce();
+        client = await connectOnce(url, channels, onNotify);
         if (failures > 0) logger.info('listener reconnected', { channel });
         failures = 0;
         onConnect();
-        await heartbeatUntilBroken(client);
+        await heartbeatUntilBroken(client, channels, stop);
       } catch (err) {
-        if (stopping) break;
+        if (stop.aborted) break;
         if (failures === 0)
           logger.warn('listener lost its connection; polling until it is back', {
             channel,
@@ -80,37 +63,58 @@ export function createPgListener(options: PgListenerOptions): PgListener {
         client = null;
         await c?.end().catch(() => undefined);
       }
-      if (!stopping) await sleep(backoffMs(failures, LISTEN_BACKOFF), stopController.signal);
-    }
-  }
-
-  async function heartbeatUntilBroken(c: pg.Client): Promise<void> {
-    const ended = new Promise<never>((_, reject) => c.once('end', () => reject(new Error('connection ended'))));
-    ended.catch(() => undefined);
-    while (!stopping) {
-      await Promise.race([sleep(HEARTBEAT_MS, stopController.signal), ended]);
-      if (stopping) return;
-      const timeout = new Promise<never>((_, reject) => {
-        setTimeout(() => reject(new Error('heartbeat unanswered')), HEARTBEAT_TIMEOUT_MS).unref();
-      });
-      timeout.catch(() => undefined);
-      const query = c.query<{ ch: string }>('SELECT pg_listening_channels() AS ch');
-      const { rows } = await Promise.race([query, ended, timeout]);
-      if (!channels.every((name) => rows.some((r) => r.ch === name))) throw new Error('no longer listening');
+      if (!stop.aborted) await sleep(backoffMs(failures, LISTEN_BACKOFF), stop);
     }
   }
 
   return {
     async start() {
-      if (running || stopping) return;
+      if (running || stop.aborted) return;
       running = run();
     },
     async stop() {
-      stopping = true;
       stopController.abort();
       await client?.end().catch(() => undefined);
       await running;
     },
     listening: () => client !== null,
   };
+}
+
+async function connectOnce(
+  url: string,
+  channels: readonly string[],
+  onNotify: PgListenerOptions['onNotify'],
+): Promise<pg.Client> {
+  const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5000 });
+  c.on('error', () => undefined); // surfaced through 'end' below
+  await c.connect();
+  c.on('notification', (n) => {
+    if (channels.includes(n.channel)) onNotify(n.payload ?? '', n.channel);
+  });
+  try {
+    for (const name of channels) await c.query(`LISTEN ${pg.escapeIdentifier(name)}`);
+  } catch (err) {
+    // Refused (a standby in recovery, after a failover): this connection is closed, not left open.
+    await c.end().catch(() => undefined);
+    throw err;
+  }
+  return c;
+}
+
+/** Returns when stopped; throws when the connection ends, stops answering or no longer listens. */
+async function heartbeatUntilBroken(c: pg.Client, channels: readonly string[], stop: AbortSignal): Promise<void> {
+  const ended = new Promise<never>((_, reject) => c.once('end', () => reject(new Error('connection ended'))));
+  ended.catch(() => undefined);
+  while (!stop.aborted) {
+    await Promise.race([sleep(HEARTBEAT_MS, stop), ended]);
+    if (stop.aborted) return;
+    const timeout = new Promise<never>((_, reject) => {
+      setTimeout(() => reject(new Error('heartbeat unanswered')), HEARTBEAT_TIMEOUT_MS).unref();
+    });
+    timeout.catch(() => undefined);
+    const query = c.query<{ ch: string }>('SELECT pg_listening_channels() AS ch');
+    const { rows } = await Promise.race([query, ended, timeout]);
+    if (!channels.every((name) => rows.some((r) => r.ch === name))) throw new Error('no longer listening');
+  }
 }

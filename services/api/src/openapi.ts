@@ -84,7 +84,6 @@ function components(): Record<string, JsonObject> {
 }
 
 export function openApiDocument(): JsonObject {
-  const requestId = { name: 'X-Request-Id', in: 'header', required: false, schema: { type: 'string' } };
   const common = {
     '400': problem('invalid id, query or malformed JSON'),
     '401': problem('authentication is on and the bearer token is missing or invalid'),
@@ -110,81 +109,94 @@ export function openApiDocument(): JsonObject {
     },
     security: [{}, { bearer: [] }],
     paths: {
-      '/tasks': {
-        post: {
-          summary: 'Create a task',
-          parameters: [idempotencyKeyParam, requestId],
-          requestBody: { required: true, content: { 'application/json': { schema: ref('CreateTask') } } },
-          responses: {
-            ...acceptedOrReplayed('accepted', 'a replay of an earlier request with the same Idempotency-Key'),
-            ...common,
-            '409': problem('the Idempotency-Key was used with a different body'),
-            '413': problem('body larger than BODY_LIMIT'),
-            '415': problem('body is not application/json'),
-            '422': problem(
-              `unknown type, invalid payload, a NUL or unpaired surrogate in any string, or JSON nested deeper than ${MAX_JSON_DEPTH}`,
-            ),
-          },
-        },
-        get: {
-          summary: "List the caller's tasks (an admin: every owner's, or ?owner=), newest first (keyset pagination)",
-          parameters: queryParameters(listQuerySchema),
-          responses: {
-            '200': json('TaskList', 'a page'),
-            ...common,
-            '403': problem('?owner= names another owner and the caller is not an admin'),
-          },
-        },
-      },
-      '/tasks/{id}': {
-        get: {
-          summary: 'Get a task; with ?wait=SECONDS, long-poll until its status, step or progress changes',
-          parameters: [idParam, ...queryParameters(getQuerySchema)],
-          responses: {
-            '200': json('TaskView', 'the task'),
-            ...common,
-            '404': problem('no such task for you'),
-            '429': retryLater('with wait: you have LONG_POLL_MAX_PER_OWNER long polls waiting already'),
-            '503': retryLater(
-              'with wait: this process holds LONG_POLL_MAX long polls already; or the database is down',
-            ),
-          },
-        },
-      },
-      '/tasks/{id}/cancel': {
-        post: {
-          summary: 'Cancel a task',
-          parameters: [idParam],
-          responses: {
-            '200': json('TaskView', 'was pending; now cancelled'),
-            '202': json('TaskView', 'is processing; the running handler is being aborted'),
-            ...common,
-            '404': problem('no such task for you'),
-            '409': problem('already finished'),
-          },
-        },
-      },
+      ...taskPaths(common),
       ...operatorPaths(common),
       ...streamPaths(),
       ...streamTokenPaths(),
-      '/healthz': { get: { summary: 'Alive', security: [], responses: { '200': json('Health', 'alive') } } },
-      '/readyz': {
-        get: {
-          summary: 'Postgres reachable',
-          security: [],
-          responses: { '200': json('Ready', 'ready'), '503': json('Ready', 'not ready') },
+      ...probePaths(),
+    },
+  };
+}
+
+/** Creating, reading, listing and cancelling tasks. */
+function taskPaths(common: Record<string, JsonObject>): JsonObject {
+  const requestId = { name: 'X-Request-Id', in: 'header', required: false, schema: { type: 'string' } };
+  return {
+    '/tasks': {
+      post: {
+        summary: 'Create a task',
+        parameters: [idempotencyKeyParam, requestId],
+        requestBody: { required: true, content: { 'application/json': { schema: ref('CreateTask') } } },
+        responses: {
+          ...acceptedOrReplayed('accepted', 'a replay of an earlier request with the same Idempotency-Key'),
+          ...common,
+          '409': problem('the Idempotency-Key was used with a different body'),
+          '413': problem('body larger than BODY_LIMIT'),
+          '415': problem('body is not application/json'),
+          '422': problem(
+            `unknown type, invalid payload, a NUL or unpaired surrogate in any string, or JSON nested deeper than ${MAX_JSON_DEPTH}`,
+          ),
         },
       },
-      '/metrics': {
-        get: {
-          summary: 'Prometheus metrics',
-          security: [],
-          responses: { '200': { description: 'text exposition format', content: { 'text/plain': {} } } },
+      get: {
+        summary: "List the caller's tasks (an admin: every owner's, or ?owner=), newest first (keyset pagination)",
+        parameters: queryParameters(listQuerySchema),
+        responses: {
+          '200': json('TaskList', 'a page'),
+          ...common,
+          '403': problem('?owner= names another owner and the caller is not an admin'),
         },
       },
-      '/openapi.json': {
-        get: { summary: 'This document', security: [], responses: { '200': { description: 'OpenAPI 3.1' } } },
+    },
+    '/tasks/{id}': {
+      get: {
+        summary: 'Get a task; with ?wait=SECONDS, long-poll until its status, step or progress changes',
+        parameters: [idParam, ...queryParameters(getQuerySchema)],
+        responses: {
+          '200': json('TaskView', 'the task'),
+          ...common,
+          '404': problem('no such task for you'),
+          '429': retryLater('with wait: you have LONG_POLL_MAX_PER_OWNER long polls waiting already'),
+          '503': retryLater('with wait: this process holds LONG_POLL_MAX long polls already; or the database is down'),
+        },
       },
+    },
+    '/tasks/{id}/cancel': {
+      post: {
+        summary: 'Cancel a task',
+        parameters: [idParam],
+        responses: {
+          '200': json('TaskView', 'was pending; now cancelled'),
+          '202': json('TaskView', 'is processing; the running handler is being aborted'),
+          ...common,
+          '404': problem('no such task for you'),
+          '409': problem('already finished'),
+        },
+      },
+    },
+  };
+}
+
+/** Health, metrics and this document: no authentication. */
+function probePaths(): JsonObject {
+  return {
+    '/healthz': { get: { summary: 'Alive', security: [], responses: { '200': json('Health', 'alive') } } },
+    '/readyz': {
+      get: {
+        summary: 'Postgres reachable',
+        security: [],
+        responses: { '200': json('Ready', 'ready'), '503': json('Ready', 'not ready') },
+      },
+    },
+    '/metrics': {
+      get: {
+        summary: 'Prometheus metrics',
+        security: [],
+        responses: { '200': { description: 'text exposition format', content: { 'text/plain': {} } } },
+      },
+    },
+    '/openapi.json': {
+      get: { summary: 'This document', security: [], responses: { '200': { description: 'OpenAPI 3.1' } } },
     },
   };
 }

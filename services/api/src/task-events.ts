@@ -99,51 +99,14 @@ export function createTaskEvents(
   readTask: TaskReader,
   { resyncMs }: TaskEventsOptions = defaultOptions,
 ): TaskEvents {
-  const groups = new Map<string, Group>();
-  let reads = 0;
-  let waiting = 0;
-  let stopped = false;
+  const state: EventsState = { groups: new Map(), readTask, reads: 0, waiting: 0, stopped: false };
   const anyChange = new Set<() => void>();
   const wakeAll = (): void => anyChange.forEach((wake) => wake());
   const resync = (): void => {
-    groups.forEach(changed);
+    state.groups.forEach((group) => changed(state, group));
     wakeAll();
   };
   let resyncTimer: NodeJS.Timeout | null = null;
-
-  function readShared(group: Group): void {
-    // Without an owner no watcher has finished its first read; each asks for a read when it does.
-    if (group.owner === null) return;
-    if (group.reading) {
-      group.readAgain = true;
-      return;
-    }
-    group.reading = true;
-    group.readAgain = false;
-    const number = ++reads;
-    const deliver = (outcome: Outcome): void => {
-      for (const watcher of group.watchers) {
-        if (watcher.freshAfter === null || number <= watcher.freshAfter) continue;
-        watcher.outcome = outcome;
-        watcher.wake?.();
-      }
-    };
-    // As the task's own owner: every watcher passed its own check in its first read.
-    readTask({ owner: group.owner, admin: false }, group.taskId)
-      .then(
-        (row) => deliver({ read: { row } }),
-        (error: unknown) => deliver({ error }),
-      )
-      .finally(() => {
-        group.reading = false;
-        if (group.readAgain && group.watchers.size > 0) readShared(group);
-      });
-  }
-
-  function changed(group: Group): void {
-    group.changes++;
-    readShared(group);
-  }
 
   const listener = createPgListener({
     url,
@@ -153,8 +116,8 @@ export function createTaskEvents(
     onNotify(payload, channel) {
       if (channel === TASK_CHANNEL) {
         for (const id of payload.split(',')) {
-          const group = groups.get(id);
-          if (group) changed(group);
+          const group = state.groups.get(id);
+          if (group) changed(state, group);
         }
       }
       wakeAll();
@@ -163,58 +126,103 @@ export function createTaskEvents(
     onConnect: resync,
   });
 
-  function groupOf(taskId: string): Group {
-    const existing = groups.get(taskId);
-    if (existing) return existing;
-    const group: Group = { taskId, owner: null, watchers: new Set(), changes: 0, reading: false, readAgain: false };
-    groups.set(taskId, group);
-    return group;
-  }
-
-  function watch(taskId: string): TaskWatch {
-    const group = groupOf(taskId);
-    const watcher: Watcher = { freshAfter: null, changesSeen: group.changes, outcome: null, wake: null };
-    group.watchers.add(watcher);
-    waiting++;
-    return {
-      async first(viewer) {
-        const row = await readTask(viewer, taskId);
-        // A shared read already running may have started before this read: only later ones are fresh.
-        watcher.freshAfter = reads;
-        if (row) {
-          group.owner ??= row.owner;
-          if (group.changes !== watcher.changesSeen) readShared(group);
-        }
-        return { row };
-      },
-      next: (ms, signal) => nextOutcome(watcher, ms, signal, () => stopped),
-      close() {
-        if (!group.watchers.delete(watcher)) return;
-        waiting--;
-        if (group.watchers.size === 0 && groups.get(taskId) === group) groups.delete(taskId);
-        watcher.wake?.();
-      },
-    };
-  }
-
   return {
     async start() {
       if (resyncMs !== null) resyncTimer ??= setInterval(resync, resyncMs).unref();
       await listener.start();
     },
     async stop() {
-      stopped = true;
+      state.stopped = true;
       if (resyncTimer) clearInterval(resyncTimer);
-      for (const group of groups.values()) for (const watcher of group.watchers) watcher.wake?.();
+      for (const group of state.groups.values()) for (const watcher of group.watchers) watcher.wake?.();
       wakeAll();
       await listener.stop();
     },
-    stopped: () => stopped,
-    watch,
+    stopped: () => state.stopped,
+    watch: (taskId) => watch(state, taskId),
     onAnyChange(wake) {
       anyChange.add(wake);
       return () => anyChange.delete(wake);
     },
-    waiting: () => waiting,
+    waiting: () => state.waiting,
+  };
+}
+
+interface EventsState {
+  /** The watched tasks, by id. */
+  groups: Map<string, Group>;
+  readTask: TaskReader;
+  /** Shared reads started so far: numbers them, so a watcher takes only those after its own first read. */
+  reads: number;
+  waiting: number;
+  stopped: boolean;
+}
+
+function changed(state: EventsState, group: Group): void {
+  group.changes++;
+  readShared(state, group);
+}
+
+function readShared(state: EventsState, group: Group): void {
+  // Without an owner no watcher has finished its first read; each asks for a read when it does.
+  if (group.owner === null) return;
+  if (group.reading) {
+    group.readAgain = true;
+    return;
+  }
+  group.reading = true;
+  group.readAgain = false;
+  const number = ++state.reads;
+  const deliver = (outcome: Outcome): void => {
+    for (const watcher of group.watchers) {
+      if (watcher.freshAfter === null || number <= watcher.freshAfter) continue;
+      watcher.outcome = outcome;
+      watcher.wake?.();
+    }
+  };
+  // As the task's own owner: every watcher passed its own check in its first read.
+  state
+    .readTask({ owner: group.owner, admin: false }, group.taskId)
+    .then(
+      (row) => deliver({ read: { row } }),
+      (error: unknown) => deliver({ error }),
+    )
+    .finally(() => {
+      group.reading = false;
+      if (group.readAgain && group.watchers.size > 0) readShared(state, group);
+    });
+}
+
+function groupOf(state: EventsState, taskId: string): Group {
+  const existing = state.groups.get(taskId);
+  if (existing) return existing;
+  const group: Group = { taskId, owner: null, watchers: new Set(), changes: 0, reading: false, readAgain: false };
+  state.groups.set(taskId, group);
+  return group;
+}
+
+function watch(state: EventsState, taskId: string): TaskWatch {
+  const group = groupOf(state, taskId);
+  const watcher: Watcher = { freshAfter: null, changesSeen: group.changes, outcome: null, wake: null };
+  group.watchers.add(watcher);
+  state.waiting++;
+  return {
+    async first(viewer) {
+      const row = await state.readTask(viewer, taskId);
+      // A shared read already running may have started before this read: only later ones are fresh.
+      watcher.freshAfter = state.reads;
+      if (row) {
+        group.owner ??= row.owner;
+        if (group.changes !== watcher.changesSeen) readShared(state, group);
+      }
+      return { row };
+    },
+    next: (ms, signal) => nextOutcome(watcher, ms, signal, () => state.stopped),
+    close() {
+      if (!group.watchers.delete(watcher)) return;
+      state.waiting--;
+      if (group.watchers.size === 0 && state.groups.get(taskId) === group) state.groups.delete(taskId);
+      watcher.wake?.();
+    },
   };
 }
