@@ -186,6 +186,36 @@ describe('scheduled tasks', () => {
   });
 });
 
+describe('the relay wakes for a due row', () => {
+  let stack: Stack;
+
+  beforeAll(async () => {
+    // A poll far longer than the test's wait: only the relay's timer to the next due row can publish.
+    stack = await startStack({}, { relay: { RELAY_POLL_MS: '600000' } });
+  });
+  afterAll(async () => {
+    await stack.stop();
+  });
+
+  it('publishes a scheduled task when it falls due, without waiting for the next poll', async () => {
+    const res = await fetch(`${stack.urls.api}/tasks`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ type: 'echo', payload: { at: 'timer' }, delayMs: 1500 }),
+    });
+    const { id } = (await res.json()) as View;
+    const started = await waitFor('the task to succeed', async () => {
+      const task = await stack.database.db
+        .selectFrom('tasks')
+        .select(['status', 'run_at', 'started_at'])
+        .where('id', '=', id)
+        .executeTakeFirstOrThrow();
+      return task.status === 'succeeded' ? task : undefined;
+    });
+    expect(started.started_at?.getTime()).toBeGreaterThanOrEqual(started.run_at?.getTime() ?? Infinity);
+  });
+});
+
 /**
  * The reconciler's and the doctor's measures on a database of their own (no live relay acting on the
  * fixtures): a task counts as late from its due time, never from its creation.
