@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import amqp from 'amqplib';
 import { sql } from 'kysely';
 import request from 'supertest';
-import { amqpNames, assertTopology, loadConfig, type TaskStatus } from '@taskbox/shared';
+import { amqpNames, assertTopology, insertOutbox, loadConfig, outboxMessage, type TaskStatus } from '@taskbox/shared';
 import { amqpUrl, deleteTopology, testPrefix } from '../helpers/amqp';
 import { startTestApi, type TestApi } from '../helpers/api';
 import { insertTaskFixture } from '../helpers/factories';
@@ -124,6 +124,22 @@ describe('api: admin bulk actions, re-drive, counts and checks', () => {
       matched: 0,
       acted: 0,
     });
+  });
+
+  it('removes the unpublished messages of the pending tasks it cancels, and keeps the published ones', async () => {
+    const ids = await tasks(2, { type: 'scheduled-in-bulk', status: 'pending' });
+    const published = ids[1] as string;
+    const messages = ids.map((id) => outboxMessage({ id, type: 'scheduled-in-bulk' }, 2, { correlationId: null }));
+    // Due in an hour, as a scheduled task's; the second one's was published already.
+    await insertOutbox(api.database.db, messages, 3_600_000);
+    await api.database.db
+      .updateTable('outbox')
+      .set({ published_at: sql`now()` })
+      .where('task_id', '=', published)
+      .execute();
+    expect((await bulk('cancel', { filter: { type: 'scheduled-in-bulk' } })).body).toMatchObject({ acted: 2 });
+    const left = await api.database.db.selectFrom('outbox').select('task_id').where('task_id', 'in', ids).execute();
+    expect(left).toEqual([{ task_id: published }]);
   });
 
   it('counts tasks by type and status: the caller’s own, or for an admin every owner’s or one owner’s', async () => {

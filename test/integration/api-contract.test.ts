@@ -70,12 +70,36 @@ describe('api contract: GET /openapi.json describes the real responses', () => {
     expect(doc.components.schemas.CreateTask).toMatchObject({ discriminator: { propertyName: 'type' } });
   });
 
+  it('documents runAt and delayMs on every type’s request, and runAt on the task view', () => {
+    for (const type of ['echo', 'sleep', 'flaky']) {
+      expect(doc.components.schemas[`CreateTask_${type}`]).toMatchObject({
+        properties: {
+          runAt: { type: 'string', format: 'date-time' },
+          delayMs: { type: 'integer', minimum: 0 },
+        },
+      });
+    }
+    expect(doc.components.schemas.TaskView).toMatchObject({
+      properties: { runAt: { anyOf: [{ type: 'string', format: 'date-time' }, { type: 'null' }] } },
+    });
+    const body = fromDocument(doc, { $ref: '#/components/schemas/CreateTask' });
+    expect(body.safeParse({ type: 'echo', runAt: '2030-01-01T09:00:00+01:00' }).success).toBe(true);
+    expect(body.safeParse({ type: 'echo', delayMs: 5000 }).success).toBe(true);
+    expect(body.safeParse({ type: 'echo', runAt: 'tomorrow' }).success).toBe(false);
+    expect(body.safeParse({ type: 'echo', delayMs: -1 }).success).toBe(false);
+  });
+
   it('matches 202 create, 200 get, list, 404, 422 and 400 responses', async () => {
     const created = await request(api.app)
       .post('/tasks')
       .send({ type: 'sleep', payload: { ms: 1 } });
+    const soon = new Date(Date.now() + 60_000).toISOString();
+    const scheduled = await request(api.app).post('/tasks').send({ type: 'echo', runAt: soon });
     const cases: [request.Response, string, string, string][] = [
       [created, '/tasks', 'post', '202'],
+      [scheduled, '/tasks', 'post', '202'],
+      [await request(api.app).get(`/tasks/${scheduled.body.id}`), '/tasks/{id}', 'get', '200'],
+      [await request(api.app).post('/tasks').send({ type: 'echo', delayMs: 1, runAt: soon }), '/tasks', 'post', '422'],
       [await request(api.app).get(`/tasks/${created.body.id}`), '/tasks/{id}', 'get', '200'],
       [await request(api.app).get('/tasks?limit=1'), '/tasks', 'get', '200'],
       [await request(api.app).get(`/tasks/${randomUUID()}`), '/tasks/{id}', 'get', '404'],

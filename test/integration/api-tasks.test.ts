@@ -201,6 +201,7 @@ describe('api: creating, reading and cancelling tasks', () => {
         type: 'echo',
         payload,
         maxAttempts: 3,
+        schedule: null,
         owner: 'anonymous',
         idempotencyKey: null,
         requestHash: null,

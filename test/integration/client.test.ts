@@ -56,6 +56,22 @@ describe('@taskbox/client in Node against a running api', () => {
     expect(seen.at(-1)).toEqual(done.data);
   });
 
+  it('schedules a task with runAt as a Date or a string, or with delayMs, and the view says when it is due', async () => {
+    const at = new Date(Date.now() + 60_000);
+    const fromDate = await client.createTask({ type: 'echo', payload: { n: 'date' }, runAt: at });
+    expect(fromDate.data).toMatchObject({ status: 'pending', runAt: at.toISOString() });
+    const offset = at.toISOString().replace('Z', '+00:00');
+    const fromText = await client.createTask({ type: 'echo', payload: { n: 'text' }, runAt: offset });
+    expect(fromText.data?.runAt).toBe(at.toISOString());
+    const delayed = await client.createTask({ type: 'echo', payload: { n: 'delay' }, delayMs: 60_000 });
+    expect(Date.parse(delayed.data?.runAt ?? '') - Date.parse(delayed.data?.createdAt ?? '')).toBe(60_000);
+    const both = await client.createTask({ type: 'echo', runAt: at, delayMs: 1 });
+    expect(both.error).toMatchObject({ kind: 'problem', status: 422, title: 'Invalid Schedule' });
+    for (const id of [fromDate, fromText, delayed].map((r) => r.data?.id ?? '')) {
+      expect((await client.cancelTask(id)).data?.status).toBe('cancelled');
+    }
+  });
+
   it('retries a create whose answer was lost with the same idempotency key: one task, not two', async () => {
     const key = randomUUID();
     // The first request reaches the api, then its answer is lost.

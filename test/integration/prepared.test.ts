@@ -71,6 +71,7 @@ describe('statements prepared once per connection', () => {
         type: 'echo',
         payload: { n },
         maxAttempts: 3,
+        schedule: null,
         owner: 'prepared',
         idempotencyKey: null,
         requestHash: null,

@@ -1,6 +1,6 @@
 import { abortError, isTransient, type ClientError, type Result } from './errors.js';
 import { backoffMs, createHttp, request, sleep, type ClientOptions } from './http.js';
-import type { NewTask, StreamToken, TaskList, TaskStatus, TaskView } from './types.js';
+import type { CreateTaskInput, NewTask, StreamToken, TaskList, TaskStatus, TaskView } from './types.js';
 import { watchTask, type WatchOptions } from './watch.js';
 
 export interface CreateOptions {
@@ -23,7 +23,7 @@ export interface WaitOptions {
 }
 
 export interface TaskboxClient {
-  createTask(task: NewTask, options?: CreateOptions): Promise<Result<TaskView>>;
+  createTask(task: CreateTaskInput, options?: CreateOptions): Promise<Result<TaskView>>;
   getTask(id: string, options?: { signal?: AbortSignal }): Promise<Result<TaskView>>;
   /** Pages of the caller's tasks, newest first; an error ends the iteration as its last element. */
   listTasks(filter?: ListFilter, options?: { signal?: AbortSignal }): AsyncIterable<Result<TaskList>>;
@@ -54,8 +54,9 @@ export function createClient(options: ClientOptions): TaskboxClient {
   const http = createHttp(options);
   const client: TaskboxClient = {
     async createTask(task, { idempotencyKey = randomKey(), signal } = {}) {
+      const body: NewTask = { ...task, runAt: task.runAt instanceof Date ? task.runAt.toISOString() : task.runAt };
       for (let tries = 1; ; tries++) {
-        const init = { method: 'POST' as const, body: task, headers: { 'idempotency-key': idempotencyKey }, signal };
+        const init = { method: 'POST' as const, body, headers: { 'idempotency-key': idempotencyKey }, signal };
         const answer = await request<TaskView>(http, '/tasks', init);
         if (!answer.error || !isTransient(answer.error) || tries >= CREATE_TRIES) return answer;
         await sleep(retryDelay(answer.error, tries), signal);

@@ -4,6 +4,7 @@ export type { ClientError, Result } from './errors.js';
 export type { ClientOptions } from './http.js';
 export { isTerminal, taskStatuses } from './types.js';
 export type {
+  CreateTaskInput,
   JsonValue,
   NewTask,
   Problem,

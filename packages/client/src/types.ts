@@ -10,7 +10,7 @@ export const taskStatuses = ['pending', 'processing', 'succeeded', 'failed', 'ca
 export type TaskStatus = (typeof taskStatuses)[number];
 
 export interface TimelineEvent {
-  event: 'created' | 'published' | 'started' | 'finished' | 'retried';
+  event: 'created' | 'scheduled' | 'published' | 'started' | 'finished' | 'retried';
   at: string;
   attempt?: number;
   externalJobId?: string;
@@ -19,6 +19,8 @@ export interface TimelineEvent {
   retry?: number;
   /** retried: the owner or admin who asked. */
   by?: string;
+  /** scheduled: when the task is due. */
+  runAt?: string;
 }
 
 export interface TaskView {
@@ -33,6 +35,8 @@ export interface TaskView {
   progress: number | null;
   attempts: number;
   maxAttempts: number;
+  /** When the task is due; null: as soon as possible. */
+  runAt: string | null;
   externalJobId: string | null;
   result: JsonValue | null;
   error: JsonValue | null;
@@ -54,11 +58,19 @@ export interface TaskList {
   next: string | null;
 }
 
+/** The body of POST /tasks. */
 export interface NewTask {
   type: string;
   payload?: JsonValue;
   maxAttempts?: number;
+  /** Run at this time (ISO 8601 with an offset), not before; not with delayMs. */
+  runAt?: string;
+  /** Run this many milliseconds after the api accepts the task; not with runAt. */
+  delayMs?: number;
 }
+
+/** What createTask takes: a NewTask whose runAt may also be a Date. */
+export type CreateTaskInput = Omit<NewTask, 'runAt'> & { runAt?: Date | string };
 
 export interface StreamToken {
   token: string;

@@ -46,6 +46,8 @@ export interface TasksTable {
   lease_until: Timestamp | null;
   cancel_requested_at: Timestamp | null;
   republished_at: Timestamp | null;
+  /** When a scheduled task is due (runAt, or now plus delayMs at creation); null: as soon as possible. */
+  run_at: Timestamp | null;
   // Set only through taskChanged (task-version.ts); bigint and xid8 arrive as strings.
   version: ColumnType<string, never, RawBuilder<string>>;
   changed_xid: ColumnType<string | null, never, RawBuilder<string>>;

@@ -65,12 +65,14 @@ export function outboxInsert(rows: RawBuilder<unknown>): RawBuilder<unknown> {
 
 /**
  * For the task row `t`: when its latest message was published, or NULL while one of its messages still
- * waits to be published. A task with no outbox row left counts from its last change: rows are only
- * ever deleted after publishing. "Published this long ago, and no worker started it": the reconciler
- * republishes such a task, and the doctor reports it.
+ * waits to be published (a scheduled task's, until it is due). A task with no outbox row left counts
+ * from its last change or its due time, whichever is later: rows are only ever deleted after
+ * publishing, and never before the task was due. "Published this long ago, and no worker started it":
+ * the reconciler republishes such a task, and the doctor reports it.
  */
 export const lastPublishedAt = sql<Date | null>`(
-  SELECT CASE WHEN bool_or(o.published_at IS NULL) THEN NULL ELSE coalesce(max(o.published_at), t.updated_at) END
+  SELECT CASE WHEN bool_or(o.published_at IS NULL) THEN NULL
+              ELSE coalesce(max(o.published_at), greatest(t.updated_at, t.run_at)) END
   FROM outbox o WHERE o.task_id = t.id)`;
 
 /**

@@ -21,6 +21,7 @@ import { cachedLoader } from './cache';
 import { countTasks } from './bulk-sql';
 import type { TaskEvents } from './task-events';
 import { viewer } from './viewer';
+import type { ScheduleLimits } from './schedule';
 
 export interface AppDeps {
   db: Db;
@@ -41,6 +42,8 @@ export interface AppDeps {
   /** Served at /dashboard/ when given (DASHBOARD, on by default). */
   dashboard?: DashboardFiles;
   admin: AdminSettings;
+  /** The bounds of runAt and delayMs on POST /tasks. */
+  schedule: ScheduleLimits;
 }
 
 export interface StreamSettings {

@@ -7,8 +7,8 @@ import type { Viewer } from './viewer';
 export const cancellableStatuses: readonly TaskStatus[] = ['pending', 'processing'];
 
 /**
- * Cancels tasks the caller's transaction has locked: a pending task is cancelled at once (the worker
- * will skip its message); a processing one gets cancel_requested_at, which the worker's heartbeat turns
+ * Cancels tasks the caller's transaction has locked: a pending task is cancelled at once, and its
+ * unpublished message goes with it; a processing one gets cancel_requested_at, which the worker's heartbeat turns
  * into an abort of the running handler. Other statuses are left alone.
  */
 export async function cancelLocked(tx: Db, tasks: { id: string; status: TaskStatus }[]): Promise<void> {
@@ -26,6 +26,8 @@ export async function cancelLocked(tx: Db, tasks: { id: string; status: TaskStat
       })
       .where('id', 'in', pending)
       .execute();
+    // Cancel wins: its unpublished message goes in this transaction; one a relay is publishing now the worker skips.
+    await tx.deleteFrom('outbox').where('task_id', 'in', pending).where('published_at', 'is', null).execute();
   }
   if (processing.length > 0) {
     await tx

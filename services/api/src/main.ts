@@ -68,6 +68,7 @@ async function main(): Promise<void> {
     },
     ...pages(config),
     admin: { doctor: config, bulkMax: config.BULK_ACTION_MAX },
+    schedule: { maxAheadMs: config.SCHEDULE_MAX_AHEAD_MS, pastSkewMs: config.SCHEDULE_PAST_SKEW_MS },
   });
   const server = serverPart(
     createServer(app, {

@@ -134,7 +134,9 @@ function taskPaths(common: Record<string, JsonObject>): JsonObject {
           '413': problem('body larger than BODY_LIMIT'),
           '415': problem('body is not application/json'),
           '422': problem(
-            `unknown type, invalid payload, a NUL or unpaired surrogate in any string, or JSON nested deeper than ${MAX_JSON_DEPTH}`,
+            `unknown type, invalid payload, a NUL or unpaired surrogate in any string, JSON nested deeper than ${MAX_JSON_DEPTH}, ` +
+              'or a schedule refused: runAt with delayMs, a runAt further back than SCHEDULE_PAST_SKEW_MS, or a due time ' +
+              'beyond SCHEDULE_MAX_AHEAD_MS',
           ),
         },
       },

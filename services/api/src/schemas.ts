@@ -12,6 +12,22 @@ const statusSchema = taskViewSchema.shape.status;
 const maxAttemptsSchema = z.number().int().min(1).max(100);
 // Compared with a text column: Postgres would refuse a NUL in the parameter (SQLSTATE 22021).
 const typeNameSchema = z.string().min(1).max(100).refine(isStorableText, UNSTORABLE_TEXT);
+const iso = z.iso.datetime({ offset: true });
+
+/** When the task is due (schedule.ts checks the pair and the limits). */
+const scheduleFields = {
+  runAt: iso
+    .optional()
+    .describe(
+      'run at this time (ISO 8601 with an offset), not before; not with delayMs; at most SCHEDULE_MAX_AHEAD_MS ahead',
+    ),
+  delayMs: z
+    .number()
+    .int()
+    .min(0)
+    .optional()
+    .describe('run this many milliseconds after the api accepted the task; not with runAt'),
+};
 
 /** The envelope every task shares; checked first so an unknown type gets its own 422. */
 export const createTaskSchema = z
@@ -19,6 +35,7 @@ export const createTaskSchema = z
     type: typeNameSchema,
     payload: z.json().optional(),
     maxAttempts: maxAttemptsSchema.optional(),
+    ...scheduleFields,
   })
   .strict();
 
@@ -29,6 +46,7 @@ function taskBody(type: (typeof taskTypeList)[number]) {
       // prefault, not default: a missing payload is parsed as {} so a type that needs fields still says which.
       payload: (type.payload as z.ZodType<unknown>).prefault({}),
       maxAttempts: maxAttemptsSchema.optional(),
+      ...scheduleFields,
     })
     .strict();
 }
@@ -54,8 +72,6 @@ const ownerParam = z
   .refine(isStorableText, UNSTORABLE_TEXT)
   .optional()
   .describe("an admin's filter: this owner's tasks (without it, every owner's); others may name only themselves");
-
-const iso = z.iso.datetime({ offset: true });
 
 /** The filters GET /tasks and the bulk actions share (task-filter.ts). */
 export const taskFilterFields = {

@@ -9,6 +9,7 @@ import {
   type Db,
   type MessageContext,
 } from '@taskbox/shared';
+import type { Schedule } from './schedule';
 import { allOf, filterConditions, type TaskFilter } from './task-filter';
 import type { Viewer } from './viewer';
 
@@ -17,6 +18,7 @@ export interface NewTask {
   type: string;
   payload: unknown;
   maxAttempts: number;
+  schedule: Schedule;
   owner: string;
   idempotencyKey: string | null;
   requestHash: string | null;
@@ -35,7 +37,9 @@ export type Inserted = { task: TaskRow; messageId: string } | undefined;
  * Inserts tasks and the outbox rows that dispatch their first attempts in ONE statement: a
  * data-modifying CTE is atomic on its own, so there is no window where a task exists without its
  * outbox row or the reverse, and it costs one round trip instead of BEGIN/INSERT/INSERT/COMMIT. It
- * returns the whole rows for the responses, which saves a SELECT after it. Requests that arrive
+ * returns the whole rows for the responses, which saves a SELECT after it. A scheduled task's outbox
+ * row is due at its run_at (the relay's claim skips it until then); a delay counts from the statement's
+ * now(), and a runAt already past (within the api's skew) is due at once. Requests that arrive
  * together share the statement (createTaskInserter). Answers one entry per request, in order:
  * undefined where this owner had already used the idempotency key, and nothing was inserted.
  *
@@ -60,6 +64,8 @@ export async function insertTasks(db: Db, inserts: TaskInsert[]): Promise<Insert
       // As JSON text, cast in SQL: jsonb_to_recordset would turn a JSON null payload into SQL NULL.
       payload: JSON.stringify(task.payload),
       max_attempts: task.maxAttempts,
+      run_at: task.schedule && 'runAt' in task.schedule ? task.schedule.runAt : null,
+      delay_ms: task.schedule && 'delayMs' in task.schedule ? task.schedule.delayMs : null,
       owner: task.owner,
       idempotency_key: task.idempotencyKey,
       request_hash: task.requestHash,
@@ -85,16 +91,20 @@ export function insertTasksStatement(input: string) {
   return sql<TaskRow>`${prepared('api_insert_tasks')}
     WITH input AS (
       SELECT * FROM jsonb_to_recordset(${input}::jsonb) AS i(
-        id uuid, type text, payload text, max_attempts int, owner text, idempotency_key text,
+        id uuid, type text, payload text, max_attempts int, run_at timestamptz, delay_ms float8, owner text, idempotency_key text,
         request_hash text, correlation_id text, message_id uuid, message_payload text, message_headers text)
     ), inserted AS (
-      INSERT INTO tasks (id, type, payload, max_attempts, owner, idempotency_key, request_hash, correlation_id)
-      SELECT id, type, payload::jsonb, max_attempts, owner, idempotency_key, request_hash, correlation_id FROM input
+      INSERT INTO tasks (id, type, payload, max_attempts, run_at, owner, idempotency_key, request_hash, correlation_id)
+      SELECT id, type, payload::jsonb, max_attempts, coalesce(run_at, now() + delay_ms * interval '1 millisecond'),
+             owner, idempotency_key, request_hash, correlation_id
+      FROM input
       ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
       RETURNING ${sql.join(taskColumns.map((c) => sql.ref(c)))}
     ), queued AS (
       ${outboxInsert(sql`
-        SELECT i.message_id, t.id, t.type, i.message_payload::jsonb, i.message_headers::jsonb, 0
+        SELECT i.message_id, t.id, t.type, i.message_payload::jsonb, i.message_headers::jsonb,
+               -- greatest skips NULL: a task without run_at is due now.
+               greatest(0, extract(epoch FROM t.run_at - now()) * 1000)::float8
         FROM inserted t JOIN input i ON i.id = t.id`)}
     )
     SELECT inserted.* FROM inserted, (SELECT pg_notify(${OUTBOX_CHANNEL}, '')) AS wake`;
@@ -132,6 +142,7 @@ const taskColumns = [
   'error',
   'attempts',
   'max_attempts',
+  'run_at',
   'external_job_id',
   'owner',
   'request_hash',

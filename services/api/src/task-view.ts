@@ -15,6 +15,9 @@ export const taskViewSchema = z.object({
   progress: z.number().min(0).max(1).nullable(),
   attempts: z.number().int(),
   maxAttempts: z.number().int(),
+  runAt: iso
+    .nullable()
+    .describe('when the task is due (runAt, or its creation plus delayMs); null: as soon as possible'),
   externalJobId: z.string().nullable(),
   result: jsonValueSchema.nullable(),
   error: jsonValueSchema.nullable(),
@@ -32,13 +35,14 @@ export const taskViewSchema = z.object({
   timeline: z
     .array(
       z.object({
-        event: z.enum(['created', 'published', 'started', 'finished', 'retried']),
+        event: z.enum(['created', 'scheduled', 'published', 'started', 'finished', 'retried']),
         at: iso,
         attempt: z.number().int().optional(),
         externalJobId: z.string().optional(),
         outcome: z.string().optional(),
         retry: z.number().int().optional().describe('retried: 1 for the first retry of the task, then 2, …'),
         by: z.string().optional().describe('retried: the owner or admin who asked'),
+        runAt: iso.optional().describe('scheduled: when the task is due'),
       }),
     )
     .optional(),
@@ -58,6 +62,7 @@ export function toTaskView(row: TaskRow, timeline?: Awaited<ReturnType<typeof fi
     progress: row.progress,
     attempts: row.attempts,
     maxAttempts: row.max_attempts,
+    runAt: isoOrNull(row.run_at),
     externalJobId: row.external_job_id,
     result: (row.result ?? null) as TaskView['result'],
     error: (row.error ?? null) as TaskView['error'],
@@ -75,6 +80,10 @@ export function toTaskView(row: TaskRow, timeline?: Awaited<ReturnType<typeof fi
 
 function toTimeline(row: TaskRow, { attempts, messages, retries }: Awaited<ReturnType<typeof findTimeline>>) {
   const events: NonNullable<TaskView['timeline']> = [{ event: 'created', at: row.created_at.toISOString() }];
+  // Only a run time after the creation was a schedule; a runAt within the past skew ran at once.
+  if (row.run_at && row.run_at > row.created_at) {
+    events.push({ event: 'scheduled', at: row.created_at.toISOString(), runAt: row.run_at.toISOString() });
+  }
   for (const m of messages) {
     const attempt = (m.payload as { attempt?: number }).attempt;
     if (m.published_at) events.push({ event: 'published', at: m.published_at.toISOString(), attempt });

@@ -40,9 +40,12 @@ export interface ClaimedRow {
  * other relays off the rows while they are in flight, and if this relay dies the rows come back when
  * the lease ends (re-published, absorbed by the worker's deduplication).
  *
- * SKIP LOCKED lets several relays claim disjoint batches at once. The scan uses outbox_unpublished (a
- * partial index on id); it selects rows by state, never with "id > last seen": identity values commit
- * out of order, and a cursor would skip a row whose transaction committed late.
+ * SKIP LOCKED lets several relays claim disjoint batches at once. The scan reads outbox_due (a partial
+ * index on available_at, id) from its start, oldest due first, and stops at the batch: rows not due
+ * yet (scheduled tasks, retries in backoff) sit after the due ones, so however many wait, a claim never
+ * reads them (in id order, 100 000 rows due tomorrow made every claim read all of them). It selects
+ * rows by state, never with "id > last seen": identity values commit out of order, and a cursor would
+ * skip a row whose transaction committed late.
  *
  * The index keeps an entry for every row published since the last vacuum. A plain index scan marks
  * such an entry dead the first time it passes it once no transaction can still see the old row, so
@@ -57,7 +60,7 @@ export async function claimBatch(db: Db, limit: number, leaseMs: number): Promis
       WHERE published_at IS NULL
         AND available_at <= now()
         AND (locked_until IS NULL OR locked_until < now())
-      ORDER BY id
+      ORDER BY available_at, id
       LIMIT ${limit}
       FOR UPDATE SKIP LOCKED
     )
@@ -68,6 +71,18 @@ export async function claimBatch(db: Db, limit: number, leaseMs: number): Promis
     WHERE o.id = due.id
     RETURNING o.id, o.message_id, o.task_id, o.routing_key, o.payload, o.headers, o.publish_attempts`.execute(db);
   return rows.sort((a, b) => Number(BigInt(a.id) - BigInt(b.id)));
+}
+
+/**
+ * How long until the next unpublished row falls due, or null when none waits: the relay sleeps until
+ * then rather than a whole poll, so a scheduled task or a retry is published at its time. One read of
+ * outbox_due's first entry after now.
+ */
+export async function msUntilNextDue(db: Db): Promise<number | null> {
+  const { rows } = await sql<{ ms: number | null }>`
+    SELECT (extract(epoch FROM min(available_at) - now()) * 1000)::float8 AS ms
+    FROM outbox WHERE published_at IS NULL AND available_at > now()`.execute(db);
+  return rows[0]?.ms ?? null;
 }
 
 /** Marks rows published; called only after the broker confirmed every one of them. */

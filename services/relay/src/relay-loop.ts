@@ -9,7 +9,7 @@ import {
   type Logger,
   type Service,
 } from '@taskbox/shared';
-import { claimBatch, markPublished, recordPublishFailure, type ClaimedRow } from './outbox-sql';
+import { claimBatch, markPublished, msUntilNextDue, recordPublishFailure, type ClaimedRow } from './outbox-sql';
 import type { Publisher, PublishResult } from './publisher';
 import type { RelayMetrics } from './metrics';
 
@@ -40,7 +40,8 @@ export interface RelayLoop extends Service {
  *   draining ──error (db or broker)──▶ backing off ──delay──▶ draining
  *
  * A drain claims a batch, publishes it with confirms, marks the confirmed rows and releases the rest
- * with a per-row backoff. It does not claim while the broker is disconnected, so an outage costs no
+ * with a per-row backoff. "waiting" lasts the poll interval, or less when an unpublished row falls due
+ * sooner (a scheduled task, a retry's backoff): its timer is the wake-up nobody else sends. It does not claim while the broker is disconnected, so an outage costs no
  * publish attempts. One log line per change between healthy and failing, not one per try.
  * "draining" runs up to two drains side by side (see drainLanes).
  */
@@ -101,9 +102,9 @@ export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
     return { claimed: rows.length, failed: failed.length };
   }
 
-  function waitForWake(): Promise<void> {
+  function waitForWake(ms = pollMs): Promise<void> {
     return new Promise((resolve) => {
-      const timer = setTimeout(done, pollMs);
+      const timer = setTimeout(done, ms);
       function done(): void {
         clearTimeout(timer);
         wakeUp = null;
@@ -147,6 +148,15 @@ export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
     return results.reduce((sum, r) => sum + (r.status === 'fulfilled' ? r.value : 0), 0);
   }
 
+  /** After a drain: waits until the next row falls due, at most a poll (also when that read fails). */
+  async function idle(): Promise<void> {
+    if (wakeRequested || stopping) return;
+    const due = await msUntilNextDue(db).catch(() => null);
+    // A wake-up that came during the read must not wait for the timer.
+    if (wakeRequested || stopping) return;
+    await waitForWake(due === null ? pollMs : Math.min(pollMs, Math.max(0, Math.ceil(due))));
+  }
+
   async function run(): Promise<void> {
     let failures = 0;
     while (!stopping) {
@@ -173,7 +183,7 @@ export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
         await sleep(backoffMs(failures, UNAVAILABLE_BACKOFF), stopController.signal);
         continue;
       }
-      if (!wakeRequested && !stopping) await waitForWake();
+      await idle();
     }
   }
 

@@ -30,6 +30,7 @@ function timelineItem(e: TimelineEvent): HTMLLIElement {
     e.outcome ?? '',
     e.externalJobId ? `job ${e.externalJobId}` : '',
     e.retry !== undefined ? `retry ${e.retry} by ${e.by ?? '?'}` : '',
+    e.runAt ? `for ${when(e.runAt)}` : '',
   ].filter(Boolean);
   return h(
     'li',
@@ -54,6 +55,7 @@ function render(view: TaskView): void {
     ['step', view.currentStep ?? '—'],
     ['progress', view.progress === null ? '—' : `${Math.round(view.progress * 100)} %`],
     ['created', when(view.createdAt)],
+    ['runs at', view.runAt ? when(view.runAt) : 'as soon as possible'],
     ['started', when(view.startedAt) || '—'],
     ['finished', when(view.finishedAt) || '—'],
     ['external job id', view.externalJobId ?? '—'],

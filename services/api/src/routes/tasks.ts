@@ -24,6 +24,7 @@ import {
   type TaskRow,
 } from '../task-sql';
 import { retryTask } from '../retry-sql';
+import { parseSchedule, type Schedule, type ScheduleLimits } from '../schedule';
 import { toTaskView } from '../task-view';
 import { actor, listOwner, viewer, type Viewer } from '../viewer';
 
@@ -37,6 +38,7 @@ export interface TasksDeps {
   held: HeldRequests;
   /** Counts by type and status: one owner's, or (null) every owner's; reused for a moment (app.ts). */
   counts: (owner: string | null) => Promise<Counts>;
+  schedule: ScheduleLimits;
 }
 
 export function invalid(title: string, error: z.ZodError): HttpProblem {
@@ -62,11 +64,12 @@ interface CreateRequest {
   type: TaskType;
   payload: unknown;
   maxAttempts: number;
+  schedule: Schedule;
   idempotencyKey: string | null;
 }
 
-/** Validates POST /tasks: media type, storable JSON, the envelope, the type's payload, the key. */
-function parseCreateRequest(req: Request): CreateRequest {
+/** Validates POST /tasks: media type, storable JSON, the envelope, the type's payload, the schedule, the key. */
+function parseCreateRequest(req: Request, limits: ScheduleLimits): CreateRequest {
   if (!req.is('application/json')) {
     throw new HttpProblem(415, 'Unsupported Media Type', 'send the task as application/json');
   }
@@ -85,7 +88,8 @@ function parseCreateRequest(req: Request): CreateRequest {
   const typed = taskBodySchemas[type].safeParse(req.body);
   if (!typed.success) throw invalid('Invalid Payload', typed.error);
   const maxAttempts = body.data.maxAttempts ?? definition.maxAttempts;
-  return { type, payload: typed.data.payload, maxAttempts, idempotencyKey: parseIdempotencyKey(req) };
+  const schedule = parseSchedule(typed.data, limits);
+  return { type, payload: typed.data.payload, maxAttempts, schedule, idempotencyKey: parseIdempotencyKey(req) };
 }
 
 function parseIdempotencyKey(req: Request): string | null {
@@ -97,20 +101,25 @@ function parseIdempotencyKey(req: Request): string | null {
   return keyParse?.data ?? null;
 }
 
-function createTask({ db, logger }: TasksDeps, insertTask: (insert: TaskInsert) => Promise<Inserted>): Handler {
+/** A replay must repeat the request; the schedule joins the hash only when given, so older keys still match. */
+function hashRequest({ type, payload, maxAttempts, schedule }: CreateRequest): string {
+  const parts = [type, payload, maxAttempts, ...(schedule ? [schedule] : [])];
+  return createHash('sha256').update(canonicalJson(parts)).digest('hex');
+}
+
+function createTask(deps: TasksDeps, insertTask: (insert: TaskInsert) => Promise<Inserted>): Handler {
+  const { db, logger } = deps;
   return async (req, res) => {
-    const { type, payload, maxAttempts, idempotencyKey } = parseCreateRequest(req);
-    const requestHash = idempotencyKey
-      ? createHash('sha256')
-          .update(canonicalJson([type, payload, maxAttempts]))
-          .digest('hex')
-      : null;
+    const parsed = parseCreateRequest(req, deps.schedule);
+    const { type, payload, maxAttempts, schedule, idempotencyKey } = parsed;
+    const requestHash = idempotencyKey ? hashRequest(parsed) : null;
     const correlationId = res.locals.requestId as string;
     const task = {
       id: randomUUID(),
       type,
       payload,
       maxAttempts,
+      schedule,
       owner: viewer(res).owner,
       idempotencyKey,
       requestHash,
@@ -122,7 +131,8 @@ function createTask({ db, logger }: TasksDeps, insertTask: (insert: TaskInsert) 
     let row: TaskRow | undefined = inserted?.task;
     let status = 202;
     if (inserted) {
-      logger.info('task accepted', { taskId: task.id, messageId: inserted.messageId, type, correlationId });
+      const runAt = inserted.task.run_at?.toISOString();
+      logger.info('task accepted', { taskId: task.id, messageId: inserted.messageId, type, correlationId, runAt });
     } else {
       // The key was used before by this owner: a replay returns the original task, unchanged.
       row = await findTaskByIdempotencyKey(db, task.owner, idempotencyKey as string);

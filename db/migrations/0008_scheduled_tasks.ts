@@ -1,0 +1,18 @@
+import { type Kysely, sql } from 'kysely';
+
+// Scheduled tasks (POST /tasks with runAt or delayMs): the outbox row's available_at holds the due time
+// and the relay publishes the row once it is due. The task row keeps the time too, because published
+// outbox rows are deleted after OUTBOX_RETENTION_MS and the task view, its timeline and the "stuck"
+// measures (lastPublishedAt) still need it. NULL: as soon as possible. Adding a nullable column without
+// a default rewrites nothing and holds its lock only for a moment.
+//
+// outbox_due replaces outbox_unpublished (id): the relay's claim reads unpublished rows oldest due first
+// and stops at its batch, so the rows waiting for a later time are never read (claimBatch), and its
+// first entry after now is when the relay should wake next (msUntilNextDue). One index instead of two
+// keeps the api's insert at the same cost. The outbox is kept small, so the short lock of a plain
+// CREATE INDEX is enough.
+export async function up(db: Kysely<unknown>): Promise<void> {
+  await sql`ALTER TABLE tasks ADD COLUMN run_at timestamptz`.execute(db);
+  await sql`CREATE INDEX outbox_due ON outbox (available_at, id) WHERE published_at IS NULL`.execute(db);
+  await sql`DROP INDEX outbox_unpublished`.execute(db);
+}

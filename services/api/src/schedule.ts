@@ -1,0 +1,52 @@
+import { HttpProblem } from './problem';
+
+/** SCHEDULE_MAX_AHEAD_MS and SCHEDULE_PAST_SKEW_MS. */
+export interface ScheduleLimits {
+  maxAheadMs: number;
+  pastSkewMs: number;
+}
+
+/**
+ * When a new task is due: at a time (runAt), after a delay (delayMs, counted by Postgres from the
+ * insert), or null for as soon as possible.
+ */
+export type Schedule = { runAt: string } | { delayMs: number } | null;
+
+type Issue = { path: string; message: string };
+
+function refuse(issues: Issue[]): never {
+  const detail = issues.map((i) => `${i.path}: ${i.message}`).join('; ');
+  throw new HttpProblem(422, 'Invalid Schedule', detail, { issues });
+}
+
+/**
+ * Checks the schedule of POST /tasks against the limits, on the api's clock: a runAt a little in the
+ * past (clocks differ, a request is slow) runs at once, one further back is a mistake the caller should
+ * hear of; a far-future time is refused so a typo cannot park a task for years.
+ */
+export function parseSchedule(
+  body: { runAt?: string | undefined; delayMs?: number | undefined },
+  limits: ScheduleLimits,
+  now = Date.now(),
+): Schedule {
+  const { runAt, delayMs } = body;
+  if (runAt !== undefined && delayMs !== undefined) {
+    const message = 'give runAt or delayMs, not both';
+    refuse([
+      { path: 'runAt', message },
+      { path: 'delayMs', message },
+    ]);
+  }
+  const ahead = `more than ${limits.maxAheadMs} ms ahead (SCHEDULE_MAX_AHEAD_MS)`;
+  if (delayMs !== undefined) {
+    if (delayMs > limits.maxAheadMs) refuse([{ path: 'delayMs', message: ahead }]);
+    return { delayMs };
+  }
+  if (runAt === undefined) return null;
+  const at = Date.parse(runAt);
+  if (at < now - limits.pastSkewMs) {
+    refuse([{ path: 'runAt', message: `more than ${limits.pastSkewMs} ms in the past (SCHEDULE_PAST_SKEW_MS)` }]);
+  }
+  if (at > now + limits.maxAheadMs) refuse([{ path: 'runAt', message: ahead }]);
+  return { runAt };
+}
