@@ -33,6 +33,8 @@ export interface TaskView {
   progress: number | null;
   attempts: number;
   maxAttempts: number;
+  /** One attempt's time limit in ms; null on tasks from before limits were stored (the type's default applies). */
+  timeoutMs: number | null;
   externalJobId: string | null;
   result: JsonValue | null;
   error: JsonValue | null;
@@ -58,6 +60,8 @@ export interface NewTask {
   type: string;
   payload?: JsonValue;
   maxAttempts?: number;
+  /** One attempt's time limit in ms, 100 to 86400000; the type's default when absent. */
+  timeoutMs?: number;
 }
 
 export interface StreamToken {

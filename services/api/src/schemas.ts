@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { TASK_OPTION_LIMITS } from '@taskbox/shared';
 import { taskTypeList, type TaskType } from '@taskbox/tasks';
 import { isStorableText, UNSTORABLE_TEXT } from './json-guard';
 import { taskViewSchema } from './task-view';
@@ -9,7 +10,14 @@ import { taskViewSchema } from './task-view';
  */
 
 const statusSchema = taskViewSchema.shape.status;
-const maxAttemptsSchema = z.number().int().min(1).max(100);
+const { maxAttempts, timeoutMs } = TASK_OPTION_LIMITS;
+const maxAttemptsSchema = z.number().int().min(maxAttempts.min).max(maxAttempts.max);
+const timeoutMsSchema = z
+  .number()
+  .int()
+  .min(timeoutMs.min)
+  .max(timeoutMs.max)
+  .describe("one attempt's time limit in ms (default: the type's); then its signal aborts, and after a grace it fails");
 // Compared with a text column: Postgres would refuse a NUL in the parameter (SQLSTATE 22021).
 const typeNameSchema = z.string().min(1).max(100).refine(isStorableText, UNSTORABLE_TEXT);
 
@@ -19,6 +27,7 @@ export const createTaskSchema = z
     type: typeNameSchema,
     payload: z.json().optional(),
     maxAttempts: maxAttemptsSchema.optional(),
+    timeoutMs: timeoutMsSchema.optional(),
   })
   .strict();
 
@@ -29,6 +38,7 @@ function taskBody(type: (typeof taskTypeList)[number]) {
       // prefault, not default: a missing payload is parsed as {} so a type that needs fields still says which.
       payload: (type.payload as z.ZodType<unknown>).prefault({}),
       maxAttempts: maxAttemptsSchema.optional(),
+      timeoutMs: timeoutMsSchema.optional(),
     })
     .strict();
 }

@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import { jsonValueSchema, taskStatuses } from '@taskbox/shared';
-import type { findTimeline, TaskRow } from './task-sql';
+import { jsonValueSchema, taskStatuses, type TaskRow } from '@taskbox/shared';
+import type { findTimeline } from './task-sql';
 
 const iso = z.iso.datetime({ offset: true });
 
@@ -15,6 +15,11 @@ export const taskViewSchema = z.object({
   progress: z.number().min(0).max(1).nullable(),
   attempts: z.number().int(),
   maxAttempts: z.number().int(),
+  timeoutMs: z
+    .number()
+    .int()
+    .nullable()
+    .describe("one attempt's time limit in ms; null on tasks from before limits were stored: the type's default"),
   externalJobId: z.string().nullable(),
   result: jsonValueSchema.nullable(),
   error: jsonValueSchema.nullable(),
@@ -58,6 +63,7 @@ export function toTaskView(row: TaskRow, timeline?: Awaited<ReturnType<typeof fi
     progress: row.progress,
     attempts: row.attempts,
     maxAttempts: row.max_attempts,
+    timeoutMs: row.timeout_ms,
     externalJobId: row.external_job_id,
     result: (row.result ?? null) as TaskView['result'],
     error: (row.error ?? null) as TaskView['error'],

@@ -1,10 +1,18 @@
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { Router, type Request, type Response } from 'express';
 import { z } from 'zod';
-import { type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
+import {
+  requestHash as hashRequest,
+  type Db,
+  type Inserted,
+  type Logger,
+  type TaskInsert,
+  type TaskNotifier,
+  type TaskRow,
+} from '@taskbox/shared';
 import { findTaskType, taskTypeNames, type TaskType } from '@taskbox/tasks';
 import { decodeCursor, encodeCursor } from '../cursor';
-import { canonicalJson, findJsonIssue } from '../json-guard';
+import { findJsonIssue } from '../json-guard';
 import type { HeldRequests } from '../held-requests';
 import { createLongPolls, type LongPollAnswer, type LongPolls } from '../long-poll';
 import { HttpProblem } from '../problem';
@@ -13,16 +21,7 @@ import type { TaskEvents } from '../task-events';
 import { countsQuerySchema } from '../admin-schemas';
 import type { countTasks } from '../bulk-sql';
 import { cancelTask } from '../cancel-sql';
-import {
-  findTask,
-  findTaskByIdempotencyKey,
-  findTimeline,
-  createTaskInserter,
-  listTasks,
-  type TaskInsert,
-  type Inserted,
-  type TaskRow,
-} from '../task-sql';
+import { findTask, findTaskByIdempotencyKey, findTimeline, createTaskInserter, listTasks } from '../task-sql';
 import { retryTask } from '../retry-sql';
 import { toTaskView } from '../task-view';
 import { actor, listOwner, viewer, type Viewer } from '../viewer';
@@ -62,7 +61,9 @@ interface CreateRequest {
   type: TaskType;
   payload: unknown;
   maxAttempts: number;
+  timeoutMs: number;
   idempotencyKey: string | null;
+  requestHash: string | null;
 }
 
 /** Validates POST /tasks: media type, storable JSON, the envelope, the type's payload, the key. */
@@ -84,8 +85,12 @@ function parseCreateRequest(req: Request): CreateRequest {
   const type = definition.name;
   const typed = taskBodySchemas[type].safeParse(req.body);
   if (!typed.success) throw invalid('Invalid Payload', typed.error);
+  const { payload } = typed.data;
   const maxAttempts = body.data.maxAttempts ?? definition.maxAttempts;
-  return { type, payload: typed.data.payload, maxAttempts, idempotencyKey: parseIdempotencyKey(req) };
+  const idempotencyKey = parseIdempotencyKey(req);
+  const hash = idempotencyKey ? hashRequest({ type, payload, maxAttempts, timeoutMs: body.data.timeoutMs }) : null;
+  const timeoutMs = body.data.timeoutMs ?? definition.timeoutMs;
+  return { type, payload, maxAttempts, timeoutMs, idempotencyKey, requestHash: hash };
 }
 
 function parseIdempotencyKey(req: Request): string | null {
@@ -99,18 +104,14 @@ function parseIdempotencyKey(req: Request): string | null {
 
 function createTask({ db, logger }: TasksDeps, insertTask: (insert: TaskInsert) => Promise<Inserted>): Handler {
   return async (req, res) => {
-    const { type, payload, maxAttempts, idempotencyKey } = parseCreateRequest(req);
-    const requestHash = idempotencyKey
-      ? createHash('sha256')
-          .update(canonicalJson([type, payload, maxAttempts]))
-          .digest('hex')
-      : null;
+    const { type, payload, maxAttempts, timeoutMs, idempotencyKey, requestHash } = parseCreateRequest(req);
     const correlationId = res.locals.requestId as string;
     const task = {
       id: randomUUID(),
       type,
       payload,
       maxAttempts,
+      timeoutMs,
       owner: viewer(res).owner,
       idempotencyKey,
       requestHash,
