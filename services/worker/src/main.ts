@@ -18,14 +18,56 @@ import {
   startAll,
   stopAll,
   toError,
+  type Config,
+  type Db,
+  type Logger,
+  type OutboxNotifier,
   type Service,
+  type TaskNotifier,
 } from '@taskbox/shared';
 import { createConsumer } from './consumer';
-import { createLeases } from './leases';
-import { createWorkerMetrics } from './metrics';
+import { createLeases, type Leases } from './leases';
+import { createWorkerMetrics, type WorkerMetrics } from './metrics';
+import { createOrphans } from './orphans';
 import { createSweeper } from './sweeper';
 import { createAttemptWrites } from './attempt-writes';
 import { setWorkerSession } from './task-sql';
+
+interface ConsumerParts {
+  config: Config;
+  db: Db;
+  leases: Leases;
+  metrics: WorkerMetrics;
+  outboxNotifier: OutboxNotifier;
+  taskNotifier: TaskNotifier;
+  /** Stops the worker (too many abandoned runs): main drains it and exits 1. */
+  stopAndExit: () => void;
+}
+
+function consumerFor(parts: ConsumerParts, logger: Logger) {
+  const { config, stopAndExit, ...deps } = parts;
+  const stopController = new AbortController();
+  // Every run waiting to retry recording its result listens on this signal: up to one per prefetch slot.
+  setMaxListeners(config.WORKER_PREFETCH + 10, stopController.signal);
+  // Leave a margin under the shutdown deadline for abandoning runs and closing connections. At the
+  // grace deadline the consumer abandons the runs still going, and stopController stops their retries
+  // against a Postgres that is down, so that every run returns and its message is requeued.
+  const graceMs = Math.floor(config.SHUTDOWN_TIMEOUT_MS * 0.7);
+  return createConsumer(
+    amqpNames(config.AMQP_PREFIX),
+    { prefetch: config.WORKER_PREFETCH, graceMs, giveUp: () => stopController.abort() },
+    {
+      ...deps,
+      writes: createAttemptWrites(deps.db, config.WORKER_LEASE_MS, config.WORKER_PREFETCH),
+      leaseMs: config.WORKER_LEASE_MS,
+      retry: { baseMs: config.RETRY_BASE_MS, maxMs: config.RETRY_MAX_MS },
+      timeoutGraceMs: config.WORKER_TIMEOUT_GRACE_MS,
+      orphans: createOrphans(config.WORKER_ABANDONED_RUNS_MAX, deps.metrics, stopAndExit),
+      stopping: stopController.signal,
+    },
+    logger,
+  );
+}
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
@@ -41,29 +83,8 @@ async function main(): Promise<void> {
   const outboxNotifier = createOutboxNotifier(pool, logger);
   const taskNotifier = createTaskNotifier(pool, logger);
   const leases = createLeases(db, config.WORKER_LEASE_MS, logger);
-  const stopController = new AbortController();
-  // Every run waiting to retry recording its result listens on this signal: up to one per prefetch slot.
-  setMaxListeners(config.WORKER_PREFETCH + 10, stopController.signal);
-  // Leave a margin under the shutdown deadline for abandoning runs and closing connections. At the
-  // grace deadline the consumer abandons the runs still going, and stopController stops their retries
-  // against a Postgres that is down, so that every run returns and its message is requeued.
-  const graceMs = Math.floor(config.SHUTDOWN_TIMEOUT_MS * 0.7);
-  const consumer = createConsumer(
-    amqpNames(config.AMQP_PREFIX),
-    { prefetch: config.WORKER_PREFETCH, graceMs, giveUp: () => stopController.abort() },
-    {
-      db,
-      writes: createAttemptWrites(db, config.WORKER_LEASE_MS, config.WORKER_PREFETCH),
-      leases,
-      outboxNotifier,
-      taskNotifier,
-      metrics,
-      leaseMs: config.WORKER_LEASE_MS,
-      retry: { baseMs: config.RETRY_BASE_MS, maxMs: config.RETRY_MAX_MS },
-      stopping: stopController.signal,
-    },
-    logger,
-  );
+  const stopAndExit = (): void => void shutdown('abandoned runs').then(() => process.exit(1));
+  const consumer = consumerFor({ config, db, leases, metrics, outboxNotifier, taskNotifier, stopAndExit }, logger);
   const health = createHealthServer(
     config.HEALTH_PORT ?? 3002,
     async () => ({ postgres: await postgresReady(pool), rabbitmq: consumer.ready() }),
