@@ -113,6 +113,22 @@ describe('enqueueTask in the caller’s transaction', () => {
     expect(await taskCount()).toBe(before);
   });
 
+  it('asks Postgres whether a pg-like client is in a transaction when the client does not say', async () => {
+    const client = await system.database.pool.connect();
+    // Only query(): no node-postgres transaction status to read.
+    const bare = { query: (text: string, values: unknown[]) => client.query(text, values) };
+    try {
+      await expect(enqueueTask(bare, { type: 'echo' })).rejects.toThrow(/inside a transaction/);
+      await client.query('BEGIN');
+      const { task } = await enqueueTask(bare, { type: 'echo', payload: { bare: true } });
+      await client.query('COMMIT');
+      await system.waitForTerminal([task.id]);
+      expect(await system.status(task.id)).toBe('succeeded');
+    } finally {
+      client.release();
+    }
+  });
+
   it('refuses an unknown type, an invalid payload or an option out of bounds before writing', async () => {
     await db()
       .transaction()

@@ -81,16 +81,15 @@ async function assertInTransaction(executor: Executor): Promise<void> {
     return;
   }
   const status = (executor as { _txStatus?: unknown })._txStatus;
-  const inside =
-    typeof status === 'string'
-      ? status === 'T'
-      : (
-          await run(
-            executor,
-            sql<{ inside: boolean }>`SELECT transaction_timestamp() < statement_timestamp() AS inside`,
-          )
-        )[0]?.inside;
+  const inside = typeof status === 'string' ? status === 'T' : await startedBefore(executor);
   if (!inside) throw new Error('enqueueTask needs a pg client inside a transaction (after BEGIN, not failed)');
+}
+
+/** Whether the client's transaction started before this statement: true only after a BEGIN. */
+async function startedBefore(executor: Executor): Promise<boolean> {
+  const query = sql<{ inside: boolean }>`SELECT transaction_timestamp() < statement_timestamp() AS inside`;
+  const [row] = await run(executor, query);
+  return row?.inside === true;
 }
 
 function checkOption(name: keyof typeof TASK_OPTION_LIMITS, value: number | undefined, fallback: number): number {

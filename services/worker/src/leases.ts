@@ -103,7 +103,7 @@ export function createLeases(db: Db, leaseMs: number, logger: Logger): Leases {
     register(taskId, attempt, leaseFrom, timeoutMs) {
       const controller = new AbortController();
       // Counted from here, after the start committed: time spent waiting for Postgres is not the run's.
-      const deadline = setTimeout(() => controller.abort('timeout' satisfies AbortReason), timeoutMs);
+      const deadline = setTimeout(() => controller.abort('timeout' satisfies AbortReason), timeoutMs).unref();
       const run = { taskId, attempt, controller, renewedAt: leaseFrom, deadline };
       runs.set(key(taskId, attempt), run);
       // A start whose answer came back late may have a lease that is already past the fence.

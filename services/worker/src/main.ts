@@ -83,7 +83,8 @@ async function main(): Promise<void> {
   const outboxNotifier = createOutboxNotifier(pool, logger);
   const taskNotifier = createTaskNotifier(pool, logger);
   const leases = createLeases(db, config.WORKER_LEASE_MS, logger);
-  const stopAndExit = (): void => void shutdown('abandoned runs').then(() => process.exit(1));
+  const exits = shutdownTriggers();
+  const stopAndExit = exits.abandonedRuns;
   const consumer = consumerFor({ config, db, leases, metrics, outboxNotifier, taskNotifier, stopAndExit }, logger);
   const health = createHealthServer(
     config.HEALTH_PORT ?? 3002,
@@ -105,10 +106,33 @@ async function main(): Promise<void> {
   await startAll(parts);
   logger.info('worker started', { database: redactUrl(config.DATABASE_URL), prefetch: config.WORKER_PREFETCH });
 
-  const shutdown = onShutdownSignal(logger, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, logger));
-  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    process.on(signal, () => void shutdown(signal).then((code) => process.exit(code)));
-  }
+  exits.wire(onShutdownSignal(logger, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, logger)));
+}
+
+/**
+ * One shutdown for the signals and for too many abandoned runs (drain, then exit 1). A stop for abandoned
+ * runs once a signal started the shutdown does nothing: calling shutdown again would count as a second
+ * signal and exit before the drain.
+ */
+function shutdownTriggers() {
+  let shutdown: ((why: string) => Promise<number>) | null = null;
+  let stopping = false;
+  return {
+    abandonedRuns(): void {
+      if (stopping || !shutdown) return;
+      stopping = true;
+      void shutdown('abandoned runs').then(() => process.exit(1));
+    },
+    wire(fn: (why: string) => Promise<number>): void {
+      shutdown = fn;
+      for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+        process.on(signal, () => {
+          stopping = true;
+          void fn(signal).then((code) => process.exit(code));
+        });
+      }
+    },
+  };
 }
 
 main().catch((err: unknown) => {
