@@ -2,22 +2,21 @@
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import pg from 'pg';
-import api from '../services/api/dist/task-sql.js';
 import shared from '../packages/shared/dist/index.js';
 import { outDir, runToEnd } from './lib/env.mjs';
 
-// The api's own statement (services/api/src/task-sql.ts insertTasksStatement), compiled by Kysely as
+// The api's own statement (packages/shared/src/task-insert.ts insertTasksStatement), compiled by Kysely as
 // the api sends it. Its one parameter, the JSON of the rows to insert, becomes an expression that makes
 // one fresh task per transaction: under load the api puts several requests in one statement, but the
 // ceiling stays one task per transaction (bench/README.md).
 const oneTask = `jsonb_build_array(jsonb_build_object(
   'id', gen_random_uuid(), 'type', 'echo', 'payload', '{"phase":"pgbench"}', 'max_attempts', 3,
-  'owner', 'pgbench', 'idempotency_key', NULL, 'request_hash', NULL, 'correlation_id', gen_random_uuid(),
+  'timeout_ms', 60000, 'owner', 'pgbench', 'idempotency_key', NULL, 'request_hash', NULL, 'correlation_id', gen_random_uuid(),
   'message_id', gen_random_uuid(), 'message_payload', '{"type":"echo","attempt":1}', 'message_headers', '{}'))::text`;
 
 function apiStatement() {
   const db = shared.createDb(new pg.Pool({ max: 1 }));
-  const { sql, parameters } = api.insertTasksStatement('[]').compile(db);
+  const { sql, parameters } = shared.insertTasksStatement('[]').compile(db);
   const [, channel] = parameters;
   const withNotify = sql
     .replace('$1', `(${oneTask})`)

@@ -49,6 +49,34 @@ describe('api: creating, reading and cancelling tasks', () => {
     expect(got.body).toMatchObject({ id: res.body.id, status: 'pending' });
   });
 
+  it("stores a task's timeoutMs (its type's default when absent), shows it, documents it, and answers 422 beyond its bounds", async () => {
+    const given = await request(api.app)
+      .post('/tasks')
+      .send({ type: 'sleep', payload: { ms: 5 }, timeoutMs: 1500 });
+    const fallback = await request(api.app).post('/tasks').send({ type: 'echo' });
+    expect(given.status).toBe(202);
+    expect(given.body.timeoutMs).toBe(1500);
+    expect(fallback.body.timeoutMs).toBe(3_600_000);
+    const stored = await api.database.db
+      .selectFrom('tasks')
+      .select('timeout_ms')
+      .where('id', '=', given.body.id)
+      .executeTakeFirstOrThrow();
+    expect(stored.timeout_ms).toBe(1500);
+    expect((await request(api.app).get(`/tasks/${given.body.id}`)).body.timeoutMs).toBe(1500);
+
+    for (const timeoutMs of [99, 86_400_001, 1.5, '1000']) {
+      const res = await request(api.app).post('/tasks').send({ type: 'echo', timeoutMs });
+      expect(res.status).toBe(422);
+      expect(res.headers['content-type']).toMatch(PROBLEM);
+      expect(res.body.issues).toEqual([expect.objectContaining({ path: 'timeoutMs' })]);
+    }
+    const doc = (await request(api.app).get('/openapi.json')).body;
+    const sleepBody = doc.components.schemas.CreateTask_sleep;
+    expect(sleepBody.properties.timeoutMs).toMatchObject({ type: 'integer', minimum: 100, maximum: 86_400_000 });
+    expect(doc.components.schemas.TaskView.properties.timeoutMs).toBeDefined();
+  });
+
   it('wakes the relay with a NOTIFY when a task is accepted', async () => {
     const wakes: string[] = [];
     const listener = createPgListener({
@@ -202,6 +230,7 @@ describe('api: creating, reading and cancelling tasks', () => {
         payload,
         maxAttempts: 3,
         schedule: null,
+        timeoutMs: 60_000,
         owner: 'anonymous',
         idempotencyKey: null,
         requestHash: null,

@@ -125,6 +125,30 @@ describe('worker writes shared by deliveries in flight together', () => {
     const outcomes = await attempts(ids);
     expect(ids.map((id) => outcomes.find((a) => a.task_id === id)?.outcome ?? null)).toEqual(expected);
   });
+
+  it("never lets an abandoned run's late outcome overwrite a newer attempt, running or finished", async () => {
+    const id = await insertTaskFixture(database.db, { type: 'sleep' });
+    await writes.startPending({ taskId: id, type: 'sleep', attempt: 1, externalJobId: 'late:1' });
+    // Attempt 1 timed out and was abandoned: recorded as failed, with a retry.
+    const timedOut = { kind: 'failed' as const, error: new Error('timeout'), retryInMs: 0 };
+    expect(await writes.finish(id, 1, timedOut)).toBe('pending');
+    await writes.startPending({ taskId: id, type: 'sleep', attempt: 2, externalJobId: 'late:2' });
+    const late = { kind: 'succeeded' as const, result: { late: true } };
+
+    expect(await writes.finish(id, 1, late)).toBeNull();
+    expect(await writes.finish(id, 1, { ...timedOut, retryInMs: 0 })).toBeNull();
+    await setStep(database.db, id, 1, 'written by the orphan', 0.5);
+    expect(await tasks([id])).toMatchObject([{ status: 'processing', attempts: 2, result: null, current_step: null }]);
+
+    expect(await writes.finish(id, 2, { kind: 'succeeded', result: { attempt: 2 } })).toBe('succeeded');
+    expect(await writes.finish(id, 1, late)).toBeNull();
+    expect(await tasks([id])).toMatchObject([{ status: 'succeeded', attempts: 2, result: { attempt: 2 } }]);
+    const rows = await attempts([id]);
+    expect(rows.sort((a, b) => a.attempt - b.attempt).map((a) => [a.attempt, a.outcome])).toEqual([
+      [1, 'failed'],
+      [2, 'succeeded'],
+    ]);
+  });
 });
 
 // A worker's cost per task must not grow with the tasks it has already run. The planner's picture here

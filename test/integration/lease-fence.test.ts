@@ -39,7 +39,7 @@ describe('lease renewal over a connection that hangs', () => {
 
   it('aborts the run while its lease in Postgres is still valid, holding one connection, not one per tick', async () => {
     const id = await insertTaskFixture(database.db, { status: 'processing', attempts: 1, leaseExpired: true });
-    const signal = leases.register(id, 1, leaseClock());
+    const signal = leases.register(id, 1, leaseClock(), 600_000);
     leases.start();
     await waitFor('the lease renewed', async () => ((await leaseLeftMs(database.db, id)) ?? 0) > 0);
 

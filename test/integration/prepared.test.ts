@@ -1,8 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
 import type pg from 'pg';
-import { createDb, createPool, prepared, type Db, type PoolOptions } from '@taskbox/shared';
-import { insertTasks } from '../../services/api/src/task-sql';
+import { createDb, createPool, insertTasks, prepared, type Db, type PoolOptions } from '@taskbox/shared';
 import { finishTerminals, setWorkerSession, startPendingAttempts } from '../../services/worker/src/task-sql';
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
@@ -72,6 +71,7 @@ describe('statements prepared once per connection', () => {
         payload: { n },
         maxAttempts: 3,
         schedule: null,
+        timeoutMs: 60_000,
         owner: 'prepared',
         idempotencyKey: null,
         requestHash: null,

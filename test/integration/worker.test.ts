@@ -11,6 +11,7 @@ import {
 import { createConsumer, type Consumer } from '../../services/worker/src/consumer';
 import { createLeases } from '../../services/worker/src/leases';
 import { createWorkerMetrics } from '../../services/worker/src/metrics';
+import { createOrphans } from '../../services/worker/src/orphans';
 import { createAttemptWrites, type AttemptWrites } from '../../services/worker/src/attempt-writes';
 import { sweepExpiredLeases } from '../../services/worker/src/lease-sql';
 import { amqpUrl, deleteTopology, drainQueue, testPrefix } from '../helpers/amqp';
@@ -29,6 +30,7 @@ describe('worker', () => {
   async function startWorker(leaseMs = 15_000, wrapWrites = (writes: AttemptWrites) => writes) {
     const leases = createLeases(database.db, leaseMs, quietLogger);
     const stopping = new AbortController();
+    const metrics = createWorkerMetrics(database.db);
     const consumer = createConsumer(
       amqpNames(prefix),
       { prefetch: 10, graceMs: 5000, giveUp: () => stopping.abort() },
@@ -38,9 +40,11 @@ describe('worker', () => {
         leases,
         outboxNotifier: createOutboxNotifier(database.pool, quietLogger),
         taskNotifier: createTaskNotifier(database.pool, quietLogger),
-        metrics: createWorkerMetrics(database.db),
+        metrics,
         leaseMs,
         retry: { baseMs: 10, maxMs: 50 },
+        timeoutGraceMs: 1000,
+        orphans: createOrphans(10, metrics, () => undefined),
         stopping: stopping.signal,
       },
       quietLogger,

@@ -8,6 +8,7 @@ const task = (over: Partial<LockedTask>): LockedTask => ({
   status: 'pending',
   attempts: 0,
   max_attempts: 3,
+  timeout_ms: null,
   lease_expired: true,
   correlation_id: null,
   ...over,

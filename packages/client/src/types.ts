@@ -37,6 +37,8 @@ export interface TaskView {
   maxAttempts: number;
   /** When the task is due; null: as soon as possible. */
   runAt: string | null;
+  /** One attempt's time limit in ms; null on tasks from before limits were stored (the type's default applies). */
+  timeoutMs: number | null;
   externalJobId: string | null;
   result: JsonValue | null;
   error: JsonValue | null;
@@ -67,6 +69,8 @@ export interface NewTask {
   runAt?: string;
   /** Run this many milliseconds after the api accepts the task; not with runAt. */
   delayMs?: number;
+  /** One attempt's time limit in ms, 100 to 86400000; the type's default when absent. */
+  timeoutMs?: number;
 }
 
 /** What createTask takes: a NewTask whose runAt may also be a Date. */

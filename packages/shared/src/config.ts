@@ -106,6 +106,11 @@ export const configSchema = z.object({
   REPUBLISH_AFTER_MS: positiveInt.default(300_000),
   WORKER_PREFETCH: positiveInt.max(1000).default(20),
   WORKER_LEASE_MS: positiveInt.min(100).default(15_000),
+  // A run whose signal aborted (its timeout, a cancel, the shutdown) has this long to return; then the
+  // worker records the attempt and frees the slot, and the run goes on in the background, counted.
+  WORKER_TIMEOUT_GRACE_MS: positiveInt.default(2000),
+  // When this many abandoned runs are still going at once, the worker drains and exits 1 to be restarted.
+  WORKER_ABANDONED_RUNS_MAX: positiveInt.default(10),
   RETRY_BASE_MS: positiveInt.default(1000),
   RETRY_MAX_MS: positiveInt.default(300_000),
   SHUTDOWN_TIMEOUT_MS: positiveInt.default(10_000),

@@ -38,6 +38,8 @@ export interface TasksTable {
   error: Json | null;
   attempts: Generated<number>;
   max_attempts: Generated<number>;
+  /** One attempt's time limit (migration 0009); null on older rows: the type's default applies. */
+  timeout_ms: number | null;
   external_job_id: string | null;
   owner: string;
   idempotency_key: string | null;

@@ -14,6 +14,7 @@ export * from './notify';
 export * from './outbox';
 export * from './pg-listener';
 export * from './redrive';
+export * from './task-insert';
 export * from './task-message';
 export * from './task-type';
 export * from './task-version';

@@ -1,4 +1,5 @@
 import type { z } from 'zod';
+import type { BackoffPolicy } from './lifecycle';
 import type { Logger } from './logger';
 
 /** The queue a task type uses unless its definition names another. */
@@ -10,7 +11,11 @@ export interface TaskContext<P> {
   payload: P;
   attempt: number;
   logger: Logger;
-  /** Aborted when the task is cancelled or the worker shuts down; check it in long loops. */
+  /**
+   * Aborted when the task is cancelled, its time is up (timeoutMs), or the worker shuts down; pass it to
+   * every call that takes one, and check it in long loops. A run that ignores it is given up on after
+   * the worker's grace (README, "Timeouts").
+   */
   signal: AbortSignal;
   step(name: string): Promise<void>;
   progress(fraction: number): Promise<void>;
@@ -28,20 +33,49 @@ export interface TaskTypeDefinition<N extends string = string, P = unknown, R = 
   queue: string;
   /** Attempts when the request does not say. */
   maxAttempts: number;
+  /** One attempt's time limit when the request does not say (TASK_TIMEOUT_LIMITS). */
+  timeoutMs: number;
+  /** The wait before each retry; without it, the worker's RETRY_BASE_MS and RETRY_MAX_MS. */
+  backoff?: BackoffPolicy;
+  /** What `run` must return; the worker checks it, and a mismatch fails the task (PermanentError). */
+  result?: z.ZodType<R>;
   run(ctx: TaskContext<P>): Promise<R>;
 }
+
+/** The bounds of a task's options, for the api (422 beyond them), enqueueTask and the definitions. */
+export const TASK_OPTION_LIMITS = {
+  maxAttempts: { min: 1, max: 100 },
+  /** From 100 ms (tests, fast calls) to a day: longer work belongs in steps of its own. */
+  timeoutMs: { min: 100, max: 86_400_000 },
+} as const;
+
+/** A type's default time limit: generous, because the cost of a limit too short is a retry loop. */
+export const DEFAULT_TIMEOUT_MS = 3_600_000;
 
 /** Thrown by `run` (or by the worker) for what retrying cannot fix: the task fails without further attempts. */
 export class PermanentError extends Error {
   override name = 'PermanentError';
 }
 
-/** Fills in the defaults a definition leaves out. */
+type Defaulted = 'queue' | 'maxAttempts' | 'timeoutMs';
+
+/** Fills in the defaults a definition leaves out; throws at load time for a default out of bounds. */
 export function defineTaskType<N extends string, P, R>(
-  definition: Omit<TaskTypeDefinition<N, P, R>, 'queue' | 'maxAttempts'> &
-    Partial<Pick<TaskTypeDefinition<N, P, R>, 'queue' | 'maxAttempts'>>,
+  definition: Omit<TaskTypeDefinition<N, P, R>, Defaulted> & Partial<Pick<TaskTypeDefinition<N, P, R>, Defaulted>>,
 ): TaskTypeDefinition<N, P, R> {
-  return { queue: DEFAULT_QUEUE, maxAttempts: 3, ...definition };
+  const defined = { queue: DEFAULT_QUEUE, maxAttempts: 3, timeoutMs: DEFAULT_TIMEOUT_MS, ...definition };
+  for (const key of ['maxAttempts', 'timeoutMs'] as const) {
+    const { min, max } = TASK_OPTION_LIMITS[key];
+    const value = defined[key];
+    if (!Number.isInteger(value) || value < min || value > max) {
+      throw new Error(`task type "${defined.name}": ${key} must be an integer from ${min} to ${max}`);
+    }
+  }
+  const { backoff } = defined;
+  if (backoff && !(backoff.baseMs > 0 && backoff.maxMs >= backoff.baseMs)) {
+    throw new Error(`task type "${defined.name}": backoff needs 0 < baseMs <= maxMs`);
+  }
+  return defined;
 }
 
 /** Rejects with the signal's reason when it aborts; `run` uses it to stop waiting. */

@@ -24,3 +24,13 @@ export function findTaskType(name: string): AnyTaskType | undefined {
 export function isTaskType(name: string): name is TaskType {
   return byName.has(name);
 }
+
+// Last: enqueue.ts reads the list above.
+export {
+  enqueueTask,
+  InvalidTaskError,
+  type EnqueueRequest,
+  type Enqueued,
+  type Executor,
+  type PgTransactionClient,
+} from './enqueue';

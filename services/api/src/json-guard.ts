@@ -43,16 +43,3 @@ export function findJsonIssue(body: unknown): JsonIssue | undefined {
   }
   return undefined;
 }
-
-/**
- * JSON with object keys sorted at every level, so two bodies that differ only in key order (which
- * no JSON consumer may rely on) are the same request to the idempotency check. Recursion is safe
- * here because the value already passed `findJsonIssue`'s depth limit.
- */
-export function canonicalJson(value: unknown): string {
-  return JSON.stringify(value, (_key, v: unknown) => {
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) return v;
-    const entries = Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return Object.fromEntries(entries);
-  });
-}

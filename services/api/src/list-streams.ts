@@ -1,7 +1,7 @@
-import { toError, type Db, type Logger, type TaskStatus } from '@taskbox/shared';
+import { toError, type Db, type Logger, type TaskRow, type TaskStatus } from '@taskbox/shared';
 import type { EventStream } from './event-stream';
 import type { TaskEvents } from './task-events';
-import { tasksChangedSince, type TaskRow } from './task-sql';
+import { tasksChangedSince } from './task-sql';
 import { toTaskView } from './task-view';
 
 export interface ListFilter {

@@ -1,7 +1,6 @@
-import { terminalStatuses } from '@taskbox/shared';
+import { terminalStatuses, type TaskRow } from '@taskbox/shared';
 import type { HeldRequests, Timeline } from './held-requests';
 import type { TaskEvents, TaskRead } from './task-events';
-import type { TaskRow } from './task-sql';
 import type { Viewer } from './viewer';
 
 export interface LongPollAnswer {

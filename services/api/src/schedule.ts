@@ -1,3 +1,4 @@
+import type { TaskSchedule } from '@taskbox/shared';
 import { HttpProblem } from './problem';
 
 /** SCHEDULE_MAX_AHEAD_MS and SCHEDULE_PAST_SKEW_MS. */
@@ -5,12 +6,6 @@ export interface ScheduleLimits {
   maxAheadMs: number;
   pastSkewMs: number;
 }
-
-/**
- * When a new task is due: at a time (runAt), after a delay (delayMs, counted by Postgres from the
- * insert), or null for as soon as possible.
- */
-export type Schedule = { runAt: string } | { delayMs: number } | null;
 
 type Issue = { path: string; message: string };
 
@@ -28,7 +23,7 @@ export function parseSchedule(
   body: { runAt?: string | undefined; delayMs?: number | undefined },
   limits: ScheduleLimits,
   now = Date.now(),
-): Schedule {
+): TaskSchedule {
   const { runAt, delayMs } = body;
   if (runAt !== undefined && delayMs !== undefined) {
     const message = 'give runAt or delayMs, not both';

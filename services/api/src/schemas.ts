@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { TASK_OPTION_LIMITS } from '@taskbox/shared';
 import { taskTypeList, type TaskType } from '@taskbox/tasks';
 import { isStorableText, UNSTORABLE_TEXT } from './json-guard';
 import { taskViewSchema } from './task-view';
@@ -9,7 +10,14 @@ import { taskViewSchema } from './task-view';
  */
 
 const statusSchema = taskViewSchema.shape.status;
-const maxAttemptsSchema = z.number().int().min(1).max(100);
+const { maxAttempts, timeoutMs } = TASK_OPTION_LIMITS;
+const maxAttemptsSchema = z.number().int().min(maxAttempts.min).max(maxAttempts.max);
+const timeoutMsSchema = z
+  .number()
+  .int()
+  .min(timeoutMs.min)
+  .max(timeoutMs.max)
+  .describe("one attempt's time limit in ms (default: the type's); then its signal aborts, and after a grace it fails");
 // Compared with a text column: Postgres would refuse a NUL in the parameter (SQLSTATE 22021).
 const typeNameSchema = z.string().min(1).max(100).refine(isStorableText, UNSTORABLE_TEXT);
 const iso = z.iso.datetime({ offset: true });
@@ -36,6 +44,7 @@ export const createTaskSchema = z
     payload: z.json().optional(),
     maxAttempts: maxAttemptsSchema.optional(),
     ...scheduleFields,
+    timeoutMs: timeoutMsSchema.optional(),
   })
   .strict();
 
@@ -47,6 +56,7 @@ function taskBody(type: (typeof taskTypeList)[number]) {
       payload: (type.payload as z.ZodType<unknown>).prefault({}),
       maxAttempts: maxAttemptsSchema.optional(),
       ...scheduleFields,
+      timeoutMs: timeoutMsSchema.optional(),
     })
     .strict();
 }

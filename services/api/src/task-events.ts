@@ -1,5 +1,11 @@
-import { OUTBOX_CHANNEL, TASK_CHANNEL, createPgListener, type Logger, type Service } from '@taskbox/shared';
-import type { TaskRow } from './task-sql';
+import {
+  OUTBOX_CHANNEL,
+  TASK_CHANNEL,
+  createPgListener,
+  type Logger,
+  type Service,
+  type TaskRow,
+} from '@taskbox/shared';
 import type { Viewer } from './viewer';
 
 /** Reads one task as `viewer` may see it; undefined when there is none for them. */

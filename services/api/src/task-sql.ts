@@ -1,119 +1,21 @@
 import { sql } from 'kysely';
 import {
   createBatcher,
+  insertTasks,
   isDbUnavailable,
-  OUTBOX_CHANNEL,
-  outboxInsert,
-  outboxMessage,
-  prepared,
+  taskColumns,
   type Db,
-  type MessageContext,
+  type Inserted,
+  type TaskInsert,
+  type TaskRow,
 } from '@taskbox/shared';
-import type { Schedule } from './schedule';
 import { allOf, filterConditions, type TaskFilter } from './task-filter';
 import type { Viewer } from './viewer';
 
-export interface NewTask {
-  id: string;
-  type: string;
-  payload: unknown;
-  maxAttempts: number;
-  schedule: Schedule;
-  owner: string;
-  idempotencyKey: string | null;
-  requestHash: string | null;
-}
-
-export type TaskRow = Awaited<ReturnType<typeof findTask>> & object;
-
-export interface TaskInsert {
-  task: NewTask;
-  context: MessageContext;
-}
-
-export type Inserted = { task: TaskRow; messageId: string } | undefined;
-
-/**
- * Inserts tasks and the outbox rows that dispatch their first attempts in ONE statement: a
- * data-modifying CTE is atomic on its own, so there is no window where a task exists without its
- * outbox row or the reverse, and it costs one round trip instead of BEGIN/INSERT/INSERT/COMMIT. It
- * returns the whole rows for the responses, which saves a SELECT after it. A scheduled task's outbox
- * row is due at its run_at (the relay's claim skips it until then); a delay counts from the statement's
- * now(), and a runAt already past (within the api's skew) is due at once. Requests that arrive
- * together share the statement (createTaskInserter). Answers one entry per request, in order:
- * undefined where this owner had already used the idempotency key, and nothing was inserted.
- *
- * The statement also wakes the relay: its pg_notify is delivered when it commits. A NOTIFY inside a
- * transaction holds a cluster-wide lock from pre-commit until the commit is flushed, which serializes
- * notifying commits (notify.ts), but here it is one NOTIFY per shared statement, and an api process
- * has at most two in flight: group commit already coalesces the wake-ups, and a NOTIFY after the
- * commit would cost a second round trip per statement (the api's throughput was 17 % lower that way;
- * bench/README.md). The price: a NOTIFY that fails fails the insert. That happens only when Postgres's
- * notification queue is full (a listening session stuck in one transaction for hours): the request
- * gets 503 and nothing is written, and Postgres logs a warning from half full on.
- *
- * Prepared (prepared()): each connection parses and plans it once; its plan does not depend on the
- * parameters, so Postgres keeps the generic one.
- */
-export async function insertTasks(db: Db, inserts: TaskInsert[]): Promise<Inserted[]> {
-  const input = inserts.map(({ task, context }) => {
-    const message = outboxMessage(task, 1, context);
-    return {
-      id: task.id,
-      type: task.type,
-      // As JSON text, cast in SQL: jsonb_to_recordset would turn a JSON null payload into SQL NULL.
-      payload: JSON.stringify(task.payload),
-      max_attempts: task.maxAttempts,
-      run_at: task.schedule && 'runAt' in task.schedule ? task.schedule.runAt : null,
-      delay_ms: task.schedule && 'delayMs' in task.schedule ? task.schedule.delayMs : null,
-      owner: task.owner,
-      idempotency_key: task.idempotencyKey,
-      request_hash: task.requestHash,
-      correlation_id: context.correlationId,
-      message_id: message.message_id,
-      message_payload: message.payload,
-      message_headers: message.headers,
-    };
-  });
-  const { rows } = await insertTasksStatement(JSON.stringify(input)).execute(db);
-  const byId = new Map(rows.map((row) => [row.id, row]));
-  return input.map((i) => {
-    const task = byId.get(i.id);
-    return task && { task, messageId: i.message_id };
-  });
-}
-
-/**
- * The insert statement itself, for `input`: a JSON array of rows as insertTasks builds them. Exported
- * for the benchmark, which runs this very statement under pgbench as the api's ceiling.
- */
-export function insertTasksStatement(input: string) {
-  return sql<TaskRow>`${prepared('api_insert_tasks')}
-    WITH input AS (
-      SELECT * FROM jsonb_to_recordset(${input}::jsonb) AS i(
-        id uuid, type text, payload text, max_attempts int, run_at timestamptz, delay_ms float8, owner text, idempotency_key text,
-        request_hash text, correlation_id text, message_id uuid, message_payload text, message_headers text)
-    ), inserted AS (
-      INSERT INTO tasks (id, type, payload, max_attempts, run_at, owner, idempotency_key, request_hash, correlation_id)
-      SELECT id, type, payload::jsonb, max_attempts, coalesce(run_at, now() + delay_ms * interval '1 millisecond'),
-             owner, idempotency_key, request_hash, correlation_id
-      FROM input
-      ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-      RETURNING ${sql.join(taskColumns.map((c) => sql.ref(c)))}
-    ), queued AS (
-      ${outboxInsert(sql`
-        SELECT i.message_id, t.id, t.type, i.message_payload::jsonb, i.message_headers::jsonb,
-               -- greatest skips NULL: a task without run_at is due now.
-               greatest(0, extract(epoch FROM t.run_at - now()) * 1000)::float8
-        FROM inserted t JOIN input i ON i.id = t.id`)}
-    )
-    SELECT inserted.* FROM inserted, (SELECT pg_notify(${OUTBOX_CHANNEL}, '')) AS wake`;
-}
-
 /**
  * The api's one way to insert a task: concurrent requests are grouped into one insertTasks statement
- * (createBatcher), which is what lets the api keep up with the database under load. A request whose
- * values Postgres refuses fails alone. Two statements in flight: the benchmark's api throughput was
+ * (shared/task-insert.ts) by createBatcher, which is what lets the api keep up with the database under
+ * load. A request whose values Postgres refuses fails alone. Two statements in flight: the benchmark's api throughput was
  * best with one or two (larger batches, fewer round trips) and lower with four; two keep inserts going
  * while one statement waits on a lock.
  *
@@ -130,30 +32,6 @@ export function createTaskInserter(db: Db): (insert: TaskInsert) => Promise<Inse
     maxWaitMs: 2000,
   });
 }
-
-const taskColumns = [
-  'id',
-  'type',
-  'payload',
-  'status',
-  'current_step',
-  'progress',
-  'result',
-  'error',
-  'attempts',
-  'max_attempts',
-  'run_at',
-  'external_job_id',
-  'owner',
-  'request_hash',
-  'correlation_id',
-  'cancel_requested_at',
-  'created_at',
-  'updated_at',
-  'started_at',
-  'finished_at',
-  'version',
-] as const;
 
 /** The task as `viewer` may see it: any owner's for an admin, else only the viewer's own. */
 export function findTask(db: Db, viewer: Viewer, id: string) {

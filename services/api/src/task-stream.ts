@@ -1,8 +1,7 @@
-import { isTerminal, toError, type Logger } from '@taskbox/shared';
+import { isTerminal, toError, type Logger, type TaskRow } from '@taskbox/shared';
 import type { EventStream } from './event-stream';
 import type { HeldRequests } from './held-requests';
 import type { TaskEvents, TaskRead, TaskWatch } from './task-events';
-import type { TaskRow } from './task-sql';
 import { toTaskView } from './task-view';
 import type { Viewer } from './viewer';
 

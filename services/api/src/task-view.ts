@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import { jsonValueSchema, taskStatuses } from '@taskbox/shared';
-import type { findTimeline, TaskRow } from './task-sql';
+import { jsonValueSchema, taskStatuses, type TaskRow } from '@taskbox/shared';
+import type { findTimeline } from './task-sql';
 
 const iso = z.iso.datetime({ offset: true });
 
@@ -18,6 +18,11 @@ export const taskViewSchema = z.object({
   runAt: iso
     .nullable()
     .describe('when the task is due (runAt, or its creation plus delayMs); null: as soon as possible'),
+  timeoutMs: z
+    .number()
+    .int()
+    .nullable()
+    .describe("one attempt's time limit in ms; null on tasks from before limits were stored: the type's default"),
   externalJobId: z.string().nullable(),
   result: jsonValueSchema.nullable(),
   error: jsonValueSchema.nullable(),
@@ -63,6 +68,7 @@ export function toTaskView(row: TaskRow, timeline?: Awaited<ReturnType<typeof fi
     attempts: row.attempts,
     maxAttempts: row.max_attempts,
     runAt: isoOrNull(row.run_at),
+    timeoutMs: row.timeout_ms,
     externalJobId: row.external_job_id,
     result: (row.result ?? null) as TaskView['result'],
     error: (row.error ?? null) as TaskView['error'],

@@ -21,6 +21,8 @@ import { leaseClock, type AbortReason, type Leases } from './leases';
 import type { WorkerMetrics } from './metrics';
 import type { AttemptWrites } from './attempt-writes';
 import { releaseLease } from './lease-sql';
+import type { Orphans } from './orphans';
+import { runHandler, TimeoutError } from './run-handler';
 import { failTask, lockTask, setStep, startAttempt, type AttemptOutcome, type LockedTask } from './task-sql';
 
 export type Decision =
@@ -69,8 +71,11 @@ export interface AttemptDeps {
   taskNotifier: TaskNotifier;
   metrics: WorkerMetrics;
   leaseMs: number;
-  /** How long a failed attempt waits before its retry (RETRY_BASE_MS, RETRY_MAX_MS). */
+  /** How long a failed attempt waits before its retry, unless its type names a backoff (RETRY_BASE_MS, RETRY_MAX_MS). */
   retry: BackoffPolicy;
+  /** How long a run may go on after its signal aborted before it is abandoned (WORKER_TIMEOUT_GRACE_MS). */
+  timeoutGraceMs: number;
+  orphans: Orphans;
   /** Aborted when the worker stops: recording a result stops retrying then. */
   stopping: AbortSignal;
 }
@@ -135,7 +140,8 @@ export async function runAttempt(deps: AttemptDeps, started: Started, logger: Lo
   const definition = findTaskType(task.type);
   if (!definition) throw new Error(`no task type "${task.type}"`);
   const type = definition.name;
-  const signal = deps.leases.register(task.id, attempt, started.leaseFrom);
+  const timeoutMs = task.timeout_ms ?? definition.timeoutMs;
+  const signal = deps.leases.register(task.id, attempt, started.leaseFrom, timeoutMs);
   const endTimer = deps.metrics.handlerSeconds.startTimer({ type });
   let outcome: AttemptOutcome;
   const payload = definition.payload.safeParse(task.payload);
@@ -153,8 +159,9 @@ export async function runAttempt(deps: AttemptDeps, started: Started, logger: Lo
       step: (name) => reportProgress(deps, task.id, attempt, name, undefined, logger),
       progress: (fraction) => reportProgress(deps, task.id, attempt, null, Math.min(1, Math.max(0, fraction)), logger),
     };
-    logger.info('task started', { attempt });
-    outcome = { kind: 'succeeded', result: await definition.run(ctx) };
+    logger.info('task started', { attempt, timeoutMs });
+    const limits = { graceMs: deps.timeoutGraceMs, orphans: deps.orphans, logger };
+    outcome = { kind: 'succeeded', result: await runHandler(definition, ctx, limits) };
   } catch (err) {
     const reason = signal.aborted ? (signal.reason as AbortReason) : null;
     if (reason === 'shutdown' || reason === 'lost') {
@@ -166,9 +173,11 @@ export async function runAttempt(deps: AttemptDeps, started: Started, logger: Lo
     }
     if (reason === 'cancelled') outcome = { kind: 'cancelled' };
     else {
-      const retry = attempt < task.max_attempts && !(err instanceof PermanentError);
-      const retryInMs = retry ? backoffMs(attempt, deps.retry) : null;
-      outcome = { kind: 'failed', error: err, retryInMs };
+      // Whatever the run threw once its time was up (the abort's reason, most often) is the timeout.
+      const error = reason === 'timeout' ? new TimeoutError(`timeout: the attempt ran past ${timeoutMs} ms`) : err;
+      const retry = attempt < task.max_attempts && !(error instanceof PermanentError);
+      const retryInMs = retry ? backoffMs(attempt, definition.backoff ?? deps.retry) : null;
+      outcome = { kind: 'failed', error, retryInMs };
     }
   } finally {
     deps.leases.unregister(task.id, attempt);

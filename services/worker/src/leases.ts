@@ -2,15 +2,19 @@ import { performance } from 'node:perf_hooks';
 import { toError, type Db, type Logger, type Service } from '@taskbox/shared';
 import { renewLeases } from './lease-sql';
 
-/** Why a run's signal aborted: the api asked, the worker is stopping, or the run lost its lease. */
-export type AbortReason = 'cancelled' | 'shutdown' | 'lost';
+/**
+ * Why a run's signal aborted: the api asked, the worker is stopping, the run lost its lease, or it ran
+ * past its time limit (the task's timeoutMs).
+ */
+export type AbortReason = 'cancelled' | 'shutdown' | 'lost' | 'timeout';
 
 export interface Leases extends Service {
   /**
-   * A live run: its lease is renewed until unregister; the signal aborts with an AbortReason.
-   * `leaseFrom` is a leaseClock() reading taken before the statement that set the lease was sent.
+   * A live run: its lease is renewed until unregister; the signal aborts with an AbortReason, and
+   * with 'timeout' once `timeoutMs` have passed. `leaseFrom` is a leaseClock() reading taken before the
+   * statement that set the lease was sent.
    */
-  register(taskId: string, attempt: number, leaseFrom: number): AbortSignal;
+  register(taskId: string, attempt: number, leaseFrom: number, timeoutMs: number): AbortSignal;
   unregister(taskId: string, attempt: number): void;
   abortAll(reason: AbortReason): void;
 }
@@ -28,6 +32,7 @@ interface Run {
   controller: AbortController;
   /** When the statement behind the last lease Postgres granted was sent: the lease runs to at least this + lease. */
   renewedAt: number;
+  deadline: NodeJS.Timeout;
 }
 
 /**
@@ -95,14 +100,19 @@ export function createLeases(db: Db, leaseMs: number, logger: Logger): Leases {
   }
 
   return {
-    register(taskId, attempt, leaseFrom) {
-      const run = { taskId, attempt, controller: new AbortController(), renewedAt: leaseFrom };
+    register(taskId, attempt, leaseFrom, timeoutMs) {
+      const controller = new AbortController();
+      // Counted from here, after the start committed: time spent waiting for Postgres is not the run's.
+      const deadline = setTimeout(() => controller.abort('timeout' satisfies AbortReason), timeoutMs).unref();
+      const run = { taskId, attempt, controller, renewedAt: leaseFrom, deadline };
       runs.set(key(taskId, attempt), run);
       // A start whose answer came back late may have a lease that is already past the fence.
       fence(run, leaseClock());
       return run.controller.signal;
     },
     unregister(taskId, attempt) {
+      const run = runs.get(key(taskId, attempt));
+      if (run) clearTimeout(run.deadline);
       runs.delete(key(taskId, attempt));
     },
     abortAll(reason) {

@@ -18,14 +18,56 @@ import {
   startAll,
   stopAll,
   toError,
+  type Config,
+  type Db,
+  type Logger,
+  type OutboxNotifier,
   type Service,
+  type TaskNotifier,
 } from '@taskbox/shared';
 import { createConsumer } from './consumer';
-import { createLeases } from './leases';
-import { createWorkerMetrics } from './metrics';
+import { createLeases, type Leases } from './leases';
+import { createWorkerMetrics, type WorkerMetrics } from './metrics';
+import { createOrphans } from './orphans';
 import { createSweeper } from './sweeper';
 import { createAttemptWrites } from './attempt-writes';
 import { setWorkerSession } from './task-sql';
+
+interface ConsumerParts {
+  config: Config;
+  db: Db;
+  leases: Leases;
+  metrics: WorkerMetrics;
+  outboxNotifier: OutboxNotifier;
+  taskNotifier: TaskNotifier;
+  /** Stops the worker (too many abandoned runs): main drains it and exits 1. */
+  stopAndExit: () => void;
+}
+
+function consumerFor(parts: ConsumerParts, logger: Logger) {
+  const { config, stopAndExit, ...deps } = parts;
+  const stopController = new AbortController();
+  // Every run waiting to retry recording its result listens on this signal: up to one per prefetch slot.
+  setMaxListeners(config.WORKER_PREFETCH + 10, stopController.signal);
+  // Leave a margin under the shutdown deadline for abandoning runs and closing connections. At the
+  // grace deadline the consumer abandons the runs still going, and stopController stops their retries
+  // against a Postgres that is down, so that every run returns and its message is requeued.
+  const graceMs = Math.floor(config.SHUTDOWN_TIMEOUT_MS * 0.7);
+  return createConsumer(
+    amqpNames(config.AMQP_PREFIX),
+    { prefetch: config.WORKER_PREFETCH, graceMs, giveUp: () => stopController.abort() },
+    {
+      ...deps,
+      writes: createAttemptWrites(deps.db, config.WORKER_LEASE_MS, config.WORKER_PREFETCH),
+      leaseMs: config.WORKER_LEASE_MS,
+      retry: { baseMs: config.RETRY_BASE_MS, maxMs: config.RETRY_MAX_MS },
+      timeoutGraceMs: config.WORKER_TIMEOUT_GRACE_MS,
+      orphans: createOrphans(config.WORKER_ABANDONED_RUNS_MAX, deps.metrics, stopAndExit),
+      stopping: stopController.signal,
+    },
+    logger,
+  );
+}
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
@@ -41,29 +83,9 @@ async function main(): Promise<void> {
   const outboxNotifier = createOutboxNotifier(pool, logger);
   const taskNotifier = createTaskNotifier(pool, logger);
   const leases = createLeases(db, config.WORKER_LEASE_MS, logger);
-  const stopController = new AbortController();
-  // Every run waiting to retry recording its result listens on this signal: up to one per prefetch slot.
-  setMaxListeners(config.WORKER_PREFETCH + 10, stopController.signal);
-  // Leave a margin under the shutdown deadline for abandoning runs and closing connections. At the
-  // grace deadline the consumer abandons the runs still going, and stopController stops their retries
-  // against a Postgres that is down, so that every run returns and its message is requeued.
-  const graceMs = Math.floor(config.SHUTDOWN_TIMEOUT_MS * 0.7);
-  const consumer = createConsumer(
-    amqpNames(config.AMQP_PREFIX),
-    { prefetch: config.WORKER_PREFETCH, graceMs, giveUp: () => stopController.abort() },
-    {
-      db,
-      writes: createAttemptWrites(db, config.WORKER_LEASE_MS, config.WORKER_PREFETCH),
-      leases,
-      outboxNotifier,
-      taskNotifier,
-      metrics,
-      leaseMs: config.WORKER_LEASE_MS,
-      retry: { baseMs: config.RETRY_BASE_MS, maxMs: config.RETRY_MAX_MS },
-      stopping: stopController.signal,
-    },
-    logger,
-  );
+  const exits = shutdownTriggers();
+  const stopAndExit = exits.abandonedRuns;
+  const consumer = consumerFor({ config, db, leases, metrics, outboxNotifier, taskNotifier, stopAndExit }, logger);
   const health = createHealthServer(
     config.HEALTH_PORT ?? 3002,
     async () => ({ postgres: await postgresReady(pool), rabbitmq: consumer.ready() }),
@@ -84,10 +106,33 @@ async function main(): Promise<void> {
   await startAll(parts);
   logger.info('worker started', { database: redactUrl(config.DATABASE_URL), prefetch: config.WORKER_PREFETCH });
 
-  const shutdown = onShutdownSignal(logger, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, logger));
-  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    process.on(signal, () => void shutdown(signal).then((code) => process.exit(code)));
-  }
+  exits.wire(onShutdownSignal(logger, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, logger)));
+}
+
+/**
+ * One shutdown for the signals and for too many abandoned runs (drain, then exit 1). A stop for abandoned
+ * runs once a signal started the shutdown does nothing: calling shutdown again would count as a second
+ * signal and exit before the drain.
+ */
+function shutdownTriggers() {
+  let shutdown: ((why: string) => Promise<number>) | null = null;
+  let stopping = false;
+  return {
+    abandonedRuns(): void {
+      if (stopping || !shutdown) return;
+      stopping = true;
+      void shutdown('abandoned runs').then(() => process.exit(1));
+    },
+    wire(fn: (why: string) => Promise<number>): void {
+      shutdown = fn;
+      for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+        process.on(signal, () => {
+          stopping = true;
+          void fn(signal).then((code) => process.exit(code));
+        });
+      }
+    },
+  };
 }
 
 main().catch((err: unknown) => {

@@ -13,6 +13,8 @@ export interface WorkerMetrics {
   handlerSeconds: Histogram<'type' | 'outcome'>;
   failures: Counter<'final'>;
   deadLetters: Counter<'reason'>;
+  abandonedRuns: Counter;
+  abandonedRunsLive: Gauge;
 }
 
 // Counting the whole table on every scrape costs Postgres a scan each time, and every worker replica is
@@ -69,6 +71,16 @@ export function createWorkerMetrics(db: Db): WorkerMetrics {
       name: 'worker_dead_letters_total',
       help: 'Messages sent to the dead-letter queue',
       labelNames: ['reason'],
+      registers,
+    }),
+    abandonedRuns: new Counter({
+      name: 'worker_abandoned_runs_total',
+      help: 'Runs given up on because they did not return within the grace after their signal aborted',
+      registers,
+    }),
+    abandonedRunsLive: new Gauge({
+      name: 'worker_abandoned_runs',
+      help: 'Abandoned runs still going in the background (WORKER_ABANDONED_RUNS_MAX stops the worker)',
       registers,
     }),
   };

@@ -32,6 +32,8 @@ export interface LockedTask {
   status: TaskStatus;
   attempts: number;
   max_attempts: number;
+  /** Null on rows from before migration 0009: the type's default applies. */
+  timeout_ms: number | null;
   lease_expired: boolean;
   correlation_id: string | null;
 }
@@ -39,7 +41,7 @@ export interface LockedTask {
 /** Locks the task row for the rest of the caller's transaction, so two deliveries decide one at a time. */
 export async function lockTask(tx: Db, id: string): Promise<LockedTask | undefined> {
   const { rows } = await sql<LockedTask>`
-    SELECT id, type, payload, status, attempts, max_attempts, correlation_id,
+    SELECT id, type, payload, status, attempts, max_attempts, timeout_ms, correlation_id,
            coalesce(lease_until < now(), true) AS lease_expired
     FROM tasks WHERE id = ${id} FOR UPDATE`.execute(tx);
   return rows[0];
@@ -76,7 +78,7 @@ async function startNextAttempts(db: Db, starts: AttemptStart[], guard: keyof ty
                   ${starts.map((s) => s.attempt)}::int[], ${starts.map((s) => s.externalJobId)}::text[])
         AS i(task_id, type, attempt, external_job_id)
       WHERE t.id = i.task_id AND ${startGuards[guard]}
-      RETURNING t.id, t.type, t.payload, t.attempts, t.max_attempts, t.correlation_id, t.external_job_id
+      RETURNING t.id, t.type, t.payload, t.attempts, t.max_attempts, t.timeout_ms, t.correlation_id, t.external_job_id
     ), attempt AS (
       INSERT INTO task_attempts (task_id, attempt, external_job_id)
       SELECT id, attempts, external_job_id FROM started
@@ -120,6 +122,7 @@ export async function startPendingAttempts(
       status: 'pending',
       attempts: row.attempts - 1,
       max_attempts: row.max_attempts,
+      timeout_ms: row.timeout_ms,
       lease_expired: true,
       correlation_id: row.correlation_id,
     };

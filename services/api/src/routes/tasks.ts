@@ -1,10 +1,19 @@
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { Router, type Request, type Response } from 'express';
 import { z } from 'zod';
-import { type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
+import {
+  requestHash as hashRequest,
+  type Db,
+  type TaskSchedule,
+  type Inserted,
+  type Logger,
+  type TaskInsert,
+  type TaskNotifier,
+  type TaskRow,
+} from '@taskbox/shared';
 import { findTaskType, taskTypeNames, type TaskType } from '@taskbox/tasks';
 import { decodeCursor, encodeCursor } from '../cursor';
-import { canonicalJson, findJsonIssue } from '../json-guard';
+import { findJsonIssue } from '../json-guard';
 import type { HeldRequests } from '../held-requests';
 import { createLongPolls, type LongPollAnswer, type LongPolls } from '../long-poll';
 import { HttpProblem } from '../problem';
@@ -13,18 +22,9 @@ import type { TaskEvents } from '../task-events';
 import { countsQuerySchema } from '../admin-schemas';
 import type { countTasks } from '../bulk-sql';
 import { cancelTask } from '../cancel-sql';
-import {
-  findTask,
-  findTaskByIdempotencyKey,
-  findTimeline,
-  createTaskInserter,
-  listTasks,
-  type TaskInsert,
-  type Inserted,
-  type TaskRow,
-} from '../task-sql';
+import { findTask, findTaskByIdempotencyKey, findTimeline, createTaskInserter, listTasks } from '../task-sql';
 import { retryTask } from '../retry-sql';
-import { parseSchedule, type Schedule, type ScheduleLimits } from '../schedule';
+import { parseSchedule, type ScheduleLimits } from '../schedule';
 import { toTaskView } from '../task-view';
 import { actor, listOwner, viewer, type Viewer } from '../viewer';
 
@@ -64,8 +64,10 @@ interface CreateRequest {
   type: TaskType;
   payload: unknown;
   maxAttempts: number;
-  schedule: Schedule;
+  timeoutMs: number;
+  schedule: TaskSchedule;
   idempotencyKey: string | null;
+  requestHash: string | null;
 }
 
 /** Validates POST /tasks: media type, storable JSON, the envelope, the type's payload, the schedule, the key. */
@@ -87,9 +89,21 @@ function parseCreateRequest(req: Request, limits: ScheduleLimits): CreateRequest
   const type = definition.name;
   const typed = taskBodySchemas[type].safeParse(req.body);
   if (!typed.success) throw invalid('Invalid Payload', typed.error);
+  const { payload } = typed.data;
   const maxAttempts = body.data.maxAttempts ?? definition.maxAttempts;
   const schedule = parseSchedule(typed.data, limits);
-  return { type, payload: typed.data.payload, maxAttempts, schedule, idempotencyKey: parseIdempotencyKey(req) };
+  const idempotencyKey = parseIdempotencyKey(req);
+  const { timeoutMs } = body.data;
+  const hash = idempotencyKey ? hashRequest({ type, payload, maxAttempts, timeoutMs, schedule }) : null;
+  return {
+    type,
+    payload,
+    maxAttempts,
+    timeoutMs: timeoutMs ?? definition.timeoutMs,
+    schedule,
+    idempotencyKey,
+    requestHash: hash,
+  };
 }
 
 function parseIdempotencyKey(req: Request): string | null {
@@ -101,24 +115,18 @@ function parseIdempotencyKey(req: Request): string | null {
   return keyParse?.data ?? null;
 }
 
-/** A replay must repeat the request; the schedule joins the hash only when given, so older keys still match. */
-function hashRequest({ type, payload, maxAttempts, schedule }: CreateRequest): string {
-  const parts = [type, payload, maxAttempts, ...(schedule ? [schedule] : [])];
-  return createHash('sha256').update(canonicalJson(parts)).digest('hex');
-}
-
 function createTask(deps: TasksDeps, insertTask: (insert: TaskInsert) => Promise<Inserted>): Handler {
   const { db, logger } = deps;
   return async (req, res) => {
     const parsed = parseCreateRequest(req, deps.schedule);
-    const { type, payload, maxAttempts, schedule, idempotencyKey } = parsed;
-    const requestHash = idempotencyKey ? hashRequest(parsed) : null;
+    const { type, payload, maxAttempts, timeoutMs, schedule, idempotencyKey, requestHash } = parsed;
     const correlationId = res.locals.requestId as string;
     const task = {
       id: randomUUID(),
       type,
       payload,
       maxAttempts,
+      timeoutMs,
       schedule,
       owner: viewer(res).owner,
       idempotencyKey,

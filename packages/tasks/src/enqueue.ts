@@ -1,0 +1,180 @@
+import {
+  DummyDriver,
+  Kysely,
+  PostgresAdapter,
+  PostgresIntrospector,
+  PostgresQueryCompiler,
+  sql,
+  type RawBuilder,
+} from 'kysely';
+import { randomUUID } from 'node:crypto';
+import {
+  ANONYMOUS_OWNER,
+  buildTaskInsert,
+  requestHash,
+  TASK_OPTION_LIMITS,
+  taskColumns,
+  type Database,
+  type TaskRow,
+  type TaskSchedule,
+} from '@taskbox/shared';
+import { findTaskType, taskTypeNames } from './index';
+
+/** A node-postgres client (pg.Client or a pool's client) on which the caller ran BEGIN. */
+export interface PgTransactionClient {
+  query(text: string, values: unknown[]): Promise<{ rows: unknown[] }>;
+}
+
+/** A Kysely transaction (db.transaction().execute(tx => …)) or a pg client inside BEGIN … COMMIT. */
+export type Executor = Kysely<Database> | PgTransactionClient;
+
+export interface EnqueueRequest {
+  type: string;
+  payload?: unknown;
+  maxAttempts?: number;
+  timeoutMs?: number;
+  /** Run at this time, not before (the relay publishes it when due); not with delayMs. */
+  runAt?: Date | string;
+  /** Run this many ms after the commit's statement; not with runAt. */
+  delayMs?: number;
+  /** Whose task it is, as the api would see the caller (default "anonymous", the owner while auth is off). */
+  owner?: string;
+  /** Logged with the task by every service, like the api's X-Request-Id. */
+  correlationId?: string | null;
+  /** Per owner: a second enqueue with this key returns the first task instead of adding one. */
+  idempotencyKey?: string;
+}
+
+/** A request enqueueTask refuses before it writes anything: unknown type, invalid payload, bad option. */
+export class InvalidTaskError extends Error {
+  override name = 'InvalidTaskError';
+}
+
+// Compiles statements for a pg client without a connection of its own; DummyDriver never connects.
+const compiler = new Kysely<Database>({
+  dialect: {
+    createAdapter: () => new PostgresAdapter(),
+    createDriver: () => new DummyDriver(),
+    createIntrospector: (db) => new PostgresIntrospector(db),
+    createQueryCompiler: () => new PostgresQueryCompiler(),
+  },
+});
+
+/**
+ * Told apart by shape, not instanceof: the caller's service may load its own copy of kysely, whose
+ * transactions still execute these statements.
+ */
+function isKysely(executor: Executor): executor is Kysely<Database> {
+  return 'isTransaction' in executor && typeof (executor as Kysely<Database>).executeQuery === 'function';
+}
+
+async function run<R>(executor: Executor, statement: RawBuilder<R>): Promise<R[]> {
+  if (isKysely(executor)) return (await statement.execute(executor)).rows;
+  const { sql: text, parameters } = statement.compile(compiler);
+  return (await executor.query(text, [...parameters])).rows as R[];
+}
+
+/**
+ * Refuses an executor whose writes would commit on their own: the point of enqueueTask is that the task
+ * commits or rolls back with the caller's rows. node-postgres records the transaction status of every
+ * ReadyForQuery in `_txStatus` ('T' inside a transaction; not a public field, so a client without it is
+ * asked, one round trip: inside BEGIN, the transaction started before this statement did).
+ */
+async function assertInTransaction(executor: Executor): Promise<void> {
+  if (isKysely(executor)) {
+    if (!executor.isTransaction) throw new Error('enqueueTask needs a transaction: pass the tx of db.transaction()');
+    return;
+  }
+  const status = (executor as { _txStatus?: unknown })._txStatus;
+  const inside = typeof status === 'string' ? status === 'T' : await startedBefore(executor);
+  if (!inside) throw new Error('enqueueTask needs a pg client inside a transaction (after BEGIN, not failed)');
+}
+
+/** Whether the client's transaction started before this statement: true only after a BEGIN. */
+async function startedBefore(executor: Executor): Promise<boolean> {
+  const query = sql<{ inside: boolean }>`SELECT transaction_timestamp() < statement_timestamp() AS inside`;
+  const [row] = await run(executor, query);
+  return row?.inside === true;
+}
+
+function checkOption(name: keyof typeof TASK_OPTION_LIMITS, value: number | undefined, fallback: number): number {
+  const { min, max } = TASK_OPTION_LIMITS[name];
+  if (value === undefined) return fallback;
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new InvalidTaskError(`${name} must be an integer from ${min} to ${max}`);
+  }
+  return value;
+}
+
+/** The api's schedule checks, without its caps (SCHEDULE_*), which guard against untrusted callers. */
+function scheduleOf({ runAt, delayMs }: EnqueueRequest): TaskSchedule {
+  if (runAt !== undefined && delayMs !== undefined) throw new InvalidTaskError('give runAt or delayMs, not both');
+  if (delayMs !== undefined) {
+    if (!Number.isInteger(delayMs) || delayMs < 0) throw new InvalidTaskError('delayMs must be an integer >= 0');
+    return { delayMs };
+  }
+  if (runAt === undefined) return null;
+  const at = new Date(runAt);
+  if (Number.isNaN(at.getTime())) throw new InvalidTaskError(`runAt is not a time: ${String(runAt)}`);
+  return { runAt: at.toISOString() };
+}
+
+export interface Enqueued {
+  task: TaskRow;
+  /** False when the owner's idempotency key was used before: `task` is that first task. */
+  created: boolean;
+}
+
+/**
+ * Adds a task inside the caller's own transaction, so that the caller's rows and the task commit
+ * together or not at all: the transactional outbox for another service's data. It writes with the api's
+ * own statement (buildTaskInsert: the task row, its outbox row, and the relay's wake-up, which Postgres
+ * delivers at the commit), after the checks POST /tasks makes: a registered type, its payload schema,
+ * the option bounds. Throws InvalidTaskError before writing anything; a Postgres error (a NUL character
+ * in the payload, say) aborts the caller's transaction like any failed statement.
+ */
+export async function enqueueTask(executor: Executor, request: EnqueueRequest): Promise<Enqueued> {
+  const definition = findTaskType(request.type);
+  if (!definition) {
+    throw new InvalidTaskError(`unknown task type "${request.type}" (known: ${taskTypeNames.join(', ')})`);
+  }
+  const payload = definition.payload.safeParse(request.payload ?? {});
+  if (!payload.success) {
+    const issues = payload.error.issues.map((i) => `${i.path.join('.') || '(payload)'}: ${i.message}`);
+    throw new InvalidTaskError(`invalid payload for "${definition.name}": ${issues.join('; ')}`);
+  }
+  const maxAttempts = checkOption('maxAttempts', request.maxAttempts, definition.maxAttempts);
+  const timeoutMs = checkOption('timeoutMs', request.timeoutMs, definition.timeoutMs);
+  const owner = request.owner ?? ANONYMOUS_OWNER;
+  if (owner.length === 0 || owner.length > 300) throw new InvalidTaskError('owner must be 1 to 300 characters');
+  const schedule = scheduleOf(request);
+  await assertInTransaction(executor);
+
+  const type = definition.name;
+  const idempotencyKey = request.idempotencyKey ?? null;
+  const hashed = { type, payload: payload.data, maxAttempts, timeoutMs: request.timeoutMs, schedule };
+  const task = {
+    id: randomUUID(),
+    type,
+    payload: payload.data,
+    maxAttempts,
+    timeoutMs,
+    schedule,
+    owner,
+    idempotencyKey,
+    requestHash: idempotencyKey ? requestHash(hashed) : null,
+  };
+  const { statement, answer } = buildTaskInsert([{ task, context: { correlationId: request.correlationId ?? null } }]);
+  const [inserted] = answer(await run(executor, statement));
+  if (inserted) return { task: inserted.task, created: true };
+  const [first] = await run(
+    executor,
+    sql<TaskRow>`SELECT ${sql.join(taskColumns.map((c) => sql.ref(c)))} FROM tasks
+      WHERE owner = ${owner} AND idempotency_key = ${idempotencyKey}`,
+  );
+  if (!first) throw new Error(`the task of idempotency key "${idempotencyKey}" vanished`);
+  if (first.request_hash !== task.requestHash) {
+    throw new InvalidTaskError(`idempotency key "${idempotencyKey}" was used with a different request`);
+  }
+  return { task: first, created: false };
+}

@@ -1,0 +1,72 @@
+import { PermanentError, type Logger, type TaskContext } from '@taskbox/shared';
+import type { AnyTaskType } from '@taskbox/tasks';
+import type { Orphans } from './orphans';
+
+/** How an attempt that ran past its time limit is recorded (error.name on the task and the attempt). */
+export class TimeoutError extends Error {
+  override name = 'TimeoutError';
+}
+
+/** Thrown by runHandler for a run given up on; the caller records the attempt from the abort reason. */
+export class RunAbandoned extends Error {
+  override name = 'RunAbandoned';
+}
+
+export interface RunLimits {
+  /** How long a run may go on after its signal aborted (WORKER_TIMEOUT_GRACE_MS). */
+  graceMs: number;
+  orphans: Orphans;
+  logger: Logger;
+}
+
+/**
+ * Calls the type's `run` and answers its result, checked against the type's result schema.
+ *
+ * THE GRACE. Once the run's signal aborts (a timeout, a cancel, the shutdown, a lost lease), `run` has
+ * `graceMs` to return. A run that ignores its signal has not: JavaScript cannot stop a promise, so the
+ * run is handed to `orphans` and left to finish in the background, and this rejects with RunAbandoned,
+ * which lets the caller record the attempt and settle the delivery, freeing its slot. Whatever the
+ * orphan does later is discarded: its progress writes and the finish are fenced by attempt number, and
+ * nobody awaits its result. A synchronous loop that never yields blocks the whole process instead; no
+ * timer fires then, and the lease fence (leases.ts) hands the task to another worker.
+ */
+export async function runHandler(definition: AnyTaskType, ctx: TaskContext<unknown>, limits: RunLimits) {
+  const run = definition.run(ctx);
+  const value = await settleWithin(run, ctx.signal, limits.graceMs);
+  if (value === abandoned) {
+    limits.orphans.adopt(run, limits.logger);
+    throw new RunAbandoned(
+      `the run did not return within ${limits.graceMs} ms of its signal (${String(ctx.signal.reason)})`,
+    );
+  }
+  return checkResult(definition, value);
+}
+
+const abandoned = Symbol('abandoned');
+
+/** `run`'s outcome, or `abandoned` once `signal` has been aborted for `graceMs` without one. */
+function settleWithin<T>(run: Promise<T>, signal: AbortSignal, graceMs: number): Promise<T | typeof abandoned> {
+  let timer: NodeJS.Timeout | undefined;
+  let onAbort = (): void => undefined;
+  const gaveUp = new Promise<typeof abandoned>((resolve) => {
+    onAbort = () => (timer = setTimeout(() => resolve(abandoned), graceMs));
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+  });
+  return Promise.race([run, gaveUp]).finally(() => {
+    clearTimeout(timer);
+    signal.removeEventListener('abort', onAbort);
+  });
+}
+
+/**
+ * The value `run` returned, if the type declares what it returns and the value fits; otherwise a
+ * PermanentError naming what does not fit: the same code would return the same value on a retry.
+ */
+export function checkResult(definition: AnyTaskType, value: unknown): unknown {
+  if (!definition.result) return value;
+  const parsed = definition.result.safeParse(value);
+  if (parsed.success) return parsed.data;
+  const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(result)'}: ${i.message}`).join('; ');
+  throw new PermanentError(`the result of "${definition.name}" does not match its result schema: ${issues}`);
+}

@@ -1,0 +1,99 @@
+import { z } from 'zod';
+import { defineTaskType, PermanentError, type Db, type TaskContext } from '@taskbox/shared';
+import type { AnyTaskType } from '@taskbox/tasks';
+import { createWorkerMetrics } from '../../services/worker/src/metrics';
+import { createOrphans, type Orphans } from '../../services/worker/src/orphans';
+import { checkResult, RunAbandoned, runHandler } from '../../services/worker/src/run-handler';
+import { quietLogger } from '../helpers/db';
+
+const render = defineTaskType({
+  name: 'render',
+  payload: z.object({}),
+  result: z.object({ url: z.url(), bytes: z.number().int().min(0) }),
+  run: async () => ({ url: 'https://example.com/r.pdf', bytes: 10 }),
+}) as unknown as AnyTaskType;
+
+function context(signal: AbortSignal): TaskContext<unknown> {
+  return {
+    taskId: 't',
+    payload: {},
+    attempt: 1,
+    logger: quietLogger,
+    signal,
+    step: async () => undefined,
+    progress: async () => undefined,
+  };
+}
+
+// The tasks_by_status gauge is the only part of the metrics that reads Postgres, and only when scraped.
+const metrics = () => createWorkerMetrics({} as Db);
+
+describe("a type's result schema", () => {
+  it('passes a result that fits', () => {
+    expect(checkResult(render, { url: 'https://example.com/r.pdf', bytes: 3 })).toEqual({
+      url: 'https://example.com/r.pdf',
+      bytes: 3,
+    });
+  });
+
+  it('fails a result that does not fit with a PermanentError naming each field', () => {
+    const check = () => checkResult(render, { url: 'not a url', bytes: -1 });
+    expect(check).toThrow(PermanentError);
+    expect(check).toThrow(/the result of "render" does not match its result schema: url: .*; bytes: /);
+  });
+
+  it('fails through runHandler as well, so the worker records it as permanent', async () => {
+    const wrong = { ...render, run: async () => ({ size: 'big' }) } as AnyTaskType;
+    const orphans: Orphans = { adopt: () => undefined };
+    await expect(
+      runHandler(wrong, context(new AbortController().signal), { graceMs: 10, orphans, logger: quietLogger }),
+    ).rejects.toThrow(PermanentError);
+  });
+});
+
+describe('the grace after a run is aborted', () => {
+  it('gives up on a run that ignores its signal, and hands it to the orphans', async () => {
+    const m = metrics();
+    const orphans = createOrphans(5, m, () => undefined);
+    let finish = (): void => undefined;
+    const stubborn = { ...render, run: () => new Promise((resolve) => (finish = () => resolve({}))) } as AnyTaskType;
+    const controller = new AbortController();
+    const running = runHandler(stubborn, context(controller.signal), { graceMs: 20, orphans, logger: quietLogger });
+    controller.abort('timeout');
+
+    await expect(running).rejects.toThrow(RunAbandoned);
+    expect((await m.abandonedRunsLive.get()).values[0]?.value).toBe(1);
+    finish();
+    await new Promise((resolve) => setImmediate(resolve));
+    expect((await m.abandonedRunsLive.get()).values[0]?.value).toBe(0);
+    expect((await m.abandonedRuns.get()).values[0]?.value).toBe(1);
+  });
+
+  it('waits the grace for a run that stops when aborted, and passes on what it threw', async () => {
+    const adopted: unknown[] = [];
+    const polite = {
+      ...render,
+      run: ({ signal }: TaskContext<unknown>) =>
+        new Promise((_, reject) =>
+          signal.addEventListener('abort', () => setTimeout(() => reject(new Error('stopped')), 5)),
+        ),
+    } as AnyTaskType;
+    const controller = new AbortController();
+    const orphans: Orphans = { adopt: (run) => adopted.push(run) };
+    const running = runHandler(polite, context(controller.signal), { graceMs: 1000, orphans, logger: quietLogger });
+    controller.abort('timeout');
+    await expect(running).rejects.toThrow('stopped');
+    expect(adopted).toEqual([]);
+  });
+
+  it('calls for a restart once, when the cap of abandoned runs still going is reached', () => {
+    let overflows = 0;
+    const orphans = createOrphans(2, metrics(), () => overflows++);
+    const never = () => new Promise<never>(() => undefined);
+    orphans.adopt(never(), quietLogger);
+    expect(overflows).toBe(0);
+    orphans.adopt(never(), quietLogger);
+    orphans.adopt(never(), quietLogger);
+    expect(overflows).toBe(1);
+  });
+});
