@@ -104,10 +104,13 @@ describe('enqueueTask in the caller’s transaction', () => {
       await expect(enqueueTask(client, { type: 'echo' })).rejects.toThrow(/inside a transaction/);
       await client.query('BEGIN');
       await client.query('SELECT 1/0').catch(() => undefined);
-      // A failed transaction: its COMMIT would roll back, so the task would silently vanish.
-      await expect(enqueueTask(client, { type: 'echo' })).rejects.toThrow(/inside a transaction/);
-      await client.query('ROLLBACK');
+      // A failed transaction: its COMMIT would roll back, so the task would silently vanish. pg may read
+      // the failed status only after its error reached us; then Postgres refuses the insert itself.
+      await expect(enqueueTask(client, { type: 'echo' })).rejects.toThrow(
+        /inside a transaction|current transaction is aborted/,
+      );
     } finally {
+      await client.query('ROLLBACK');
       client.release();
     }
     expect(await taskCount()).toBe(before);
