@@ -3,7 +3,7 @@ import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import amqp from 'amqplib';
 import { amqpNames, assertTopology } from '@taskbox/shared';
-import { amqpUrl } from '../helpers/amqp';
+import { amqpUrl, testTopology } from '../helpers/amqp';
 import { insertTaskFixture } from '../helpers/factories';
 import { startSystem, type System } from '../helpers/system';
 
@@ -18,7 +18,7 @@ describe('npm run redrive', () => {
     system = await startSystem();
     connection = await amqp.connect(amqpUrl());
     channel = await connection.createConfirmChannel();
-    await assertTopology(channel, amqpNames(system.prefix));
+    await assertTopology(channel, testTopology(system.prefix));
   });
   afterEach(async () => {
     await connection.close();

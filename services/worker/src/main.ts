@@ -1,9 +1,10 @@
 import { setMaxListeners } from 'node:events';
 import {
   amqpConnection,
-  amqpNames,
+  amqpTopology,
   amqpUrls,
   bestEffortSettings,
+  consumedQueues,
   createDb,
   createHealthServer,
   createLogger,
@@ -20,6 +21,7 @@ import {
   toError,
   type Service,
 } from '@taskbox/shared';
+import { taskTypeList } from '@taskbox/tasks';
 import { createConsumer } from './consumer';
 import { createLeases } from './leases';
 import { createWorkerMetrics } from './metrics';
@@ -30,30 +32,36 @@ import { setWorkerSession } from './task-sql';
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
   const logger = createLogger('worker', config);
+  const topology = amqpTopology(config.AMQP_PREFIX, taskTypeList);
+  const queues = consumedQueues(topology, config.WORKER_QUEUES, config.WORKER_PREFETCH);
+  // Deliveries in flight at most: the prefetch of every queue consumed.
+  const slots = queues.reduce((sum, q) => sum + q.prefetch, 0);
   // Each delivery in flight uses at most one connection at a time; a few more for heartbeats and sweeps.
   const pool = createPool(config.DATABASE_URL, logger, {
-    max: Math.min(config.WORKER_PREFETCH, config.PG_POOL_SIZE) + 2,
+    max: Math.min(slots, config.PG_POOL_SIZE) + 2,
     statementTimeoutMs: config.DB_STATEMENT_TIMEOUT_MS,
     onConnect: bestEffortSettings(setWorkerSession, logger),
   });
   const db = createDb(pool);
-  const metrics = createWorkerMetrics(db);
+  const metrics = createWorkerMetrics(
+    db,
+    queues.map((q) => q.route.name),
+  );
   const outboxNotifier = createOutboxNotifier(pool, logger);
   const taskNotifier = createTaskNotifier(pool, logger);
   const leases = createLeases(db, config.WORKER_LEASE_MS, logger);
   const stopController = new AbortController();
   // Every run waiting to retry recording its result listens on this signal: up to one per prefetch slot.
-  setMaxListeners(config.WORKER_PREFETCH + 10, stopController.signal);
+  setMaxListeners(slots + 10, stopController.signal);
   // Leave a margin under the shutdown deadline for abandoning runs and closing connections. At the
   // grace deadline the consumer abandons the runs still going, and stopController stops their retries
   // against a Postgres that is down, so that every run returns and its message is requeued.
   const graceMs = Math.floor(config.SHUTDOWN_TIMEOUT_MS * 0.7);
   const consumer = createConsumer(
-    amqpNames(config.AMQP_PREFIX),
-    { prefetch: config.WORKER_PREFETCH, graceMs, giveUp: () => stopController.abort() },
+    { topology, queues, graceMs, giveUp: () => stopController.abort() },
     {
       db,
-      writes: createAttemptWrites(db, config.WORKER_LEASE_MS, config.WORKER_PREFETCH),
+      writes: createAttemptWrites(db, config.WORKER_LEASE_MS, slots),
       leases,
       outboxNotifier,
       taskNotifier,
@@ -82,7 +90,10 @@ async function main(): Promise<void> {
     consumer,
   ];
   await startAll(parts);
-  logger.info('worker started', { database: redactUrl(config.DATABASE_URL), prefetch: config.WORKER_PREFETCH });
+  logger.info('worker started', {
+    database: redactUrl(config.DATABASE_URL),
+    queues: Object.fromEntries(queues.map((q) => [q.route.name, q.prefetch])),
+  });
 
   const shutdown = onShutdownSignal(logger, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, logger));
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
