@@ -73,6 +73,8 @@ export function createConsumer(options: ConsumerOptions, deps: AttemptDeps, logg
   const { topology, queues, graceMs, giveUp } = options;
   let channel: ConfirmChannel | null = null;
   let consumerTags: string[] = [];
+  // Every queue has its consumer on `channel` (/readyz): false while a setup is starting them.
+  let consumingAll = false;
   let stopping = false;
   let settingUp: Promise<void> | null = null;
   const inFlight = new Set<Promise<void>>();
@@ -185,7 +187,12 @@ export function createConsumer(options: ConsumerOptions, deps: AttemptDeps, logg
       if (channel === ch) channel = null;
     });
     await assertTopology(ch, topology);
+    // Set before the first consumer: a delivery settles only on the current channel (ackOrRequeue),
+    // and the first queue's messages may arrive while the next consumers are being started.
+    channel = ch;
+    consumingAll = false;
     const tags: string[] = [];
+    consumerTags = tags;
     for (const { route, prefetch } of queues) {
       await ch.prefetch(prefetch);
       const tag = newConsumerTag();
@@ -201,8 +208,7 @@ export function createConsumer(options: ConsumerOptions, deps: AttemptDeps, logg
       );
       tags.push(tag);
     }
-    channel = ch;
-    consumerTags = tags;
+    consumingAll = true;
     // One line once every queue is consumed: a reader waiting for it knows that all of them are.
     const consumed = queues.map(({ route, prefetch }, i) => ({ queue: route.queue, prefetch, consumerTag: tags[i] }));
     logger.info('consuming', { queues: consumed });
@@ -215,14 +221,16 @@ export function createConsumer(options: ConsumerOptions, deps: AttemptDeps, logg
       settingUp = consume(model, rebuild);
       return settingUp;
     },
-    ready: () => channel !== null,
+    ready: () => channel !== null && consumingAll,
     async start() {},
     async stop() {
       stopping = true;
       await settingUp?.catch(() => undefined);
       const ch = channel;
-      for (const tag of ch ? consumerTags : []) {
-        await withTimeout(ch!.cancel(tag), BROKER_ANSWER_MS, 'cancelling a consumer').catch(() => undefined);
+      if (ch) {
+        for (const tag of consumerTags) {
+          await withTimeout(ch.cancel(tag), BROKER_ANSWER_MS, 'cancelling a consumer').catch(() => undefined);
+        }
       }
       const drained = Promise.all([...inFlight]);
       const graceOver = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), graceMs).unref());
