@@ -167,6 +167,23 @@ describe('recovery from what the broker loses', () => {
     await worker.waitForLog('consuming again', (l) => l.message === 'rabbitmq channels rebuilt');
   }, 60_000);
 
+  it('consumes a deleted second queue again: reports and echoes submitted after the delete both run', async () => {
+    system = await startSystem();
+    await system.start('api');
+    await system.start('relay');
+    const worker = await system.start('worker', { WORKER_QUEUES: 'reports:2,default:5' });
+    await onBroker((ch) => ch.deleteQueue(amqpNames(system.prefix, 'reports').queue));
+    await worker.waitForLog('rebuild after the cancel', (l) =>
+      /cancelled consumer .* of .*reports/.test(String(l.reason ?? '')),
+    );
+
+    const report = await system.submit('report', { title: 'after', sections: ['a'], msPerSection: 0 });
+    const ids = [report, await system.submit('echo', {})];
+    await system.waitForTerminal(ids, 30_000);
+    await expectSucceededOnce(ids);
+    expect((await fetch(`http://127.0.0.1:${await worker.port()}/readyz`)).status).toBe(200);
+  }, 60_000);
+
   it('rebuilds the relay after publishes come back unroutable, answering /readyz 503 meanwhile', async () => {
     system = await startSystem();
     await system.start('api');
