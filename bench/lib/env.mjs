@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import amqp from 'amqplib';
 import pg from 'pg';
 import shared from '../../packages/shared/dist/index.js';
+import tasks from '../../packages/tasks/dist/index.js';
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const outDir = path.join(root, 'bench/out');
@@ -73,11 +74,15 @@ export function benchPrefix() {
 
 /** Plain deletes: quorum queues refuse ifUnused/ifEmpty (and the refusal closes the channel). */
 export async function deleteTopology(prefix) {
+  const { queues, exchange } = shared.amqpTopology(prefix, tasks.taskTypeList);
   const connection = await amqp.connect(amqpUrl);
   try {
     const ch = await connection.createChannel();
-    for (const q of [`${prefix}tasks`, `${prefix}tasks.dead`]) await ch.deleteQueue(q);
-    for (const x of [`${prefix}tasks`, `${prefix}tasks.dlx`]) await ch.deleteExchange(x);
+    for (const q of queues) {
+      for (const name of [q.queue, q.deadQueue]) await ch.deleteQueue(name);
+      await ch.deleteExchange(q.deadExchange);
+    }
+    await ch.deleteExchange(exchange);
     await ch.close();
   } finally {
     await connection.close();

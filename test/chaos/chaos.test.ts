@@ -10,8 +10,11 @@ const TASKS = Number(process.env.CHAOS_TASKS ?? 2000);
 const BROKER_OUTAGE_MS = Number(process.env.CHAOS_BROKER_OUTAGE_MS ?? 30_000);
 const DB_OUTAGE_MS = 5000;
 const REPUBLISH_AFTER_MS = 3000;
-// Tasks that wait in the queue, with no worker, for the purge to lose.
+// Tasks that wait in the queues, with no worker, for the purge to lose: echoes and reports.
 const STRANDED = 50;
+const STRANDED_REPORTS = 10;
+// A short report: two sections on the `reports` queue, beside the default queue's echoes and sleeps.
+const REPORT = { title: 'chaos', sections: ['a', 'b'], msPerSection: 50 };
 // Tasks that fail on purpose, then are retried in bulk.
 const FAILING = 50;
 const sleepFor = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -19,8 +22,9 @@ const sleepFor = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /**
  * One run, real faults: kill -9 of the relay mid-flow and of the worker mid-handler, the broker gone
  * for 30 s and Postgres gone for 5 s (every connection reset, reconnects refused, through a TCP
- * proxy), then the queue purged while it holds messages, all under a steady load of 2 000 tasks.
- * Nothing may be lost, finish twice, or go missing.
+ * proxy), then both queues purged while they hold messages, all under a steady load of 2 000 tasks on
+ * two queues (one in ten a `report` on `reports`, consumed with its own prefetch). Nothing may be
+ * lost, finish twice, or go missing.
  */
 describe('chaos', () => {
   let system: System;
@@ -42,7 +46,7 @@ describe('chaos', () => {
     system = await startSystem({
       WORKER_LEASE_MS: '2000',
       RELAY_CONFIRM_TIMEOUT_MS: '1000',
-      WORKER_PREFETCH: '50',
+      WORKER_QUEUES: 'reports:5,default:50',
       REPUBLISH_AFTER_MS: String(REPUBLISH_AFTER_MS),
     });
     const dbUrl = new URL(system.database.url);
@@ -65,7 +69,11 @@ describe('chaos', () => {
       for (let i = 0; accepted.length < TASKS; i++) {
         await sleepFor(loadStart + accepted.length * interval - Date.now());
         const body =
-          i % 5 === 0 ? { type: 'sleep', payload: { ms: 100 + (i % 4) * 100 } } : { type: 'echo', payload: { i } };
+          i % 10 === 3
+            ? { type: 'report', payload: REPORT }
+            : i % 5 === 0
+              ? { type: 'sleep', payload: { ms: 100 + (i % 4) * 100 } }
+              : { type: 'echo', payload: { i } };
         const started = Date.now();
         const res = await fetch(`${apiUrl}/tasks`, {
           method: 'POST',
@@ -109,11 +117,14 @@ describe('chaos', () => {
     await pgProxy.restore();
     await waitFor('api ready again', async () => (await fetch(`${apiUrl}/readyz`)).status === 200, 15_000);
 
-    // The broker loses what it holds: with no worker, a batch of tasks waits in the queue (on top of
-    // whatever the load adds meanwhile), and the queue is purged.
+    // The broker loses what it holds: with no worker, a batch of tasks waits in each queue (on top of
+    // whatever the load adds meanwhile), and both queues are purged.
     const outageWorker = worker;
     await outageWorker.kill();
-    const waiting = await Promise.all(Array.from({ length: STRANDED }, (_, i) => system.submit('echo', { i })));
+    const waiting = await Promise.all([
+      ...Array.from({ length: STRANDED }, (_, i) => system.submit('echo', { i })),
+      ...Array.from({ length: STRANDED_REPORTS }, () => system.submit('report', REPORT)),
+    ]);
     await waitFor('the waiting batch published', async () => {
       const rows = await system.database.db
         .selectFrom('outbox')
@@ -121,10 +132,13 @@ describe('chaos', () => {
         .where('task_id', 'in', waiting)
         .where('published_at', 'is not', null)
         .execute();
-      return rows.length === STRANDED;
+      return rows.length === waiting.length;
     });
     const broker = await amqp.connect(amqpUrl());
-    const { messageCount: purged } = await (await broker.createChannel()).purgeQueue(amqpNames(system.prefix).queue);
+    const purgeChannel = await broker.createChannel();
+    const purgedEchoes = (await purgeChannel.purgeQueue(amqpNames(system.prefix).queue)).messageCount;
+    const purgedReports = (await purgeChannel.purgeQueue(amqpNames(system.prefix, 'reports').queue)).messageCount;
+    const purged = purgedEchoes + purgedReports;
     await broker.close();
     await system.start('worker', viaProxies);
 
@@ -133,8 +147,9 @@ describe('chaos', () => {
     await system.waitForTerminal(accepted, 180_000);
 
     const db = system.database.db;
-    const tasks = await db.selectFrom('tasks').select(['id', 'status']).execute();
+    const tasks = await db.selectFrom('tasks').select(['id', 'status', 'type']).execute();
     const byId = new Map(tasks.map((t) => [t.id, t.status]));
+    const byType = new Map(tasks.map((t) => [t.id, t.type]));
     // A task finished twice if an attempt succeeded or was cancelled and another attempt followed, or
     // two attempts succeeded. (A failed attempt followed by a retry is not terminal.)
     const attemptRows = await db
@@ -168,7 +183,8 @@ describe('chaos', () => {
         await db.selectFrom('task_attempts').select('task_id').where('outcome', '=', 'lost').execute()
       ).length,
       'duplicates absorbed': system.logs((l) => l.message === 'duplicate delivery absorbed').length,
-      'purged messages': purged,
+      'purged messages': `${purged} (${purgedReports} from reports)`,
+      reports: accepted.filter((id) => byType.get(id) === 'report').length,
       republished: system.logs((l) => l.message === 'stranded task republished').length,
     };
     const doubles = [
@@ -195,7 +211,8 @@ describe('chaos', () => {
     expect(report.lost).toBe(0);
     expect(report['double-terminal']).toBe(0);
     expect(report['not-found']).toBe(0);
-    expect(report.succeeded).toBe(TASKS + STRANDED);
+    expect(report.succeeded).toBe(TASKS + STRANDED + STRANDED_REPORTS);
+    expect(report.reports).toBeGreaterThanOrEqual(TASKS / 10 + STRANDED_REPORTS);
     expect(report['5xx other than 503']).toBe(0);
     expect(acceptedDuringBrokerOutage).toBeGreaterThan(0);
     expect(relayReadyDuringOutage).toBe(503);
@@ -204,7 +221,8 @@ describe('chaos', () => {
     // One line per state change, not one per reconnect attempt.
     expect(relay.logs.filter((l) => l.message === 'rabbitmq connection lost; reconnecting')).toHaveLength(1);
     expect(outageWorker.logs.filter((l) => l.message === 'rabbitmq connection lost; reconnecting')).toHaveLength(1);
-    expect(purged).toBeGreaterThanOrEqual(STRANDED);
+    expect(purgedEchoes).toBeGreaterThanOrEqual(STRANDED);
+    expect(purgedReports).toBeGreaterThanOrEqual(STRANDED_REPORTS);
     // Not one per purged message: some were duplicates of tasks that had already run.
     expect(report.republished).toBeGreaterThan(0);
   }, 300_000);

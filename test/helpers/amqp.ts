@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import amqp from 'amqplib';
-import { amqpNames } from '@taskbox/shared';
+import { amqpTopology, type AmqpTopology } from '@taskbox/shared';
+import { taskTypeList } from '@taskbox/tasks';
 
 export function amqpUrl(): string {
   const url = process.env.TASKBOX_TEST_AMQP_URL;
@@ -13,16 +14,23 @@ export function testPrefix(): string {
   return `test-${randomBytes(4).toString('hex')}.`;
 }
 
+/** The topology the services declare for a prefix: a queue for each queue the registered types name. */
+export function testTopology(prefix: string): AmqpTopology {
+  return amqpTopology(prefix, taskTypeList);
+}
+
 /** Removes a prefix's topology. Quorum queues refuse ifUnused/ifEmpty, so the deletes are plain. */
 export async function deleteTopology(prefix: string): Promise<void> {
-  const names = amqpNames(prefix);
+  const topology = testTopology(prefix);
   const connection = await amqp.connect(amqpUrl());
   try {
     const ch = await connection.createChannel();
-    await ch.deleteQueue(names.queue);
-    await ch.deleteQueue(names.deadQueue);
-    await ch.deleteExchange(names.exchange);
-    await ch.deleteExchange(names.deadExchange);
+    for (const q of topology.queues) {
+      await ch.deleteQueue(q.queue);
+      await ch.deleteQueue(q.deadQueue);
+      await ch.deleteExchange(q.deadExchange);
+    }
+    await ch.deleteExchange(topology.exchange);
     await ch.close();
   } finally {
     await connection.close();

@@ -3,7 +3,7 @@ import amqp from 'amqplib';
 import { sql } from 'kysely';
 import request from 'supertest';
 import { amqpNames, assertTopology, insertOutbox, loadConfig, outboxMessage, type TaskStatus } from '@taskbox/shared';
-import { amqpUrl, deleteTopology, testPrefix } from '../helpers/amqp';
+import { amqpUrl, deleteTopology, testPrefix, testTopology } from '../helpers/amqp';
 import { startTestApi, type TestApi } from '../helpers/api';
 import { insertTaskFixture } from '../helpers/factories';
 import { capturingLogger } from '../helpers/log';
@@ -173,7 +173,7 @@ describe('api: admin bulk actions, re-drive, counts and checks', () => {
     try {
       const channel = await connection.createConfirmChannel();
       const names = amqpNames(prefix);
-      await assertTopology(channel, names);
+      await assertTopology(channel, testTopology(prefix));
       const [pending] = await tasks(1, { type: 'echo', status: 'pending' });
       const [done] = await tasks(1, { type: 'echo', status: 'succeeded' });
       for (const body of [

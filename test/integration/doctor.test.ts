@@ -3,6 +3,7 @@ import { sql } from 'kysely';
 import { amqpNames, checkNames as c } from '@taskbox/shared';
 import { amqpUrl, deleteTopology, testPrefix } from '../helpers/amqp';
 import { createTestDatabase, type TestDatabase } from '../helpers/db';
+import { insertTaskFixture } from '../helpers/factories';
 import { closedPort, runDoctor, statuses } from '../helpers/doctor';
 import { startService, type RunningService, type ServiceName } from '../helpers/services';
 import { waitFor } from '../helpers/wait';
@@ -16,8 +17,8 @@ describe('npm run doctor says where the chain is broken', () => {
   let api: string;
   const running = new Map<ServiceName, RunningService>();
 
-  async function start(name: ServiceName): Promise<void> {
-    const service = startService(name, env);
+  async function start(name: ServiceName, extra: Record<string, string> = {}): Promise<void> {
+    const service = startService(name, { ...env, ...extra });
     running.set(name, service);
     if (name === 'worker') await service.waitForLog('consuming', (l) => l.message === 'consuming');
     else await service.port();
@@ -78,7 +79,7 @@ describe('npm run doctor says where the chain is broken', () => {
     expect(run.code).toBe(0);
   });
 
-  it('with the worker stopped, fails "consumers on the queue" and names the task pending after publishing', async () => {
+  it('with the worker stopped, fails "consumers on the queues" and names the task pending after publishing', async () => {
     await stop('worker');
     const id = await submit('echo', { stuck: 'worker' });
     await outboxOlderThanThreshold(id, 'published');
@@ -112,7 +113,8 @@ describe('npm run doctor says where the chain is broken', () => {
   });
 
   it('warns about a task processing longer than the threshold, without failing', async () => {
-    const id = await submit('sleep', { ms: 3000 });
+    // Long enough to be still running whatever the doctor's run takes; cancelled after.
+    const id = await submit('sleep', { ms: 60_000 });
     await waitFor('the sleep to be running past the threshold', async () => {
       const { rows } = await sql`
         SELECT 1 FROM task_attempts WHERE task_id = ${id} AND finished_at IS NULL
@@ -123,7 +125,8 @@ describe('npm run doctor says where the chain is broken', () => {
     expect(run.status(c.processing)).toBe('warn');
     expect(run.line(c.processing)).toContain(id);
     expect(run.code).toBe(0);
-    await waitFor('the sleep to finish', async () => (await taskStatus(id)) === 'succeeded');
+    expect((await fetch(`${api}/tasks/${id}/cancel`, { method: 'POST' })).status).toBe(202);
+    await waitFor('the sleep to stop', async () => (await taskStatus(id)) === 'cancelled');
   });
 
   it('warns when the relay republished stranded tasks in the last day, naming the latest', async () => {
@@ -153,6 +156,35 @@ describe('npm run doctor says where the chain is broken', () => {
     const run = await doctor();
     expect(run.status(c.deadLetters)).toBe('warn');
     expect(run.line(c.deadLetters)).toContain('1 waiting');
+  });
+
+  it('with no worker on the reports queue, fails "consumers on the queues" and names the report type', async () => {
+    await stop('worker');
+    await start('worker', { WORKER_QUEUES: 'default:5' });
+    const id = await submit('report', { title: 'unconsumed', sections: ['a'], msPerSection: 0 });
+    await outboxOlderThanThreshold(id, 'published');
+    const run = await doctor();
+    expect(run.status(c.consumers)).toBe('fail');
+    expect(run.line(c.consumers)).toMatch(/1 on .*tasks, 0 messages ready; 0 on .*reports, 1 messages ready/);
+    expect(run.line(c.consumers)).toContain('no running worker handles types report (queue reports)');
+    expect(run.code).toBe(1);
+
+    await stop('worker');
+    await start('worker');
+    await waitFor('the report to succeed', async () => (await taskStatus(id)) === 'succeeded');
+    expect(run.status(c.noHandler)).toBe('ok');
+  });
+
+  it('fails "tasks no worker could run" naming the type a worker had no handler for', async () => {
+    const id = await insertTaskFixture(database.db, { type: 'pdf', status: 'failed' });
+    await sql`UPDATE tasks SET finished_at = now(), error = ${JSON.stringify({ name: 'Error', message: 'no handler for task type "pdf"' })}::jsonb
+      WHERE id = ${id}`.execute(database.db);
+    const run = await doctor();
+    expect(run.status(c.noHandler)).toBe('fail');
+    expect(run.line(c.noHandler)).toContain(`1 of type pdf (task ${id}) failed in the last 24h`);
+    expect(run.code).toBe(1);
+    await database.db.deleteFrom('tasks').where('id', '=', id).execute();
+    expect((await doctor()).status(c.noHandler)).toBe('ok');
   });
 
   it('with the broker unreachable, fails "broker reachable", skips the broker checks, keeps the password out and exits 1', async () => {

@@ -1,8 +1,8 @@
 import { sql } from 'kysely';
-import { amqpNames, connectAmqp } from '@taskbox/shared';
+import { connectAmqp } from '@taskbox/shared';
 import { claimBatch } from '../../services/relay/src/outbox-sql';
 import { createPublisher } from '../../services/relay/src/publisher';
-import { amqpUrl } from '../helpers/amqp';
+import { amqpUrl, testTopology } from '../helpers/amqp';
 import { startFaultProxy, type FaultProxy } from '../helpers/proxy';
 import { quietLogger } from '../helpers/db';
 import type { LogLine } from '../helpers/services';
@@ -38,7 +38,7 @@ describe('delivery guarantees with the services as separate processes', () => {
     const ids = await Promise.all(Array.from({ length: 20 }, (_, i) => system.submit('echo', { i })));
 
     // The dying relay: claims, publishes, gets the confirms, and never marks.
-    const publisher = createPublisher(amqpNames(system.prefix), 5000, quietLogger);
+    const publisher = createPublisher(testTopology(system.prefix), 5000, quietLogger);
     const connection = await connectAmqp(amqpUrl(), quietLogger, publisher.setup);
     await waitFor('publisher ready', () => publisher.ready());
     const claimed = await claimBatch(system.database.db, 100, 900);

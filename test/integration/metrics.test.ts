@@ -28,7 +28,7 @@ describe('health and metrics of api, relay and worker', () => {
   it('exports retries and dead letters at zero before anything happened', async () => {
     const worker = await scrape(stack.urls.worker);
     expect(sample(worker, 'worker_attempt_failures_total', { final: 'false' })).toBe(0);
-    expect(sample(worker, 'worker_dead_letters_total', { reason: 'unparseable' })).toBe(0);
+    expect(sample(worker, 'worker_dead_letters_total', { reason: 'unparseable', queue: 'tasks' })).toBe(0);
     expect(sample(worker, 'tasks_by_status', { status: 'failed' })).toBe(0);
     expect(sample(await scrape(stack.urls.relay), 'relay_publish_failures_total')).toBe(0);
   });
@@ -64,7 +64,7 @@ describe('health and metrics of api, relay and worker', () => {
     expect(sample(relay, 'relay_batch_size_sum')).toBe(5);
     expect(sample(relay, 'relay_confirm_seconds_count')).toBe(sample(relay, 'relay_batch_size_count'));
 
-    expect(sample(worker, 'worker_deliveries_total', { outcome: 'run' })).toBe(5);
+    expect(sample(worker, 'worker_deliveries_total', { outcome: 'run', queue: 'tasks' })).toBe(5);
     expect(sample(worker, 'worker_handler_duration_seconds_count', { type: 'echo', outcome: 'succeeded' })).toBe(3);
     expect(sample(worker, 'worker_handler_duration_seconds_count', { type: 'flaky', outcome: 'failed' })).toBe(1);
     expect(sample(worker, 'worker_handler_duration_seconds_count', { type: 'flaky', outcome: 'succeeded' })).toBe(1);

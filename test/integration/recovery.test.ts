@@ -93,7 +93,7 @@ describe('recovery from what the broker loses', () => {
       .execute();
     expect(marked).toHaveLength(ids.length);
     const metrics = await scrape(`http://127.0.0.1:${await relay.port()}`);
-    expect(sample(metrics, 'tasks_republished_total', { queue: 'caught-up' })).toBe(10);
+    expect(sample(metrics, 'tasks_republished_total', { queue: 'tasks', state: 'caught-up' })).toBe(10);
   }, 60_000);
 
   it('republishes a task overdue behind a backlog only after 12 times REPUBLISH_AFTER_MS', async () => {
@@ -105,10 +105,32 @@ describe('recovery from what the broker loses', () => {
     const publishedAt = Date.now();
     await waitFor('the overdue tasks republished', () => republishedLogs().length === ids.length, 15_000);
     expect(Date.now() - publishedAt).toBeGreaterThan(12 * 400 - 500);
-    expect(republishedLogs()[0]).toMatchObject({ reason: 'overdue behind 3 ready messages' });
+    expect(republishedLogs()[0]).toMatchObject({ reason: 'overdue behind 3 ready messages in queue tasks' });
     await system.start('worker');
     await system.waitForTerminal(ids, 30_000);
     await expectSucceededOnce(ids);
+  }, 60_000);
+
+  it('judges each queue by its own backlog: a lost report is republished while echoes wait in theirs', async () => {
+    system = await startSystem({ REPUBLISH_AFTER_MS: String(REPUBLISH_AFTER_MS) });
+    await system.start('api');
+    const relay = await system.start('relay');
+    const echoes = await Promise.all(Array.from({ length: 5 }, (_, i) => system.submit('echo', { i })));
+    const report = await system.submit('report', { title: 'q3', sections: ['a'], msPerSection: 0 });
+    await waitPublished([...echoes, report]);
+    // The echoes wait in their queue past the window: a backlog there. The report's queue loses it.
+    await sleepFor(REPUBLISH_AFTER_MS * 1.5);
+    await onBroker((ch) => ch.purgeQueue(amqpNames(system.prefix, 'reports').queue));
+
+    await waitFor('the report republished', () => republishedLogs().length > 0, 15_000);
+    expect(republishedLogs().map((l) => [l.taskId, l.reason])).toEqual([
+      [report, `queue reports holds no message older than ${REPUBLISH_AFTER_MS} ms`],
+    ]);
+    const metrics = await scrape(`http://127.0.0.1:${await relay.port()}`);
+    expect(sample(metrics, 'tasks_republished_total', { queue: 'reports', state: 'caught-up' })).toBe(1);
+    await system.start('worker');
+    await system.waitForTerminal([...echoes, report], 30_000);
+    await expectSucceededOnce([...echoes, report]);
   }, 60_000);
 
   it('has one relay act on each stranded task when several run', async () => {
@@ -143,6 +165,23 @@ describe('recovery from what the broker loses', () => {
     await expectSucceededOnce(ids);
     await worker.waitForLog('rebuild after the cancel', (l) => /cancelled consumer/.test(String(l.reason ?? '')));
     await worker.waitForLog('consuming again', (l) => l.message === 'rabbitmq channels rebuilt');
+  }, 60_000);
+
+  it('consumes a deleted second queue again: reports and echoes submitted after the delete both run', async () => {
+    system = await startSystem();
+    await system.start('api');
+    await system.start('relay');
+    const worker = await system.start('worker', { WORKER_QUEUES: 'reports:2,default:5' });
+    await onBroker((ch) => ch.deleteQueue(amqpNames(system.prefix, 'reports').queue));
+    await worker.waitForLog('rebuild after the cancel', (l) =>
+      /cancelled consumer .* of .*reports/.test(String(l.reason ?? '')),
+    );
+
+    const report = await system.submit('report', { title: 'after', sections: ['a'], msPerSection: 0 });
+    const ids = [report, await system.submit('echo', {})];
+    await system.waitForTerminal(ids, 30_000);
+    await expectSucceededOnce(ids);
+    expect((await fetch(`http://127.0.0.1:${await worker.port()}/readyz`)).status).toBe(200);
   }, 60_000);
 
   it('rebuilds the relay after publishes come back unroutable, answering /readyz 503 meanwhile', async () => {

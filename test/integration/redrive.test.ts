@@ -3,7 +3,7 @@ import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import amqp from 'amqplib';
 import { amqpNames, assertTopology } from '@taskbox/shared';
-import { amqpUrl } from '../helpers/amqp';
+import { amqpUrl, testTopology } from '../helpers/amqp';
 import { insertTaskFixture } from '../helpers/factories';
 import { startSystem, type System } from '../helpers/system';
 
@@ -18,7 +18,7 @@ describe('npm run redrive', () => {
     system = await startSystem();
     connection = await amqp.connect(amqpUrl());
     channel = await connection.createConfirmChannel();
-    await assertTopology(channel, amqpNames(system.prefix));
+    await assertTopology(channel, testTopology(system.prefix));
   });
   afterEach(async () => {
     await connection.close();
@@ -97,6 +97,23 @@ describe('npm run redrive', () => {
     await redrive();
     expect(await outboxOf(pending)).toHaveLength(1);
     expect(await deadCount()).toBe(0);
+  });
+
+  it("reads every queue's dead letters, with --limit counting across them", async () => {
+    const reports = amqpNames(system.prefix, 'reports');
+    const report = await insertTaskFixture(system.database.db, { type: 'report', status: 'pending' });
+    const echo = await insertTaskFixture(system.database.db, { status: 'pending' });
+    const content = Buffer.from(JSON.stringify({ taskId: report, type: 'report', attempt: 1 }));
+    channel.publish(reports.deadExchange, 'report', content, { messageId: randomUUID(), persistent: true });
+    await deadLetter({ taskId: echo, type: 'echo', attempt: 1 });
+    await deadLetter({ taskId: randomUUID(), type: 'echo', attempt: 1 });
+
+    expect((await redrive('--limit', '2')).stdout).toMatch(/re-drove 1; dropped 1 unknown task/);
+    expect((await redrive()).stdout).toMatch(/re-drove 1; dropped none/);
+    expect((await channel.checkQueue(reports.deadQueue)).messageCount).toBe(0);
+    expect(await deadCount()).toBe(0);
+    expect((await outboxOf(report)).map((r) => r.payload)).toEqual([{ taskId: report, type: 'report', attempt: 1 }]);
+    expect(await outboxOf(echo)).toHaveLength(1);
   });
 
   it('looks at no more than --limit messages, and refuses a limit that is not a positive integer', async () => {

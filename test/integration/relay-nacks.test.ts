@@ -3,7 +3,7 @@ import { amqpNames, connectAmqp } from '@taskbox/shared';
 import { createRelayMetrics } from '../../services/relay/src/metrics';
 import { createPublisher } from '../../services/relay/src/publisher';
 import { createRelayLoop, type RelayLoop } from '../../services/relay/src/relay-loop';
-import { amqpUrl, deleteTopology, testPrefix } from '../helpers/amqp';
+import { amqpUrl, deleteTopology, testPrefix, testTopology } from '../helpers/amqp';
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
 import { waitFor } from '../helpers/wait';
@@ -27,7 +27,7 @@ describe('relay and a broker that nacks', () => {
     database = await createTestDatabase();
     prefix = testPrefix();
     const names = amqpNames(prefix);
-    const publisher = createPublisher(names, 5000, quietLogger);
+    const publisher = createPublisher(testTopology(prefix), 5000, quietLogger);
     loop = createRelayLoop({
       db: database.db,
       publisher,

@@ -6,7 +6,7 @@ import { claimBatch, setRelaySession } from '../../services/relay/src/outbox-sql
 import { createRelayMetrics } from '../../services/relay/src/metrics';
 import { createPublisher, type Publisher } from '../../services/relay/src/publisher';
 import { createRelayLoop, type RelayLoop } from '../../services/relay/src/relay-loop';
-import { amqpUrl, deleteTopology, drainQueue, testPrefix } from '../helpers/amqp';
+import { amqpUrl, deleteTopology, drainQueue, testPrefix, testTopology } from '../helpers/amqp';
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
 import { waitFor } from '../helpers/wait';
@@ -48,7 +48,7 @@ describe('relay', () => {
   async function startRelay(
     options: { pollMs?: number; batchSize?: number } = {},
   ): Promise<{ loop: RelayLoop; publisher: Publisher }> {
-    const publisher = createPublisher(amqpNames(prefix), 5000, quietLogger);
+    const publisher = createPublisher(testTopology(prefix), 5000, quietLogger);
     const loop = createLoop(publisher, options);
     const connection = await connectAmqp(amqpUrl(), quietLogger, async (model, rebuild) => {
       await publisher.setup(model, rebuild);
@@ -151,7 +151,7 @@ describe('relay', () => {
     await startRelay({ pollMs: 200 });
     const admin = await amqp.connect(amqpUrl());
     const ch = await admin.createChannel();
-    await ch.unbindQueue(names.queue, names.exchange, '#');
+    await ch.unbindQueue(names.queue, names.exchange, 'echo');
     await seed(1);
     await waitFor('the failure recorded', async () => {
       const row = await database.db.selectFrom('outbox').selectAll().executeTakeFirstOrThrow();
@@ -161,7 +161,7 @@ describe('relay', () => {
     expect(row.published_at).toBeNull();
     expect(row.last_error).toMatch(/unroutable/);
     expect(row.locked_until).toBeNull();
-    await ch.bindQueue(names.queue, names.exchange, '#');
+    await ch.bindQueue(names.queue, names.exchange, 'echo');
     await admin.close();
     await waitFor('published once routable again', async () => (await unpublished()) === 0, 15_000);
   });
@@ -178,7 +178,7 @@ describe('relay', () => {
   it('leaves rows untouched while RabbitMQ is unreachable', async () => {
     await seed(3);
     // Never set up, so never connected: the loop looks at it on every poll and must not claim.
-    const publisher = createPublisher(amqpNames(prefix), 1000, quietLogger);
+    const publisher = createPublisher(testTopology(prefix), 1000, quietLogger);
     let looked = 0;
     const loop = createLoop(
       {

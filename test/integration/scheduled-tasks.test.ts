@@ -1,5 +1,6 @@
 import { sql } from 'kysely';
 import { checkPendingPublished, checkPendingUnpublished } from '@taskbox/shared';
+import { taskTypeNames } from '@taskbox/tasks';
 import { republishStranded } from '../../services/relay/src/task-sql';
 import { createTestDatabase, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
@@ -252,7 +253,12 @@ describe('a scheduled task is measured from its due time', () => {
     expect(unpublished.detail).toContain(`1 pending over`);
     expect(unpublished.detail).toContain(late);
     expect((await checkPendingPublished(database.db, 0, 60_000)).status).toBe('ok');
-    const stranded = await republishStranded(database.db, { cutoff: new Date().toISOString(), extraMs: 0 }, 100);
+    const stranded = await republishStranded(
+      database.db,
+      { cutoff: new Date().toISOString(), extraMs: 0 },
+      taskTypeNames,
+      100,
+    );
     expect(stranded.map((r) => r.message.task_id)).not.toContain(notDue);
   });
 
@@ -265,7 +271,7 @@ describe('a scheduled task is measured from its due time', () => {
     expect(published.detail).toContain('1 pending over');
     expect(published.detail).toContain(unscheduled);
     const cutoff = new Date(Date.now() - halfHour).toISOString();
-    const stranded = await republishStranded(database.db, { cutoff, extraMs: 0 }, 100);
+    const stranded = await republishStranded(database.db, { cutoff, extraMs: 0 }, taskTypeNames, 100);
     expect(stranded.map((r) => r.message.task_id)).toEqual([unscheduled]);
   });
 });

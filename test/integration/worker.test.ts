@@ -3,6 +3,7 @@ import amqp from 'amqplib';
 import {
   amqpNames,
   assertTopology,
+  consumedQueues,
   connectAmqp,
   createOutboxNotifier,
   createTaskNotifier,
@@ -14,7 +15,7 @@ import { createWorkerMetrics } from '../../services/worker/src/metrics';
 import { createOrphans } from '../../services/worker/src/orphans';
 import { createAttemptWrites, type AttemptWrites } from '../../services/worker/src/attempt-writes';
 import { sweepExpiredLeases } from '../../services/worker/src/lease-sql';
-import { amqpUrl, deleteTopology, drainQueue, testPrefix } from '../helpers/amqp';
+import { amqpUrl, deleteTopology, drainQueue, testPrefix, testTopology } from '../helpers/amqp';
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
 import { waitFor } from '../helpers/wait';
@@ -30,10 +31,10 @@ describe('worker', () => {
   async function startWorker(leaseMs = 15_000, wrapWrites = (writes: AttemptWrites) => writes) {
     const leases = createLeases(database.db, leaseMs, quietLogger);
     const stopping = new AbortController();
-    const metrics = createWorkerMetrics(database.db);
+    const metrics = createWorkerMetrics(database.db, ['tasks', 'reports']);
+    const topology = testTopology(prefix);
     const consumer = createConsumer(
-      amqpNames(prefix),
-      { prefetch: 10, graceMs: 5000, giveUp: () => stopping.abort() },
+      { topology, queues: consumedQueues(topology, undefined, 10), graceMs: 5000, giveUp: () => stopping.abort() },
       {
         db: database.db,
         writes: wrapWrites(createAttemptWrites(database.db, leaseMs, 10)),
@@ -85,7 +86,7 @@ describe('worker', () => {
     prefix = testPrefix();
     publisher = await amqp.connect(amqpUrl());
     channel = await publisher.createConfirmChannel();
-    await assertTopology(channel, amqpNames(prefix));
+    await assertTopology(channel, testTopology(prefix));
     worker = await startWorker();
   });
 
@@ -188,6 +189,8 @@ describe('worker', () => {
 
   it('fails a task of an unknown type in Postgres and dead-letters its message', async () => {
     const id = await insertTaskFixture(database.db, { type: 'nope' });
+    // Bound as a newer relay or worker that knows the type would bind it.
+    await channel.bindQueue(amqpNames(prefix).queue, amqpNames(prefix).exchange, 'nope');
     await publish({ taskId: id, type: 'nope', attempt: 1 }, {}, 'nope');
     const [dead] = await drainQueue(amqpNames(prefix).deadQueue, 1, 5000);
     expect(dead?.properties.headers?.['x-dead-letter-reason']).toBe('unknown-type');

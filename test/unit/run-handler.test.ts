@@ -26,7 +26,7 @@ function context(signal: AbortSignal): TaskContext<unknown> {
 }
 
 // The tasks_by_status gauge is the only part of the metrics that reads Postgres, and only when scraped.
-const metrics = () => createWorkerMetrics({} as Db);
+const metrics = () => createWorkerMetrics({} as Db, ['tasks']);
 
 describe("a type's result schema", () => {
   it('passes a result that fits', () => {

@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
 import {
-  amqpNames,
+  amqpTopology,
   amqpUrls,
   connectBroker,
   createDb,
@@ -11,10 +11,11 @@ import {
   redriveDeadLetters,
   toError,
 } from '@taskbox/shared';
+import { taskTypeList } from '@taskbox/tasks';
 
 const usage = 'usage: npm run redrive -- [--dry-run] [--limit N]   (N: most messages to look at, default 1000)';
 
-/** `npm run redrive`: re-drives the dead-letter queue (redriveDeadLetters) and prints what it did. */
+/** `npm run redrive`: re-drives the dead-letter queues (redriveDeadLetters) and prints what it did. */
 async function main(): Promise<number> {
   const { values } = parseArgs({
     options: { 'dry-run': { type: 'boolean', default: false }, limit: { type: 'string', default: '1000' } },
@@ -32,7 +33,8 @@ async function main(): Promise<number> {
   try {
     if (!broker.model) throw new Error(`${broker.check.detail} (${broker.check.hint})`);
     const dryRun = values['dry-run'];
-    const report = await redriveDeadLetters(db, broker.model, amqpNames(config.AMQP_PREFIX), { dryRun, limit }, logger);
+    const topology = amqpTopology(config.AMQP_PREFIX, taskTypeList);
+    const report = await redriveDeadLetters(db, broker.model, topology, { dryRun, limit }, logger);
     // Wake the relay now rather than at its next poll.
     if (report.republished > 0 && !dryRun) {
       const notifier = createOutboxNotifier(pool, logger);

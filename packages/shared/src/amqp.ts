@@ -1,47 +1,7 @@
-import amqp, { type Channel, type ChannelModel, type RecoveringChannelModel, type Replies } from 'amqplib';
+import amqp, { type ChannelModel, type RecoveringChannelModel, type Replies } from 'amqplib';
 import { withTimeout, type Service } from './lifecycle';
 import { brokerNodes } from './broker-nodes';
 import type { Logger } from './logger';
-
-export interface AmqpNames {
-  exchange: string;
-  queue: string;
-  deadExchange: string;
-  deadQueue: string;
-}
-
-/** Exchange and queue names; AMQP_PREFIX lets tests (and tenants) share one broker. */
-export function amqpNames(prefix: string): AmqpNames {
-  return {
-    exchange: `${prefix}tasks`,
-    queue: `${prefix}tasks`,
-    deadExchange: `${prefix}tasks.dlx`,
-    deadQueue: `${prefix}tasks.dead`,
-  };
-}
-
-// After this many deliveries the broker dead-letters a message: one that kills its worker every time.
-// Its task is then processing with a lease that runs out, and the worker's sweeper resumes or fails it
-// from Postgres. The worker requeues a pending task's message only at shutdown or on an unexpected
-// error (while Postgres is down it holds the delivery), so retries do not use up this limit.
-const DELIVERY_LIMIT = 20;
-
-/** Declares the topology; idempotent, so the relay and the worker both run it on every (re)connect. */
-export async function assertTopology(channel: Channel, names: AmqpNames): Promise<void> {
-  await channel.assertExchange(names.exchange, 'topic', { durable: true });
-  await channel.assertExchange(names.deadExchange, 'topic', { durable: true });
-  await channel.assertQueue(names.queue, {
-    durable: true,
-    arguments: {
-      'x-queue-type': 'quorum',
-      'x-dead-letter-exchange': names.deadExchange,
-      'x-delivery-limit': DELIVERY_LIMIT,
-    },
-  });
-  await channel.bindQueue(names.queue, names.exchange, '#');
-  await channel.assertQueue(names.deadQueue, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
-  await channel.bindQueue(names.deadQueue, names.deadExchange, '#');
-}
 
 /**
  * A passive declare of `queue` (its ready messages and consumers) on a channel of its own, since a

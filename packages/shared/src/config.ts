@@ -57,6 +57,18 @@ const corsOrigins = z
     ),
   );
 
+const queueEntry = String.raw`\s*[A-Za-z0-9_-]+:[1-9]\d{0,3}\s*`;
+const workerQueues = z
+  .string()
+  .regex(new RegExp(`^${queueEntry}(,${queueEntry})*$`), 'a list such as "reports:2,default:20"')
+  .transform((value) =>
+    commaList(value).map((entry) => {
+      const [queue = '', prefetch = ''] = entry.split(':');
+      return { queue, prefetch: Number(prefetch) };
+    }),
+  )
+  .refine((queues) => queues.every((q) => q.prefetch <= 1000), 'a prefetch of at most 1000 per queue');
+
 /** Every environment variable taskbox reads, with its default. main.ts of each service is the only caller. */
 export const configSchema = z.object({
   DATABASE_URL: z.url().default('postgres://postgres@127.0.0.1:5432/taskbox'),
@@ -105,6 +117,9 @@ export const configSchema = z.object({
   // by the relay's reconciler (the broker lost the message); the doctor reports such tasks too.
   REPUBLISH_AFTER_MS: positiveInt.default(300_000),
   WORKER_PREFETCH: positiveInt.max(1000).default(20),
+  // "reports:2,default:20": the queues a worker consumes, each with its prefetch (`default` is the
+  // `tasks` queue). Unset, a worker consumes every queue with WORKER_PREFETCH.
+  WORKER_QUEUES: workerQueues.optional(),
   WORKER_LEASE_MS: positiveInt.min(100).default(15_000),
   // A run whose signal aborted (its timeout, a cancel, the shutdown) has this long to return; then the
   // worker records the attempt and frees the slot, and the run goes on in the background, counted.

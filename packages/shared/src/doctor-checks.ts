@@ -1,10 +1,8 @@
 import amqp, { type ChannelModel } from 'amqplib';
 import type pg from 'pg';
-import { inspectQueue, type AmqpNames } from './amqp';
 import { redactUrl } from './config';
 import type { Db } from './db';
 import { errorCode, toError } from './errors';
-import { withTimeout } from './lifecycle';
 import { createMigrator } from './migrate';
 import { outboxBacklog } from './outbox';
 import {
@@ -23,12 +21,13 @@ export const checkNames = {
   migrations: 'migrations current',
   broker: 'broker reachable',
   topology: 'topology declared',
-  consumers: 'consumers on the queue',
+  consumers: 'consumers on the queues',
   backlog: 'outbox backlog',
   pendingUnpublished: 'pending, not published',
   pendingPublished: 'pending, published',
   republished: 'stranded tasks republished',
   processing: 'processing too long',
+  noHandler: 'tasks no worker could run',
   deadLetters: 'dead letters',
 } as const;
 
@@ -42,7 +41,7 @@ export interface CheckResult {
   count?: number;
 }
 
-const result = (name: string, status: CheckStatus, detail: string, hint = ''): CheckResult => ({
+export const result = (name: string, status: CheckStatus, detail: string, hint = ''): CheckResult => ({
   name,
   status,
   detail,
@@ -110,69 +109,6 @@ export async function connectBroker(
     check: result(name, 'fail', failures.join('; '), 'start RabbitMQ or fix AMQP_URL / AMQP_URLS'),
     model: null,
   };
-}
-
-/** A passive declare of one exchange on a channel of its own (a 404 closes it): false when missing. */
-async function exchangeExists(model: ChannelModel, exchange: string): Promise<boolean> {
-  const ch = await withTimeout(model.createChannel(), BROKER_ANSWER_MS, 'opening a channel');
-  ch.on('error', () => undefined);
-  try {
-    await withTimeout(ch.checkExchange(exchange), BROKER_ANSWER_MS, `checking exchange ${exchange}`);
-    return true;
-  } catch (err) {
-    // 404 NOT_FOUND is "no such exchange"; a broker that does not answer fails the check instead.
-    if ((err as { code?: unknown }).code === 404) return false;
-    throw err;
-  } finally {
-    await ch.close().catch(() => undefined);
-  }
-}
-
-// As long as inspectQueue waits for the broker (amqp.ts).
-const BROKER_ANSWER_MS = 5000;
-
-export async function checkTopology(model: ChannelModel, names: AmqpNames): Promise<CheckResult> {
-  const missing: string[] = [];
-  for (const exchange of [names.exchange, names.deadExchange]) {
-    if (!(await exchangeExists(model, exchange))) missing.push(`exchange ${exchange}`);
-  }
-  for (const queue of [names.queue, names.deadQueue]) {
-    if ((await inspectQueue(model, queue)) === null) missing.push(`queue ${queue}`);
-  }
-  if (missing.length > 0) {
-    return result(
-      checkNames.topology,
-      'fail',
-      `missing ${missing.join(', ')}`,
-      'start the relay or the worker with the same AMQP_PREFIX: they declare it on connect',
-    );
-  }
-  return result(checkNames.topology, 'ok', `exchanges ${names.exchange}, ${names.deadExchange} and their queues`);
-}
-
-export async function checkConsumers(model: ChannelModel, queue: string): Promise<CheckResult> {
-  const name = checkNames.consumers;
-  const q = await inspectQueue(model, queue);
-  if (!q) return result(name, 'fail', `queue ${queue} does not exist`, `see "${checkNames.topology}"`);
-  const detail = `${q.consumerCount} on ${queue}, ${q.messageCount} messages ready`;
-  if (q.consumerCount === 0) {
-    return result(name, 'fail', detail, 'start the worker (npm run start:worker) with this AMQP_PREFIX; see its logs');
-  }
-  return result(name, 'ok', detail);
-}
-
-export async function checkDeadLetters(model: ChannelModel, deadQueue: string): Promise<CheckResult> {
-  const name = checkNames.deadLetters;
-  const q = await inspectQueue(model, deadQueue);
-  if (!q) return result(name, 'fail', `queue ${deadQueue} does not exist`, `see "${checkNames.topology}"`);
-  const count = q.messageCount;
-  if (count > 0) {
-    const hint =
-      'see what re-driving would do with `npm run redrive -- --dry-run` (or the dashboard), then re-drive; ' +
-      'the x-dead-letter-reason header and the worker error log say why they died';
-    return { ...result(name, 'warn', `${count} waiting in ${deadQueue}`, hint), count };
-  }
-  return { ...result(name, 'ok', `none in ${deadQueue}`), count };
 }
 
 export async function checkOutboxBacklog(db: Db, pendingMs: number): Promise<CheckResult> {

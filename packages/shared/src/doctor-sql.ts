@@ -1,5 +1,6 @@
 import { sql, type RawBuilder } from 'kysely';
 import type { Db } from './db';
+import { NO_HANDLER } from './errors';
 import { lastPublishedAt } from './outbox';
 
 /** Tasks stuck in one place: how many, how long the oldest has waited, and its id to look up. */
@@ -72,4 +73,21 @@ export async function recentlyRepublished(
     FROM tasks WHERE republished_at > now() - ${ms} * interval '1 millisecond'`.execute(db);
   const row = rows[0];
   return { count: Number(row?.count ?? 0), latestSeconds: row?.latest ?? 0, example: row?.example ?? null };
+}
+
+/** Per type, the tasks that failed within `ms` because the worker that got them had no handler. */
+export async function noHandlerFailures(
+  db: Db,
+  ms: number,
+): Promise<{ type: string; count: number; example: string }[]> {
+  // The predicate names the finished statuses, as tasks_finished does, so the scan reads that index.
+  const { rows } = await sql<{ type: string; count: string; example: string }>`
+    SELECT type, count(*) AS count, (array_agg(id::text ORDER BY finished_at DESC))[1] AS example
+    FROM tasks
+    WHERE status IN ('succeeded', 'failed', 'cancelled')
+      AND finished_at > now() - ${ms} * interval '1 millisecond'
+      AND status = 'failed'
+      AND error->>'message' LIKE ${`${NO_HANDLER} %`}
+    GROUP BY type ORDER BY type`.execute(db);
+  return rows.map((r) => ({ type: r.type, count: Number(r.count), example: r.example }));
 }

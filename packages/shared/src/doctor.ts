@@ -1,12 +1,10 @@
 import type { ChannelModel } from 'amqplib';
 import type pg from 'pg';
-import { amqpNames } from './amqp';
+import { amqpTopology, type TypeRoute } from './amqp-topology';
 import { amqpUrls, type Config } from './config';
 import type { Db } from './db';
 import {
-  checkConsumers,
   checkDatabase,
-  checkDeadLetters,
   checkLongProcessing,
   checkMigrations,
   checkNames,
@@ -14,10 +12,10 @@ import {
   checkPendingPublished,
   checkPendingUnpublished,
   checkRepublished,
-  checkTopology,
   connectBroker,
   type CheckResult,
 } from './doctor-checks';
+import { checkConsumers, checkDeadLetters, checkNoHandler, checkTopology } from './doctor-queues';
 import { toError } from './errors';
 
 export type DoctorConfig = Pick<
@@ -36,8 +34,8 @@ type Step =
   | { name: string; needs: 'broker'; run(broker: ChannelModel): Promise<CheckResult> };
 
 /** The checks after "database reachable" and "broker reachable", in the order a task travels. */
-function steps(config: DoctorConfig): { schema: Step[]; flow: Step[] } {
-  const names = amqpNames(config.AMQP_PREFIX);
+function steps(config: DoctorConfig, types: readonly TypeRoute[]): { schema: Step[]; flow: Step[] } {
+  const topology = amqpTopology(config.AMQP_PREFIX, types);
   const pendingMs = config.DOCTOR_PENDING_MS;
   const onDb = (name: string, run: (db: Db) => Promise<CheckResult>): Step => ({ name, needs: 'database', run });
   const onBroker = (name: string, run: (b: ChannelModel) => Promise<CheckResult>): Step => ({
@@ -48,14 +46,15 @@ function steps(config: DoctorConfig): { schema: Step[]; flow: Step[] } {
   return {
     schema: [onDb(checkNames.migrations, checkMigrations)],
     flow: [
-      onBroker(checkNames.topology, (b) => checkTopology(b, names)),
-      onBroker(checkNames.consumers, (b) => checkConsumers(b, names.queue)),
+      onBroker(checkNames.topology, (b) => checkTopology(b, topology)),
+      onBroker(checkNames.consumers, (b) => checkConsumers(b, topology)),
       onDb(checkNames.backlog, (db) => checkOutboxBacklog(db, pendingMs)),
       onDb(checkNames.pendingUnpublished, (db) => checkPendingUnpublished(db, pendingMs)),
       onDb(checkNames.pendingPublished, (db) => checkPendingPublished(db, pendingMs, config.REPUBLISH_AFTER_MS)),
       onDb(checkNames.republished, checkRepublished),
       onDb(checkNames.processing, (db) => checkLongProcessing(db, config.DOCTOR_PROCESSING_MS)),
-      onBroker(checkNames.deadLetters, (b) => checkDeadLetters(b, names.deadQueue)),
+      onDb(checkNames.noHandler, checkNoHandler),
+      onBroker(checkNames.deadLetters, (b) => checkDeadLetters(b, topology)),
     ],
   };
 }
@@ -78,11 +77,17 @@ async function runStep(step: Step, db: Db | null, broker: ChannelModel | null): 
  * Every check of the chain a task takes, in order, for `npm run doctor` and the dashboard. The broker
  * is reached through a connection of its own, opened for this run and closed after it: the api has no
  * other AMQP connection, and a run is rare enough (a person asking) that a connect per run is cheap.
+ * `types` are the registered task types (taskTypeList of @taskbox/tasks): the queues to check are theirs.
  */
-export async function runDoctor(config: DoctorConfig, pool: pg.Pool, db: Db): Promise<CheckResult[]> {
+export async function runDoctor(
+  config: DoctorConfig,
+  pool: pg.Pool,
+  db: Db,
+  types: readonly TypeRoute[],
+): Promise<CheckResult[]> {
   const results = [await checkDatabase(pool, config.DATABASE_URL)];
   const reachedDb = results[0]?.status === 'ok' ? db : null;
-  const { schema, flow } = steps(config);
+  const { schema, flow } = steps(config, types);
   for (const step of schema) results.push(await runStep(step, reachedDb, null));
   const broker = await connectBroker(amqpUrls(config));
   try {

@@ -19,6 +19,13 @@ export class OverloadedError extends Error {
   override name = 'OverloadedError';
 }
 
+/**
+ * The error of a task the worker that received it has no handler for (a worker older than the api);
+ * the doctor looks for it.
+ */
+export const NO_HANDLER = 'no handler for task type';
+export const noHandlerError = (type: string): Error => new Error(`${NO_HANDLER} "${type}"`);
+
 /** The JSON stored in tasks.error and task_attempts.error. */
 export function errorJson(value: unknown): { name: string; message: string } {
   const err = toError(value);

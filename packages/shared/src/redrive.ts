@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { ChannelModel, GetMessage } from 'amqplib';
 import { sql } from 'kysely';
-import type { AmqpNames } from './amqp';
+import type { AmqpTopology } from './amqp-topology';
 import { isTerminal, type Db, type TaskStatus } from './db';
 import type { Logger } from './logger';
 import { outboxInsert, outboxMessage } from './outbox';
@@ -71,7 +71,8 @@ async function republish(db: Db, taskId: string, messageId: string): Promise<boo
 }
 
 /**
- * Re-drives the dead-letter queue. A message whose task is still pending or processing goes back
+ * Re-drives the dead-letter queue of every queue of the topology, in its order, up to `limit` messages
+ * in all. A message whose task is still pending or processing goes back
  * through the outbox (a new row for the task's next attempt, which the relay publishes and the worker
  * runs or absorbs like any other); one whose task is finished or unknown, or that cannot be parsed, is
  * dropped. Either way one log line says which and why, and the message is acked only once its outcome
@@ -80,22 +81,40 @@ async function republish(db: Db, taskId: string, messageId: string): Promise<boo
 export async function redriveDeadLetters(
   db: Db,
   model: ChannelModel,
-  names: AmqpNames,
+  topology: AmqpTopology,
   options: RedriveOptions,
   logger: Logger,
 ): Promise<RedriveReport> {
   const report: RedriveReport = { republished: 0, dropped: {} };
+  let left = options.limit;
+  for (const { deadQueue } of topology.queues) {
+    if (left === 0) break;
+    left -= await redriveQueue(db, model, deadQueue, { ...options, limit: left }, report, logger);
+  }
+  return report;
+}
+
+/** Re-drives up to `options.limit` messages of one dead-letter queue into `report`; returns how many it read. */
+async function redriveQueue(
+  db: Db,
+  model: ChannelModel,
+  deadQueue: string,
+  options: RedriveOptions,
+  report: RedriveReport,
+  logger: Logger,
+): Promise<number> {
   const ch = await model.createChannel();
+  let n = 0;
   try {
-    for (let n = 0; n < options.limit; n++) {
-      const msg = await ch.get(names.deadQueue, { noAck: false });
+    for (; n < options.limit; n++) {
+      const msg = await ch.get(deadQueue, { noAck: false });
       if (!msg) break;
       let verdict = await judge(db, msg);
       const messageId = redriveMessageId(msg);
       if (verdict.action === 'republish' && !options.dryRun && !(await republish(db, verdict.taskId, messageId))) {
         verdict = { action: 'drop', reason: 'task finished', taskId: verdict.taskId };
       }
-      const context = { taskId: verdict.taskId, messageId: msg.properties.messageId as string | undefined };
+      const context = { taskId: verdict.taskId, messageId: msg.properties.messageId as string | undefined, deadQueue };
       if (verdict.action === 'republish') {
         report.republished++;
         logger.info('dead letter re-driven', { ...context, newMessageId: messageId, dryRun: options.dryRun });
@@ -110,5 +129,5 @@ export async function redriveDeadLetters(
   } finally {
     await ch.close().catch(() => undefined);
   }
-  return report;
+  return n;
 }

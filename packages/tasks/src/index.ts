@@ -1,13 +1,14 @@
 import type { TaskTypeDefinition } from '@taskbox/shared';
 import { echo } from './echo';
 import { flaky } from './flaky';
+import { report } from './report';
 import { sleep } from './sleep';
 
 /**
  * Every task type taskbox runs. Adding one: a file next to these (README, "Adding a task type"),
  * then its name in this list. The api validates requests against it; the worker runs it.
  */
-export const taskTypeList = [echo, sleep, flaky] as const;
+export const taskTypeList = [echo, sleep, flaky, report] as const;
 
 export type TaskType = (typeof taskTypeList)[number]['name'];
 export type AnyTaskType = TaskTypeDefinition<TaskType>;

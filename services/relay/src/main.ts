@@ -1,6 +1,6 @@
 import {
   amqpConnection,
-  amqpNames,
+  amqpTopology,
   amqpUrls,
   bestEffortSettings,
   createDb,
@@ -17,6 +17,7 @@ import {
   toError,
   type Service,
 } from '@taskbox/shared';
+import { taskTypeList } from '@taskbox/tasks';
 import { createListener } from './listener';
 import { createRelayMetrics } from './metrics';
 import { setRelaySession } from './outbox-sql';
@@ -35,7 +36,8 @@ async function main(): Promise<void> {
   });
   const db = createDb(pool);
   const metrics = createRelayMetrics(db);
-  const publisher = createPublisher(amqpNames(config.AMQP_PREFIX), config.RELAY_CONFIRM_TIMEOUT_MS, logger);
+  const topology = amqpTopology(config.AMQP_PREFIX, taskTypeList);
+  const publisher = createPublisher(topology, config.RELAY_CONFIRM_TIMEOUT_MS, logger);
   const loop = createRelayLoop({
     db,
     publisher,
@@ -49,6 +51,7 @@ async function main(): Promise<void> {
   const reconciler = createReconciler({
     db,
     publisher,
+    topology,
     logger,
     metrics,
     afterMs: config.REPUBLISH_AFTER_MS,

@@ -7,7 +7,7 @@ export interface RelayMetrics {
   publishFailures: Counter;
   batchSize: Histogram;
   confirmSeconds: Histogram;
-  republished: Counter<'queue'>;
+  republished: Counter<'queue' | 'state'>;
 }
 
 export function createRelayMetrics(db: Db): RelayMetrics {
@@ -49,8 +49,8 @@ export function createRelayMetrics(db: Db): RelayMetrics {
     }),
     republished: new Counter({
       name: 'tasks_republished_total',
-      help: 'Stranded pending tasks the reconciler republished; queue: caught-up (nothing old waits in it) or backlog',
-      labelNames: ['queue'] as const,
+      help: 'Stranded pending tasks the reconciler republished, by queue; state: caught-up (nothing old waits in it) or backlog',
+      labelNames: ['queue', 'state'] as const,
       registers,
     }),
     confirmSeconds: new Histogram({

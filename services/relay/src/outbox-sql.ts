@@ -110,16 +110,19 @@ export async function recordPublishFailure(
 }
 
 /**
- * The reconciler's measure of a live queue: the time `ms` ago (as Postgres text, to the microsecond),
- * and how many messages were published since then.
+ * The reconciler's measure of live queues: the time `ms` ago (as Postgres text, to the microsecond),
+ * and how many messages of each type (routing key) were published since then.
  */
-export async function publishedSince(db: Db, ms: number): Promise<{ cutoff: string; count: number }> {
-  const { rows } = await sql<{ cutoff: string; n: string }>`
-    SELECT c.cutoff::text AS cutoff, (SELECT count(*) FROM outbox WHERE published_at > c.cutoff) AS n
+export async function publishedSince(db: Db, ms: number): Promise<{ cutoff: string; byType: Map<string, number> }> {
+  const { rows } = await sql<{ cutoff: string; counts: Record<string, string> | null }>`
+    SELECT c.cutoff::text AS cutoff,
+           (SELECT jsonb_object_agg(k.routing_key, k.n) FROM (
+              SELECT routing_key, count(*) AS n FROM outbox WHERE published_at > c.cutoff GROUP BY routing_key
+            ) k) AS counts
     FROM (SELECT now() - ${ms} * interval '1 millisecond' AS cutoff) c`.execute(db);
   const row = rows[0];
   if (!row) throw new Error('the cutoff query answered no row');
-  return { cutoff: row.cutoff, count: Number(row.n) };
+  return { cutoff: row.cutoff, byType: new Map(Object.entries(row.counts ?? {}).map(([k, n]) => [k, Number(n)])) };
 }
 
 /**

@@ -2,9 +2,10 @@ import type { ChannelModel, ConfirmChannel, Message, Options } from 'amqplib';
 import {
   assertTopology,
   inspectQueue,
+  queueOfType,
   taskMessageSchema,
   toError,
-  type AmqpNames,
+  type AmqpTopology,
   type AmqpSetup,
   type Logger,
 } from '@taskbox/shared';
@@ -25,17 +26,20 @@ export interface Publisher {
   connected(): boolean;
   /** Connected and its publishes reach the queue (/readyz). */
   ready(): boolean;
-  /** Ready messages in the tasks queue (a passive declare), or null when it cannot tell now. */
-  readyMessages(): Promise<number | null>;
+  /** Ready messages in each queue, by queue name (passive declares), or null when it cannot tell now. */
+  readyMessages(): Promise<Map<string, number> | null>;
   /** Publishes the rows and resolves when every one is confirmed, returned, nacked or timed out. */
   publishBatch(rows: ClaimedRow[]): Promise<PublishResult>;
 }
 
 /**
  * How long publishes may keep coming back unroutable before the relay rebuilds its connection, which
- * declares the topology again on new channels. Every routing key matches the queue's `#` binding, so a return means
- * the queue is gone (deleted by hand, or a broker that lost it): the worker declares it again when it
- * reconnects, so a short grace lets that happen first, and then the relay does it itself.
+ * declares the topology again on new channels. The relay declared a binding for every type it knows,
+ * so a return of such a type means its queue or binding is gone (deleted by hand, or a broker that lost
+ * it): the worker declares it again when it reconnects, so a short grace lets that happen first, and
+ * then the relay does it itself. A type the relay does not know (an api deployed with a new type before
+ * the relay) is not counted: declaring again would not bind it. Its row stays in the outbox, retried
+ * with backoff, until a relay or worker that knows the type has declared its binding.
  */
 const UNROUTABLE_REBUILD_MS = 2000;
 
@@ -53,7 +57,7 @@ const NACKED_REBUILD_MS = 2000;
  * so an ack alone is not proof it reached a queue. A closed channel or a confirm timeout leaves the row
  * unconfirmed, which means "publish again later", never "done".
  */
-export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logger: Logger): Publisher {
+export function createPublisher(topology: AmqpTopology, confirmTimeoutMs: number, logger: Logger): Publisher {
   let channel: ConfirmChannel | null = null;
   let model: ChannelModel | null = null;
   let rebuildChannel: (reason: string) => void = () => undefined;
@@ -63,9 +67,19 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
   let nackedSince: number | null = null;
   // The broker blocked the connection (a memory or disk alarm): publishes would wait for the alarm.
   let blocked = false;
+  // Types returned as unroutable because no queue of this relay's topology takes them: warned once each.
+  const unknownTypes = new Set<string>();
 
   /** After each batch: how many messages came back unroutable, and how many reached the queue. */
-  function noteReturns(returned: number, routed: number): void {
+  function noteReturns(returnedKeys: string[], routed: number): void {
+    for (const key of returnedKeys.filter((k) => !queueOfType(topology, k) && !unknownTypes.has(k))) {
+      unknownTypes.add(key);
+      logger.warn('publishes of a type no queue is bound to come back unroutable; they stay in the outbox', {
+        type: key,
+        hint: 'a relay or worker that knows this type declares its binding when it connects',
+      });
+    }
+    const returned = returnedKeys.filter((k) => queueOfType(topology, k)).length;
     if (returned === 0) {
       if (routed > 0 && unroutableSince !== null) {
         logger.info('publishes reach the queue again');
@@ -75,7 +89,9 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
     }
     if (unroutableSince === null) {
       unroutableSince = Date.now();
-      logger.warn('publishes returned as unroutable: the queue is missing', { queue: names.queue });
+      logger.warn('publishes returned as unroutable: a queue or its binding is missing', {
+        queues: topology.queues.map((q) => q.queue),
+      });
     } else if (Date.now() - unroutableSince >= UNROUTABLE_REBUILD_MS) {
       rebuildChannel(`publishes returned as unroutable for ${UNROUTABLE_REBUILD_MS} ms`);
     }
@@ -100,7 +116,7 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
       ch.on('close', () => {
         if (channel === ch) channel = null;
       });
-      await assertTopology(ch, names);
+      await assertTopology(ch, topology);
       m.on('blocked', () => (blocked = true));
       m.on('unblocked', () => (blocked = false));
       blocked = false;
@@ -113,21 +129,26 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
     connected: () => channel !== null && !blocked,
     ready: () => channel !== null && !blocked && unroutableSince === null,
     async readyMessages() {
-      if (!model || !channel) return null;
-      const queue = await inspectQueue(model, names.queue).catch(() => undefined);
-      if (queue === undefined) return null; // no answer: decide on the next pass
-      if (queue === null) {
-        rebuildChannel(`queue ${names.queue} is missing`);
-        return null;
+      const counts = new Map<string, number>();
+      for (const q of topology.queues) {
+        if (!model || !channel) return null;
+        const queue = await inspectQueue(model, q.queue).catch(() => undefined);
+        if (queue === undefined) return null; // no answer: decide on the next pass
+        if (queue === null) {
+          rebuildChannel(`queue ${q.queue} is missing`);
+          return null;
+        }
+        counts.set(q.name, queue.messageCount);
       }
-      return queue.messageCount;
+      return counts;
     },
     async publishBatch(rows) {
       const ch = channel;
       if (!ch) return { published: [], failed: rows.map((r) => ({ id: r.id, error: 'not connected to rabbitmq' })) };
 
       const outcome = new Map<string, string | null>();
-      const returned = new Set<string>();
+      // Message id → routing key of each message the broker returned as unroutable.
+      const returned = new Map<string, string>();
       let nacked = 0;
       let allSettled: () => void = () => undefined;
       const settledPromise = new Promise<void>((resolve) => (allSettled = resolve));
@@ -138,7 +159,7 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
       };
       const failRemaining = (error: string): void => rows.forEach((r) => conclude(r.id, error));
       const onReturn = (msg: Message): void => {
-        if (typeof msg.properties.messageId === 'string') returned.add(msg.properties.messageId);
+        if (typeof msg.properties.messageId === 'string') returned.set(msg.properties.messageId, msg.fields.routingKey);
       };
       const onClose = (): void => failRemaining('channel closed before confirm');
       ch.on('return', onReturn);
@@ -155,7 +176,7 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
           };
           try {
             const body = Buffer.from(JSON.stringify(row.payload));
-            const writable = ch.publish(names.exchange, row.routing_key, body, messageOptions(row), confirmed);
+            const writable = ch.publish(topology.exchange, row.routing_key, body, messageOptions(row), confirmed);
             // Backpressure: amqplib buffers what the socket cannot take; wait until it drains.
             if (!writable) await drainedOrClosed(ch, settledPromise);
           } catch (err) {
@@ -174,7 +195,7 @@ export function createPublisher(names: AmqpNames, confirmTimeoutMs: number, logg
         if (error === null) result.published.push(id);
         else result.failed.push({ id, error });
       }
-      noteReturns(returned.size, result.published.length);
+      noteReturns([...returned.values()], result.published.length);
       noteNacks(nacked, result.published.length);
       return result;
     },

@@ -1,4 +1,12 @@
-import { createPeriodic, toError, type Db, type Logger, type Service } from '@taskbox/shared';
+import {
+  createPeriodic,
+  toError,
+  type AmqpTopology,
+  type Db,
+  type Logger,
+  type QueueRoute,
+  type Service,
+} from '@taskbox/shared';
 import type { RelayMetrics } from './metrics';
 import { publishedSince } from './outbox-sql';
 import { republishStranded } from './task-sql';
@@ -12,6 +20,8 @@ export interface Reconciler extends Service {
 export interface ReconcilerOptions {
   db: Db;
   publisher: Publisher;
+  /** The queues to watch, each with the types whose tasks it carries. */
+  topology: AmqpTopology;
   logger: Logger;
   metrics: RelayMetrics;
   /** REPUBLISH_AFTER_MS: how long after its last publish an unstarted pending task counts as stranded. */
@@ -20,7 +30,7 @@ export interface ReconcilerOptions {
   wake(): void;
 }
 
-// While the queue holds ready messages, a task counts as stranded only this many times later.
+// While a queue holds more ready messages than the window published to it, a task counts as stranded only this many times later.
 const BACKLOG_FACTOR = 12;
 const BATCH = 500;
 
@@ -40,26 +50,30 @@ const BATCH = 500;
  * whose duplicate the worker drops as stale. One cutoff time serves both the count of recent publishes
  * and which tasks are old enough, so no message is counted as recent and then republished as old; and
  * the count is read before the queue, so that publishes in between can only make the rule stricter.
+ *
+ * The rule holds per queue: each is FIFO on its own, so each queue's ready messages are compared with
+ * the publishes of its own types, and a backlog of reports never delays finding a lost echo.
  */
 export function createReconciler(options: ReconcilerOptions): Reconciler {
-  const { db, publisher, logger, metrics, afterMs, wake } = options;
+  const { db, publisher, topology, logger, metrics, afterMs, wake } = options;
   let failing = false;
 
-  async function reconcile(signal?: AbortSignal): Promise<number> {
-    const { cutoff, count: recent } = await publishedSince(db, afterMs);
-    const ready = await publisher.readyMessages();
-    // Not connected, or the queue is missing and being declared again: decide on the next pass.
-    if (ready === null) return 0;
-    const caughtUp = ready <= recent;
+  /** Republishes the stranded tasks of one queue, given its ready messages and its recent publishes. */
+  async function reconcileQueue(
+    queue: QueueRoute,
+    window: { cutoff: string; ready: number; recent: number },
+    signal?: AbortSignal,
+  ): Promise<number> {
+    const caughtUp = window.ready <= window.recent;
     const quietMs = caughtUp ? afterMs : afterMs * BACKLOG_FACTOR;
-    const before = { cutoff, extraMs: quietMs - afterMs };
+    const before = { cutoff: window.cutoff, extraMs: quietMs - afterMs };
     const reason = caughtUp
-      ? `the queue holds no message older than ${afterMs} ms`
-      : `overdue behind ${ready} ready messages`;
+      ? `queue ${queue.name} holds no message older than ${afterMs} ms`
+      : `overdue behind ${window.ready} ready messages in queue ${queue.name}`;
     let total = 0;
     let batch;
     do {
-      batch = await republishStranded(db, before, BATCH);
+      batch = await republishStranded(db, before, queue.types, BATCH);
       for (const { message, correlationId } of batch) {
         logger.warn('stranded task republished', {
           taskId: message.task_id,
@@ -69,9 +83,23 @@ export function createReconciler(options: ReconcilerOptions): Reconciler {
           publishedMoreThanMsAgo: quietMs,
         });
       }
-      metrics.republished.inc({ queue: caughtUp ? 'caught-up' : 'backlog' }, batch.length);
+      metrics.republished.inc({ queue: queue.name, state: caughtUp ? 'caught-up' : 'backlog' }, batch.length);
       total += batch.length;
     } while (batch.length === BATCH && !signal?.aborted);
+    return total;
+  }
+
+  async function reconcile(signal?: AbortSignal): Promise<number> {
+    const { cutoff, byType } = await publishedSince(db, afterMs);
+    const ready = await publisher.readyMessages();
+    // Not connected, or a queue is missing and being declared again: decide on the next pass.
+    if (ready === null) return 0;
+    let total = 0;
+    for (const queue of topology.queues) {
+      if (queue.types.length === 0) continue;
+      const recent = queue.types.reduce((sum, type) => sum + (byType.get(type) ?? 0), 0);
+      total += await reconcileQueue(queue, { cutoff, ready: ready.get(queue.name) ?? 0, recent }, signal);
+    }
     if (total > 0) wake();
     return total;
   }

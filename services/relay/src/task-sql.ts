@@ -9,7 +9,7 @@ export interface Republished {
 }
 
 /**
- * Republishes up to `limit` stranded tasks, each through a new outbox row in this one transaction: a
+ * Republishes up to `limit` stranded tasks of `types` (one queue's), each through a new outbox row in this one transaction: a
  * task that is pending, whose latest message was published (lastPublishedAt) before `cutoff` minus
  * `extraMs`, and that no worker has started since. The new message asks for the same attempt as the
  * lost one (attempts + 1), so if the lost one turns up after all, the worker runs whichever comes
@@ -26,6 +26,7 @@ export interface Republished {
 export async function republishStranded(
   db: Db,
   before: { cutoff: string; extraMs: number },
+  types: readonly string[],
   limit: number,
 ): Promise<Republished[]> {
   const publishedBefore = sql`${before.cutoff}::timestamptz - ${before.extraMs} * interval '1 millisecond'`;
@@ -34,6 +35,7 @@ export async function republishStranded(
       SELECT t.id, t.type, t.attempts, t.correlation_id
       FROM tasks t
       WHERE t.status = 'pending'
+        AND t.type = ANY(${types}::text[])
         AND t.updated_at < ${publishedBefore}
         AND ${lastPublishedAt} < ${publishedBefore}
         AND (t.republished_at IS NULL OR t.republished_at < ${publishedBefore})

@@ -3,6 +3,7 @@ import {
   UNAVAILABLE_BACKOFF,
   isTerminal,
   isTransientDbError,
+  noHandlerError,
   PermanentError,
   sleep,
   toError,
@@ -112,11 +113,11 @@ export async function beginAttempt(
         const decision = decide(task, message);
         if (!task || decision.action === 'dead-letter' || decision.action === 'skip') return decision;
         if (decision.action === 'fail') {
-          const reason =
+          const error =
             decision.reason === 'unknown-type'
-              ? `no handler for task type "${task.type}"`
-              : 'the last attempt stopped without finishing';
-          await failTask(tx, task, new Error(reason));
+              ? noHandlerError(task.type)
+              : new Error('the last attempt stopped without finishing');
+          await failTask(tx, task, error);
           return decision;
         }
         const attempt = await startAttempt(tx, task, externalJobId, deps.leaseMs);

@@ -6,9 +6,11 @@ import {
   parseTaskMessage,
   toError,
   withTimeout,
-  type AmqpNames,
   type AmqpSetup,
+  type AmqpTopology,
+  type ConsumedQueue,
   type Logger,
+  type QueueRoute,
   type Service,
   type TaskMessage,
 } from '@taskbox/shared';
@@ -30,7 +32,10 @@ export interface Consumer extends Service {
 }
 
 export interface ConsumerOptions {
-  prefetch: number;
+  /** Declared on every (re)connect, so that every queue a type needs exists whatever this worker consumes. */
+  topology: AmqpTopology;
+  /** The queues this worker consumes, each with its prefetch (WORKER_QUEUES). */
+  queues: ConsumedQueue[];
   /** How long stop() waits for runs in flight before it abandons them. */
   graceMs: number;
   /** Called when the grace is over: runs must stop retrying (a Postgres that is down) and return. */
@@ -64,33 +69,31 @@ function parseMessage(msg: ConsumeMessage): TaskMessage | DeadLetterReason {
 // stops waiting: a blocked connection would otherwise hold a delivery, or the shutdown, for good.
 const BROKER_ANSWER_MS = 10_000;
 
-export function createConsumer(
-  names: AmqpNames,
-  options: ConsumerOptions,
-  deps: AttemptDeps,
-  logger: Logger,
-): Consumer {
-  const { prefetch, graceMs, giveUp } = options;
+export function createConsumer(options: ConsumerOptions, deps: AttemptDeps, logger: Logger): Consumer {
+  const { topology, queues, graceMs, giveUp } = options;
   let channel: ConfirmChannel | null = null;
-  let consumerTag: string | null = null;
+  let consumerTags: string[] = [];
+  // Every queue has its consumer on `channel` (/readyz): false while a setup is starting them.
+  let consumingAll = false;
   let stopping = false;
   let settingUp: Promise<void> | null = null;
   const inFlight = new Set<Promise<void>>();
 
-  /** Publishes the message to the dead-letter exchange with a reason header, then acks it. */
+  /** Publishes the message to its queue's dead-letter exchange with a reason header, then acks it. */
   async function deadLetter(
     ch: ConfirmChannel,
+    route: QueueRoute,
     msg: ConsumeMessage,
     why: DeadLetterReason,
     log: Logger,
   ): Promise<void> {
     const reason = reasonHeader(why);
-    deps.metrics.deadLetters.inc({ reason: why.code });
+    deps.metrics.deadLetters.inc({ reason: why.code, queue: route.name });
     log.error('message dead-lettered', { reason, routingKey: msg.fields.routingKey });
     try {
       const confirmed = new Promise<void>((resolve, reject) => {
         ch.publish(
-          names.deadExchange,
+          route.deadExchange,
           msg.fields.routingKey,
           msg.content,
           { ...msg.properties, headers: { ...msg.properties.headers, 'x-dead-letter-reason': reason } },
@@ -121,24 +124,24 @@ export function createConsumer(
     else ch.nack(msg, false, true);
   }
 
-  async function handle(ch: ConfirmChannel, tag: string, msg: ConsumeMessage): Promise<void> {
+  async function handle(ch: ConfirmChannel, tag: string, route: QueueRoute, msg: ConsumeMessage): Promise<void> {
     const externalJobId = `${tag}:${msg.fields.deliveryTag}`;
     const base = {
       messageId: msg.properties.messageId as string | undefined,
       correlationId: msg.properties.correlationId as string | undefined,
     };
     const parsed = parseMessage(msg);
-    if ('code' in parsed) return deadLetter(ch, msg, parsed, logger.child(base));
+    if ('code' in parsed) return deadLetter(ch, route, msg, parsed, logger.child(base));
     const log = logger.child({ ...base, taskId: parsed.taskId, externalJobId });
 
     const begin = await whilePostgresDown(deps, log, () => beginAttempt(deps, parsed, externalJobId));
-    deps.metrics.deliveries.inc({ outcome: begin.action === 'started' ? 'run' : begin.action });
+    deps.metrics.deliveries.inc({ outcome: begin.action === 'started' ? 'run' : begin.action, queue: route.name });
     switch (begin.action) {
       case 'dead-letter':
-        return deadLetter(ch, msg, { code: begin.reason }, log);
+        return deadLetter(ch, route, msg, { code: begin.reason }, log);
       case 'fail':
         log.error('task failed without running', { reason: begin.reason });
-        if (begin.reason === 'unknown-type') return deadLetter(ch, msg, { code: 'unknown-type' }, log);
+        if (begin.reason === 'unknown-type') return deadLetter(ch, route, msg, { code: 'unknown-type' }, log);
         return ackOrRequeue(ch, msg, 'ack', log);
       case 'skip':
         log.info('duplicate delivery absorbed', { reason: begin.reason, attempt: parsed.attempt });
@@ -152,13 +155,13 @@ export function createConsumer(
     }
   }
 
-  function startHandling(ch: ConfirmChannel, tag: string, msg: ConsumeMessage): void {
+  function startHandling(ch: ConfirmChannel, tag: string, route: QueueRoute, msg: ConsumeMessage): void {
     const log = logger.child({
       messageId: msg.properties.messageId as string | undefined,
       correlationId: msg.properties.correlationId as string | undefined,
       taskId: msg.properties.headers?.['x-task-id'] as string | undefined,
     });
-    const run = handle(ch, tag, msg)
+    const run = handle(ch, tag, route, msg)
       .catch((err: unknown) => {
         // Not handled (an unexpected error, or Postgres still down when the worker stops): give the
         // message back, after a pause so that a persistent error does not spin.
@@ -171,7 +174,11 @@ export function createConsumer(
     inFlight.add(run);
   }
 
-  /** A fresh confirm channel with the topology, the prefetch and a consumer under a new tag. */
+  /**
+   * A fresh confirm channel with the topology, and on it one consumer per queue under a new tag, each
+   * with its own prefetch: basic.qos without `global` applies to the consumers started after it, so
+   * a queue of slow tasks cannot take the slots of another queue's quick ones.
+   */
   async function consume(model: ChannelModel, rebuild: (reason: string) => void): Promise<void> {
     const ch = await model.createConfirmChannel();
     // A channel error is the broker closing this channel (an ack it does not accept, say).
@@ -179,22 +186,32 @@ export function createConsumer(
     ch.on('close', () => {
       if (channel === ch) channel = null;
     });
-    await assertTopology(ch, names);
-    await ch.prefetch(prefetch);
-    const tag = newConsumerTag();
-    await ch.consume(
-      names.queue,
-      (msg) => {
-        if (msg !== null) return startHandling(ch, tag, msg);
-        // The broker cancelled the consumer: its queue was deleted, or its leader moved away.
-        if (channel === ch) channel = null;
-        rebuild(`the broker cancelled consumer ${tag} (queue deleted?)`);
-      },
-      { consumerTag: tag },
-    );
+    await assertTopology(ch, topology);
+    // Set before the first consumer: a delivery settles only on the current channel (ackOrRequeue),
+    // and the first queue's messages may arrive while the next consumers are being started.
     channel = ch;
-    consumerTag = tag;
-    logger.info('consuming', { queue: names.queue, consumerTag: tag, prefetch });
+    consumingAll = false;
+    const tags: string[] = [];
+    consumerTags = tags;
+    for (const { route, prefetch } of queues) {
+      await ch.prefetch(prefetch);
+      const tag = newConsumerTag();
+      await ch.consume(
+        route.queue,
+        (msg) => {
+          if (msg !== null) return startHandling(ch, tag, route, msg);
+          // The broker cancelled the consumer: its queue was deleted, or its leader moved away.
+          if (channel === ch) channel = null;
+          rebuild(`the broker cancelled consumer ${tag} of ${route.queue} (queue deleted?)`);
+        },
+        { consumerTag: tag },
+      );
+      tags.push(tag);
+    }
+    consumingAll = true;
+    // One line once every queue is consumed: a reader waiting for it knows that all of them are.
+    const consumed = queues.map(({ route, prefetch }, i) => ({ queue: route.queue, prefetch, consumerTag: tags[i] }));
+    logger.info('consuming', { queues: consumed });
   }
 
   return {
@@ -204,14 +221,16 @@ export function createConsumer(
       settingUp = consume(model, rebuild);
       return settingUp;
     },
-    ready: () => channel !== null,
+    ready: () => channel !== null && consumingAll,
     async start() {},
     async stop() {
       stopping = true;
       await settingUp?.catch(() => undefined);
       const ch = channel;
-      if (ch && consumerTag) {
-        await withTimeout(ch.cancel(consumerTag), BROKER_ANSWER_MS, 'cancelling the consumer').catch(() => undefined);
+      if (ch) {
+        for (const tag of consumerTags) {
+          await withTimeout(ch.cancel(tag), BROKER_ANSWER_MS, 'cancelling a consumer').catch(() => undefined);
+        }
       }
       const drained = Promise.all([...inFlight]);
       const graceOver = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), graceMs).unref());

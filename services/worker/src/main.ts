@@ -1,9 +1,10 @@
 import { setMaxListeners } from 'node:events';
 import {
   amqpConnection,
-  amqpNames,
+  amqpTopology,
   amqpUrls,
   bestEffortSettings,
+  consumedQueues,
   createDb,
   createHealthServer,
   createLogger,
@@ -18,13 +19,16 @@ import {
   startAll,
   stopAll,
   toError,
+  type AmqpTopology,
   type Config,
+  type ConsumedQueue,
   type Db,
   type Logger,
   type OutboxNotifier,
   type Service,
   type TaskNotifier,
 } from '@taskbox/shared';
+import { taskTypeList } from '@taskbox/tasks';
 import { createConsumer } from './consumer';
 import { createLeases, type Leases } from './leases';
 import { createWorkerMetrics, type WorkerMetrics } from './metrics';
@@ -35,6 +39,10 @@ import { setWorkerSession } from './task-sql';
 
 interface ConsumerParts {
   config: Config;
+  topology: AmqpTopology;
+  /** The queues this worker consumes, with their prefetch; `slots` is the sum. */
+  queues: ConsumedQueue[];
+  slots: number;
   db: Db;
   leases: Leases;
   metrics: WorkerMetrics;
@@ -45,20 +53,19 @@ interface ConsumerParts {
 }
 
 function consumerFor(parts: ConsumerParts, logger: Logger) {
-  const { config, stopAndExit, ...deps } = parts;
+  const { config, topology, queues, slots, stopAndExit, ...deps } = parts;
   const stopController = new AbortController();
   // Every run waiting to retry recording its result listens on this signal: up to one per prefetch slot.
-  setMaxListeners(config.WORKER_PREFETCH + 10, stopController.signal);
+  setMaxListeners(slots + 10, stopController.signal);
   // Leave a margin under the shutdown deadline for abandoning runs and closing connections. At the
   // grace deadline the consumer abandons the runs still going, and stopController stops their retries
   // against a Postgres that is down, so that every run returns and its message is requeued.
   const graceMs = Math.floor(config.SHUTDOWN_TIMEOUT_MS * 0.7);
   return createConsumer(
-    amqpNames(config.AMQP_PREFIX),
-    { prefetch: config.WORKER_PREFETCH, graceMs, giveUp: () => stopController.abort() },
+    { topology, queues, graceMs, giveUp: () => stopController.abort() },
     {
       ...deps,
-      writes: createAttemptWrites(deps.db, config.WORKER_LEASE_MS, config.WORKER_PREFETCH),
+      writes: createAttemptWrites(deps.db, config.WORKER_LEASE_MS, slots),
       leaseMs: config.WORKER_LEASE_MS,
       retry: { baseMs: config.RETRY_BASE_MS, maxMs: config.RETRY_MAX_MS },
       timeoutGraceMs: config.WORKER_TIMEOUT_GRACE_MS,
@@ -72,20 +79,30 @@ function consumerFor(parts: ConsumerParts, logger: Logger) {
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
   const logger = createLogger('worker', config);
+  const topology = amqpTopology(config.AMQP_PREFIX, taskTypeList);
+  const queues = consumedQueues(topology, config.WORKER_QUEUES, config.WORKER_PREFETCH);
+  // Deliveries in flight at most: the prefetch of every queue consumed.
+  const slots = queues.reduce((sum, q) => sum + q.prefetch, 0);
   // Each delivery in flight uses at most one connection at a time; a few more for heartbeats and sweeps.
   const pool = createPool(config.DATABASE_URL, logger, {
-    max: Math.min(config.WORKER_PREFETCH, config.PG_POOL_SIZE) + 2,
+    max: Math.min(slots, config.PG_POOL_SIZE) + 2,
     statementTimeoutMs: config.DB_STATEMENT_TIMEOUT_MS,
     onConnect: bestEffortSettings(setWorkerSession, logger),
   });
   const db = createDb(pool);
-  const metrics = createWorkerMetrics(db);
+  const metrics = createWorkerMetrics(
+    db,
+    queues.map((q) => q.route.name),
+  );
   const outboxNotifier = createOutboxNotifier(pool, logger);
   const taskNotifier = createTaskNotifier(pool, logger);
   const leases = createLeases(db, config.WORKER_LEASE_MS, logger);
   const exits = shutdownTriggers();
   const stopAndExit = exits.abandonedRuns;
-  const consumer = consumerFor({ config, db, leases, metrics, outboxNotifier, taskNotifier, stopAndExit }, logger);
+  const consumer = consumerFor(
+    { config, topology, queues, slots, db, leases, metrics, outboxNotifier, taskNotifier, stopAndExit },
+    logger,
+  );
   const health = createHealthServer(
     config.HEALTH_PORT ?? 3002,
     async () => ({ postgres: await postgresReady(pool), rabbitmq: consumer.ready() }),
@@ -104,7 +121,10 @@ async function main(): Promise<void> {
     consumer,
   ];
   await startAll(parts);
-  logger.info('worker started', { database: redactUrl(config.DATABASE_URL), prefetch: config.WORKER_PREFETCH });
+  logger.info('worker started', {
+    database: redactUrl(config.DATABASE_URL),
+    queues: Object.fromEntries(queues.map((q) => [q.route.name, q.prefetch])),
+  });
 
   exits.wire(onShutdownSignal(logger, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, logger)));
 }

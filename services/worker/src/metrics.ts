@@ -9,10 +9,10 @@ export const deadLetterCodes = ['unparseable', 'invalid', 'unknown-task', 'type-
 
 export interface WorkerMetrics {
   registry: Registry;
-  deliveries: Counter<'outcome'>;
+  deliveries: Counter<'outcome' | 'queue'>;
   handlerSeconds: Histogram<'type' | 'outcome'>;
   failures: Counter<'final'>;
-  deadLetters: Counter<'reason'>;
+  deadLetters: Counter<'reason' | 'queue'>;
   abandonedRuns: Counter;
   abandonedRunsLive: Gauge;
 }
@@ -21,7 +21,8 @@ export interface WorkerMetrics {
 // scraped: a few seconds of staleness is fine for a gauge.
 const COUNTS_FRESH_MS = 5000;
 
-export function createWorkerMetrics(db: Db): WorkerMetrics {
+/** `queues`: the names of the queues this worker consumes, whose series start at zero. */
+export function createWorkerMetrics(db: Db, queues: readonly string[]): WorkerMetrics {
   let cached: { at: number; counts: Promise<Map<TaskStatus, number>> } | null = null;
   const countsCache = (): Promise<Map<TaskStatus, number>> => {
     if (!cached || Date.now() - cached.at > COUNTS_FRESH_MS) {
@@ -50,8 +51,8 @@ export function createWorkerMetrics(db: Db): WorkerMetrics {
     registry,
     deliveries: new Counter({
       name: 'worker_deliveries_total',
-      help: 'Deliveries by what the worker did with them',
-      labelNames: ['outcome'],
+      help: 'Deliveries by queue and by what the worker did with them',
+      labelNames: ['outcome', 'queue'],
       registers,
     }),
     handlerSeconds: new Histogram({
@@ -69,8 +70,8 @@ export function createWorkerMetrics(db: Db): WorkerMetrics {
     }),
     deadLetters: new Counter({
       name: 'worker_dead_letters_total',
-      help: 'Messages sent to the dead-letter queue',
-      labelNames: ['reason'],
+      help: "Messages sent to their queue's dead-letter queue",
+      labelNames: ['reason', 'queue'],
       registers,
     }),
     abandonedRuns: new Counter({
@@ -84,8 +85,10 @@ export function createWorkerMetrics(db: Db): WorkerMetrics {
       registers,
     }),
   };
-  for (const outcome of deliveryOutcomes) metrics.deliveries.inc({ outcome }, 0);
+  for (const queue of queues) {
+    for (const outcome of deliveryOutcomes) metrics.deliveries.inc({ outcome, queue }, 0);
+    for (const reason of deadLetterCodes) metrics.deadLetters.inc({ reason, queue }, 0);
+  }
   for (const final of ['true', 'false']) metrics.failures.inc({ final }, 0);
-  for (const reason of deadLetterCodes) metrics.deadLetters.inc({ reason }, 0);
   return metrics;
 }

@@ -1,6 +1,6 @@
 import { Router, type Request, type Response } from 'express';
 import {
-  amqpNames,
+  amqpTopology,
   amqpUrls,
   connectBroker,
   outboxBacklog,
@@ -13,6 +13,7 @@ import {
   type TaskNotifier,
   type TaskStatus,
 } from '@taskbox/shared';
+import { taskTypeList } from '@taskbox/tasks';
 import { bulkRequestSchema, redriveRequestSchema } from '../admin-schemas';
 import { bulkAct, bulkStatuses, type BulkAction } from '../bulk-sql';
 import { HttpProblem } from '../problem';
@@ -87,8 +88,8 @@ function redrive({ db, logger, settings }: AdminDeps): Handler {
     }
     let report: RedriveReport;
     try {
-      const names = amqpNames(settings.doctor.AMQP_PREFIX);
-      report = await redriveDeadLetters(db, broker.model, names, { dryRun, limit }, logger);
+      const topology = amqpTopology(settings.doctor.AMQP_PREFIX, taskTypeList);
+      report = await redriveDeadLetters(db, broker.model, topology, { dryRun, limit }, logger);
     } finally {
       await broker.model.close().catch(() => undefined);
     }

@@ -1,0 +1,115 @@
+import type { ChannelModel } from 'amqplib';
+import { inspectQueue } from './amqp';
+import type { AmqpTopology } from './amqp-topology';
+import type { Db } from './db';
+import { checkNames, formatAge, result, type CheckResult } from './doctor-checks';
+import { noHandlerFailures } from './doctor-sql';
+import { withTimeout } from './lifecycle';
+
+// The doctor's checks of the queues, one queue per line of detail: the exchange and every queue the
+// registered task types need, their consumers, their dead letters, and tasks no worker could run.
+
+// As long as inspectQueue waits for the broker (amqp.ts).
+const BROKER_ANSWER_MS = 5000;
+
+/** A passive declare of one exchange on a channel of its own (a 404 closes it): false when missing. */
+async function exchangeExists(model: ChannelModel, exchange: string): Promise<boolean> {
+  const ch = await withTimeout(model.createChannel(), BROKER_ANSWER_MS, 'opening a channel');
+  ch.on('error', () => undefined);
+  try {
+    await withTimeout(ch.checkExchange(exchange), BROKER_ANSWER_MS, `checking exchange ${exchange}`);
+    return true;
+  } catch (err) {
+    // 404 NOT_FOUND is "no such exchange"; a broker that does not answer fails the check instead.
+    if ((err as { code?: unknown }).code === 404) return false;
+    throw err;
+  } finally {
+    await ch.close().catch(() => undefined);
+  }
+}
+
+export async function checkTopology(model: ChannelModel, topology: AmqpTopology): Promise<CheckResult> {
+  const missing: string[] = [];
+  const exchanges = [topology.exchange, ...topology.queues.map((q) => q.deadExchange)];
+  for (const exchange of exchanges) {
+    if (!(await exchangeExists(model, exchange))) missing.push(`exchange ${exchange}`);
+  }
+  for (const queue of topology.queues.flatMap((q) => [q.queue, q.deadQueue])) {
+    if ((await inspectQueue(model, queue)) === null) missing.push(`queue ${queue}`);
+  }
+  if (missing.length > 0) {
+    return result(
+      checkNames.topology,
+      'fail',
+      `missing ${missing.join(', ')}`,
+      'start the relay or the worker with the same AMQP_PREFIX: they declare it on connect',
+    );
+  }
+  const queues = topology.queues.map((q) => q.queue).join(', ');
+  return result(checkNames.topology, 'ok', `exchange ${topology.exchange}, queues ${queues} and their dead letters`);
+}
+
+/**
+ * Consumers on every queue. A queue with types and no consumer holds their tasks until a worker
+ * consumes it: the api accepts them and no running worker handles them, so the hint names the types.
+ */
+export async function checkConsumers(model: ChannelModel, topology: AmqpTopology): Promise<CheckResult> {
+  const name = checkNames.consumers;
+  const details: string[] = [];
+  const unconsumed: string[] = [];
+  for (const route of topology.queues) {
+    const q = await inspectQueue(model, route.queue);
+    if (!q) return result(name, 'fail', `queue ${route.queue} does not exist`, `see "${checkNames.topology}"`);
+    details.push(`${q.consumerCount} on ${route.queue}, ${q.messageCount} messages ready`);
+    if (q.consumerCount === 0 && route.types.length > 0) {
+      unconsumed.push(`types ${route.types.join(', ')} (queue ${route.name})`);
+    }
+  }
+  if (unconsumed.length > 0) {
+    const hint =
+      `no running worker handles ${unconsumed.join('; ')}: start a worker (npm run start:worker) with this ` +
+      'AMQP_PREFIX whose WORKER_QUEUES names the queue (unset: every queue); see its logs';
+    return result(name, 'fail', details.join('; '), hint);
+  }
+  return result(name, 'ok', details.join('; '));
+}
+
+export async function checkDeadLetters(model: ChannelModel, topology: AmqpTopology): Promise<CheckResult> {
+  const name = checkNames.deadLetters;
+  const waiting: string[] = [];
+  let count = 0;
+  for (const { deadQueue } of topology.queues) {
+    const q = await inspectQueue(model, deadQueue);
+    if (!q) return result(name, 'fail', `queue ${deadQueue} does not exist`, `see "${checkNames.topology}"`);
+    if (q.messageCount > 0) waiting.push(`${q.messageCount} waiting in ${deadQueue}`);
+    count += q.messageCount;
+  }
+  if (count > 0) {
+    const hint =
+      'see what re-driving would do with `npm run redrive -- --dry-run` (or the dashboard), then re-drive; ' +
+      'the x-dead-letter-reason header and the worker error log say why they died';
+    return { ...result(name, 'warn', waiting.join('; '), hint), count };
+  }
+  const deadQueues = topology.queues.map((q) => q.deadQueue).join(', ');
+  return { ...result(name, 'ok', `none in ${deadQueues}`), count };
+}
+
+const DAY_MS = 86_400_000;
+
+/**
+ * Tasks that failed in the last 24h because the worker that received them had no handler: a type the
+ * api accepts and a worker of an older version does not know.
+ */
+export async function checkNoHandler(db: Db): Promise<CheckResult> {
+  const name = checkNames.noHandler;
+  const failures = await noHandlerFailures(db, DAY_MS);
+  if (failures.length === 0) return result(name, 'ok', `none in the last ${formatAge(DAY_MS / 1000)}`);
+  const detail = failures.map((f) => `${f.count} of type ${f.type} (task ${f.example})`).join('; ');
+  return result(
+    name,
+    'fail',
+    `${detail} failed in the last 24h with "no handler for task type"`,
+    'a worker without these types consumes their queue: deploy the worker version the api runs, then ' +
+      'retry the tasks (POST /tasks/{id}/retry, or in bulk from the dashboard)',
+  );
+}
