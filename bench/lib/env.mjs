@@ -137,3 +137,19 @@ export async function startService(name, { databaseUrl, prefix, env = {}, instan
   );
   return { ...service, port, url: `http://127.0.0.1:${port}` };
 }
+
+/** What a report's figures were measured with: the code's commit, and the servers' versions. */
+export async function versions() {
+  const commit = (await runToEnd('git', ['rev-parse', '--short', 'HEAD'])).trim();
+  const dirty = (await runToEnd('git', ['status', '--porcelain', '--untracked-files=no'])).trim() !== '';
+  const { rows } = await adminQuery('SHOW server_version');
+  const connection = await amqp.connect(amqpUrl);
+  const rabbitmq = String(connection.connection.serverProperties.version);
+  await connection.close();
+  return {
+    commit: dirty ? `${commit} (with uncommitted changes)` : commit,
+    postgres: rows[0].server_version,
+    rabbitmq,
+    node: process.version,
+  };
+}
