@@ -66,6 +66,6 @@ async function pgbench(databaseUrl, name, clients, seconds) {
 export async function measureCeiling({ databaseUrl, pool, clients, seconds }) {
   const insert = await pgbench(databaseUrl, 'insert', clients, seconds);
   const insertWithNotify = await pgbench(databaseUrl, 'insertWithNotify', clients, seconds);
-  await pool.query('TRUNCATE tasks, task_attempts, outbox');
+  await pool.query('TRUNCATE tasks CASCADE');
   return { insert, insertWithNotify };
 }
