@@ -21,6 +21,8 @@ function apiStatement() {
   const withNotify = sql
     .replace('$1', `(${oneTask})`)
     .replace('$2', `'${channel}'`)
+    // Folded onto one line (below), a -- comment would swallow the rest of the statement.
+    .replace(/--[^\n]*/g, '')
     .replace(/\s*\n\s*/g, ' ');
   const wake = /, \(SELECT pg_notify\([^)]*\)\) AS wake/;
   if (parameters.length !== 2 || !wake.test(withNotify)) {
