@@ -11,7 +11,7 @@ const echo = (phase) => ({ type: 'echo', payload: { phase } });
 export async function measureApi({ api, pool, connections, seconds }) {
   await postLoad({ url: `${api.url}/tasks`, body: echo('warmup'), connections, seconds: 2 });
   const load = await postLoad({ url: `${api.url}/tasks`, body: echo('api'), connections, seconds });
-  await pool.query('TRUNCATE tasks, task_attempts, outbox');
+  await pool.query('TRUNCATE tasks CASCADE');
   return load;
 }
 

@@ -39,6 +39,6 @@ export async function measureNaive({ databaseUrl, pool, prefix, connections, sec
   } finally {
     await server.stop();
   }
-  await pool.query('TRUNCATE tasks, task_attempts, outbox');
+  await pool.query('TRUNCATE tasks CASCADE');
   return results;
 }

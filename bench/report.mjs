@@ -1,14 +1,6 @@
 // report.md and latency.svg from the report object that run.mjs also writes as report.json.
-const n = (x, digits = 0) => (x === null || x === undefined ? '–' : Number(x).toFixed(digits));
-const ms = (x) => n(x, 1);
-
-function table(header, rows) {
-  return [
-    `| ${header.join(' | ')} |`,
-    `| ${header.map(() => '---').join(' | ')} |`,
-    ...rows.map((r) => `| ${r.join(' | ')} |`),
-  ];
-}
+import { ms, n, table } from './lib/format.mjs';
+import { peersSection } from './peers-report.mjs';
 
 function apiSection(r) {
   const { ceiling, api, ratios } = r;
@@ -200,6 +192,16 @@ function scaleSection({ scale }) {
   ];
 }
 
+const coreSections = (r) => [
+  ...apiSection(r),
+  ...floorSection(r),
+  ...e2eSection(r),
+  ...cpuSection(r),
+  ...relaySection(r),
+  ...naiveSection(r),
+  ...scaleSection(r),
+];
+
 export function renderMarkdown(r) {
   return [
     '# taskbox benchmark',
@@ -207,13 +209,10 @@ export function renderMarkdown(r) {
     `${r.startedAt}, ${r.machine.cpus} CPUs (${r.machine.model}), load average at start ${r.machine.loadAverage}. ` +
       `Command: \`${r.command}\`. Settings: ${JSON.stringify(r.settings)}.`,
     '',
-    ...apiSection(r),
-    ...floorSection(r),
-    ...e2eSection(r),
-    ...cpuSection(r),
-    ...relaySection(r),
-    ...naiveSection(r),
-    ...scaleSection(r),
+    `Commit ${r.versions.commit}, Postgres ${r.versions.postgres}, RabbitMQ ${r.versions.rabbitmq}, Node ${r.versions.node}.`,
+    '',
+    ...(r.e2e ? coreSections(r) : []),
+    ...(r.peers ? peersSection(r) : []),
   ].join('\n');
 }
 

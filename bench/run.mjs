@@ -6,8 +6,9 @@ import path from 'node:path';
 import { measureBrokerFloor } from './broker-floor.mjs';
 import { measureCeiling } from './ceiling.mjs';
 import { measureApi, measureEndToEnd } from './e2e.mjs';
-import { benchPrefix, cleanupAll, createBenchDatabase, outDir, startService } from './lib/env.mjs';
+import { benchPrefix, cleanupAll, createBenchDatabase, outDir, startService, versions } from './lib/env.mjs';
 import { measureNaive } from './naive.mjs';
+import { measurePeers } from './peers.mjs';
 import { measureRelay } from './relay-drain.mjs';
 import { renderMarkdown, renderSvg } from './report.mjs';
 import { measureScale } from './scale.mjs';
@@ -23,6 +24,8 @@ const settings = {
   connections: int('BENCH_CONNECTIONS', 16),
   relayRows: int('BENCH_RELAY_ROWS', 100_000),
   scaleTasks: int('BENCH_SCALE_TASKS', 3000),
+  peerTasks: int('BENCH_PEER_TASKS', 20_000),
+  peerSeconds: int('BENCH_PEER_SECONDS', 15),
   pgPoolSize: int('PG_POOL_SIZE', 10),
   relayBatchSize: int('RELAY_BATCH_SIZE', 200),
   workerPrefetch: int('WORKER_PREFETCH', 20),
@@ -40,14 +43,13 @@ const TARGET_TASKS_PER_SECOND = 1000;
 
 const step = (what) => console.log(`${new Date().toISOString().slice(11, 19)} ${what}`);
 
-async function main() {
-  await mkdir(path.join(outDir, 'logs'), { recursive: true });
-  const report = {
-    startedAt: new Date().toISOString(),
-    command: process.env.BENCH_COMMAND ?? 'npm run bench',
-    machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model ?? '?', loadAverage: os.loadavg()[0].toFixed(2) },
-    settings,
-  };
+// BENCH_PHASES: `core` (taskbox alone, its ceiling, the naive designs, the relay, scaling out) and
+// `peers` (taskbox against graphile-worker, pg-boss and naive dispatch), comma-separated.
+const PHASES = ['core', 'peers'];
+const phases = (process.env.BENCH_PHASES ?? PHASES.join(',')).split(',');
+if (phases.some((p) => !PHASES.includes(p))) throw new Error(`BENCH_PHASES: each of ${PHASES.join(', ')}`);
+
+async function measureCore(report) {
   const { seconds, connections } = settings;
   const db = await createBenchDatabase();
   const prefix = benchPrefix();
@@ -89,10 +91,30 @@ async function main() {
 
   step(`scaling out: ${settings.scaleTasks} tasks, 1 + 1 then 3 + 3`);
   report.scale = await measureScale({ tasks: settings.scaleTasks, serviceEnv });
+}
 
-  await writeFile(path.join(outDir, 'report.json'), JSON.stringify(report, null, 2) + '\n');
+async function main() {
+  await mkdir(path.join(outDir, 'logs'), { recursive: true });
+  await mkdir(path.join(outDir, 'runs'), { recursive: true });
+  const report = {
+    startedAt: new Date().toISOString(),
+    command: process.env.BENCH_COMMAND ?? 'npm run bench',
+    machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model ?? '?', loadAverage: os.loadavg()[0].toFixed(2) },
+    versions: await versions(),
+    settings,
+    phases,
+  };
+  if (phases.includes('core')) await measureCore(report);
+  if (phases.includes('peers')) {
+    const options = { tasks: settings.peerTasks, seconds: settings.peerSeconds, serviceEnv, step };
+    report.peers = await measurePeers(options);
+  }
+  const json = JSON.stringify(report, null, 2) + '\n';
+  await writeFile(path.join(outDir, 'report.json'), json);
+  // Every run's report is kept, for ranges over runs (bench/ranges.mjs).
+  await writeFile(path.join(outDir, 'runs', `${report.startedAt.replace(/[:.]/g, '-')}.json`), json);
   await writeFile(path.join(outDir, 'report.md'), renderMarkdown(report) + '\n');
-  await writeFile(path.join(outDir, 'latency.svg'), renderSvg(report) + '\n');
+  if (report.e2e) await writeFile(path.join(outDir, 'latency.svg'), renderSvg(report) + '\n');
   console.log(renderMarkdown(report));
 }
 

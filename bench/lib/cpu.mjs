@@ -55,10 +55,10 @@ const groups = {
   load: () => [String(process.pid)],
 };
 
-function sample(services) {
+function sample(services, found) {
   const perGroup = {};
   for (const [name, child] of Object.entries(services)) perGroup[name] = { [child.pid]: processCpuMs(child.pid) };
-  for (const [name, find] of Object.entries(groups)) {
+  for (const [name, find] of Object.entries(found)) {
     perGroup[name] = Object.fromEntries(find().map((pid) => [pid, processCpuMs(pid)]));
   }
   return { at: performance.now(), machine: machineBusyMs(), perGroup };
@@ -67,13 +67,15 @@ function sample(services) {
 /**
  * Starts measuring; `stop(tasks)` answers CPU ms per task for each service (`services`: name → child
  * process), postgres, rabbitmq, load and machine, plus the machine's busy cores. A process that
- * started during the phase counts whole; one that ended during it is left out.
+ * started during the phase counts whole; one that ended during it is left out. `only` replaces how a
+ * group's processes are found (name → () → pids), e.g. Postgres's backends of one database.
  */
-export function cpuMeter(services) {
-  const before = sample(services);
+export function cpuMeter(services, only = {}) {
+  const found = { ...groups, ...only };
+  const before = sample(services, found);
   return {
     stop(tasks) {
-      const after = sample(services);
+      const after = sample(services, found);
       const perTask = {};
       for (const [name, pids] of Object.entries(after.perGroup)) {
         const spent = Object.entries(pids)

@@ -2,7 +2,6 @@
 // Everything created here is registered for cleanup, which runs even when a phase fails.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, openSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -10,6 +9,7 @@ import amqp from 'amqplib';
 import pg from 'pg';
 import shared from '../../packages/shared/dist/index.js';
 import tasks from '../../packages/tasks/dist/index.js';
+import { spawnChild, waitUntilListening } from '../../tools/dist/harness.js';
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const outDir = path.join(root, 'bench/out');
@@ -114,48 +114,20 @@ export function freePort() {
   });
 }
 
-async function waitForHttp(url, child, timeoutMs = 20_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error(`${url}: process exited ${child.exitCode}`);
-    const ok = await new Promise((resolve) => {
-      const req = net.connect(Number(new URL(url).port), '127.0.0.1', () => {
-        req.end();
-        resolve(true);
-      });
-      req.on('error', () => resolve(false));
-    });
-    if (ok) return;
-    await sleep(100);
-  }
-  throw new Error(`${url} did not come up within ${timeoutMs} ms`);
-}
-
 /**
- * Starts `node <script>` with stdout and stderr written straight to bench/out/logs/<label>.log.
- * Not a pipe to this process: Node writes to a pipe synchronously on Linux, so a service would stall on
- * every log line whenever the load generator here is busy (a CPU profile showed 30 % in writev).
- * Resolves when its port accepts connections; stopped (SIGTERM) at cleanup.
+ * Starts `node <script>` (tools/src/harness.ts) with stdout and stderr written straight to
+ * bench/out/logs/<label>.log. Resolves when its port accepts connections; stopped at cleanup.
  */
 export async function startProcess(label, script, env, port) {
   const logFile = path.join(outDir, 'logs', `${label}.log`);
-  const fd = openSync(logFile, 'w');
   const profile = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${path.join(outDir, 'profiles')}`] : [];
-  const child = spawn(process.execPath, [...profile, path.join(root, script)], {
-    env: { PATH: process.env.PATH ?? '', ...env },
-    stdio: ['ignore', fd, fd],
-  });
-  closeSync(fd);
-  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const child = spawnChild({ script: path.join(root, script), env, log: { file: logFile }, nodeArgs: profile });
   const stop = async () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-    await exited;
-    clearTimeout(timer);
+    await child.stop();
   };
   cleanups.push(stop);
-  await waitForHttp(`http://127.0.0.1:${port}`, child);
-  return { child, stop, logFile };
+  await waitUntilListening(child, port);
+  return { child: child.process, stop, logFile };
 }
 
 /** Starts api, relay or worker from its built dist, against the given database and prefix. */
@@ -169,4 +141,20 @@ export async function startService(name, { databaseUrl, prefix, env = {}, instan
     port,
   );
   return { ...service, port, url: `http://127.0.0.1:${port}` };
+}
+
+/** What a report's figures were measured with: the code's commit, and the servers' versions. */
+export async function versions() {
+  const commit = (await runToEnd('git', ['rev-parse', '--short', 'HEAD'])).trim();
+  const dirty = (await runToEnd('git', ['status', '--porcelain', '--untracked-files=no'])).trim() !== '';
+  const { rows } = await adminQuery('SHOW server_version');
+  const connection = await amqp.connect(amqpUrl);
+  const rabbitmq = String(connection.connection.serverProperties.version);
+  await connection.close();
+  return {
+    commit: dirty ? `${commit} (with uncommitted changes)` : commit,
+    postgres: rows[0].server_version,
+    rabbitmq,
+    node: process.version,
+  };
 }

@@ -4,26 +4,30 @@ import { performance } from 'node:perf_hooks';
 import autocannon from 'autocannon';
 import { sleep } from './env.mjs';
 
-/** POSTs `body` as JSON for `seconds`, closed-loop: `connections` requests in flight at all times. */
-export async function postLoad({ url, body, connections, seconds }) {
+/**
+ * POSTs `body` as JSON for `seconds`, or `amount` requests in all, closed-loop: `connections`
+ * requests in flight at all times.
+ */
+export async function postLoad({ url, body, connections, seconds, amount }) {
   const result = await autocannon({
     url,
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify(body),
     connections,
-    duration: seconds,
+    ...(amount ? { amount } : { duration: seconds }),
   });
   const ok = result['2xx'];
+  const elapsed = amount ? result.duration : seconds;
   return {
     connections,
-    seconds,
+    seconds: elapsed,
     targetRate: null,
     requests: result.requests.total,
     ok,
     non2xx: result.non2xx,
     errors: result.errors + result.timeouts,
-    perSecond: ok / seconds,
+    perSecond: ok / elapsed,
     latencyMs: { p50: result.latency.p50, p90: result.latency.p90, p99: result.latency.p99, max: result.latency.max },
   };
 }

@@ -1,6 +1,6 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import path from 'node:path';
-import readline from 'node:readline';
+import { spawnChild } from '../../tools/src/harness';
 import { waitFor } from './wait';
 
 export type ServiceName = 'api' | 'relay' | 'worker';
@@ -15,7 +15,7 @@ export interface RunningService {
   /** The port it listens on (api: PORT, relay/worker: HEALTH_PORT), read from its log. */
   port(): Promise<number>;
   waitForLog(what: string, match: (line: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
-  /** SIGTERM and wait for the exit code. */
+  /** SIGTERM (SIGKILL after a deadline) and wait for the exit code. */
   stop(): Promise<number | null>;
   /** SIGKILL: a crash, no cleanup. */
   kill(): Promise<void>;
@@ -35,24 +35,23 @@ export async function killLeftovers(): Promise<string[]> {
 
 /** Starts a built service (`npm test` builds first) as a child process, as production runs it. */
 export function startService(name: ServiceName, env: Record<string, string>): RunningService {
-  const child = spawn(process.execPath, [path.join(root, `services/${name}/dist/main.js`)], {
-    env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'info', PORT: '0', HEALTH_PORT: '0', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
   const logs: LogLine[] = [];
   const text: string[] = [];
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  void exited.then(() => running.delete(service));
-  for (const stream of [child.stdout, child.stderr]) {
-    if (!stream) continue;
-    readline.createInterface({ input: stream }).on('line', (line) => {
-      try {
-        logs.push(JSON.parse(line) as LogLine);
-      } catch {
-        text.push(line);
-      }
-    });
-  }
+  const spawned = spawnChild({
+    script: path.join(root, `services/${name}/dist/main.js`),
+    env: { LOG_LEVEL: 'info', PORT: '0', HEALTH_PORT: '0', ...env },
+    log: {
+      pipe: (line) => {
+        try {
+          logs.push(JSON.parse(line) as LogLine);
+        } catch {
+          text.push(line);
+        }
+      },
+    },
+  });
+  const child = spawned.process;
+  void spawned.exited.then(() => running.delete(service));
   const service: RunningService = {
     name,
     child,
@@ -75,14 +74,9 @@ export function startService(name: ServiceName, env: Record<string, string>): Ru
         timeoutMs,
       );
     },
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-      return exited;
-    },
-    async kill() {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-      await exited;
-    },
+    // Past SHUTDOWN_TIMEOUT_MS (10 s by default) a service exits on its own; the SIGKILL is a backstop.
+    stop: () => spawned.stop(30_000),
+    kill: () => spawned.kill(),
   };
   running.add(service);
   return service;

@@ -1,0 +1,162 @@
+// taskbox against its peers, one system after another in the same run, each on its own fresh
+// database, through the same HTTP load generator: graphile-worker and pg-boss (peers/*-server.mjs)
+// and the naive commit-then-publish (naive-server.mjs). The same workload for each: a fixed number of
+// no-op tasks from 8 producers (end to end, with autovacuum as deployed: no VACUUM before it), paced
+// loads at 50 % of the system's own rate and at a fixed 200 tasks/s, and the end-to-end phase again
+// after a VACUUM. Latency runs from the task row's commit to the worker's start, both read from the
+// database (one clock).
+import { cpuMeter } from './lib/cpu.mjs';
+import { amqpUrl, benchPrefix, createBenchDatabase, freePort, startProcess, startService } from './lib/env.mjs';
+import { pacedLoad, postLoad, waitForOk, waitUntil } from './lib/load.mjs';
+
+const PRODUCERS = 8;
+const FIXED_RATE = 200;
+
+const TASKBOX_STARTS = '(SELECT task_id, started_at FROM task_attempts WHERE attempt = 1)';
+
+async function startTaskbox(db, serviceEnv) {
+  const prefix = benchPrefix();
+  const start = (name) => startService(name, { databaseUrl: db.url, prefix, env: serviceEnv[name] });
+  const api = await start('api');
+  const relay = await start('relay');
+  const worker = await start('worker');
+  await waitForOk(`${relay.url}/readyz`);
+  await waitForOk(`${worker.url}/readyz`);
+  return {
+    url: `${api.url}/tasks`,
+    processes: { api: api.child, relay: relay.child, worker: worker.child },
+    starts: TASKBOX_STARTS,
+    usesBroker: true,
+    pendingSql: `SELECT count(*)::int AS n FROM tasks WHERE status IN ('pending', 'processing')`,
+    stop: async () => {
+      await worker.stop();
+      await relay.stop();
+      await api.stop();
+    },
+  };
+}
+
+/** A comparison server (one process: HTTP in front, the worker inside) from `script`. */
+function peer(label, script, route, pendingSql, usesBroker) {
+  return async (db, serviceEnv) => {
+    const port = await freePort();
+    const env = { DATABASE_URL: db.url, PORT: String(port), PG_POOL_SIZE: serviceEnv.api.PG_POOL_SIZE };
+    const extra = usesBroker ? { AMQP_URL: amqpUrl, AMQP_PREFIX: benchPrefix() } : {};
+    const server = await startProcess(`${label}-${db.name}`, script, { ...env, ...extra }, port);
+    return {
+      url: `http://127.0.0.1:${port}/${route}`,
+      processes: { [label]: server.child },
+      starts: 'bench_starts',
+      pendingSql,
+      usesBroker,
+      stop: server.stop,
+    };
+  };
+}
+
+export const systems = {
+  taskbox: startTaskbox,
+  naive: peer('naive', 'bench/naive-server.mjs', 'commit-then-publish', 'SELECT 0 AS n', true),
+  'graphile-worker': peer(
+    'graphile',
+    'bench/peers/graphile-server.mjs',
+    'tasks',
+    'SELECT count(*)::int AS n FROM graphile_worker._private_jobs',
+    false,
+  ),
+  'pg-boss': peer(
+    'pgboss',
+    'bench/peers/pgboss-server.mjs',
+    'tasks',
+    `SELECT count(*)::int AS n FROM pgboss.job WHERE state IN ('created', 'retry', 'active')`,
+    false,
+  ),
+};
+
+const phaseSql = (starts) => `
+  SELECT count(*)::int AS tasks, count(s.started_at)::int AS started,
+         percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP
+           (ORDER BY extract(epoch FROM s.started_at - t.created_at) * 1000) AS start_ms,
+         extract(epoch FROM max(s.started_at) - min(t.created_at))::float8 AS span_s
+  FROM tasks t LEFT JOIN ${starts} s ON s.task_id = t.id
+  WHERE t.payload->>'phase' = $1`;
+
+/** Waits until every task of `phase` has started and the system has nothing left to finish. */
+async function phaseStats(db, system, phase, expected) {
+  const s = await waitUntil(
+    `every ${phase} task to start`,
+    async () => {
+      const { rows } = await db.pool.query(phaseSql(system.starts), [phase]);
+      return rows[0].started >= expected ? rows[0] : undefined;
+    },
+    600_000,
+    250,
+  );
+  await waitUntil(
+    `${phase}: nothing left pending`,
+    async () => {
+      const { rows } = await db.pool.query(system.pendingSql);
+      return rows[0].n === 0 ? true : undefined;
+    },
+    120_000,
+  );
+  const [p50, p99] = s.start_ms;
+  return { tasks: s.tasks, tasksPerSecond: s.tasks / s.span_s, commitToStartMs: { p50, p99 } };
+}
+
+/** Postgres's processes that work for this database: its backends and the shared background ones. */
+async function postgresPids(db) {
+  const { rows } = await db.pool.query(
+    'SELECT pid::text FROM pg_stat_activity WHERE datname = current_database() OR datname IS NULL',
+  );
+  return rows.map((r) => r.pid);
+}
+
+async function fixedLoad(db, system, phase, seconds) {
+  const pids = await postgresPids(db);
+  const meter = cpuMeter(system.processes, { postgres: () => pids });
+  const load = await pacedLoad({ url: system.url, body: echo(phase), rate: FIXED_RATE, seconds });
+  const stats = await phaseStats(db, system, phase, load.ok);
+  // Backends opened during the phase count whole (they did not exist at its start).
+  pids.push(...(await postgresPids(db)).filter((pid) => !pids.includes(pid)));
+  const cpu = meter.stop(stats.tasks);
+  const own = Object.keys(system.processes).reduce((sum, name) => sum + cpu.msPerTask[name], 0);
+  const rabbitmq = system.usesBroker ? cpu.msPerTask.rabbitmq : 0;
+  return { ...stats, load, cpu: { ...cpu, own, total: own + cpu.msPerTask.postgres + rabbitmq } };
+}
+
+const echo = (phase) => ({ type: 'echo', payload: { phase } });
+
+async function endToEnd(db, system, phase, tasks) {
+  const load = await postLoad({ url: system.url, body: echo(phase), connections: PRODUCERS, amount: tasks });
+  return { ...(await phaseStats(db, system, phase, load.ok)), load };
+}
+
+/** Every phase for one system, on its own database; stopped whatever happens. */
+async function measureSystem(name, { tasks, seconds, serviceEnv, step }) {
+  const db = await createBenchDatabase();
+  const system = await systems[name](db, serviceEnv);
+  try {
+    await endToEnd(db, system, 'warmup', 1000);
+    step(`${name}: ${tasks} tasks from ${PRODUCERS} producers`);
+    const e2e = await endToEnd(db, system, 'e2e', tasks);
+    const half = e2e.tasksPerSecond / 2;
+    step(`${name}: paced at ${half.toFixed(0)}/s (50 %), then ${FIXED_RATE}/s`);
+    const load = await pacedLoad({ url: system.url, body: echo('half'), rate: half, seconds });
+    const atHalf = { rate: half, ...(await phaseStats(db, system, 'half', load.ok)), load };
+    const atFixed = await fixedLoad(db, system, 'fixed', seconds);
+    step(`${name}: VACUUM, then ${tasks} tasks again`);
+    await db.pool.query('VACUUM (ANALYZE)');
+    const vacuumed = await endToEnd(db, system, 'e2e-vacuumed', tasks);
+    return { e2e, atHalf, atFixed, vacuumed };
+  } finally {
+    await system.stop();
+  }
+}
+
+/** Each system in turn; taskbox's ratios to each peer are computed by the report. */
+export async function measurePeers(options) {
+  const results = {};
+  for (const name of Object.keys(systems)) results[name] = await measureSystem(name, options);
+  return { producers: PRODUCERS, fixedRate: FIXED_RATE, tasks: options.tasks, seconds: options.seconds, results };
+}

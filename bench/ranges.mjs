@@ -1,0 +1,82 @@
+// `node bench/ranges.mjs [N]`: the ranges (min–max) of the peers comparison over the last N runs
+// (default 3) kept in bench/out/runs/, as a Markdown table for bench/README.md.
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { outDir } from './lib/env.mjs';
+import { n, ms, table } from './lib/format.mjs';
+import { ratiosTo } from './peers-report.mjs';
+
+const count = Number(process.argv[2] ?? 3);
+const dir = path.join(outDir, 'runs');
+const files = (await readdir(dir)).filter((f) => f.endsWith('.json')).sort();
+const runs = [];
+for (const file of files) {
+  const report = JSON.parse(await readFile(path.join(dir, file), 'utf8'));
+  if (report.peers) runs.push(report);
+}
+const last = runs.slice(-count);
+if (last.length === 0) throw new Error(`no run with the peers comparison in ${dir}`);
+
+/** "min–max" of `pick` over the runs, formatted by `format`; one value when they agree. */
+function range(pick, format) {
+  const values = last.map(pick).sort((a, b) => a - b);
+  const [lo, hi] = [format(values[0]), format(values.at(-1))];
+  return lo === hi ? lo : `${lo}–${hi}`;
+}
+
+const { fixedRate } = last[0].peers;
+const systems = Object.keys(last[0].peers.results);
+const result = (name) => (r) => r.peers.results[name];
+console.log(`${last.length} runs: ${last.map((r) => `${r.startedAt} (${r.versions.commit})`).join(', ')}\n`);
+console.log(
+  table(
+    [
+      'system',
+      'end to end, tasks/s',
+      '… after VACUUM',
+      'commit → start p50 / p99 at 50 %, ms',
+      `… at ${fixedRate}/s`,
+      `CPU per task at ${fixedRate}/s, ms`,
+    ],
+    systems.map((name) => {
+      const r = result(name);
+      const latency = (phase) =>
+        `${range((x) => r(x)[phase].commitToStartMs.p50, ms)} / ${range((x) => r(x)[phase].commitToStartMs.p99, ms)}`;
+      return [
+        name,
+        range((x) => r(x).e2e.tasksPerSecond, n),
+        range((x) => r(x).vacuumed.tasksPerSecond, n),
+        latency('atHalf'),
+        latency('atFixed'),
+        range((x) => r(x).atFixed.cpu.total, ms),
+      ];
+    }),
+  ).join('\n'),
+);
+console.log();
+const peers = systems.filter((s) => s !== 'taskbox');
+const ratio = (peer, key) =>
+  range(
+    (x) => ratiosTo(x.peers.results, peer)[key],
+    (v) => n(v, 2),
+  );
+console.log(
+  table(
+    [
+      'taskbox / …',
+      'end to end',
+      '… after VACUUM',
+      `CPU per task at ${fixedRate}/s`,
+      'p50 at 50 %',
+      `p50 at ${fixedRate}/s`,
+    ],
+    peers.map((p) => [
+      p,
+      ratio(p, 'e2e'),
+      ratio(p, 'e2eVacuumed'),
+      ratio(p, 'cpuAtFixed'),
+      ratio(p, 'p50AtHalf'),
+      ratio(p, 'p50AtFixed'),
+    ]),
+  ).join('\n'),
+);
