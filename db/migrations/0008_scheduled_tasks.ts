@@ -9,10 +9,11 @@ import { type Kysely, sql } from 'kysely';
 // outbox_due replaces outbox_unpublished (id): the relay's claim reads unpublished rows oldest due first
 // and stops at its batch, so the rows waiting for a later time are never read (claimBatch), and its
 // first entry after now is when the relay should wake next (msUntilNextDue). One index instead of two
-// keeps the api's insert at the same cost. The outbox is kept small, so the short lock of a plain
-// CREATE INDEX is enough.
+// keeps the api's insert at the same cost. The outbox holds about an hour of published rows
+// (OUTBOX_RETENTION_MS) and CREATE INDEX blocks the api's inserts while it runs: on a busy deployment,
+// create outbox_due by hand first with CREATE INDEX CONCURRENTLY (IF NOT EXISTS makes this a no-op then).
 export async function up(db: Kysely<unknown>): Promise<void> {
   await sql`ALTER TABLE tasks ADD COLUMN run_at timestamptz`.execute(db);
-  await sql`CREATE INDEX outbox_due ON outbox (available_at, id) WHERE published_at IS NULL`.execute(db);
-  await sql`DROP INDEX outbox_unpublished`.execute(db);
+  await sql`CREATE INDEX IF NOT EXISTS outbox_due ON outbox (available_at, id) WHERE published_at IS NULL`.execute(db);
+  await sql`DROP INDEX IF EXISTS outbox_unpublished`.execute(db);
 }

@@ -15,6 +15,8 @@ const STRANDED = 50;
 const STRANDED_REPORTS = 10;
 // A short report: two sections on the `reports` queue, beside the default queue's echoes and sleeps.
 const REPORT = { title: 'chaos', sections: ['a', 'b'], msPerSection: 50 };
+// Scheduled echoes due in the middle of the broker outage, and in the middle of the database outage.
+const DUE_IN_OUTAGES = 20;
 // Tasks that fail on purpose, then are retried in bulk.
 const FAILING = 50;
 const sleepFor = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -23,8 +25,9 @@ const sleepFor = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * One run, real faults: kill -9 of the relay mid-flow and of the worker mid-handler, the broker gone
  * for 30 s and Postgres gone for 5 s (every connection reset, reconnects refused, through a TCP
  * proxy), then both queues purged while they hold messages, all under a steady load of 2 000 tasks on
- * two queues (one in ten a `report` on `reports`, consumed with its own prefetch). Nothing may be
- * lost, finish twice, or go missing.
+ * two queues (one in ten a `report` on `reports`, consumed with its own prefetch; one in ten scheduled
+ * a few seconds ahead), with scheduled tasks falling due inside each outage. Nothing may be lost,
+ * finish twice, go missing, or start before its time.
  */
 describe('chaos', () => {
   let system: System;
@@ -71,9 +74,11 @@ describe('chaos', () => {
         const body =
           i % 10 === 3
             ? { type: 'report', payload: REPORT }
-            : i % 5 === 0
-              ? { type: 'sleep', payload: { ms: 100 + (i % 4) * 100 } }
-              : { type: 'echo', payload: { i } };
+            : i % 10 === 7
+              ? { type: 'echo', payload: { i }, delayMs: 2000 + (i % 3) * 2000 }
+              : i % 5 === 0
+                ? { type: 'sleep', payload: { ms: 100 + (i % 4) * 100 } }
+                : { type: 'echo', payload: { i } };
         const started = Date.now();
         const res = await fetch(`${apiUrl}/tasks`, {
           method: 'POST',
@@ -102,6 +107,17 @@ describe('chaos', () => {
     await worker.kill();
     worker = await system.start('worker', viaProxies);
 
+    // Due while the broker is cut, and while Postgres is: the relay publishes each once it can.
+    const dbOutageStartsIn = BROKER_OUTAGE_MS + 2000;
+    const dueInOutages = await Promise.all(
+      Array.from({ length: DUE_IN_OUTAGES }, (_, i) =>
+        system.submit(
+          'echo',
+          { due: i },
+          { delayMs: i % 2 ? BROKER_OUTAGE_MS / 2 : dbOutageStartsIn + DB_OUTAGE_MS / 2 },
+        ),
+      ),
+    );
     await amqpProxy.cut();
     const acceptedBeforeBrokerOutage = accepted.length;
     await sleepFor(BROKER_OUTAGE_MS);
@@ -143,7 +159,7 @@ describe('chaos', () => {
     await system.start('worker', viaProxies);
 
     await load;
-    accepted.push(...waiting);
+    accepted.push(...waiting, ...dueInOutages);
     await system.waitForTerminal(accepted, 180_000);
 
     const db = system.database.db;
@@ -186,6 +202,9 @@ describe('chaos', () => {
       'purged messages': `${purged} (${purgedReports} from reports)`,
       reports: accepted.filter((id) => byType.get(id) === 'report').length,
       republished: system.logs((l) => l.message === 'stranded task republished').length,
+      scheduled: (await db.selectFrom('tasks').select('id').where('run_at', 'is not', null).execute()).length,
+      'started before due': (await db.selectFrom('tasks').select('id').whereRef('started_at', '<', 'run_at').execute())
+        .length,
     };
     const doubles = [
       ...[...doubleInDb].map((id) => `db ${id}`),
@@ -211,7 +230,9 @@ describe('chaos', () => {
     expect(report.lost).toBe(0);
     expect(report['double-terminal']).toBe(0);
     expect(report['not-found']).toBe(0);
-    expect(report.succeeded).toBe(TASKS + STRANDED + STRANDED_REPORTS);
+    expect(report.succeeded).toBe(TASKS + STRANDED + STRANDED_REPORTS + DUE_IN_OUTAGES);
+    expect(report.scheduled).toBeGreaterThanOrEqual(TASKS / 10 + DUE_IN_OUTAGES);
+    expect(report['started before due']).toBe(0);
     expect(report.reports).toBeGreaterThanOrEqual(TASKS / 10 + STRANDED_REPORTS);
     expect(report['5xx other than 503']).toBe(0);
     expect(acceptedDuringBrokerOutage).toBeGreaterThan(0);

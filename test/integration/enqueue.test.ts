@@ -145,7 +145,16 @@ describe('enqueueTask in the caller’s transaction', () => {
         await expect(enqueueTask(tx, { type: 'echo', runAt: new Date(), delayMs: 1 })).rejects.toThrow(/not both/);
         await expect(enqueueTask(tx, { type: 'echo', runAt: 'tomorrow' })).rejects.toThrow(/runAt is not a time/);
         await expect(enqueueTask(tx, { type: 'echo', delayMs: -5 })).rejects.toThrow(/delayMs must be/);
+        await expect(enqueueTask(tx, { type: 'echo', idempotencyKey: '' })).rejects.toThrow(/idempotencyKey must be/);
       });
+  });
+
+  it('keeps an explicit null payload, as POST /tasks does', async () => {
+    const { task } = await db()
+      .transaction()
+      .execute((tx) => enqueueTask(tx, { type: 'echo', payload: null }));
+    expect(task.payload).toBeNull();
+    await system.waitForTerminal([task.id]);
   });
 
   it('schedules like POST /tasks: the task runs at runAt, not before', async () => {

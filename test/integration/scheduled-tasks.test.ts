@@ -122,6 +122,15 @@ describe('scheduled tasks', () => {
     expect(await attempts(task.id)).toEqual([]);
   });
 
+  it('runs a retried scheduled task at once, its old due time dropped so the reconciler can watch it', async () => {
+    const task = await create({ type: 'echo', payload: { at: 'retried' }, delayMs: 3_000_000 });
+    await fetch(`${stack.urls.api}/tasks/${task.id}/cancel`, { method: 'POST' });
+    const retried = await fetch(`${stack.urls.api}/tasks/${task.id}/retry`, { method: 'POST' });
+    expect(retried.status).toBe(202);
+    expect(await retried.json()).toMatchObject({ status: 'pending', runAt: null });
+    await succeeded(task.id);
+  });
+
   it('runs at once a runAt within the allowed skew in the past, with no "scheduled" event', async () => {
     const runAt = new Date(Date.now() - 1000).toISOString();
     const task = await create({ type: 'echo', payload: { at: 'skew' }, runAt });

@@ -56,4 +56,11 @@ describe('the worker idempotency rule (decide)', () => {
   it('fails a task whose type has no handler instead of leaving it pending', () => {
     expect(decide(task({ type: 'nope' }), message(1, 'nope'))).toEqual({ action: 'fail', reason: 'unknown-type' });
   });
+
+  it('drops a duplicate of a type it has no handler for, which a newer worker runs (a rolling upgrade)', () => {
+    const running = task({ type: 'nope', status: 'processing', attempts: 1, lease_expired: false });
+    expect(decide(running, message(1, 'nope'))).toEqual({ action: 'skip', reason: 'running-elsewhere' });
+    const started = task({ type: 'nope', status: 'pending', attempts: 1 });
+    expect(decide(started, message(1, 'nope'))).toEqual({ action: 'skip', reason: 'stale' });
+  });
 });

@@ -33,7 +33,7 @@ export interface TaskTypeDefinition<N extends string = string, P = unknown, R = 
   queue: string;
   /** Attempts when the request does not say. */
   maxAttempts: number;
-  /** One attempt's time limit when the request does not say (TASK_TIMEOUT_LIMITS). */
+  /** One attempt's time limit when the request does not say (TASK_OPTION_LIMITS). */
   timeoutMs: number;
   /** The wait before each retry; without it, the worker's RETRY_BASE_MS and RETRY_MAX_MS. */
   backoff?: BackoffPolicy;

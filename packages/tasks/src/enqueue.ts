@@ -35,7 +35,7 @@ export interface EnqueueRequest {
   timeoutMs?: number;
   /** Run at this time, not before (the relay publishes it when due); not with delayMs. */
   runAt?: Date | string;
-  /** Run this many ms after the commit's statement; not with runAt. */
+  /** Run this many ms after the caller's transaction began (Postgres's now()); not with runAt. */
   delayMs?: number;
   /** Whose task it is, as the api would see the caller (default "anonymous", the owner while auth is off). */
   owner?: string;
@@ -138,7 +138,8 @@ export async function enqueueTask(executor: Executor, request: EnqueueRequest): 
   if (!definition) {
     throw new InvalidTaskError(`unknown task type "${request.type}" (known: ${taskTypeNames.join(', ')})`);
   }
-  const payload = definition.payload.safeParse(request.payload ?? {});
+  // An explicit null is a payload (as in POST /tasks); only a missing one defaults to {}.
+  const payload = definition.payload.safeParse(request.payload === undefined ? {} : request.payload);
   if (!payload.success) {
     const issues = payload.error.issues.map((i) => `${i.path.join('.') || '(payload)'}: ${i.message}`);
     throw new InvalidTaskError(`invalid payload for "${definition.name}": ${issues.join('; ')}`);
@@ -148,6 +149,10 @@ export async function enqueueTask(executor: Executor, request: EnqueueRequest): 
   const owner = request.owner ?? ANONYMOUS_OWNER;
   if (owner.length === 0 || owner.length > 300) throw new InvalidTaskError('owner must be 1 to 300 characters');
   const schedule = scheduleOf(request);
+  const key = request.idempotencyKey;
+  if (key !== undefined && (key.length === 0 || key.length > 200)) {
+    throw new InvalidTaskError('idempotencyKey must be 1 to 200 characters');
+  }
   await assertInTransaction(executor);
 
   const type = definition.name;

@@ -14,6 +14,8 @@ export type TaskType = (typeof taskTypeList)[number]['name'];
 export type AnyTaskType = TaskTypeDefinition<TaskType>;
 
 const byName = new Map<string, AnyTaskType>(taskTypeList.map((t) => [t.name, t as AnyTaskType]));
+// Two files with one name would route the name to both their queues and run whichever loaded last.
+if (byName.size !== taskTypeList.length) throw new Error('two task types in taskTypeList have the same name');
 
 export const taskTypeNames = taskTypeList.map((t) => t.name) as TaskType[];
 

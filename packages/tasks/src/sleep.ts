@@ -10,6 +10,8 @@ export const sleep = defineTaskType({
   name: 'sleep',
   payload: z.object({ ms: z.number().int().min(0).max(3_600_000), ignoreSignal: z.boolean().optional() }).strict(),
   result: z.object({ sleptMs: z.number().int() }),
+  // Room for the longest sleep the payload allows (an hour) and its progress writes.
+  timeoutMs: 3_660_000,
   // A demo: a timed-out sleep is retried within a second, whatever the worker's RETRY_BASE_MS says.
   backoff: { baseMs: 100, maxMs: 1000 },
   async run({ payload, signal, step, progress }) {

@@ -57,6 +57,8 @@ export async function retryLocked(
       UPDATE tasks t
       SET status = 'pending', max_attempts = l.attempts + l.budget, result = NULL, current_step = NULL,
           progress = NULL, lease_until = NULL, cancel_requested_at = NULL, finished_at = NULL, updated_at = now(),
+          -- A retry runs at once: a due time still ahead would hide the task from the reconciler until then.
+          run_at = CASE WHEN t.run_at > now() THEN NULL ELSE t.run_at END,
           ${TASK_CHANGED_SET}
       FROM last l WHERE t.id = l.id
       RETURNING t.id

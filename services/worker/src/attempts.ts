@@ -46,7 +46,8 @@ export type Decision =
  *   is safe because if that run dies its lease expires and the run is resumed (by its own redelivery,
  *   or by the sweeper, which writes a new outbox row);
  * - processing with an expired lease: the run is dead; this delivery resumes it as a new attempt,
- *   or fails the task when the dead run was its last attempt.
+ *   or fails the task when the dead run was its last attempt;
+ * - a type this worker does not know (and the message is not a duplicate): the task fails.
  */
 export function decide(task: LockedTask | undefined, message: TaskMessage): Decision {
   if (!task) return { action: 'dead-letter', reason: 'unknown-task' };
@@ -54,11 +55,12 @@ export function decide(task: LockedTask | undefined, message: TaskMessage): Deci
   if (isTerminal(task.status)) {
     return { action: 'skip', reason: 'terminal' };
   }
+  if (task.status === 'pending' && message.attempt <= task.attempts) return { action: 'skip', reason: 'stale' };
+  if (task.status === 'processing' && !task.lease_expired) return { action: 'skip', reason: 'running-elsewhere' };
+  // After the duplicate checks: a worker older than the type (a rolling upgrade) drops a copy of a
+  // message that a newer worker runs, rather than failing that worker's run.
   if (!isTaskType(task.type)) return { action: 'fail', reason: 'unknown-type' };
-  if (task.status === 'pending') {
-    return message.attempt > task.attempts ? { action: 'run' } : { action: 'skip', reason: 'stale' };
-  }
-  if (!task.lease_expired) return { action: 'skip', reason: 'running-elsewhere' };
+  if (task.status === 'pending') return { action: 'run' };
   return task.attempts >= task.max_attempts ? { action: 'fail', reason: 'attempts-exhausted' } : { action: 'run' };
 }
 
