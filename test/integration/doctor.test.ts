@@ -187,6 +187,28 @@ describe('npm run doctor says where the chain is broken', () => {
     expect((await doctor()).status(c.noHandler)).toBe('ok');
   });
 
+  it('fails "publishes of unknown types" for a type no queue is bound to, counting from its creation', async () => {
+    // An api that knows `pdf` deployed before any relay or worker that binds it.
+    const id = await insertTaskFixture(database.db, { type: 'pdf', withOutbox: true });
+    await sql`UPDATE outbox SET created_at = now() - interval '3 minutes' WHERE task_id = ${id}`.execute(database.db);
+    await waitFor('the unroutable publish recorded', async () => {
+      const row = await database.db
+        .selectFrom('outbox')
+        .select('last_error')
+        .where('task_id', '=', id)
+        .executeTakeFirst();
+      return row?.last_error?.includes('unroutable') === true;
+    });
+    const run = await doctor();
+    expect(run.status(c.unroutable)).toBe('fail');
+    expect(run.line(c.unroutable)).toMatch(/1 of type pdf returned unroutable, oldest created 3m ago/);
+    expect(run.stdout).toContain('deploy relays and workers that know these types before the api');
+    expect(run.code).toBe(1);
+    await database.db.deleteFrom('outbox').where('task_id', '=', id).execute();
+    await database.db.deleteFrom('tasks').where('id', '=', id).execute();
+    expect((await doctor()).status(c.unroutable)).toBe('ok');
+  });
+
   it('with the broker unreachable, fails "broker reachable", skips the broker checks, keeps the password out and exits 1', async () => {
     const run = await doctor({ AMQP_URL: `amqp://guest:s3cret@127.0.0.1:${await closedPort()}` });
     expect(run.status(c.database)).toBe('ok');

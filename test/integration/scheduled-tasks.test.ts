@@ -127,7 +127,8 @@ describe('scheduled tasks', () => {
     await fetch(`${stack.urls.api}/tasks/${task.id}/cancel`, { method: 'POST' });
     const retried = await fetch(`${stack.urls.api}/tasks/${task.id}/retry`, { method: 'POST' });
     expect(retried.status).toBe(202);
-    expect(await retried.json()).toMatchObject({ status: 'pending', runAt: null });
+    // Read after the commit: the worker may have run it already.
+    expect(await retried.json()).toMatchObject({ runAt: null });
     await succeeded(task.id);
   });
 

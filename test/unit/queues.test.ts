@@ -43,6 +43,16 @@ describe('queues per task type', () => {
     expect(() => amqpTopology('', [{ name: 'a', queue: 'default' }])).toThrow(/not "default"/);
   });
 
+  it('lists retired queues apart, declaring none, and refuses one a type still uses', () => {
+    const moved = amqpTopology('p.', [{ name: 'report', queue: 'tasks' }], ['reports']);
+    expect(moved.queues.map((q) => q.name)).toEqual(['tasks']);
+    expect(moved.retired).toEqual([
+      { name: 'reports', queue: 'p.reports', deadExchange: 'p.reports.dlx', deadQueue: 'p.reports.dead' },
+    ]);
+    expect(() => amqpTopology('', taskTypeList, ['reports'])).toThrow(/retired queue "reports" is still/);
+    expect(() => amqpTopology('', taskTypeList, ['tasks'])).toThrow(/retired queue "tasks" is still/);
+  });
+
   it('parses WORKER_QUEUES into queues with a prefetch each, `default` and `tasks` naming the default queue', () => {
     const { WORKER_QUEUES } = loadConfig({ WORKER_QUEUES: 'reports:2, default:20' });
     expect(WORKER_QUEUES).toEqual([

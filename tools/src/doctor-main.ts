@@ -9,7 +9,7 @@ import {
   toError,
   type CheckResult,
 } from '@taskbox/shared';
-import { taskTypeList } from '@taskbox/tasks';
+import { retiredQueues, taskTypeList } from '@taskbox/tasks';
 
 function print(results: CheckResult[]): void {
   const width = Math.max(...results.map((r) => r.name.length));
@@ -34,7 +34,7 @@ async function main(): Promise<number> {
     connectionTimeoutMillis: 3000,
     statementTimeoutMs: config.DB_STATEMENT_TIMEOUT_MS,
   });
-  const results = await runDoctor(config, pool, createDb(pool), taskTypeList);
+  const results = await runDoctor(config, pool, createDb(pool), taskTypeList, retiredQueues);
   print(results);
   await pool.end().catch(() => undefined);
   return results.some((r) => r.status === 'fail') ? 1 : 0;

@@ -1,4 +1,4 @@
-import type { Channel } from 'amqplib';
+import type { Channel, ChannelModel } from 'amqplib';
 import { DEFAULT_QUEUE } from './task-type';
 
 /** One queue's names: the queue, its dead-letter exchange and the queue behind that. */
@@ -39,10 +39,17 @@ export interface QueueRoute extends AmqpNames {
   types: string[];
 }
 
+/** A queue no type uses any more, kept in the topology until it is deleted (see retiredQueues). */
+export interface RetiredQueue extends QueueNames {
+  name: string;
+}
+
 export interface AmqpTopology {
   exchange: string;
   /** The default queue first, then the others in the order their first type is listed. */
   queues: QueueRoute[];
+  /** Queues types moved off: unbound from every type, never declared. */
+  retired: RetiredQueue[];
 }
 
 /** WORKER_QUEUES may say `default` for the default queue. */
@@ -58,7 +65,11 @@ const TYPE_NAME = /^[^*#\s]+$/;
  * default queue is always there, with or without types, since a task type defaults to it and the
  * doctor and re-drive read it. Throws for a name that cannot be a queue or a routing key.
  */
-export function amqpTopology(prefix: string, types: readonly TypeRoute[]): AmqpTopology {
+export function amqpTopology(
+  prefix: string,
+  types: readonly TypeRoute[],
+  retiredQueues: readonly string[] = [],
+): AmqpTopology {
   const byQueue = new Map<string, string[]>([[DEFAULT_QUEUE, []]]);
   for (const type of types) {
     if (!TYPE_NAME.test(type.name)) throw new Error(`task type "${type.name}": no "*", "#" or spaces in a type name`);
@@ -69,9 +80,18 @@ export function amqpTopology(prefix: string, types: readonly TypeRoute[]): AmqpT
     }
     byQueue.set(type.queue, [...(byQueue.get(type.queue) ?? []), type.name]);
   }
+  for (const name of retiredQueues) {
+    // A queue both retired and in use would be unbound from the types that need it.
+    if (byQueue.has(name)) throw new Error(`retired queue "${name}" is still the queue of a task type`);
+    if (!QUEUE_NAME.test(name)) throw new Error(`retired queue "${name}": letters, digits, "_" or "-"`);
+  }
   return {
     exchange: amqpNames(prefix).exchange,
     queues: [...byQueue].map(([name, queueTypes]) => ({ ...amqpNames(prefix, name), name, types: queueTypes })),
+    retired: [...new Set(retiredQueues)].map((name) => {
+      const { queue, deadExchange, deadQueue } = amqpNames(prefix, name);
+      return { name, queue, deadExchange, deadQueue };
+    }),
   };
 }
 
@@ -92,9 +112,11 @@ const DELIVERY_LIMIT = 20;
  * of the other queues". Bindings outlive the services that made them, so each queue is also unbound
  * from `#` (the single queue's binding before queues per type) and from the types of the other queues
  * (a type that moved): otherwise their messages would reach two queues. Binding comes before
- * unbinding, so no message of a known type is unroutable in between.
+ * unbinding, so no message of a known type is unroutable in between. A retired queue (a queue every
+ * type moved off) is in no queue's list, so it is unbound from every type and `#` here; that needs
+ * `model`, for a channel of its own (see unbindRetired).
  */
-export async function assertTopology(channel: Channel, topology: AmqpTopology): Promise<void> {
+export async function assertTopology(channel: Channel, topology: AmqpTopology, model?: ChannelModel): Promise<void> {
   const { exchange, queues } = topology;
   await channel.assertExchange(exchange, 'topic', { durable: true });
   for (const q of queues) {
@@ -117,6 +139,28 @@ export async function assertTopology(channel: Channel, topology: AmqpTopology): 
       if (other === q) continue;
       for (const type of other.types) await channel.unbindQueue(q.queue, exchange, type);
     }
+  }
+  if (topology.retired.length === 0) return;
+  if (!model) throw new Error('assertTopology: unbinding retired queues needs the connection');
+  const types = topology.queues.flatMap((q) => q.types);
+  for (const retired of topology.retired) await unbindRetired(model, exchange, retired.queue, types);
+}
+
+/**
+ * Unbinds a retired queue from `#` and every type, on a channel of its own: a queue already deleted
+ * answers 404, which closes the channel it was asked on, and the caller's channel must survive. A 404
+ * at any step (also a delete between two unbinds) means there is nothing left to unbind.
+ */
+async function unbindRetired(model: ChannelModel, exchange: string, queue: string, types: string[]): Promise<void> {
+  const ch = await model.createChannel();
+  ch.on('error', () => undefined);
+  try {
+    await ch.checkQueue(queue);
+    for (const key of ['#', ...types]) await ch.unbindQueue(queue, exchange, key);
+  } catch (err) {
+    if ((err as { code?: unknown }).code !== 404) throw err;
+  } finally {
+    await ch.close().catch(() => undefined);
   }
 }
 

@@ -10,6 +10,7 @@ import {
   pendingPublished,
   pendingUnpublished,
   recentlyRepublished,
+  unroutableByType,
   type StuckTasks,
 } from './doctor-sql';
 
@@ -24,11 +25,13 @@ export const checkNames = {
   consumers: 'consumers on the queues',
   backlog: 'outbox backlog',
   pendingUnpublished: 'pending, not published',
+  unroutable: 'publishes of unknown types',
   pendingPublished: 'pending, published',
   republished: 'stranded tasks republished',
   processing: 'processing too long',
   noHandler: 'tasks no worker could run',
   deadLetters: 'dead letters',
+  retiredQueues: 'retired queues',
 } as const;
 
 export interface CheckResult {
@@ -146,6 +149,25 @@ export async function checkPendingPublished(db: Db, pendingMs: number, republish
     'worker or queue problem: is a worker consuming this AMQP_PREFIX? grep its logs for the task id; ' +
       `if the broker lost the message, the relay republishes it ${formatAge(republishMs / 1000)} after publishing`,
   );
+}
+
+/**
+ * Unpublished rows the broker returned as unroutable: a type no relay or worker has bound yet (an api
+ * deployed before them). Each failed try pushes the row's available_at on, so the checks counting from
+ * it never see these; this one counts from created_at.
+ */
+export async function checkUnroutable(db: Db): Promise<CheckResult> {
+  const name = checkNames.unroutable;
+  const types = await unroutableByType(db);
+  const count = types.reduce((sum, t) => sum + t.count, 0);
+  if (count === 0) return { ...result(name, 'ok', 'none returned unroutable'), count };
+  const oldest = Math.max(...types.map((t) => t.oldestSeconds));
+  const byType = types.map((t) => `${t.count} of type ${t.type}`).join(', ');
+  const detail = `${byType} returned unroutable, oldest created ${formatAge(oldest)} ago`;
+  const hint =
+    'no queue is bound to these types, so their tasks wait in the outbox: deploy relays and workers ' +
+    'that know these types before the api (either declares the binding when it connects)';
+  return { ...result(name, 'fail', detail, hint), count };
 }
 
 const DAY_MS = 86_400_000;

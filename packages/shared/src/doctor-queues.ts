@@ -94,6 +94,31 @@ export async function checkDeadLetters(model: ChannelModel, topology: AmqpTopolo
   return { ...result(name, 'ok', `none in ${deadQueues}`), count };
 }
 
+/**
+ * Retired queues (retiredQueues of @taskbox/tasks) that still exist. Unbound, they take no new
+ * messages, but no worker consumes them and neither re-drive nor the other checks read them: what
+ * they hold waits there until an operator deletes the queue (or shovels it back to the exchange).
+ */
+export async function checkRetiredQueues(model: ChannelModel, topology: AmqpTopology): Promise<CheckResult> {
+  const name = checkNames.retiredQueues;
+  if (topology.retired.length === 0) return result(name, 'ok', 'none retired');
+  const holding: string[] = [];
+  const empty: string[] = [];
+  for (const queue of topology.retired.flatMap((r) => [r.queue, r.deadQueue])) {
+    const q = await inspectQueue(model, queue);
+    if (q && q.messageCount > 0) holding.push(`${q.messageCount} in ${queue}`);
+    else if (q) empty.push(queue);
+  }
+  if (holding.length > 0) {
+    const hint =
+      'no worker consumes a retired queue: delete it (and its .dead and .dlx); the relay republishes a ' +
+      'pending task whose message is lost (see "stranded tasks republished"); then drop it from retiredQueues';
+    return result(name, 'warn', `retired, still holding messages: ${holding.join(', ')}`, hint);
+  }
+  if (empty.length > 0) return result(name, 'ok', `empty, can be deleted: ${empty.join(', ')}`);
+  return result(name, 'ok', `deleted: ${topology.retired.map((r) => r.name).join(', ')}`);
+}
+
 const DAY_MS = 86_400_000;
 
 /**

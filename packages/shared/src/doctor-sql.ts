@@ -1,6 +1,6 @@
 import { sql, type RawBuilder } from 'kysely';
 import type { Db } from './db';
-import { NO_HANDLER } from './errors';
+import { NO_HANDLER, UNROUTABLE } from './errors';
 import { lastPublishedAt } from './outbox';
 
 /** Tasks stuck in one place: how many, how long the oldest has waited, and its id to look up. */
@@ -90,4 +90,17 @@ export async function noHandlerFailures(
       AND error->>'message' LIKE ${`${NO_HANDLER} %`}
     GROUP BY type ORDER BY type`.execute(db);
   return rows.map((r) => ({ type: r.type, count: Number(r.count), example: r.example }));
+}
+
+/**
+ * Per routing key (type), the unpublished outbox rows whose last publish came back unroutable, and
+ * how long ago the oldest was created. `published_at IS NULL` keeps the scan on outbox_due.
+ */
+export async function unroutableByType(db: Db): Promise<{ type: string; count: number; oldestSeconds: number }[]> {
+  const { rows } = await sql<{ type: string; count: string; oldest: number }>`
+    SELECT routing_key AS type, count(*) AS count, extract(epoch FROM now() - min(created_at))::float8 AS oldest
+    FROM outbox
+    WHERE published_at IS NULL AND last_error = ${UNROUTABLE}
+    GROUP BY routing_key ORDER BY routing_key`.execute(db);
+  return rows.map((r) => ({ type: r.type, count: Number(r.count), oldestSeconds: r.oldest }));
 }

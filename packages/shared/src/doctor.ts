@@ -12,10 +12,11 @@ import {
   checkPendingPublished,
   checkPendingUnpublished,
   checkRepublished,
+  checkUnroutable,
   connectBroker,
   type CheckResult,
 } from './doctor-checks';
-import { checkConsumers, checkDeadLetters, checkNoHandler, checkTopology } from './doctor-queues';
+import { checkConsumers, checkDeadLetters, checkNoHandler, checkRetiredQueues, checkTopology } from './doctor-queues';
 import { toError } from './errors';
 
 export type DoctorConfig = Pick<
@@ -34,8 +35,12 @@ type Step =
   | { name: string; needs: 'broker'; run(broker: ChannelModel): Promise<CheckResult> };
 
 /** The checks after "database reachable" and "broker reachable", in the order a task travels. */
-function steps(config: DoctorConfig, types: readonly TypeRoute[]): { schema: Step[]; flow: Step[] } {
-  const topology = amqpTopology(config.AMQP_PREFIX, types);
+function steps(
+  config: DoctorConfig,
+  types: readonly TypeRoute[],
+  retired: readonly string[],
+): { schema: Step[]; flow: Step[] } {
+  const topology = amqpTopology(config.AMQP_PREFIX, types, retired);
   const pendingMs = config.DOCTOR_PENDING_MS;
   const onDb = (name: string, run: (db: Db) => Promise<CheckResult>): Step => ({ name, needs: 'database', run });
   const onBroker = (name: string, run: (b: ChannelModel) => Promise<CheckResult>): Step => ({
@@ -50,11 +55,13 @@ function steps(config: DoctorConfig, types: readonly TypeRoute[]): { schema: Ste
       onBroker(checkNames.consumers, (b) => checkConsumers(b, topology)),
       onDb(checkNames.backlog, (db) => checkOutboxBacklog(db, pendingMs)),
       onDb(checkNames.pendingUnpublished, (db) => checkPendingUnpublished(db, pendingMs)),
+      onDb(checkNames.unroutable, checkUnroutable),
       onDb(checkNames.pendingPublished, (db) => checkPendingPublished(db, pendingMs, config.REPUBLISH_AFTER_MS)),
       onDb(checkNames.republished, checkRepublished),
       onDb(checkNames.processing, (db) => checkLongProcessing(db, config.DOCTOR_PROCESSING_MS)),
       onDb(checkNames.noHandler, checkNoHandler),
       onBroker(checkNames.deadLetters, (b) => checkDeadLetters(b, topology)),
+      onBroker(checkNames.retiredQueues, (b) => checkRetiredQueues(b, topology)),
     ],
   };
 }
@@ -77,17 +84,19 @@ async function runStep(step: Step, db: Db | null, broker: ChannelModel | null): 
  * Every check of the chain a task takes, in order, for `npm run doctor` and the dashboard. The broker
  * is reached through a connection of its own, opened for this run and closed after it: the api has no
  * other AMQP connection, and a run is rare enough (a person asking) that a connect per run is cheap.
- * `types` are the registered task types (taskTypeList of @taskbox/tasks): the queues to check are theirs.
+ * `types` are the registered task types (taskTypeList of @taskbox/tasks): the queues to check are theirs;
+ * `retired` the queues they moved off (retiredQueues), checked for messages left behind.
  */
 export async function runDoctor(
   config: DoctorConfig,
   pool: pg.Pool,
   db: Db,
   types: readonly TypeRoute[],
+  retired: readonly string[] = [],
 ): Promise<CheckResult[]> {
   const results = [await checkDatabase(pool, config.DATABASE_URL)];
   const reachedDb = results[0]?.status === 'ok' ? db : null;
-  const { schema, flow } = steps(config, types);
+  const { schema, flow } = steps(config, types, retired);
   for (const step of schema) results.push(await runStep(step, reachedDb, null));
   const broker = await connectBroker(amqpUrls(config));
   try {

@@ -24,6 +24,8 @@ export class OverloadedError extends Error {
  * the doctor looks for it.
  */
 export const NO_HANDLER = 'no handler for task type';
+/** The relay's last_error on an outbox row the broker returned (no queue bound to its routing key). */
+export const UNROUTABLE = 'returned as unroutable';
 export const noHandlerError = (type: string): Error => new Error(`${NO_HANDLER} "${type}"`);
 
 /** The JSON stored in tasks.error and task_attempts.error. */

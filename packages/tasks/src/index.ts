@@ -10,6 +10,14 @@ import { sleep } from './sleep';
  */
 export const taskTypeList = [echo, sleep, flaky, report] as const;
 
+/**
+ * Queues no type uses any more. When a type moves to another queue (or its only type is removed), put
+ * its old queue here until that queue is deleted: the relay and the worker unbind every type from it
+ * (its old bindings would otherwise copy messages into a queue nobody consumes), and the doctor warns
+ * while it still holds messages, to be re-driven or deleted by hand.
+ */
+export const retiredQueues: readonly string[] = [];
+
 export type TaskType = (typeof taskTypeList)[number]['name'];
 export type AnyTaskType = TaskTypeDefinition<TaskType>;
 

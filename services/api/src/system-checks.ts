@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { runDoctor, type CheckResult, type Db, type DoctorConfig } from '@taskbox/shared';
-import { taskTypeList } from '@taskbox/tasks';
+import { retiredQueues, taskTypeList } from '@taskbox/tasks';
 import { cachedLoader } from './cache';
 
 export interface SystemChecks {
@@ -14,7 +14,7 @@ const REUSE_MS = 5000;
 /** The doctor's checks for the dashboard, one run at a time, reused for a few seconds. */
 export function createSystemChecks(config: DoctorConfig, pool: pg.Pool, db: Db): SystemChecks {
   const load = cachedLoader(REUSE_MS, async () => ({
-    results: await runDoctor(config, pool, db, taskTypeList),
+    results: await runDoctor(config, pool, db, taskTypeList, retiredQueues),
     at: new Date(),
   }));
   return { run: () => load('checks') };

@@ -17,7 +17,7 @@ import {
   toError,
   type Service,
 } from '@taskbox/shared';
-import { taskTypeList } from '@taskbox/tasks';
+import { retiredQueues, taskTypeList } from '@taskbox/tasks';
 import { createListener } from './listener';
 import { createRelayMetrics } from './metrics';
 import { setRelaySession } from './outbox-sql';
@@ -36,7 +36,7 @@ async function main(): Promise<void> {
   });
   const db = createDb(pool);
   const metrics = createRelayMetrics(db);
-  const topology = amqpTopology(config.AMQP_PREFIX, taskTypeList);
+  const topology = amqpTopology(config.AMQP_PREFIX, taskTypeList, retiredQueues);
   const publisher = createPublisher(topology, config.RELAY_CONFIRM_TIMEOUT_MS, logger);
   const loop = createRelayLoop({
     db,

@@ -5,6 +5,7 @@ import {
   queueOfType,
   taskMessageSchema,
   toError,
+  UNROUTABLE,
   type AmqpTopology,
   type AmqpSetup,
   type Logger,
@@ -116,7 +117,7 @@ export function createPublisher(topology: AmqpTopology, confirmTimeoutMs: number
       ch.on('close', () => {
         if (channel === ch) channel = null;
       });
-      await assertTopology(ch, topology);
+      await assertTopology(ch, topology, m);
       m.on('blocked', () => (blocked = true));
       m.on('unblocked', () => (blocked = false));
       blocked = false;
@@ -172,7 +173,7 @@ export function createPublisher(topology: AmqpTopology, confirmTimeoutMs: number
             if (err) {
               nacked++;
               conclude(row.id, `nacked by broker: ${toError(err).message}`);
-            } else conclude(row.id, returned.has(row.message_id) ? 'returned as unroutable' : null);
+            } else conclude(row.id, returned.has(row.message_id) ? UNROUTABLE : null);
           };
           try {
             const body = Buffer.from(JSON.stringify(row.payload));

@@ -5,6 +5,7 @@ import {
   sleep,
   toError,
   UNAVAILABLE_BACKOFF,
+  UNROUTABLE,
   type Db,
   type Logger,
   type Service,
@@ -99,7 +100,10 @@ export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
     metrics.published.inc(published.length);
     metrics.publishFailures.inc(failed.length);
     logBatch(rows, failed);
-    return { claimed: rows.length, failed: failed.length };
+    // An unroutable row (a type no queue is bound to yet) fails on every try, until a relay or worker
+    // that knows its type binds it; its own backoff spaces its retries, and it must not end the lane
+    // (and pause the drain) for the rows behind it.
+    return { claimed: rows.length, failed: failed.filter((f) => f.error !== UNROUTABLE).length };
   }
 
   function waitForWake(ms = pollMs): Promise<void> {

@@ -186,7 +186,7 @@ export function createConsumer(options: ConsumerOptions, deps: AttemptDeps, logg
     ch.on('close', () => {
       if (channel === ch) channel = null;
     });
-    await assertTopology(ch, topology);
+    await assertTopology(ch, topology, model);
     // Set before the first consumer: a delivery settles only on the current channel (ackOrRequeue),
     // and the first queue's messages may arrive while the next consumers are being started.
     channel = ch;

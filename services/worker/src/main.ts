@@ -28,7 +28,7 @@ import {
   type Service,
   type TaskNotifier,
 } from '@taskbox/shared';
-import { taskTypeList } from '@taskbox/tasks';
+import { retiredQueues, taskTypeList } from '@taskbox/tasks';
 import { createConsumer } from './consumer';
 import { createLeases, type Leases } from './leases';
 import { createWorkerMetrics, type WorkerMetrics } from './metrics';
@@ -79,7 +79,7 @@ function consumerFor(parts: ConsumerParts, logger: Logger) {
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
   const logger = createLogger('worker', config);
-  const topology = amqpTopology(config.AMQP_PREFIX, taskTypeList);
+  const topology = amqpTopology(config.AMQP_PREFIX, taskTypeList, retiredQueues);
   const queues = consumedQueues(topology, config.WORKER_QUEUES, config.WORKER_PREFETCH);
   // Deliveries in flight at most: the prefetch of every queue consumed.
   const slots = queues.reduce((sum, q) => sum + q.prefetch, 0);
