@@ -1,3 +1,4 @@
+import type { RequestListener } from 'node:http';
 import {
   createDb,
   createLogger,
@@ -34,6 +35,37 @@ function pages(config: Config): Pick<AppDeps, 'examplePage' | 'dashboard'> {
   };
 }
 
+/** The app, with its settings from the configuration. */
+function appFor(config: Config, parts: Pick<AppDeps, 'db' | 'pool' | 'taskNotifier' | 'events' | 'logger'>) {
+  return buildApp({
+    ...parts,
+    bodyLimit: config.BODY_LIMIT,
+    auth: config,
+    corsOrigins: config.CORS_ORIGINS,
+    longPoll: { max: config.LONG_POLL_MAX, maxPerOwner: config.LONG_POLL_MAX_PER_OWNER },
+    streams: {
+      timing: { heartbeatMs: config.STREAM_HEARTBEAT_MS, retryMs: STREAM_RETRY_MS },
+      tokenSecret: config.STREAM_TOKEN_SECRET,
+      tokenTtlMs: config.STREAM_TOKEN_TTL_MS,
+    },
+    ...pages(config),
+    admin: { doctor: config, bulkMax: config.BULK_ACTION_MAX },
+    schedule: { maxAheadMs: config.SCHEDULE_MAX_AHEAD_MS, pastSkewMs: config.SCHEDULE_PAST_SKEW_MS },
+  }).app;
+}
+
+/** The HTTP server part, with its timeouts and connection cap from the configuration. */
+function httpServer(config: Config, app: RequestListener) {
+  return serverPart(
+    createServer(app, {
+      headersTimeoutMs: config.HTTP_HEADERS_TIMEOUT_MS,
+      requestTimeoutMs: config.HTTP_REQUEST_TIMEOUT_MS,
+      maxConnections: config.HTTP_MAX_CONNECTIONS,
+    }),
+    config.PORT,
+  );
+}
+
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
   const authProblem = authStartProblem(config);
@@ -51,33 +83,8 @@ async function main(): Promise<void> {
   const db = createDb(pool);
   const taskNotifier = createTaskNotifier(pool, logger);
   const events = createTaskEvents(config.DATABASE_URL, logger, (viewer, id) => findTask(db, viewer, id));
-  const { app } = buildApp({
-    db,
-    pool,
-    taskNotifier,
-    events,
-    logger,
-    bodyLimit: config.BODY_LIMIT,
-    auth: config,
-    corsOrigins: config.CORS_ORIGINS,
-    longPoll: { max: config.LONG_POLL_MAX, maxPerOwner: config.LONG_POLL_MAX_PER_OWNER },
-    streams: {
-      timing: { heartbeatMs: config.STREAM_HEARTBEAT_MS, retryMs: STREAM_RETRY_MS },
-      tokenSecret: config.STREAM_TOKEN_SECRET,
-      tokenTtlMs: config.STREAM_TOKEN_TTL_MS,
-    },
-    ...pages(config),
-    admin: { doctor: config, bulkMax: config.BULK_ACTION_MAX },
-    schedule: { maxAheadMs: config.SCHEDULE_MAX_AHEAD_MS, pastSkewMs: config.SCHEDULE_PAST_SKEW_MS },
-  });
-  const server = serverPart(
-    createServer(app, {
-      headersTimeoutMs: config.HTTP_HEADERS_TIMEOUT_MS,
-      requestTimeoutMs: config.HTTP_REQUEST_TIMEOUT_MS,
-      maxConnections: config.HTTP_MAX_CONNECTIONS,
-    }),
-    config.PORT,
-  );
+  const app = appFor(config, { db, pool, taskNotifier, events, logger });
+  const server = httpServer(config, app);
   // Started in this order, stopped in reverse: long polls and streams are released first (polls answer
   // with the current view, streams end), or closing the server would wait for them.
   const parts: Service[] = [resource(() => db.destroy()), resource(() => taskNotifier.stop()), server, events];

@@ -70,177 +70,217 @@ function parseMessage(msg: ConsumeMessage): TaskMessage | DeadLetterReason {
 const BROKER_ANSWER_MS = 10_000;
 
 export function createConsumer(options: ConsumerOptions, deps: AttemptDeps, logger: Logger): Consumer {
-  const { topology, queues, graceMs, giveUp } = options;
-  let channel: ConfirmChannel | null = null;
-  let consumerTags: string[] = [];
-  // Every queue has its consumer on `channel` (/readyz): false while a setup is starting them.
-  let consumingAll = false;
-  let stopping = false;
-  let settingUp: Promise<void> | null = null;
-  const inFlight = new Set<Promise<void>>();
-
-  /** Publishes the message to its queue's dead-letter exchange with a reason header, then acks it. */
-  async function deadLetter(
-    ch: ConfirmChannel,
-    route: QueueRoute,
-    msg: ConsumeMessage,
-    why: DeadLetterReason,
-    log: Logger,
-  ): Promise<void> {
-    const reason = reasonHeader(why);
-    deps.metrics.deadLetters.inc({ reason: why.code, queue: route.name });
-    log.error('message dead-lettered', { reason, routingKey: msg.fields.routingKey });
-    try {
-      const confirmed = new Promise<void>((resolve, reject) => {
-        ch.publish(
-          route.deadExchange,
-          msg.fields.routingKey,
-          msg.content,
-          { ...msg.properties, headers: { ...msg.properties.headers, 'x-dead-letter-reason': reason } },
-          (err) => (err ? reject(toError(err)) : resolve()),
-        );
-      });
-      await withTimeout(confirmed, BROKER_ANSWER_MS, 'dead-letter confirm');
-      ch.ack(msg);
-    } catch (err) {
-      // The broker's own dead-lettering (queue's x-dead-letter-exchange) still keeps the message.
-      log.warn('dead-letter publish failed; rejecting to the queue dead-letter exchange', {
-        error: toError(err).message,
-      });
-      ch.nack(msg, false, false);
-    }
-  }
-
-  /**
-   * Acks or requeues on the channel that delivered the message. After a reconnect that channel is
-   * gone and the broker has already requeued the message; its redelivery is absorbed by decide().
-   */
-  function ackOrRequeue(ch: ConfirmChannel, msg: ConsumeMessage, how: 'ack' | 'requeue', log: Logger): void {
-    if (ch !== channel) {
-      log.info('delivery not settled: its channel closed; the redelivery will be absorbed', { how });
-      return;
-    }
-    if (how === 'ack') ch.ack(msg);
-    else ch.nack(msg, false, true);
-  }
-
-  async function handle(ch: ConfirmChannel, tag: string, route: QueueRoute, msg: ConsumeMessage): Promise<void> {
-    const externalJobId = `${tag}:${msg.fields.deliveryTag}`;
-    const base = {
-      messageId: msg.properties.messageId as string | undefined,
-      correlationId: msg.properties.correlationId as string | undefined,
-    };
-    const parsed = parseMessage(msg);
-    if ('code' in parsed) return deadLetter(ch, route, msg, parsed, logger.child(base));
-    const log = logger.child({ ...base, taskId: parsed.taskId, externalJobId });
-
-    const begin = await whilePostgresDown(deps, log, () => beginAttempt(deps, parsed, externalJobId));
-    deps.metrics.deliveries.inc({ outcome: begin.action === 'started' ? 'run' : begin.action, queue: route.name });
-    switch (begin.action) {
-      case 'dead-letter':
-        return deadLetter(ch, route, msg, { code: begin.reason }, log);
-      case 'fail':
-        log.error('task failed without running', { reason: begin.reason });
-        if (begin.reason === 'unknown-type') return deadLetter(ch, route, msg, { code: 'unknown-type' }, log);
-        return ackOrRequeue(ch, msg, 'ack', log);
-      case 'skip':
-        log.info('duplicate delivery absorbed', { reason: begin.reason, attempt: parsed.attempt });
-        return ackOrRequeue(ch, msg, 'ack', log);
-      case 'started': {
-        // Ack only after the outcome is committed (invariant 3); an abandoned run is requeued, and its
-        // redelivery resumes the task as a new attempt or is absorbed if the task moved on.
-        const result = await runAttempt(deps, begin, log);
-        return ackOrRequeue(ch, msg, result === 'recorded' ? 'ack' : 'requeue', log);
-      }
-    }
-  }
-
-  function startHandling(ch: ConfirmChannel, tag: string, route: QueueRoute, msg: ConsumeMessage): void {
-    const log = logger.child({
-      messageId: msg.properties.messageId as string | undefined,
-      correlationId: msg.properties.correlationId as string | undefined,
-      taskId: msg.properties.headers?.['x-task-id'] as string | undefined,
-    });
-    const run = handle(ch, tag, route, msg)
-      .catch((err: unknown) => {
-        // Not handled (an unexpected error, or Postgres still down when the worker stops): give the
-        // message back, after a pause so that a persistent error does not spin.
-        log.warn('delivery not handled; requeueing', { error: toError(err).message });
-        return new Promise<void>((resolve) => setTimeout(resolve, 1000)).then(() =>
-          ackOrRequeue(ch, msg, 'requeue', log),
-        );
-      })
-      .finally(() => inFlight.delete(run));
-    inFlight.add(run);
-  }
-
-  /**
-   * A fresh confirm channel with the topology, and on it one consumer per queue under a new tag, each
-   * with its own prefetch: basic.qos without `global` applies to the consumers started after it, so
-   * a queue of slow tasks cannot take the slots of another queue's quick ones.
-   */
-  async function consume(model: ChannelModel, rebuild: (reason: string) => void): Promise<void> {
-    const ch = await model.createConfirmChannel();
-    // A channel error is the broker closing this channel (an ack it does not accept, say).
-    ch.on('error', (err: Error) => rebuild(`consume channel closed by the broker: ${err.message}`));
-    ch.on('close', () => {
-      if (channel === ch) channel = null;
-    });
-    await assertTopology(ch, topology, model);
-    // Set before the first consumer: a delivery settles only on the current channel (ackOrRequeue),
-    // and the first queue's messages may arrive while the next consumers are being started.
-    channel = ch;
-    consumingAll = false;
-    const tags: string[] = [];
-    consumerTags = tags;
-    for (const { route, prefetch } of queues) {
-      await ch.prefetch(prefetch);
-      const tag = newConsumerTag();
-      await ch.consume(
-        route.queue,
-        (msg) => {
-          if (msg !== null) return startHandling(ch, tag, route, msg);
-          // The broker cancelled the consumer: its queue was deleted, or its leader moved away.
-          if (channel === ch) channel = null;
-          rebuild(`the broker cancelled consumer ${tag} of ${route.queue} (queue deleted?)`);
-        },
-        { consumerTag: tag },
-      );
-      tags.push(tag);
-    }
-    consumingAll = true;
-    // One line once every queue is consumed: a reader waiting for it knows that all of them are.
-    const consumed = queues.map(({ route, prefetch }, i) => ({ queue: route.queue, prefetch, consumerTag: tags[i] }));
-    logger.info('consuming', { queues: consumed });
-  }
-
+  const state: ConsumerState = {
+    options,
+    deps,
+    logger,
+    channel: null,
+    consumerTags: [],
+    consumingAll: false,
+    stopping: false,
+    settingUp: null,
+    inFlight: new Set(),
+  };
   return {
     setup(model, rebuild) {
-      if (stopping) return Promise.resolve();
+      if (state.stopping) return Promise.resolve();
       // stop() waits for a setup in progress, so that no consumer starts after it has cancelled.
-      settingUp = consume(model, rebuild);
-      return settingUp;
+      state.settingUp = consume(state, model, rebuild);
+      return state.settingUp;
     },
-    ready: () => channel !== null && consumingAll,
+    ready: () => state.channel !== null && state.consumingAll,
     async start() {},
-    async stop() {
-      stopping = true;
-      await settingUp?.catch(() => undefined);
-      const ch = channel;
-      if (ch) {
-        for (const tag of consumerTags) {
-          await withTimeout(ch.cancel(tag), BROKER_ANSWER_MS, 'cancelling a consumer').catch(() => undefined);
-        }
-      }
-      const drained = Promise.all([...inFlight]);
-      const graceOver = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), graceMs).unref());
-      if ((await Promise.race([drained, graceOver])) === 'timeout') {
-        logger.warn('runs still in flight at the shutdown deadline; abandoning them', { runs: inFlight.size });
-        giveUp();
-        deps.leases.abortAll('shutdown');
-        await Promise.all([...inFlight]);
-      }
-      giveUp();
-    },
+    stop: () => stopConsuming(state),
   };
+}
+
+interface ConsumerState {
+  options: ConsumerOptions;
+  deps: AttemptDeps;
+  logger: Logger;
+  channel: ConfirmChannel | null;
+  consumerTags: string[];
+  /** Every queue has its consumer on `channel` (/readyz): false while a setup is starting them. */
+  consumingAll: boolean;
+  stopping: boolean;
+  settingUp: Promise<void> | null;
+  inFlight: Set<Promise<void>>;
+}
+
+/** Publishes the message to its queue's dead-letter exchange with a reason header, then acks it. */
+async function deadLetter(
+  state: ConsumerState,
+  ch: ConfirmChannel,
+  route: QueueRoute,
+  msg: ConsumeMessage,
+  why: DeadLetterReason,
+  log: Logger,
+): Promise<void> {
+  const reason = reasonHeader(why);
+  state.deps.metrics.deadLetters.inc({ reason: why.code, queue: route.name });
+  log.error('message dead-lettered', { reason, routingKey: msg.fields.routingKey });
+  try {
+    const confirmed = new Promise<void>((resolve, reject) => {
+      ch.publish(
+        route.deadExchange,
+        msg.fields.routingKey,
+        msg.content,
+        { ...msg.properties, headers: { ...msg.properties.headers, 'x-dead-letter-reason': reason } },
+        (err) => (err ? reject(toError(err)) : resolve()),
+      );
+    });
+    await withTimeout(confirmed, BROKER_ANSWER_MS, 'dead-letter confirm');
+    ch.ack(msg);
+  } catch (err) {
+    // The broker's own dead-lettering (queue's x-dead-letter-exchange) still keeps the message.
+    log.warn('dead-letter publish failed; rejecting to the queue dead-letter exchange', {
+      error: toError(err).message,
+    });
+    ch.nack(msg, false, false);
+  }
+}
+
+/**
+ * Acks or requeues on the channel that delivered the message. After a reconnect that channel is
+ * gone and the broker has already requeued the message; its redelivery is absorbed by decide().
+ */
+function ackOrRequeue(
+  state: ConsumerState,
+  ch: ConfirmChannel,
+  msg: ConsumeMessage,
+  how: 'ack' | 'requeue',
+  log: Logger,
+): void {
+  if (ch !== state.channel) {
+    log.info('delivery not settled: its channel closed; the redelivery will be absorbed', { how });
+    return;
+  }
+  if (how === 'ack') ch.ack(msg);
+  else ch.nack(msg, false, true);
+}
+
+async function handle(
+  state: ConsumerState,
+  ch: ConfirmChannel,
+  tag: string,
+  route: QueueRoute,
+  msg: ConsumeMessage,
+): Promise<void> {
+  const { deps } = state;
+  const externalJobId = `${tag}:${msg.fields.deliveryTag}`;
+  const base = {
+    messageId: msg.properties.messageId as string | undefined,
+    correlationId: msg.properties.correlationId as string | undefined,
+  };
+  const parsed = parseMessage(msg);
+  if ('code' in parsed) return deadLetter(state, ch, route, msg, parsed, state.logger.child(base));
+  const log = state.logger.child({ ...base, taskId: parsed.taskId, externalJobId });
+
+  const begin = await whilePostgresDown(deps, log, () => beginAttempt(deps, parsed, externalJobId));
+  deps.metrics.deliveries.inc({ outcome: begin.action === 'started' ? 'run' : begin.action, queue: route.name });
+  switch (begin.action) {
+    case 'dead-letter':
+      return deadLetter(state, ch, route, msg, { code: begin.reason }, log);
+    case 'fail':
+      log.error('task failed without running', { reason: begin.reason });
+      if (begin.reason === 'unknown-type') return deadLetter(state, ch, route, msg, { code: 'unknown-type' }, log);
+      return ackOrRequeue(state, ch, msg, 'ack', log);
+    case 'skip':
+      log.info('duplicate delivery absorbed', { reason: begin.reason, attempt: parsed.attempt });
+      return ackOrRequeue(state, ch, msg, 'ack', log);
+    case 'started': {
+      // Ack only after the outcome is committed (invariant 3); an abandoned run is requeued, and its
+      // redelivery resumes the task as a new attempt or is absorbed if the task moved on.
+      const result = await runAttempt(deps, begin, log);
+      return ackOrRequeue(state, ch, msg, result === 'recorded' ? 'ack' : 'requeue', log);
+    }
+  }
+}
+
+function startHandling(
+  state: ConsumerState,
+  ch: ConfirmChannel,
+  tag: string,
+  route: QueueRoute,
+  msg: ConsumeMessage,
+): void {
+  const log = state.logger.child({
+    messageId: msg.properties.messageId as string | undefined,
+    correlationId: msg.properties.correlationId as string | undefined,
+    taskId: msg.properties.headers?.['x-task-id'] as string | undefined,
+  });
+  const run = handle(state, ch, tag, route, msg)
+    .catch((err: unknown) => {
+      // Not handled (an unexpected error, or Postgres still down when the worker stops): give the
+      // message back, after a pause so that a persistent error does not spin.
+      log.warn('delivery not handled; requeueing', { error: toError(err).message });
+      return new Promise<void>((resolve) => setTimeout(resolve, 1000)).then(() =>
+        ackOrRequeue(state, ch, msg, 'requeue', log),
+      );
+    })
+    .finally(() => state.inFlight.delete(run));
+  state.inFlight.add(run);
+}
+
+/**
+ * A fresh confirm channel with the topology, and on it one consumer per queue under a new tag, each
+ * with its own prefetch: basic.qos without `global` applies to the consumers started after it, so
+ * a queue of slow tasks cannot take the slots of another queue's quick ones.
+ */
+async function consume(state: ConsumerState, model: ChannelModel, rebuild: (reason: string) => void): Promise<void> {
+  const { topology, queues } = state.options;
+  const ch = await model.createConfirmChannel();
+  // A channel error is the broker closing this channel (an ack it does not accept, say).
+  ch.on('error', (err: Error) => rebuild(`consume channel closed by the broker: ${err.message}`));
+  ch.on('close', () => {
+    if (state.channel === ch) state.channel = null;
+  });
+  await assertTopology(ch, topology, model);
+  // Set before the first consumer: a delivery settles only on the current channel (ackOrRequeue),
+  // and the first queue's messages may arrive while the next consumers are being started.
+  state.channel = ch;
+  state.consumingAll = false;
+  const tags: string[] = [];
+  state.consumerTags = tags;
+  for (const { route, prefetch } of queues) {
+    await ch.prefetch(prefetch);
+    const tag = newConsumerTag();
+    await ch.consume(
+      route.queue,
+      (msg) => {
+        if (msg !== null) return startHandling(state, ch, tag, route, msg);
+        // The broker cancelled the consumer: its queue was deleted, or its leader moved away.
+        if (state.channel === ch) state.channel = null;
+        rebuild(`the broker cancelled consumer ${tag} of ${route.queue} (queue deleted?)`);
+      },
+      { consumerTag: tag },
+    );
+    tags.push(tag);
+  }
+  state.consumingAll = true;
+  // One line once every queue is consumed: a reader waiting for it knows that all of them are.
+  const consumed = queues.map(({ route, prefetch }, i) => ({ queue: route.queue, prefetch, consumerTag: tags[i] }));
+  state.logger.info('consuming', { queues: consumed });
+}
+
+async function stopConsuming(state: ConsumerState): Promise<void> {
+  const { graceMs, giveUp } = state.options;
+  const { inFlight } = state;
+  state.stopping = true;
+  await state.settingUp?.catch(() => undefined);
+  const ch = state.channel;
+  if (ch) {
+    for (const tag of state.consumerTags) {
+      await withTimeout(ch.cancel(tag), BROKER_ANSWER_MS, 'cancelling a consumer').catch(() => undefined);
+    }
+  }
+  const drained = Promise.all([...inFlight]);
+  const graceOver = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), graceMs).unref());
+  if ((await Promise.race([drained, graceOver])) === 'timeout') {
+    state.logger.warn('runs still in flight at the shutdown deadline; abandoning them', { runs: inFlight.size });
+    giveUp();
+    state.deps.leases.abortAll('shutdown');
+    await Promise.all([...inFlight]);
+  }
+  giveUp();
 }

@@ -54,76 +54,103 @@ interface Run {
  * A run the renewal no longer finds (the task was resumed or finished elsewhere) is aborted at once.
  */
 export function createLeases(db: Db, leaseMs: number, logger: Logger): Leases {
-  const runs = new Map<string, Run>();
-  const key = (taskId: string, attempt: number): string => `${taskId}:${attempt}`;
-  const fenceMs = leaseMs / 2;
-  let timer: NodeJS.Timeout | null = null;
-  let renewing = false;
-  let failing = false;
-
-  function fence(run: Run, now: number): void {
-    if (run.controller.signal.aborted || now - run.renewedAt <= fenceMs) return;
-    logger.warn('lease not renewed in time; aborting the run', {
-      taskId: run.taskId,
-      attempt: run.attempt,
-      sinceRenewalMs: Math.round(now - run.renewedAt),
-    });
-    run.controller.abort('lost' satisfies AbortReason);
-  }
-
-  async function renew(): Promise<void> {
-    const live = [...runs.values()];
-    const sentAt = leaseClock();
-    renewing = true;
-    try {
-      const renewed = new Map((await renewLeases(db, live, leaseMs)).map((r) => [key(r.id, r.attempt), r]));
-      if (failing) logger.info('lease renewal works again');
-      failing = false;
-      for (const run of live) {
-        const row = renewed.get(key(run.taskId, run.attempt));
-        if (!row) run.controller.abort('lost' satisfies AbortReason);
-        else if (row.cancel_requested) run.controller.abort('cancelled' satisfies AbortReason);
-        else run.renewedAt = sentAt;
-      }
-    } catch (err) {
-      if (!failing) logger.warn('could not renew leases', { runs: live.length, error: toError(err).message });
-      failing = true;
-    } finally {
-      renewing = false;
-    }
-  }
-
-  function tick(): void {
-    const now = leaseClock();
-    for (const run of runs.values()) fence(run, now);
-    if (!renewing) void renew();
-  }
-
+  const state: LeasesState = {
+    db,
+    leaseMs,
+    logger,
+    runs: new Map(),
+    fenceMs: leaseMs / 2,
+    timer: null,
+    renewing: false,
+    failing: false,
+  };
   return {
-    register(taskId, attempt, leaseFrom, timeoutMs) {
-      const controller = new AbortController();
-      // Counted from here, after the start committed: time spent waiting for Postgres is not the run's.
-      const deadline = setTimeout(() => controller.abort('timeout' satisfies AbortReason), timeoutMs).unref();
-      const run = { taskId, attempt, controller, renewedAt: leaseFrom, deadline };
-      runs.set(key(taskId, attempt), run);
-      // A start whose answer came back late may have a lease that is already past the fence.
-      fence(run, leaseClock());
-      return run.controller.signal;
-    },
+    register: (taskId, attempt, leaseFrom, timeoutMs) => register(state, taskId, attempt, leaseFrom, timeoutMs),
     unregister(taskId, attempt) {
-      const run = runs.get(key(taskId, attempt));
+      const run = state.runs.get(runKey(taskId, attempt));
       if (run) clearTimeout(run.deadline);
-      runs.delete(key(taskId, attempt));
+      state.runs.delete(runKey(taskId, attempt));
     },
     abortAll(reason) {
-      for (const r of runs.values()) r.controller.abort(reason);
+      for (const r of state.runs.values()) r.controller.abort(reason);
     },
     async start() {
-      timer ??= setInterval(tick, Math.floor(leaseMs / 6));
+      state.timer ??= setInterval(() => tick(state), Math.floor(leaseMs / 6));
     },
     async stop() {
-      if (timer) clearInterval(timer);
-      timer = null;
+      if (state.timer) clearInterval(state.timer);
+      state.timer = null;
     },
   };
+}
+
+interface LeasesState {
+  db: Db;
+  leaseMs: number;
+  logger: Logger;
+  /** The live runs, by runKey. */
+  runs: Map<string, Run>;
+  fenceMs: number;
+  timer: NodeJS.Timeout | null;
+  renewing: boolean;
+  failing: boolean;
+}
+
+const runKey = (taskId: string, attempt: number): string => `${taskId}:${attempt}`;
+
+function register(
+  state: LeasesState,
+  taskId: string,
+  attempt: number,
+  leaseFrom: number,
+  timeoutMs: number,
+): AbortSignal {
+  const controller = new AbortController();
+  // Counted from here, after the start committed: time spent waiting for Postgres is not the run's.
+  const deadline = setTimeout(() => controller.abort('timeout' satisfies AbortReason), timeoutMs).unref();
+  const run = { taskId, attempt, controller, renewedAt: leaseFrom, deadline };
+  state.runs.set(runKey(taskId, attempt), run);
+  // A start whose answer came back late may have a lease that is already past the fence.
+  fence(state, run, leaseClock());
+  return run.controller.signal;
+}
+
+function fence(state: LeasesState, run: Run, now: number): void {
+  if (run.controller.signal.aborted || now - run.renewedAt <= state.fenceMs) return;
+  state.logger.warn('lease not renewed in time; aborting the run', {
+    taskId: run.taskId,
+    attempt: run.attempt,
+    sinceRenewalMs: Math.round(now - run.renewedAt),
+  });
+  run.controller.abort('lost' satisfies AbortReason);
+}
+
+async function renew(state: LeasesState): Promise<void> {
+  const live = [...state.runs.values()];
+  const sentAt = leaseClock();
+  state.renewing = true;
+  try {
+    const renewed = new Map(
+      (await renewLeases(state.db, live, state.leaseMs)).map((r) => [runKey(r.id, r.attempt), r]),
+    );
+    if (state.failing) state.logger.info('lease renewal works again');
+    state.failing = false;
+    for (const run of live) {
+      const row = renewed.get(runKey(run.taskId, run.attempt));
+      if (!row) run.controller.abort('lost' satisfies AbortReason);
+      else if (row.cancel_requested) run.controller.abort('cancelled' satisfies AbortReason);
+      else run.renewedAt = sentAt;
+    }
+  } catch (err) {
+    if (!state.failing) state.logger.warn('could not renew leases', { runs: live.length, error: toError(err).message });
+    state.failing = true;
+  } finally {
+    state.renewing = false;
+  }
+}
+
+function tick(state: LeasesState): void {
+  const now = leaseClock();
+  for (const run of state.runs.values()) fence(state, run, now);
+  if (!state.renewing) void renew(state);
 }

@@ -23,30 +23,11 @@ const COUNTS_FRESH_MS = 5000;
 
 /** `queues`: the names of the queues this worker consumes, whose series start at zero. */
 export function createWorkerMetrics(db: Db, queues: readonly string[]): WorkerMetrics {
-  let cached: { at: number; counts: Promise<Map<TaskStatus, number>> } | null = null;
-  const countsCache = (): Promise<Map<TaskStatus, number>> => {
-    if (!cached || Date.now() - cached.at > COUNTS_FRESH_MS) {
-      const counts = countTasksByStatus(db);
-      counts.catch(() => (cached = null));
-      cached = { at: Date.now(), counts };
-    }
-    return cached.counts;
-  };
   const registry = new Registry();
   registry.setDefaultLabels({ service: 'worker' });
   collectDefaultMetrics({ register: registry });
   const registers = [registry];
-  new Gauge({
-    name: 'tasks_by_status',
-    help: 'Tasks in the database by status',
-    labelNames: ['status'],
-    registers,
-    async collect() {
-      const counts = await countsCache();
-      // Every status, zeros included, so a dashboard or alert never sees a series vanish.
-      for (const status of taskStatuses) this.set({ status }, counts.get(status) ?? 0);
-    },
-  });
+  tasksByStatusGauge(db, registers);
   const metrics: WorkerMetrics = {
     registry,
     deliveries: new Counter({
@@ -85,10 +66,44 @@ export function createWorkerMetrics(db: Db, queues: readonly string[]): WorkerMe
       registers,
     }),
   };
+  startAtZero(metrics, queues);
+  return metrics;
+}
+
+/** The tasks_by_status gauge, read from a count at most COUNTS_FRESH_MS old. */
+function tasksByStatusGauge(db: Db, registers: Registry[]): void {
+  const countsCache = cachedStatusCounts(db);
+  new Gauge({
+    name: 'tasks_by_status',
+    help: 'Tasks in the database by status',
+    labelNames: ['status'],
+    registers,
+    async collect() {
+      const counts = await countsCache();
+      // Every status, zeros included, so a dashboard or alert never sees a series vanish.
+      for (const status of taskStatuses) this.set({ status }, counts.get(status) ?? 0);
+    },
+  });
+}
+
+/** The task counts by status, counted again once they are older than COUNTS_FRESH_MS or the count failed. */
+function cachedStatusCounts(db: Db): () => Promise<Map<TaskStatus, number>> {
+  let cached: { at: number; counts: Promise<Map<TaskStatus, number>> } | null = null;
+  return () => {
+    if (!cached || Date.now() - cached.at > COUNTS_FRESH_MS) {
+      const counts = countTasksByStatus(db);
+      counts.catch(() => (cached = null));
+      cached = { at: Date.now(), counts };
+    }
+    return cached.counts;
+  };
+}
+
+/** Every known label value of the counters at zero (see deliveryOutcomes). */
+function startAtZero(metrics: WorkerMetrics, queues: readonly string[]): void {
   for (const queue of queues) {
     for (const outcome of deliveryOutcomes) metrics.deliveries.inc({ outcome, queue }, 0);
     for (const reason of deadLetterCodes) metrics.deadLetters.inc({ reason, queue }, 0);
   }
   for (const final of ['true', 'false']) metrics.failures.inc({ final }, 0);
-  return metrics;
 }
