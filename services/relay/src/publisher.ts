@@ -59,148 +59,200 @@ const NACKED_REBUILD_MS = 2000;
  * unconfirmed, which means "publish again later", never "done".
  */
 export function createPublisher(topology: AmqpTopology, confirmTimeoutMs: number, logger: Logger): Publisher {
-  let channel: ConfirmChannel | null = null;
-  let model: ChannelModel | null = null;
-  let rebuildChannel: (reason: string) => void = () => undefined;
-  // Since when every batch has had a message returned as unroutable; null while they route.
-  let unroutableSince: number | null = null;
-  // Since when the broker has nacked every publish; null while it confirms some.
-  let nackedSince: number | null = null;
-  // The broker blocked the connection (a memory or disk alarm): publishes would wait for the alarm.
-  let blocked = false;
-  // Types returned as unroutable because no queue of this relay's topology takes them: warned once each.
-  const unknownTypes = new Set<string>();
-
-  /** After each batch: how many messages came back unroutable, and how many reached the queue. */
-  function noteReturns(returnedKeys: string[], routed: number): void {
-    for (const key of returnedKeys.filter((k) => !queueOfType(topology, k) && !unknownTypes.has(k))) {
-      unknownTypes.add(key);
-      logger.warn('publishes of a type no queue is bound to come back unroutable; they stay in the outbox', {
-        type: key,
-        hint: 'a relay or worker that knows this type declares its binding when it connects',
-      });
-    }
-    const returned = returnedKeys.filter((k) => queueOfType(topology, k)).length;
-    if (returned === 0) {
-      if (routed > 0 && unroutableSince !== null) {
-        logger.info('publishes reach the queue again');
-        unroutableSince = null;
-      }
-      return;
-    }
-    if (unroutableSince === null) {
-      unroutableSince = Date.now();
-      logger.warn('publishes returned as unroutable: a queue or its binding is missing', {
-        queues: topology.queues.map((q) => q.queue),
-      });
-    } else if (Date.now() - unroutableSince >= UNROUTABLE_REBUILD_MS) {
-      rebuildChannel(`publishes returned as unroutable for ${UNROUTABLE_REBUILD_MS} ms`);
-    }
-  }
-
-  function noteNacks(nacked: number, confirmed: number): void {
-    if (nacked === 0 || confirmed > 0) {
-      nackedSince = null;
-      return;
-    }
-    nackedSince ??= Date.now();
-    if (Date.now() - nackedSince >= NACKED_REBUILD_MS) {
-      rebuildChannel(`every publish nacked by the broker for ${NACKED_REBUILD_MS} ms`);
-    }
-  }
-
-  return {
-    async setup(m, rebuild) {
-      const ch = await m.createConfirmChannel();
-      // A channel error is the broker closing this channel (a 404 on a deleted exchange, say).
-      ch.on('error', (err: Error) => rebuild(`publish channel closed by the broker: ${err.message}`));
-      ch.on('close', () => {
-        if (channel === ch) channel = null;
-      });
-      await assertTopology(ch, topology, m);
-      m.on('blocked', () => (blocked = true));
-      m.on('unblocked', () => (blocked = false));
-      blocked = false;
-      channel = ch;
-      model = m;
-      rebuildChannel = rebuild;
-      unroutableSince = null;
-      nackedSince = null;
-    },
-    connected: () => channel !== null && !blocked,
-    ready: () => channel !== null && !blocked && unroutableSince === null,
-    async readyMessages() {
-      const counts = new Map<string, number>();
-      for (const q of topology.queues) {
-        if (!model || !channel) return null;
-        const queue = await inspectQueue(model, q.queue).catch(() => undefined);
-        if (queue === undefined) return null; // no answer: decide on the next pass
-        if (queue === null) {
-          rebuildChannel(`queue ${q.queue} is missing`);
-          return null;
-        }
-        counts.set(q.name, queue.messageCount);
-      }
-      return counts;
-    },
-    async publishBatch(rows) {
-      const ch = channel;
-      if (!ch) return { published: [], failed: rows.map((r) => ({ id: r.id, error: 'not connected to rabbitmq' })) };
-
-      const outcome = new Map<string, string | null>();
-      // Message id → routing key of each message the broker returned as unroutable.
-      const returned = new Map<string, string>();
-      let nacked = 0;
-      let allSettled: () => void = () => undefined;
-      const settledPromise = new Promise<void>((resolve) => (allSettled = resolve));
-      const conclude = (id: string, error: string | null): void => {
-        if (outcome.has(id)) return;
-        outcome.set(id, error);
-        if (outcome.size === rows.length) allSettled();
-      };
-      const failRemaining = (error: string): void => rows.forEach((r) => conclude(r.id, error));
-      const onReturn = (msg: Message): void => {
-        if (typeof msg.properties.messageId === 'string') returned.set(msg.properties.messageId, msg.fields.routingKey);
-      };
-      const onClose = (): void => failRemaining('channel closed before confirm');
-      ch.on('return', onReturn);
-      ch.once('close', onClose);
-      const timer = setTimeout(() => failRemaining(`no confirm within ${confirmTimeoutMs} ms`), confirmTimeoutMs);
-      try {
-        for (const row of rows) {
-          if (outcome.size === rows.length) break; // the channel closed or the confirm wait timed out
-          const confirmed = (err: unknown): void => {
-            if (err) {
-              nacked++;
-              conclude(row.id, `nacked by broker: ${toError(err).message}`);
-            } else conclude(row.id, returned.has(row.message_id) ? UNROUTABLE : null);
-          };
-          try {
-            const body = Buffer.from(JSON.stringify(row.payload));
-            const writable = ch.publish(topology.exchange, row.routing_key, body, messageOptions(row), confirmed);
-            // Backpressure: amqplib buffers what the socket cannot take; wait until it drains.
-            if (!writable) await drainedOrClosed(ch, settledPromise);
-          } catch (err) {
-            conclude(row.id, `publish failed: ${toError(err).message}`);
-          }
-        }
-        if (rows.length === 0) allSettled();
-        await settledPromise;
-      } finally {
-        clearTimeout(timer);
-        ch.off('return', onReturn);
-        ch.off('close', onClose);
-      }
-      const result: PublishResult = { published: [], failed: [] };
-      for (const [id, error] of outcome) {
-        if (error === null) result.published.push(id);
-        else result.failed.push({ id, error });
-      }
-      noteReturns([...returned.values()], result.published.length);
-      noteNacks(nacked, result.published.length);
-      return result;
-    },
+  const state: PublisherState = {
+    topology,
+    confirmTimeoutMs,
+    logger,
+    channel: null,
+    model: null,
+    rebuildChannel: () => undefined,
+    unroutableSince: null,
+    nackedSince: null,
+    blocked: false,
+    unknownTypes: new Set<string>(),
   };
+  return {
+    setup: (m, rebuild) => setupChannel(state, m, rebuild),
+    connected: () => state.channel !== null && !state.blocked,
+    ready: () => state.channel !== null && !state.blocked && state.unroutableSince === null,
+    readyMessages: () => readyMessages(state),
+    publishBatch: (rows) => publishBatch(state, rows),
+  };
+}
+
+interface PublisherState {
+  topology: AmqpTopology;
+  confirmTimeoutMs: number;
+  logger: Logger;
+  channel: ConfirmChannel | null;
+  model: ChannelModel | null;
+  rebuildChannel: (reason: string) => void;
+  // Since when every batch has had a message returned as unroutable; null while they route.
+  unroutableSince: number | null;
+  // Since when the broker has nacked every publish; null while it confirms some.
+  nackedSince: number | null;
+  // The broker blocked the connection (a memory or disk alarm): publishes would wait for the alarm.
+  blocked: boolean;
+  // Types returned as unroutable because no queue of this relay's topology takes them: warned once each.
+  unknownTypes: Set<string>;
+}
+
+async function setupChannel(state: PublisherState, m: ChannelModel, rebuild: (reason: string) => void): Promise<void> {
+  const ch = await m.createConfirmChannel();
+  // A channel error is the broker closing this channel (a 404 on a deleted exchange, say).
+  ch.on('error', (err: Error) => rebuild(`publish channel closed by the broker: ${err.message}`));
+  ch.on('close', () => {
+    if (state.channel === ch) state.channel = null;
+  });
+  await assertTopology(ch, state.topology, m);
+  m.on('blocked', () => (state.blocked = true));
+  m.on('unblocked', () => (state.blocked = false));
+  state.blocked = false;
+  state.channel = ch;
+  state.model = m;
+  state.rebuildChannel = rebuild;
+  state.unroutableSince = null;
+  state.nackedSince = null;
+}
+
+async function readyMessages(state: PublisherState): Promise<Map<string, number> | null> {
+  const counts = new Map<string, number>();
+  for (const q of state.topology.queues) {
+    if (!state.model || !state.channel) return null;
+    const queue = await inspectQueue(state.model, q.queue).catch(() => undefined);
+    if (queue === undefined) return null; // no answer: decide on the next pass
+    if (queue === null) {
+      state.rebuildChannel(`queue ${q.queue} is missing`);
+      return null;
+    }
+    counts.set(q.name, queue.messageCount);
+  }
+  return counts;
+}
+
+/** After each batch: how many messages came back unroutable, and how many reached the queue. */
+function noteReturns(state: PublisherState, returnedKeys: string[], routed: number): void {
+  const { topology, logger } = state;
+  for (const key of returnedKeys.filter((k) => !queueOfType(topology, k) && !state.unknownTypes.has(k))) {
+    state.unknownTypes.add(key);
+    logger.warn('publishes of a type no queue is bound to come back unroutable; they stay in the outbox', {
+      type: key,
+      hint: 'a relay or worker that knows this type declares its binding when it connects',
+    });
+  }
+  const returned = returnedKeys.filter((k) => queueOfType(topology, k)).length;
+  if (returned === 0) {
+    if (routed > 0 && state.unroutableSince !== null) {
+      logger.info('publishes reach the queue again');
+      state.unroutableSince = null;
+    }
+    return;
+  }
+  if (state.unroutableSince === null) {
+    state.unroutableSince = Date.now();
+    logger.warn('publishes returned as unroutable: a queue or its binding is missing', {
+      queues: topology.queues.map((q) => q.queue),
+    });
+  } else if (Date.now() - state.unroutableSince >= UNROUTABLE_REBUILD_MS) {
+    state.rebuildChannel(`publishes returned as unroutable for ${UNROUTABLE_REBUILD_MS} ms`);
+  }
+}
+
+function noteNacks(state: PublisherState, nacked: number, confirmed: number): void {
+  if (nacked === 0 || confirmed > 0) {
+    state.nackedSince = null;
+    return;
+  }
+  state.nackedSince ??= Date.now();
+  if (Date.now() - state.nackedSince >= NACKED_REBUILD_MS) {
+    state.rebuildChannel(`every publish nacked by the broker for ${NACKED_REBUILD_MS} ms`);
+  }
+}
+
+/** One batch on its way: each row's outcome as it is settled, and what the broker returned or nacked. */
+interface BatchConfirms {
+  size: number;
+  /** Row id → null when confirmed, else why it was not. */
+  outcome: Map<string, string | null>;
+  // Message id → routing key of each message the broker returned as unroutable.
+  returned: Map<string, string>;
+  nacked: number;
+  /** Resolves once every row has an outcome. */
+  settled: Promise<void>;
+  allSettled: () => void;
+}
+
+function createBatchConfirms(size: number): BatchConfirms {
+  let allSettled: () => void = () => undefined;
+  const settled = new Promise<void>((resolve) => (allSettled = resolve));
+  return { size, outcome: new Map(), returned: new Map(), nacked: 0, settled, allSettled };
+}
+
+/** Settles one row; the first outcome counts (a confirm after a timeout changes nothing). */
+function conclude(batch: BatchConfirms, id: string, error: string | null): void {
+  if (batch.outcome.has(id)) return;
+  batch.outcome.set(id, error);
+  if (batch.outcome.size === batch.size) batch.allSettled();
+}
+
+async function publishBatch(state: PublisherState, rows: ClaimedRow[]): Promise<PublishResult> {
+  const ch = state.channel;
+  if (!ch) return { published: [], failed: rows.map((r) => ({ id: r.id, error: 'not connected to rabbitmq' })) };
+
+  const batch = createBatchConfirms(rows.length);
+  const failRemaining = (error: string): void => rows.forEach((r) => conclude(batch, r.id, error));
+  const onReturn = (msg: Message): void => {
+    if (typeof msg.properties.messageId === 'string')
+      batch.returned.set(msg.properties.messageId, msg.fields.routingKey);
+  };
+  const onClose = (): void => failRemaining('channel closed before confirm');
+  ch.on('return', onReturn);
+  ch.once('close', onClose);
+  const { confirmTimeoutMs } = state;
+  const timer = setTimeout(() => failRemaining(`no confirm within ${confirmTimeoutMs} ms`), confirmTimeoutMs);
+  try {
+    await publishRows(state, ch, rows, batch);
+    if (rows.length === 0) batch.allSettled();
+    await batch.settled;
+  } finally {
+    clearTimeout(timer);
+    ch.off('return', onReturn);
+    ch.off('close', onClose);
+  }
+  const result: PublishResult = { published: [], failed: [] };
+  for (const [id, error] of batch.outcome) {
+    if (error === null) result.published.push(id);
+    else result.failed.push({ id, error });
+  }
+  noteReturns(state, [...batch.returned.values()], result.published.length);
+  noteNacks(state, batch.nacked, result.published.length);
+  return result;
+}
+
+/** Publishes each row with its confirm callback, until all are sent or the batch settled early. */
+async function publishRows(
+  state: PublisherState,
+  ch: ConfirmChannel,
+  rows: ClaimedRow[],
+  batch: BatchConfirms,
+): Promise<void> {
+  for (const row of rows) {
+    if (batch.outcome.size === rows.length) break; // the channel closed or the confirm wait timed out
+    const confirmed = (err: unknown): void => {
+      if (err) {
+        batch.nacked++;
+        conclude(batch, row.id, `nacked by broker: ${toError(err).message}`);
+      } else conclude(batch, row.id, batch.returned.has(row.message_id) ? UNROUTABLE : null);
+    };
+    try {
+      const body = Buffer.from(JSON.stringify(row.payload));
+      const writable = ch.publish(state.topology.exchange, row.routing_key, body, messageOptions(row), confirmed);
+      // Backpressure: amqplib buffers what the socket cannot take; wait until it drains.
+      if (!writable) await drainedOrClosed(ch, batch.settled);
+    } catch (err) {
+      conclude(batch, row.id, `publish failed: ${toError(err).message}`);
+    }
+  }
 }
 
 /** The message properties of docs/design.md ("Names on the wire"), mandatory. */

@@ -55,67 +55,76 @@ const BATCH = 500;
  * the publishes of its own types, and a backlog of reports never delays finding a lost echo.
  */
 export function createReconciler(options: ReconcilerOptions): Reconciler {
-  const { db, publisher, topology, logger, metrics, afterMs, wake } = options;
-  let failing = false;
-
-  /** Republishes the stranded tasks of one queue, given its ready messages and its recent publishes. */
-  async function reconcileQueue(
-    queue: QueueRoute,
-    window: { cutoff: string; ready: number; recent: number },
-    signal?: AbortSignal,
-  ): Promise<number> {
-    const caughtUp = window.ready <= window.recent;
-    const quietMs = caughtUp ? afterMs : afterMs * BACKLOG_FACTOR;
-    const before = { cutoff: window.cutoff, extraMs: quietMs - afterMs };
-    const reason = caughtUp
-      ? `queue ${queue.name} holds no message older than ${afterMs} ms`
-      : `overdue behind ${window.ready} ready messages in queue ${queue.name}`;
-    let total = 0;
-    let batch;
-    do {
-      batch = await republishStranded(db, before, queue.types, BATCH);
-      for (const { message, correlationId } of batch) {
-        logger.warn('stranded task republished', {
-          taskId: message.task_id,
-          messageId: message.message_id,
-          correlationId,
-          reason,
-          publishedMoreThanMsAgo: quietMs,
-        });
-      }
-      metrics.republished.inc({ queue: queue.name, state: caughtUp ? 'caught-up' : 'backlog' }, batch.length);
-      total += batch.length;
-    } while (batch.length === BATCH && !signal?.aborted);
-    return total;
-  }
-
-  async function reconcile(signal?: AbortSignal): Promise<number> {
-    const { cutoff, byType } = await publishedSince(db, afterMs);
-    const ready = await publisher.readyMessages();
-    // Not connected, or a queue is missing and being declared again: decide on the next pass.
-    if (ready === null) return 0;
-    let total = 0;
-    for (const queue of topology.queues) {
-      if (queue.types.length === 0) continue;
-      const recent = queue.types.reduce((sum, type) => sum + (byType.get(type) ?? 0), 0);
-      total += await reconcileQueue(queue, { cutoff, ready: ready.get(queue.name) ?? 0, recent }, signal);
-    }
-    if (total > 0) wake();
-    return total;
-  }
-
-  async function pass(signal: AbortSignal): Promise<void> {
-    try {
-      await reconcile(signal);
-      if (failing) logger.info('reconciler works again');
-      failing = false;
-    } catch (err) {
-      if (!failing) logger.warn('reconciler pass failed; will try again', { error: toError(err).message });
-      failing = true;
-    }
-  }
-
+  const state: ReconcilerState = { ...options, failing: false };
   // Often enough that a stranded task waits little more than afterMs; at least once a minute.
-  const intervalMs = Math.min(60_000, Math.max(250, Math.floor(afterMs / 4)));
-  return { ...createPeriodic(intervalMs, pass), reconcile };
+  const intervalMs = Math.min(60_000, Math.max(250, Math.floor(options.afterMs / 4)));
+  return {
+    ...createPeriodic(intervalMs, (signal) => pass(state, signal)),
+    reconcile: (signal) => reconcile(state, signal),
+  };
+}
+
+interface ReconcilerState extends ReconcilerOptions {
+  /** The last pass failed: logged once, until a pass works again. */
+  failing: boolean;
+}
+
+/** Republishes the stranded tasks of one queue, given its ready messages and its recent publishes. */
+async function reconcileQueue(
+  state: ReconcilerState,
+  queue: QueueRoute,
+  window: { cutoff: string; ready: number; recent: number },
+  signal?: AbortSignal,
+): Promise<number> {
+  const { afterMs } = state;
+  const caughtUp = window.ready <= window.recent;
+  const quietMs = caughtUp ? afterMs : afterMs * BACKLOG_FACTOR;
+  const before = { cutoff: window.cutoff, extraMs: quietMs - afterMs };
+  const reason = caughtUp
+    ? `queue ${queue.name} holds no message older than ${afterMs} ms`
+    : `overdue behind ${window.ready} ready messages in queue ${queue.name}`;
+  let total = 0;
+  let batch;
+  do {
+    batch = await republishStranded(state.db, before, queue.types, BATCH);
+    for (const { message, correlationId } of batch) {
+      state.logger.warn('stranded task republished', {
+        taskId: message.task_id,
+        messageId: message.message_id,
+        correlationId,
+        reason,
+        publishedMoreThanMsAgo: quietMs,
+      });
+    }
+    state.metrics.republished.inc({ queue: queue.name, state: caughtUp ? 'caught-up' : 'backlog' }, batch.length);
+    total += batch.length;
+  } while (batch.length === BATCH && !signal?.aborted);
+  return total;
+}
+
+async function reconcile(state: ReconcilerState, signal?: AbortSignal): Promise<number> {
+  const { cutoff, byType } = await publishedSince(state.db, state.afterMs);
+  const ready = await state.publisher.readyMessages();
+  // Not connected, or a queue is missing and being declared again: decide on the next pass.
+  if (ready === null) return 0;
+  let total = 0;
+  for (const queue of state.topology.queues) {
+    if (queue.types.length === 0) continue;
+    const recent = queue.types.reduce((sum, type) => sum + (byType.get(type) ?? 0), 0);
+    total += await reconcileQueue(state, queue, { cutoff, ready: ready.get(queue.name) ?? 0, recent }, signal);
+  }
+  if (total > 0) state.wake();
+  return total;
+}
+
+async function pass(state: ReconcilerState, signal: AbortSignal): Promise<void> {
+  const { logger } = state;
+  try {
+    await reconcile(state, signal);
+    if (state.failing) logger.info('reconciler works again');
+    state.failing = false;
+  } catch (err) {
+    if (!state.failing) logger.warn('reconciler pass failed; will try again', { error: toError(err).message });
+    state.failing = true;
+  }
 }

@@ -47,164 +47,179 @@ export interface RelayLoop extends Service {
  * "draining" runs up to two drains side by side (see drainLanes).
  */
 export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
-  const { db, publisher, logger, metrics, batchSize, pollMs, leaseMs } = options;
-  let running: Promise<void> | null = null;
-  let stopping = false;
-  let wakeRequested = false;
-  let wakeUp: (() => void) | null = null;
-  let publishFailing = false;
-  const stopController = new AbortController();
-
-  /**
-   * One line when publishing starts failing and one when it works again; each row only at debug
-   * (enough to follow one task, no cost at the default level), since a missing queue returns every
-   * row on every try.
-   */
-  function logBatch(rows: ClaimedRow[], failed: PublishResult['failed']): void {
-    if (failed.length > 0 && !publishFailing) {
-      logger.warn('outbox rows not published; each is retried with backoff', {
-        rows: failed.length,
-        error: failed[0]?.error,
-      });
-    } else if (failed.length === 0 && publishFailing) logger.info('outbox rows publish again');
-    publishFailing = failed.length > 0;
-    if (logger.isDebugEnabled()) {
-      const errors = new Map(failed.map((f) => [f.id, f.error]));
-      for (const row of rows) {
-        const error = errors.get(row.id);
-        logger.debug(error === undefined ? 'message published' : 'outbox row not published; will retry', {
-          outboxId: row.id,
-          messageId: row.message_id,
-          taskId: row.task_id,
-          correlationId: row.headers.correlationId,
-          ...(error === undefined ? {} : { error }),
-        });
-      }
-    }
-  }
-
-  async function drainOnce(): Promise<{ claimed: number; failed: number }> {
-    if (!publisher.connected()) throw new Error('rabbitmq is not connected');
-    const rows = await claimBatch(db, batchSize, leaseMs);
-    if (rows.length === 0) return { claimed: 0, failed: 0 };
-    const endConfirm = metrics.confirmSeconds.startTimer();
-    const { published, failed } = await publisher.publishBatch(rows);
-    endConfirm();
-    await markPublished(db, published);
-    const attempts = new Map(rows.map((r) => [r.id, r.publish_attempts]));
-    await recordPublishFailure(
-      db,
-      failed.map((f) => ({ ...f, retryInMs: backoffMs(attempts.get(f.id) ?? 1, PUBLISH_RETRY_BACKOFF) })),
-    );
-    metrics.batchSize.observe(rows.length);
-    metrics.published.inc(published.length);
-    metrics.publishFailures.inc(failed.length);
-    logBatch(rows, failed);
-    // An unroutable row (a type no queue is bound to yet) fails on every try, until a relay or worker
-    // that knows its type binds it; its own backoff spaces its retries, and it must not end the lane
-    // (and pause the drain) for the rows behind it.
-    return { claimed: rows.length, failed: failed.filter((f) => f.error !== UNROUTABLE).length };
-  }
-
-  function waitForWake(ms = pollMs): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
-      function done(): void {
-        clearTimeout(timer);
-        wakeUp = null;
-        resolve();
-      }
-      wakeUp = done;
-    });
-  }
-
-  /**
-   * Drains batch after batch until one comes back short or has failures; returns the failures. Calls
-   * `onFull` after each full batch (a backlog).
-   */
-  async function drainLane(onFull: () => void): Promise<number> {
-    while (!stopping) {
-      const { claimed, failed } = await drainOnce();
-      if (failed > 0 || claimed < batchSize) return failed;
-      onFull();
-    }
-    return 0;
-  }
-
-  /**
-   * Two lanes drain at once, so that one claims and marks in Postgres while the other waits for its
-   * confirms: the benchmark found half of a drain spent waiting for quorum-queue confirms. The second
-   * lane starts only when the first claims a full batch (a backlog), so a wake-up for a single row
-   * costs one claim, not two. Each lane marks only rows the broker confirmed to it; SKIP LOCKED and the
-   * lease keep the lanes' batches disjoint. Two lanes may interleave their batches on the queue;
-   * nothing relies on order across tasks (competing consumers reorder anyway), and one task's next
-   * attempt is written only after its previous one finished. allSettled: both lanes are awaited (and
-   * their failures handled) even when one fails first; a lane still running must not outlive this drain.
-   */
-  async function drainLanes(): Promise<number> {
-    let backlog: (found: boolean) => void = () => undefined;
-    const backlogFound = new Promise<boolean>((resolve) => (backlog = resolve));
-    const first = drainLane(() => backlog(true)).finally(() => backlog(false));
-    const second = backlogFound.then((found) => (found ? drainLane(() => undefined) : 0));
-    const results = await Promise.allSettled([first, second]);
-    const rejected = results.find((r) => r.status === 'rejected');
-    if (rejected) throw rejected.reason;
-    return results.reduce((sum, r) => sum + (r.status === 'fulfilled' ? r.value : 0), 0);
-  }
-
-  /** After a drain: waits until the next row falls due, at most a poll (also when that read fails). */
-  async function idle(): Promise<void> {
-    if (wakeRequested || stopping) return;
-    const due = await msUntilNextDue(db).catch(() => null);
-    // A wake-up that came during the read must not wait for the timer.
-    if (wakeRequested || stopping) return;
-    await waitForWake(due === null ? pollMs : Math.min(pollMs, Math.max(0, Math.ceil(due))));
-  }
-
-  async function run(): Promise<void> {
-    let failures = 0;
-    while (!stopping) {
-      wakeRequested = false;
-      // Until the broker is connected there is nothing to do: its setup wakes the loop, and the
-      // connection logs its own state changes.
-      if (!publisher.connected()) {
-        await waitForWake();
-        continue;
-      }
-      try {
-        const failed = await drainLanes();
-        if (failures > 0) logger.info('relay recovered; publishing again', { after: failures });
-        failures = 0;
-        if (failed > 0) await sleep(backoffMs(1, PUBLISH_RETRY_BACKOFF), stopController.signal);
-      } catch (err) {
-        if (failures === 0) {
-          logger.warn('relay cannot drain the outbox; backing off', {
-            error: toError(err).message,
-            database: isTransientDbError(err) ? 'unavailable' : 'ok',
-          });
-        }
-        failures++;
-        await sleep(backoffMs(failures, UNAVAILABLE_BACKOFF), stopController.signal);
-        continue;
-      }
-      await idle();
-    }
-  }
-
+  const state: LoopState = {
+    ...options,
+    running: null,
+    stopping: false,
+    wakeRequested: false,
+    wakeUp: null,
+    publishFailing: false,
+    stopController: new AbortController(),
+  };
   return {
     async start() {
-      if (running || stopping) return;
-      running = run();
+      if (state.running || state.stopping) return;
+      state.running = run(state);
     },
     async stop() {
-      stopping = true;
-      stopController.abort();
-      wakeUp?.();
-      await running;
+      state.stopping = true;
+      state.stopController.abort();
+      state.wakeUp?.();
+      await state.running;
     },
     wake() {
-      wakeRequested = true;
-      wakeUp?.();
+      state.wakeRequested = true;
+      state.wakeUp?.();
     },
   };
+}
+
+interface LoopState extends RelayLoopOptions {
+  running: Promise<void> | null;
+  stopping: boolean;
+  wakeRequested: boolean;
+  /** Ends the current wait early; null while the loop is not waiting. */
+  wakeUp: (() => void) | null;
+  publishFailing: boolean;
+  stopController: AbortController;
+}
+
+/**
+ * One line when publishing starts failing and one when it works again; each row only at debug
+ * (enough to follow one task, no cost at the default level), since a missing queue returns every
+ * row on every try.
+ */
+function logBatch(state: LoopState, rows: ClaimedRow[], failed: PublishResult['failed']): void {
+  const { logger } = state;
+  if (failed.length > 0 && !state.publishFailing) {
+    logger.warn('outbox rows not published; each is retried with backoff', {
+      rows: failed.length,
+      error: failed[0]?.error,
+    });
+  } else if (failed.length === 0 && state.publishFailing) logger.info('outbox rows publish again');
+  state.publishFailing = failed.length > 0;
+  if (logger.isDebugEnabled()) {
+    const errors = new Map(failed.map((f) => [f.id, f.error]));
+    for (const row of rows) {
+      const error = errors.get(row.id);
+      logger.debug(error === undefined ? 'message published' : 'outbox row not published; will retry', {
+        outboxId: row.id,
+        messageId: row.message_id,
+        taskId: row.task_id,
+        correlationId: row.headers.correlationId,
+        ...(error === undefined ? {} : { error }),
+      });
+    }
+  }
+}
+
+async function drainOnce(state: LoopState): Promise<{ claimed: number; failed: number }> {
+  const { db, publisher, metrics } = state;
+  if (!publisher.connected()) throw new Error('rabbitmq is not connected');
+  const rows = await claimBatch(db, state.batchSize, state.leaseMs);
+  if (rows.length === 0) return { claimed: 0, failed: 0 };
+  const endConfirm = metrics.confirmSeconds.startTimer();
+  const { published, failed } = await publisher.publishBatch(rows);
+  endConfirm();
+  await markPublished(db, published);
+  const attempts = new Map(rows.map((r) => [r.id, r.publish_attempts]));
+  await recordPublishFailure(
+    db,
+    failed.map((f) => ({ ...f, retryInMs: backoffMs(attempts.get(f.id) ?? 1, PUBLISH_RETRY_BACKOFF) })),
+  );
+  metrics.batchSize.observe(rows.length);
+  metrics.published.inc(published.length);
+  metrics.publishFailures.inc(failed.length);
+  logBatch(state, rows, failed);
+  // An unroutable row (a type no queue is bound to yet) fails on every try, until a relay or worker
+  // that knows its type binds it; its own backoff spaces its retries, and it must not end the lane
+  // (and pause the drain) for the rows behind it.
+  return { claimed: rows.length, failed: failed.filter((f) => f.error !== UNROUTABLE).length };
+}
+
+function waitForWake(state: LoopState, ms = state.pollMs): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(timer);
+      state.wakeUp = null;
+      resolve();
+    }
+    state.wakeUp = done;
+  });
+}
+
+/**
+ * Drains batch after batch until one comes back short or has failures; returns the failures. Calls
+ * `onFull` after each full batch (a backlog).
+ */
+async function drainLane(state: LoopState, onFull: () => void): Promise<number> {
+  while (!state.stopping) {
+    const { claimed, failed } = await drainOnce(state);
+    if (failed > 0 || claimed < state.batchSize) return failed;
+    onFull();
+  }
+  return 0;
+}
+
+/**
+ * Two lanes drain at once, so that one claims and marks in Postgres while the other waits for its
+ * confirms: the benchmark found half of a drain spent waiting for quorum-queue confirms. The second
+ * lane starts only when the first claims a full batch (a backlog), so a wake-up for a single row
+ * costs one claim, not two. Each lane marks only rows the broker confirmed to it; SKIP LOCKED and the
+ * lease keep the lanes' batches disjoint. Two lanes may interleave their batches on the queue;
+ * nothing relies on order across tasks (competing consumers reorder anyway), and one task's next
+ * attempt is written only after its previous one finished. allSettled: both lanes are awaited (and
+ * their failures handled) even when one fails first; a lane still running must not outlive this drain.
+ */
+async function drainLanes(state: LoopState): Promise<number> {
+  let backlog: (found: boolean) => void = () => undefined;
+  const backlogFound = new Promise<boolean>((resolve) => (backlog = resolve));
+  const first = drainLane(state, () => backlog(true)).finally(() => backlog(false));
+  const second = backlogFound.then((found) => (found ? drainLane(state, () => undefined) : 0));
+  const results = await Promise.allSettled([first, second]);
+  const rejected = results.find((r) => r.status === 'rejected');
+  if (rejected) throw rejected.reason;
+  return results.reduce((sum, r) => sum + (r.status === 'fulfilled' ? r.value : 0), 0);
+}
+
+/** After a drain: waits until the next row falls due, at most a poll (also when that read fails). */
+async function idle(state: LoopState): Promise<void> {
+  const { pollMs } = state;
+  if (state.wakeRequested || state.stopping) return;
+  const due = await msUntilNextDue(state.db).catch(() => null);
+  // A wake-up that came during the read must not wait for the timer.
+  if (state.wakeRequested || state.stopping) return;
+  await waitForWake(state, due === null ? pollMs : Math.min(pollMs, Math.max(0, Math.ceil(due))));
+}
+
+async function run(state: LoopState): Promise<void> {
+  const { logger, stopController } = state;
+  let failures = 0;
+  while (!state.stopping) {
+    state.wakeRequested = false;
+    // Until the broker is connected there is nothing to do: its setup wakes the loop, and the
+    // connection logs its own state changes.
+    if (!state.publisher.connected()) {
+      await waitForWake(state);
+      continue;
+    }
+    try {
+      const failed = await drainLanes(state);
+      if (failures > 0) logger.info('relay recovered; publishing again', { after: failures });
+      failures = 0;
+      if (failed > 0) await sleep(backoffMs(1, PUBLISH_RETRY_BACKOFF), stopController.signal);
+    } catch (err) {
+      if (failures === 0) {
+        logger.warn('relay cannot drain the outbox; backing off', {
+          error: toError(err).message,
+          database: isTransientDbError(err) ? 'unavailable' : 'ok',
+        });
+      }
+      failures++;
+      await sleep(backoffMs(failures, UNAVAILABLE_BACKOFF), stopController.signal);
+      continue;
+    }
+    await idle(state);
+  }
 }
