@@ -65,6 +65,8 @@ describe('chaos', () => {
     const accepted: string[] = [];
     const unavailable: number[] = [];
     let serverErrors = 0;
+    let scheduledAccepted = 0;
+    let reportsAccepted = 0;
     // Paced so that submissions go on through every fault below, the database outage included.
     const loadStart = Date.now();
     const interval = (BROKER_OUTAGE_MS + DB_OUTAGE_MS + 14_000) / TASKS;
@@ -85,8 +87,11 @@ describe('chaos', () => {
           headers: { 'content-type': 'application/json' },
           body: JSON.stringify({ ...body, maxAttempts: 10 }),
         }).catch(() => null);
-        if (res?.status === 202) accepted.push(((await res.json()) as { id: string }).id);
-        else if (res?.status === 503) unavailable.push(Date.now() - started);
+        if (res?.status === 202) {
+          accepted.push(((await res.json()) as { id: string }).id);
+          if ('delayMs' in body) scheduledAccepted++;
+          if (body.type === 'report') reportsAccepted++;
+        } else if (res?.status === 503) unavailable.push(Date.now() - started);
         else serverErrors++;
         if (res?.status !== 202) await sleepFor(100);
       }
@@ -231,9 +236,11 @@ describe('chaos', () => {
     expect(report['double-terminal']).toBe(0);
     expect(report['not-found']).toBe(0);
     expect(report.succeeded).toBe(TASKS + STRANDED + STRANDED_REPORTS + DUE_IN_OUTAGES);
-    expect(report.scheduled).toBeGreaterThanOrEqual(TASKS / 10 + DUE_IN_OUTAGES);
+    // Which requests of the load were answered 503 decides how many scheduled ones it made (at least
+    // those accepted: a 503 whose connection broke after the commit may have made one more).
+    expect(report.scheduled).toBeGreaterThanOrEqual(scheduledAccepted + DUE_IN_OUTAGES);
     expect(report['started before due']).toBe(0);
-    expect(report.reports).toBeGreaterThanOrEqual(TASKS / 10 + STRANDED_REPORTS);
+    expect(report.reports).toBe(reportsAccepted + STRANDED_REPORTS);
     expect(report['5xx other than 503']).toBe(0);
     expect(acceptedDuringBrokerOutage).toBeGreaterThan(0);
     expect(relayReadyDuringOutage).toBe(503);
