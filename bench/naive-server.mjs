@@ -9,14 +9,15 @@ import { randomUUID } from 'node:crypto';
 import amqp from 'amqplib';
 import pg from 'pg';
 import shared from '../packages/shared/dist/index.js';
+import tasks from '../packages/tasks/dist/index.js';
 import { createStartTable, INSERT_TASK, inTransaction, recordStart, serveTasks } from './lib/task-server.mjs';
 
-const { amqpNames, amqpSocketOptions, assertTopology } = shared;
+const { amqpNames, amqpSocketOptions, amqpTopology, assertTopology } = shared;
 const names = amqpNames(process.env.AMQP_PREFIX);
 const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: Number(process.env.PG_POOL_SIZE ?? 10) });
 const connection = await amqp.connect(process.env.AMQP_URL, amqpSocketOptions);
 const publishChannel = await connection.createConfirmChannel();
-await assertTopology(publishChannel, names);
+await assertTopology(publishChannel, amqpTopology(process.env.AMQP_PREFIX, tasks.taskTypeList));
 await createStartTable(pool);
 const stats = {};
 

@@ -1,8 +1,6 @@
 // The peers section of report.md, and taskbox's ratios to each peer (also printed by ranges.mjs).
 import { n, ms, table } from './lib/format.mjs';
 
-const PEERS = ['naive', 'graphile-worker', 'pg-boss'];
-
 /** taskbox's ratios to `peer`: above 1 is better for taskbox in e2e, below 1 in CPU and latency. */
 export function ratiosTo(results, peer) {
   const t = results.taskbox;
@@ -39,16 +37,21 @@ function systemRow(name, r, { fixedRate, cpus }) {
 }
 
 export function peersSection({ peers, machine }) {
-  const { results, tasks, producers, fixedRate, seconds } = peers;
+  const { results, tasks, producers, fixedRate, seconds, variants = {} } = peers;
   const names = Object.keys(results);
-  const ratios = PEERS.filter((p) => results[p]).map((p) => [p, ratiosTo(results, p)]);
+  const others = results.taskbox ? names.filter((name) => name !== 'taskbox') : [];
+  const ratios = others.map((p) => [p, ratiosTo(results, p)]);
+  const variantNotes = Object.entries(variants).map(
+    ([label, v]) => ` \`${label}\` is taskbox at ${v.commit} (${v.dir}).`,
+  );
   return [
     `## taskbox and its peers: ${tasks} no-op tasks from ${producers} producers, then ${seconds} s paced loads`,
     '',
     'Every system behind the same HTTP load generator, on its own fresh database. Latency runs from the task ' +
       "row's commit to the worker's start, both read from the database. End to end runs from the first " +
       "task's commit to the last task's start. The first end-to-end phase runs with autovacuum as deployed " +
-      '(no VACUUM before it); the second after a VACUUM of the whole database.',
+      '(no VACUUM before it); the second after a VACUUM of the whole database.' +
+      variantNotes.join(''),
     '',
     ...table(
       [

@@ -5,8 +5,21 @@
 // loads at 50 % of the system's own rate and at a fixed 200 tasks/s, and the end-to-end phase again
 // after a VACUUM. Latency runs from the task row's commit to the worker's start, both read from the
 // database (one clock).
+//
+// A/B of changes: BENCH_VARIANTS names other checkouts of taskbox, built (`npm ci && npm run build` in
+// each), as `label=dir,...`; each runs as the system `label`, migrated and started from its own dist,
+// in the same run.
 import { cpuMeter } from './lib/cpu.mjs';
-import { amqpUrl, benchPrefix, createBenchDatabase, freePort, startProcess, startService } from './lib/env.mjs';
+import {
+  amqpUrl,
+  benchPrefix,
+  commitOf,
+  createBenchDatabase,
+  freePort,
+  root,
+  startProcess,
+  startService,
+} from './lib/env.mjs';
 import { pacedLoad, postLoad, waitForOk, waitUntil } from './lib/load.mjs';
 
 const PRODUCERS = 8;
@@ -14,9 +27,9 @@ const FIXED_RATE = 200;
 
 const TASKBOX_STARTS = '(SELECT task_id, started_at FROM task_attempts WHERE attempt = 1)';
 
-async function startTaskbox(db, serviceEnv) {
+async function startTaskbox(db, serviceEnv, codeRoot) {
   const prefix = benchPrefix();
-  const start = (name) => startService(name, { databaseUrl: db.url, prefix, env: serviceEnv[name] });
+  const start = (name) => startService(name, { databaseUrl: db.url, prefix, env: serviceEnv[name], codeRoot });
   const api = await start('api');
   const relay = await start('relay');
   const worker = await start('worker');
@@ -54,8 +67,11 @@ function peer(label, script, route, pendingSql, usesBroker) {
   };
 }
 
-export const systems = {
-  taskbox: startTaskbox,
+/** taskbox from the checkout at `codeRoot`. */
+const taskbox = (codeRoot) => ({ codeRoot, start: (db, serviceEnv) => startTaskbox(db, serviceEnv, codeRoot) });
+
+/** Each system: the checkout whose migrations make its database, and how it starts. */
+const peers = {
   naive: peer('naive', 'bench/naive-server.mjs', 'commit-then-publish', 'SELECT 0 AS n', true),
   'graphile-worker': peer(
     'graphile',
@@ -72,6 +88,14 @@ export const systems = {
     false,
   ),
 };
+
+/** The systems by name: taskbox, the variants (label → checkout), and the peers. */
+export function systemsOf(variants) {
+  const all = { taskbox: taskbox(root) };
+  for (const [label, dir] of Object.entries(variants)) all[label] = taskbox(dir);
+  for (const [name, start] of Object.entries(peers)) all[name] = { codeRoot: root, start };
+  return all;
+}
 
 const phaseSql = (starts) => `
   SELECT count(*)::int AS tasks, count(s.started_at)::int AS started,
@@ -133,9 +157,9 @@ async function endToEnd(db, system, phase, tasks) {
 }
 
 /** Every phase for one system, on its own database; stopped whatever happens. */
-async function measureSystem(name, { tasks, seconds, serviceEnv, step }) {
-  const db = await createBenchDatabase();
-  const system = await systems[name](db, serviceEnv);
+async function measureSystem(name, { codeRoot, start }, { tasks, seconds, serviceEnv, step }) {
+  const db = await createBenchDatabase(codeRoot);
+  const system = await start(db, serviceEnv);
   try {
     await endToEnd(db, system, 'warmup', 1000);
     step(`${name}: ${tasks} tasks from ${PRODUCERS} producers`);
@@ -154,9 +178,19 @@ async function measureSystem(name, { tasks, seconds, serviceEnv, step }) {
   }
 }
 
-/** Each system in turn; taskbox's ratios to each peer are computed by the report. */
-export async function measurePeers(options) {
+/**
+ * The `names` systems in turn (all of them when null); taskbox's ratios to each other one are computed
+ * by the report.
+ */
+export async function measurePeers({ names, variants, ...options }) {
+  const systems = systemsOf(variants);
+  const chosen = names ?? Object.keys(systems);
+  const unknown = chosen.filter((name) => !systems[name]);
+  if (unknown.length > 0) throw new Error(`BENCH_SYSTEMS: no system ${unknown.join(', ')} (${Object.keys(systems)})`);
   const results = {};
-  for (const name of Object.keys(systems)) results[name] = await measureSystem(name, options);
-  return { producers: PRODUCERS, fixedRate: FIXED_RATE, tasks: options.tasks, seconds: options.seconds, results };
+  for (const name of chosen) results[name] = await measureSystem(name, systems[name], options);
+  const variantCommits = {};
+  for (const [label, dir] of Object.entries(variants)) variantCommits[label] = { dir, commit: await commitOf(dir) };
+  const { tasks, seconds } = options;
+  return { producers: PRODUCERS, fixedRate: FIXED_RATE, tasks, seconds, variants: variantCommits, results };
 }

@@ -5,8 +5,9 @@ import amqp from 'amqplib';
 import { amqpSocketOptions, amqpUrl, benchPrefix, startService } from './lib/env.mjs';
 import { getText, waitUntil } from './lib/load.mjs';
 import shared from '../packages/shared/dist/index.js';
+import tasks from '../packages/tasks/dist/index.js';
 
-const { amqpNames, assertTopology } = shared;
+const { amqpNames, amqpTopology, assertTopology } = shared;
 
 async function insertRows(pool, rows) {
   await pool.query(
@@ -49,12 +50,13 @@ async function confirmTime(url) {
 
 /** The same messages (body, properties, persistence, mandatory) in batches with waitForConfirms. */
 async function bareLoop({ db, batchSize }) {
-  const names = amqpNames(benchPrefix());
+  const prefix = benchPrefix();
+  const names = amqpNames(prefix);
   const { rows: messages } = await db.pool.query('SELECT message_id, task_id, payload, headers FROM outbox');
   const connection = await amqp.connect(amqpUrl, amqpSocketOptions);
   try {
     const ch = await connection.createConfirmChannel();
-    await assertTopology(ch, names);
+    await assertTopology(ch, amqpTopology(prefix, tasks.taskTypeList));
     const started = performance.now();
     for (let i = 0; i < messages.length; i += batchSize) {
       for (const m of messages.slice(i, i + batchSize)) {

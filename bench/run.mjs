@@ -30,6 +30,16 @@ const settings = {
   relayBatchSize: int('RELAY_BATCH_SIZE', 200),
   workerPrefetch: int('WORKER_PREFETCH', 20),
   logLevel: process.env.BENCH_LOG_LEVEL ?? 'info',
+  // The peers comparison's systems, in this order (peers.mjs): all of them when unset.
+  systems: process.env.BENCH_SYSTEMS?.split(',') ?? null,
+  // Other checkouts of taskbox to measure beside this one (peers.mjs): `label=dir,...`.
+  variants: Object.fromEntries(
+    (process.env.BENCH_VARIANTS?.split(',') ?? []).map((entry) => {
+      const [label, dir] = entry.split('=');
+      if (!label || !dir) throw new Error('BENCH_VARIANTS: label=dir, comma-separated');
+      return [label, path.resolve(dir)];
+    }),
+  ),
 };
 
 const serviceEnv = {
@@ -106,7 +116,14 @@ async function main() {
   };
   if (phases.includes('core')) await measureCore(report);
   if (phases.includes('peers')) {
-    const options = { tasks: settings.peerTasks, seconds: settings.peerSeconds, serviceEnv, step };
+    const options = {
+      names: settings.systems,
+      variants: settings.variants,
+      tasks: settings.peerTasks,
+      seconds: settings.peerSeconds,
+      serviceEnv,
+      step,
+    };
     report.peers = await measurePeers(options);
   }
   const json = JSON.stringify(report, null, 2) + '\n';

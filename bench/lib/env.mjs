@@ -51,12 +51,15 @@ function dbUrl(name) {
   return url.toString();
 }
 
-/** A new database migrated by the project's own migrate-main; dropped at cleanup. */
-export async function createBenchDatabase() {
+/**
+ * A new database migrated by migrate-main of the checkout at `codeRoot` (this one unless a baseline's,
+ * see BENCH_BASELINE in peers.mjs); dropped at cleanup.
+ */
+export async function createBenchDatabase(codeRoot = root) {
   const name = randomName('taskbox_bench_');
   const url = dbUrl(name);
   cleanups.push(() => adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
-  await runToEnd(process.execPath, [path.join(root, 'tools/dist/migrate-main.js')], {
+  await runToEnd(process.execPath, [path.join(codeRoot, 'tools/dist/migrate-main.js')], {
     DATABASE_URL: url,
     LOG_LEVEL: 'warn',
   });
@@ -118,10 +121,10 @@ export function freePort() {
  * Starts `node <script>` (tools/src/harness.ts) with stdout and stderr written straight to
  * bench/out/logs/<label>.log. Resolves when its port accepts connections; stopped at cleanup.
  */
-export async function startProcess(label, script, env, port) {
+export async function startProcess(label, script, env, port, codeRoot = root) {
   const logFile = path.join(outDir, 'logs', `${label}.log`);
   const profile = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${path.join(outDir, 'profiles')}`] : [];
-  const child = spawnChild({ script: path.join(root, script), env, log: { file: logFile }, nodeArgs: profile });
+  const child = spawnChild({ script: path.join(codeRoot, script), env, log: { file: logFile }, nodeArgs: profile });
   const stop = async () => {
     await child.stop();
   };
@@ -130,8 +133,11 @@ export async function startProcess(label, script, env, port) {
   return { child: child.process, stop, logFile };
 }
 
-/** Starts api, relay or worker from its built dist, against the given database and prefix. */
-export async function startService(name, { databaseUrl, prefix, env = {}, instance = '' }) {
+/**
+ * Starts api, relay or worker from its built dist (in the checkout at `codeRoot`), against the given
+ * database and prefix.
+ */
+export async function startService(name, { databaseUrl, prefix, env = {}, instance = '', codeRoot = root }) {
   const port = await freePort();
   const portEnv = name === 'api' ? { PORT: String(port) } : { HEALTH_PORT: String(port) };
   const service = await startProcess(
@@ -139,22 +145,29 @@ export async function startService(name, { databaseUrl, prefix, env = {}, instan
     `services/${name}/dist/main.js`,
     { DATABASE_URL: databaseUrl, AMQP_URL: amqpUrl, AMQP_PREFIX: prefix, LOG_LEVEL: 'info', ...portEnv, ...env },
     port,
+    codeRoot,
   );
   return { ...service, port, url: `http://127.0.0.1:${port}` };
 }
 
 /** What a report's figures were measured with: the code's commit, and the servers' versions. */
 export async function versions() {
-  const commit = (await runToEnd('git', ['rev-parse', '--short', 'HEAD'])).trim();
-  const dirty = (await runToEnd('git', ['status', '--porcelain', '--untracked-files=no'])).trim() !== '';
+  const commit = await commitOf(root);
   const { rows } = await adminQuery('SHOW server_version');
   const connection = await amqp.connect(amqpUrl);
   const rabbitmq = String(connection.connection.serverProperties.version);
   await connection.close();
   return {
-    commit: dirty ? `${commit} (with uncommitted changes)` : commit,
+    commit,
     postgres: rows[0].server_version,
     rabbitmq,
     node: process.version,
   };
+}
+
+/** The checkout's commit, marked when its tracked files have changes. */
+export async function commitOf(dir) {
+  const commit = (await runToEnd('git', ['-C', dir, 'rev-parse', '--short', 'HEAD'])).trim();
+  const dirty = (await runToEnd('git', ['-C', dir, 'status', '--porcelain', '--untracked-files=no'])).trim() !== '';
+  return dirty ? `${commit} (with uncommitted changes)` : commit;
 }
