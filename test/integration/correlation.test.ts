@@ -5,7 +5,10 @@ describe('one correlation id follows a task through api, relay and worker logs',
   let stack: Stack;
 
   beforeAll(async () => {
-    stack = await startStack({ RETRY_BASE_MS: '20' }, { relay: { LOG_LEVEL: 'debug' } });
+    stack = await startStack(
+      { RETRY_BASE_MS: '20' },
+      { relay: { LOG_LEVEL: 'debug' }, worker: { LOG_LEVEL: 'debug' } },
+    );
   });
 
   afterAll(async () => {

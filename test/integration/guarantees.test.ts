@@ -253,7 +253,7 @@ describe('delivery guarantees with the services as separate processes', () => {
       return expired;
     };
     await waitFor('A to abandon its run, or its lease to expire', async () => a.logs.some(abandoned) || leaseExpired());
-    const b = await system.start('worker');
+    const b = await system.start('worker', { LOG_LEVEL: 'debug' });
     const resumed = await b.waitForLog(
       'the task resumed',
       (l) => l.message === 'task started' && l.taskId === id && l.attempt === 2,

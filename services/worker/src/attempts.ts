@@ -162,7 +162,9 @@ export async function runAttempt(deps: AttemptDeps, started: Started, logger: Lo
       step: (name) => reportProgress(deps, task.id, attempt, name, undefined, logger),
       progress: (fraction) => reportProgress(deps, task.id, attempt, null, Math.min(1, Math.max(0, fraction)), logger),
     };
-    logger.info('task started', { attempt, timeoutMs });
+    // At debug: the task's one info line in the worker is its outcome; the start is in the row (started_at,
+    // external_job_id) and the attempt's row.
+    logger.debug('task started', { attempt, timeoutMs });
     const limits = { graceMs: deps.timeoutGraceMs, orphans: deps.orphans, logger };
     outcome = { kind: 'succeeded', result: await runHandler(definition, ctx, limits) };
   } catch (err) {
