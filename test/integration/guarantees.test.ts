@@ -214,6 +214,35 @@ describe('delivery guarantees with the services as separate processes', () => {
     expect(await attemptsOf(id)).toHaveLength(1);
   });
 
+  it('runs a task again whose start a Postgres crash lost: its finish puts the message back instead of acking it', async () => {
+    // The start commits without waiting for its WAL flush (task-sql.ts, startGuards).
+    system = await startSystem({ WORKER_LEASE_MS: '60000' });
+    await system.start('api');
+    await system.start('relay');
+    const worker = await system.start('worker');
+    const id = await system.submit('sleep', { ms: 1500 });
+    const { db } = system.database;
+    await waitFor('the handler running', async () => {
+      const row = await db.selectFrom('tasks').select('current_step').where('id', '=', id).executeTakeFirstOrThrow();
+      return row.current_step === 'sleeping';
+    });
+    // What the crash leaves: the task as the api wrote it, and no attempt row.
+    await db.transaction().execute(async (tx) => {
+      await tx.deleteFrom('task_attempts').where('task_id', '=', id).execute();
+      await tx
+        .updateTable('tasks')
+        .set({ status: 'pending', attempts: 0, external_job_id: null, lease_until: null, started_at: null })
+        .where('id', '=', id)
+        .execute();
+    });
+    await system.waitForTerminal([id], 30_000);
+    expect(await system.status(id)).toBe('succeeded');
+    expect((await attemptsOf(id)).map((a) => [a.attempt, a.outcome])).toEqual([[1, 'succeeded']]);
+    expect(worker.logs.filter((l) => l.taskId === id && l.message.startsWith('attempt result discarded'))).toHaveLength(
+      1,
+    );
+  });
+
   it('exits 0 on SIGTERM within its deadline even while Postgres is away, leaving the run to be resumed', async () => {
     system = await startSystem({ SHUTDOWN_TIMEOUT_MS: '3000', WORKER_LEASE_MS: '1000' });
     await system.start('api');

@@ -130,9 +130,9 @@ export async function beginAttempt(
 }
 
 /**
- * What the consumer does with the delivery: 'recorded' (the outcome is committed, or a newer attempt
- * owns the task): ack. 'abandoned' (the run stopped unfinished: shutdown, a lost lease, or an outcome
- * that could not be written): requeue, and the redelivery resumes the task or is absorbed.
+ * What the consumer does with the delivery: 'recorded' (the outcome is committed): ack. 'abandoned'
+ * (the run stopped unfinished: shutdown, a lost lease, an outcome that could not be written, or a task
+ * no longer this run's): requeue, and the redelivery resumes the task or is absorbed.
  */
 export type RunResult = 'recorded' | 'abandoned';
 
@@ -251,10 +251,13 @@ async function recordOutcome(
     return recordOutcome(deps, taskId, attempt, { kind: 'failed', error, retryInMs: null }, logger);
   }
   if (status === null) {
-    logger.warn('attempt result discarded: the task was resumed elsewhere after this run lost its lease', {
+    // The task is no longer processing under this attempt: resumed elsewhere after this run lost its
+    // lease, or its start was lost with a Postgres crash (task-sql.ts, startGuards). The redelivery is
+    // decided from the row: dropped in the first case, run again in the second.
+    logger.warn("attempt result discarded: the task is no longer this run's; the message goes back to the queue", {
       attempt,
     });
-    return 'recorded';
+    return 'abandoned';
   }
   deps.taskNotifier.changed(taskId);
   if (status === 'pending') deps.outboxNotifier.poke();

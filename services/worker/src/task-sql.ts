@@ -76,7 +76,8 @@ async function startNextAttempts(db: Db, starts: AttemptStart[], guard: keyof ty
           updated_at = now(), current_step = NULL, progress = NULL, ${TASK_CHANGED_SET}
       FROM unnest(${starts.map((s) => s.taskId)}::uuid[], ${starts.map((s) => s.type)}::text[],
                   ${starts.map((s) => s.attempt)}::int[], ${starts.map((s) => s.externalJobId)}::text[])
-        AS i(task_id, type, attempt, external_job_id)
+        AS i(task_id, type, attempt, external_job_id),
+        (SELECT set_config('synchronous_commit', 'off', true)) AS no_flush_wait
       WHERE t.id = i.task_id AND ${startGuards[guard]}
       RETURNING t.id, t.type, t.payload, t.attempts, t.max_attempts, t.timeout_ms, t.correlation_id, t.external_job_id
     ), attempt AS (
@@ -88,6 +89,19 @@ async function startNextAttempts(db: Db, starts: AttemptStart[], guard: keyof ty
 }
 
 /**
+ * A start commits without waiting for its WAL flush (`no_flush_wait` above: synchronous_commit off for
+ * this statement's transaction only; the finish and every other write still wait). What a crash of
+ * Postgres can cost, and why nothing is lost:
+ * - WAL is flushed in order, so once any later commit is durable the start is too: the finish, which
+ *   the ack waits for, waits for its flush, and with it the start's.
+ * - A start lost before that (Postgres crashed, or failed over to a standby that had not received it)
+ *   leaves the task as it was before the start, with the delivery still unacked. The run's lease
+ *   renewal then finds no lease and aborts the run, or its finish finds the task not processing under
+ *   its attempt; either way the delivery goes back to the queue (recordOutcome), and decide() runs the
+ *   task again from its row.
+ * What it saves: a start no longer waits for a WAL flush of its own at light load, when nothing else
+ * commits with it.
+ *
  * Which starts startNextAttempts writes; each guard sees the task as `t` and the start as `i`.
  * `pending` is decide()'s 'run' rule for a pending task; `locked` is for a start already decided under
  * the task's row lock.
