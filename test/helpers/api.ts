@@ -4,6 +4,7 @@ import { closeServer, createTaskNotifier, loadConfig } from '@taskbox/shared';
 import { buildApp, type AppDeps } from '../../services/api/src/app';
 import { createServer, type HttpLimits } from '../../services/api/src/server';
 import { createTaskEvents, type TaskEvents } from '../../services/api/src/task-events';
+import { createWatcherRegistration } from '../../services/api/src/watcher-registration';
 import { findTask } from '../../services/api/src/task-sql';
 import { amqpUrl, testPrefix } from './amqp';
 import { createTestDatabase, quietLogger, type TestDatabase } from './db';
@@ -47,6 +48,7 @@ export async function startTestApi(overrides: Partial<AppDeps> = {}, options: Te
     options.listenVia?.(database.url) ?? database.url,
     quietLogger,
     (viewer, id) => findTask(db, viewer, id).finally(() => taskReads++),
+    createWatcherRegistration(database.db, quietLogger),
     { resyncMs: options.resyncMs ?? null },
   );
   events.start();

@@ -97,11 +97,18 @@ export interface OutboxTable {
   last_error: string | null;
 }
 
+/** An api process with requests waiting on task changes (migration 0010). */
+export interface TaskWatchersTable {
+  instance: string;
+  until: Timestamp;
+}
+
 export interface Database {
   tasks: TasksTable;
   task_attempts: TaskAttemptsTable;
   task_retries: TaskRetriesTable;
   outbox: OutboxTable;
+  task_watchers: TaskWatchersTable;
 }
 
 export type Db = Kysely<Database>;

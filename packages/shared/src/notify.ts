@@ -24,7 +24,14 @@ interface Coalescer {
  * restarting) costs latency, never correctness. (The api's insert is the exception: requests that
  * arrive together already share one statement, so its NOTIFY rides inside it; see insertTasks.)
  */
-function createCoalescer(pool: pg.Pool, channel: string, logger: Logger): Coalescer {
+interface NotifyStatement {
+  /** Prepared under this name: it runs after most writes, and each connection parses and plans it once. */
+  name: string;
+  /** Sends `$2` (payloads) on channel `$1`. */
+  text: string;
+}
+
+function createCoalescer(pool: pg.Pool, channel: string, logger: Logger, statement: NotifyStatement): Coalescer {
   let inFlight: Promise<void> | null = null;
   let poked = false;
   let queued = new Set<string>();
@@ -35,14 +42,9 @@ function createCoalescer(pool: pg.Pool, channel: string, logger: Logger): Coales
     if (payloads.length === 0) payloads.push('');
     queued = new Set();
     poked = false;
-    // One statement outside any transaction: each payload is delivered when it commits, at once. Named:
-    // it runs after most writes, and each connection then parses and plans it once.
+    // One statement outside any transaction: each payload is delivered when it commits, at once.
     inFlight = pool
-      .query({
-        name: 'shared_notify',
-        text: 'SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p',
-        values: [channel, payloads],
-      })
+      .query({ ...statement, values: [channel, payloads] })
       .then(
         () => undefined,
         (err: unknown) => {
@@ -80,7 +82,10 @@ export interface OutboxNotifier {
 
 /** Wakes the relay after commits that added outbox rows. */
 export function createOutboxNotifier(pool: pg.Pool, logger: Logger): OutboxNotifier {
-  const coalescer = createCoalescer(pool, OUTBOX_CHANNEL, logger);
+  const coalescer = createCoalescer(pool, OUTBOX_CHANNEL, logger, {
+    name: 'shared_notify',
+    text: 'SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p',
+  });
   return { poke: () => coalescer.send([]), stop: () => coalescer.stop() };
 }
 
@@ -91,8 +96,22 @@ export interface TaskNotifier {
   stop(): Promise<void>;
 }
 
-/** Tells long-polling api requests (in every api process) that tasks changed. */
+/**
+ * Tells long-polling api requests (in every api process) that tasks changed; sends nothing while no api
+ * process has a request waiting (no fresh row in task_watchers, migration 0010). A read-only statement
+ * then: no transaction id, no WAL flush, no notify lock, where a NOTIFY is a commit of its own.
+ *
+ * Why a waiter cannot miss a change: the statement runs after the change committed, and reads
+ * task_watchers at its own start. An api process commits its row BEFORE a waiter's first read of the task
+ * (watcher-registration.ts). If this statement did not see the row, the row committed after it began,
+ * so after the change: the waiter's first read, later still, sees the change. If it saw the row, the
+ * NOTIFY goes out, and the api's LISTEN (open since it started) gets it.
+ */
 export function createTaskNotifier(pool: pg.Pool, logger: Logger): TaskNotifier {
-  const coalescer = createCoalescer(pool, TASK_CHANNEL, logger);
+  const coalescer = createCoalescer(pool, TASK_CHANNEL, logger, {
+    name: 'shared_task_notify',
+    text: `SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p
+           WHERE EXISTS (SELECT 1 FROM task_watchers WHERE until > now())`,
+  });
   return { changed: (...taskIds) => coalescer.send(taskIds), stop: () => coalescer.stop() };
 }

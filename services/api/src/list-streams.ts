@@ -95,19 +95,25 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
   events.onAnyChange(wake);
 
   return {
-    follow(filter, since, stream) {
-      return new Promise<void>((resolve) => {
-        const sub: Subscriber = { filter, since, sent: new Map(), stream, done };
-        function done(): void {
-          subscribers.delete(sub);
-          resolve();
-        }
-        // A client that left while its stream opened: an abort listener added now would never fire.
-        if (stream.closed.aborted) return resolve();
-        stream.closed.addEventListener('abort', done, { once: true });
-        subscribers.add(sub);
-        wake();
-      });
+    async follow(filter, since, stream) {
+      // Registered as waiting before the first read (task-events.ts hold): changes are announced from then.
+      const release = await events.hold();
+      try {
+        await new Promise<void>((resolve) => {
+          const sub: Subscriber = { filter, since, sent: new Map(), stream, done };
+          function done(): void {
+            subscribers.delete(sub);
+            resolve();
+          }
+          // A client that left while its stream opened: an abort listener added now would never fire.
+          if (stream.closed.aborted) return resolve();
+          stream.closed.addEventListener('abort', done, { once: true });
+          subscribers.add(sub);
+          wake();
+        });
+      } finally {
+        release();
+      }
     },
   };
 }

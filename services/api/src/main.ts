@@ -21,6 +21,7 @@ import { dashboardFromRepo } from './dashboard';
 import { examplePageFromRepo } from './example-page';
 import { createServer } from './server';
 import { createTaskEvents } from './task-events';
+import { createWatcherRegistration } from './watcher-registration';
 import { findTask } from './task-sql';
 
 // How long an EventSource waits before it reconnects after a cut: short enough that a progress bar
@@ -82,7 +83,8 @@ async function main(): Promise<void> {
   });
   const db = createDb(pool);
   const taskNotifier = createTaskNotifier(pool, logger);
-  const events = createTaskEvents(config.DATABASE_URL, logger, (viewer, id) => findTask(db, viewer, id));
+  const registration = createWatcherRegistration(db, logger);
+  const events = createTaskEvents(config.DATABASE_URL, logger, (viewer, id) => findTask(db, viewer, id), registration);
   const app = appFor(config, { db, pool, taskNotifier, events, logger });
   const server = httpServer(config, app);
   // Started in this order, stopped in reverse: long polls and streams are released first (polls answer

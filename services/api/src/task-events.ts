@@ -2,11 +2,13 @@ import {
   OUTBOX_CHANNEL,
   TASK_CHANNEL,
   createPgListener,
+  toError,
   type Logger,
   type Service,
   type TaskRow,
 } from '@taskbox/shared';
 import type { Viewer } from './viewer';
+import type { WatcherRegistration } from './watcher-registration';
 
 /** Reads one task as `viewer` may see it; undefined when there is none for them. */
 export type TaskReader = (viewer: Viewer, id: string) => Promise<TaskRow | undefined>;
@@ -18,7 +20,10 @@ export interface TaskRead {
 
 /** A registration for changes to one task, made BEFORE the watcher's first read, so no change slips between. */
 export interface TaskWatch {
-  /** The watcher's own read, with its owner check. Every shared read it gets later started after this one ended. */
+  /**
+   * The watcher's own read, with its owner check, after this process is registered as waiting. Every
+   * shared read it gets later started after this one ended.
+   */
   first(viewer: Viewer): Promise<TaskRead>;
   /**
    * The next shared read after a change to the task; null when `ms` pass, `signal` aborts or the events
@@ -39,6 +44,11 @@ export interface TaskEvents extends Service {
    * reconnect, a resync) and at stop; answers the unsubscribe. For readers that cannot name their tasks.
    */
   onAnyChange(wake: () => void): () => void;
+  /**
+   * Registers this process as waiting on task changes (watcher-registration.ts), before a reader's first
+   * read; call the release when it stops waiting. watch() does this itself.
+   */
+  hold(): Promise<() => void>;
   /** How many requests are watching now (a gauge for tests and metrics). */
   waiting(): number;
 }
@@ -52,6 +62,7 @@ interface Watcher {
   changesSeen: number;
   outcome: Outcome | null;
   wake: (() => void) | null;
+  release: (() => void) | null;
 }
 
 interface Group {
@@ -103,9 +114,17 @@ export function createTaskEvents(
   url: string,
   logger: Logger,
   readTask: TaskReader,
+  registration: WatcherRegistration,
   { resyncMs }: TaskEventsOptions = defaultOptions,
 ): TaskEvents {
-  const state: EventsState = { groups: new Map(), readTask, reads: 0, waiting: 0, stopped: false };
+  const state: EventsState = {
+    groups: new Map(),
+    readTask,
+    hold: () => registration.hold(),
+    reads: 0,
+    waiting: 0,
+    stopped: false,
+  };
   const anyChange = new Set<() => void>();
   const wakeAll = (): void => anyChange.forEach((wake) => wake());
   const resync = (): void => {
@@ -143,6 +162,11 @@ export function createTaskEvents(
       for (const group of state.groups.values()) for (const watcher of group.watchers) watcher.wake?.();
       wakeAll();
       await listener.stop();
+      await registration.stop().catch((err: unknown) => {
+        logger.warn('could not remove this process from task_watchers; its row lapses', {
+          error: toError(err).message,
+        });
+      });
     },
     stopped: () => state.stopped,
     watch: (taskId) => watch(state, taskId),
@@ -151,6 +175,7 @@ export function createTaskEvents(
       return () => anyChange.delete(wake);
     },
     waiting: () => state.waiting,
+    hold: state.hold,
   };
 }
 
@@ -158,6 +183,7 @@ interface EventsState {
   /** The watched tasks, by id. */
   groups: Map<string, Group>;
   readTask: TaskReader;
+  hold: () => Promise<() => void>;
   /** Shared reads started so far: numbers them, so a watcher takes only those after its own first read. */
   reads: number;
   waiting: number;
@@ -209,11 +235,15 @@ function groupOf(state: EventsState, taskId: string): Group {
 
 function watch(state: EventsState, taskId: string): TaskWatch {
   const group = groupOf(state, taskId);
-  const watcher: Watcher = { freshAfter: null, changesSeen: group.changes, outcome: null, wake: null };
+  const watcher: Watcher = { freshAfter: null, changesSeen: group.changes, outcome: null, wake: null, release: null };
   group.watchers.add(watcher);
   state.waiting++;
   return {
     async first(viewer) {
+      const release = await state.hold();
+      // Closed while registering: nothing holds the registration for it any more.
+      if (!group.watchers.has(watcher)) release();
+      else watcher.release = release;
       const row = await state.readTask(viewer, taskId);
       // A shared read already running may have started before this read: only later ones are fresh.
       watcher.freshAfter = state.reads;
@@ -226,6 +256,7 @@ function watch(state: EventsState, taskId: string): TaskWatch {
     next: (ms, signal) => nextOutcome(watcher, ms, signal, () => state.stopped),
     close() {
       if (!group.watchers.delete(watcher)) return;
+      watcher.release?.();
       state.waiting--;
       if (group.watchers.size === 0 && state.groups.get(taskId) === group) state.groups.delete(taskId);
       watcher.wake?.();
