@@ -114,8 +114,9 @@ async function startNextAttempts(db: Db, starts: AttemptStart[], guard: keyof ty
  * the task's row lock.
  *
  * Each task is locked by its key first, in id order as finishTerminals does (the LIMIT keeps the guard
- * out of that lookup), then the guard is checked on the locked row. With the guard inside, Postgres could read the task through
- * `tasks_pending`, every pending task and each dead entry since the last vacuum, instead of one row.
+ * out of that lookup), then the guard is checked on the locked row. With the guard inside, Postgres
+ * could read the task through `tasks_pending`, every pending task and each dead entry since the last
+ * vacuum, instead of one row.
  */
 const startGuards = {
   pending: sql<boolean>`t.type = i.type AND t.status = 'pending' AND t.attempts < i.attempt`,
