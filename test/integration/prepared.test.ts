@@ -90,6 +90,44 @@ describe('statements prepared once per connection', () => {
     });
   });
 
+  it("reads only its own rows in the worker's start and finish, though they were planned on an empty table", async () => {
+    // No ANALYZE behind the test's back: a new plan would hide the one made on the empty table.
+    await sql`ALTER TABLE tasks SET (autovacuum_enabled = false)`.execute(database.db);
+    await sql`ALTER TABLE task_attempts SET (autovacuum_enabled = false)`.execute(database.db);
+    connect(setWorkerSession);
+    const run = async (executor: Db, n: number) => {
+      const taskId = await insertTaskFixture(executor);
+      await startPendingAttempts(executor, [{ taskId, type: 'echo', attempt: 1, externalJobId: `e:${n}` }], 60_000);
+      await finishTerminals(executor, [{ taskId, attempt: 1, outcome: { kind: 'succeeded', result: n } }]);
+    };
+    await run(db, 0);
+    // A day's work later: run and finished tasks, and a backlog waiting.
+    await sql`
+      WITH t AS (
+        INSERT INTO tasks (id, type, payload, status, attempts, owner, finished_at)
+        SELECT gen_random_uuid(), 'echo', '{}', CASE WHEN n % 2 = 0 THEN 'succeeded' ELSE 'pending' END,
+               CASE WHEN n % 2 = 0 THEN 1 ELSE 0 END, 'prepared', CASE WHEN n % 2 = 0 THEN now() END
+        FROM generate_series(1, 4000) AS n
+        RETURNING id, attempts
+      )
+      INSERT INTO task_attempts (task_id, attempt, external_job_id, outcome)
+      SELECT id, 1, 'w:' || id, 'succeeded' FROM t WHERE attempts = 1`.execute(database.db);
+    const read = await db.transaction().execute(async (tx) => {
+      await run(tx, 1);
+      const { rows } = await sql<{ relname: string; rows: string }>`
+        SELECT relname, (seq_tup_read + coalesce(idx_tup_fetch, 0))::text AS rows
+        FROM pg_stat_xact_user_tables WHERE relname IN ('tasks', 'task_attempts') ORDER BY relname`.execute(tx);
+      return rows.map((r) => [r.relname, Number(r.rows)]);
+    });
+    // Key lookups, each row version once: 11 and 2 rows. Planned on the empty table without the worker's
+    // settings, the same task read 6 010 rows of tasks and 2 003 of task_attempts.
+    expect(read).toEqual([
+      ['task_attempts', expect.any(Number)],
+      ['tasks', expect.any(Number)],
+    ]);
+    for (const [, rows] of read) expect(rows).toBeLessThan(50);
+  });
+
   it("runs the worker's start and finish on generic plans only, with the worker's session settings", async () => {
     connect(setWorkerSession);
     for (let n = 0; n < 8; n++) {

@@ -13,16 +13,27 @@ import {
 import { closeLostAttempts } from './lease-sql';
 
 /**
- * The worker's session settings, for each new connection (createPool's onConnect). Generic plans:
- * the statements below that run for every task are prepared (prepared()), but Postgres would still
- * plan them again for every batch, because a plan for the exact batch size looks cheaper; generic
- * plans halve Postgres's CPU for a start and a finish (bench/README.md). The setting covers every statement of the worker, so each must plan the same without its
- * values: all find their rows by key or through the lease index (EXPLAIN of the start, the finish and
- * the sweep shows the same plans either way). A statement whose plan depends on a value, such as the
- * relay's claim with its LIMIT (a full scan when planned without it), does not belong here.
+ * The worker's session settings, for each new connection (createPool's onConnect).
+ *
+ * Generic plans: the statements below that run for every task are prepared (prepared()), but Postgres
+ * would still plan them again for every batch, because a plan for the exact batch size looks cheaper;
+ * generic plans halve Postgres's CPU for a start and a finish (bench/README.md). The setting covers
+ * every statement of the worker, so each must plan the same without its values: all find their rows by
+ * key or through the lease index. A statement whose plan depends on a value, such as the relay's claim
+ * with its LIMIT (a full scan when planned without it), does not belong here.
+ *
+ * No sequential scans, hash or merge joins: a connection keeps its generic plans (the foreign-key
+ * checks' too) until the tables' statistics change, and a worker that starts on a new or quiet
+ * database plans while `tasks` is a page or two, where reading all of it looks cheapest. Without
+ * them, every row of a batch is found by its key, whatever the statistics said when it was planned;
+ * with the start and finish planned on an almost empty table, Postgres spent more CPU per task than
+ * the rest of taskbox together in the benchmark (bench/README.md). The one statement that should read
+ * the whole table, countTasksByStatus, turns sequential scans back on for itself.
  */
 export const setWorkerSession: NonNullable<PoolOptions['onConnect']> = async (client) => {
-  await client.query('SET plan_cache_mode = force_generic_plan');
+  await client.query(
+    'SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off',
+  );
 };
 
 export interface LockedTask {
@@ -69,16 +80,25 @@ type StartedRow = Omit<LockedTask, 'status' | 'lease_expired'> & { external_job_
  */
 async function startNextAttempts(db: Db, starts: AttemptStart[], guard: keyof typeof startGuards, leaseMs: number) {
   const { rows } = await sql<StartedRow>`${prepared(`worker_start_${guard}`)}
-    WITH started AS (
+    WITH locked AS (
+      SELECT t.id, i.external_job_id
+      FROM (
+        SELECT * FROM unnest(${starts.map((s) => s.taskId)}::uuid[], ${starts.map((s) => s.type)}::text[],
+                             ${starts.map((s) => s.attempt)}::int[], ${starts.map((s) => s.externalJobId)}::text[])
+          AS u(task_id, type, attempt, external_job_id)
+        ORDER BY task_id
+      ) i
+      CROSS JOIN LATERAL (
+        SELECT id, type, status, attempts FROM tasks WHERE id = i.task_id LIMIT 1 FOR UPDATE
+      ) t
+      WHERE ${startGuards[guard]}
+    ), started AS (
       UPDATE tasks t
-      SET status = 'processing', attempts = t.attempts + 1, external_job_id = i.external_job_id,
+      SET status = 'processing', attempts = t.attempts + 1, external_job_id = l.external_job_id,
           lease_until = now() + ${leaseMs} * interval '1 millisecond', started_at = coalesce(t.started_at, now()),
           updated_at = now(), current_step = NULL, progress = NULL, ${TASK_CHANGED_SET}
-      FROM unnest(${starts.map((s) => s.taskId)}::uuid[], ${starts.map((s) => s.type)}::text[],
-                  ${starts.map((s) => s.attempt)}::int[], ${starts.map((s) => s.externalJobId)}::text[])
-        AS i(task_id, type, attempt, external_job_id),
-        (SELECT set_config('synchronous_commit', 'off', true)) AS no_flush_wait
-      WHERE t.id = i.task_id AND ${startGuards[guard]}
+      FROM locked l, (SELECT set_config('synchronous_commit', 'off', true)) AS no_flush_wait
+      WHERE t.id = l.id
       RETURNING t.id, t.type, t.payload, t.attempts, t.max_attempts, t.timeout_ms, t.correlation_id, t.external_job_id
     ), attempt AS (
       INSERT INTO task_attempts (task_id, attempt, external_job_id)
@@ -102,9 +122,14 @@ async function startNextAttempts(db: Db, starts: AttemptStart[], guard: keyof ty
  * What it saves: a start no longer waits for a WAL flush of its own at light load, when nothing else
  * commits with it.
  *
- * Which starts startNextAttempts writes; each guard sees the task as `t` and the start as `i`.
+ * Which starts startNextAttempts writes; each guard sees the task, locked, as `t` and the start as `i`.
  * `pending` is decide()'s 'run' rule for a pending task; `locked` is for a start already decided under
  * the task's row lock.
+ *
+ * Each task is locked by its key first, in id order as finishTerminals does (the LIMIT keeps the guard
+ * out of that lookup), then the guard is checked on the locked row. With the guard inside, Postgres
+ * could read the task through `tasks_pending`, every pending task and each dead entry since the last
+ * vacuum, instead of one row.
  */
 const startGuards = {
   pending: sql<boolean>`t.type = i.type AND t.status = 'pending' AND t.attempts < i.attempt`,
@@ -290,10 +315,14 @@ export async function setStep(db: Db, taskId: string, attempt: number, step: str
 
 /** How many tasks are in each status (statuses with none are absent): tasks_by_status on /metrics. */
 export async function countTasksByStatus(db: Db): Promise<Map<TaskStatus, number>> {
-  const rows = await db
-    .selectFrom('tasks')
-    .select(['status', db.fn.countAll<string>().as('n')])
-    .groupBy('status')
-    .execute();
+  const rows = await db.transaction().execute(async (tx) => {
+    // The whole table: the worker's session turns sequential scans off (setWorkerSession).
+    await sql`SET LOCAL enable_seqscan = on`.execute(tx);
+    return tx
+      .selectFrom('tasks')
+      .select(['status', tx.fn.countAll<string>().as('n')])
+      .groupBy('status')
+      .execute();
+  });
   return new Map(rows.map((r) => [r.status, Number(r.n)]));
 }
