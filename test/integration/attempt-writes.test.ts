@@ -2,7 +2,8 @@ import { sql } from 'kysely';
 import { createDb, createPool, type Db } from '@taskbox/shared';
 import { createAttemptWrites, type AttemptWrites } from '../../services/worker/src/attempt-writes';
 import { renewLeases } from '../../services/worker/src/lease-sql';
-import { finishTerminals, setStep, setWorkerSession, startPendingAttempts } from '../../services/worker/src/task-sql';
+import { finishTerminals } from '../../services/worker/src/finish-sql';
+import { setStep, setWorkerSession, startPendingAttempts } from '../../services/worker/src/task-sql';
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
 

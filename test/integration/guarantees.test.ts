@@ -238,9 +238,9 @@ describe('delivery guarantees with the services as separate processes', () => {
     await system.waitForTerminal([id], 30_000);
     expect(await system.status(id)).toBe('succeeded');
     expect((await attemptsOf(id)).map((a) => [a.attempt, a.outcome])).toEqual([[1, 'succeeded']]);
-    expect(worker.logs.filter((l) => l.taskId === id && l.message.startsWith('attempt result discarded'))).toHaveLength(
-      1,
-    );
+    expect(
+      worker.logs.filter((l) => l.taskId === id && String(l.message).startsWith('attempt result discarded')),
+    ).toHaveLength(1);
   });
 
   it('exits 0 on SIGTERM within its deadline even while Postgres is away, leaving the run to be resumed', async () => {

@@ -2,7 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
 import type pg from 'pg';
 import { createDb, createPool, insertTasks, prepared, type Db, type PoolOptions } from '@taskbox/shared';
-import { finishTerminals, setWorkerSession, startPendingAttempts } from '../../services/worker/src/task-sql';
+import { finishTerminals } from '../../services/worker/src/finish-sql';
+import { setWorkerSession, startPendingAttempts } from '../../services/worker/src/task-sql';
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
 
@@ -126,6 +127,17 @@ describe('statements prepared once per connection', () => {
       ['tasks', expect.any(Number)],
     ]);
     for (const [, rows] of read) expect(rows).toBeLessThan(50);
+  });
+
+  it("never has Postgres compile the worker's statements (JIT), though a disabled scan's cost passes its threshold", async () => {
+    connect(setWorkerSession);
+    const { rows } = await pool.query<{ 'QUERY PLAN': string }>(
+      `EXPLAIN SELECT pg_notify('probe', p) FROM unnest(ARRAY['a']) AS p
+       WHERE EXISTS (SELECT 1 FROM task_watchers WHERE until > now())`,
+    );
+    const plan = rows.map((r) => r['QUERY PLAN']).join('\n');
+    expect(plan).toMatch(/Seq Scan on task_watchers {2}\(cost=10000000000/);
+    expect(plan).not.toMatch(/JIT/);
   });
 
   it("runs the worker's start and finish on generic plans only, with the worker's session settings", async () => {

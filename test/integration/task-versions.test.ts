@@ -4,14 +4,8 @@ import { retryTask } from '../../services/api/src/retry-sql';
 import { cancelTask } from '../../services/api/src/cancel-sql';
 import { currentHorizon, tasksChangedSince } from '../../services/api/src/task-sql';
 import { renewLeases, sweepExpiredLeases } from '../../services/worker/src/lease-sql';
-import {
-  failTask,
-  finishTerminals,
-  finishWithRetry,
-  lockTask,
-  setStep,
-  startPendingAttempts,
-} from '../../services/worker/src/task-sql';
+import { failTask, lockTask, setStep, startPendingAttempts } from '../../services/worker/src/task-sql';
+import { finishTerminals, finishWithRetry } from '../../services/worker/src/finish-sql';
 import { createTestDatabase, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
 

@@ -1,13 +1,6 @@
 import { createBatcher, isDbUnavailable, type Db, type TaskStatus } from '@taskbox/shared';
-import {
-  finishTerminals,
-  finishWithRetry,
-  startPendingAttempts,
-  type AttemptOutcome,
-  type AttemptStart,
-  type LockedTask,
-  type TerminalFinish,
-} from './task-sql';
+import { finishTerminals, finishWithRetry, type AttemptOutcome, type TerminalFinish } from './finish-sql';
+import { startPendingAttempts, type AttemptStart, type LockedTask } from './task-sql';
 
 /** The writes every delivery makes, with deliveries in flight together sharing statements. */
 export interface AttemptWrites {

@@ -24,7 +24,8 @@ import type { AttemptWrites } from './attempt-writes';
 import { releaseLease } from './lease-sql';
 import type { Orphans } from './orphans';
 import { runHandler, TimeoutError } from './run-handler';
-import { failTask, lockTask, setStep, startAttempt, type AttemptOutcome, type LockedTask } from './task-sql';
+import type { AttemptOutcome } from './finish-sql';
+import { failTask, lockTask, setStep, startAttempt, type LockedTask } from './task-sql';
 
 export type Decision =
   | { action: 'run' }

@@ -1,8 +1,6 @@
 import { sql } from 'kysely';
 import {
   errorJson,
-  insertOutbox,
-  outboxMessage,
   prepared,
   TASK_CHANGED_SET,
   taskChanged,
@@ -15,7 +13,7 @@ import { closeLostAttempts } from './lease-sql';
 /**
  * The worker's session settings, for each new connection (createPool's onConnect).
  *
- * Generic plans: the statements below that run for every task are prepared (prepared()), but Postgres
+ * Generic plans: the statements here and in finish-sql.ts that run for every task are prepared (prepared()), but Postgres
  * would still plan them again for every batch, because a plan for the exact batch size looks cheaper;
  * generic plans halve Postgres's CPU for a start and a finish (bench/README.md). The setting covers
  * every statement of the worker, so each must plan the same without its values: all find their rows by
@@ -29,10 +27,15 @@ import { closeLostAttempts } from './lease-sql';
  * with the start and finish planned on an almost empty table, Postgres spent more CPU per task than
  * the rest of taskbox together in the benchmark (bench/README.md). The one statement that should read
  * the whole table, countTasksByStatus, turns sequential scans back on for itself.
+ *
+ * No JIT: a plan that must scan anyway (the task NOTIFY's read of task_watchers) carries the disabled
+ * scan's huge cost estimate, far past jit_above_cost, and Postgres compiled it on every run: a third of
+ * the machine's CPU in the benchmark. The worker's statements are all short; none gains from JIT.
  */
 export const setWorkerSession: NonNullable<PoolOptions['onConnect']> = async (client) => {
   await client.query(
-    'SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off',
+    'SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off; SET enable_hashjoin = off; ' +
+      'SET enable_mergejoin = off; SET jit = off',
   );
 };
 
@@ -197,106 +200,6 @@ export async function failTask(tx: Db, task: LockedTask, error: unknown): Promis
     .where('id', '=', task.id)
     .execute();
 }
-
-export type AttemptOutcome =
-  | { kind: 'succeeded'; result: unknown }
-  | { kind: 'cancelled' }
-  | { kind: 'failed'; error: unknown; retryInMs: number | null };
-
-/**
- * Records a failed attempt that will be retried, in one transaction with its side effect: the retry is
- * a new outbox row with a later available_at, written with the failed attempt so neither exists
- * without the other. Guarded by (status = processing, attempts = attempt): when the run lost its lease
- * and the task was resumed elsewhere, nothing is written and null is returned; the newer attempt owns
- * the task. Otherwise returns the task's new status: pending, or cancelled when a cancel was
- * requested while the attempt ran (it wins over the retry).
- */
-export async function finishWithRetry(
-  db: Db,
-  taskId: string,
-  attempt: number,
-  failure: unknown,
-  retryInMs: number,
-): Promise<TaskStatus | null> {
-  const error = JSON.stringify(errorJson(failure));
-  return db.transaction().execute(async (tx) => {
-    const { rows } = await sql<{ type: string; status: TaskStatus; correlation_id: string | null }>`
-      UPDATE tasks
-      SET status = CASE WHEN cancel_requested_at IS NULL THEN 'pending' ELSE 'cancelled' END,
-          finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END,
-          result = NULL, error = ${error}::jsonb, lease_until = NULL, updated_at = now(), ${TASK_CHANGED_SET}
-      WHERE id = ${taskId} AND status = 'processing' AND attempts = ${attempt}
-      RETURNING type, status, correlation_id`.execute(tx);
-    const updated = rows[0];
-    if (!updated) return null;
-    await tx
-      .updateTable('task_attempts')
-      .set({ outcome: 'failed', error, finished_at: sql`now()` })
-      .where('task_id', '=', taskId)
-      .where('attempt', '=', attempt)
-      .execute();
-    if (updated.status === 'pending') {
-      const message = outboxMessage({ id: taskId, type: updated.type }, attempt + 1, {
-        correlationId: updated.correlation_id,
-      });
-      await insertOutbox(tx, [message], retryInMs);
-    }
-    return updated.status;
-  });
-}
-
-/** An attempt that ends its task: succeeded, cancelled, or failed with no retry left. */
-export interface TerminalFinish {
-  taskId: string;
-  attempt: number;
-  outcome: AttemptOutcome;
-}
-
-/**
- * Terminal outcomes (no retry row to write) in ONE statement: each task and its attempt row change
- * together or not at all, under the same guard as finishWithRetry. Answers, per finish, whether it
- * was written. One round trip for a whole batch instead of four per attempt.
- *
- * `locked` locks each task by primary key, in id order, under the guard: the fixed lock order keeps
- * two batches from deadlocking.
- */
-export async function finishTerminals(db: Db, finishes: TerminalFinish[]): Promise<boolean[]> {
-  const { rows } = await sql<{ id: string; attempts: number }>`${prepared('worker_finish')}
-    WITH locked AS (
-      SELECT t.id, i.status, i.result, i.error
-      FROM (
-        SELECT * FROM unnest(${finishes.map((f) => f.taskId)}::uuid[], ${finishes.map((f) => f.attempt)}::int[],
-                             ${finishes.map((f) => f.outcome.kind)}::text[], ${finishes.map(resultText)}::text[],
-                             ${finishes.map(errorText)}::text[]) AS u(task_id, attempt, status, result, error)
-        ORDER BY task_id
-      ) i
-      CROSS JOIN LATERAL (
-        SELECT id FROM tasks WHERE id = i.task_id AND status = 'processing' AND attempts = i.attempt FOR UPDATE
-      ) t
-    ), finished AS (
-      UPDATE tasks t
-      SET status = l.status, result = l.result::jsonb, error = l.error::jsonb, lease_until = NULL,
-          updated_at = now(), finished_at = now(),
-          progress = CASE WHEN l.status = 'succeeded' THEN 1 ELSE t.progress END, ${TASK_CHANGED_SET}
-      FROM locked l
-      WHERE t.id = l.id
-      RETURNING t.id, t.attempts, l.status, l.error
-    ), attempt AS (
-      UPDATE task_attempts a SET outcome = f.status, error = f.error::jsonb, finished_at = now()
-      FROM finished f
-      WHERE a.task_id = f.id AND a.attempt = f.attempts
-    )
-    SELECT id, attempts FROM finished`.execute(db);
-  const written = new Set(rows.map((r) => `${r.id}:${r.attempts}`));
-  return finishes.map((f) => written.has(`${f.taskId}:${f.attempt}`));
-}
-
-/** As JSON text, cast in SQL, so that a JSON null result stays JSON null (not SQL NULL). */
-const resultText = ({ outcome }: TerminalFinish) =>
-  outcome.kind === 'succeeded' ? JSON.stringify(outcome.result ?? null) : null;
-
-const errorText = ({ outcome }: TerminalFinish) =>
-  outcome.kind === 'failed' ? JSON.stringify(errorJson(outcome.error)) : null;
 
 export async function setStep(db: Db, taskId: string, attempt: number, step: string | null, progress?: number) {
   await db
