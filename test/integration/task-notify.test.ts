@@ -1,8 +1,12 @@
 import pg from 'pg';
 import { sql } from 'kysely';
-import { createTaskNotifier, TASK_CHANNEL, type TaskNotifier } from '@taskbox/shared';
+import { createTaskNotifier, TASK_CHANNEL, TASK_CHANGED_SET, type TaskNotifier } from '@taskbox/shared';
 import { createWatcherRegistration } from '../../services/api/src/watcher-registration';
+import { startTestApi } from '../helpers/api';
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
+import { insertTaskFixture } from '../helpers/factories';
+import { openSse } from '../helpers/sse';
+import { waitFor } from '../helpers/wait';
 
 describe('the "task changed" NOTIFY goes out only while an api process has a request waiting', () => {
   let database: TestDatabase;
@@ -73,5 +77,43 @@ describe('the "task changed" NOTIFY goes out only while an api process has a req
     expect(await rows()).toBe(1);
     release();
     await registration.stop();
+  });
+});
+
+describe('an api registers its waiters before their first read', () => {
+  it("wakes a long poll and a list stream with another process's NOTIFY, on a database where nobody waited before", async () => {
+    // No resync: only a NOTIFY can wake them, and the worker's notifier sends one only to registered waiters.
+    const api = await startTestApi({}, { resyncMs: null });
+    const worker = createTaskNotifier(api.database.pool, quietLogger);
+    const stream = await openSse(`${await api.listen()}/tasks/events`);
+    try {
+      await stream.waitFor('ready', (events) => events[0]?.event === 'ready');
+      const id = await insertTaskFixture(api.database.db);
+      // What the worker does: commit the change, then announce it.
+      const change = async (status: string) => {
+        await sql`UPDATE tasks SET status = ${status}, ${TASK_CHANGED_SET} WHERE id = ${id}`.execute(api.database.db);
+        worker.changed(id);
+      };
+      // The stream alone waits: its own registration must carry the NOTIFY.
+      await change('processing');
+      await stream.waitFor(
+        'the change on the list stream',
+        (events) => events.some((e) => e.event === 'task' && (e.data as { status: string }).status === 'processing'),
+        5000,
+      );
+      const reads = api.taskReads();
+      const polled = fetch(`${await api.listen()}/tasks/${id}?wait=20`).then(
+        (r) => r.json() as Promise<{ status: string }>,
+      );
+      await waitFor('the long poll waiting', async () => api.taskReads() > reads);
+      await change('succeeded');
+      const started = Date.now();
+      expect((await polled).status).toBe('succeeded');
+      expect(Date.now() - started).toBeLessThan(5000);
+    } finally {
+      stream.close();
+      await worker.stop();
+      await api.close();
+    }
   });
 });

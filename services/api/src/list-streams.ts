@@ -13,7 +13,8 @@ export interface ListFilter {
 export interface ListStreams {
   /**
    * Sends `stream` every state of the filter's tasks changed at or after the watermark `since`, until
-   * the stream closes or the api stops.
+   * the stream closes or the api stops. The caller holds TaskEvents.hold() from before it read the
+   * watermark, so that the worker's NOTIFYs reach it.
    */
   follow(filter: ListFilter, since: string, stream: EventStream): Promise<void>;
 }
@@ -95,25 +96,19 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
   events.onAnyChange(wake);
 
   return {
-    async follow(filter, since, stream) {
-      // Registered as waiting before the first read (task-events.ts hold): changes are announced from then.
-      const release = await events.hold();
-      try {
-        await new Promise<void>((resolve) => {
-          const sub: Subscriber = { filter, since, sent: new Map(), stream, done };
-          function done(): void {
-            subscribers.delete(sub);
-            resolve();
-          }
-          // A client that left while its stream opened: an abort listener added now would never fire.
-          if (stream.closed.aborted) return resolve();
-          stream.closed.addEventListener('abort', done, { once: true });
-          subscribers.add(sub);
-          wake();
-        });
-      } finally {
-        release();
-      }
+    follow(filter, since, stream) {
+      return new Promise<void>((resolve) => {
+        const sub: Subscriber = { filter, since, sent: new Map(), stream, done };
+        function done(): void {
+          subscribers.delete(sub);
+          resolve();
+        }
+        // A client that left while its stream opened: an abort listener added now would never fire.
+        if (stream.closed.aborted) return resolve();
+        stream.closed.addEventListener('abort', done, { once: true });
+        subscribers.add(sub);
+        wake();
+      });
     },
   };
 }

@@ -86,7 +86,11 @@ function listStream(deps: StreamsDeps): Handler {
     // by transaction alone (tasks_owner_changed starts with the owner).
     if (owner === null) throw new HttpProblem(400, 'Owner Required', "an admin's list stream names an owner (?owner=)");
     const release = deps.held.admit(who.owner, 'stream');
+    let stopWaiting: (() => void) | undefined;
     try {
+      // Registered as waiting before the stream's first read (TaskEvents.hold), and before it opens: a
+      // database that cannot take the registration is answered with a problem, not a stream cut short.
+      stopWaiting = await deps.events.hold();
       const horizon = await currentHorizon(deps.db);
       const last = req.get('last-event-id');
       // A watermark from the future (another database, a restore) cannot be trusted: start from now.
@@ -96,6 +100,7 @@ function listStream(deps: StreamsDeps): Handler {
       await deps.lists.follow({ owner, status, type }, since, stream);
       stream.end();
     } finally {
+      stopWaiting?.();
       release();
     }
   };
