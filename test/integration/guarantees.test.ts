@@ -214,8 +214,7 @@ describe('delivery guarantees with the services as separate processes', () => {
     expect(await attemptsOf(id)).toHaveLength(1);
   });
 
-  it('runs a task again whose start a Postgres crash lost: its finish puts the message back instead of acking it', async () => {
-    // The start commits without waiting for its WAL flush (task-sql.ts, startGuards).
+  it('runs a task again whose start a failover lost: its finish puts the message back instead of acking it', async () => {
     system = await startSystem({ WORKER_LEASE_MS: '60000' });
     await system.start('api');
     await system.start('relay');
@@ -226,7 +225,7 @@ describe('delivery guarantees with the services as separate processes', () => {
       const row = await db.selectFrom('tasks').select('current_step').where('id', '=', id).executeTakeFirstOrThrow();
       return row.current_step === 'sleeping';
     });
-    // What the crash leaves: the task as the api wrote it, and no attempt row.
+    // What a failover to a standby without the start leaves: the task as the api wrote it, no attempt row.
     await db.transaction().execute(async (tx) => {
       await tx.deleteFrom('task_attempts').where('task_id', '=', id).execute();
       await tx

@@ -253,8 +253,8 @@ async function recordOutcome(
   }
   if (status === null) {
     // The task is no longer processing under this attempt: resumed elsewhere after this run lost its
-    // lease, or its start was lost with a Postgres crash (task-sql.ts, startGuards). The redelivery is
-    // decided from the row: dropped in the first case, run again in the second.
+    // lease, or its start was lost in a failover to a standby that had not received it. The redelivery
+    // is decided from the row: dropped in the first case, run again in the second.
     logger.warn("attempt result discarded: the task is no longer this run's; the message goes back to the queue", {
       attempt,
     });

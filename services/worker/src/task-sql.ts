@@ -100,7 +100,7 @@ async function startNextAttempts(db: Db, starts: AttemptStart[], guard: keyof ty
       SET status = 'processing', attempts = t.attempts + 1, external_job_id = l.external_job_id,
           lease_until = now() + ${leaseMs} * interval '1 millisecond', started_at = coalesce(t.started_at, now()),
           updated_at = now(), current_step = NULL, progress = NULL, ${TASK_CHANGED_SET}
-      FROM locked l, (SELECT set_config('synchronous_commit', 'off', true)) AS no_flush_wait
+      FROM locked l
       WHERE t.id = l.id
       RETURNING t.id, t.type, t.payload, t.attempts, t.max_attempts, t.timeout_ms, t.correlation_id, t.external_job_id
     ), attempt AS (
@@ -112,19 +112,6 @@ async function startNextAttempts(db: Db, starts: AttemptStart[], guard: keyof ty
 }
 
 /**
- * A start commits without waiting for its WAL flush (`no_flush_wait` above: synchronous_commit off for
- * this statement's transaction only; the finish and every other write still wait). What a crash of
- * Postgres can cost, and why nothing is lost:
- * - WAL is flushed in order, so once any later commit is durable the start is too: the finish, which
- *   the ack waits for, waits for its flush, and with it the start's.
- * - A start lost before that (Postgres crashed, or failed over to a standby that had not received it)
- *   leaves the task as it was before the start, with the delivery still unacked. The run's lease
- *   renewal then finds no lease and aborts the run, or its finish finds the task not processing under
- *   its attempt; either way the delivery goes back to the queue (recordOutcome), and decide() runs the
- *   task again from its row.
- * What it saves: a start no longer waits for a WAL flush of its own at light load, when nothing else
- * commits with it.
- *
  * Which starts startNextAttempts writes; each guard sees the task, locked, as `t` and the start as `i`.
  * `pending` is decide()'s 'run' rule for a pending task; `locked` is for a start already decided under
  * the task's row lock.
