@@ -86,6 +86,8 @@ export async function startTestApi(overrides: Partial<AppDeps> = {}, options: Te
     events,
     taskReads: () => taskReads,
     async listen(limits = {}) {
+      // A second server would replace the first in close(), which would then leave it listening.
+      if (server) throw new Error('listen() once per test api; keep the URL it returned');
       const s = createServer(app, {
         headersTimeoutMs: defaults.HTTP_HEADERS_TIMEOUT_MS,
         requestTimeoutMs: defaults.HTTP_REQUEST_TIMEOUT_MS,

@@ -85,7 +85,8 @@ describe('an api registers its waiters before their first read', () => {
     // No resync: only a NOTIFY can wake them, and the worker's notifier sends one only to registered waiters.
     const api = await startTestApi({}, { resyncMs: null });
     const worker = createTaskNotifier(api.database.pool, quietLogger);
-    const stream = await openSse(`${await api.listen()}/tasks/events`);
+    const base = await api.listen();
+    const stream = await openSse(`${base}/tasks/events`);
     try {
       await stream.waitFor('ready', (events) => events[0]?.event === 'ready');
       const id = await insertTaskFixture(api.database.db);
@@ -102,9 +103,7 @@ describe('an api registers its waiters before their first read', () => {
         5000,
       );
       const reads = api.taskReads();
-      const polled = fetch(`${await api.listen()}/tasks/${id}?wait=20`).then(
-        (r) => r.json() as Promise<{ status: string }>,
-      );
+      const polled = fetch(`${base}/tasks/${id}?wait=20`).then((r) => r.json() as Promise<{ status: string }>);
       await waitFor('the long poll waiting', async () => api.taskReads() > reads);
       await change('succeeded');
       const started = Date.now();
