@@ -78,6 +78,24 @@ describe('the "task changed" NOTIFY goes out only while an api process has a req
     release();
     await registration.stop();
   });
+
+  it('a stopped process registers no more waiters, and a registration removes the rows of processes long gone', async () => {
+    await sql`INSERT INTO task_watchers (instance, until) VALUES ('killed-yesterday', now() - interval '1 day'),
+      ('lapsed-a-minute-ago', now() - interval '1 minute')`.execute(database.db);
+    const registration = createWatcherRegistration(database.db, quietLogger);
+    const release = await registration.hold();
+    const instances = async () =>
+      (await database.db.selectFrom('task_watchers').select('instance').execute()).map((r) => r.instance).sort();
+    const mine = (await instances()).filter((i) => i.includes(`:${process.pid}:`));
+    expect(mine).toHaveLength(1);
+    expect(await instances()).toEqual(['lapsed-a-minute-ago', mine[0]].sort());
+
+    await registration.stop();
+    release();
+    await expect(registration.hold()).rejects.toMatchObject({ status: 503 });
+    expect(await instances()).toEqual(['lapsed-a-minute-ago']);
+    await sql`DELETE FROM task_watchers`.execute(database.db);
+  });
 });
 
 describe('an api registers its waiters before their first read', () => {

@@ -102,8 +102,9 @@ export function queueOfType(topology: AmqpTopology, type: string): QueueRoute | 
 
 // After this many deliveries the broker dead-letters a message: one that kills its worker every time.
 // Its task is then processing with a lease that runs out, and the worker's sweeper resumes or fails it
-// from Postgres. The worker requeues a pending task's message only at shutdown or on an unexpected
-// error (while Postgres is down it holds the delivery), so retries do not use up this limit.
+// from Postgres. The worker requeues a message only at shutdown, on an unexpected error (while Postgres
+// is down it holds the delivery), or when its run lost the task (recordOutcome, attempts.ts), so
+// retries do not use up this limit.
 const DELIVERY_LIMIT = 20;
 
 /**

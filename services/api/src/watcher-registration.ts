@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import os from 'node:os';
 import { sql } from 'kysely';
 import { toError, type Db, type Logger } from '@taskbox/shared';
+import { HttpProblem } from './problem';
 
 /**
  * This api process's row in task_watchers, present and fresh while any of its requests waits on task
@@ -13,7 +14,7 @@ export interface WatcherRegistration {
    * (notify.ts says why that order means no change is missed). Call the release when the wait ends.
    */
   hold(): Promise<() => void>;
-  /** Stops refreshing and deletes the row. */
+  /** Stops refreshing and deletes the row; a hold() after it is answered 503 and writes nothing. */
   stop(): Promise<void>;
 }
 
@@ -32,6 +33,7 @@ interface RegistrationState {
   freshUntil: number;
   writing: Promise<void> | null;
   timer: NodeJS.Timeout | null;
+  stopped: boolean;
 }
 
 export function createWatcherRegistration(
@@ -40,9 +42,21 @@ export function createWatcherRegistration(
   { ttlMs }: WatcherRegistrationOptions = { ttlMs: 60_000 },
 ): WatcherRegistration {
   const instance = `${os.hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
-  const state: RegistrationState = { db, logger, instance, ttlMs, holds: 0, freshUntil: 0, writing: null, timer: null };
+  const state: RegistrationState = {
+    db,
+    logger,
+    instance,
+    ttlMs,
+    holds: 0,
+    freshUntil: 0,
+    writing: null,
+    timer: null,
+    stopped: false,
+  };
   return {
     async hold() {
+      // A request let in while the api stops: a new row would outlive the process by its time to live.
+      if (state.stopped) throw new HttpProblem(503, 'Service Unavailable', 'this server is stopping; retry');
       state.holds++;
       state.timer ??= setInterval(() => void refresh(state).catch(() => undefined), ttlMs / 3).unref();
       // Fresh for at least half its time to live: the timer renews it long before it lapses.
@@ -60,6 +74,7 @@ export function createWatcherRegistration(
       };
     },
     async stop() {
+      state.stopped = true;
       if (state.timer) clearInterval(state.timer);
       state.timer = null;
       await state.writing?.catch(() => undefined);
@@ -85,7 +100,10 @@ function refresh(state: RegistrationState): Promise<void> {
 async function write(state: RegistrationState): Promise<void> {
   const sentAt = performance.now();
   try {
+    // Also deletes the rows of processes that stopped without deleting theirs (killed, crashed); a
+    // lapsed row silences no one, this only keeps the table from growing with every restart.
     await sql`
+      WITH lapsed AS (DELETE FROM task_watchers WHERE until < now() - interval '1 hour')
       INSERT INTO task_watchers (instance, until) VALUES (${state.instance}, now() + ${state.ttlMs} * interval '1 millisecond')
       ON CONFLICT (instance) DO UPDATE SET until = excluded.until`.execute(state.db);
     // Postgres's now() is at or after sentAt, so the row lives at least until this on our clock.
