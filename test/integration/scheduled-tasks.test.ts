@@ -208,13 +208,17 @@ describe('the relay wakes for a due row', () => {
     await stack.stop();
   });
 
-  it('publishes a scheduled task when it falls due, without waiting for the next poll', async () => {
+  const post = async (body: object): Promise<string> => {
     const res = await fetch(`${stack.urls.api}/tasks`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ type: 'echo', payload: { at: 'timer' }, delayMs: 1500 }),
+      body: JSON.stringify(body),
     });
-    const { id } = (await res.json()) as View;
+    return ((await res.json()) as View).id;
+  };
+
+  it('publishes a scheduled task when it falls due, without waiting for the next poll', async () => {
+    const id = await post({ type: 'echo', payload: { at: 'timer' }, delayMs: 1500 });
     const started = await waitFor('the task to succeed', async () => {
       const task = await stack.database.db
         .selectFrom('tasks')
@@ -224,6 +228,41 @@ describe('the relay wakes for a due row', () => {
       return task.status === 'succeeded' ? task : undefined;
     });
     expect(started.started_at?.getTime()).toBeGreaterThanOrEqual(started.run_at?.getTime() ?? Infinity);
+  });
+
+  it('publishes a scheduled task on time after publishing others, whose mark read when it falls due', async () => {
+    const later = await post({ type: 'echo', payload: { at: 'after the others' }, delayMs: 1500 });
+    const now = await Promise.all([1, 2, 3].map((n) => post({ type: 'echo', payload: { n } })));
+    for (const id of [...now, later]) {
+      await waitFor('the task to succeed', async () => {
+        const task = await stack.database.db
+          .selectFrom('tasks')
+          .select('status')
+          .where('id', '=', id)
+          .executeTakeFirstOrThrow();
+        return task.status === 'succeeded';
+      });
+    }
+  });
+
+  it('retries a row the broker returned at its backoff, though the same drain marked another', async () => {
+    // A type no queue is bound to: returned unroutable, each try after its own backoff (0.5 s first).
+    const unroutable = await insertTaskFixture(stack.database.db, { type: 'pdf', withOutbox: true });
+    // The POST's NOTIFY wakes the relay: one claim takes both rows, publishes one and releases the other.
+    await post({ type: 'echo', payload: { with: 'an unroutable row' } });
+    await waitFor(
+      'a second try of the returned row',
+      async () => {
+        const row = await stack.database.db
+          .selectFrom('outbox')
+          .select('publish_attempts')
+          .where('task_id', '=', unroutable)
+          .executeTakeFirstOrThrow();
+        return row.publish_attempts >= 2;
+      },
+      5000,
+    );
+    await stack.database.db.deleteFrom('outbox').where('task_id', '=', unroutable).execute();
   });
 });
 
