@@ -233,16 +233,14 @@ describe('the relay wakes for a due row', () => {
   it('publishes a scheduled task on time after publishing others, whose mark read when it falls due', async () => {
     const later = await post({ type: 'echo', payload: { at: 'after the others' }, delayMs: 1500 });
     const now = await Promise.all([1, 2, 3].map((n) => post({ type: 'echo', payload: { n } })));
-    for (const id of [...now, later]) {
-      await waitFor('the task to succeed', async () => {
-        const task = await stack.database.db
-          .selectFrom('tasks')
-          .select('status')
-          .where('id', '=', id)
-          .executeTakeFirstOrThrow();
-        return task.status === 'succeeded';
-      });
-    }
+    await waitFor('every task to succeed', async () => {
+      const rows = await stack.database.db
+        .selectFrom('tasks')
+        .select('status')
+        .where('id', 'in', [...now, later])
+        .execute();
+      return rows.every((r) => r.status === 'succeeded');
+    });
   });
 
   it('retries a row the broker returned at its backoff, though the same drain marked another', async () => {
