@@ -230,7 +230,7 @@ describe('the relay wakes for a due row', () => {
     expect(started.started_at?.getTime()).toBeGreaterThanOrEqual(started.run_at?.getTime() ?? Infinity);
   });
 
-  it('publishes a scheduled task on time after publishing others, whose mark read when it falls due', async () => {
+  it('publishes a scheduled task on time after a drain that published others', async () => {
     const later = await post({ type: 'echo', payload: { at: 'after the others' }, delayMs: 1500 });
     const now = await Promise.all([1, 2, 3].map((n) => post({ type: 'echo', payload: { n } })));
     await waitFor('every task to succeed', async () => {
@@ -243,7 +243,7 @@ describe('the relay wakes for a due row', () => {
     });
   });
 
-  it('retries a row the broker returned at its backoff, though the same drain marked another', async () => {
+  it('retries a row the broker returned at its backoff, though the same drain published another', async () => {
     // A type no queue is bound to: returned unroutable, each try after its own backoff (0.5 s first).
     const unroutable = await insertTaskFixture(stack.database.db, { type: 'pdf', withOutbox: true });
     // The POST's NOTIFY wakes the relay: one claim takes both rows, publishes one and releases the other.

@@ -78,30 +78,19 @@ export async function claimBatch(db: Db, limit: number, leaseMs: number): Promis
  * then rather than a whole poll, so a scheduled task or a retry is published at its time. One read of
  * outbox_due's first entry after now.
  */
-const nextDueMs = sql<number | null>`(
-  SELECT (extract(epoch FROM min(available_at) - now()) * 1000)::float8
-  FROM outbox WHERE published_at IS NULL AND available_at > now())`;
-
-/** nextDueMs read on its own, when no mark brought it (a drain that published nothing). */
 export async function msUntilNextDue(db: Db): Promise<number | null> {
-  const { rows } = await sql<{ ms: number | null }>`SELECT ${nextDueMs} AS ms`.execute(db);
+  const { rows } = await sql<{ ms: number | null }>`
+    SELECT (extract(epoch FROM min(available_at) - now()) * 1000)::float8 AS ms
+    FROM outbox WHERE published_at IS NULL AND available_at > now()`.execute(db);
   return rows[0]?.ms ?? null;
 }
 
-/**
- * Marks rows published; called only after the broker confirmed every one of them. Answers
- * msUntilNextDue in the same round trip, since the relay asks it next before it waits: at light load
- * a drain is then two statements (claim, mark), not three. The read's snapshot predates the mark, and
- * the rows marked were due already, so they are not among the rows it reads.
- */
-export async function markPublished(db: Db, ids: string[]): Promise<number | null> {
-  const { rows } = await sql<{ ms: number | null }>`
-    WITH marked AS (
-      UPDATE outbox SET published_at = now(), locked_until = NULL, last_error = NULL
-      WHERE id = ANY(${ids}::bigint[])
-    )
-    SELECT ${nextDueMs} AS ms`.execute(db);
-  return rows[0]?.ms ?? null;
+/** Marks rows published; called only after the broker confirmed every one of them. */
+export async function markPublished(db: Db, ids: string[]): Promise<void> {
+  if (ids.length === 0) return;
+  await sql`
+    UPDATE outbox SET published_at = now(), locked_until = NULL, last_error = NULL
+    WHERE id = ANY(${ids}::bigint[])`.execute(db);
 }
 
 /** Releases failed rows for a later try: each row waits its own backoff, then any relay may claim it. */

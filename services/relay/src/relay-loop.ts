@@ -55,8 +55,6 @@ export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
     wakeUp: null,
     publishFailing: false,
     stopController: new AbortController(),
-    dueAt: undefined,
-    released: false,
   };
   return {
     async start() {
@@ -84,10 +82,6 @@ interface LoopState extends RelayLoopOptions {
   wakeUp: (() => void) | null;
   publishFailing: boolean;
   stopController: AbortController;
-  /** The next due time (performance.now() ms; Infinity: none waits) read by this drain's marks; the earliest. */
-  dueAt: number | undefined;
-  /** Rows went back for a retry in this drain, after a mark read the due time: idle reads it again. */
-  released: boolean;
 }
 
 /**
@@ -127,11 +121,7 @@ async function drainOnce(state: LoopState): Promise<{ claimed: number; failed: n
   const endConfirm = metrics.confirmSeconds.startTimer();
   const { published, failed } = await publisher.publishBatch(rows);
   endConfirm();
-  if (published.length > 0) {
-    const ms = await markPublished(db, published);
-    state.dueAt = Math.min(state.dueAt ?? Infinity, ms === null ? Infinity : performance.now() + ms);
-  }
-  if (failed.length > 0) state.released = true;
+  await markPublished(db, published);
   const attempts = new Map(rows.map((r) => [r.id, r.publish_attempts]));
   await recordPublishFailure(
     db,
@@ -193,18 +183,11 @@ async function drainLanes(state: LoopState): Promise<number> {
   return results.reduce((sum, r) => sum + (r.status === 'fulfilled' ? r.value : 0), 0);
 }
 
-/**
- * After a drain: waits until the next row falls due, at most a poll (also when that read fails). The
- * drain's marks read that time already, unless rows went back for a retry after them; a row written
- * since then sent a NOTIFY, which wakes the loop. An early wake-up costs an empty claim, nothing more.
- */
+/** After a drain: waits until the next row falls due, at most a poll (also when that read fails). */
 async function idle(state: LoopState): Promise<void> {
   const { pollMs } = state;
   if (state.wakeRequested || state.stopping) return;
-  const due =
-    state.dueAt !== undefined && !state.released
-      ? state.dueAt - performance.now()
-      : await msUntilNextDue(state.db).catch(() => null);
+  const due = await msUntilNextDue(state.db).catch(() => null);
   // A wake-up that came during the read must not wait for the timer.
   if (state.wakeRequested || state.stopping) return;
   await waitForWake(state, due === null ? pollMs : Math.min(pollMs, Math.max(0, Math.ceil(due))));
@@ -215,8 +198,6 @@ async function run(state: LoopState): Promise<void> {
   let failures = 0;
   while (!state.stopping) {
     state.wakeRequested = false;
-    state.dueAt = undefined;
-    state.released = false;
     // Until the broker is connected there is nothing to do: its setup wakes the loop, and the
     // connection logs its own state changes.
     if (!state.publisher.connected()) {
