@@ -73,6 +73,20 @@ const taskbox = (codeRoot) => ({ codeRoot, start: (db, serviceEnv) => startTaskb
 /** Each system: the checkout whose migrations make its database, and how it starts. */
 const peers = {
   naive: peer('naive', 'bench/naive-server.mjs', 'commit-then-publish', 'SELECT 0 AS n', true),
+  'naive-guarded': peer(
+    'naive-guarded',
+    'bench/naive-server.mjs',
+    'guarded',
+    `SELECT count(*)::int AS n FROM tasks WHERE status IN ('pending', 'processing')`,
+    true,
+  ),
+  'outbox-minimal': peer(
+    'outbox-minimal',
+    'bench/naive-server.mjs',
+    'outbox',
+    `SELECT count(*)::int AS n FROM tasks WHERE status IN ('pending', 'processing')`,
+    true,
+  ),
   'graphile-worker': peer(
     'graphile',
     'bench/peers/graphile-server.mjs',
