@@ -54,22 +54,22 @@ const INSERT_TASK_AND_OUTBOX = `WITH task AS (${INSERT_TASK}), message AS (
   )
   SELECT * FROM task`;
 const CLAIM_LIMIT = 100;
-// As the relay's claimBatch and markPublished (services/relay/src/outbox-sql.ts), without its retries.
-const CLAIM = {
-  name: 'outbox_claim',
-  text: `UPDATE outbox SET locked_until = now() + interval '30 seconds', publish_attempts = publish_attempts + 1
-    WHERE id IN (
-      SELECT id FROM outbox
-      WHERE published_at IS NULL AND available_at <= now() AND (locked_until IS NULL OR locked_until < now())
-      ORDER BY available_at, id LIMIT ${CLAIM_LIMIT} FOR UPDATE SKIP LOCKED)
-    RETURNING id, task_id, routing_key`,
-};
-const MARK = { name: 'outbox_mark', text: 'UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])' };
-// The relay's own session does not wait for the WAL flush, as taskbox's does not: a lost mark is a
-// second publish, which the guarded consumer absorbs.
+// As the relay's claimBatch and markPublished (services/relay/src/outbox-sql.ts), without its retries;
+// unprepared, and its session without bitmap scans, as the relay's, whose reasons are there.
+const CLAIM = `WITH due AS (
+    SELECT id FROM outbox
+    WHERE published_at IS NULL AND available_at <= now() AND (locked_until IS NULL OR locked_until < now())
+    ORDER BY available_at, id LIMIT ${CLAIM_LIMIT} FOR UPDATE SKIP LOCKED
+  )
+  UPDATE outbox o SET locked_until = now() + interval '30 seconds', publish_attempts = o.publish_attempts + 1
+  FROM due WHERE o.id = due.id
+  RETURNING o.id, o.task_id, o.routing_key`;
+const MARK = 'UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])';
+// Nor does it wait for the WAL flush, as the relay does not: a lost mark is a second publish, which
+// the guarded consumer absorbs.
 const relayClient = new pg.Client({ connectionString: process.env.DATABASE_URL });
 await relayClient.connect();
-await relayClient.query('SET synchronous_commit = off');
+await relayClient.query('SET enable_bitmapscan = off; SET synchronous_commit = off');
 let draining = null;
 let wokenWhileDraining = false;
 
@@ -85,7 +85,7 @@ function wakeRelay() {
       wokenWhileDraining = false;
       ({ rows: claimed } = await relayClient.query(CLAIM));
       await Promise.all(claimed.map((row) => publish({ id: row.task_id, type: row.routing_key }, 'outbox')));
-      if (claimed.length > 0) await relayClient.query({ ...MARK, values: [claimed.map((row) => row.id)] });
+      if (claimed.length > 0) await relayClient.query(MARK, [claimed.map((row) => row.id)]);
     } while (claimed.length === CLAIM_LIMIT || wokenWhileDraining);
   })().finally(() => (draining = null));
 }
