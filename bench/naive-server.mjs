@@ -73,7 +73,7 @@ await relayClient.query('SET enable_bitmapscan = off; SET synchronous_commit = o
 let draining = null;
 let wokenWhileDraining = false;
 
-/** Publishes every claimable outbox row; woken after each insert's commit, and every second. */
+/** Publishes every claimable outbox row; woken after each insert's commit, and every second once used. */
 function wakeRelay() {
   if (draining) {
     wokenWhileDraining = true;
@@ -89,13 +89,15 @@ function wakeRelay() {
     } while (claimed.length === CLAIM_LIMIT || wokenWhileDraining);
   })().finally(() => (draining = null));
 }
-const relayPoll = setInterval(wakeRelay, 1000);
+// Started by the first /outbox request, so that the other systems' measures carry no claims.
+let relayPoll = null;
 
 const routes = {
   'commit-then-publish': (payload) => commitThenPublish(payload, 'commit-then-publish'),
   guarded: (payload) => commitThenPublish(payload, 'guarded'),
   async outbox(payload) {
     const { rows } = await pool.query(INSERT_TASK_AND_OUTBOX, [randomUUID(), payload, randomUUID()]);
+    relayPoll ??= setInterval(wakeRelay, 1000);
     wakeRelay();
     return rows[0];
   },

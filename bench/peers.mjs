@@ -25,6 +25,9 @@ import { pacedLoad, postLoad, waitForOk, waitUntil } from './lib/load.mjs';
 const PRODUCERS = 8;
 const FIXED_RATE = 200;
 
+/** Tasks not finished yet, for the systems that keep taskbox's statuses. */
+const TASKS_UNFINISHED = `SELECT count(*)::int AS n FROM tasks WHERE status IN ('pending', 'processing')`;
+
 const TASKBOX_STARTS = '(SELECT task_id, started_at FROM task_attempts WHERE attempt = 1)';
 
 async function startTaskbox(db, serviceEnv, codeRoot) {
@@ -40,7 +43,7 @@ async function startTaskbox(db, serviceEnv, codeRoot) {
     processes: { api: api.child, relay: relay.child, worker: worker.child },
     starts: TASKBOX_STARTS,
     usesBroker: true,
-    pendingSql: `SELECT count(*)::int AS n FROM tasks WHERE status IN ('pending', 'processing')`,
+    pendingSql: TASKS_UNFINISHED,
     stop: async () => {
       await worker.stop();
       await relay.stop();
@@ -73,20 +76,8 @@ const taskbox = (codeRoot) => ({ codeRoot, start: (db, serviceEnv) => startTaskb
 /** Each system: the checkout whose migrations make its database, and how it starts. */
 const peers = {
   naive: peer('naive', 'bench/naive-server.mjs', 'commit-then-publish', 'SELECT 0 AS n', true),
-  'naive-guarded': peer(
-    'naive-guarded',
-    'bench/naive-server.mjs',
-    'guarded',
-    `SELECT count(*)::int AS n FROM tasks WHERE status IN ('pending', 'processing')`,
-    true,
-  ),
-  'outbox-minimal': peer(
-    'outbox-minimal',
-    'bench/naive-server.mjs',
-    'outbox',
-    `SELECT count(*)::int AS n FROM tasks WHERE status IN ('pending', 'processing')`,
-    true,
-  ),
+  'naive-guarded': peer('naive-guarded', 'bench/naive-server.mjs', 'guarded', TASKS_UNFINISHED, true),
+  'outbox-minimal': peer('outbox-minimal', 'bench/naive-server.mjs', 'outbox', TASKS_UNFINISHED, true),
   'graphile-worker': peer(
     'graphile',
     'bench/peers/graphile-server.mjs',
