@@ -18,21 +18,27 @@ export function ratiosTo(results, peer) {
 const latency = (l, rate) =>
   `${ms(l.commitToStartMs.p50)} / ${ms(l.commitToStartMs.p99)}${l.tasksPerSecond < 0.95 * rate ? ', fell behind' : ''}`;
 
-function systemRow(name, r, { fixedRate, cpus }) {
-  const c = r.atFixed.cpu;
+/** CPU ms per task in all, then by process. */
+function cpuSplit(c) {
   const parts = Object.entries(c.msPerTask)
     .filter(([k]) => !['postgres', 'rabbitmq', 'load', 'machine'].includes(k))
     .map(([k, v]) => `${k} ${ms(v)}`);
   const split = [...parts, `Postgres ${ms(c.msPerTask.postgres)}`];
   if (c.total !== c.own + c.msPerTask.postgres) split.push(`RabbitMQ ${ms(c.msPerTask.rabbitmq)}`);
+  return `${ms(c.total)} (${split.join(', ')})`;
+}
+
+function systemRow(name, r, { fixedRate, cpus }) {
   return [
     name,
     n(r.e2e.tasksPerSecond),
     n(r.vacuumed.tasksPerSecond),
+    // Runs from before the end-to-end phase was metered have no figure.
+    r.e2e.cpu ? cpuSplit(r.e2e.cpu) : '–',
     `${latency(r.atHalf, r.atHalf.rate)} (${n(r.atHalf.rate)}/s)`,
     latency(r.atFixed, fixedRate),
-    `${ms(c.total)} (${split.join(', ')})`,
-    `${n((c.busyCores / cpus) * 100)} %`,
+    cpuSplit(r.atFixed.cpu),
+    `${n((r.atFixed.cpu.busyCores / cpus) * 100)} %`,
   ];
 }
 
@@ -58,6 +64,7 @@ export function peersSection({ peers, machine }) {
         'system',
         'end to end, tasks/s (autovacuum)',
         '… after VACUUM',
+        'CPU per task end to end (autovacuum), ms',
         'commit → start at 50 %, p50 / p99 ms',
         `… at ${fixedRate}/s`,
         `CPU per task at ${fixedRate}/s, ms`,
@@ -90,5 +97,58 @@ export function peersSection({ peers, machine }) {
     '',
     "Targets (issue 18): end to end ≥ 1.0× graphile-worker and ≥ 0.8× naive; CPU per task ≤ 1.2× naive's; p50 ≤ 2× naive's.",
     '',
+  ];
+}
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+/** What the A/B section shows of each round, and whether more is better. */
+const abFigures = (fixedRate) => [
+  ['end to end, tasks/s', (r) => r.e2e.tasksPerSecond, n],
+  ['CPU per task end to end, ms', (r) => r.e2e.cpu.total, ms],
+  [`CPU per task at ${fixedRate}/s, ms`, (r) => r.atFixed.cpu.total, ms],
+  [`commit → start p50 at ${fixedRate}/s, ms`, (r) => r.atFixed.commitToStartMs.p50, ms],
+];
+
+/** The A/B section (BENCH_PHASES=ab): each system's medians over the rounds, and taskbox's ratios round by round. */
+export function abSection({ ab }) {
+  const { results, rounds, tasks, producers, fixedRate, seconds, variants = {} } = ab;
+  const names = Object.keys(results);
+  const figures = abFigures(fixedRate);
+  const variantNotes = Object.entries(variants).map(
+    ([label, v]) => ` \`${label}\` is taskbox at ${v.commit} (${v.dir}).`,
+  );
+  const ratioRows = names
+    .filter((name) => name !== 'taskbox' && results.taskbox)
+    .map((other) => [
+      other,
+      ...figures.map(([, get]) => {
+        const ratios = results.taskbox.map((round, i) => get(round) / get(results[other][i]));
+        return `${n(median(ratios), 2)} (${ratios.map((r) => n(r, 2)).join(', ')})`;
+      }),
+    ]);
+  return [
+    `## A/B in alternation: ${rounds} rounds of ${tasks} tasks from ${producers} producers, then ${seconds} s at ${fixedRate}/s`,
+    '',
+    'All systems run at once, each on its own database; each round loads them one after another, the order ' +
+      'reversed every other round. Medians over the rounds.' +
+      variantNotes.join(''),
+    '',
+    ...table(
+      ['system', ...figures.map(([label]) => label)],
+      names.map((name) => [name, ...figures.map(([, get, format]) => format(median(results[name].map(get))))]),
+    ),
+    '',
+    ...(ratioRows.length > 0
+      ? [
+          ...table(['taskbox / …', ...figures.map(([label]) => label.replace(/, (tasks\/s|ms)$/, ''))], ratioRows),
+          '',
+          'Ratios: the median over the rounds, then each round in order.',
+          '',
+        ]
+      : []),
   ];
 }

@@ -141,10 +141,14 @@ async function postgresPids(db) {
   return rows.map((r) => r.pid);
 }
 
-async function fixedLoad(db, system, phase, seconds) {
+/**
+ * Runs `phase` (a load that answers its HTTP figures) and measures its tasks and the CPU they cost: the
+ * system's processes, the Postgres backends of its database and the shared ones, and RabbitMQ where used.
+ */
+async function measured(db, system, phase, runLoad) {
   const pids = await postgresPids(db);
   const meter = cpuMeter(system.processes, { postgres: () => pids });
-  const load = await pacedLoad({ url: system.url, body: echo(phase), rate: FIXED_RATE, seconds });
+  const load = await runLoad();
   const stats = await phaseStats(db, system, phase, load.ok);
   // Backends opened during the phase count whole (they did not exist at its start).
   pids.push(...(await postgresPids(db)).filter((pid) => !pids.includes(pid)));
@@ -154,12 +158,15 @@ async function fixedLoad(db, system, phase, seconds) {
   return { ...stats, load, cpu: { ...cpu, own, total: own + cpu.msPerTask.postgres + rabbitmq } };
 }
 
+const fixedLoad = (db, system, phase, seconds) =>
+  measured(db, system, phase, () => pacedLoad({ url: system.url, body: echo(phase), rate: FIXED_RATE, seconds }));
+
 const echo = (phase) => ({ type: 'echo', payload: { phase } });
 
-async function endToEnd(db, system, phase, tasks) {
-  const load = await postLoad({ url: system.url, body: echo(phase), connections: PRODUCERS, amount: tasks });
-  return { ...(await phaseStats(db, system, phase, load.ok)), load };
-}
+const endToEnd = (db, system, phase, tasks) =>
+  measured(db, system, phase, () =>
+    postLoad({ url: system.url, body: echo(phase), connections: PRODUCERS, amount: tasks }),
+  );
 
 /** Every phase for one system, on its own database; stopped whatever happens. */
 async function measureSystem(name, { codeRoot, start }, { tasks, seconds, serviceEnv, step }) {
@@ -183,19 +190,60 @@ async function measureSystem(name, { codeRoot, start }, { tasks, seconds, servic
   }
 }
 
+/** The systems `names` names (BENCH_SYSTEMS), checked, and the variants' commits. */
+async function chooseSystems(names, variants, fallback) {
+  const systems = systemsOf(variants);
+  const chosen = names ?? fallback(systems);
+  const unknown = chosen.filter((name) => !systems[name]);
+  if (unknown.length > 0) throw new Error(`BENCH_SYSTEMS: no system ${unknown.join(', ')} (${Object.keys(systems)})`);
+  const variantCommits = {};
+  for (const [label, dir] of Object.entries(variants)) variantCommits[label] = { dir, commit: await commitOf(dir) };
+  return { systems, chosen, variantCommits };
+}
+
 /**
  * The `names` systems in turn (all of them when null); taskbox's ratios to each other one are computed
  * by the report.
  */
 export async function measurePeers({ names, variants, ...options }) {
-  const systems = systemsOf(variants);
-  const chosen = names ?? Object.keys(systems);
-  const unknown = chosen.filter((name) => !systems[name]);
-  if (unknown.length > 0) throw new Error(`BENCH_SYSTEMS: no system ${unknown.join(', ')} (${Object.keys(systems)})`);
+  const { systems, chosen, variantCommits } = await chooseSystems(names, variants, (all) => Object.keys(all));
   const results = {};
   for (const name of chosen) results[name] = await measureSystem(name, systems[name], options);
-  const variantCommits = {};
-  for (const [label, dir] of Object.entries(variants)) variantCommits[label] = { dir, commit: await commitOf(dir) };
   const { tasks, seconds } = options;
   return { producers: PRODUCERS, fixedRate: FIXED_RATE, tasks, seconds, variants: variantCommits, results };
+}
+
+/**
+ * A/B in alternation (BENCH_PHASES=ab): the `names` systems (taskbox and the variants when null) all
+ * started at once, each on its own database, then `rounds` rounds in which each system in turn takes
+ * `tasks` tasks from 8 producers and a paced load of `seconds` at 200/s, the order reversed every other
+ * round. The machine's drift within a run then falls on every system alike; run one after another, as
+ * in measurePeers, a system measured later takes all of it.
+ */
+export async function measureAlternating({ names, variants, rounds, tasks, seconds, serviceEnv, step }) {
+  const { systems, chosen, variantCommits } = await chooseSystems(names, variants, () => [
+    'taskbox',
+    ...Object.keys(variants),
+  ]);
+  const running = {};
+  try {
+    for (const name of chosen) {
+      const db = await createBenchDatabase(systems[name].codeRoot);
+      running[name] = { db, system: await systems[name].start(db, serviceEnv) };
+      await endToEnd(db, running[name].system, 'warmup', 1000);
+    }
+    const results = Object.fromEntries(chosen.map((name) => [name, []]));
+    for (let round = 1; round <= rounds; round++) {
+      for (const name of round % 2 === 1 ? chosen : [...chosen].reverse()) {
+        step(`round ${round}/${rounds}: ${name}, ${tasks} tasks, then ${FIXED_RATE}/s`);
+        const { db, system } = running[name];
+        const e2e = await endToEnd(db, system, `e2e-${round}`, tasks);
+        const atFixed = await fixedLoad(db, system, `fixed-${round}`, seconds);
+        results[name].push({ e2e, atFixed });
+      }
+    }
+    return { producers: PRODUCERS, fixedRate: FIXED_RATE, rounds, tasks, seconds, variants: variantCommits, results };
+  } finally {
+    for (const { system } of Object.values(running)) await system.stop();
+  }
 }

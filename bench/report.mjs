@@ -1,6 +1,6 @@
 // report.md and latency.svg from the report object that run.mjs also writes as report.json.
 import { ms, n, table } from './lib/format.mjs';
-import { peersSection } from './peers-report.mjs';
+import { abSection, peersSection } from './peers-report.mjs';
 
 function apiSection(r) {
   const { ceiling, api, ratios } = r;
@@ -213,6 +213,7 @@ export function renderMarkdown(r) {
     '',
     ...(r.e2e ? coreSections(r) : []),
     ...(r.peers ? peersSection(r) : []),
+    ...(r.ab ? abSection(r) : []),
   ].join('\n');
 }
 

@@ -8,7 +8,7 @@ import { measureCeiling } from './ceiling.mjs';
 import { measureApi, measureEndToEnd } from './e2e.mjs';
 import { benchPrefix, cleanupAll, createBenchDatabase, outDir, startService, versions } from './lib/env.mjs';
 import { measureNaive } from './naive.mjs';
-import { measurePeers } from './peers.mjs';
+import { measureAlternating, measurePeers } from './peers.mjs';
 import { measureRelay } from './relay-drain.mjs';
 import { renderMarkdown, renderSvg } from './report.mjs';
 import { measureScale } from './scale.mjs';
@@ -26,6 +26,7 @@ const settings = {
   scaleTasks: int('BENCH_SCALE_TASKS', 3000),
   peerTasks: int('BENCH_PEER_TASKS', 20_000),
   peerSeconds: int('BENCH_PEER_SECONDS', 15),
+  abRounds: int('BENCH_AB_ROUNDS', 4),
   pgPoolSize: int('PG_POOL_SIZE', 10),
   relayBatchSize: int('RELAY_BATCH_SIZE', 200),
   workerPrefetch: int('WORKER_PREFETCH', 20),
@@ -54,9 +55,10 @@ const TARGET_TASKS_PER_SECOND = 1000;
 const step = (what) => console.log(`${new Date().toISOString().slice(11, 19)} ${what}`);
 
 // BENCH_PHASES: `core` (taskbox alone, its ceiling, the naive designs, the relay, scaling out) and
-// `peers` (taskbox against graphile-worker, pg-boss and naive dispatch), comma-separated.
-const PHASES = ['core', 'peers'];
-const phases = (process.env.BENCH_PHASES ?? PHASES.join(',')).split(',');
+// `peers` (taskbox against graphile-worker, pg-boss and naive dispatch), comma-separated; or `ab`
+// (taskbox against its variants in alternation, peers.mjs), which no default run includes.
+const PHASES = ['core', 'peers', 'ab'];
+const phases = (process.env.BENCH_PHASES ?? 'core,peers').split(',');
 if (phases.some((p) => !PHASES.includes(p))) throw new Error(`BENCH_PHASES: each of ${PHASES.join(', ')}`);
 
 async function measureCore(report) {
@@ -115,17 +117,16 @@ async function main() {
     phases,
   };
   if (phases.includes('core')) await measureCore(report);
-  if (phases.includes('peers')) {
-    const options = {
-      names: settings.systems,
-      variants: settings.variants,
-      tasks: settings.peerTasks,
-      seconds: settings.peerSeconds,
-      serviceEnv,
-      step,
-    };
-    report.peers = await measurePeers(options);
-  }
+  const options = {
+    names: settings.systems,
+    variants: settings.variants,
+    tasks: settings.peerTasks,
+    seconds: settings.peerSeconds,
+    serviceEnv,
+    step,
+  };
+  if (phases.includes('peers')) report.peers = await measurePeers(options);
+  if (phases.includes('ab')) report.ab = await measureAlternating({ ...options, rounds: settings.abRounds });
   const json = JSON.stringify(report, null, 2) + '\n';
   await writeFile(path.join(outDir, 'report.json'), json);
   // Every run's report is kept, for ranges over runs (bench/ranges.mjs).
