@@ -8,6 +8,8 @@ export function ratiosTo(results, peer) {
   return {
     e2e: t.e2e.tasksPerSecond / p.e2e.tasksPerSecond,
     e2eVacuumed: t.vacuumed.tasksPerSecond / p.vacuumed.tasksPerSecond,
+    // Runs from before the end-to-end phase was metered have no figure.
+    cpuE2e: t.e2e.cpu && p.e2e.cpu ? t.e2e.cpu.total / p.e2e.cpu.total : null,
     cpuAtFixed: t.atFixed.cpu.total / p.atFixed.cpu.total,
     p50AtHalf: t.atHalf.commitToStartMs.p50 / p.atHalf.commitToStartMs.p50,
     p50AtFixed: t.atFixed.commitToStartMs.p50 / p.atFixed.commitToStartMs.p50,
@@ -33,7 +35,6 @@ function systemRow(name, r, { fixedRate, cpus }) {
     name,
     n(r.e2e.tasksPerSecond),
     n(r.vacuumed.tasksPerSecond),
-    // Runs from before the end-to-end phase was metered have no figure.
     r.e2e.cpu ? cpuSplit(r.e2e.cpu) : '–',
     `${latency(r.atHalf, r.atHalf.rate)} (${n(r.atHalf.rate)}/s)`,
     latency(r.atFixed, fixedRate),
@@ -81,6 +82,7 @@ export function peersSection({ peers, machine }) {
         'taskbox / …',
         'end to end (autovacuum)',
         'end to end (after VACUUM)',
+        'CPU per task end to end',
         `CPU per task at ${fixedRate}/s`,
         'p50 at 50 %',
         `p50 at ${fixedRate}/s`,
@@ -89,6 +91,7 @@ export function peersSection({ peers, machine }) {
         p,
         n(r.e2e, 2),
         n(r.e2eVacuumed, 2),
+        n(r.cpuE2e, 2),
         n(r.cpuAtFixed, 2),
         n(r.p50AtHalf, 2),
         n(r.p50AtFixed, 2),

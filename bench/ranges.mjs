@@ -20,6 +20,8 @@ if (last.length === 0) throw new Error(`no run with the peers comparison in ${di
 /** "min–max" of `pick` over the runs, formatted by `format`; one value when they agree. */
 function range(pick, format) {
   const values = last.map(pick).sort((a, b) => a - b);
+  // A figure that some of the runs did not measure (older reports) has no range.
+  if (values.some((v) => v === null || Number.isNaN(v))) return '–';
   const [lo, hi] = [format(values[0]), format(values.at(-1))];
   return lo === hi ? lo : `${lo}–${hi}`;
 }
@@ -34,6 +36,7 @@ console.log(
       'system',
       'end to end, tasks/s',
       '… after VACUUM',
+      'CPU per task end to end, ms',
       'commit → start p50 / p99 at 50 %, ms',
       `… at ${fixedRate}/s`,
       `CPU per task at ${fixedRate}/s, ms`,
@@ -46,6 +49,7 @@ console.log(
         name,
         range((x) => r(x).e2e.tasksPerSecond, n),
         range((x) => r(x).vacuumed.tasksPerSecond, n),
+        range((x) => r(x).e2e.cpu?.total ?? null, ms),
         latency('atHalf'),
         latency('atFixed'),
         range((x) => r(x).atFixed.cpu.total, ms),
@@ -66,6 +70,7 @@ console.log(
       'taskbox / …',
       'end to end',
       '… after VACUUM',
+      'CPU per task end to end',
       `CPU per task at ${fixedRate}/s`,
       'p50 at 50 %',
       `p50 at ${fixedRate}/s`,
@@ -74,6 +79,7 @@ console.log(
       p,
       ratio(p, 'e2e'),
       ratio(p, 'e2eVacuumed'),
+      ratio(p, 'cpuE2e'),
       ratio(p, 'cpuAtFixed'),
       ratio(p, 'p50AtHalf'),
       ratio(p, 'p50AtFixed'),
