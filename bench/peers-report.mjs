@@ -108,7 +108,7 @@ const median = (xs) => {
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
 
-/** What the A/B section shows of each round, and whether more is better. */
+/** What the A/B section shows of each round: its label, how it is read from a round, how it is printed. */
 const abFigures = (fixedRate) => [
   ['end to end, tasks/s', (r) => r.e2e.tasksPerSecond, n],
   ['CPU per task end to end, ms', (r) => r.e2e.cpu.total, ms],

@@ -2,7 +2,7 @@ import amqp from 'amqplib';
 import { sql } from 'kysely';
 import { amqpNames, connectAmqp, createOutboxNotifier, createPool, insertOutbox, outboxMessage } from '@taskbox/shared';
 import { createListener } from '../../services/relay/src/listener';
-import { claimBatch, setRelaySession } from '../../services/relay/src/outbox-sql';
+import { claimBatch, markPublished, setRelaySession } from '../../services/relay/src/outbox-sql';
 import { createRelayMetrics } from '../../services/relay/src/metrics';
 import { createPublisher, type Publisher } from '../../services/relay/src/publisher';
 import { createRelayLoop, type RelayLoop } from '../../services/relay/src/relay-loop';
@@ -115,6 +115,24 @@ describe('relay', () => {
     } finally {
       await listener.stop();
     }
+  });
+
+  it("marks a row published at its claim's time, so a worker's start never precedes it in the timeline", async () => {
+    const [taskId] = await seed(1);
+    const [row] = await claimBatch(database.db, 10, 15_000);
+    // The broker's confirm and a worker's start both come before the mark.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const { rows: started } = await sql<{ at: Date }>`SELECT clock_timestamp() AS at`.execute(database.db);
+    await markPublished(database.db, [row!.id], row!.claimed_at);
+
+    const published = await database.db
+      .selectFrom('outbox')
+      .select(sql<boolean>`published_at = ${row!.claimed_at}::timestamptz`.as('atClaim'))
+      .select('published_at')
+      .where('task_id', '=', taskId!)
+      .executeTakeFirstOrThrow();
+    expect(published.atClaim).toBe(true);
+    expect(published.published_at!.getTime()).toBeLessThan(started[0]!.at.getTime());
   });
 
   it('leases claimed rows in place, without a new index entry per row (HOT updates)', async () => {

@@ -29,6 +29,8 @@ export interface ClaimedRow {
   payload: unknown;
   headers: Record<string, string>;
   publish_attempts: number;
+  /** The claim statement's now(), as Postgres text (exact to the microsecond): markPublished's time. */
+  claimed_at: string;
 }
 
 /**
@@ -69,7 +71,8 @@ export async function claimBatch(db: Db, limit: number, leaseMs: number): Promis
         publish_attempts = o.publish_attempts + 1
     FROM due
     WHERE o.id = due.id
-    RETURNING o.id, o.message_id, o.task_id, o.routing_key, o.payload, o.headers, o.publish_attempts`.execute(db);
+    RETURNING o.id, o.message_id, o.task_id, o.routing_key, o.payload, o.headers, o.publish_attempts,
+              now()::text AS claimed_at`.execute(db);
   return rows.sort((a, b) => Number(BigInt(a.id) - BigInt(b.id)));
 }
 
@@ -85,11 +88,16 @@ export async function msUntilNextDue(db: Db): Promise<number | null> {
   return rows[0]?.ms ?? null;
 }
 
-/** Marks rows published; called only after the broker confirmed every one of them. */
-export async function markPublished(db: Db, ids: string[]): Promise<void> {
+/**
+ * Marks rows published; called only after the broker confirmed every one of them. `claimedAt` is the
+ * time of the claim that published them (ClaimedRow.claimed_at), on Postgres's clock: before the
+ * publish, so before any worker's start. The mark's own now() comes after the confirm, and a worker
+ * may start the task before that: the task's timeline showed it started before it was published.
+ */
+export async function markPublished(db: Db, ids: string[], claimedAt: string): Promise<void> {
   if (ids.length === 0) return;
   await sql`
-    UPDATE outbox SET published_at = now(), locked_until = NULL, last_error = NULL
+    UPDATE outbox SET published_at = ${claimedAt}::timestamptz, locked_until = NULL, last_error = NULL
     WHERE id = ANY(${ids}::bigint[])`.execute(db);
 }
 

@@ -117,11 +117,13 @@ async function drainOnce(state: LoopState): Promise<{ claimed: number; failed: n
   const { db, publisher, metrics } = state;
   if (!publisher.connected()) throw new Error('rabbitmq is not connected');
   const rows = await claimBatch(db, state.batchSize, state.leaseMs);
-  if (rows.length === 0) return { claimed: 0, failed: 0 };
+  const [first] = rows;
+  if (!first) return { claimed: 0, failed: 0 };
   const endConfirm = metrics.confirmSeconds.startTimer();
   const { published, failed } = await publisher.publishBatch(rows);
   endConfirm();
-  await markPublished(db, published);
+  // One claim statement: every row carries its time.
+  await markPublished(db, published, first.claimed_at);
   const attempts = new Map(rows.map((r) => [r.id, r.publish_attempts]));
   await recordPublishFailure(
     db,
