@@ -55,7 +55,8 @@ const INSERT_TASK_AND_OUTBOX = `WITH task AS (${INSERT_TASK}), message AS (
   SELECT * FROM task`;
 const CLAIM_LIMIT = 100;
 // As the relay's claimBatch and markPublished (services/relay/src/outbox-sql.ts), without its retries;
-// unprepared, and its session without bitmap scans, as the relay's, whose reasons are there.
+// unprepared, and its session without bitmap scans, as the relay's, whose reasons are there. Its mark
+// writes the mark's own time where the relay's writes the claim's (for the task timeline, not kept here).
 const CLAIM = `WITH due AS (
     SELECT id FROM outbox
     WHERE published_at IS NULL AND available_at <= now() AND (locked_until IS NULL OR locked_until < now())

@@ -1,6 +1,14 @@
 import amqp from 'amqplib';
 import { sql } from 'kysely';
-import { amqpNames, connectAmqp, createOutboxNotifier, createPool, insertOutbox, outboxMessage } from '@taskbox/shared';
+import {
+  amqpNames,
+  connectAmqp,
+  createOutboxNotifier,
+  createPool,
+  insertOutbox,
+  outboxMessage,
+  sleep,
+} from '@taskbox/shared';
 import { createListener } from '../../services/relay/src/listener';
 import { claimBatch, markPublished, setRelaySession } from '../../services/relay/src/outbox-sql';
 import { createRelayMetrics } from '../../services/relay/src/metrics';
@@ -121,7 +129,7 @@ describe('relay', () => {
     const [taskId] = await seed(1);
     const [row] = await claimBatch(database.db, 10, 15_000);
     // The broker's confirm and a worker's start both come before the mark.
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    await sleep(200);
     const { rows: started } = await sql<{ at: Date }>`SELECT clock_timestamp() AS at`.execute(database.db);
     await markPublished(database.db, [row!.id], row!.claimed_at);
 
