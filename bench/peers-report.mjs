@@ -153,5 +153,25 @@ export function abSection({ ab }) {
           '',
         ]
       : []),
+    ...busyRounds(results, fixedRate),
+  ];
+}
+
+/**
+ * Each round at the fixed rate, busiest machine first: how busy the whole machine was (every process
+ * on it, the idle systems and other tenants too) beside each system's p50. On a 2-core machine the
+ * p50 follows the busy cores more than the build (bench/README.md).
+ */
+function busyRounds(results, fixedRate) {
+  const rows = Object.entries(results).flatMap(([name, rounds]) =>
+    rounds.map((r, i) => ({ name, round: i + 1, busy: r.atFixed.cpu.busyCores, p50: r.atFixed.commitToStartMs.p50 })),
+  );
+  rows.sort((a, b) => b.busy - a.busy);
+  return [
+    ...table(
+      ['round', 'system', `machine busy at ${fixedRate}/s, cores`, `commit → start p50 at ${fixedRate}/s, ms`],
+      rows.map((r) => [String(r.round), r.name, n(r.busy, 2), ms(r.p50)]),
+    ),
+    '',
   ];
 }

@@ -16,7 +16,7 @@ const clockTicksPerSecond = (() => {
 })();
 
 /** User + system CPU of a process in ms, or null when it is gone (or there is no /proc). */
-function processCpuMs(pid) {
+export function processCpuMs(pid) {
   try {
     // The command name (field 2) may hold spaces; the fields after it start at utime (14th).
     const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
