@@ -2,7 +2,8 @@
 // (defaults: taskbox, 200, 15; systems as in BENCH_SYSTEMS). Prints the commit → start p50, the CPU per
 // task of the system's processes and of Postgres's processes grouped by their last statement (a pooled
 // backend runs several kinds; its last one names it), and per task the WAL written and flushed and each
-// table's writes. Fresh database, removed at the end. Linux only (CPU from /proc).
+// table's writes. Fresh database, removed at the end. Linux only (CPU from /proc). Postgres's backends
+// report WAL and table counts about once a second, so those are right to a percent or so.
 import { processCpuMs } from './lib/cpu.mjs';
 import { systemsOf } from './peers.mjs';
 import { cleanupAll, createBenchDatabase, sleep } from './lib/env.mjs';
