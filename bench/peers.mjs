@@ -111,7 +111,7 @@ const phaseSql = (starts) => `
   WHERE t.payload->>'phase' = $1`;
 
 /** Waits until every task of `phase` has started and the system has nothing left to finish. */
-async function phaseStats(db, system, phase, expected) {
+export async function phaseStats(db, system, phase, expected) {
   const s = await waitUntil(
     `every ${phase} task to start`,
     async () => {
@@ -161,7 +161,7 @@ async function measured(db, system, phase, runLoad) {
 const fixedLoad = (db, system, phase, seconds) =>
   measured(db, system, phase, () => pacedLoad({ url: system.url, body: echo(phase), rate: FIXED_RATE, seconds }));
 
-const echo = (phase) => ({ type: 'echo', payload: { phase } });
+export const echo = (phase) => ({ type: 'echo', payload: { phase } });
 
 const endToEnd = (db, system, phase, tasks) =>
   measured(db, system, phase, () =>

@@ -5,7 +5,7 @@
 // table's writes. Fresh database, removed at the end. Linux only (CPU from /proc). Postgres's backends
 // report WAL and table counts about once a second, so those are right to a percent or so.
 import { processCpuMs } from './lib/cpu.mjs';
-import { systemsOf } from './peers.mjs';
+import { echo, phaseStats, systemsOf } from './peers.mjs';
 import { cleanupAll, createBenchDatabase, sleep } from './lib/env.mjs';
 import { pacedLoad } from './lib/load.mjs';
 
@@ -27,21 +27,14 @@ async function snapshot(db, system) {
 const db = await createBenchDatabase();
 const system = await systemsOf({})[name].start(db, { api: {}, relay: {}, worker: {} });
 try {
-  const body = { type: 'echo', payload: {} };
-  await pacedLoad({ url: system.url, body, rate: Number(rate), seconds: 3 });
+  await pacedLoad({ url: system.url, body: echo('warmup'), rate: Number(rate), seconds: 3 });
   await sleep(2000);
   const before = await snapshot(db, system);
-  const { rows } = await db.pool.query('SELECT now() AS t');
-  const load = await pacedLoad({ url: system.url, body, rate: Number(rate), seconds: Number(seconds) });
-  await sleep(1000);
+  const load = await pacedLoad({ url: system.url, body: echo('probe'), rate: Number(rate), seconds: Number(seconds) });
+  const { commitToStartMs } = await phaseStats(db, system, 'probe', load.ok);
   const after = await snapshot(db, system);
   const perTask = (x) => (x / load.ok).toFixed(3);
-  const p50 = await db.pool.query(
-    `SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM s.started_at - t.created_at) * 1000) AS ms
-     FROM tasks t JOIN ${system.starts} s ON s.task_id = t.id WHERE t.created_at > $1`,
-    [rows[0].t],
-  );
-  console.log(`${name}, ${load.ok} tasks at ${rate}/s: commit → start p50 ${Number(p50.rows[0].ms).toFixed(2)} ms`);
+  console.log(`${name}, ${load.ok} tasks at ${rate}/s: commit → start p50 ${commitToStartMs.p50.toFixed(2)} ms`);
   console.log('CPU per task, ms:');
   for (const [k, ms] of Object.entries(after.processes)) console.log(`  ${perTask(ms - before.processes[k])}  ${k}`);
   const groups = new Map();
