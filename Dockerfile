@@ -3,6 +3,7 @@
 #   api (default)  node services/api/dist/main.js
 #   relay          node services/relay/dist/main.js
 #   worker         node services/worker/dist/main.js
+#   all three      node services/all-in-one/dist/main.js (one process, for a small deployment)
 #   migrate        node tools/dist/migrate-main.js
 # One image means one build and one version to roll out, and the same artifact runs on a laptop
 # (docker-compose.yml) and as separate deployments in production.
@@ -17,6 +18,7 @@ COPY packages/client/package.json packages/client/
 COPY services/api/package.json services/api/
 COPY services/relay/package.json services/relay/
 COPY services/worker/package.json services/worker/
+COPY services/all-in-one/package.json services/all-in-one/
 COPY tools/package.json tools/
 
 FROM manifests AS build
@@ -37,6 +39,7 @@ COPY --from=build /app/services/api/dashboard/dist services/api/dashboard/dist
 COPY --from=build /app/packages/client/dist/browser packages/client/dist/browser
 COPY --from=build /app/services/relay/dist services/relay/dist
 COPY --from=build /app/services/worker/dist services/worker/dist
+COPY --from=build /app/services/all-in-one/dist services/all-in-one/dist
 COPY --from=build /app/tools/dist tools/dist
 # migrate.ts resolves migrations as <its dist>/../../../db/migrations/dist, so keep the repo layout.
 COPY --from=build /app/db/migrations/dist db/migrations/dist

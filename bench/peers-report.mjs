@@ -1,9 +1,22 @@
-// The peers section of report.md, and taskbox's ratios to each peer (also printed by ranges.mjs).
+// The peers section of report.md, and the ratios of taskbox (as three services, and in one process)
+// to each peer (also printed by ranges.mjs).
 import { n, ms, table } from './lib/format.mjs';
 
-/** taskbox's ratios to `peer`: above 1 is better for taskbox in e2e, below 1 in CPU and latency. */
-export function ratiosTo(results, peer) {
-  const t = results.taskbox;
+/**
+ * The ratios a report shows, as [subject, other]: taskbox to every other system (its variants, itself
+ * in one process, the peers), then taskbox in one process to each peer.
+ */
+export function ratioPairs(names, variants) {
+  const pairs = [];
+  if (names.includes('taskbox')) pairs.push(...names.filter((x) => x !== 'taskbox').map((x) => ['taskbox', x]));
+  const peers = names.filter((x) => !x.startsWith('taskbox') && !(x in variants));
+  if (names.includes('taskbox-all-in-one')) pairs.push(...peers.map((x) => ['taskbox-all-in-one', x]));
+  return pairs;
+}
+
+/** `subject`'s ratios to `peer`: above 1 is better for the subject in e2e, below 1 in CPU and latency. */
+export function ratiosTo(results, peer, subject = 'taskbox') {
+  const t = results[subject];
   const p = results[peer];
   return {
     e2e: t.e2e.tasksPerSecond / p.e2e.tasksPerSecond,
@@ -46,8 +59,10 @@ function systemRow(name, r, { fixedRate, cpus }) {
 export function peersSection({ peers, machine }) {
   const { results, tasks, producers, fixedRate, seconds, variants = {} } = peers;
   const names = Object.keys(results);
-  const others = results.taskbox ? names.filter((name) => name !== 'taskbox') : [];
-  const ratios = others.map((p) => [p, ratiosTo(results, p)]);
+  const ratios = ratioPairs(names, variants).map(([subject, other]) => [
+    `${subject} / ${other}`,
+    ratiosTo(results, other, subject),
+  ]);
   const variantNotes = Object.entries(variants).map(
     ([label, v]) => ` \`${label}\` is taskbox at ${v.commit} (${v.dir}).`,
   );
@@ -79,7 +94,7 @@ export function peersSection({ peers, machine }) {
     '',
     ...table(
       [
-        'taskbox / …',
+        'ratio',
         'end to end (autovacuum)',
         'end to end (after VACUUM)',
         'CPU per task end to end',

@@ -52,6 +52,30 @@ async function startTaskbox(db, serviceEnv, codeRoot) {
   };
 }
 
+/** taskbox's api, relay and worker in one process (services/all-in-one), each with its settings above. */
+async function startAllInOne(db, serviceEnv, codeRoot) {
+  const prefix = benchPrefix();
+  const [port, healthPort] = [await freePort(), await freePort()];
+  const env = {
+    ...{ DATABASE_URL: db.url, AMQP_URL: amqpUrl, AMQP_PREFIX: prefix, LOG_LEVEL: 'info' },
+    ...serviceEnv.api,
+    ...serviceEnv.relay,
+    ...serviceEnv.worker,
+    ...{ PORT: String(port), HEALTH_PORT: String(healthPort) },
+  };
+  const label = `all-in-one-${prefix.replace(/\W/g, '')}`;
+  const server = await startProcess(label, 'services/all-in-one/dist/main.js', env, port, codeRoot);
+  await waitForOk(`http://127.0.0.1:${healthPort}/readyz`);
+  return {
+    url: `http://127.0.0.1:${port}/tasks`,
+    processes: { 'all-in-one': server.child },
+    starts: TASKBOX_STARTS,
+    usesBroker: true,
+    pendingSql: TASKS_UNFINISHED,
+    stop: server.stop,
+  };
+}
+
 /** A comparison server (one process: HTTP in front, the worker inside) from `script`. */
 function peer(label, script, route, pendingSql, usesBroker) {
   return async (db, serviceEnv) => {
@@ -94,9 +118,12 @@ const peers = {
   ),
 };
 
-/** The systems by name: taskbox, the variants (label → checkout), and the peers. */
+/** The systems by name: taskbox (as three services, and in one process), the variants (label → checkout), and the peers. */
 export function systemsOf(variants) {
-  const all = { taskbox: taskbox(root) };
+  const all = {
+    taskbox: taskbox(root),
+    'taskbox-all-in-one': { codeRoot: root, start: (db, serviceEnv) => startAllInOne(db, serviceEnv, root) },
+  };
   for (const [label, dir] of Object.entries(variants)) all[label] = taskbox(dir);
   for (const [name, start] of Object.entries(peers)) all[name] = { codeRoot: root, start };
   return all;

@@ -4,7 +4,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { outDir } from './lib/env.mjs';
 import { n, ms, table } from './lib/format.mjs';
-import { ratiosTo } from './peers-report.mjs';
+import { ratioPairs, ratiosTo } from './peers-report.mjs';
 
 const count = Number(process.argv[2] ?? 3);
 const dir = path.join(outDir, 'runs');
@@ -58,16 +58,15 @@ console.log(
   ).join('\n'),
 );
 console.log();
-const peers = systems.filter((s) => s !== 'taskbox');
-const ratio = (peer, key) =>
+const ratio = ([subject, other], key) =>
   range(
-    (x) => ratiosTo(x.peers.results, peer)[key],
+    (x) => ratiosTo(x.peers.results, other, subject)[key],
     (v) => n(v, 2),
   );
 console.log(
   table(
     [
-      'taskbox / …',
+      'ratio',
       'end to end',
       '… after VACUUM',
       'CPU per task end to end',
@@ -75,8 +74,8 @@ console.log(
       'p50 at 50 %',
       `p50 at ${fixedRate}/s`,
     ],
-    peers.map((p) => [
-      p,
+    ratioPairs(systems, last[0].peers.variants ?? {}).map((p) => [
+      p.join(' / '),
       ratio(p, 'e2e'),
       ratio(p, 'e2eVacuumed'),
       ratio(p, 'cpuE2e'),

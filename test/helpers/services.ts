@@ -3,7 +3,7 @@ import path from 'node:path';
 import { spawnChild } from '../../tools/src/harness';
 import { waitFor } from './wait';
 
-export type ServiceName = 'api' | 'relay' | 'worker';
+export type ServiceName = 'api' | 'relay' | 'worker' | 'all-in-one';
 export type LogLine = Record<string, unknown> & { message?: string; level?: string };
 
 export interface RunningService {
@@ -12,7 +12,7 @@ export interface RunningService {
   logs: LogLine[];
   /** Lines that were not JSON (crashes print plain text). */
   text: string[];
-  /** The port it listens on (api: PORT, relay/worker: HEALTH_PORT), read from its log. */
+  /** The port it listens on (api: PORT, relay/worker: HEALTH_PORT), read from its log; all-in-one: HEALTH_PORT. */
   port(): Promise<number>;
   waitForLog(what: string, match: (line: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
   /** SIGTERM (SIGKILL after a deadline) and wait for the exit code. */

@@ -9,7 +9,7 @@ export interface Stack {
   relay: RunningService;
   worker: RunningService;
   /** Base URLs: the api's port, and the relay's and worker's health ports. */
-  urls: Record<ServiceName, string>;
+  urls: Record<'api' | 'relay' | 'worker', string>;
   /**
    * Stops the three (SIGTERM), drops the database and the topology; returns the exit codes. Runs once:
    * a last test asserts on the codes, and afterAll calls it again to clean up when that test did not run.

@@ -174,7 +174,7 @@ describe('Dockerfile', () => {
 
   it('copies every built entrypoint, and the migrations where migrate.ts looks for them', () => {
     const copied = runtime.filter((i) => i.startsWith('COPY --from=')).map((i) => i.split(/\s+/).at(-1));
-    const needed = Object.values(ENTRYPOINTS).map((entry) => path.dirname(entry));
+    const needed = [...Object.values(ENTRYPOINTS), 'services/all-in-one/dist/main.js'].map((e) => path.dirname(e));
     needed.push(path.relative(repoRoot, migrationsDir));
     for (const dir of needed) expect(copied).toContain(dir);
   });

@@ -30,11 +30,14 @@ export function serverPart(server: http.Server, port: number): ServerPart {
   };
 }
 
-/** /healthz (alive), /readyz (its dependencies usable: 200 or 503) and /metrics, for relay and worker. */
+/**
+ * /healthz (alive), /readyz (its dependencies usable: 200 or 503) and /metrics, for relay and worker.
+ * /metrics serves each registry in turn: the all-in-one process serves the relay's and the worker's.
+ */
 export function createHealthServer(
   port: number,
   ready: ReadinessCheck,
-  registry: Registry,
+  registries: readonly Registry[],
   logger: Logger,
 ): ServerPart {
   const server = http.createServer((req, res) => {
@@ -56,8 +59,8 @@ export function createHealthServer(
       return;
     }
     if (path === '/metrics') {
-      registry.metrics().then(
-        (text) => send(200, registry.contentType, text),
+      Promise.all(registries.map((registry) => registry.metrics())).then(
+        (texts) => send(200, registries[0]?.contentType ?? 'text/plain', texts.join('')),
         (err: unknown) => send(500, 'text/plain', toError(err).message),
       );
       return;

@@ -71,6 +71,28 @@ export function onShutdownSignal(logger: Logger, stop: () => Promise<boolean>): 
   };
 }
 
+/**
+ * What every main.ts does with the process's signals: SIGTERM or SIGINT runs `stop` (onShutdownSignal)
+ * and exits with its code. The function returned starts the same shutdown from inside (the worker, after
+ * too many abandoned runs) and exits 1 once drained; after a signal it does nothing, since a second call
+ * to the shutdown would count as a second signal and exit before the drain.
+ */
+export function wireShutdown(logger: Logger, stop: () => Promise<boolean>): (why: string) => void {
+  const shutdown = onShutdownSignal(logger, stop);
+  let stopping = false;
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(signal, () => {
+      stopping = true;
+      void shutdown(signal).then((code) => process.exit(code));
+    });
+  }
+  return (why) => {
+    if (stopping) return;
+    stopping = true;
+    void shutdown(why).then(() => process.exit(1));
+  };
+}
+
 /** `promise`, or a rejection naming `what` when it has not settled within `ms`: a broker that never answers. */
 export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;

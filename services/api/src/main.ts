@@ -1,95 +1,10 @@
-import type { RequestListener } from 'node:http';
-import {
-  createDb,
-  createLogger,
-  createPool,
-  createTaskNotifier,
-  loadConfig,
-  onShutdownSignal,
-  redactUrl,
-  resource,
-  serverPart,
-  startAll,
-  stopAll,
-  toError,
-  type Config,
-  type Service,
-} from '@taskbox/shared';
-import { buildApp, type AppDeps } from './app';
-import { authStartProblem } from './auth';
-import { dashboardFromRepo } from './dashboard';
-import { examplePageFromRepo } from './example-page';
-import { createServer } from './server';
-import { createTaskEvents } from './task-events';
-import { createWatcherRegistration } from './watcher-registration';
-import { findTask } from './task-sql';
-
-// How long an EventSource waits before it reconnects after a cut: short enough that a progress bar
-// barely stalls.
-const STREAM_RETRY_MS = 2000;
-
-/** The pages the api serves, as configured; one whose files are missing stops the start. */
-function pages(config: Config): Pick<AppDeps, 'examplePage' | 'dashboard'> {
-  return {
-    examplePage: config.EXAMPLE_PAGE ? examplePageFromRepo(__dirname) : undefined,
-    dashboard: config.DASHBOARD ? dashboardFromRepo(__dirname) : undefined,
-  };
-}
-
-/** The app, with its settings from the configuration. */
-function appFor(config: Config, parts: Pick<AppDeps, 'db' | 'pool' | 'taskNotifier' | 'events' | 'logger'>) {
-  return buildApp({
-    ...parts,
-    bodyLimit: config.BODY_LIMIT,
-    auth: config,
-    corsOrigins: config.CORS_ORIGINS,
-    longPoll: { max: config.LONG_POLL_MAX, maxPerOwner: config.LONG_POLL_MAX_PER_OWNER },
-    streams: {
-      timing: { heartbeatMs: config.STREAM_HEARTBEAT_MS, retryMs: STREAM_RETRY_MS },
-      tokenSecret: config.STREAM_TOKEN_SECRET,
-      tokenTtlMs: config.STREAM_TOKEN_TTL_MS,
-    },
-    ...pages(config),
-    admin: { doctor: config, bulkMax: config.BULK_ACTION_MAX },
-    schedule: { maxAheadMs: config.SCHEDULE_MAX_AHEAD_MS, pastSkewMs: config.SCHEDULE_PAST_SKEW_MS },
-  }).app;
-}
-
-/** The HTTP server part, with its timeouts and connection cap from the configuration. */
-function httpServer(config: Config, app: RequestListener) {
-  return serverPart(
-    createServer(app, {
-      headersTimeoutMs: config.HTTP_HEADERS_TIMEOUT_MS,
-      requestTimeoutMs: config.HTTP_REQUEST_TIMEOUT_MS,
-      maxConnections: config.HTTP_MAX_CONNECTIONS,
-    }),
-    config.PORT,
-  );
-}
+import { createLogger, loadConfig, redactUrl, startAll, stopAll, toError, wireShutdown } from '@taskbox/shared';
+import { apiParts } from './parts';
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
-  const authProblem = authStartProblem(config);
-  if (authProblem) throw new Error(`invalid configuration:\n  ${authProblem}`);
   const logger = createLogger('api', config);
-  // connectionTimeoutMillis also bounds the wait for a free pooled client. POSTs share two statements
-  // (createTaskInserter), so only a database that holds every connection (a locked table, a hung
-  // server) makes a request wait here; with the inserter's 2 s and the statement timeout, a POST is
-  // answered within 12 s. A database that is really down refuses connections at once, answered 503.
-  const pool = createPool(config.DATABASE_URL, logger, {
-    max: config.PG_POOL_SIZE,
-    connectionTimeoutMillis: 3000,
-    statementTimeoutMs: config.DB_STATEMENT_TIMEOUT_MS,
-  });
-  const db = createDb(pool);
-  const taskNotifier = createTaskNotifier(pool, logger);
-  const registration = createWatcherRegistration(db, logger);
-  const events = createTaskEvents(config.DATABASE_URL, logger, (viewer, id) => findTask(db, viewer, id), registration);
-  const app = appFor(config, { db, pool, taskNotifier, events, logger });
-  const server = httpServer(config, app);
-  // Started in this order, stopped in reverse: long polls and streams are released first (polls answer
-  // with the current view, streams end), or closing the server would wait for them.
-  const parts: Service[] = [resource(() => db.destroy()), resource(() => taskNotifier.stop()), server, events];
+  const { parts, server } = apiParts(config, logger);
   await startAll(parts);
   logger.info('api listening', {
     port: server.port(),
@@ -98,11 +13,7 @@ async function main(): Promise<void> {
     ...(config.DASHBOARD ? { dashboard: '/dashboard/' } : {}),
     auth: config.AUTH_JWKS_URL ? 'jwks' : config.AUTH_JWT_SECRET ? 'jwt' : config.AUTH_TOKENS ? 'tokens' : 'off',
   });
-
-  const shutdown = onShutdownSignal(logger, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, logger));
-  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    process.on(signal, () => void shutdown(signal).then((code) => process.exit(code)));
-  }
+  wireShutdown(logger, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, logger));
 }
 
 main().catch((err: unknown) => {

@@ -10,10 +10,11 @@ export interface RelayMetrics {
   republished: Counter<'queue' | 'state'>;
 }
 
-export function createRelayMetrics(db: Db): RelayMetrics {
+/** `processMetrics`: Node's own (CPU, memory, event loop), off where another part of the process has them. */
+export function createRelayMetrics(db: Db, { processMetrics = true } = {}): RelayMetrics {
   const registry = new Registry();
   registry.setDefaultLabels({ service: 'relay' });
-  collectDefaultMetrics({ register: registry });
+  if (processMetrics) collectDefaultMetrics({ register: registry });
   const registers = [registry];
   // Read on scrape rather than on every drain: one cheap count per scrape, nothing on the hot path.
   // `oldest` is registered after `backlog`, so the value set here is the one exported in this scrape.

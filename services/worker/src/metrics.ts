@@ -21,11 +21,14 @@ export interface WorkerMetrics {
 // scraped: a few seconds of staleness is fine for a gauge.
 const COUNTS_FRESH_MS = 5000;
 
-/** `queues`: the names of the queues this worker consumes, whose series start at zero. */
-export function createWorkerMetrics(db: Db, queues: readonly string[]): WorkerMetrics {
+/**
+ * `queues`: the names of the queues this worker consumes, whose series start at zero. `processMetrics`:
+ * Node's own (CPU, memory, event loop), off where another part of the process has them.
+ */
+export function createWorkerMetrics(db: Db, queues: readonly string[], { processMetrics = true } = {}): WorkerMetrics {
   const registry = new Registry();
   registry.setDefaultLabels({ service: 'worker' });
-  collectDefaultMetrics({ register: registry });
+  if (processMetrics) collectDefaultMetrics({ register: registry });
   const registers = [registry];
   tasksByStatusGauge(db, registers);
   const metrics: WorkerMetrics = {

@@ -1,0 +1,73 @@
+// api, relay and worker in one Node process: the same parts as the three services, wired together.
+// For a deployment small enough that one process is enough. At light load every task wakes each process
+// it passes through, so one process instead of three costs less CPU per task (bench/README.md, "One
+// process"); the guarantees are the same, since the parts still meet only through Postgres and RabbitMQ.
+// Scaling out is still by separate services: a second all-in-one also adds a relay, which waits on the
+// first's advisory lock.
+import { apiParts } from '@taskbox/api';
+import { relayParts } from '@taskbox/relay';
+import {
+  createHealthServer,
+  createLogger,
+  loadConfig,
+  redactUrl,
+  startAll,
+  stopAll,
+  toError,
+  wireShutdown,
+  type ReadinessCheck,
+  type Service,
+} from '@taskbox/shared';
+import { workerParts } from '@taskbox/worker';
+
+async function main(): Promise<void> {
+  const config = loadConfig(process.env);
+  const log = {
+    process: createLogger('all-in-one', config),
+    api: createLogger('api', config),
+    relay: createLogger('relay', config),
+    worker: createLogger('worker', config),
+  };
+  // The api's /metrics has Node's process metrics; the health server's has the relay's and the worker's own.
+  const api = apiParts(config, log.api);
+  const relay = relayParts(config, log.relay, { processMetrics: false });
+  // Set once the shutdown is wired, before any delivery can count an abandoned run.
+  let stopFromInside: (why: string) => void = () => undefined;
+  const worker = workerParts(config, log.worker, {
+    stopAndExit: () => stopFromInside('abandoned runs'),
+    processMetrics: false,
+  });
+  const health = createHealthServer(
+    config.HEALTH_PORT ?? 3001,
+    bothReady({ relay: relay.ready, worker: worker.ready }),
+    [relay.registry, worker.registry],
+    log.process,
+  );
+  // Started in this order, stopped in reverse: the api stops taking tasks, the worker drains its
+  // deliveries, the relay publishes what it has claimed, and the health server answers until the end.
+  const parts: Service[] = [health, ...relay.parts, ...worker.parts, ...api.parts];
+  await startAll(parts);
+  log.relay.info('relay started', { batchSize: config.RELAY_BATCH_SIZE, pollMs: config.RELAY_POLL_MS });
+  log.worker.info('worker started', {
+    queues: Object.fromEntries(worker.queues.map((q) => [q.route.name, q.prefetch])),
+  });
+  log.api.info('api listening', { port: api.server.port(), database: redactUrl(config.DATABASE_URL) });
+  stopFromInside = wireShutdown(log.process, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, log.process));
+}
+
+/** The relay's and the worker's checks in one answer, each named after its service: `relay.rabbitmq`. */
+function bothReady(checks: Record<string, ReadinessCheck>): ReadinessCheck {
+  return async () => {
+    const answers = await Promise.all(
+      Object.entries(checks).map(async ([name, check]) =>
+        Object.entries(await check()).map(([key, ok]) => [`${name}.${key}`, ok] as const),
+      ),
+    );
+    return Object.fromEntries(answers.flat());
+  };
+}
+
+main().catch((err: unknown) => {
+  console.error(`taskbox failed to start: ${toError(err).message}`);
+  process.exit(1);
+});

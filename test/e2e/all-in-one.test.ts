@@ -1,0 +1,120 @@
+import { deleteTopology, amqpUrl, testPrefix } from '../helpers/amqp';
+import { createTestDatabase, type TestDatabase } from '../helpers/db';
+import { startService, type RunningService } from '../helpers/services';
+import { waitFor } from '../helpers/wait';
+
+interface TaskView {
+  id: string;
+  status: string;
+  result: unknown;
+  timeline: { event: string }[];
+}
+
+describe('api, relay and worker in one process (npm run start:all-in-one)', () => {
+  let database: TestDatabase;
+  let prefix: string;
+  let env: Record<string, string>;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    prefix = testPrefix();
+    env = { DATABASE_URL: database.url, AMQP_URL: amqpUrl(), AMQP_PREFIX: prefix };
+  });
+  afterAll(async () => {
+    await database.drop();
+    await deleteTopology(prefix);
+  });
+
+  /** Its api's and its health server's base URLs, once it consumes. */
+  async function started(taskbox: RunningService): Promise<{ api: string; health: string }> {
+    const portOf = async (service: string) => {
+      const line = await taskbox.waitForLog(
+        `${service} listening`,
+        (l) => l.service === service && /listening/.test(l.message ?? ''),
+      );
+      return `http://127.0.0.1:${line.port as number}`;
+    };
+    await taskbox.waitForLog('consuming', (l) => l.message === 'consuming');
+    return { api: await portOf('api'), health: await portOf('all-in-one') };
+  }
+
+  const post = (api: string, body: unknown) =>
+    fetch(`${api}/tasks`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+
+  it('runs a task through the outbox, the broker and the worker, and reports the relay and the worker on one health port', async () => {
+    const taskbox = startService('all-in-one', env);
+    try {
+      const { api, health } = await started(taskbox);
+      const accepted = await post(api, { type: 'echo', payload: { hello: 'one process' } });
+      expect(accepted.status).toBe(202);
+      const { id } = (await accepted.json()) as { id: string };
+      const view = await waitFor('the task to succeed', async () => {
+        const task = (await (await fetch(`${api}/tasks/${id}`)).json()) as TaskView;
+        return task.status === 'succeeded' ? task : undefined;
+      });
+      expect(view.result).toEqual({ hello: 'one process' });
+      expect(view.timeline.map((e) => e.event)).toEqual(['created', 'published', 'started', 'finished']);
+
+      const ready = await fetch(`${health}/readyz`);
+      expect(ready.status).toBe(200);
+      expect(((await ready.json()) as { checks: object }).checks).toEqual({
+        'relay.postgres': true,
+        'relay.rabbitmq': true,
+        'worker.postgres': true,
+        'worker.rabbitmq': true,
+      });
+      const metrics = await (await fetch(`${health}/metrics`)).text();
+      expect(metrics).toMatch(/^relay_published_total\{service="relay"\} 1$/m);
+      expect(metrics).toMatch(/^worker_deliveries_total\{outcome="run",queue="tasks",service="worker"\} 1$/m);
+      // Each family once: Node's process metrics are the api's, not repeated by the relay and the worker.
+      const families = metrics.match(/^# TYPE \S+/gm) ?? [];
+      expect(families.length).toBe(new Set(families).size);
+      expect(metrics).not.toMatch(/^process_cpu/m);
+      expect(await (await fetch(`${api}/metrics`)).text()).toMatch(/^process_cpu_user_seconds_total\{service="api"\}/m);
+    } finally {
+      expect(await taskbox.stop()).toBe(0);
+    }
+  });
+
+  it('on SIGTERM stops taking tasks, finishes the one it runs, and exits 0', async () => {
+    const taskbox = startService('all-in-one', env);
+    const { api } = await started(taskbox);
+    const { id } = (await (await post(api, { type: 'sleep', payload: { ms: 3000 } })).json()) as { id: string };
+    await waitFor('the sleep to start', async () => {
+      const task = (await (await fetch(`${api}/tasks/${id}`)).json()) as TaskView;
+      return task.status === 'processing';
+    });
+
+    const exited = taskbox.stop();
+    // The api closes first, while the worker still runs the sleep: stopped in reverse order of start.
+    await waitFor('the api to refuse connections', () =>
+      post(api, { type: 'echo', payload: {} }).then(
+        () => false,
+        () => true,
+      ),
+    );
+    const during = await database.db
+      .selectFrom('tasks')
+      .select('status')
+      .where('id', '=', id)
+      .executeTakeFirstOrThrow();
+    expect(during.status).toBe('processing');
+    expect(await exited).toBe(0);
+
+    const task = await database.db.selectFrom('tasks').select('status').where('id', '=', id).executeTakeFirstOrThrow();
+    expect(task.status).toBe('succeeded');
+    expect(taskbox.logs.filter((l) => l.message === 'stopped')).toHaveLength(1);
+    expect(taskbox.logs.filter((l) => l.level === 'error')).toEqual([]);
+  });
+
+  it('refuses to start with an invalid configuration, naming it', async () => {
+    const taskbox = startService('all-in-one', { ...env, NODE_ENV: 'production' });
+    await waitFor('it to exit', () => taskbox.child.exitCode !== null);
+    expect(taskbox.child.exitCode).toBe(1);
+    expect(taskbox.text.join('\n')).toMatch(/taskbox failed to start: invalid configuration/);
+  });
+});
