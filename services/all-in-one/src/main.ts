@@ -2,8 +2,8 @@
 // For a deployment small enough that one process is enough. At light load every task wakes each process
 // it passes through, so one process instead of three costs less CPU per task (bench/README.md, "One
 // process"); the guarantees are the same, since the parts still meet only through Postgres and RabbitMQ.
-// Scaling out is still by separate services: a second all-in-one also adds a relay, which waits on the
-// first's advisory lock.
+// Several may run side by side, as several relays and workers may; to scale the api or the workers
+// alone, run the separate services.
 import { apiParts } from '@taskbox/api';
 import { relayParts } from '@taskbox/relay';
 import {
