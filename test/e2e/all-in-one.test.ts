@@ -111,6 +111,34 @@ describe('api, relay and worker in one process (npm run start:all-in-one)', () =
     expect(taskbox.logs.filter((l) => l.level === 'error')).toEqual([]);
   });
 
+  it('drains and exits 1, api included, when the worker must exit for its abandoned runs', async () => {
+    const taskbox = startService('all-in-one', {
+      ...env,
+      WORKER_TIMEOUT_GRACE_MS: '100',
+      WORKER_ABANDONED_RUNS_MAX: '1',
+    });
+    const exited = new Promise<number | null>((resolve) => taskbox.child.once('exit', (code) => resolve(code)));
+    const { api } = await started(taskbox);
+    const accepted = await post(api, {
+      type: 'sleep',
+      payload: { ms: 60_000, ignoreSignal: true },
+      timeoutMs: 100,
+      maxAttempts: 3,
+    });
+    expect(accepted.status).toBe(202);
+    const { id } = (await accepted.json()) as { id: string };
+
+    expect(await exited).toBe(1);
+    expect(taskbox.logs.filter((l) => l.message === 'stopped')).toHaveLength(1);
+    // Its attempt is on record and its retry waits in the outbox for the next start.
+    const task = await database.db
+      .selectFrom('tasks')
+      .select(['status', 'attempts'])
+      .where('id', '=', id)
+      .executeTakeFirstOrThrow();
+    expect(task).toEqual({ status: 'pending', attempts: 1 });
+  });
+
   it('refuses to start with an invalid configuration, naming it', async () => {
     const taskbox = startService('all-in-one', { ...env, NODE_ENV: 'production' });
     await waitFor('it to exit', () => taskbox.child.exitCode !== null);
