@@ -1,5 +1,6 @@
 import { deleteTopology, amqpUrl, testPrefix } from '../helpers/amqp';
 import { createTestDatabase, type TestDatabase } from '../helpers/db';
+import { startFaultProxy } from '../helpers/proxy';
 import { startService, type RunningService } from '../helpers/services';
 import { waitFor } from '../helpers/wait';
 
@@ -77,6 +78,39 @@ describe('api, relay and worker in one process (npm run start:all-in-one)', () =
       expect(await (await fetch(`${api}/metrics`)).text()).toMatch(/^process_cpu_user_seconds_total\{service="api"\}/m);
     } finally {
       expect(await taskbox.stop()).toBe(0);
+    }
+  });
+
+  it('while RabbitMQ is away answers /readyz 503 naming the relay and the worker, and still accepts tasks, run once it is back', async () => {
+    const broker = new URL(amqpUrl());
+    const proxy = await startFaultProxy(broker.hostname, Number(broker.port || 5672));
+    const taskbox = startService('all-in-one', { ...env, AMQP_URL: proxy.url(amqpUrl()) });
+    try {
+      const { api, health } = await started(taskbox);
+      await proxy.cut();
+      const ready = await waitFor('/readyz to answer 503', async () => {
+        const res = await fetch(`${health}/readyz`);
+        return res.status === 503 ? ((await res.json()) as { checks: Record<string, boolean> }) : undefined;
+      });
+      expect(ready.checks).toEqual({
+        'relay.postgres': true,
+        'relay.rabbitmq': false,
+        'worker.postgres': true,
+        'worker.rabbitmq': false,
+      });
+      const accepted = await post(api, { type: 'echo', payload: { during: 'outage' } });
+      expect(accepted.status).toBe(202);
+      const { id } = (await accepted.json()) as { id: string };
+
+      await proxy.restore();
+      await waitFor('the task to succeed', async () => {
+        const task = (await (await fetch(`${api}/tasks/${id}`)).json()) as TaskView;
+        return task.status === 'succeeded';
+      });
+      expect((await fetch(`${health}/readyz`)).status).toBe(200);
+    } finally {
+      expect(await taskbox.stop()).toBe(0);
+      await proxy.close();
     }
   });
 
