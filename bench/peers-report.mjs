@@ -131,7 +131,7 @@ const abFigures = (fixedRate) => [
   [`commit → start p50 at ${fixedRate}/s, ms`, (r) => r.atFixed.commitToStartMs.p50, ms],
 ];
 
-/** The A/B section (BENCH_PHASES=ab): each system's medians over the rounds, and taskbox's ratios round by round. */
+/** The A/B section (BENCH_PHASES=ab): each system's medians over the rounds, and the ratios (ratioPairs) round by round. */
 export function abSection({ ab }) {
   const { results, rounds, tasks, producers, fixedRate, seconds, variants = {} } = ab;
   const names = Object.keys(results);
@@ -139,15 +139,13 @@ export function abSection({ ab }) {
   const variantNotes = Object.entries(variants).map(
     ([label, v]) => ` \`${label}\` is taskbox at ${v.commit} (${v.dir}).`,
   );
-  const ratioRows = names
-    .filter((name) => name !== 'taskbox' && results.taskbox)
-    .map((other) => [
-      other,
-      ...figures.map(([, get]) => {
-        const ratios = results.taskbox.map((round, i) => get(round) / get(results[other][i]));
-        return `${n(median(ratios), 2)} (${ratios.map((r) => n(r, 2)).join(', ')})`;
-      }),
-    ]);
+  const ratioRows = ratioPairs(names, variants).map(([subject, other]) => [
+    `${subject} / ${other}`,
+    ...figures.map(([, get]) => {
+      const ratios = results[subject].map((round, i) => get(round) / get(results[other][i]));
+      return `${n(median(ratios), 2)} (${ratios.map((r) => n(r, 2)).join(', ')})`;
+    }),
+  ]);
   return [
     `## A/B in alternation: ${rounds} rounds of ${tasks} tasks from ${producers} producers, then ${seconds} s at ${fixedRate}/s`,
     '',
@@ -162,7 +160,7 @@ export function abSection({ ab }) {
     '',
     ...(ratioRows.length > 0
       ? [
-          ...table(['taskbox / …', ...figures.map(([label]) => label.replace(/, (tasks\/s|ms)$/, ''))], ratioRows),
+          ...table(['ratio', ...figures.map(([label]) => label.replace(/, (tasks\/s|ms)$/, ''))], ratioRows),
           '',
           'Ratios: the median over the rounds, then each round in order.',
           '',

@@ -4,13 +4,12 @@
 // process"); the guarantees are the same, since the parts still meet only through Postgres and RabbitMQ.
 // Several may run side by side, as several relays and workers may; to scale the api or the workers
 // alone, run the separate services.
-import { apiParts } from '@taskbox/api';
+import { apiParts, listening } from '@taskbox/api';
 import { relayParts } from '@taskbox/relay';
 import {
   createHealthServer,
   createLogger,
   loadConfig,
-  redactUrl,
   startAll,
   stopAll,
   toError,
@@ -51,7 +50,7 @@ async function main(): Promise<void> {
   log.worker.info('worker started', {
     queues: Object.fromEntries(worker.queues.map((q) => [q.route.name, q.prefetch])),
   });
-  log.api.info('api listening', { port: api.server.port(), database: redactUrl(config.DATABASE_URL) });
+  log.api.info('api listening', listening(config, api.server));
   stopFromInside = wireShutdown(log.process, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, log.process));
 }
 

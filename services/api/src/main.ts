@@ -1,18 +1,12 @@
-import { createLogger, loadConfig, redactUrl, startAll, stopAll, toError, wireShutdown } from '@taskbox/shared';
-import { apiParts } from './parts';
+import { createLogger, loadConfig, startAll, stopAll, toError, wireShutdown } from '@taskbox/shared';
+import { apiParts, listening } from './parts';
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
   const logger = createLogger('api', config);
   const { parts, server } = apiParts(config, logger);
   await startAll(parts);
-  logger.info('api listening', {
-    port: server.port(),
-    database: redactUrl(config.DATABASE_URL),
-    ...(config.EXAMPLE_PAGE ? { examplePage: '/example/' } : {}),
-    ...(config.DASHBOARD ? { dashboard: '/dashboard/' } : {}),
-    auth: config.AUTH_JWKS_URL ? 'jwks' : config.AUTH_JWT_SECRET ? 'jwt' : config.AUTH_TOKENS ? 'tokens' : 'off',
-  });
+  logger.info('api listening', listening(config, server));
   wireShutdown(logger, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, logger));
 }
 

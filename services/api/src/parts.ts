@@ -3,6 +3,7 @@ import {
   createDb,
   createPool,
   createTaskNotifier,
+  redactUrl,
   resource,
   serverPart,
   type Config,
@@ -47,6 +48,17 @@ export function apiParts(config: Config, logger: Logger): ApiParts {
   // Started in this order, stopped in reverse: long polls and streams are released first (polls answer
   // with the current view, streams end), or closing the server would wait for them.
   return { parts: [resource(() => db.destroy()), resource(() => taskNotifier.stop()), server, events], server };
+}
+
+/** What the "api listening" line says: where it listens and what it serves. */
+export function listening(config: Config, server: ServerPart): Record<string, unknown> {
+  return {
+    port: server.port(),
+    database: redactUrl(config.DATABASE_URL),
+    ...(config.EXAMPLE_PAGE ? { examplePage: '/example/' } : {}),
+    ...(config.DASHBOARD ? { dashboard: '/dashboard/' } : {}),
+    auth: config.AUTH_JWKS_URL ? 'jwks' : config.AUTH_JWT_SECRET ? 'jwt' : config.AUTH_TOKENS ? 'tokens' : 'off',
+  };
 }
 
 // How long an EventSource waits before it reconnects after a cut: short enough that a progress bar
