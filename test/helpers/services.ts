@@ -12,7 +12,7 @@ export interface RunningService {
   logs: LogLine[];
   /** Lines that were not JSON (crashes print plain text). */
   text: string[];
-  /** The port it listens on (api: PORT, relay/worker: HEALTH_PORT), read from its log; all-in-one: HEALTH_PORT. */
+  /** The port it listens on (api: PORT, relay/worker: HEALTH_PORT), read from its log. */
   port(): Promise<number>;
   waitForLog(what: string, match: (line: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
   /** SIGTERM (SIGKILL after a deadline) and wait for the exit code. */

@@ -42,15 +42,17 @@ async function main(): Promise<void> {
     [relay.registry, worker.registry],
     log.process,
   );
-  // Started in this order, stopped in reverse: the api stops taking tasks, the worker drains its
-  // deliveries, the relay publishes what it has claimed, and the health server answers until the end.
-  const parts: Service[] = [health, ...relay.parts, ...worker.parts, ...api.parts];
+  // Started in this order, stopped in reverse, as each service alone. The worker consumes last, once
+  // both ports are bound, and stops consuming first, with its whole drain budget; the api keeps
+  // accepting tasks meanwhile (they wait in the outbox or the queue for the next start), then the relay
+  // stops, and the health server answers until the end.
+  const parts: Service[] = [health, ...relay.parts, ...api.parts, ...worker.parts];
   await startAll(parts);
   log.relay.info('relay started', { batchSize: config.RELAY_BATCH_SIZE, pollMs: config.RELAY_POLL_MS });
+  log.api.info('api listening', listening(config, api.server));
   log.worker.info('worker started', {
     queues: Object.fromEntries(worker.queues.map((q) => [q.route.name, q.prefetch])),
   });
-  log.api.info('api listening', listening(config, api.server));
   stopFromInside = wireShutdown(log.process, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, log.process));
 }
 
