@@ -116,16 +116,12 @@ describe('api, relay and worker in one process (npm run start:all-in-one)', () =
       });
       expect((await fetch(`${health}/readyz`)).status).toBe(200);
     } finally {
-      // Not asserted: once in CI (2026-12-07) this stop passed its deadline (exit 1) and it has not been
-      // reproduced since; its last lines are printed so that the next one says which part held it.
+      // Not asserted: twice in CI (2026-12-07) this process exited 1 around the outage. One cause was
+      // found and fixed (a reset during the broker setup crashed it: amqp-failover.test.ts); if another
+      // remains, its output says where.
       const code = await taskbox.stop();
-      if (code !== 0)
-        console.warn(
-          `exit ${code}; last lines:\n${taskbox.logs
-            .slice(-30)
-            .map((l) => JSON.stringify(l))
-            .join('\n')}`,
-        );
+      const output = [...taskbox.logs.slice(-30).map((l) => JSON.stringify(l)), ...taskbox.text];
+      if (code !== 0) console.warn(`exit ${code}; its last output:\n${output.join('\n')}`);
       await proxy.close();
     }
   });

@@ -71,6 +71,25 @@ describe('AMQP_URLS failover', () => {
     expect(logged).not.toContain(`:${broker.password}@`);
   });
 
+  it('survives the broker resetting the connection while its setup runs, and sets up again once back', async () => {
+    const p = await proxy();
+    const { logger, lines } = capturingLogger();
+    let attempts = 0;
+    const set: ChannelModel[] = [];
+    connection = await connectAmqp([p.url(amqpUrl())], logger, async (model) => {
+      attempts += 1;
+      // The first attempt loses its connection in the middle of its setup: an 'error' on the model
+      // before amqplib listens for it, which crashed the process (the test with it) before.
+      if (attempts === 1) await p.cut();
+      await (await model.createChannel()).close();
+      set.push(model);
+    });
+    await waitFor('the first setup to fail', () => lines.some((l) => l.message === 'rabbitmq unreachable; retrying'));
+    await p.restore();
+    await waitFor('a setup that works', () => set.length === 1, 20_000);
+    expect(attempts).toBeGreaterThanOrEqual(2);
+  });
+
   it('moves to the next node when its node goes away, and from the last back to the first', async () => {
     const [first, second] = [await proxy(), await proxy()];
     const urls = [first.url(amqpUrl()), second.url(amqpUrl())];

@@ -88,7 +88,15 @@ export async function connectAmqp(
       factor: 2,
       jitter: 0.3,
       waitForConnect: false,
-      setup: (model: ChannelModel) => setup(model, rebuildFor(model)),
+      setup: (model: ChannelModel) => {
+        // amqplib listens for this connection's errors only once the setup has succeeded: a reset while
+        // the setup runs would be an 'error' with no listener, which crashes the process. Here it fails
+        // the setup instead, and the connection is tried again.
+        model.on('error', (err: Error) =>
+          logger.debug('rabbitmq connection error during setup', { error: err.message }),
+        );
+        return setup(model, rebuildFor(model));
+      },
     },
   });
   connection.on('connect', () => {
