@@ -4,7 +4,7 @@
 // process"); the guarantees are the same, since the parts still meet only through Postgres and RabbitMQ.
 // Several may run side by side, as several relays and workers may; to scale the api or the workers
 // alone, run the separate services.
-import { apiParts, listening } from '@taskbox/api';
+import { apiParts } from '@taskbox/api';
 import { relayParts } from '@taskbox/relay';
 import {
   createHealthServer,
@@ -48,11 +48,9 @@ async function main(): Promise<void> {
   // stops, and the health server answers until the end.
   const parts: Service[] = [health, ...relay.parts, ...api.parts, ...worker.parts];
   await startAll(parts);
-  log.relay.info('relay started', { batchSize: config.RELAY_BATCH_SIZE, pollMs: config.RELAY_POLL_MS });
-  log.api.info('api listening', listening(config, api.server));
-  log.worker.info('worker started', {
-    queues: Object.fromEntries(worker.queues.map((q) => [q.route.name, q.prefetch])),
-  });
+  relay.logStarted();
+  api.logStarted();
+  worker.logStarted();
   stopFromInside = wireShutdown(log.process, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, log.process));
 }
 

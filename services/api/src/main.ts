@@ -1,13 +1,13 @@
 import { createLogger, loadConfig, startAll, stopAll, toError, wireShutdown } from '@taskbox/shared';
-import { apiParts, listening } from './parts';
+import { apiParts } from './parts';
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
   const logger = createLogger('api', config);
-  const { parts, server } = apiParts(config, logger);
-  await startAll(parts);
-  logger.info('api listening', listening(config, server));
-  wireShutdown(logger, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, logger));
+  const api = apiParts(config, logger);
+  await startAll(api.parts);
+  api.logStarted();
+  wireShutdown(logger, () => stopAll(api.parts, config.SHUTDOWN_TIMEOUT_MS, logger));
 }
 
 main().catch((err: unknown) => {

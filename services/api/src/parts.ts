@@ -20,10 +20,10 @@ import { createTaskEvents } from './task-events';
 import { createWatcherRegistration } from './watcher-registration';
 import { findTask } from './task-sql';
 
-/** The api's parts, in start order, and its HTTP server (for the port it listens on). */
+/** The api's parts, in start order, and its "api listening" line once they have started. */
 export interface ApiParts {
   parts: Service[];
-  server: ServerPart;
+  logStarted(): void;
 }
 
 /** Throws when the configuration's auth settings are invalid: the api must not start open by mistake. */
@@ -47,11 +47,14 @@ export function apiParts(config: Config, logger: Logger): ApiParts {
   const server = httpServer(config, app);
   // Started in this order, stopped in reverse: long polls and streams are released first (polls answer
   // with the current view, streams end), or closing the server would wait for them.
-  return { parts: [resource(() => db.destroy()), resource(() => taskNotifier.stop()), server, events], server };
+  return {
+    parts: [resource(() => db.destroy()), resource(() => taskNotifier.stop()), server, events],
+    logStarted: () => logger.info('api listening', listening(config, server)),
+  };
 }
 
 /** What the "api listening" line says: where it listens and what it serves. */
-export function listening(config: Config, server: ServerPart): Record<string, unknown> {
+function listening(config: Config, server: ServerPart): Record<string, unknown> {
   return {
     port: server.port(),
     database: redactUrl(config.DATABASE_URL),

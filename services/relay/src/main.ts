@@ -2,7 +2,6 @@ import {
   createHealthServer,
   createLogger,
   loadConfig,
-  redactUrl,
   startAll,
   stopAll,
   toError,
@@ -21,11 +20,7 @@ async function main(): Promise<void> {
     ...relay.parts,
   ];
   await startAll(parts);
-  logger.info('relay started', {
-    database: redactUrl(config.DATABASE_URL),
-    batchSize: config.RELAY_BATCH_SIZE,
-    pollMs: config.RELAY_POLL_MS,
-  });
+  relay.logStarted();
   wireShutdown(logger, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, logger));
 }
 

@@ -7,6 +7,7 @@ import {
   createDb,
   createPool,
   postgresReady,
+  redactUrl,
   resource,
   type Config,
   type Logger,
@@ -22,11 +23,12 @@ import { createReconciler } from './reconciler';
 import { createRelayLoop, type RelayLoopOptions } from './relay-loop';
 import { createRetention, type RetentionOptions } from './retention';
 
-/** The relay's parts, in start order, and what its health server reports; main.ts serves them. */
+/** The relay's parts, in start order, what its health server reports (main.ts serves them), and its start line. */
 export interface RelayParts {
   parts: Service[];
   ready: ReadinessCheck;
   registry: Registry;
+  logStarted(): void;
 }
 
 /** `processMetrics`: off when the relay shares its process with services that report them. */
@@ -66,6 +68,12 @@ export function relayParts(config: Config, logger: Logger, { processMetrics = tr
     parts,
     ready: async () => ({ postgres: await postgresReady(pool), rabbitmq: publisher.ready() }),
     registry: metrics.registry,
+    logStarted: () =>
+      logger.info('relay started', {
+        database: redactUrl(config.DATABASE_URL),
+        batchSize: config.RELAY_BATCH_SIZE,
+        pollMs: config.RELAY_POLL_MS,
+      }),
   };
 }
 

@@ -2,7 +2,6 @@ import {
   createHealthServer,
   createLogger,
   loadConfig,
-  redactUrl,
   startAll,
   stopAll,
   toError,
@@ -23,10 +22,7 @@ async function main(): Promise<void> {
     ...worker.parts,
   ];
   await startAll(parts);
-  logger.info('worker started', {
-    database: redactUrl(config.DATABASE_URL),
-    queues: Object.fromEntries(worker.queues.map((q) => [q.route.name, q.prefetch])),
-  });
+  worker.logStarted();
   stopFromInside = wireShutdown(logger, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, logger));
 }
 

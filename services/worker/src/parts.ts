@@ -11,6 +11,7 @@ import {
   createPool,
   createTaskNotifier,
   postgresReady,
+  redactUrl,
   resource,
   type AmqpTopology,
   type Config,
@@ -36,8 +37,8 @@ export interface WorkerParts {
   parts: Service[];
   ready: ReadinessCheck;
   registry: Registry;
-  /** The queues it consumes, with their prefetch. */
-  queues: ConsumedQueue[];
+  /** Logs "worker started", with the queues it consumes and their prefetch. */
+  logStarted(): void;
 }
 
 export interface WorkerOptions {
@@ -89,7 +90,11 @@ export function workerParts(
     parts,
     ready: async () => ({ postgres: await postgresReady(pool), rabbitmq: consumer.ready() }),
     registry: metrics.registry,
-    queues,
+    logStarted: () =>
+      logger.info('worker started', {
+        database: redactUrl(config.DATABASE_URL),
+        queues: Object.fromEntries(queues.map((q) => [q.route.name, q.prefetch])),
+      }),
   };
 }
 
