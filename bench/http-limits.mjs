@@ -3,12 +3,10 @@
 // 2. POST /tasks latency (paced, open-loop) with no long poll waiting and with LONG_POLLS waiting on a
 //    few pending tasks, alternating for ROUNDS rounds in one run; and the api's heap at each start.
 // Usage: npm run build && node bench/http-limits.mjs   (env: LONG_POLLS, POST_RATE, PHASE_SECONDS, ROUNDS)
-import { mkdir } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
-import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { cleanupAll, createBenchDatabase, outDir, startService } from './lib/env.mjs';
+import { cleanupAll, createBenchDatabase, startService } from './lib/env.mjs';
 import { getText, pacedLoad, waitUntil } from './lib/load.mjs';
 
 const LONG_POLLS = Number(process.env.LONG_POLLS ?? 1000);
@@ -122,7 +120,6 @@ async function postLatency(api, db, ids) {
 }
 
 async function main() {
-  await mkdir(path.join(outDir, 'logs'), { recursive: true });
   const db = await createBenchDatabase();
   // Auth is off, so every caller is one owner: lift the per-owner cap to the number held here.
   const env = { LOG_LEVEL: 'warn', LONG_POLL_MAX_PER_OWNER: String(LONG_POLLS) };

@@ -25,8 +25,9 @@ async function snapshot(db, system) {
 }
 
 const db = await createBenchDatabase();
-const system = await systemsOf({})[name].start(db, { api: {}, relay: {}, worker: {} });
+let system;
 try {
+  system = await systemsOf({})[name].start(db, { api: {}, relay: {}, worker: {} });
   await pacedLoad({ url: system.url, body: echo('warmup'), rate: Number(rate), seconds: 3 });
   await sleep(2000);
   const before = await snapshot(db, system);
@@ -54,6 +55,6 @@ try {
       console.log(`  ${t.relname}: ${d('n_tup_ins')}, ${d('n_tup_upd')} (${d('n_tup_hot_upd')}), ${d('n_tup_del')}`);
   }
 } finally {
-  await system.stop();
+  await system?.stop();
   await cleanupAll();
 }

@@ -9,10 +9,8 @@
 // A `report` cannot move to the default queue (its queue is in its definition), so the shared runs send
 // the same wait as a `sleep`. Usage: npm run build && node bench/queues.mjs
 // (env: LONG 10, LONG_MS 20000, ECHOES 200, ECHO_RATE 50)
-import { mkdir } from 'node:fs/promises';
-import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { benchPrefix, cleanupAll, createBenchDatabase, outDir, sleep, startService } from './lib/env.mjs';
+import { benchPrefix, cleanupAll, createBenchDatabase, sleep, startService } from './lib/env.mjs';
 import { percentile, waitUntil } from './lib/load.mjs';
 
 const LONG = Number(process.env.LONG ?? 10);
@@ -103,7 +101,6 @@ async function measure(run) {
 }
 
 try {
-  await mkdir(path.join(outDir, 'logs'), { recursive: true });
   const results = [];
   for (const run of runs) results.push(await measure(run));
   console.log(`${LONG} long tasks of ${LONG_MS} ms, then ${ECHOES} echoes at ${ECHO_RATE}/s`);

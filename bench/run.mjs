@@ -106,7 +106,6 @@ async function measureCore(report) {
 }
 
 async function main() {
-  await mkdir(path.join(outDir, 'logs'), { recursive: true });
   await mkdir(path.join(outDir, 'runs'), { recursive: true });
   const report = {
     startedAt: new Date().toISOString(),

@@ -2,6 +2,7 @@
 // Everything created here is registered for cleanup, which runs even when a phase fails.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -123,6 +124,7 @@ export function freePort() {
  */
 export async function startProcess(label, script, env, port, codeRoot = root) {
   const logFile = path.join(outDir, 'logs', `${label}.log`);
+  mkdirSync(path.dirname(logFile), { recursive: true });
   const profile = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${path.join(outDir, 'profiles')}`] : [];
   const child = spawnChild({ script: path.join(codeRoot, script), env, log: { file: logFile }, nodeArgs: profile });
   const stop = async () => {
