@@ -1,7 +1,7 @@
 // api, relay and worker in one Node process: the same parts as the three services, wired together.
 // For a deployment small enough that one process is enough. At light load every task wakes each process
-// it passes through, so one process instead of three costs less CPU per task (bench/README.md, "One
-// process"); the guarantees are the same, since the parts still meet only through Postgres and RabbitMQ.
+// it passes through, so one process instead of three costs less CPU per task (bench/README.md, "taskbox
+// and its peers"); the guarantees are the same, since the parts still meet only through Postgres and RabbitMQ.
 // Several may run side by side, as several relays and workers may; to scale the api or the workers
 // alone, run the separate services.
 import { apiParts } from '@taskbox/api';
