@@ -106,7 +106,7 @@ export function requestHash(request: {
  * transaction holds a cluster-wide lock from pre-commit until the commit is flushed, which serializes
  * notifying commits (notify.ts), but here it is one NOTIFY per shared statement, and an api process
  * has at most two in flight: group commit already coalesces the wake-ups, and a NOTIFY after the
- * commit would cost a second round trip per statement (the api's throughput was 17 % lower that way;
+ * commit would cost a second round trip per statement (the api ran 17 % more POST/s with it inside;
  * bench/README.md). The price: a NOTIFY that fails fails the insert. That happens only when Postgres's
  * notification queue is full (a listening session stuck in one transaction for hours): nothing is
  * written, and Postgres logs a warning from half full on.
