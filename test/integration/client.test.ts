@@ -72,21 +72,43 @@ describe('@taskbox/client in Node against a running api', () => {
     }
   });
 
-  it('retries a create whose answer was lost with the same idempotency key: one task, not two', async () => {
-    const key = randomUUID();
-    // The first request reaches the api, then its answer is lost.
+  /** A fetch whose first request reaches the api and whose answer is then lost. */
+  function losingFirstAnswer(): typeof fetch {
     let first = true;
-    const losing: typeof fetch = async (input, init) => {
+    return async (input, init) => {
       const res = await fetch(input, init);
       if (!first) return res;
       first = false;
       throw new TypeError('fetch failed');
     };
-    const flaky = createClient({ baseUrl: base, token: 'alice-token', fetch: losing });
+  }
+
+  it('retries a create whose answer was lost with the same idempotency key: one task, not two', async () => {
+    const key = randomUUID();
+    const flaky = createClient({ baseUrl: base, token: 'alice-token', fetch: losingFirstAnswer() });
     const created = await flaky.createTask({ type: 'echo', payload: { n: 1 } }, { idempotencyKey: key });
     expect(created.data?.status).toBeDefined();
     const rows = await api.database.db.selectFrom('tasks').select('id').where('idempotency_key', '=', key).execute();
     expect(rows.map((r) => r.id)).toEqual([created.data!.id]);
+  });
+
+  it('retries a failed task once although the first answer was lost, and refuses to retry a succeeded one', async () => {
+    const { data } = await client.createTask({ type: 'flaky', payload: { failTimes: 1 }, maxAttempts: 1 });
+    expect((await client.waitForTask(data!.id, { timeoutMs: 20_000 })).data?.status).toBe('failed');
+    const losing = createClient({ baseUrl: base, token: 'alice-token', fetch: losingFirstAnswer() });
+    const retried = await losing.retryTask(data!.id);
+    expect(retried.error).toBeUndefined();
+    expect(retried.data?.id).toBe(data!.id);
+    const done = await client.waitForTask(data!.id, { timeoutMs: 20_000 });
+    expect(done.data).toMatchObject({ status: 'succeeded', attempts: 2 });
+    const retries = await api.database.db
+      .selectFrom('task_retries')
+      .select('retry')
+      .where('task_id', '=', data!.id)
+      .execute();
+    expect(retries).toEqual([{ retry: 1 }]);
+    const again = await client.retryTask(data!.id);
+    expect(again.error).toMatchObject({ kind: 'problem', status: 409, title: 'Task Not Retryable' });
   });
 
   it('answers failures as values with the problem’s fields', async () => {

@@ -1,13 +1,16 @@
 import { abortError, isTransient, type ClientError, type Result } from './errors.js';
-import { backoffMs, createHttp, request, sleep, type ClientOptions } from './http.js';
+import { backoffMs, createHttp, request, sleep, type ClientOptions, type Http } from './http.js';
 import type { CreateTaskInput, NewTask, StreamToken, TaskList, TaskStatus, TaskView } from './types.js';
 import { watchTask, type WatchOptions } from './watch.js';
 
 export interface CreateOptions {
-  /** Makes a retry return the same task; one is drawn when absent, so the client's own retries are safe. */
+  /** Makes a repeated call answer the same task; one is drawn when absent, so the client's own retries are safe. */
   idempotencyKey?: string;
   signal?: AbortSignal;
 }
+
+/** As for a create: a repeated call with the same key answers the same retry, not a second one. */
+export type RetryOptions = CreateOptions;
 
 export interface ListFilter {
   status?: TaskStatus;
@@ -28,6 +31,8 @@ export interface TaskboxClient {
   /** Pages of the caller's tasks, newest first; an error ends the iteration as its last element. */
   listTasks(filter?: ListFilter, options?: { signal?: AbortSignal }): AsyncIterable<Result<TaskList>>;
   cancelTask(id: string, options?: { signal?: AbortSignal }): Promise<Result<TaskView>>;
+  /** Puts a failed or cancelled task back to pending for another run; a 409 problem from any other status. */
+  retryTask(id: string, options?: RetryOptions): Promise<Result<TaskView>>;
   /** Calls `onChange` with each newer state until the terminal one, which it resolves with. */
   watchTask(id: string, onChange: (view: TaskView) => void, options?: WatchOptions): Promise<Result<TaskView>>;
   /** The terminal state, without the states on the way. */
@@ -37,7 +42,7 @@ export interface TaskboxClient {
 }
 
 // Three tries: a blip of the network or a restart of the api, not an outage.
-const CREATE_TRIES = 3;
+const POST_TRIES = 3;
 
 function randomKey(): string {
   // getRandomValues, unlike randomUUID, also exists on pages served over plain http.
@@ -49,19 +54,29 @@ function retryDelay(error: ClientError, tries: number): number {
   return error.retryAfterSeconds !== undefined ? Math.min(error.retryAfterSeconds, 10) * 1000 : backoffMs(tries);
 }
 
+/** A POST the api makes idempotent by its key: retried with the same key when a retry may fix it. */
+async function postIdempotent(
+  http: Http,
+  path: string,
+  body: unknown,
+  { idempotencyKey = randomKey(), signal }: CreateOptions,
+): Promise<Result<TaskView>> {
+  for (let tries = 1; ; tries++) {
+    const init = { method: 'POST' as const, body, headers: { 'idempotency-key': idempotencyKey }, signal };
+    const answer = await request<TaskView>(http, path, init);
+    if (!answer.error || !isTransient(answer.error) || tries >= POST_TRIES) return answer;
+    await sleep(retryDelay(answer.error, tries), signal);
+    if (signal?.aborted) return { error: abortError(signal) };
+  }
+}
+
 /** The client. Every method answers `{ data }` or `{ error }` and never throws for an HTTP or network failure. */
 export function createClient(options: ClientOptions): TaskboxClient {
   const http = createHttp(options);
   const client: TaskboxClient = {
-    async createTask(task, { idempotencyKey = randomKey(), signal } = {}) {
+    createTask(task, createOptions = {}) {
       const body: NewTask = { ...task, runAt: task.runAt instanceof Date ? task.runAt.toISOString() : task.runAt };
-      for (let tries = 1; ; tries++) {
-        const init = { method: 'POST' as const, body, headers: { 'idempotency-key': idempotencyKey }, signal };
-        const answer = await request<TaskView>(http, '/tasks', init);
-        if (!answer.error || !isTransient(answer.error) || tries >= CREATE_TRIES) return answer;
-        await sleep(retryDelay(answer.error, tries), signal);
-        if (signal?.aborted) return { error: abortError(signal) };
-      }
+      return postIdempotent(http, '/tasks', body, createOptions);
     },
     getTask: (id, { signal } = {}) => request<TaskView>(http, `/tasks/${encodeURIComponent(id)}`, { signal }),
     async *listTasks(filter = {}, { signal } = {}) {
@@ -78,6 +93,8 @@ export function createClient(options: ClientOptions): TaskboxClient {
     },
     cancelTask: (id, { signal } = {}) =>
       request<TaskView>(http, `/tasks/${encodeURIComponent(id)}/cancel`, { method: 'POST', signal }),
+    retryTask: (id, retryOptions = {}) =>
+      postIdempotent(http, `/tasks/${encodeURIComponent(id)}/retry`, undefined, retryOptions),
     watchTask: (id, onChange, watchOptions) => watchTask(http, encodeURIComponent(id), onChange, watchOptions),
     waitForTask(id, { signal, timeoutMs } = {}) {
       const signals = [signal, timeoutMs === undefined ? undefined : AbortSignal.timeout(timeoutMs)];

@@ -1,5 +1,5 @@
 export { createClient } from './client.js';
-export type { CreateOptions, ListFilter, TaskboxClient, WaitOptions } from './client.js';
+export type { CreateOptions, ListFilter, RetryOptions, TaskboxClient, WaitOptions } from './client.js';
 export type { ClientError, Result } from './errors.js';
 export type { ClientOptions } from './http.js';
 export { isTerminal, taskStatuses } from './types.js';
