@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { createClient, type TaskView, type TaskboxClient } from '@taskbox/client';
+import { createClient, type ListFilter, type TaskView, type TaskboxClient } from '@taskbox/client';
 import { amqpUrl, deleteTopology, testPrefix } from '../helpers/amqp';
 import { startTestApi, type TestApi } from '../helpers/api';
 import { startFaultProxy, type FaultProxy } from '../helpers/proxy';
@@ -140,6 +140,25 @@ describe('@taskbox/client in Node against a running api', () => {
     expect(listed).toEqual(expect.arrayContaining(ids));
     expect(new Set(listed).size).toBe(listed.length);
     expect(pages).toBe(Math.ceil(listed.length / 2));
+  });
+
+  it('filters the list by creation time, given as a Date or a string, and by error text', async () => {
+    const since = new Date();
+    const { data } = await client.createTask({
+      type: 'flaky',
+      payload: { failTimes: 1, message: 'paper jam' },
+      maxAttempts: 1,
+    });
+    await client.waitForTask(data!.id, { timeoutMs: 20_000 });
+    const ids = async (filter: ListFilter): Promise<string[]> => {
+      const found: string[] = [];
+      for await (const page of client.listTasks(filter)) found.push(...page.data!.items.map((t) => t.id));
+      return found;
+    };
+    expect(await ids({ createdAfter: since })).toEqual([data!.id]);
+    expect(await ids({ createdAfter: since.toISOString(), errorContains: 'PAPER' })).toEqual([data!.id]);
+    expect(await ids({ createdBefore: since })).not.toContain(data!.id);
+    expect(await ids({ errorContains: 'no such error' })).toEqual([]);
   });
 
   it('cancels a running task, and waitForTask resolves with the cancelled state', async () => {

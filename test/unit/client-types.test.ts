@@ -1,9 +1,10 @@
 import type { z } from 'zod';
-import type { NewTask, Problem, StreamToken, TaskList, TaskView } from '@taskbox/client';
+import type { ListFilter, NewTask, Problem, StreamToken, TaskList, TaskView } from '@taskbox/client';
 import { taskStatuses as clientStatuses } from '@taskbox/client';
 import { taskStatuses } from '@taskbox/shared';
 import type {
   createTaskSchema,
+  listQuerySchema,
   problemSchema,
   streamTokenSchema,
   taskListSchema,
@@ -25,6 +26,8 @@ describe('@taskbox/client types are the api’s contract', () => {
       true satisfies Same<TaskList, z.output<typeof taskListSchema>>,
       true satisfies Same<StreamToken, z.output<typeof streamTokenSchema>>,
       true satisfies Same<NewTask, z.input<typeof createTaskSchema>>,
+      // listTasks pages with the cursor itself, and writes a Date filter as its ISO string.
+      true satisfies Same<keyof ListFilter | 'cursor', keyof z.input<typeof listQuerySchema>>,
       // Problem is loose in zod (extra members pass); the client names the known ones.
       true satisfies Same<Problem, z.output<z.ZodObject<(typeof problemSchema)['shape']>>>,
     ];

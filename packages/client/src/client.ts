@@ -15,6 +15,14 @@ export type RetryOptions = CreateOptions;
 export interface ListFilter {
   status?: TaskStatus;
   type?: string;
+  /** Created at or after this time: a Date, or an ISO string with an offset. */
+  createdAfter?: Date | string;
+  /** Created before this time. */
+  createdBefore?: Date | string;
+  /** Part of the error's name or message, in any case. */
+  errorContains?: string;
+  /** An admin's filter: this owner's tasks (without it, every owner's); others may name only themselves. */
+  owner?: string;
   /** Tasks per page, 1 to 100. */
   limit?: number;
 }
@@ -84,7 +92,9 @@ export function createClient(options: ClientOptions): TaskboxClient {
       do {
         const query = new URLSearchParams();
         for (const [key, value] of Object.entries({ ...filter, cursor })) {
-          if (value !== undefined && value !== null) query.set(key, String(value));
+          if (value !== undefined && value !== null) {
+            query.set(key, value instanceof Date ? value.toISOString() : String(value));
+          }
         }
         const page: Result<TaskList> = await request<TaskList>(http, `/tasks?${query}`, { signal });
         yield page;
