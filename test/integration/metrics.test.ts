@@ -30,7 +30,16 @@ describe('health and metrics of api, relay and worker', () => {
     expect(sample(worker, 'worker_attempt_failures_total', { final: 'false' })).toBe(0);
     expect(sample(worker, 'worker_dead_letters_total', { reason: 'unparseable', queue: 'tasks' })).toBe(0);
     expect(sample(worker, 'tasks_by_status', { status: 'failed' })).toBe(0);
-    expect(sample(await scrape(stack.urls.relay), 'relay_publish_failures_total')).toBe(0);
+    const relay = await scrape(stack.urls.relay);
+    expect(sample(relay, 'relay_publish_failures_total')).toBe(0);
+    const republished = relay.filter((s) => s.name === 'tasks_republished_total');
+    expect(republished.map((s) => [s.labels.queue, s.labels.state, s.value])).toEqual(
+      expect.arrayContaining([
+        ['tasks', 'caught-up', 0],
+        ['tasks', 'backlog', 0],
+      ]),
+    );
+    expect(republished.every((s) => s.labels.state !== undefined)).toBe(true);
   });
 
   it('counts requests, publishes, deliveries, handler runs, a retry and tasks by status after a few tasks', async () => {

@@ -32,7 +32,7 @@ describe('relay and a broker that nacks', () => {
       db: database.db,
       publisher,
       logger: quietLogger,
-      metrics: createRelayMetrics(database.db),
+      metrics: createRelayMetrics(database.db, []),
       batchSize: 50,
       pollMs: 100,
       leaseMs: 15_000,

@@ -44,7 +44,7 @@ describe('relay', () => {
       db: database.db,
       publisher,
       logger: quietLogger,
-      metrics: createRelayMetrics(database.db),
+      metrics: createRelayMetrics(database.db, []),
       batchSize: options.batchSize ?? 50,
       pollMs: options.pollMs ?? 100,
       leaseMs: 15_000,

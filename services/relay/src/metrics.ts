@@ -10,8 +10,11 @@ export interface RelayMetrics {
   republished: Counter<'queue' | 'state'>;
 }
 
-/** `processMetrics`: Node's own (CPU, memory, event loop), off where another part of the process has them. */
-export function createRelayMetrics(db: Db, { processMetrics = true } = {}): RelayMetrics {
+/**
+ * `queues`: the queues' names, each of whose series starts at zero. `processMetrics`: Node's own (CPU,
+ * memory, event loop), off where another part of the process has them.
+ */
+export function createRelayMetrics(db: Db, queues: string[], { processMetrics = true } = {}): RelayMetrics {
   const registry = new Registry();
   registry.setDefaultLabels({ service: 'relay' });
   if (processMetrics) collectDefaultMetrics({ register: registry });
@@ -61,7 +64,9 @@ export function createRelayMetrics(db: Db, { processMetrics = true } = {}): Rela
       registers,
     }),
   };
-  // Both label values from the start, so that an alert on the first republish sees it rise from zero.
-  for (const queue of ['caught-up', 'backlog']) metrics.republished.inc({ queue }, 0);
+  // Every series from the start, so that an alert on the first republish sees it rise from zero.
+  for (const queue of queues) {
+    for (const state of ['caught-up', 'backlog']) metrics.republished.inc({ queue, state }, 0);
+  }
   return metrics;
 }

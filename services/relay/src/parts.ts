@@ -39,8 +39,12 @@ export function relayParts(config: Config, logger: Logger, { processMetrics = tr
     onConnect: bestEffortSettings(setRelaySession, logger),
   });
   const db = createDb(pool);
-  const metrics = createRelayMetrics(db, { processMetrics });
   const topology = amqpTopology(config.AMQP_PREFIX, taskTypeList, retiredQueues);
+  const metrics = createRelayMetrics(
+    db,
+    topology.queues.map((q) => q.name),
+    { processMetrics },
+  );
   const publisher = createPublisher(topology, config.RELAY_CONFIRM_TIMEOUT_MS, logger);
   const loop = createRelayLoop({ db, publisher, logger, metrics, ...relayLoopSettings(config) });
   const reconciler = createReconciler({
