@@ -282,6 +282,26 @@ describe('worker', () => {
     expect(await database.db.selectFrom('outbox').selectAll().execute()).toEqual([]);
   });
 
+  it('ends a dead run cancelled when its redelivery finds a cancel requested, and never runs it again', async () => {
+    // Its worker stopped (no sweeper runs here): the lease ran out with attempt 1 open.
+    const id = await insertTaskFixture(database.db, {
+      type: 'echo',
+      status: 'processing',
+      attempts: 1,
+      leaseExpired: true,
+    });
+    await database.db
+      .insertInto('task_attempts')
+      .values({ task_id: id, attempt: 1, external_job_id: 'dead:1' })
+      .execute();
+    await database.db.updateTable('tasks').set({ cancel_requested_at: new Date() }).where('id', '=', id).execute();
+    await publish({ taskId: id, type: 'echo', attempt: 1 }, {}, 'echo');
+    await waitFor('cancelled', async () => (await task(id)).status === 'cancelled');
+    expect((await task(id)).finished_at).not.toBeNull();
+    expect(await attemptsOf(id)).toMatchObject([{ attempt: 1, outcome: 'lost' }]);
+    expect(await database.db.selectFrom('outbox').selectAll().execute()).toEqual([]);
+  });
+
   it('ends a dead run cancelled, not resumed, when a cancel was requested', async () => {
     const id = await insertTaskFixture(database.db, { status: 'processing', attempts: 1, leaseExpired: true });
     await database.db.updateTable('tasks').set({ cancel_requested_at: new Date() }).where('id', '=', id).execute();

@@ -10,6 +10,7 @@ const task = (over: Partial<LockedTask>): LockedTask => ({
   max_attempts: 3,
   timeout_ms: null,
   lease_expired: true,
+  cancel_requested: false,
   correlation_id: null,
   ...over,
 });
@@ -46,6 +47,19 @@ describe('the worker idempotency rule (decide)', () => {
   it('resumes a run whose lease expired (its worker died)', () => {
     const dead = task({ status: 'processing', attempts: 1, lease_expired: true });
     expect(decide(dead, message(1))).toEqual({ action: 'run' });
+  });
+
+  it('ends a dead run cancelled, not resumed, when a cancel was requested while it ran', () => {
+    const dead = task({ status: 'processing', attempts: 1, lease_expired: true, cancel_requested: true });
+    expect(decide(dead, message(1))).toEqual({ action: 'cancel' });
+    const last = task({
+      status: 'processing',
+      attempts: 3,
+      max_attempts: 3,
+      lease_expired: true,
+      cancel_requested: true,
+    });
+    expect(decide(last, message(3))).toEqual({ action: 'cancel' });
   });
 
   it('fails the task when the dead run was its last attempt', () => {

@@ -25,12 +25,13 @@ import { releaseLease } from './lease-sql';
 import type { Orphans } from './orphans';
 import { runHandler, TimeoutError } from './run-handler';
 import type { AttemptOutcome } from './finish-sql';
-import { failTask, lockTask, setStep, startAttempt, type LockedTask } from './task-sql';
+import { cancelLostRun, failTask, lockTask, setStep, startAttempt, type LockedTask } from './task-sql';
 
 export type Decision =
   | { action: 'run' }
   | { action: 'skip'; reason: 'terminal' | 'stale' | 'running-elsewhere' }
   | { action: 'fail'; reason: 'attempts-exhausted' | 'unknown-type' }
+  | { action: 'cancel' }
   | { action: 'dead-letter'; reason: 'unknown-task' | 'type-mismatch' };
 
 /**
@@ -47,7 +48,8 @@ export type Decision =
  *   is safe because if that run dies its lease expires and the run is resumed (by its own redelivery,
  *   or by the sweeper, which writes a new outbox row);
  * - processing with an expired lease: the run is dead; this delivery resumes it as a new attempt,
- *   or fails the task when the dead run was its last attempt;
+ *   ends it cancelled when a cancel was requested (as the sweeper would), or fails the task when the
+ *   dead run was its last attempt;
  * - a type this worker does not know (and the message is not a duplicate): the task fails.
  */
 export function decide(task: LockedTask | undefined, message: TaskMessage): Decision {
@@ -58,6 +60,7 @@ export function decide(task: LockedTask | undefined, message: TaskMessage): Deci
   }
   if (task.status === 'pending' && message.attempt <= task.attempts) return { action: 'skip', reason: 'stale' };
   if (task.status === 'processing' && !task.lease_expired) return { action: 'skip', reason: 'running-elsewhere' };
+  if (task.status === 'processing' && task.cancel_requested) return { action: 'cancel' };
   // After the duplicate checks: a worker older than the type (a rolling upgrade) drops a copy of a
   // message that a newer worker runs, rather than failing that worker's run.
   if (!isTaskType(task.type)) return { action: 'fail', reason: 'unknown-type' };
@@ -115,6 +118,10 @@ export async function beginAttempt(
         const task = await lockTask(tx, message.taskId);
         const decision = decide(task, message);
         if (!task || decision.action === 'dead-letter' || decision.action === 'skip') return decision;
+        if (decision.action === 'cancel') {
+          await cancelLostRun(tx, task);
+          return decision;
+        }
         if (decision.action === 'fail') {
           const error =
             decision.reason === 'unknown-type'
@@ -126,7 +133,9 @@ export async function beginAttempt(
         const attempt = await startAttempt(tx, task, externalJobId, deps.leaseMs);
         return { action: 'started', task, attempt, leaseFrom: lockedFrom };
       });
-  if (result.action === 'started' || result.action === 'fail') deps.taskNotifier.changed(message.taskId);
+  if (result.action === 'started' || result.action === 'fail' || result.action === 'cancel') {
+    deps.taskNotifier.changed(message.taskId);
+  }
   return result;
 }
 

@@ -185,6 +185,9 @@ async function handle(
       log.error('task failed without running', { reason: begin.reason });
       if (begin.reason === 'unknown-type') return deadLetter(state, ch, route, msg, { code: 'unknown-type' }, log);
       return ackOrRequeue(state, ch, msg, 'ack', log);
+    case 'cancel':
+      log.info('task cancelled: its run had stopped after a cancel was requested', { attempt: parsed.attempt });
+      return ackOrRequeue(state, ch, msg, 'ack', log);
     case 'skip':
       log.info('duplicate delivery absorbed', { reason: begin.reason, attempt: parsed.attempt });
       return ackOrRequeue(state, ch, msg, 'ack', log);

@@ -2,7 +2,7 @@ import { sql } from 'kysely';
 import { insertOutbox, outboxMessage, TASK_CHANGED_SET, type Db, type TaskStatus } from '@taskbox/shared';
 
 /** The error of an attempt whose run stopped (its worker died, or lost Postgres longer than its lease). */
-const LOST_RUN = JSON.stringify({
+export const LOST_RUN = JSON.stringify({
   name: 'LostRun',
   message: 'the worker running this attempt stopped renewing its lease',
 });

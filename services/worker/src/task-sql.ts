@@ -8,7 +8,7 @@ import {
   type PoolOptions,
   type TaskStatus,
 } from '@taskbox/shared';
-import { closeLostAttempts } from './lease-sql';
+import { closeLostAttempts, LOST_RUN } from './lease-sql';
 
 /**
  * The worker's session settings, for each new connection (createPool's onConnect).
@@ -49,6 +49,8 @@ export interface LockedTask {
   /** Null on rows from before migration 0009: the type's default applies. */
   timeout_ms: number | null;
   lease_expired: boolean;
+  /** A cancel was asked for while the task was processing (the api's POST /tasks/{id}/cancel). */
+  cancel_requested: boolean;
   correlation_id: string | null;
 }
 
@@ -56,7 +58,7 @@ export interface LockedTask {
 export async function lockTask(tx: Db, id: string): Promise<LockedTask | undefined> {
   const { rows } = await sql<LockedTask>`
     SELECT id, type, payload, status, attempts, max_attempts, timeout_ms, correlation_id,
-           coalesce(lease_until < now(), true) AS lease_expired
+           coalesce(lease_until < now(), true) AS lease_expired, cancel_requested_at IS NOT NULL AS cancel_requested
     FROM tasks WHERE id = ${id} FOR UPDATE`.execute(tx);
   return rows[0];
 }
@@ -68,7 +70,7 @@ export interface AttemptStart {
   externalJobId: string;
 }
 
-type StartedRow = Omit<LockedTask, 'status' | 'lease_expired'> & { external_job_id: string };
+type StartedRow = Omit<LockedTask, 'status' | 'lease_expired' | 'cancel_requested'> & { external_job_id: string };
 
 /**
  * The one statement that starts attempts, for each start whose task the guard matches (startGuards):
@@ -153,6 +155,8 @@ export async function startPendingAttempts(
       max_attempts: row.max_attempts,
       timeout_ms: row.timeout_ms,
       lease_expired: true,
+      // The start's guard took a pending task, and a cancel ends a pending task at once.
+      cancel_requested: false,
       correlation_id: row.correlation_id,
     };
     return { task, attempt: row.attempts };
@@ -172,13 +176,22 @@ export async function startAttempt(tx: Db, task: LockedTask, externalJobId: stri
 }
 
 /** Fails a task without running it (its payload or type is not runnable, or attempts ran out). */
-export async function failTask(tx: Db, task: LockedTask, error: unknown): Promise<void> {
+export function failTask(tx: Db, task: LockedTask, error: unknown): Promise<void> {
+  return endWithoutRun(tx, task, 'failed', JSON.stringify(errorJson(error)));
+}
+
+/** Ends cancelled a task whose run stopped after a cancel was requested, as the sweeper does. */
+export function cancelLostRun(tx: Db, task: LockedTask): Promise<void> {
+  return endWithoutRun(tx, task, 'cancelled', LOST_RUN);
+}
+
+async function endWithoutRun(tx: Db, task: LockedTask, status: 'failed' | 'cancelled', error: string): Promise<void> {
   if (task.status === 'processing') await closeLostAttempts(tx, [{ taskId: task.id, attempt: task.attempts }]);
   await tx
     .updateTable('tasks')
     .set({
-      status: 'failed',
-      error: JSON.stringify(errorJson(error)),
+      status,
+      error,
       lease_until: null,
       finished_at: sql`now()`,
       updated_at: sql`now()`,
