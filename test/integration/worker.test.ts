@@ -205,6 +205,32 @@ describe('worker', () => {
     expect(await database.db.selectFrom('outbox').selectAll().execute()).toEqual([]);
   });
 
+  it('records a failure whose message Postgres cannot store, with the text replaced, on a retry and on a last attempt', async () => {
+    await worker.close();
+    // No built-in handler throws such a message, so each failure is swapped for one with a NUL and a lone surrogate.
+    worker = await startWorker(15_000, (real) => ({
+      ...real,
+      finish: (taskId, attempt, outcome) =>
+        real.finish(
+          taskId,
+          attempt,
+          outcome.kind === 'failed' ? { ...outcome, error: new Error(`jam\u0000 at \ud800 ${attempt}`) } : outcome,
+        ),
+    }));
+    // The retry's transaction (no relay runs here: the retry waits in the outbox), then a last attempt's batch.
+    const retried = await insertTaskFixture(database.db, { type: 'flaky', payload: { failTimes: 5 }, maxAttempts: 2 });
+    const failed = await insertTaskFixture(database.db, { type: 'flaky', payload: { failTimes: 5 }, maxAttempts: 1 });
+    await publish({ taskId: retried, type: 'flaky', attempt: 1 }, {}, 'flaky');
+    await publish({ taskId: failed, type: 'flaky', attempt: 1 }, {}, 'flaky');
+    await waitFor('failed', async () => (await task(failed)).status === 'failed');
+    await waitFor('back to pending', async () => (await task(retried)).status === 'pending');
+    const stored = { name: 'Error', message: 'jam\ufffd at \ufffd 1' };
+    for (const id of [retried, failed]) {
+      expect((await task(id)).error).toEqual(stored);
+      expect(await attemptsOf(id)).toMatchObject([{ attempt: 1, outcome: 'failed', error: stored }]);
+    }
+  });
+
   it('fails a task, without retries, when Postgres refuses to store its result', async () => {
     await worker.close();
     // No built-in handler returns a value jsonb refuses, so the result is swapped for one with a NUL.

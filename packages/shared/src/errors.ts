@@ -1,4 +1,5 @@
-import { types } from 'node:util';
+import { inspect, types } from 'node:util';
+import { storableText } from './storable-text';
 
 /**
  * True for any Error, also one made in another realm (node core's socket errors fail `instanceof
@@ -11,7 +12,17 @@ export function isError(value: unknown): value is Error {
 /** Turns anything thrown into an Error, so callers can rely on .message. */
 export function toError(value: unknown): Error {
   if (isError(value)) return value;
-  return new Error(typeof value === 'string' ? value : JSON.stringify(value));
+  return new Error(describe(value));
+}
+
+/** A thrown value that is not an Error as text: JSON where it has one, else as Node prints it (a cycle, a BigInt). */
+function describe(value: unknown): string {
+  if (typeof value === 'string') return value;
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return inspect(value, { depth: 2 });
+  }
 }
 
 /** Work refused before it was started, because too much is already waiting: retry later. */
@@ -28,10 +39,13 @@ export const NO_HANDLER = 'no handler for task type';
 export const UNROUTABLE = 'returned as unroutable';
 export const noHandlerError = (type: string): Error => new Error(`${NO_HANDLER} "${type}"`);
 
-/** The JSON stored in tasks.error and task_attempts.error. */
+/**
+ * The JSON stored in tasks.error and task_attempts.error. Text Postgres cannot store is replaced: a
+ * message with a NUL in it must not make the failure itself unrecordable.
+ */
 export function errorJson(value: unknown): { name: string; message: string } {
   const err = toError(value);
-  return { name: err.name, message: err.message };
+  return { name: storableText(String(err.name)), message: storableText(String(err.message)) };
 }
 
 // SQLSTATE classes and codes that mean "try again later", not "your request is wrong":

@@ -16,6 +16,7 @@ export * from './notify';
 export * from './outbox';
 export * from './pg-listener';
 export * from './redrive';
+export * from './storable-text';
 export * from './task-insert';
 export * from './task-message';
 export * from './task-type';

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { taskStatuses } from '@taskbox/shared';
-import { isStorableText, UNSTORABLE_TEXT } from './json-guard';
+import { isStorableText } from '@taskbox/shared';
+import { UNSTORABLE_TEXT } from './json-guard';
 import { taskFilterFields } from './schemas';
 
 /** The bodies and answers of the counts and the admin endpoints (routes/admin.ts), for the routes and /openapi.json. */

@@ -1,17 +1,11 @@
+import { isStorableText } from '@taskbox/shared';
+
 /**
  * Checks on a parsed JSON body that its schemas cannot make. Both are about what happens after
- * validation: Postgres refuses U+0000 in any text or jsonb string or key (SQLSTATE 22P05 / 22021) and
- * an unpaired UTF-16 surrogate, which JSON.parse accepts from "\ud800", in jsonb (22P02); zod's z.json(),
- * JSON.stringify and Postgres all recurse per level, overflowing the stack at a few thousand levels,
- * which a 64 kB body reaches at 32,000. The walk itself is iterative for that reason.
+ * validation: Postgres refuses some strings (isStorableText); zod's z.json(), JSON.stringify and
+ * Postgres all recurse per level, overflowing the stack at a few thousand levels, which a 64 kB body
+ * reaches at 32,000. The walk itself is iterative for that reason.
  */
-
-const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
-
-/** Whether Postgres can store the string as text or inside jsonb. */
-export function isStorableText(value: string): boolean {
-  return !value.includes('\0') && !LONE_SURROGATE.test(value);
-}
 
 export const UNSTORABLE_TEXT = 'must not contain NUL characters (\\u0000) or unpaired surrogates';
 

@@ -1,7 +1,8 @@
 import { z } from 'zod';
 import { TASK_OPTION_LIMITS } from '@taskbox/shared';
 import { taskTypeList, type TaskType } from '@taskbox/tasks';
-import { isStorableText, UNSTORABLE_TEXT } from './json-guard';
+import { isStorableText } from '@taskbox/shared';
+import { UNSTORABLE_TEXT } from './json-guard';
 import { taskViewSchema } from './task-view';
 
 /**

@@ -1,0 +1,18 @@
+import { errorJson, toError } from '@taskbox/shared';
+
+describe('errorJson, the failure as stored in tasks.error', () => {
+  it('replaces the text Postgres refuses (NUL, unpaired surrogates) and keeps a paired one', () => {
+    const stored = errorJson(new TypeError('a\u0000b \ud800 \udc00 \ud83d\ude00'));
+    expect(stored).toEqual({ name: 'TypeError', message: 'a\ufffdb \ufffd \ufffd \ud83d\ude00' });
+  });
+
+  it('describes thrown values that are not Errors, also those JSON cannot write', () => {
+    const cycle: Record<string, unknown> = { n: 1 };
+    cycle.self = cycle;
+    expect(toError({ code: 7 }).message).toBe('{"code":7}');
+    expect(toError('plain').message).toBe('plain');
+    expect(toError(undefined).message).toBe('undefined');
+    expect(toError(10n).message).toBe('10n');
+    expect(toError(cycle).message).toMatch(/<ref \*1> \{ n: 1, self: \[Circular \*1\] \}/);
+  });
+});
