@@ -14,6 +14,7 @@ import { createLeases } from '../../services/worker/src/leases';
 import { createWorkerMetrics } from '../../services/worker/src/metrics';
 import { createOrphans } from '../../services/worker/src/orphans';
 import { createAttemptWrites, type AttemptWrites } from '../../services/worker/src/attempt-writes';
+import type { AttemptOutcome } from '../../services/worker/src/finish-sql';
 import { sweepExpiredLeases } from '../../services/worker/src/lease-sql';
 import { amqpUrl, deleteTopology, drainQueue, testPrefix, testTopology } from '../helpers/amqp';
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
@@ -61,6 +62,14 @@ describe('worker', () => {
         await connection.close();
       },
     };
+  }
+
+  /** A worker that records `swap(outcome)` for each outcome: for values no built-in handler makes. */
+  function startWorkerSwapping(swap: (outcome: AttemptOutcome, attempt: number) => AttemptOutcome) {
+    return startWorker(15_000, (real) => ({
+      ...real,
+      finish: (taskId, attempt, outcome) => real.finish(taskId, attempt, swap(outcome, attempt)),
+    }));
   }
 
   function publish(body: unknown, properties: amqp.Options.Publish = {}, routingKey = 'echo'): Promise<void> {
@@ -208,15 +217,9 @@ describe('worker', () => {
   it('records a failure whose message Postgres cannot store, with the text replaced, on a retry and on a last attempt', async () => {
     await worker.close();
     // No built-in handler throws such a message, so each failure is swapped for one with a NUL and a lone surrogate.
-    worker = await startWorker(15_000, (real) => ({
-      ...real,
-      finish: (taskId, attempt, outcome) =>
-        real.finish(
-          taskId,
-          attempt,
-          outcome.kind === 'failed' ? { ...outcome, error: new Error(`jam\u0000 at \ud800 ${attempt}`) } : outcome,
-        ),
-    }));
+    worker = await startWorkerSwapping((outcome, attempt) =>
+      outcome.kind === 'failed' ? { ...outcome, error: new Error(`jam\u0000 at \ud800 ${attempt}`) } : outcome,
+    );
     // The retry's transaction (no relay runs here: the retry waits in the outbox), then a last attempt's batch.
     const retried = await insertTaskFixture(database.db, { type: 'flaky', payload: { failTimes: 5 }, maxAttempts: 2 });
     const failed = await insertTaskFixture(database.db, { type: 'flaky', payload: { failTimes: 5 }, maxAttempts: 1 });
@@ -234,15 +237,9 @@ describe('worker', () => {
   it('fails a task, without retries, when Postgres refuses to store its result', async () => {
     await worker.close();
     // No built-in handler returns a value jsonb refuses, so the result is swapped for one with a NUL.
-    worker = await startWorker(15_000, (real) => ({
-      ...real,
-      finish: (taskId, attempt, outcome) =>
-        real.finish(
-          taskId,
-          attempt,
-          outcome.kind === 'succeeded' ? { ...outcome, result: { text: '\u0000' } } : outcome,
-        ),
-    }));
+    worker = await startWorkerSwapping((outcome) =>
+      outcome.kind === 'succeeded' ? { ...outcome, result: { text: '\u0000' } } : outcome,
+    );
     const id = await insertTaskFixture(database.db, { type: 'echo' });
     await publish({ taskId: id, type: 'echo', attempt: 1 });
     await waitFor('failed', async () => (await task(id)).status === 'failed');
