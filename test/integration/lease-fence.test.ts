@@ -2,6 +2,8 @@ import { sql } from 'kysely';
 import type pg from 'pg';
 import { createDb, createPool, type Db } from '@taskbox/shared';
 import { createLeases, leaseClock, type Leases } from '../../services/worker/src/leases';
+import { renewLeases } from '../../services/worker/src/lease-sql';
+import { setWorkerSession } from '../../services/worker/src/task-sql';
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
 import { startFaultProxy, type FaultProxy } from '../helpers/proxy';
@@ -52,5 +54,56 @@ describe('lease renewal over a connection that hangs', () => {
     expect(signal.reason).toBe('lost');
     expect(await leftAtAbort).toBeGreaterThan(0);
     expect(pool.totalCount).toBe(1);
+  });
+});
+
+describe('lease renewal and the finish lock tasks in one order', () => {
+  let database: TestDatabase;
+  let workerPool: pg.Pool;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    // The worker's own session settings, which decide the plan and so the order rows are locked in.
+    workerPool = createPool(database.url, quietLogger, {
+      max: 2,
+      statementTimeoutMs: 10_000,
+      onConnect: setWorkerSession,
+    });
+  });
+
+  afterAll(async () => {
+    await workerPool.end();
+    await database.drop();
+  });
+
+  it('renews in id order whatever order the runs started in, so it never holds a later task while waiting for an earlier one', async () => {
+    const [low, high] = ['00000000-0000-4000-8000-000000000001', 'ffffffff-0000-4000-8000-000000000001'];
+    for (const id of [high, low]) await insertTaskFixture(database.db, { id, status: 'processing', attempts: 1 });
+    const holder = await database.pool.connect();
+    const other = await database.pool.connect();
+    try {
+      // Another transaction (a finish batch, say) holds the lower task.
+      await holder.query('BEGIN');
+      await holder.query('SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE', [low]);
+      // The runs as the worker registered them: the higher task's run started first.
+      const runs = [high, low].map((taskId) => ({ taskId, attempt: 1 }));
+      const renewal = renewLeases(createDb(workerPool), runs, 15_000);
+      await waitFor('the renewal waiting on the lower task', async () => {
+        const { rows } = await other.query<{ n: number }>(
+          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        );
+        return rows[0]!.n === 1;
+      });
+      // Waiting on the lower one, it holds nothing: the higher task is free to lock.
+      await other.query('BEGIN');
+      await other.query("SET LOCAL lock_timeout = '100ms'");
+      await other.query('SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE', [high]);
+      await other.query('COMMIT');
+      await holder.query('COMMIT');
+      expect((await renewal).map((r) => r.id).sort()).toEqual([low, high]);
+    } finally {
+      holder.release();
+      other.release();
+    }
   });
 });

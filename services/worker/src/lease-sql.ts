@@ -33,14 +33,25 @@ export async function releaseLease(db: Db, taskId: string, attempt: number): Pro
 
 /**
  * Extends the leases of live runs. Returns the runs it renewed (a run missing from the answer no
- * longer owns its task) and whether each one's cancellation was requested.
+ * longer owns its task) and whether each one's cancellation was requested. The rows are locked in id
+ * order, as every batch of the worker locks them (finishTerminals): in the order the runs started, a
+ * renewal and a finish of the same two tasks could each wait for the other, a deadlock.
  */
 export async function renewLeases(db: Db, runs: { taskId: string; attempt: number }[], leaseMs: number) {
   if (runs.length === 0) return [];
   const { rows } = await sql<{ id: string; attempt: number; cancel_requested: boolean }>`
+    WITH locked AS (
+      SELECT t.id
+      FROM (
+        SELECT * FROM unnest(${runs.map((r) => r.taskId)}::uuid[], ${runs.map((r) => r.attempt)}::int[]) AS u(id, attempt)
+        ORDER BY id
+      ) r
+      CROSS JOIN LATERAL (
+        SELECT id FROM tasks WHERE id = r.id AND attempts = r.attempt AND status = 'processing' FOR UPDATE
+      ) t
+    )
     UPDATE tasks t SET lease_until = now() + ${leaseMs} * interval '1 millisecond'
-    FROM unnest(${runs.map((r) => r.taskId)}::uuid[], ${runs.map((r) => r.attempt)}::int[]) AS r(id, attempt)
-    WHERE t.id = r.id AND t.attempts = r.attempt AND t.status = 'processing'
+    FROM locked l WHERE t.id = l.id
     RETURNING t.id, t.attempts AS attempt, t.cancel_requested_at IS NOT NULL AS cancel_requested`.execute(db);
   return rows;
 }
