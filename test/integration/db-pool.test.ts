@@ -73,6 +73,30 @@ describe('createPool', () => {
     }
   });
 
+  it('counts a database that does not exist and a role that does not exist as unavailable, not as a wrong query', async () => {
+    const url = (change: (u: URL) => void) => {
+      const u = new URL(database.url);
+      change(u);
+      return u.toString();
+    };
+    const urls = [
+      url((u) => (u.pathname = '/taskbox_no_such_database')),
+      url((u) => (u.username = 'taskbox_no_such_role')),
+    ];
+    for (const target of urls) {
+      const pool = createPool(target, quietLogger, { max: 1, statementTimeoutMs: 1000 });
+      try {
+        const failure = await pool.query('SELECT 1').then(
+          () => null,
+          (err: unknown) => err,
+        );
+        expect({ target, unavailable: isDbUnavailable(failure) }).toEqual({ target, unavailable: true });
+      } finally {
+        await pool.end();
+      }
+    }
+  });
+
   it('gives up on a server that never answers after the statement timeout and a margin, and does not reuse that connection', async () => {
     const target = new URL(database.url);
     const proxy = await startFaultProxy(target.hostname, Number(target.port || 5432));

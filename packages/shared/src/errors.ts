@@ -55,9 +55,12 @@ export function errorJson(value: unknown): { name: string; message: string } {
 // (DB_STATEMENT_TIMEOUT_MS ran out, as behind a held lock); 55P03 lock not available (lock_timeout);
 // 54000 program limit exceeded, only with a full NOTIFY queue ("too many notifications"): the same
 // code also refuses a value that is too large, which no retry fixes. 40001 serialization failure,
-// 40P01 deadlock: this statement lost a conflict with another.
-const unavailablePgCodes = new Set(['57P01', '57P02', '57P03', '25006', '57014', '55P03']);
-const unavailablePgClasses = new Set(['08', '53']);
+// 40P01 deadlock: this statement lost a conflict with another. 3D000 no such database and class 28
+// (invalid authorization: a wrong password, an unknown role) refuse every connection: nothing can be
+// done until an operator mends the database or the settings, so a worker holds its deliveries rather
+// than burning their delivery limit, and the api answers 503 rather than 500.
+const unavailablePgCodes = new Set(['57P01', '57P02', '57P03', '25006', '57014', '55P03', '3D000']);
+const unavailablePgClasses = new Set(['08', '28', '53']);
 const conflictPgCodes = new Set(['40001', '40P01']);
 const unavailableNodeCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN']);
 
