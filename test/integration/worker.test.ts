@@ -206,6 +206,28 @@ describe('worker', () => {
     expect(await task(id)).toMatchObject({ status: 'failed', error: { message: 'no handler for task type "nope"' } });
   });
 
+  it('dead-letters with its error a message whose handling keeps failing unexpectedly, after five deliveries', async () => {
+    await worker.close();
+    worker = await startWorker(15_000, (real) => ({
+      ...real,
+      startPending: () => Promise.reject(new Error('the start is broken')),
+    }));
+    const id = await insertTaskFixture(database.db, { type: 'echo' });
+    await publish({ taskId: id, type: 'echo', attempt: 1 });
+    const [dead] = await drainQueue(amqpNames(prefix).deadQueue, 1, 15_000);
+    expect(dead?.properties.headers?.['x-dead-letter-reason']).toBe('unhandled: the start is broken');
+    expect(dead?.properties.headers?.['x-delivery-count']).toBe(4);
+    expect(await task(id)).toMatchObject({ status: 'pending', attempts: 0 });
+  });
+
+  it('dead-letters a message whose attempt is past what the attempts column holds, at once', async () => {
+    const id = await insertTaskFixture(database.db, { type: 'echo' });
+    await publish({ taskId: id, type: 'echo', attempt: 3_000_000_000 });
+    const [dead] = await drainQueue(amqpNames(prefix).deadQueue, 1, 5000);
+    expect(dead?.properties.headers?.['x-dead-letter-reason']).toMatch(/^invalid: attempt /);
+    expect(dead?.properties.headers?.['x-delivery-count']).toBeUndefined();
+  });
+
   it('fails at once, without retries, a task whose payload no longer fits its schema', async () => {
     const id = await insertTaskFixture(database.db, { type: 'sleep', payload: { ms: 'soon' } });
     await publish({ taskId: id, type: 'sleep', attempt: 1 }, {}, 'sleep');

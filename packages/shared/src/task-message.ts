@@ -3,9 +3,9 @@ import { z } from 'zod';
 /** Any JSON value. One instance, so the OpenAPI document names it once and refers to it everywhere. */
 export const jsonValueSchema = z.json();
 
-/** The AMQP message body. The payload itself stays in Postgres. */
+/** The AMQP message body. The payload itself stays in Postgres. `attempt` fits the attempts column (int4). */
 export const taskMessageSchema = z
-  .object({ taskId: z.guid(), type: z.string().min(1), attempt: z.number().int().positive() })
+  .object({ taskId: z.guid(), type: z.string().min(1), attempt: z.number().int().positive().max(2_147_483_647) })
   .strict();
 export type TaskMessage = z.infer<typeof taskMessageSchema>;
 

@@ -3,6 +3,7 @@ import os from 'node:os';
 import type { ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib';
 import {
   assertTopology,
+  isTransientDbError,
   parseTaskMessage,
   toError,
   withTimeout,
@@ -63,6 +64,21 @@ const reasonHeader = (r: DeadLetterReason): string => (r.detail ? `${r.code}: ${
 function parseMessage(msg: ConsumeMessage): TaskMessage | DeadLetterReason {
   const parsed = parseTaskMessage(msg.content);
   return parsed.ok ? parsed.message : { code: parsed.problem, detail: parsed.detail };
+}
+
+/**
+ * The deliveries of one message that may end in an unexpected error before it is dead-lettered with
+ * that error as its reason: an error that comes back five times, a second apart, is not passing, and
+ * in the dead-letter queue an operator sees it (the doctor counts dead letters) and `npm run redrive`
+ * brings it back once mended. Without this the broker's delivery limit would drop it there twenty
+ * deliveries on, with no reason. An unavailable Postgres is held, not counted (whilePostgresDown).
+ */
+const UNHANDLED_DELIVERIES = 5;
+
+/** This delivery's number: a quorum queue counts the earlier ones that were returned in x-delivery-count. */
+function deliveryNumber(msg: ConsumeMessage): number {
+  const earlier: unknown = msg.properties.headers?.['x-delivery-count'];
+  return (typeof earlier === 'number' ? earlier : 0) + 1;
 }
 
 // How long the broker may take to confirm a dead-letter publish or a consumer cancel before the worker
@@ -136,7 +152,8 @@ async function deadLetter(
     log.warn('dead-letter publish failed; rejecting to the queue dead-letter exchange', {
       error: toError(err).message,
     });
-    ch.nack(msg, false, false);
+    // On a channel that has closed the broker has already requeued the message.
+    if (ch === state.channel) ch.nack(msg, false, false);
   }
 }
 
@@ -214,9 +231,13 @@ function startHandling(
   });
   const run = handle(state, ch, tag, route, msg)
     .catch((err: unknown) => {
+      const error = toError(err).message;
+      if (!state.stopping && !isTransientDbError(err) && deliveryNumber(msg) >= UNHANDLED_DELIVERIES) {
+        return deadLetter(state, ch, route, msg, { code: 'unhandled', detail: error }, log);
+      }
       // Not handled (an unexpected error, or Postgres still down when the worker stops): give the
       // message back, after a pause so that a persistent error does not spin.
-      log.warn('delivery not handled; requeueing', { error: toError(err).message });
+      log.warn('delivery not handled; requeueing', { error, delivery: deliveryNumber(msg) });
       return new Promise<void>((resolve) => setTimeout(resolve, 1000)).then(() =>
         ackOrRequeue(state, ch, msg, 'requeue', log),
       );

@@ -5,7 +5,14 @@ import { countTasksByStatus } from './task-sql';
 // Known label values, exported at zero from the start: a counter that appears only after its first
 // dead letter or retry cannot be alerted on with rate() or increase().
 const deliveryOutcomes = ['run', 'skip', 'fail', 'cancel', 'dead-letter'];
-export const deadLetterCodes = ['unparseable', 'invalid', 'unknown-task', 'type-mismatch', 'unknown-type'] as const;
+export const deadLetterCodes = [
+  'unparseable',
+  'invalid',
+  'unknown-task',
+  'type-mismatch',
+  'unknown-type',
+  'unhandled',
+] as const;
 
 export interface WorkerMetrics {
   registry: Registry;
