@@ -27,6 +27,19 @@ describe('config', () => {
     }
   });
 
+  it('refuses a URL of the wrong kind, naming what it wants', () => {
+    expect(() => loadConfig({ DATABASE_URL: 'mysql://u@db/x' })).toThrow(
+      /DATABASE_URL: a postgres:\/\/ or postgresql:\/\/ URL/,
+    );
+    expect(() => loadConfig({ AMQP_URL: 'http://localhost:15672' })).toThrow(
+      /AMQP_URL: an amqp:\/\/ or amqps:\/\/ URL/,
+    );
+    expect(loadConfig({ DATABASE_URL: 'postgresql://u@db/x', AMQP_URL: 'amqps://b:5671' })).toMatchObject({
+      DATABASE_URL: 'postgresql://u@db/x',
+      AMQP_URL: 'amqps://b:5671',
+    });
+  });
+
   it('rejects an AMQP_PREFIX that would make odd broker names', () => {
     expect(() => loadConfig({ AMQP_PREFIX: 'a b' })).toThrow(/AMQP_PREFIX/);
   });

@@ -71,8 +71,12 @@ const workerQueues = z
 
 /** Every environment variable taskbox reads, with its default. main.ts of each service is the only caller. */
 export const configSchema = z.object({
-  DATABASE_URL: z.url().default('postgres://postgres@127.0.0.1:5432/taskbox'),
-  AMQP_URL: z.url().default('amqp://guest:guest@127.0.0.1:5672'),
+  DATABASE_URL: z
+    .url({ protocol: /^postgres(ql)?$/, error: 'a postgres:// or postgresql:// URL' })
+    .default('postgres://postgres@127.0.0.1:5432/taskbox'),
+  AMQP_URL: z
+    .url({ protocol: /^amqps?$/, error: 'an amqp:// or amqps:// URL' })
+    .default('amqp://guest:guest@127.0.0.1:5672'),
   // The nodes of a RabbitMQ cluster: the relay and the worker connect to the first that answers and
   // move on to the next at every reconnect. Set, it replaces AMQP_URL.
   AMQP_URLS: z
