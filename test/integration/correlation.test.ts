@@ -1,3 +1,7 @@
+import { randomUUID } from 'node:crypto';
+import amqp from 'amqplib';
+import { amqpNames } from '@taskbox/shared';
+import { amqpUrl } from '../helpers/amqp';
 import type { LogLine } from '../helpers/services';
 import { startStack, type Stack } from '../helpers/stack';
 
@@ -51,6 +55,21 @@ describe('one correlation id follows a task through api, relay and worker logs',
       expect(messageIds).toContain(line.messageId);
     }
     expect(new Set(workerLines.map((l) => l.messageId))).toEqual(new Set(messageIds));
+  });
+
+  it('names the task, message and correlation of a message it dead-letters unread, from its properties', async () => {
+    const connection = await amqp.connect(amqpUrl());
+    try {
+      const channel = await connection.createConfirmChannel();
+      const taskId = randomUUID();
+      const properties = { messageId: 'm-unread', correlationId: 'c-unread', headers: { 'x-task-id': taskId } };
+      channel.publish(amqpNames(stack.prefix).exchange, 'echo', Buffer.from('not json{'), properties);
+      await channel.waitForConfirms();
+      const line = await stack.worker.waitForLog('the dead letter', (l) => l.message === 'message dead-lettered');
+      expect(line).toMatchObject({ taskId, messageId: 'm-unread', correlationId: 'c-unread', service: 'worker' });
+    } finally {
+      await connection.close();
+    }
   });
 
   it('generates a request id when none is sent, and answers with it', async () => {

@@ -27,8 +27,12 @@ describe('npm run redrive', () => {
 
   /** Runs the built tool as `npm run redrive -- <args>` does; answers its exit code and output. */
   function redrive(...args: string[]): Promise<{ code: number; stdout: string }> {
+    return redriveLogging('warn', ...args);
+  }
+
+  function redriveLogging(level: string, ...args: string[]): Promise<{ code: number; stdout: string }> {
     return new Promise((resolve) => {
-      const env = { PATH: process.env.PATH ?? '', ...system.env, LOG_LEVEL: 'warn' };
+      const env = { PATH: process.env.PATH ?? '', ...system.env, LOG_LEVEL: level };
       execFile(process.execPath, [main, ...args], { env }, (err, stdout) => {
         resolve({ code: typeof err?.code === 'number' ? err.code : 0, stdout });
       });
@@ -79,6 +83,30 @@ describe('npm run redrive', () => {
     await system.start('worker');
     await system.waitForTerminal([pending]);
     expect(await system.status(pending)).toBe('succeeded');
+  });
+
+  it('logs each message it drops with its task, message and correlation ids and why it was dead-lettered', async () => {
+    const taskId = await insertTaskFixture(system.database.db, { status: 'succeeded', attempts: 1 });
+    const content = Buffer.from(JSON.stringify({ taskId, type: 'echo', attempt: 1 }));
+    const headers = { 'x-dead-letter-reason': 'unhandled: the start is broken' };
+    channel.publish(amqpNames(system.prefix).deadExchange, 'echo', content, {
+      messageId: 'm-1',
+      correlationId: 'c-1',
+      headers,
+    });
+    await channel.waitForConfirms();
+    const run = await redriveLogging('info');
+    const lines = run.stdout
+      .split('\n')
+      .filter((line) => line.startsWith('{'))
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(lines.find((l) => l.message === 'dead letter dropped')).toMatchObject({
+      taskId,
+      messageId: 'm-1',
+      correlationId: 'c-1',
+      deadLetterReason: 'unhandled: the start is broken',
+      reason: 'task succeeded',
+    });
   });
 
   it('with --dry-run, reports the same and writes nothing, leaving every message in the queue', async () => {

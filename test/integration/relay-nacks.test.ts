@@ -6,6 +6,7 @@ import { createRelayLoop, type RelayLoop } from '../../services/relay/src/relay-
 import { amqpUrl, deleteTopology, testPrefix, testTopology } from '../helpers/amqp';
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
+import { capturingLogger } from '../helpers/log';
 import { waitFor } from '../helpers/wait';
 
 describe('relay and a broker that nacks', () => {
@@ -28,10 +29,11 @@ describe('relay and a broker that nacks', () => {
     prefix = testPrefix();
     const names = amqpNames(prefix);
     const publisher = createPublisher(testTopology(prefix), 5000, quietLogger);
+    const { logger, lines } = capturingLogger();
     loop = createRelayLoop({
       db: database.db,
       publisher,
-      logger: quietLogger,
+      logger,
       metrics: createRelayMetrics(database.db, []),
       batchSize: 50,
       pollMs: 100,
@@ -58,6 +60,11 @@ describe('relay and a broker that nacks', () => {
     const row = () =>
       database.db.selectFrom('outbox').selectAll().where('task_id', '=', taskId).executeTakeFirstOrThrow();
     expect((await row()).published_at).toBeNull();
+    // One warning for the outage, naming a row to follow.
+    const warnings = lines.filter((l) => l.message === 'outbox rows not published; each is retried with backoff');
+    expect(warnings).toEqual([
+      expect.objectContaining({ taskId, messageId: (await row()).message_id, correlationId: `corr-${taskId}` }),
+    ]);
 
     await ch.deleteQueue(full);
     await waitFor('the row published', async () => (await row()).published_at !== null, 30_000);

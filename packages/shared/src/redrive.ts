@@ -42,6 +42,17 @@ async function taskStatus(db: Db, taskId: string, lock: boolean) {
 }
 
 /** What to do with one dead message, from its body and its task as they are now. */
+/** Why the message was dead-lettered: the worker's reason header, else the broker's (x-death). */
+function deadLetterReason(msg: GetMessage): string | undefined {
+  const headers = msg.properties.headers ?? {};
+  const ours: unknown = headers['x-dead-letter-reason'];
+  if (typeof ours === 'string') return ours;
+  const deaths: unknown = headers['x-death'];
+  const first: unknown = Array.isArray(deaths) ? deaths[0] : undefined;
+  const reason = (first as { reason?: unknown } | undefined)?.reason;
+  return typeof reason === 'string' ? reason : undefined;
+}
+
 async function judge(db: Db, msg: GetMessage): Promise<Verdict> {
   const parsed = parseTaskMessage(msg.content);
   if (!parsed.ok) return { action: 'drop', reason: parsed.problem };
@@ -114,7 +125,13 @@ async function redriveQueue(
       if (verdict.action === 'republish' && !options.dryRun && !(await republish(db, verdict.taskId, messageId))) {
         verdict = { action: 'drop', reason: 'task finished', taskId: verdict.taskId };
       }
-      const context = { taskId: verdict.taskId, messageId: msg.properties.messageId as string | undefined, deadQueue };
+      const context = {
+        taskId: verdict.taskId,
+        messageId: msg.properties.messageId as string | undefined,
+        correlationId: msg.properties.correlationId as string | undefined,
+        deadLetterReason: deadLetterReason(msg),
+        deadQueue,
+      };
       if (verdict.action === 'republish') {
         report.republished++;
         logger.info('dead letter re-driven', { ...context, newMessageId: messageId, dryRun: options.dryRun });
@@ -124,7 +141,7 @@ async function redriveQueue(
       }
       if (!options.dryRun) ch.ack(msg);
     }
-    // A dry run gives every message back, in order, as it found them.
+    // A dry run gives every message back. A quorum queue puts them at its back, and counts a delivery.
     if (options.dryRun) ch.nackAll(true);
   } finally {
     await ch.close().catch(() => undefined);

@@ -92,9 +92,15 @@ interface LoopState extends RelayLoopOptions {
 function logBatch(state: LoopState, rows: ClaimedRow[], failed: PublishResult['failed']): void {
   const { logger } = state;
   if (failed.length > 0 && !state.publishFailing) {
+    const first = rows.find((row) => row.id === failed[0]?.id);
     logger.warn('outbox rows not published; each is retried with backoff', {
       rows: failed.length,
       error: failed[0]?.error,
+      // The first of them, to follow: the rest are at debug.
+      outboxId: first?.id,
+      messageId: first?.message_id,
+      taskId: first?.task_id,
+      correlationId: first?.headers.correlationId,
     });
   } else if (failed.length === 0 && state.publishFailing) logger.info('outbox rows publish again');
   state.publishFailing = failed.length > 0;

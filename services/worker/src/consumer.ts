@@ -188,6 +188,8 @@ async function handle(
   const base = {
     messageId: msg.properties.messageId as string | undefined,
     correlationId: msg.properties.correlationId as string | undefined,
+    // What the relay wrote beside the body: the task, even when the body cannot be read.
+    taskId: msg.properties.headers?.['x-task-id'] as string | undefined,
   };
   const parsed = parseMessage(msg);
   if ('code' in parsed) return deadLetter(state, ch, route, msg, parsed, state.logger.child(base));
