@@ -66,6 +66,29 @@ describe('api: admin bulk actions, re-drive, counts and checks', () => {
     expect(await statusOf(ids)).toEqual(['failed', 'failed', 'failed']);
   });
 
+  it('refuses a body that is not JSON (415) or none at all (400), and acts on nothing: never a dry run taken for a real one', async () => {
+    const ids = await tasks(2, { type: 'not-json', status: 'pending' });
+    const dryRun = JSON.stringify({ filter: { type: 'not-json' }, dryRun: true });
+    const calls = [
+      request(api.app).post('/admin/tasks/cancel').set(ROOT).set('content-type', 'text/plain').send(dryRun),
+      request(api.app).post('/admin/tasks/cancel').set(ROOT).type('form').send({ dryRun: 'true' }),
+      request(api.app).post('/admin/dead-letters/redrive').set(ROOT).set('content-type', 'text/plain').send(dryRun),
+      request(api.app).post('/admin/tasks/cancel').set(ROOT),
+    ];
+    const answers = await Promise.all(calls);
+    expect(answers.map((res) => [res.status, res.headers['content-type']])).toEqual([
+      [415, expect.stringMatching(/^application\/problem\+json/)],
+      [415, expect.stringMatching(/^application\/problem\+json/)],
+      [415, expect.stringMatching(/^application\/problem\+json/)],
+      [400, expect.stringMatching(/^application\/problem\+json/)],
+    ]);
+    expect(answers[3]!.body).toMatchObject({
+      title: 'Missing Body',
+      detail: 'send the filter as an application/json body',
+    });
+    expect(await statusOf(ids)).toEqual(['pending', 'pending']);
+  });
+
   it('retries at most BULK_ACTION_MAX tasks per call, oldest first, and the rest on the next call', async () => {
     const ids = await tasks(7, { type: 'capped', status: 'failed' });
     const first = await bulk('retry', { filter: { type: 'capped' } });

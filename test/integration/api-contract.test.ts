@@ -106,6 +106,8 @@ describe('api contract: GET /openapi.json describes the real responses', () => {
       [await request(api.app).post('/tasks').send({ type: 'nope' }), '/tasks', 'post', '422'],
       [await request(api.app).post('/tasks').send({ type: 'sleep', payload: {} }), '/tasks', 'post', '422'],
       [await request(api.app).get('/tasks/x'), '/tasks/{id}', 'get', '400'],
+      [await request(api.app).post('/tasks').set('content-type', 'application/json'), '/tasks', 'post', '400'],
+      [await request(api.app).post('/tasks/x/stream-token'), '/tasks/{id}/stream-token', 'post', '400'],
       [
         await request(api.app).post(`/tasks/${created.body.id}/stream-token`),
         '/tasks/{id}/stream-token',

@@ -117,8 +117,11 @@ describe('api: creating, reading and cancelling tasks', () => {
       .post('/tasks')
       .send({ type: 'echo', payload: { text: 'x'.repeat(20_000) } });
     const text = await request(api.app).post('/tasks').set('content-type', 'text/plain').send('type=echo');
-    expect([malformed.status, big.status, text.status]).toEqual([400, 413, 415]);
-    for (const res of [malformed, big, text]) {
+    // A JSON content type and no body at all: a missing body, not a wrong media type.
+    const none = await request(api.app).post('/tasks').set('content-type', 'application/json');
+    expect([malformed.status, big.status, text.status, none.status]).toEqual([400, 413, 415, 400]);
+    expect(none.body).toMatchObject({ title: 'Missing Body', detail: 'send the task as an application/json body' });
+    for (const res of [malformed, big, text, none]) {
       expect(res.headers['content-type']).toMatch(PROBLEM);
       expect(res.text).not.toMatch(/\bat .+\.(ts|js):\d+/);
       expect(res.body).not.toHaveProperty('stack');

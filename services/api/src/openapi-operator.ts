@@ -11,8 +11,9 @@ import {
   type JsonObject,
 } from './openapi-parts';
 
-const body = (name: string) => ({ required: false, content: { 'application/json': { schema: ref(name) } } });
+const body = (name: string) => ({ required: true, content: { 'application/json': { schema: ref(name) } } });
 const forbidden = problem('the caller is not an admin');
+const notJson = problem('body is not application/json: nothing was done, not even a dry run');
 
 /** The admin endpoints (routes/admin.ts): 403 for anyone else. */
 function adminPaths(common: Record<string, JsonObject>): JsonObject {
@@ -24,6 +25,7 @@ function adminPaths(common: Record<string, JsonObject>): JsonObject {
         '200': json('BulkResult', 'how many matched, and how many this call acted on'),
         ...common,
         '403': forbidden,
+        '415': notJson,
         '422': problem('an invalid filter, a status the action does not apply to, or a limit above BULK_ACTION_MAX'),
       },
     },
@@ -40,7 +42,9 @@ function adminPaths(common: Record<string, JsonObject>): JsonObject {
           '200': json('RedriveResult', 'what was (or, on a dry run, would be) done'),
           ...common,
           '403': forbidden,
-          '503': retryLater('no broker node answers'),
+          '415': notJson,
+          '422': problem('an invalid dryRun or limit'),
+          '503': retryLater('no broker node answers, or the database is unavailable'),
         },
       },
     },

@@ -26,8 +26,10 @@ export function streamTokenPaths(): JsonObject {
         parameters: [idParam],
         responses: {
           '200': json('StreamToken', 'the token, and the stream URL with it'),
+          '400': problem('invalid id'),
           '401': streamErrors['401'],
           '404': problem('no such task for you'),
+          '503': retryLater('the database is unavailable'),
         },
       },
     },

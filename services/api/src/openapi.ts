@@ -85,8 +85,9 @@ function components(): Record<string, JsonObject> {
 
 export function openApiDocument(): JsonObject {
   const common = {
-    '400': problem('invalid id, query or malformed JSON'),
+    '400': problem('invalid id or query, malformed JSON, or no body where one is needed'),
     '401': problem('authentication is on and the bearer token is missing or invalid'),
+    '503': retryLater('the database is unavailable, read-only, locked or overloaded; nothing was written'),
   };
   return {
     openapi: '3.1.0',
@@ -133,6 +134,9 @@ function taskPaths(common: Record<string, JsonObject>): JsonObject {
           '409': problem('the Idempotency-Key was used with a different body'),
           '413': problem('body larger than BODY_LIMIT'),
           '415': problem('body is not application/json'),
+          '503': retryLater(
+            'the database is unavailable, read-only, locked or overloaded, or too many inserts wait already; nothing was written',
+          ),
           '422': problem(
             `unknown type, invalid payload, a NUL or unpaired surrogate in any string, JSON nested deeper than ${MAX_JSON_DEPTH}, ` +
               'or a schedule refused: runAt with delayMs, a runAt further back than SCHEDULE_PAST_SKEW_MS, or a due time ' +

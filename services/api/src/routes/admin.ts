@@ -19,7 +19,7 @@ import { bulkAct, bulkStatuses, type BulkAction } from '../bulk-sql';
 import { HttpProblem } from '../problem';
 import type { SystemChecks } from '../system-checks';
 import { requireAdmin, viewer } from '../viewer';
-import { invalid } from './tasks';
+import { invalid, jsonBody } from './tasks';
 
 export interface AdminSettings {
   /** The broker and the doctor's thresholds: re-drives and checks connect per call. */
@@ -44,7 +44,7 @@ const logMessage = (action: BulkAction, status: TaskStatus): string =>
 
 function bulk({ db, taskNotifier, logger, settings }: AdminDeps, action: BulkAction): Handler {
   return async (req, res) => {
-    const body = bulkRequestSchema.safeParse(req.body ?? {});
+    const body = bulkRequestSchema.safeParse(jsonBody(req, 'the filter'));
     if (!body.success) throw invalid('Invalid Bulk Request', body.error);
     const { filter, dryRun, limit = settings.bulkMax } = body.data;
     if (limit > settings.bulkMax) {
@@ -79,7 +79,7 @@ function bulk({ db, taskNotifier, logger, settings }: AdminDeps, action: BulkAct
  */
 function redrive({ db, logger, settings }: AdminDeps): Handler {
   return async (req, res) => {
-    const body = redriveRequestSchema.safeParse(req.body ?? {});
+    const body = redriveRequestSchema.safeParse(jsonBody(req, 'the re-drive request'));
     if (!body.success) throw invalid('Invalid Re-drive Request', body.error);
     const { dryRun, limit } = body.data;
     const broker = await connectBroker(amqpUrls(settings.doctor));

@@ -46,6 +46,21 @@ export function invalid(title: string, error: z.ZodError): HttpProblem {
   return new HttpProblem(422, title, issues.map((i) => `${i.path || '(body)'}: ${i.message}`).join('; '), { issues });
 }
 
+/**
+ * The parsed body of a POST that must send JSON. express.json leaves any other body unread, so without
+ * this check a bulk action's `{"dryRun": true}` sent as text/plain would run as a real one on every task.
+ * An empty body (no Transfer-Encoding, no or a zero Content-Length) is a 400, not a wrong media type.
+ */
+export function jsonBody(req: Request, what: string): unknown {
+  if (req.get('transfer-encoding') === undefined && Number(req.get('content-length') ?? 0) === 0) {
+    throw new HttpProblem(400, 'Missing Body', `send ${what} as an application/json body`);
+  }
+  if (!req.is(['application/json', 'application/*+json'])) {
+    throw new HttpProblem(415, 'Unsupported Media Type', `send ${what} as application/json`);
+  }
+  return req.body;
+}
+
 export function parseId(req: Request): string {
   const parsed = idSchema.safeParse(req.params.id);
   if (!parsed.success) throw new HttpProblem(400, 'Invalid Task Id', 'the task id must be a UUID');
@@ -72,14 +87,12 @@ interface CreateRequest {
 
 /** Validates POST /tasks: media type, storable JSON, the envelope, the type's payload, the schedule, the key. */
 function parseCreateRequest(req: Request, limits: ScheduleLimits): CreateRequest {
-  if (!req.is('application/json')) {
-    throw new HttpProblem(415, 'Unsupported Media Type', 'send the task as application/json');
-  }
+  const sent = jsonBody(req, 'the task');
   // Before any schema: z.json() recurses per level and would overflow the stack on a deep body.
-  const issue = findJsonIssue(req.body);
+  const issue = findJsonIssue(sent);
   if (issue)
     throw new HttpProblem(422, 'Invalid Task', `${issue.path || '(body)'}: ${issue.message}`, { issues: [issue] });
-  const body = createTaskSchema.safeParse(req.body);
+  const body = createTaskSchema.safeParse(sent);
   if (!body.success) throw invalid('Invalid Task', body.error);
   const definition = findTaskType(body.data.type);
   if (!definition) {
@@ -87,7 +100,7 @@ function parseCreateRequest(req: Request, limits: ScheduleLimits): CreateRequest
     throw new HttpProblem(422, 'Unknown Task Type', detail, { knownTypes: taskTypeNames });
   }
   const type = definition.name;
-  const typed = taskBodySchemas[type].safeParse(req.body);
+  const typed = taskBodySchemas[type].safeParse(sent);
   if (!typed.success) throw invalid('Invalid Payload', typed.error);
   const { payload } = typed.data;
   const maxAttempts = body.data.maxAttempts ?? definition.maxAttempts;
