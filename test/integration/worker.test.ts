@@ -318,6 +318,22 @@ describe('worker', () => {
     expect(await attemptsOf(id)).toMatchObject([{ outcome: 'cancelled' }]);
   });
 
+  it('at shutdown releases the lease of a run that stopped, and keeps that of a run still going, so none runs twice at once', async () => {
+    const stopped = await insertTaskFixture(database.db, { type: 'sleep', payload: { ms: 8000 } });
+    const going = await insertTaskFixture(database.db, { type: 'sleep', payload: { ms: 8000, ignoreSignal: true } });
+    for (const id of [stopped, going]) await publish({ taskId: id, type: 'sleep', attempt: 1 }, {}, 'sleep');
+    await waitFor('both processing', async () =>
+      (await Promise.all([task(stopped), task(going)])).every((t) => t.status === 'processing'),
+    );
+    await worker.close();
+    const leaseLive = async (id: string) => ((await task(id)).lease_until?.getTime() ?? 0) > Date.now();
+    expect({ stopped: await leaseLive(stopped), going: await leaseLive(going) }).toEqual({
+      stopped: false,
+      going: true,
+    });
+    worker = await startWorker();
+  });
+
   it('ends a task cancelled, not retried, when its attempt fails after a cancel was requested', async () => {
     const id = await insertTaskFixture(database.db, { type: 'flaky', payload: { failTimes: 1 } });
     await database.db.updateTable('tasks').set({ cancel_requested_at: new Date() }).where('id', '=', id).execute();

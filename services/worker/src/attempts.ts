@@ -23,7 +23,7 @@ import type { WorkerMetrics } from './metrics';
 import type { AttemptWrites } from './attempt-writes';
 import { releaseLease } from './lease-sql';
 import type { Orphans } from './orphans';
-import { runHandler, TimeoutError } from './run-handler';
+import { RunAbandoned, runHandler, TimeoutError } from './run-handler';
 import type { AttemptOutcome } from './finish-sql';
 import { cancelLostRun, failTask, lockTask, setStep, startAttempt, type LockedTask } from './task-sql';
 
@@ -180,9 +180,13 @@ export async function runAttempt(deps: AttemptDeps, started: Started, logger: Lo
   } catch (err) {
     const reason = signal.aborted ? (signal.reason as AbortReason) : null;
     if (reason === 'shutdown' || reason === 'lost') {
-      // Abandoned, not failed. At shutdown the lease is released so the redelivery resumes the task at
-      // once; a lost lease is no longer this run's to release.
-      if (reason === 'shutdown') await releaseLease(deps.db, task.id, attempt).catch(() => undefined);
+      // Abandoned, not failed. At shutdown the lease of a run that stopped is released, so the redelivery
+      // resumes the task at once. A run that ignored its signal (RunAbandoned) goes on until the process
+      // exits: its lease stays, so no other worker starts the task beside it, and the sweeper resumes it
+      // once the lease has run out. A lost lease is no longer this run's to release.
+      if (reason === 'shutdown' && !(err instanceof RunAbandoned)) {
+        await releaseLease(deps.db, task.id, attempt).catch(() => undefined);
+      }
       logger.warn(`task abandoned (${reason}); it will be resumed`, { attempt });
       return 'abandoned';
     }
