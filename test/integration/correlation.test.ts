@@ -20,9 +20,10 @@ describe('one correlation id follows a task through api, relay and worker logs',
   });
 
   it('echoes X-Request-Id and puts it, with the task id and message id, on every log line about the task, retries included', async () => {
+    const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
     const res = await fetch(`${stack.urls.api}/tasks`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json', 'x-request-id': 'my-corr-123' },
+      headers: { 'content-type': 'application/json', 'x-request-id': 'my-corr-123', traceparent },
       body: JSON.stringify({ type: 'flaky', payload: { failTimes: 1 } }),
     });
     expect(res.status).toBe(202);
@@ -33,11 +34,16 @@ describe('one correlation id follows a task through api, relay and worker logs',
     await stack.worker.waitForLog('the task to succeed', (l) => l.taskId === task.id && l.message === 'task succeeded');
     const outbox = await stack.database.db
       .selectFrom('outbox')
-      .select('message_id')
+      .select(['message_id', 'headers'])
       .where('task_id', '=', task.id)
       .execute();
     const messageIds = outbox.map((o) => o.message_id);
     expect(messageIds).toHaveLength(2); // the first attempt and its retry
+    // The retry, written by the worker without a request, stays in the request's trace.
+    expect(outbox.map((o) => o.headers)).toEqual([
+      { correlationId: 'my-corr-123', traceparent },
+      { correlationId: 'my-corr-123', traceparent },
+    ]);
 
     const about = (logs: LogLine[]) => logs.filter((l) => JSON.stringify(l).includes(task.id));
     const accepted = about(stack.api.logs);

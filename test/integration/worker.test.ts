@@ -173,13 +173,15 @@ describe('worker', () => {
       leaseExpired: true,
     });
     const live = await insertTaskFixture(database.db, { status: 'processing', attempts: 1 });
+    const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+    await database.db.updateTable('tasks').set({ traceparent }).where('id', '=', resumable).execute();
     expect(await sweepExpiredLeases(database.db, 100)).toMatchObject({ resumed: 1, failed: 1 });
     expect(await task(resumable)).toMatchObject({ status: 'pending', attempts: 1 });
     expect(await task(exhausted)).toMatchObject({ status: 'failed', error: { name: 'LostRun' } });
     expect(await task(live)).toMatchObject({ status: 'processing' });
     const outbox = await database.db.selectFrom('outbox').selectAll().execute();
-    expect(outbox.map((o) => [o.task_id, o.payload])).toEqual([
-      [resumable, { taskId: resumable, type: 'echo', attempt: 2 }],
+    expect(outbox.map((o) => [o.task_id, o.payload, o.headers])).toEqual([
+      [resumable, { taskId: resumable, type: 'echo', attempt: 2 }, { correlationId: `corr-${resumable}`, traceparent }],
     ]);
   });
 

@@ -45,6 +45,8 @@ export interface TasksTable {
   idempotency_key: string | null;
   request_hash: string | null;
   correlation_id: string | null;
+  /** The W3C traceparent of the request that created it (migration 0011), for the messages written later. */
+  traceparent: string | null;
   lease_until: Timestamp | null;
   cancel_requested_at: Timestamp | null;
   republished_at: Timestamp | null;

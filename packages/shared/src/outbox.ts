@@ -19,6 +19,20 @@ export interface MessageContext {
   traceparent?: string | null;
 }
 
+/** What a message written for a task without a request (a resume, a republish, a re-drive) takes from its row. */
+export interface TaskRowForMessage {
+  id: string;
+  type: string;
+  attempts: number;
+  correlation_id: string | null;
+  traceparent: string | null;
+}
+
+/** The outbox row for the next attempt of a task, in the trace and under the correlation id of its request. */
+export function nextAttemptMessage(task: TaskRowForMessage): OutboxMessage {
+  return outboxMessage(task, task.attempts + 1, { correlationId: task.correlation_id, traceparent: task.traceparent });
+}
+
 /** The outbox row that asks a worker to run `attempt` of a task. */
 export function outboxMessage(
   task: { id: string; type: string },

@@ -4,7 +4,7 @@ import { sql } from 'kysely';
 import type { AmqpTopology } from './amqp-topology';
 import { isTerminal, type Db, type TaskStatus } from './db';
 import type { Logger } from './logger';
-import { outboxInsert, outboxMessage } from './outbox';
+import { nextAttemptMessage, outboxInsert, type TaskRowForMessage } from './outbox';
 import { parseTaskMessage } from './task-message';
 
 export interface RedriveOptions {
@@ -35,13 +35,12 @@ function redriveMessageId(msg: GetMessage): string {
 }
 
 async function taskStatus(db: Db, taskId: string, lock: boolean) {
-  const { rows } = await sql<{ type: string; status: TaskStatus; attempts: number; correlation_id: string | null }>`
-    SELECT type, status, attempts, correlation_id FROM tasks WHERE id = ${taskId}
+  const { rows } = await sql<TaskRowForMessage & { status: TaskStatus }>`
+    SELECT id, type, status, attempts, correlation_id, traceparent FROM tasks WHERE id = ${taskId}
     ${lock ? sql`FOR UPDATE` : sql``}`.execute(db);
   return rows[0];
 }
 
-/** What to do with one dead message, from its body and its task as they are now. */
 /** Why the message was dead-lettered: the worker's reason header, else the broker's (x-death). */
 function deadLetterReason(msg: GetMessage): string | undefined {
   const headers = msg.properties.headers ?? {};
@@ -53,6 +52,7 @@ function deadLetterReason(msg: GetMessage): string | undefined {
   return typeof reason === 'string' ? reason : undefined;
 }
 
+/** What to do with one dead message, from its body and its task as they are now. */
 async function judge(db: Db, msg: GetMessage): Promise<Verdict> {
   const parsed = parseTaskMessage(msg.content);
   if (!parsed.ok) return { action: 'drop', reason: parsed.problem };
@@ -71,9 +71,7 @@ async function republish(db: Db, taskId: string, messageId: string): Promise<boo
   return db.transaction().execute(async (tx) => {
     const task = await taskStatus(tx, taskId, true);
     if (!task || isTerminal(task.status)) return false;
-    const m = outboxMessage({ id: taskId, type: task.type }, task.attempts + 1, {
-      correlationId: task.correlation_id,
-    });
+    const m = nextAttemptMessage(task);
     await sql`${outboxInsert(sql`
       SELECT ${messageId}::uuid, ${m.task_id}::uuid, ${m.routing_key}, ${m.payload}::jsonb, ${m.headers}::jsonb, 0`)}
       ON CONFLICT (message_id) DO NOTHING`.execute(tx);

@@ -130,6 +130,7 @@ export function buildTaskInsert(inserts: TaskInsert[]): {
       idempotency_key: task.idempotencyKey,
       request_hash: task.requestHash,
       correlation_id: context.correlationId,
+      traceparent: context.traceparent ?? null,
       message_id: message.message_id,
       message_payload: message.payload,
       message_headers: message.headers,
@@ -165,14 +166,14 @@ export function insertTasksStatement(input: string): RawBuilder<TaskRow> {
     WITH input AS (
       SELECT * FROM jsonb_to_recordset(${input}::jsonb) AS i(
         id uuid, type text, payload text, max_attempts int, timeout_ms int, run_at timestamptz, delay_ms float8,
-        owner text, idempotency_key text, request_hash text, correlation_id text, message_id uuid,
+        owner text, idempotency_key text, request_hash text, correlation_id text, traceparent text, message_id uuid,
         message_payload text, message_headers text)
     ), inserted AS (
       INSERT INTO tasks (id, type, payload, max_attempts, timeout_ms, run_at, owner, idempotency_key, request_hash,
-                         correlation_id)
+                         correlation_id, traceparent)
       SELECT id, type, payload::jsonb, max_attempts, timeout_ms,
              coalesce(run_at, now() + delay_ms * interval '1 millisecond'), owner, idempotency_key, request_hash,
-             correlation_id
+             correlation_id, traceparent
       FROM input
       ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
       RETURNING ${sql.join(taskColumns.map((c) => sql.ref(c)))}

@@ -1,5 +1,12 @@
 import { sql } from 'kysely';
-import { insertOutbox, lastPublishedAt, outboxMessage, type Db, type OutboxMessage } from '@taskbox/shared';
+import {
+  insertOutbox,
+  lastPublishedAt,
+  nextAttemptMessage,
+  type Db,
+  type OutboxMessage,
+  type TaskRowForMessage,
+} from '@taskbox/shared';
 
 // The relay's SQL on tasks and their attempts (its outbox SQL is in outbox-sql.ts).
 
@@ -31,8 +38,8 @@ export async function republishStranded(
 ): Promise<Republished[]> {
   const publishedBefore = sql`${before.cutoff}::timestamptz - ${before.extraMs} * interval '1 millisecond'`;
   return db.transaction().execute(async (tx) => {
-    const { rows } = await sql<{ id: string; type: string; attempts: number; correlation_id: string | null }>`
-      SELECT t.id, t.type, t.attempts, t.correlation_id
+    const { rows } = await sql<TaskRowForMessage>`
+      SELECT t.id, t.type, t.attempts, t.correlation_id, t.traceparent
       FROM tasks t
       WHERE t.status = 'pending'
         AND t.type = ANY(${types}::text[])
@@ -44,7 +51,7 @@ export async function republishStranded(
       FOR UPDATE OF t SKIP LOCKED`.execute(tx);
     if (rows.length === 0) return [];
     const republished = rows.map((t) => ({
-      message: outboxMessage(t, t.attempts + 1, { correlationId: t.correlation_id }),
+      message: nextAttemptMessage(t),
       correlationId: t.correlation_id,
     }));
     await insertOutbox(

@@ -1,5 +1,12 @@
 import { sql } from 'kysely';
-import { insertOutbox, outboxMessage, TASK_CHANGED_SET, type Db, type TaskStatus } from '@taskbox/shared';
+import {
+  insertOutbox,
+  nextAttemptMessage,
+  TASK_CHANGED_SET,
+  type Db,
+  type TaskRowForMessage,
+  type TaskStatus,
+} from '@taskbox/shared';
 
 /** The error of an attempt whose run stopped (its worker died, or lost Postgres longer than its lease). */
 export const LOST_RUN = JSON.stringify({
@@ -76,13 +83,7 @@ export async function sweepExpiredLeases(
       tx,
       expired.map((e) => ({ taskId: e.id, attempt: e.attempts })),
     );
-    const { rows } = await sql<{
-      id: string;
-      type: string;
-      status: TaskStatus;
-      attempts: number;
-      correlation_id: string | null;
-    }>`
+    const { rows } = await sql<TaskRowForMessage & { status: TaskStatus }>`
       UPDATE tasks t
       SET status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
                         WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'pending' END,
@@ -90,12 +91,9 @@ export async function sweepExpiredLeases(
           finished_at = CASE WHEN t.cancel_requested_at IS NULL AND t.attempts < t.max_attempts THEN NULL ELSE now() END,
           lease_until = NULL, updated_at = now(), ${TASK_CHANGED_SET}
       WHERE t.id = ANY(${expired.map((e) => e.id)}::uuid[])
-      RETURNING t.id, t.type, t.status, t.attempts, t.correlation_id`.execute(tx);
+      RETURNING t.id, t.type, t.status, t.attempts, t.correlation_id, t.traceparent`.execute(tx);
     const resumed = rows.filter((r) => r.status === 'pending');
-    await insertOutbox(
-      tx,
-      resumed.map((r) => outboxMessage(r, r.attempts + 1, { correlationId: r.correlation_id })),
-    );
+    await insertOutbox(tx, resumed.map(nextAttemptMessage));
     const failed = rows.filter((r) => r.status === 'failed').length;
     return { resumed: resumed.length, failed, taskIds: rows.map((r) => r.id) };
   });
