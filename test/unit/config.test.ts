@@ -29,7 +29,11 @@ describe('config', () => {
 
   it('refuses a URL of the wrong kind, naming what it wants', () => {
     expect(() => loadConfig({ DATABASE_URL: 'mysql://u@db/x' })).toThrow(
-      /DATABASE_URL: a postgres:\/\/ or postgresql:\/\/ URL/,
+      /DATABASE_URL: a postgres:\/\/, postgresql:\/\/ or socket: URL/,
+    );
+    // pg's form for a Unix socket.
+    expect(loadConfig({ DATABASE_URL: 'socket:/var/run/postgresql?db=taskbox' }).DATABASE_URL).toBe(
+      'socket:/var/run/postgresql?db=taskbox',
     );
     expect(() => loadConfig({ AMQP_URL: 'http://localhost:15672' })).toThrow(
       /AMQP_URL: an amqp:\/\/ or amqps:\/\/ URL/,

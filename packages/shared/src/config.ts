@@ -72,7 +72,7 @@ const workerQueues = z
 /** Every environment variable taskbox reads, with its default. main.ts of each service is the only caller. */
 export const configSchema = z.object({
   DATABASE_URL: z
-    .url({ protocol: /^postgres(ql)?$/, error: 'a postgres:// or postgresql:// URL' })
+    .url({ protocol: /^(postgres(ql)?|socket)$/, error: 'a postgres://, postgresql:// or socket: URL' })
     .default('postgres://postgres@127.0.0.1:5432/taskbox'),
   AMQP_URL: z
     .url({ protocol: /^amqps?$/, error: 'an amqp:// or amqps:// URL' })

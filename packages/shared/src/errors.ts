@@ -62,7 +62,18 @@ export function errorJson(value: unknown): { name: string; message: string } {
 const unavailablePgCodes = new Set(['57P01', '57P02', '57P03', '25006', '57014', '55P03', '3D000']);
 const unavailablePgClasses = new Set(['08', '28', '53']);
 const conflictPgCodes = new Set(['40001', '40P01']);
-const unavailableNodeCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN']);
+// The host itself gone (a failover moving the database's address) fails with EHOSTUNREACH or ENETUNREACH.
+const unavailableNodeCodes = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ECONNABORTED',
+  'ETIMEDOUT',
+  'EPIPE',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+]);
 
 /** The message of pg's client-side query_timeout: the server never answered in time (createPool). */
 export const QUERY_READ_TIMEOUT = 'Query read timeout';

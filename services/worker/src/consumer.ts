@@ -15,7 +15,13 @@ import {
   type Service,
   type TaskMessage,
 } from '@taskbox/shared';
-import type { deadLetterCodes } from './metrics';
+import {
+  BROKER_ANSWER_MS,
+  createUnhandledCounts,
+  deadLetter,
+  type DeadLetterReason,
+  type UnhandledCounts,
+} from './dead-letters';
 import { beginAttempt, runAttempt, whilePostgresDown, type AttemptDeps } from './attempts';
 
 /**
@@ -52,38 +58,10 @@ export function newConsumerTag(): string {
   return `worker-${os.hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`;
 }
 
-/** Why a message goes to the dead-letter queue: a code for metrics and alerts, and what was wrong. */
-export interface DeadLetterReason {
-  code: (typeof deadLetterCodes)[number];
-  detail?: string;
-}
-
-/** The x-dead-letter-reason header: the code, then the detail. */
-const reasonHeader = (r: DeadLetterReason): string => (r.detail ? `${r.code}: ${r.detail}` : r.code);
-
 function parseMessage(msg: ConsumeMessage): TaskMessage | DeadLetterReason {
   const parsed = parseTaskMessage(msg.content);
   return parsed.ok ? parsed.message : { code: parsed.problem, detail: parsed.detail };
 }
-
-/**
- * The deliveries of one message that may end in an unexpected error before it is dead-lettered with
- * that error as its reason: an error that comes back five times, a second apart, is not passing, and
- * in the dead-letter queue an operator sees it (the doctor counts dead letters) and `npm run redrive`
- * brings it back once mended. Without this the broker's delivery limit would drop it there twenty
- * deliveries on, with no reason. An unavailable Postgres is held, not counted (whilePostgresDown).
- */
-const UNHANDLED_DELIVERIES = 5;
-
-/** This delivery's number: a quorum queue counts the earlier ones that were returned in x-delivery-count. */
-function deliveryNumber(msg: ConsumeMessage): number {
-  const earlier: unknown = msg.properties.headers?.['x-delivery-count'];
-  return (typeof earlier === 'number' ? earlier : 0) + 1;
-}
-
-// How long the broker may take to confirm a dead-letter publish or a consumer cancel before the worker
-// stops waiting: a blocked connection would otherwise hold a delivery, or the shutdown, for good.
-const BROKER_ANSWER_MS = 10_000;
 
 export function createConsumer(options: ConsumerOptions, deps: AttemptDeps, logger: Logger): Consumer {
   const state: ConsumerState = {
@@ -96,6 +74,7 @@ export function createConsumer(options: ConsumerOptions, deps: AttemptDeps, logg
     stopping: false,
     settingUp: null,
     inFlight: new Set(),
+    unhandled: createUnhandledCounts(),
   };
   return {
     setup(model, rebuild) {
@@ -121,10 +100,10 @@ interface ConsumerState {
   stopping: boolean;
   settingUp: Promise<void> | null;
   inFlight: Set<Promise<void>>;
+  unhandled: UnhandledCounts;
 }
 
-/** Publishes the message to its queue's dead-letter exchange with a reason header, then acks it. */
-async function deadLetter(
+function deadLetterOn(
   state: ConsumerState,
   ch: ConfirmChannel,
   route: QueueRoute,
@@ -132,29 +111,7 @@ async function deadLetter(
   why: DeadLetterReason,
   log: Logger,
 ): Promise<void> {
-  const reason = reasonHeader(why);
-  state.deps.metrics.deadLetters.inc({ reason: why.code, queue: route.name });
-  log.error('message dead-lettered', { reason, routingKey: msg.fields.routingKey });
-  try {
-    const confirmed = new Promise<void>((resolve, reject) => {
-      ch.publish(
-        route.deadExchange,
-        msg.fields.routingKey,
-        msg.content,
-        { ...msg.properties, headers: { ...msg.properties.headers, 'x-dead-letter-reason': reason } },
-        (err) => (err ? reject(toError(err)) : resolve()),
-      );
-    });
-    await withTimeout(confirmed, BROKER_ANSWER_MS, 'dead-letter confirm');
-    ch.ack(msg);
-  } catch (err) {
-    // The broker's own dead-lettering (queue's x-dead-letter-exchange) still keeps the message.
-    log.warn('dead-letter publish failed; rejecting to the queue dead-letter exchange', {
-      error: toError(err).message,
-    });
-    // On a channel that has closed the broker has already requeued the message.
-    if (ch === state.channel) ch.nack(msg, false, false);
-  }
+  return deadLetter(ch, () => ch === state.channel, route, msg, why, { metrics: state.deps.metrics, log });
 }
 
 /**
@@ -192,17 +149,17 @@ async function handle(
     taskId: msg.properties.headers?.['x-task-id'] as string | undefined,
   };
   const parsed = parseMessage(msg);
-  if ('code' in parsed) return deadLetter(state, ch, route, msg, parsed, state.logger.child(base));
+  if ('code' in parsed) return deadLetterOn(state, ch, route, msg, parsed, state.logger.child(base));
   const log = state.logger.child({ ...base, taskId: parsed.taskId, externalJobId });
 
   const begin = await whilePostgresDown(deps, log, () => beginAttempt(deps, parsed, externalJobId));
   deps.metrics.deliveries.inc({ outcome: begin.action === 'started' ? 'run' : begin.action, queue: route.name });
   switch (begin.action) {
     case 'dead-letter':
-      return deadLetter(state, ch, route, msg, { code: begin.reason }, log);
+      return deadLetterOn(state, ch, route, msg, { code: begin.reason }, log);
     case 'fail':
       log.error('task failed without running', { reason: begin.reason });
-      if (begin.reason === 'unknown-type') return deadLetter(state, ch, route, msg, { code: 'unknown-type' }, log);
+      if (begin.reason === 'unknown-type') return deadLetterOn(state, ch, route, msg, { code: 'unknown-type' }, log);
       return ackOrRequeue(state, ch, msg, 'ack', log);
     case 'cancel':
       log.info('task cancelled: its run had stopped after a cancel was requested', { attempt: parsed.attempt });
@@ -232,14 +189,16 @@ function startHandling(
     taskId: msg.properties.headers?.['x-task-id'] as string | undefined,
   });
   const run = handle(state, ch, tag, route, msg)
+    .then(() => state.unhandled.handled(msg))
     .catch((err: unknown) => {
       const error = toError(err).message;
-      if (!state.stopping && !isTransientDbError(err) && deliveryNumber(msg) >= UNHANDLED_DELIVERIES) {
-        return deadLetter(state, ch, route, msg, { code: 'unhandled', detail: error }, log);
+      // Not handled: an unexpected error (dead-lettered once it keeps coming), or Postgres still down
+      // when the worker stops.
+      if (!state.stopping && !isTransientDbError(err) && state.unhandled.failed(msg)) {
+        return deadLetterOn(state, ch, route, msg, { code: 'unhandled', detail: error }, log);
       }
-      // Not handled (an unexpected error, or Postgres still down when the worker stops): give the
-      // message back, after a pause so that a persistent error does not spin.
-      log.warn('delivery not handled; requeueing', { error, delivery: deliveryNumber(msg) });
+      // Given back after a pause, so that a persistent error does not spin.
+      log.warn('delivery not handled; requeueing', { error });
       return new Promise<void>((resolve) => setTimeout(resolve, 1000)).then(() =>
         ackOrRequeue(state, ch, msg, 'requeue', log),
       );

@@ -17,7 +17,7 @@ export const LOST_RUN = JSON.stringify({
 /**
  * Closes the current attempts of runs that stopped as 'lost', in the caller's transaction, which holds
  * the tasks' row locks. The one place a run is declared lost: when a delivery resumes or fails a task
- * whose run died (startAttempt, failTask), and when the sweeper does (sweepExpiredLeases).
+ * whose run died (startAttempt, failTask, cancelLostRun), and when the sweeper does (sweepExpiredLeases).
  */
 export async function closeLostAttempts(tx: Db, runs: { taskId: string; attempt: number }[]): Promise<void> {
   if (runs.length === 0) return;

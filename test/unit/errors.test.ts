@@ -1,4 +1,4 @@
-import { errorJson, toError } from '@taskbox/shared';
+import { errorJson, isDbUnavailable, toError } from '@taskbox/shared';
 
 describe('errorJson, the failure as stored in tasks.error', () => {
   it('replaces the text Postgres refuses (NUL, unpaired surrogates) and keeps a paired one', () => {
@@ -14,5 +14,21 @@ describe('errorJson, the failure as stored in tasks.error', () => {
     expect(toError(undefined).message).toBe('undefined');
     expect(toError(10n).message).toBe('10n');
     expect(toError(cycle).message).toMatch(/<ref \*1> \{ n: 1, self: \[Circular \*1\] \}/);
+  });
+});
+
+describe('isDbUnavailable, "try again later" rather than "the request is wrong"', () => {
+  const coded = (code: string) => Object.assign(new Error(code), { code });
+
+  it('counts a database host that cannot be reached, whatever the way', () => {
+    for (const code of ['ECONNREFUSED', 'ECONNRESET', 'ECONNABORTED', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH']) {
+      expect({ code, unavailable: isDbUnavailable(coded(code)) }).toEqual({ code, unavailable: true });
+    }
+  });
+
+  it('does not count a query Postgres refuses', () => {
+    for (const code of ['22P02', '23505', '42601']) {
+      expect({ code, unavailable: isDbUnavailable(coded(code)) }).toEqual({ code, unavailable: false });
+    }
   });
 });

@@ -1,0 +1,97 @@
+import type { ConfirmChannel, ConsumeMessage } from 'amqplib';
+import { toError, withTimeout, type Logger, type QueueRoute } from '@taskbox/shared';
+import type { deadLetterCodes, WorkerMetrics } from './metrics';
+
+/** Why a message goes to the dead-letter queue: a code for metrics and alerts, and what was wrong. */
+export interface DeadLetterReason {
+  code: (typeof deadLetterCodes)[number];
+  detail?: string;
+}
+
+/** The x-dead-letter-reason header: the code, then the detail. */
+const reasonHeader = (r: DeadLetterReason): string => (r.detail ? `${r.code}: ${r.detail}` : r.code);
+
+/** How long the broker may take to confirm a publish or a cancel before the worker stops waiting. */
+export const BROKER_ANSWER_MS = 10_000;
+
+/**
+ * Publishes the message to its queue's dead-letter exchange with a reason header, then acks it.
+ * `current` says whether `ch` is still the consumer's channel: on one that has closed, the broker has
+ * already requeued the message.
+ */
+export async function deadLetter(
+  ch: ConfirmChannel,
+  current: () => boolean,
+  route: QueueRoute,
+  msg: ConsumeMessage,
+  why: DeadLetterReason,
+  { metrics, log }: { metrics: WorkerMetrics; log: Logger },
+): Promise<void> {
+  const reason = reasonHeader(why);
+  metrics.deadLetters.inc({ reason: why.code, queue: route.name });
+  log.error('message dead-lettered', { reason, routingKey: msg.fields.routingKey });
+  try {
+    const confirmed = new Promise<void>((resolve, reject) => {
+      ch.publish(
+        route.deadExchange,
+        msg.fields.routingKey,
+        msg.content,
+        { ...msg.properties, headers: { ...msg.properties.headers, 'x-dead-letter-reason': reason } },
+        (err) => (err ? reject(toError(err)) : resolve()),
+      );
+    });
+    await withTimeout(confirmed, BROKER_ANSWER_MS, 'dead-letter confirm');
+    ch.ack(msg);
+  } catch (err) {
+    // The broker's own dead-lettering (queue's x-dead-letter-exchange) still keeps the message.
+    log.warn('dead-letter publish failed; rejecting to the queue dead-letter exchange', {
+      error: toError(err).message,
+    });
+    if (current()) ch.nack(msg, false, false);
+  }
+}
+
+/**
+ * The deliveries of one message in a row that may end in an unexpected error before it is
+ * dead-lettered with that error as its reason: an error that comes back five times, a second apart,
+ * is not passing, and in the dead-letter queue an operator sees it (the doctor counts dead letters) and
+ * `npm run redrive` brings it back once mended. Without this the broker's delivery limit would drop it
+ * there twenty deliveries on, with no reason. An unavailable Postgres is held, not counted
+ * (whilePostgresDown).
+ */
+export const UNHANDLED_IN_A_ROW = 5;
+
+// Past this many messages failing at once, the oldest count is forgotten: memory stays bounded, and
+// the broker's delivery limit still stops such a message.
+const COUNTS_KEPT = 10_000;
+
+/**
+ * Counts, per message, this worker's unexpected failures in a row. The broker's x-delivery-count
+ * cannot: it also counts every return at a shutdown, a reconnect or a lost lease. Kept in this process
+ * only, so a message that fails in several workers is counted in each.
+ */
+export interface UnhandledCounts {
+  /** One more failure of the message; true when that makes UNHANDLED_IN_A_ROW (its count is then dropped). */
+  failed(msg: ConsumeMessage): boolean;
+  /** A delivery of the message was handled: it starts again from none. */
+  handled(msg: ConsumeMessage): void;
+}
+
+export function createUnhandledCounts(): UnhandledCounts {
+  const counts = new Map<string, number>();
+  // The message id; a message without one (not the relay's) by its body.
+  const keyOf = (msg: ConsumeMessage): string =>
+    typeof msg.properties.messageId === 'string' ? msg.properties.messageId : `body:${msg.content.toString('base64')}`;
+  return {
+    failed(msg) {
+      const key = keyOf(msg);
+      const n = (counts.get(key) ?? 0) + 1;
+      counts.delete(key);
+      if (n >= UNHANDLED_IN_A_ROW) return true;
+      counts.set(key, n);
+      if (counts.size > COUNTS_KEPT) counts.delete(counts.keys().next().value as string);
+      return false;
+    },
+    handled: (msg) => void counts.delete(keyOf(msg)),
+  };
+}
