@@ -1,3 +1,4 @@
+import { gzipSync } from 'node:zlib';
 import { randomUUID } from 'node:crypto';
 import amqp from 'amqplib';
 import { sql } from 'kysely';
@@ -74,12 +75,19 @@ describe('api: admin bulk actions, re-drive, counts and checks', () => {
       request(api.app).post('/admin/tasks/cancel').set(ROOT).type('form').send({ dryRun: 'true' }),
       request(api.app).post('/admin/dead-letters/redrive').set(ROOT).set('content-type', 'text/plain').send(dryRun),
       request(api.app).post('/admin/tasks/cancel').set(ROOT),
+      // A JSON body that is empty once decoded, though its Content-Length is not zero.
+      request(api.app)
+        .post('/admin/tasks/cancel')
+        .set(ROOT)
+        .set({ 'content-type': 'application/json', 'content-encoding': 'gzip' })
+        .send(gzipSync(Buffer.alloc(0))),
     ];
     const answers = await Promise.all(calls);
     expect(answers.map((res) => [res.status, res.headers['content-type']])).toEqual([
       [415, expect.stringMatching(/^application\/problem\+json/)],
       [415, expect.stringMatching(/^application\/problem\+json/)],
       [415, expect.stringMatching(/^application\/problem\+json/)],
+      [400, expect.stringMatching(/^application\/problem\+json/)],
       [400, expect.stringMatching(/^application\/problem\+json/)],
     ]);
     expect(answers[3]!.body).toMatchObject({

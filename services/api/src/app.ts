@@ -10,6 +10,7 @@ import { dashboardRouter, type DashboardFiles } from './dashboard';
 import { examplePageRouter, type ExamplePage } from './example-page';
 import { createHeldRequests, type HeldKind, type HeldRequests, type LongPollLimits } from './held-requests';
 import { createListStreams } from './list-streams';
+import { jsonParser } from './json-body';
 import { openApiDocument } from './openapi';
 import { notFoundHandler, problemHandler } from './problem';
 import { adminRouter, type AdminSettings } from './routes/admin';
@@ -141,7 +142,7 @@ function useTaskRoutes(app: express.Express, deps: AppDeps, held: HeldRequests):
       timing: deps.streams.timing,
     }),
   );
-  const json = express.json({ limit: deps.bodyLimit, type: ['application/json', 'application/*+json'] });
+  const json = jsonParser(deps.bodyLimit);
   // Keyed by owner; '' stands for every owner, since no owner is empty.
   const countsOf = cachedLoader(COUNTS_REUSE_MS, (owner) => countTasks(deps.db, owner === '' ? null : owner));
   const counts = (owner: string | null) => countsOf(owner ?? '');

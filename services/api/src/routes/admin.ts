@@ -19,7 +19,8 @@ import { bulkAct, bulkStatuses, type BulkAction } from '../bulk-sql';
 import { HttpProblem } from '../problem';
 import type { SystemChecks } from '../system-checks';
 import { requireAdmin, viewer } from '../viewer';
-import { invalid, jsonBody } from './tasks';
+import { jsonBody } from '../json-body';
+import { invalid } from './tasks';
 
 export interface AdminSettings {
   /** The broker and the doctor's thresholds: re-drives and checks connect per call. */

@@ -14,6 +14,7 @@ import {
 import { findTaskType, taskTypeNames, type TaskType } from '@taskbox/tasks';
 import { decodeCursor, encodeCursor } from '../cursor';
 import { findJsonIssue } from '../json-guard';
+import { jsonBody } from '../json-body';
 import type { HeldRequests } from '../held-requests';
 import { createLongPolls, type LongPollAnswer, type LongPolls } from '../long-poll';
 import { HttpProblem } from '../problem';
@@ -44,21 +45,6 @@ export interface TasksDeps {
 export function invalid(title: string, error: z.ZodError): HttpProblem {
   const issues = error.issues.map((i) => ({ path: i.path.join('.'), message: i.message }));
   return new HttpProblem(422, title, issues.map((i) => `${i.path || '(body)'}: ${i.message}`).join('; '), { issues });
-}
-
-/**
- * The parsed body of a POST that must send JSON. express.json leaves any other body unread, so without
- * this check a bulk action's `{"dryRun": true}` sent as text/plain would run as a real one on every task.
- * An empty body (no Transfer-Encoding, no or a zero Content-Length) is a 400, not a wrong media type.
- */
-export function jsonBody(req: Request, what: string): unknown {
-  if (req.get('transfer-encoding') === undefined && Number(req.get('content-length') ?? 0) === 0) {
-    throw new HttpProblem(400, 'Missing Body', `send ${what} as an application/json body`);
-  }
-  if (!req.is(['application/json', 'application/*+json'])) {
-    throw new HttpProblem(415, 'Unsupported Media Type', `send ${what} as application/json`);
-  }
-  return req.body;
 }
 
 export function parseId(req: Request): string {
