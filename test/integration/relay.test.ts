@@ -54,10 +54,18 @@ describe('relay', () => {
   }
 
   async function startRelay(
-    options: { pollMs?: number; batchSize?: number } = {},
+    options: { pollMs?: number; batchSize?: number; publishDelayMs?: number } = {},
   ): Promise<{ loop: RelayLoop; publisher: Publisher }> {
     const publisher = createPublisher(testTopology(prefix), 5000, quietLogger);
-    const loop = createLoop(publisher, options);
+    // A broker slow to confirm, by delaying each batch on its way out.
+    const slowed: Publisher = {
+      ...publisher,
+      publishBatch: async (rows) => {
+        await sleep(options.publishDelayMs ?? 0);
+        return publisher.publishBatch(rows);
+      },
+    };
+    const loop = createLoop(slowed, options);
     const connection = await connectAmqp(amqpUrl(), quietLogger, async (model, rebuild) => {
       await publisher.setup(model, rebuild);
       loop.wake();
@@ -123,6 +131,17 @@ describe('relay', () => {
     } finally {
       await listener.stop();
     }
+  });
+
+  it('publishes a row that fell due while a drain was publishing, without waiting for the poll', async () => {
+    const { loop } = await startRelay({ pollMs: 60_000, publishDelayMs: 800 });
+    await seed(1);
+    const later = await insertTaskFixture(database.db);
+    const message = outboxMessage({ id: later, type: 'echo' }, 1, { correlationId: null });
+    // Due 300 ms from now: after the claim of the first row, before its publish is confirmed.
+    await insertOutbox(database.db, [message], 300);
+    loop.wake();
+    await waitFor('both rows published long before the 60 s poll', async () => (await unpublished()) === 0, 5000);
   });
 
   it("marks a row published at its claim's time, so a worker's start never precedes it in the timeline", async () => {

@@ -191,6 +191,10 @@ async function drainLanes(state: LoopState): Promise<number> {
   return results.reduce((sum, r) => sum + (r.status === 'fulfilled' ? r.value : 0), 0);
 }
 
+// The least wait before the next claim: a row that is due but locked (a claim of another relay still in
+// its transaction) is claimed at most this often, not in a loop.
+const MIN_IDLE_MS = 10;
+
 /** After a drain: waits until the next row falls due, at most a poll (also when that read fails). */
 async function idle(state: LoopState): Promise<void> {
   const { pollMs } = state;
@@ -198,7 +202,7 @@ async function idle(state: LoopState): Promise<void> {
   const due = await msUntilNextDue(state.db).catch(() => null);
   // A wake-up that came during the read must not wait for the timer.
   if (state.wakeRequested || state.stopping) return;
-  await waitForWake(state, due === null ? pollMs : Math.min(pollMs, Math.max(0, Math.ceil(due))));
+  await waitForWake(state, due === null ? pollMs : Math.min(pollMs, Math.max(MIN_IDLE_MS, Math.ceil(due))));
 }
 
 async function run(state: LoopState): Promise<void> {
