@@ -1,4 +1,4 @@
-import { sql } from 'kysely';
+import { CamelCasePlugin, sql } from 'kysely';
 import { enqueueTask, InvalidTaskError } from '@taskbox/tasks';
 import { startSystem, type System } from '../helpers/system';
 import { waitFor } from '../helpers/wait';
@@ -180,5 +180,16 @@ describe('enqueueTask in the caller’s transaction', () => {
     expect(again).toMatchObject({ created: false, task: { id: first.task.id } });
     await expect(enqueue({ invoice: 10 })).rejects.toThrow(/was used with a different request/);
     await waitFor('the first to run', async () => (await system.status(first.task.id)) === 'succeeded');
+  });
+
+  it('answers the same rows through a Kysely with the caller’s own plugins (CamelCasePlugin)', async () => {
+    const camel = db().withPlugin(new CamelCasePlugin());
+    const enqueue = () =>
+      camel
+        .transaction()
+        .execute((tx) => enqueueTask(tx, { type: 'echo', payload: {}, owner: 'billing', idempotencyKey: 'camel-1' }));
+    const first = await enqueue();
+    expect(first.task).toMatchObject({ max_attempts: expect.any(Number), request_hash: expect.any(String) });
+    expect(await enqueue()).toMatchObject({ created: false, task: { id: first.task.id } });
   });
 });

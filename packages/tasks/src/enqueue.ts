@@ -68,8 +68,12 @@ function isKysely(executor: Executor): executor is Kysely<Database> {
   return 'isTransaction' in executor && typeof (executor as Kysely<Database>).executeQuery === 'function';
 }
 
+/**
+ * Runs taskbox's statement in the caller's transaction, without the caller's plugins: a
+ * CamelCasePlugin, say, would rename the columns of the rows the statement answers.
+ */
 async function run<R>(executor: Executor, statement: RawBuilder<R>): Promise<R[]> {
-  if (isKysely(executor)) return (await statement.execute(executor)).rows;
+  if (isKysely(executor)) return (await statement.execute(executor.withoutPlugins())).rows;
   const { sql: text, parameters } = statement.compile(compiler);
   return (await executor.query(text, [...parameters])).rows as R[];
 }
