@@ -207,7 +207,7 @@ describe('worker writes on a large tasks table', () => {
     expect(scans).toEqual({
       started: [1, 1],
       renewed: 2,
-      finished: [true, true],
+      finished: ['succeeded', 'succeeded'],
       tasks: '0',
       attempts: '0',
       lease: '0',

@@ -336,8 +336,11 @@ describe('worker', () => {
     worker = await startWorker();
   });
 
-  it('ends a task cancelled, not retried, when its attempt fails after a cancel was requested', async () => {
-    const id = await insertTaskFixture(database.db, { type: 'flaky', payload: { failTimes: 1 } });
+  it.each([
+    ['with attempts left, not retried', 3],
+    ['on its last attempt, not failed', 1],
+  ])('ends a task cancelled %s, when its attempt fails after a cancel was requested', async (_name, maxAttempts) => {
+    const id = await insertTaskFixture(database.db, { type: 'flaky', payload: { failTimes: 1 }, maxAttempts });
     await database.db.updateTable('tasks').set({ cancel_requested_at: new Date() }).where('id', '=', id).execute();
     await publish({ taskId: id, type: 'flaky', attempt: 1 }, {}, 'flaky');
     await waitFor('cancelled', async () => (await task(id)).status === 'cancelled');

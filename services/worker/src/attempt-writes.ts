@@ -27,7 +27,7 @@ export function createAttemptWrites(db: Db, leaseMs: number, maxBatch: number): 
       if (outcome.kind === 'failed' && outcome.retryInMs !== null) {
         return finishWithRetry(db, taskId, attempt, outcome.error, outcome.retryInMs);
       }
-      return (await finishTerminal({ taskId, attempt, outcome })) ? outcome.kind : null;
+      return finishTerminal({ taskId, attempt, outcome });
     },
   };
 }

@@ -73,14 +73,17 @@ export interface TerminalFinish {
 
 /**
  * Terminal outcomes (no retry row to write) in ONE statement: each task and its attempt row change
- * together or not at all, under the same guard as finishWithRetry. Answers, per finish, whether it
- * was written. One round trip for a whole batch instead of four per attempt.
+ * together or not at all, under the same guard as finishWithRetry. Answers, per finish, the task's new
+ * status, or null when nothing was written. One round trip for a whole batch instead of four per attempt.
+ * A last attempt that failed after a cancel was requested ends the task cancelled, as a retry would
+ * (finishWithRetry): the cancel was accepted, and its run may have failed of it (a timeout that fired
+ * before the lease tick told the run of the cancel). The attempt itself stays failed.
  *
  * `locked` locks each task by primary key, in id order, under the guard: the fixed lock order keeps
  * two batches from deadlocking.
  */
-export async function finishTerminals(db: Db, finishes: TerminalFinish[]): Promise<boolean[]> {
-  const { rows } = await sql<{ id: string; attempts: number }>`${prepared('worker_finish')}
+export async function finishTerminals(db: Db, finishes: TerminalFinish[]): Promise<(TaskStatus | null)[]> {
+  const { rows } = await sql<{ id: string; attempts: number; task_status: TaskStatus }>`${prepared('worker_finish')}
     WITH locked AS (
       SELECT t.id, i.status, i.result, i.error
       FROM (
@@ -94,20 +97,21 @@ export async function finishTerminals(db: Db, finishes: TerminalFinish[]): Promi
       ) t
     ), finished AS (
       UPDATE tasks t
-      SET status = l.status, result = l.result::jsonb, error = l.error::jsonb, lease_until = NULL,
+      SET status = CASE WHEN l.status = 'failed' AND t.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE l.status END,
+          result = l.result::jsonb, error = l.error::jsonb, lease_until = NULL,
           updated_at = now(), finished_at = now(),
           progress = CASE WHEN l.status = 'succeeded' THEN 1 ELSE t.progress END, ${TASK_CHANGED_SET}
       FROM locked l
       WHERE t.id = l.id
-      RETURNING t.id, t.attempts, l.status, l.error
+      RETURNING t.id, t.attempts, t.status AS task_status, l.status, l.error
     ), attempt AS (
       UPDATE task_attempts a SET outcome = f.status, error = f.error::jsonb, finished_at = now()
       FROM finished f
       WHERE a.task_id = f.id AND a.attempt = f.attempts
     )
-    SELECT id, attempts FROM finished`.execute(db);
-  const written = new Set(rows.map((r) => `${r.id}:${r.attempts}`));
-  return finishes.map((f) => written.has(`${f.taskId}:${f.attempt}`));
+    SELECT id, attempts, task_status FROM finished`.execute(db);
+  const written = new Map(rows.map((r) => [`${r.id}:${r.attempts}`, r.task_status]));
+  return finishes.map((f) => written.get(`${f.taskId}:${f.attempt}`) ?? null);
 }
 
 /** As JSON text, cast in SQL, so that a JSON null result stays JSON null (not SQL NULL). */
