@@ -1,5 +1,5 @@
 import { sql } from 'kysely';
-import { checkPendingPublished, checkPendingUnpublished } from '@taskbox/shared';
+import { checkPendingPublished, checkPendingUnpublished, sleep } from '@taskbox/shared';
 import { taskTypeNames } from '@taskbox/tasks';
 import { republishStranded } from '../../services/relay/src/task-sql';
 import { createTestDatabase, type TestDatabase } from '../helpers/db';
@@ -186,6 +186,19 @@ describe('scheduled tasks', () => {
     expect(((await replay.json()) as View).id).toBe(((await first.json()) as View).id);
     expect((await post({ ...body, delayMs: 30_000 }, key)).status).toBe(409);
     expect((await post({ type: 'echo', payload: { at: 'replay' } }, key)).status).toBe(409);
+  });
+
+  it('replays a create whose runAt has passed since, beyond SCHEDULE_PAST_SKEW_MS, and still refuses such a runAt anew', async () => {
+    const key = { 'idempotency-key': `schedule-passed-${Date.now()}` };
+    const body = { type: 'echo', payload: { at: 'passed' }, runAt: new Date(Date.now() + 300).toISOString() };
+    const first = await post(body, key);
+    expect(first.status).toBe(202);
+    await sleep(300 + PAST_SKEW_MS + 200);
+    const replay = await post(body, key);
+    expect(replay.status).toBe(200);
+    expect(((await replay.json()) as View).id).toBe(((await first.json()) as View).id);
+    expect((await post(body, { 'idempotency-key': `${key['idempotency-key']}-new` })).status).toBe(422);
+    expect((await post(body)).status).toBe(422);
   });
 
   it('is never republished by the live reconciler while it waits for its due time', async () => {

@@ -15,9 +15,9 @@ function refuse(issues: Issue[]): never {
 }
 
 /**
- * Checks the schedule of POST /tasks against the limits, on the api's clock: a runAt a little in the
- * past (clocks differ, a request is slow) runs at once, one further back is a mistake the caller should
- * hear of; a far-future time is refused so a typo cannot park a task for years.
+ * Checks the schedule of POST /tasks against the limits, on the api's clock: a far-future time is
+ * refused so a typo cannot park a task for years. How far back a runAt may be is checked apart
+ * (refuseLongPast), since time makes a request that was accepted fail it: a replay must not.
  */
 export function parseSchedule(
   body: { runAt?: string | undefined; delayMs?: number | undefined },
@@ -38,10 +38,16 @@ export function parseSchedule(
     return { delayMs };
   }
   if (runAt === undefined) return null;
-  const at = Date.parse(runAt);
-  if (at < now - limits.pastSkewMs) {
+  if (Date.parse(runAt) > now + limits.maxAheadMs) refuse([{ path: 'runAt', message: ahead }]);
+  return { runAt };
+}
+
+/**
+ * A runAt a little in the past (clocks differ, a request is slow) runs at once; one further back is a
+ * mistake the caller should hear of.
+ */
+export function refuseLongPast(schedule: TaskSchedule, limits: ScheduleLimits, now = Date.now()): void {
+  if (schedule && 'runAt' in schedule && Date.parse(schedule.runAt) < now - limits.pastSkewMs) {
     refuse([{ path: 'runAt', message: `more than ${limits.pastSkewMs} ms in the past (SCHEDULE_PAST_SKEW_MS)` }]);
   }
-  if (at > now + limits.maxAheadMs) refuse([{ path: 'runAt', message: ahead }]);
-  return { runAt };
 }

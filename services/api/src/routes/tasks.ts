@@ -25,7 +25,7 @@ import type { countTasks } from '../bulk-sql';
 import { cancelTask } from '../cancel-sql';
 import { findTask, findTaskByIdempotencyKey, findTimeline, createTaskInserter, listTasks } from '../task-sql';
 import { retryTask } from '../retry-sql';
-import { parseSchedule, type ScheduleLimits } from '../schedule';
+import { parseSchedule, refuseLongPast, type ScheduleLimits } from '../schedule';
 import { toTaskView } from '../task-view';
 import { actor, listOwner, viewer, type Viewer } from '../viewer';
 
@@ -114,11 +114,31 @@ function parseIdempotencyKey(req: Request): string | null {
   return keyParse?.data ?? null;
 }
 
+/** A replay of an earlier request with the same key: its task, unchanged, or 409 for another request. */
+function answerReplay(res: Response, row: TaskRow | undefined, requestHash: string | null): void {
+  if (!row) throw new Error('the task of a used idempotency key vanished');
+  if (row.request_hash !== requestHash) {
+    throw new HttpProblem(409, 'Idempotency-Key Reused', 'this Idempotency-Key was used with a different request');
+  }
+  res.status(200).setHeader('Idempotent-Replayed', 'true');
+  res.location(`/tasks/${row.id}`).json(toTaskView(row));
+}
+
 function createTask(deps: TasksDeps, insertTask: (insert: TaskInsert) => Promise<Inserted>): Handler {
   const { db, logger } = deps;
   return async (req, res) => {
     const parsed = parseCreateRequest(req, deps.schedule);
     const { type, payload, maxAttempts, timeoutMs, schedule, idempotencyKey, requestHash } = parsed;
+    const owner = viewer(res).owner;
+    const earlier = () => findTaskByIdempotencyKey(db, owner, idempotencyKey as string);
+    try {
+      refuseLongPast(schedule, deps.schedule);
+    } catch (problem) {
+      // Accepted while its runAt was ahead: a replay since then still answers the task.
+      const row = idempotencyKey ? await earlier() : undefined;
+      if (row?.request_hash !== requestHash) throw problem;
+      return answerReplay(res, row, requestHash);
+    }
     const correlationId = res.locals.requestId as string;
     const task = {
       id: randomUUID(),
@@ -127,7 +147,7 @@ function createTask(deps: TasksDeps, insertTask: (insert: TaskInsert) => Promise
       maxAttempts,
       timeoutMs,
       schedule,
-      owner: viewer(res).owner,
+      owner,
       idempotencyKey,
       requestHash,
     };
@@ -135,22 +155,11 @@ function createTask(deps: TasksDeps, insertTask: (insert: TaskInsert) => Promise
       task,
       context: { correlationId, traceparent: req.get('traceparent') ?? null },
     });
-    let row: TaskRow | undefined = inserted?.task;
-    let status = 202;
-    if (inserted) {
-      const runAt = inserted.task.run_at?.toISOString();
-      logger.info('task accepted', { taskId: task.id, messageId: inserted.messageId, type, correlationId, runAt });
-    } else {
-      // The key was used before by this owner: a replay returns the original task, unchanged.
-      row = await findTaskByIdempotencyKey(db, task.owner, idempotencyKey as string);
-      if (row && row.request_hash !== requestHash) {
-        throw new HttpProblem(409, 'Idempotency-Key Reused', 'this Idempotency-Key was used with a different request');
-      }
-      status = 200;
-      res.setHeader('Idempotent-Replayed', 'true');
-    }
-    if (!row) throw new Error(`task ${task.id} vanished after insert`);
-    res.status(status).location(`/tasks/${row.id}`).json(toTaskView(row));
+    // Nothing inserted: the key was used before by this owner.
+    if (!inserted) return answerReplay(res, await earlier(), requestHash);
+    const runAt = inserted.task.run_at?.toISOString();
+    logger.info('task accepted', { taskId: task.id, messageId: inserted.messageId, type, correlationId, runAt });
+    res.status(202).location(`/tasks/${inserted.task.id}`).json(toTaskView(inserted.task));
   };
 }
 
