@@ -13,7 +13,7 @@ export interface TestDatabase {
   drop(): Promise<void>;
 }
 
-function adminUrl(): string {
+export function adminUrl(): string {
   const url = process.env.TASKBOX_TEST_ADMIN_URL;
   if (!url) throw new Error('TASKBOX_TEST_ADMIN_URL is not set: run tests through jest (global-setup.ts)');
   return url;

@@ -1,5 +1,8 @@
-import { isDbUnavailable, isTransientDbError } from '@taskbox/shared';
+import { createDb, createPool, isDbUnavailable, isTransientDbError } from '@taskbox/shared';
 import pg from 'pg';
+import request from 'supertest';
+import { startTestApi, type TestApi } from '../helpers/api';
+import { adminUrl, quietLogger } from '../helpers/db';
 import { startSystem, type System } from '../helpers/system';
 
 /**
@@ -109,5 +112,32 @@ describe('a database that holds requests', () => {
     // Filling the real queue takes 8 GB; this is the error Postgres raises then (async.c).
     const fullQueue = Object.assign(new Error('too many notifications in the NOTIFY queue'), { code: '54000' });
     expect(isDbUnavailable(fullQueue)).toBe(true);
+  });
+});
+
+describe('a database the api cannot log in to', () => {
+  let api: TestApi;
+  let missing: pg.Pool;
+
+  beforeAll(async () => {
+    // The test server, a database that does not exist: as after a typo in DATABASE_URL, or a drop.
+    const url = new URL(adminUrl());
+    url.pathname = '/taskbox_no_such_database';
+    missing = createPool(url.toString(), quietLogger, { max: 2, statementTimeoutMs: 5000 });
+    api = await startTestApi({ db: createDb(missing), pool: missing });
+  });
+  afterAll(async () => {
+    await api.close();
+    await missing.end();
+  });
+
+  it('answers 503 with Retry-After, as for any database that is unavailable, not 500', async () => {
+    const created = await request(api.app).post('/tasks').send({ type: 'echo', payload: {} });
+    const read = await request(api.app).get('/tasks/00000000-0000-4000-8000-000000000000');
+    for (const res of [created, read]) {
+      expect(res.status).toBe(503);
+      expect(res.headers['retry-after']).toMatch(/^\d+$/);
+      expect(res.headers['content-type']).toMatch(/^application\/problem\+json/);
+    }
   });
 });
