@@ -8,7 +8,7 @@ import { type Kysely, sql } from 'kysely';
 //
 // outbox_due replaces outbox_unpublished (id): the relay's claim reads unpublished rows oldest due first
 // and stops at its batch, so the rows waiting for a later time are never read (claimBatch), and its
-// first entry after now is when the relay should wake next (msUntilNextDue). One index instead of two
+// first entry after the relay's last claim is when it should claim next (msUntilNextDue). One index instead of two
 // keeps the api's insert at the same cost. The outbox holds about an hour of published rows
 // (OUTBOX_RETENTION_MS) and CREATE INDEX blocks the api's inserts while it runs: on a busy deployment,
 // create outbox_due by hand first with CREATE INDEX CONCURRENTLY (IF NOT EXISTS makes this a no-op then).

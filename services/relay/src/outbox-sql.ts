@@ -77,16 +77,19 @@ export async function claimBatch(db: Db, limit: number, leaseMs: number): Promis
 }
 
 /**
- * How long until the next unpublished row a claim could take falls due, or null when none waits: the
- * relay sleeps until then rather than a whole poll, so a scheduled task or a retry is published at its
- * time. Zero or less for a row due already: one that fell due while the drain was publishing, after
- * its last claim, and that no wake-up will announce. Leased rows are another claim's. One read of
- * outbox_due's first entry.
+ * How long until the next unpublished row falls due after `since` (the relay's last claim; now when it
+ * claimed nothing), or null when none waits: the relay sleeps until then rather than a whole poll, so a
+ * scheduled task or a retry is published at its time. Zero or less for a row that fell due after that
+ * claim, while the drain was publishing: no wake-up will announce it. Rows due before the claim were
+ * the claim's to take, so a row held by another claim is not read again and again. One read of
+ * outbox_due's first entry after `since`; leased rows are skipped.
  */
-export async function msUntilNextDue(db: Db): Promise<number | null> {
+export async function msUntilNextDue(db: Db, since: string | null): Promise<number | null> {
   const { rows } = await sql<{ ms: number | null }>`
     SELECT (extract(epoch FROM min(available_at) - now()) * 1000)::float8 AS ms
-    FROM outbox WHERE published_at IS NULL AND (locked_until IS NULL OR locked_until < now())`.execute(db);
+    FROM outbox
+    WHERE published_at IS NULL AND available_at > coalesce(${since}::timestamptz, now())
+      AND (locked_until IS NULL OR locked_until < now())`.execute(db);
   return rows[0]?.ms ?? null;
 }
 

@@ -55,6 +55,7 @@ export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
     wakeUp: null,
     publishFailing: false,
     stopController: new AbortController(),
+    lastClaimAt: null,
   };
   return {
     async start() {
@@ -82,6 +83,8 @@ interface LoopState extends RelayLoopOptions {
   wakeUp: (() => void) | null;
   publishFailing: boolean;
   stopController: AbortController;
+  /** When the drain's last claim that took rows ran (Postgres's clock), until idle() reads it. */
+  lastClaimAt: string | null;
 }
 
 /**
@@ -125,6 +128,7 @@ async function drainOnce(state: LoopState): Promise<{ claimed: number; failed: n
   const rows = await claimBatch(db, state.batchSize, state.leaseMs);
   const [first] = rows;
   if (!first) return { claimed: 0, failed: 0 };
+  state.lastClaimAt = first.claimed_at;
   const endConfirm = metrics.confirmSeconds.startTimer();
   const { published, failed } = await publisher.publishBatch(rows);
   endConfirm();
@@ -191,18 +195,19 @@ async function drainLanes(state: LoopState): Promise<number> {
   return results.reduce((sum, r) => sum + (r.status === 'fulfilled' ? r.value : 0), 0);
 }
 
-// The least wait before the next claim: a row that is due but locked (a claim of another relay still in
-// its transaction) is claimed at most this often, not in a loop.
-const MIN_IDLE_MS = 10;
-
-/** After a drain: waits until the next row falls due, at most a poll (also when that read fails). */
+/**
+ * After a drain: waits until the next row falls due, at most a poll (also when that read fails). A row
+ * that fell due after the drain's last claim, while it published, is due now: no wait.
+ */
 async function idle(state: LoopState): Promise<void> {
   const { pollMs } = state;
+  const since = state.lastClaimAt;
+  state.lastClaimAt = null;
   if (state.wakeRequested || state.stopping) return;
-  const due = await msUntilNextDue(state.db).catch(() => null);
+  const due = await msUntilNextDue(state.db, since).catch(() => null);
   // A wake-up that came during the read must not wait for the timer.
   if (state.wakeRequested || state.stopping) return;
-  await waitForWake(state, due === null ? pollMs : Math.min(pollMs, Math.max(MIN_IDLE_MS, Math.ceil(due))));
+  await waitForWake(state, due === null ? pollMs : Math.min(pollMs, Math.max(0, Math.ceil(due))));
 }
 
 async function run(state: LoopState): Promise<void> {
