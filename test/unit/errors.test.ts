@@ -26,6 +26,15 @@ describe('isDbUnavailable, "try again later" rather than "the request is wrong"'
     }
   });
 
+  it('counts a Unix socket whose file is gone (the server stopped), not any missing file', () => {
+    const socketGone = Object.assign(new Error('connect ENOENT /run/postgresql/.s.PGSQL.5432'), {
+      code: 'ENOENT',
+      syscall: 'connect',
+    });
+    expect(isDbUnavailable(socketGone)).toBe(true);
+    expect(isDbUnavailable(Object.assign(new Error('open'), { code: 'ENOENT', syscall: 'open' }))).toBe(false);
+  });
+
   it('does not count a query Postgres refuses', () => {
     for (const code of ['22P02', '23505', '42601']) {
       expect({ code, unavailable: isDbUnavailable(coded(code)) }).toEqual({ code, unavailable: false });

@@ -1,4 +1,5 @@
 import type { ConsumeMessage } from 'amqplib';
+import { DELIVERY_LIMIT } from '@taskbox/shared';
 import { createUnhandledCounts, UNHANDLED_IN_A_ROW } from '../../services/worker/src/dead-letters';
 
 // Only what the counts read of a delivery: its message id, else its body.
@@ -20,6 +21,17 @@ describe("the worker's count of a message's unexpected failures in a row", () =>
     expect(counts.failed(delivery('m-1'))).toBe(false);
     for (let i = 0; i < UNHANDLED_IN_A_ROW - 2; i++) expect(counts.failed(delivery('m-2'))).toBe(false);
     expect(counts.failed(delivery('m-2'))).toBe(true);
+  });
+
+  it('says dead-letter at once when the return would reach the queue’s delivery limit, with a reason', () => {
+    const counts = createUnhandledCounts();
+    const returned = (n: number) =>
+      ({
+        properties: { messageId: 'm-3', headers: { 'x-delivery-count': n } },
+        content: Buffer.from('{}'),
+      }) as unknown as ConsumeMessage;
+    expect(counts.failed(returned(DELIVERY_LIMIT - 2))).toBe(false);
+    expect(counts.failed(returned(DELIVERY_LIMIT - 1))).toBe(true);
   });
 
   it('tells messages without an id apart by their body', () => {

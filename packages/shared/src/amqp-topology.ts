@@ -105,7 +105,7 @@ export function queueOfType(topology: AmqpTopology, type: string): QueueRoute | 
 // from Postgres. The worker requeues a message only at shutdown, on an unexpected error (while Postgres
 // is down it holds the delivery), or when its run lost the task (recordOutcome, attempts.ts), so
 // retries do not use up this limit.
-const DELIVERY_LIMIT = 20;
+export const DELIVERY_LIMIT = 20;
 
 /**
  * Declares the topology; idempotent, so the relay and the worker both run it on every (re)connect.

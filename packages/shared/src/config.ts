@@ -72,7 +72,11 @@ const workerQueues = z
 /** Every environment variable taskbox reads, with its default. main.ts of each service is the only caller. */
 export const configSchema = z.object({
   DATABASE_URL: z
-    .url({ protocol: /^(postgres(ql)?|socket)$/, error: 'a postgres://, postgresql:// or socket: URL' })
+    .url({
+      protocol: /^postgres(ql)?$/,
+      error:
+        'a postgres:// or postgresql:// URL (for a Unix socket: postgres://user@localhost/taskbox?host=/var/run/postgresql)',
+    })
     .default('postgres://postgres@127.0.0.1:5432/taskbox'),
   AMQP_URL: z
     .url({ protocol: /^amqps?$/, error: 'an amqp:// or amqps:// URL' })
@@ -220,11 +224,12 @@ export function amqpUrls(config: Pick<Config, 'AMQP_URL' | 'AMQP_URLS'>): string
   return config.AMQP_URLS ?? [config.AMQP_URL];
 }
 
-/** The URL with its password replaced, for logs. */
+/** The URL with its password replaced, for logs (also one given as ?password=, as pg takes it). */
 export function redactUrl(url: string): string {
   try {
     const u = new URL(url);
     if (u.password) u.password = '***';
+    if (u.searchParams.has('password')) u.searchParams.set('password', '***');
     return u.toString();
   } catch {
     return '<unparseable url>';

@@ -98,6 +98,8 @@ export function isDbUnavailable(value: unknown): boolean {
     if (unavailablePgCodes.has(code) || unavailableNodeCodes.has(code)) return true;
     if (code.length === 5 && unavailablePgClasses.has(code.slice(0, 2))) return true;
     if (code === '54000' && /notification/i.test(value.message)) return true;
+    // A Unix socket whose file is gone: the server stopped.
+    if (code === 'ENOENT' && (value as { syscall?: unknown }).syscall === 'connect') return true;
   }
   return unavailableMessage.test(value.message);
 }

@@ -139,7 +139,8 @@ function taskPaths(common: Record<string, JsonObject>): JsonObject {
           ),
           '422': problem(
             `unknown type, invalid payload, a NUL or unpaired surrogate in any string, JSON nested deeper than ${MAX_JSON_DEPTH}, ` +
-              'or a schedule refused: runAt with delayMs, a runAt further back than SCHEDULE_PAST_SKEW_MS, or a due time ' +
+              'or a schedule refused: runAt with delayMs, a runAt further back than SCHEDULE_PAST_SKEW_MS (unless the ' +
+              'request replays a create accepted earlier), or a due time ' +
               'beyond SCHEDULE_MAX_AHEAD_MS',
           ),
         },

@@ -1,5 +1,5 @@
 import type { ConfirmChannel, ConsumeMessage } from 'amqplib';
-import { toError, withTimeout, type Logger, type QueueRoute } from '@taskbox/shared';
+import { DELIVERY_LIMIT, toError, withTimeout, type Logger, type QueueRoute } from '@taskbox/shared';
 import type { deadLetterCodes, WorkerMetrics } from './metrics';
 
 /** Why a message goes to the dead-letter queue: a code for metrics and alerts, and what was wrong. */
@@ -71,7 +71,11 @@ const COUNTS_KEPT = 10_000;
  * only, so a message that fails in several workers is counted in each.
  */
 export interface UnhandledCounts {
-  /** One more failure of the message; true when that makes UNHANDLED_IN_A_ROW (its count is then dropped). */
+  /**
+   * One more failure of the message; true when that makes UNHANDLED_IN_A_ROW (its count is then
+   * dropped), or when its return would reach the queue's delivery limit, where the broker would
+   * dead-letter it without a reason (counted in several workers, it may never reach five in one).
+   */
   failed(msg: ConsumeMessage): boolean;
   /** A delivery of the message was handled: it starts again from none. */
   handled(msg: ConsumeMessage): void;
@@ -84,6 +88,8 @@ export function createUnhandledCounts(): UnhandledCounts {
     typeof msg.properties.messageId === 'string' ? msg.properties.messageId : `body:${msg.content.toString('base64')}`;
   return {
     failed(msg) {
+      const returned: unknown = msg.properties.headers?.['x-delivery-count'];
+      if (typeof returned === 'number' && returned + 1 >= DELIVERY_LIMIT) return true;
       const key = keyOf(msg);
       const n = (counts.get(key) ?? 0) + 1;
       counts.delete(key);
