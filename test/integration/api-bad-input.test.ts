@@ -30,6 +30,10 @@ describe('api: input Postgres would reject is the client’s fault (4xx), never 
     ['a NUL in a payload string', '{"type":"echo","payload":"a\\u0000b"}'],
     ['a NUL in a payload key', '{"type":"echo","payload":{"k\\u0000":1}}'],
     ['an unpaired surrogate in a payload string', '{"type":"echo","payload":["\\ud800"]}'],
+    [
+      'a payload key named __proto__, which validation would drop',
+      '{"type":"echo","payload":{"a":{"__proto__":{"x":1}}}}',
+    ],
     ['a payload nested 2,000 deep', `{"type":"echo","payload":${nested(2000)}}`],
     ['a payload nested 8,000 deep (just under the body limit)', `{"type":"echo","payload":${nested(8000)}}`],
   ])('refuses %s with 422 problem+json and creates nothing', async (_what, raw) => {

@@ -17,7 +17,7 @@ export interface JsonIssue {
   message: string;
 }
 
-/** The first string or key Postgres cannot store, or the first value nested too deep, if any. */
+/** The first string or key Postgres cannot store or zod would drop, or the first value nested too deep, if any. */
 export function findJsonIssue(body: unknown): JsonIssue | undefined {
   const stack: { value: unknown; path: string[] }[] = [{ value: body, path: [] }];
   for (let next = stack.pop(); next; next = stack.pop()) {
@@ -32,6 +32,8 @@ export function findJsonIssue(body: unknown): JsonIssue | undefined {
     }
     for (const [key, child] of Object.entries(value)) {
       if (!isStorableText(key)) return { path: path.join('.'), message: `keys ${UNSTORABLE_TEXT}` };
+      // zod drops such a key (a guard against prototype pollution): refused, rather than stored without it.
+      if (key === '__proto__') return { path: path.join('.'), message: 'must not have a key named __proto__' };
       stack.push({ value: child, path: [...path, key] });
     }
   }

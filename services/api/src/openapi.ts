@@ -138,7 +138,7 @@ function taskPaths(common: Record<string, JsonObject>): JsonObject {
             'the database is unavailable, read-only, locked or overloaded, or too many inserts wait already; nothing was written',
           ),
           '422': problem(
-            `unknown type, invalid payload, a NUL or unpaired surrogate in any string, JSON nested deeper than ${MAX_JSON_DEPTH}, ` +
+            `unknown type, invalid payload, a NUL or unpaired surrogate in any string, a key named __proto__, JSON nested deeper than ${MAX_JSON_DEPTH}, ` +
               'or a schedule refused: runAt with delayMs, a runAt further back than SCHEDULE_PAST_SKEW_MS (unless the ' +
               'request replays a create accepted earlier), or a due time ' +
               'beyond SCHEDULE_MAX_AHEAD_MS',

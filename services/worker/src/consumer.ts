@@ -103,6 +103,7 @@ interface ConsumerState {
   unhandled: UnhandledCounts;
 }
 
+/** deadLetter on the channel that delivered the message, while it is still this consumer's. */
 function deadLetterOn(
   state: ConsumerState,
   ch: ConfirmChannel,
