@@ -12,22 +12,39 @@ export function createMigrator(db: Db): Migrator {
   return new Migrator({ db, provider: new FileMigrationProvider({ fs, path, migrationFolder: migrationsDir }) });
 }
 
-/** Creates the database named in `url` when it does not exist, connecting to the `postgres` database. */
+/** Whether the database of `url` exists: a connection to it succeeds, or fails with 3D000. */
+async function databaseExists(url: string): Promise<boolean> {
+  const client = new pg.Client({ connectionString: url });
+  try {
+    await client.connect();
+    return true;
+  } catch (err) {
+    if (errorCode(err) === '3D000') return false;
+    throw err;
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+/**
+ * Creates the database named in `url` when it does not exist, connecting to the `postgres` database
+ * for that only: a role may be refused there and still migrate a database that exists.
+ */
 export async function createDatabaseIfMissing(url: string): Promise<boolean> {
-  const target = new URL(url);
-  const name = decodeURIComponent(target.pathname.slice(1));
+  const name = decodeURIComponent(new URL(url).pathname.slice(1));
+  if (!name) throw new Error('DATABASE_URL names no database: add one to its path, as in /taskbox');
+  if (await databaseExists(url)) return false;
   const admin = new URL(url);
   admin.pathname = '/postgres';
   const client = new pg.Client({ connectionString: admin.toString() });
   await client.connect();
   try {
-    const found = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [name]);
-    if (found.rowCount) return false;
     await client.query(`CREATE DATABASE ${client.escapeIdentifier(name)}`);
     return true;
   } catch (err) {
-    // Two processes racing to create it: the loser sees duplicate_database, which is fine.
-    if (errorCode(err) === '42P04') return false;
+    // Processes racing to create it: a loser sees duplicate_database, or a unique violation on
+    // pg_database's name when both inserted at once. Either way it exists now.
+    if (errorCode(err) === '42P04' || errorCode(err) === '23505') return false;
     throw err;
   } finally {
     await client.end();
