@@ -1,3 +1,7 @@
+import { createDb, createPool } from '@taskbox/shared';
+import { createRelayMetrics } from '../../services/relay/src/metrics';
+import { createWorkerMetrics } from '../../services/worker/src/metrics';
+import { adminUrl, quietLogger } from '../helpers/db';
 import { sample, scrape, type Sample } from '../helpers/metrics';
 import { startStack, type Stack } from '../helpers/stack';
 import { waitFor } from '../helpers/wait';
@@ -84,5 +88,22 @@ describe('health and metrics of api, relay and worker', () => {
 
   it('stops api, relay and worker with exit code 0', async () => {
     expect(await stack.stop()).toEqual([0, 0, 0]);
+  });
+});
+
+describe('metrics while Postgres is unreachable', () => {
+  it('still answer every counter of the relay and the worker, rather than failing the scrape', async () => {
+    const url = new URL(adminUrl());
+    url.pathname = '/taskbox_no_such_database';
+    const pool = createPool(url.toString(), quietLogger, { max: 1, statementTimeoutMs: 2000 });
+    const db = createDb(pool);
+    try {
+      const relay = await createRelayMetrics(db, ['tasks'], { processMetrics: false }).registry.metrics();
+      const worker = await createWorkerMetrics(db, ['tasks'], { processMetrics: false }).registry.metrics();
+      expect(relay).toMatch(/^relay_published_total\b/m);
+      expect(worker).toMatch(/^worker_dead_letters_total\b/m);
+    } finally {
+      await pool.end();
+    }
   });
 });

@@ -31,7 +31,9 @@ export function createRelayMetrics(db: Db, queues: string[], { processMetrics = 
     help: 'Unpublished outbox rows',
     registers,
     async collect() {
-      const b = await outboxBacklog(db);
+      // Postgres down: the last values stand, and the rest of the scrape still answers (/readyz says why).
+      const b = await outboxBacklog(db).catch(() => null);
+      if (!b) return;
       this.set(b.count);
       oldest.set(b.oldestAgeSeconds);
     },

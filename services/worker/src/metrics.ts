@@ -89,7 +89,9 @@ function tasksByStatusGauge(db: Db, registers: Registry[]): void {
     labelNames: ['status'],
     registers,
     async collect() {
-      const counts = await countsCache();
+      // Postgres down: the last counts stand, and the rest of the scrape still answers (/readyz says why).
+      const counts = await countsCache().catch(() => null);
+      if (!counts) return;
       // Every status, zeros included, so a dashboard or alert never sees a series vanish.
       for (const status of taskStatuses) this.set({ status }, counts.get(status) ?? 0);
     },
