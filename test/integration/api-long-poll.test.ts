@@ -85,6 +85,17 @@ describe('api: GET /tasks/{id}?wait= long-polls, woken by Postgres NOTIFY', () =
     expect(ms).toBeLessThan(10_000);
   });
 
+  it('takes a task id in upper case as the same task: a wait on it wakes, and a cancel through it wakes others', async () => {
+    const id = await insertTaskFixture(api.database.db);
+    const waits = [poll(id, 30), poll(id.toUpperCase(), 30)];
+    await waitFor('both long polls to be registered', () => api.events.waiting() === 2);
+    expect((await fetch(`${base}/tasks/${id.toUpperCase()}/cancel`, { method: 'POST' })).status).toBe(200);
+    for (const { view, ms } of await Promise.all(waits)) {
+      expect(view).toMatchObject({ id, status: 'cancelled' });
+      expect(ms).toBeLessThan(10_000);
+    }
+  });
+
   it('stops waiting when the client goes away', async () => {
     const id = await insertTaskFixture(api.database.db);
     const client = new AbortController();

@@ -40,7 +40,9 @@ function streamAuth(tokens: StreamTokens, bearer: RequestHandler): RequestHandle
       const detail = 'the stream token is invalid or expired; POST .../stream-token for a new one';
       throw new HttpProblem(401, 'Invalid Stream Token', detail);
     }
-    const task = req.params.id;
+    // A task's token names its id as parseId gives it, in lower case.
+    const id = req.params.id;
+    const task = typeof id === 'string' ? id.toLowerCase() : undefined;
     if (scope.task !== null && task === undefined) {
       throw new HttpProblem(401, 'Invalid Stream Token', "a task's stream token opens that task's stream only");
     }

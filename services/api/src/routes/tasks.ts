@@ -50,7 +50,8 @@ export function invalid(title: string, error: z.ZodError): HttpProblem {
 export function parseId(req: Request): string {
   const parsed = idSchema.safeParse(req.params.id);
   if (!parsed.success) throw new HttpProblem(400, 'Invalid Task Id', 'the task id must be a UUID');
-  return parsed.data;
+  // As Postgres writes it, so that waiters and NOTIFY payloads (task-events.ts) name a task one way.
+  return parsed.data.toLowerCase();
 }
 
 export function badQuery(error: z.ZodError): HttpProblem {
