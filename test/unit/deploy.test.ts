@@ -108,6 +108,11 @@ describe('deploy/ (Kubernetes manifests)', () => {
     }
   });
 
+  it('gives the api what its dashboard and its replicas need: the broker, one stream token key, the admin claim', () => {
+    const names = (onlyContainer(find('Deployment', 'taskbox-api')).env ?? []).map((e) => e.name);
+    expect(names).toEqual(expect.arrayContaining(['AMQP_URLS', 'STREAM_TOKEN_SECRET', 'AUTH_JWT_ADMIN_CLAIM']));
+  });
+
   it('gives every pod longer to stop than its preStop pause plus SHUTDOWN_TIMEOUT_MS', () => {
     for (const m of deployments) {
       const container = onlyContainer(m);
