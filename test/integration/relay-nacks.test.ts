@@ -56,6 +56,7 @@ describe('relay and a broker that nacks', () => {
     const taskId = await insertTaskFixture(database.db, { withOutbox: true });
     loop.start();
 
+    await waitFor('not ready while the broker refuses every publish', () => !publisher.ready());
     await waitFor('a new channel after the nacks', () => setups >= 2);
     const row = () =>
       database.db.selectFrom('outbox').selectAll().where('task_id', '=', taskId).executeTakeFirstOrThrow();
@@ -68,5 +69,6 @@ describe('relay and a broker that nacks', () => {
 
     await ch.deleteQueue(full);
     await waitFor('the row published', async () => (await row()).published_at !== null, 30_000);
+    expect(publisher.ready()).toBe(true);
   }, 60_000);
 });

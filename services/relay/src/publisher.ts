@@ -68,13 +68,14 @@ export function createPublisher(topology: AmqpTopology, confirmTimeoutMs: number
     rebuildChannel: () => undefined,
     unroutableSince: null,
     nackedSince: null,
+    refusing: false,
     blocked: false,
     unknownTypes: new Set<string>(),
   };
   return {
     setup: (m, rebuild) => setupChannel(state, m, rebuild),
     connected: () => state.channel !== null && !state.blocked,
-    ready: () => state.channel !== null && !state.blocked && state.unroutableSince === null,
+    ready: () => state.channel !== null && !state.blocked && state.unroutableSince === null && !state.refusing,
     readyMessages: () => readyMessages(state),
     publishBatch: (rows) => publishBatch(state, rows),
   };
@@ -89,8 +90,13 @@ interface PublisherState {
   rebuildChannel: (reason: string) => void;
   // Since when every batch has had a message returned as unroutable; null while they route.
   unroutableSince: number | null;
-  // Since when the broker has nacked every publish; null while it confirms some.
+  // Since when the broker has nacked every publish; null while it confirms some. A new channel starts it
+  // again, so that it times the next rebuild.
   nackedSince: number | null;
+  // The last batch was all nacked (a full queue that rejects publishes, a quorum queue without a
+  // majority): /readyz is 503 until the broker confirms a publish again, through rebuilds too. The
+  // relay retries those rows with backoff, so the next confirm settles it.
+  refusing: boolean;
   // The broker blocked the connection (a memory or disk alarm): publishes would wait for the alarm.
   blocked: boolean;
   // Types returned as unroutable because no queue of this relay's topology takes them: warned once each.
@@ -159,7 +165,8 @@ function noteReturns(state: PublisherState, returnedKeys: string[], routed: numb
 }
 
 function noteNacks(state: PublisherState, nacked: number, confirmed: number): void {
-  if (nacked === 0 || confirmed > 0) {
+  state.refusing = nacked > 0 && confirmed === 0;
+  if (!state.refusing) {
     state.nackedSince = null;
     return;
   }
