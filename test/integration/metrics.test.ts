@@ -63,9 +63,20 @@ describe('health and metrics of api, relay and worker', () => {
       return sample(worker, 'tasks_by_status', { status: 'succeeded' }) === 4;
     });
 
+    // Errors too are labelled with the route as clients call it.
+    const invalid = await fetch(`${stack.urls.api}/tasks`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ type: 'nope' }),
+    });
+    expect(invalid.status).toBe(422);
+    expect((await fetch(`${stack.urls.api}/tasks/00000000-0000-4000-8000-000000000000`)).status).toBe(404);
+
     const api = await scrape(stack.urls.api);
     const post202 = { method: 'POST', route: '/tasks', status: '202' };
     expect(sample(api, 'http_requests_total', post202)).toBe(4);
+    expect(sample(api, 'http_requests_total', { method: 'POST', route: '/tasks', status: '422' })).toBe(1);
+    expect(sample(api, 'http_requests_total', { method: 'GET', route: '/tasks/:id', status: '404' })).toBe(1);
     expect(sample(api, 'http_request_duration_seconds_count', post202)).toBe(4);
 
     const relay = await scrape(stack.urls.relay);

@@ -99,8 +99,10 @@ function httpMetrics(registry: Registry): RequestHandler {
   return (req, res, next) => {
     const end = duration.startTimer();
     res.on('finish', () => {
-      // A router's root route is "/tasks/" by concatenation; label it as clients call it.
-      const route = req.route ? `${req.baseUrl}${String(req.route.path)}`.replace(/(.)\/$/, '$1') : 'unmatched';
+      // The mount as noted on the way in (an error leaves its router with req.baseUrl reset). A router's
+      // root route is "/tasks/" by concatenation; label it as clients call it.
+      const mount = typeof res.locals.mount === 'string' ? res.locals.mount : req.baseUrl;
+      const route = req.route ? `${mount}${String(req.route.path)}`.replace(/(.)\/$/, '$1') : 'unmatched';
       const labels = { method: req.method, route, status: String(res.statusCode) };
       requests.inc(labels);
       end(labels);
@@ -108,6 +110,12 @@ function httpMetrics(registry: Registry): RequestHandler {
     next();
   };
 }
+
+/** Notes a router's mount for httpMetrics, which labels a response by its route after the router is done. */
+const noteMount: RequestHandler = (req, res, next) => {
+  res.locals.mount = req.baseUrl;
+  next();
+};
 
 function heldGauges(registry: Registry, held: HeldRequests): void {
   const gauges: [string, string, HeldKind][] = [
@@ -134,6 +142,7 @@ function useTaskRoutes(app: express.Express, deps: AppDeps, held: HeldRequests):
   });
   app.use(
     '/tasks',
+    noteMount,
     streamsRouter({
       ...deps,
       held,
@@ -146,9 +155,9 @@ function useTaskRoutes(app: express.Express, deps: AppDeps, held: HeldRequests):
   // Keyed by owner; '' stands for every owner, since no owner is empty.
   const countsOf = cachedLoader(COUNTS_REUSE_MS, (owner) => countTasks(deps.db, owner === '' ? null : owner));
   const counts = (owner: string | null) => countsOf(owner ?? '');
-  app.use('/tasks', authenticate(deps.auth), json, tasksRouter({ ...deps, held, counts }));
+  app.use('/tasks', noteMount, authenticate(deps.auth), json, tasksRouter({ ...deps, held, counts }));
   const checks = createSystemChecks(deps.admin.doctor, deps.pool, deps.db);
-  app.use('/admin', authenticate(deps.auth), json, adminRouter({ ...deps, settings: deps.admin, checks }));
+  app.use('/admin', noteMount, authenticate(deps.auth), json, adminRouter({ ...deps, settings: deps.admin, checks }));
 }
 
 /** Builds the api; main.ts listens on it, tests use port 0. */
