@@ -93,6 +93,29 @@ describe('the dashboard in headless Chromium, served by the api', () => {
     await page.close();
   });
 
+  it('retries in bulk as many tasks as its dry run offered, oldest first, not those that failed since', async () => {
+    const fail = () => submit('alice', { type: 'flaky', payload: { failTimes: 1 }, maxAttempts: 1 });
+    const counted = [await fail(), await fail()];
+    await waitFor('two failed', async () => (await Promise.all(counted.map(status))).every((s) => s === 'failed'));
+    const page = await signIn('ops');
+    await page.selectOption('#filter-status', 'failed');
+    await page.fill('#filter-owner', 'alice');
+    await page.click('#filters button[type=submit]');
+    await page.click('#bulk-retry');
+    await page.waitForFunction(() =>
+      document.getElementById('bulk-question')?.textContent?.includes('retry 2 of them'),
+    );
+    const later = await fail();
+    await waitFor('the later one failed', async () => (await status(later)) === 'failed');
+    await page.click('#bulk-go');
+    await page.waitForFunction(() => document.getElementById('message')?.textContent === 'Retried 2 of 3.');
+    const retried = await stack.database.db.selectFrom('task_retries').select('task_id').execute();
+    expect(retried.map((r) => r.task_id).sort()).toEqual(expect.arrayContaining([...counted].sort()));
+    expect(retried.map((r) => r.task_id)).not.toContain(later);
+    expect(browser.problems).toEqual([]);
+    await page.close();
+  });
+
   it('is served under a strict Content-Security-Policy, with no inline script or other origin allowed', async () => {
     const res = await fetch(`${stack.urls.api}/dashboard/`);
     expect(res.status).toBe(200);

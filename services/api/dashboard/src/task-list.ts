@@ -78,22 +78,28 @@ export function createTaskList(me: Me, filterChanged: () => void): TaskList {
 
 /** Bulk retry and cancel on the list's filter: a dry run counts first, then Confirm acts. */
 function setUpBulk(filter: () => BulkFilter, after: () => void): void {
-  // The action and the very filter its dry run counted: Confirm acts on that, whatever the form says now.
-  let pending: { action: 'retry' | 'cancel'; filter: BulkFilter } | null = null;
+  // The action, the very filter its dry run counted and how many it offered: Confirm acts on that
+  // many, oldest first, whatever the form says now or the tasks created since.
+  let pending: { action: 'retry' | 'cancel'; filter: BulkFilter; limit: number } | null = null;
   const confirm = byId('bulk-confirm');
   const ask = async (action: 'retry' | 'cancel'): Promise<void> => {
     const counted = { ...filter() };
     const dry = await call<BulkResult>('POST', `/admin/tasks/${action}`, { filter: counted, dryRun: true });
-    pending = { action, filter: counted };
     const which = action === 'retry' ? 'failed or cancelled' : 'pending or processing';
-    byId('bulk-question').textContent =
-      `${dry.matched} ${which} tasks match; ${action} ${Math.min(dry.matched, dry.limit)} of them?`;
+    const limit = Math.min(dry.matched, dry.limit);
+    if (limit === 0) {
+      showMessage(`No ${which} tasks match.`, false);
+      return;
+    }
+    pending = { action, filter: counted, limit };
+    byId('bulk-question').textContent = `${dry.matched} ${which} tasks match; ${action} ${limit} of them?`;
     confirm.hidden = false;
   };
   const go = async (): Promise<void> => {
     if (!pending) return;
-    const done = await call<BulkResult>('POST', `/admin/tasks/${pending.action}`, { filter: pending.filter });
-    showMessage(`${pending.action === 'retry' ? 'Retried' : 'Cancelled'} ${done.acted} of ${done.matched}.`, false);
+    const { action, filter: counted, limit } = pending;
+    const done = await call<BulkResult>('POST', `/admin/tasks/${action}`, { filter: counted, limit });
+    showMessage(`${action === 'retry' ? 'Retried' : 'Cancelled'} ${done.acted} of ${done.matched}.`, false);
     pending = null;
     confirm.hidden = true;
     after();
