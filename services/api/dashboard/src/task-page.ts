@@ -85,11 +85,16 @@ export function openTaskPage(id: string): TaskPage {
     if (done.error && done.error.kind !== 'aborted') showMessage(`${done.error.title}: ${done.error.detail ?? ''}`);
   };
   const act = (action: 'retry' | 'cancel') => async (): Promise<void> => {
+    // Off until the answer: a double click sends one request, not a second one refused with 409.
+    const button = byId<HTMLButtonElement>(`task-${action}`);
+    button.disabled = true;
     try {
       render(await call<TaskView>('POST', `/tasks/${id}/${action}`));
+      showMessage('');
       // A retried task is live again; a cancelled one's stream brings its end.
       if (action === 'retry') void watch();
     } catch (err) {
+      button.disabled = false;
       showMessage(String(err));
     }
   };
