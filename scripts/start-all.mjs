@@ -1,5 +1,6 @@
 // `npm start` for a laptop: api, relay and worker as three processes, each line prefixed with its name.
 // Stops all three when one exits or on Ctrl-C / SIGTERM, with one SIGTERM each: a graceful drain.
+// Exits 1 when any of them did not exit 0 (one that crashed, or would not stop at the first signal).
 //
 // Each service runs in a process group of its own (detached), so the terminal's Ctrl-C, which goes to
 // the whole foreground group, reaches only this script. Had the services received it too, the SIGTERM
@@ -18,6 +19,7 @@ const children = services.map((name) => {
   }
   child.on('exit', (code, signal) => {
     console.log(`[${name.padEnd(6)}] exited (${signal ?? code})`);
+    if (code !== 0) process.exitCode = 1;
     if (!stopping) onSignal();
   });
   return child;

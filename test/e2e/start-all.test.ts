@@ -20,8 +20,8 @@ describe('npm start on a laptop', () => {
     await deleteTopology(prefix);
   });
 
-  it('drains every service once and exits 0 on Ctrl-C, which the terminal sends to the whole process group', async () => {
-    // Detached: its own process group, which the test signals as a terminal does.
+  /** scripts/start-all.mjs, detached: its own process group, which a test signals as a terminal does. */
+  function startAll(env: Record<string, string> = {}) {
     const child = spawn(process.execPath, [path.join(root, 'scripts/start-all.mjs')], {
       cwd: root,
       detached: true,
@@ -33,11 +33,23 @@ describe('npm start on a laptop', () => {
         AMQP_PREFIX: prefix,
         PORT: '0',
         HEALTH_PORT: '0',
+        ...env,
       },
     });
     const lines: string[] = [];
     readline.createInterface({ input: child.stdout! }).on('line', (line) => lines.push(line));
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    return { child, lines, exited };
+  }
+
+  it('exits 1 when a service cannot start, after stopping the others', async () => {
+    const { lines, exited } = startAll({ PORT: 'not-a-port' });
+    expect(await exited).toBe(1);
+    expect(lines.some((l) => /^\[\w+ *\] exited \(1\)$/.test(l))).toBe(true);
+  }, 60_000);
+
+  it('drains every service once and exits 0 on Ctrl-C, which the terminal sends to the whole process group', async () => {
+    const { child, lines, exited } = startAll();
     await waitFor(
       'all three started',
       () =>
