@@ -90,12 +90,10 @@ interface PublisherState {
   rebuildChannel: (reason: string) => void;
   // Since when every batch has had a message returned as unroutable; null while they route.
   unroutableSince: number | null;
-  // Since when the broker has nacked every publish; null while it confirms some. A new channel starts it
-  // again, so that it times the next rebuild.
+  // Since when the broker has nacked every publish, timing the next rebuild; a new channel starts it again.
   nackedSince: number | null;
-  // The last batch was all nacked (a full queue that rejects publishes, a quorum queue without a
-  // majority): /readyz is 503 until the broker confirms a publish again, through rebuilds too. The
-  // relay retries those rows with backoff, so the next confirm settles it.
+  // The last batch was all nacked: /readyz is 503, through rebuilds too, until the broker confirms a
+  // publish again (the relay retries those rows with backoff, so one comes).
   refusing: boolean;
   // The broker blocked the connection (a memory or disk alarm): publishes would wait for the alarm.
   blocked: boolean;

@@ -2,10 +2,11 @@ import { sql } from 'kysely';
 import {
   errorJson,
   insertOutbox,
-  outboxMessage,
+  nextAttemptMessage,
   prepared,
   TASK_CHANGED_SET,
   type Db,
+  type TaskRowForMessage,
   type TaskStatus,
 } from '@taskbox/shared';
 
@@ -33,18 +34,13 @@ export async function finishWithRetry(
 ): Promise<TaskStatus | null> {
   const error = JSON.stringify(errorJson(failure));
   return db.transaction().execute(async (tx) => {
-    const { rows } = await sql<{
-      type: string;
-      status: TaskStatus;
-      correlation_id: string | null;
-      traceparent: string | null;
-    }>`
+    const { rows } = await sql<TaskRowForMessage & { status: TaskStatus }>`
       UPDATE tasks
       SET status = CASE WHEN cancel_requested_at IS NULL THEN 'pending' ELSE 'cancelled' END,
           finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END,
           result = NULL, error = ${error}::jsonb, lease_until = NULL, updated_at = now(), ${TASK_CHANGED_SET}
       WHERE id = ${taskId} AND status = 'processing' AND attempts = ${attempt}
-      RETURNING type, status, correlation_id, traceparent`.execute(tx);
+      RETURNING id, type, attempts, status, correlation_id, traceparent`.execute(tx);
     const updated = rows[0];
     if (!updated) return null;
     await tx
@@ -53,13 +49,7 @@ export async function finishWithRetry(
       .where('task_id', '=', taskId)
       .where('attempt', '=', attempt)
       .execute();
-    if (updated.status === 'pending') {
-      const message = outboxMessage({ id: taskId, type: updated.type }, attempt + 1, {
-        correlationId: updated.correlation_id,
-        traceparent: updated.traceparent,
-      });
-      await insertOutbox(tx, [message], retryInMs);
-    }
+    if (updated.status === 'pending') await insertOutbox(tx, [nextAttemptMessage(updated)], retryInMs);
     return updated.status;
   });
 }
