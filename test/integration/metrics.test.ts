@@ -1,4 +1,4 @@
-import { createDb, createPool } from '@taskbox/shared';
+import { createDb, createPool, shippedMigrations } from '@taskbox/shared';
 import { createRelayMetrics } from '../../services/relay/src/metrics';
 import { createWorkerMetrics } from '../../services/worker/src/metrics';
 import { adminUrl, quietLogger } from '../helpers/db';
@@ -26,6 +26,35 @@ describe('health and metrics of api, relay and worker', () => {
       });
       const expected = name === 'api' ? { postgres: true } : { postgres: true, rabbitmq: true };
       expect(ready.checks).toEqual(expected);
+    }
+  });
+
+  it('answers /readyz 503 in each service while a migration of its build is not applied, naming it in a log line', async () => {
+    const { pool } = stack.database;
+    const readiness = async (url: string) => {
+      const res = await fetch(`${url}/readyz`);
+      return [res.status, ((await res.json()) as { checks: { postgres: boolean } }).checks.postgres] as const;
+    };
+    const latest = (await shippedMigrations()).at(-1);
+    await pool.query('DELETE FROM kysely_migration WHERE name = $1', [latest]);
+    try {
+      for (const [name, url] of Object.entries(stack.urls)) {
+        expect([name, await readiness(url)]).toEqual([name, [503, false]]);
+        const line = await stack[name as keyof typeof stack.urls].waitForLog('the missing migration', (l) =>
+          String(l.message).includes('migrations not applied'),
+        );
+        expect(line).toMatchObject({ level: 'warn', missing: [latest] });
+      }
+    } finally {
+      await pool.query('INSERT INTO kysely_migration (name, timestamp) VALUES ($1, now())', [latest]);
+    }
+    // One the build does not know, as a newer build's rolling upgrade applies: still ready.
+    await pool.query("INSERT INTO kysely_migration (name, timestamp) VALUES ('9999_from_a_newer_build', now())");
+    try {
+      for (const [name, url] of Object.entries(stack.urls))
+        expect([name, await readiness(url)]).toEqual([name, [200, true]]);
+    } finally {
+      await pool.query("DELETE FROM kysely_migration WHERE name = '9999_from_a_newer_build'");
     }
   });
 

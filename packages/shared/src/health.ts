@@ -2,18 +2,54 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type pg from 'pg';
 import type { Registry } from 'prom-client';
-import { toError } from './errors';
+import { errorCode, toError } from './errors';
+import { migrationsDir, shippedMigrations } from './migrate';
 import type { Service } from './lifecycle';
 import type { Logger } from './logger';
 
 export type ReadinessCheck = () => Promise<Record<string, boolean>>;
 
-/** Every service's readiness probe of Postgres: true when a trivial statement answers. */
-export function postgresReady(pool: pg.Pool): Promise<boolean> {
-  return pool.query('SELECT 1').then(
-    () => true,
-    () => false,
-  );
+/**
+ * Every service's readiness probe of Postgres: true when it answers and holds every migration this build
+ * ships, so a replica started before `npm run migrate` takes no traffic it would fail. Migrations it does
+ * not know are fine: a newer build applies them during a rolling upgrade. Logs each change of the schema's
+ * state; an unreachable Postgres is only false (its pool logs the errors).
+ */
+export function postgresReadiness(pool: pg.Pool, logger: Logger, dir = migrationsDir): () => Promise<boolean> {
+  let shipped: Promise<string[]> | undefined;
+  // What the last answer logged: '' ready, else the missing names or the reason they are unknown.
+  let state = '';
+  const enter = (next: string, log: () => void): void => {
+    if (next !== state) log();
+    state = next;
+  };
+  return async () => {
+    let names: string[];
+    try {
+      names = await (shipped ??= shippedMigrations(dir));
+    } catch (err) {
+      shipped = undefined;
+      const reason = toError(err).message;
+      enter(`unreadable: ${reason}`, () =>
+        logger.error("not ready: cannot list this build's migrations, run npm run build", { error: reason }),
+      );
+      return false;
+    }
+    const applied = await pool
+      .query<{ name: string }>('SELECT name FROM kysely_migration WHERE name = ANY($1::text[])', [names])
+      .then(
+        ({ rows }) => new Set(rows.map((r) => r.name)),
+        // 42P01: no kysely_migration table, a database never migrated. Anything else: unreachable.
+        (err: unknown) => (errorCode(err) === '42P01' ? new Set<string>() : undefined),
+      );
+    if (!applied) return false;
+    const missing = names.filter((name) => !applied.has(name));
+    enter(missing.join(), () => {
+      if (missing.length > 0) logger.warn('not ready: migrations not applied, run npm run migrate', { missing });
+      else logger.info('ready: every migration of this build is applied', { latest: names.at(-1) });
+    });
+    return missing.length === 0;
+  };
 }
 
 export interface ServerPart extends Service {

@@ -12,6 +12,12 @@ export function createMigrator(db: Db): Migrator {
   return new Migrator({ db, provider: new FileMigrationProvider({ fs, path, migrationFolder: migrationsDir }) });
 }
 
+/** The names of the migrations this build ships, in the order they apply. */
+export async function shippedMigrations(dir = migrationsDir): Promise<string[]> {
+  const provider = new FileMigrationProvider({ fs, path, migrationFolder: dir });
+  return Object.keys(await provider.getMigrations()).sort();
+}
+
 /** Whether the database of `url` exists: a connection to it succeeds, or fails with 3D000. */
 async function databaseExists(url: string): Promise<boolean> {
   const client = new pg.Client({ connectionString: url });

@@ -3,7 +3,7 @@ import cors from 'cors';
 import express, { type RequestHandler } from 'express';
 import type pg from 'pg';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { postgresReady, type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
+import { postgresReadiness, type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
 import { authenticate, type AuthConfig } from './auth';
 import type { StreamTiming } from './event-stream';
 import { dashboardRouter, type DashboardFiles } from './dashboard';
@@ -190,8 +190,9 @@ export function buildApp(deps: AppDeps): { app: express.Express; registry: Regis
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
   });
+  const postgresReady = postgresReadiness(deps.pool, deps.logger);
   app.get('/readyz', async (_req, res) => {
-    const postgres = await postgresReady(deps.pool);
+    const postgres = await postgresReady();
     res.status(postgres ? 200 : 503).json({ status: postgres ? 'ready' : 'not ready', checks: { postgres } });
   });
   app.get('/metrics', async (_req, res) => {

@@ -190,7 +190,7 @@ function probePaths(): JsonObject {
     '/healthz': { get: { summary: 'Alive', security: [], responses: { '200': json('Health', 'alive') } } },
     '/readyz': {
       get: {
-        summary: 'Postgres reachable',
+        summary: 'Postgres reachable, with every migration of this build applied',
         security: [],
         responses: { '200': json('Ready', 'ready'), '503': json('Ready', 'not ready') },
       },

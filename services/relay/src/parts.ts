@@ -6,7 +6,7 @@ import {
   bestEffortSettings,
   createDb,
   createPool,
-  postgresReady,
+  postgresReadiness,
   redactUrl,
   resource,
   type Config,
@@ -68,9 +68,10 @@ export function relayParts(config: Config, logger: Logger, { processMetrics = tr
     createRetention(db, pool, retentionOptions(config), logger),
     reconciler,
   ];
+  const postgresReady = postgresReadiness(pool, logger);
   return {
     parts,
-    ready: async () => ({ postgres: await postgresReady(pool), rabbitmq: publisher.ready() }),
+    ready: async () => ({ postgres: await postgresReady(), rabbitmq: publisher.ready() }),
     registry: metrics.registry,
     logStarted: () =>
       logger.info('relay started', {

@@ -10,7 +10,7 @@ import {
   createOutboxNotifier,
   createPool,
   createTaskNotifier,
-  postgresReady,
+  postgresReadiness,
   redactUrl,
   resource,
   type AmqpTopology,
@@ -86,9 +86,10 @@ export function workerParts(
     createSweeper(db, Math.max(250, Math.floor(config.WORKER_LEASE_MS / 2)), outboxNotifier, taskNotifier, logger),
     consumer,
   ];
+  const postgresReady = postgresReadiness(pool, logger);
   return {
     parts,
-    ready: async () => ({ postgres: await postgresReady(pool), rabbitmq: consumer.ready() }),
+    ready: async () => ({ postgres: await postgresReady(), rabbitmq: consumer.ready() }),
     registry: metrics.registry,
     logStarted: () =>
       logger.info('worker started', {

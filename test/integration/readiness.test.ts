@@ -1,0 +1,60 @@
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { createPool, postgresReadiness, shippedMigrations } from '@taskbox/shared';
+import { adminUrl, createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
+import { capturingLogger } from '../helpers/log';
+
+describe('readiness of the schema', () => {
+  let migrated: TestDatabase;
+
+  beforeAll(async () => {
+    migrated = await createTestDatabase();
+  });
+
+  afterAll(async () => {
+    await migrated.drop();
+  });
+
+  it('is not ready on a database never migrated, and logs every migration it lacks once', async () => {
+    const name = `taskbox_bare_${randomBytes(6).toString('hex')}`;
+    const admin = new pg.Client({ connectionString: adminUrl() });
+    await admin.connect();
+    await admin.query(`CREATE DATABASE ${name}`);
+    const url = new URL(adminUrl());
+    url.pathname = `/${name}`;
+    const pool = createPool(url.toString(), quietLogger, { max: 1, statementTimeoutMs: 10_000 });
+    try {
+      const { logger, lines } = capturingLogger();
+      const ready = postgresReadiness(pool, logger);
+      expect([await ready(), await ready()]).toEqual([false, false]);
+      expect(lines).toEqual([expect.objectContaining({ level: 'warn', missing: await shippedMigrations() })]);
+    } finally {
+      await pool.end();
+      await admin.query(`DROP DATABASE ${name} WITH (FORCE)`);
+      await admin.end();
+    }
+  });
+
+  it('is not ready when this build has no compiled migrations to compare with, saying to build', async () => {
+    const { logger, lines } = capturingLogger();
+    const ready = postgresReadiness(migrated.pool, logger, '/nonexistent/migrations');
+    expect([await ready(), await ready()]).toEqual([false, false]);
+    expect(lines).toEqual([
+      expect.objectContaining({ level: 'error', message: expect.stringContaining('run npm run build') }),
+    ]);
+  });
+
+  it('becomes ready once the missing migration is applied, and says so', async () => {
+    const latest = (await shippedMigrations()).at(-1);
+    await migrated.pool.query('DELETE FROM kysely_migration WHERE name = $1', [latest]);
+    const { logger, lines } = capturingLogger();
+    const ready = postgresReadiness(migrated.pool, logger);
+    expect(await ready()).toBe(false);
+    await migrated.pool.query('INSERT INTO kysely_migration (name, timestamp) VALUES ($1, now())', [latest]);
+    expect(await ready()).toBe(true);
+    expect(lines.map((l) => [l.level, l.missing ?? l.latest])).toEqual([
+      ['warn', [latest]],
+      ['info', latest],
+    ]);
+  });
+});
