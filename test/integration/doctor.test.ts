@@ -209,6 +209,47 @@ describe('npm run doctor says where the chain is broken', () => {
     expect((await doctor()).status(c.unroutable)).toBe('ok');
   });
 
+  it('fails "publishes refused by the broker" while the broker nacks a task\'s publishes, naming it and the error', async () => {
+    // A full queue that rejects publishes, bound to flaky tasks only: the broker nacks each of their publishes.
+    const connection = await amqp.connect(amqpUrl());
+    const ch = await connection.createChannel();
+    const full = `${prefix}full`;
+    try {
+      await ch.assertQueue(full, { arguments: { 'x-max-length': 0, 'x-overflow': 'reject-publish' } });
+      await ch.bindQueue(full, amqpNames(prefix).exchange, 'flaky');
+      const id = await submit('flaky', { failTimes: 0 });
+      await waitFor('the refused publish recorded', async () => {
+        const row = await database.db
+          .selectFrom('outbox')
+          .select('last_error')
+          .where('task_id', '=', id)
+          .executeTakeFirst();
+        return row?.last_error?.startsWith('nacked by broker') === true;
+      });
+      expect((await doctor({ DOCTOR_PENDING_MS: '600000' })).status(c.refused)).toBe('ok');
+      await sql`UPDATE outbox SET created_at = now() - interval '3 minutes' WHERE task_id = ${id}`.execute(database.db);
+      const run = await doctor();
+      expect(run.status(c.refused)).toBe('fail');
+      expect(run.line(c.refused)).toMatch(
+        new RegExp(`1 refused, oldest created 3m ago \\(task ${id}: nacked by broker`),
+      );
+      expect(run.stdout).toContain('a full queue that rejects publishes');
+      expect(run.status(c.unroutable)).toBe('ok');
+      expect(run.code).toBe(1);
+
+      await ch.deleteQueue(full);
+      await waitFor(
+        'the task run once the broker takes it',
+        async () => (await taskStatus(id)) === 'succeeded',
+        30_000,
+      );
+      expect((await doctor()).status(c.refused)).toBe('ok');
+    } finally {
+      await ch.deleteQueue(full).catch(() => undefined);
+      await connection.close().catch(() => undefined);
+    }
+  }, 60_000);
+
   it('with the broker unreachable, fails "broker reachable", skips the broker checks, keeps the password out and exits 1', async () => {
     const run = await doctor({ AMQP_URL: `amqp://guest:s3cret@127.0.0.1:${await closedPort()}` });
     expect(run.status(c.database)).toBe('ok');

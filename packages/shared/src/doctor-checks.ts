@@ -10,6 +10,7 @@ import {
   pendingPublished,
   pendingUnpublished,
   recentlyRepublished,
+  refusedPublishes,
   unroutableByType,
   type StuckTasks,
 } from './doctor-sql';
@@ -26,6 +27,7 @@ export const checkNames = {
   backlog: 'outbox backlog',
   pendingUnpublished: 'pending, not published',
   unroutable: 'publishes of unknown types',
+  refused: 'publishes refused by the broker',
   pendingPublished: 'pending, published',
   republished: 'stranded tasks republished',
   processing: 'processing too long',
@@ -168,6 +170,27 @@ export async function checkUnroutable(db: Db): Promise<CheckResult> {
     'no queue is bound to these types, so their tasks wait in the outbox: deploy relays and workers ' +
     'that know these types before the api (either declares the binding when it connects)';
   return { ...result(name, 'fail', detail, hint), count };
+}
+
+/**
+ * Unpublished rows whose publishes the broker keeps refusing: a queue at its length limit that rejects
+ * publishes, a memory or disk alarm. As with unroutable rows, each try pushes available_at on, so this
+ * counts from created_at; a row created within `pendingMs` may be a passing blip, retried with backoff.
+ */
+export async function checkRefused(db: Db, pendingMs: number): Promise<CheckResult> {
+  const name = checkNames.refused;
+  const r = await refusedPublishes(db);
+  if (r.count === 0) return { ...result(name, 'ok', 'none refused'), count: 0 };
+  const detail =
+    `${r.count} refused, oldest created ${formatAge(r.oldestSeconds)} ago ` +
+    `(task ${r.example ?? '?'}: ${r.error ?? '?'})`;
+  if (r.oldestSeconds * 1000 <= pendingMs)
+    return { ...result(name, 'ok', `${detail}; retried with backoff`), count: r.count };
+  const hint =
+    'their tasks wait in the outbox: look for a full queue that rejects publishes (x-max-length with ' +
+    "reject-publish), a memory or disk alarm, in RabbitMQ's logs; the relay's /readyz and logs say when " +
+    'it cannot publish at all. Each row is retried with backoff, so nothing is lost';
+  return { ...result(name, 'fail', detail, hint), count: r.count };
 }
 
 const DAY_MS = 86_400_000;

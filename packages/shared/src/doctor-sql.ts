@@ -93,6 +93,30 @@ export async function noHandlerFailures(
 }
 
 /**
+ * The unpublished outbox rows whose last publish the broker refused (a nack, a confirm that never came, a
+ * closed channel), unroutable ones aside: how many, how long ago the oldest was created, its task and
+ * the error. `published_at IS NULL` keeps the scan on outbox_due.
+ */
+export async function refusedPublishes(
+  db: Db,
+): Promise<{ count: number; oldestSeconds: number; example: string | null; error: string | null }> {
+  const { rows } = await sql<{ count: string; oldest: number | null; example: string | null; error: string | null }>`
+    SELECT count(*) AS count,
+           extract(epoch FROM now() - min(created_at))::float8 AS oldest,
+           (array_agg(task_id::text ORDER BY created_at))[1] AS example,
+           (array_agg(last_error ORDER BY created_at))[1] AS error
+    FROM outbox
+    WHERE published_at IS NULL AND last_error IS NOT NULL AND last_error <> ${UNROUTABLE}`.execute(db);
+  const row = rows[0];
+  return {
+    count: Number(row?.count ?? 0),
+    oldestSeconds: row?.oldest ?? 0,
+    example: row?.example ?? null,
+    error: row?.error ?? null,
+  };
+}
+
+/**
  * Per routing key (type), the unpublished outbox rows whose last publish came back unroutable, and
  * how long ago the oldest was created. `published_at IS NULL` keeps the scan on outbox_due.
  */
