@@ -149,6 +149,28 @@ describe('enqueueTask in the caller’s transaction', () => {
       });
   });
 
+  it("refuses a payload the api would refuse (a __proto__ key, a NUL), leaving the caller's transaction usable", async () => {
+    const { invoiceId, task } = await db()
+      .transaction()
+      .execute(async (tx) => {
+        const invoice = await sql<{ id: number }>`INSERT INTO invoices (total) VALUES (7) RETURNING id`.execute(tx);
+        // JSON.parse keeps a __proto__ key, which the payload's schema would drop without a word.
+        const polluted = JSON.parse('{"order": {"__proto__": {"admin": true}}}') as unknown;
+        await expect(enqueueTask(tx, { type: 'echo', payload: polluted })).rejects.toThrow(
+          /invalid payload for "echo": order: must not have a key named __proto__/,
+        );
+        await expect(enqueueTask(tx, { type: 'echo', payload: { note: 'a\u0000b' } })).rejects.toThrow(
+          /invalid payload for "echo": note: must not contain NUL/,
+        );
+        const enqueued = await enqueueTask(tx, { type: 'echo', payload: { invoice: invoice.rows[0]?.id } });
+        return { invoiceId: invoice.rows[0]?.id, task: enqueued.task };
+      });
+    expect(task.payload).toEqual({ invoice: invoiceId });
+    const invoice = await sql`SELECT total FROM invoices WHERE id = ${invoiceId}`.execute(db());
+    expect(invoice.rows).toEqual([{ total: 7 }]);
+    await system.waitForTerminal([task.id]);
+  });
+
   it('keeps an explicit null payload, as POST /tasks does', async () => {
     const { task } = await db()
       .transaction()

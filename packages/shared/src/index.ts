@@ -17,6 +17,7 @@ export * from './outbox';
 export * from './pg-listener';
 export * from './redrive';
 export * from './storable-text';
+export * from './json-guard';
 export * from './task-insert';
 export * from './task-message';
 export * from './task-type';

@@ -11,6 +11,7 @@ import { randomUUID } from 'node:crypto';
 import {
   ANONYMOUS_OWNER,
   buildTaskInsert,
+  findJsonIssue,
   requestHash,
   TASK_OPTION_LIMITS,
   taskColumns,
@@ -134,13 +135,22 @@ export interface Enqueued {
  * together or not at all: the transactional outbox for another service's data. It writes with the api's
  * own statement (buildTaskInsert: the task row, its outbox row, and the relay's wake-up, which Postgres
  * delivers at the commit), after the checks POST /tasks makes: a registered type, its payload schema,
- * the option bounds. Throws InvalidTaskError before writing anything; a Postgres error (a NUL character
- * in the payload, say) aborts the caller's transaction like any failed statement.
+ * the option bounds, and the api's checks of its body (findJsonIssue: text Postgres cannot store, a key
+ * named __proto__, nesting past MAX_JSON_DEPTH). Throws InvalidTaskError before writing anything, so the
+ * caller's transaction stays usable; a Postgres error aborts it like any failed statement.
  */
 export async function enqueueTask(executor: Executor, request: EnqueueRequest): Promise<Enqueued> {
   const definition = findTaskType(request.type);
   if (!definition) {
     throw new InvalidTaskError(`unknown task type "${request.type}" (known: ${taskTypeNames.join(', ')})`);
+  }
+  // Checked before the schema, as the api checks its body: zod drops a key named __proto__, and text
+  // Postgres refuses would fail the insert, aborting the caller's transaction.
+  const issue = findJsonIssue(request.payload);
+  if (issue) {
+    throw new InvalidTaskError(
+      `invalid payload for "${definition.name}": ${issue.path || '(payload)'}: ${issue.message}`,
+    );
   }
   // An explicit null is a payload (as in POST /tasks); only a missing one defaults to {}.
   const payload = definition.payload.safeParse(request.payload === undefined ? {} : request.payload);

@@ -1,7 +1,6 @@
 import { z } from 'zod';
-import { taskStatuses } from '@taskbox/shared';
+import { taskStatuses, UNSTORABLE_TEXT } from '@taskbox/shared';
 import { isStorableText } from '@taskbox/shared';
-import { UNSTORABLE_TEXT } from './json-guard';
 import { taskFilterFields } from './schemas';
 
 /** The bodies and answers of the counts and the admin endpoints (routes/admin.ts), for the routes and /openapi.json. */

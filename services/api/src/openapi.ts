@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { jsonValueSchema } from '@taskbox/shared';
+import { jsonValueSchema, MAX_JSON_DEPTH } from '@taskbox/shared';
 import { taskTypeNames } from '@taskbox/tasks';
 import {
   createTaskRequestSchema,
@@ -21,7 +21,6 @@ import {
   redriveResultSchema,
   systemStatusSchema,
 } from './admin-schemas';
-import { MAX_JSON_DEPTH } from './json-guard';
 import { taskViewSchema } from './task-view';
 import { operatorPaths } from './openapi-operator';
 import {

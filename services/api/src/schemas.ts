@@ -1,8 +1,7 @@
 import { z } from 'zod';
-import { TASK_OPTION_LIMITS } from '@taskbox/shared';
+import { TASK_OPTION_LIMITS, UNSTORABLE_TEXT } from '@taskbox/shared';
 import { taskTypeList, type TaskType } from '@taskbox/tasks';
 import { isStorableText } from '@taskbox/shared';
-import { UNSTORABLE_TEXT } from './json-guard';
 import { taskViewSchema } from './task-view';
 
 /**

@@ -10,10 +10,10 @@ import {
   type TaskInsert,
   type TaskNotifier,
   type TaskRow,
+  findJsonIssue,
 } from '@taskbox/shared';
 import { findTaskType, taskTypeNames, type TaskType } from '@taskbox/tasks';
 import { decodeCursor, encodeCursor } from '../cursor';
-import { findJsonIssue } from '../json-guard';
 import { jsonBody } from '../json-body';
 import type { HeldRequests } from '../held-requests';
 import { createLongPolls, type LongPollAnswer, type LongPolls } from '../long-poll';

@@ -1,7 +1,7 @@
-import { isStorableText } from '@taskbox/shared';
+import { isStorableText } from './storable-text';
 
 /**
- * Checks on a parsed JSON body that its schemas cannot make. Both are about what happens after
+ * Checks on a parsed JSON body (the api's) or a payload (enqueueTask's) that their schemas cannot make. Both are about what happens after
  * validation: Postgres refuses some strings (isStorableText); zod's z.json(), JSON.stringify and
  * Postgres all recurse per level, overflowing the stack at a few thousand levels, which a 64 kB body
  * reaches at 32,000. The walk itself is iterative for that reason.
