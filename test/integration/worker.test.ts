@@ -320,20 +320,27 @@ describe('worker', () => {
     expect(await attemptsOf(id)).toMatchObject([{ outcome: 'cancelled' }]);
   });
 
-  it('at shutdown releases the lease of a run that stopped, and keeps that of a run still going, so none runs twice at once', async () => {
-    const stopped = await insertTaskFixture(database.db, { type: 'sleep', payload: { ms: 8000 } });
+  it('at shutdown undoes the attempt of a run that stopped, and keeps the lease of a run still going, so none runs twice at once', async () => {
+    // Its last attempt: a deploy must not fail it.
+    const stopped = await insertTaskFixture(database.db, { type: 'sleep', payload: { ms: 6000 }, maxAttempts: 1 });
     const going = await insertTaskFixture(database.db, { type: 'sleep', payload: { ms: 8000, ignoreSignal: true } });
     for (const id of [stopped, going]) await publish({ taskId: id, type: 'sleep', attempt: 1 }, {}, 'sleep');
     await waitFor('both processing', async () =>
       (await Promise.all([task(stopped), task(going)])).every((t) => t.status === 'processing'),
     );
     await worker.close();
-    const leaseLive = async (id: string) => ((await task(id)).lease_until?.getTime() ?? 0) > Date.now();
-    expect({ stopped: await leaseLive(stopped), going: await leaseLive(going) }).toEqual({
-      stopped: false,
-      going: true,
-    });
+    expect(await task(stopped)).toMatchObject({ status: 'pending', attempts: 0, lease_until: null, started_at: null });
+    expect(await attemptsOf(stopped)).toEqual([]);
+    expect(((await task(going)).lease_until?.getTime() ?? 0) > Date.now()).toBe(true);
+
     worker = await startWorker();
+    await waitFor(
+      'the same attempt run again to the end',
+      async () => (await task(stopped)).status === 'succeeded',
+      15_000,
+    );
+    expect(await task(stopped)).toMatchObject({ attempts: 1 });
+    expect(await attemptsOf(stopped)).toMatchObject([{ attempt: 1, outcome: 'succeeded' }]);
   });
 
   it.each([

@@ -21,7 +21,7 @@ import { findTaskType, isTaskType } from '@taskbox/tasks';
 import { leaseClock, type AbortReason, type Leases } from './leases';
 import type { WorkerMetrics } from './metrics';
 import type { AttemptWrites } from './attempt-writes';
-import { releaseLease } from './lease-sql';
+import { releaseLease, undoInterruptedAttempt } from './lease-sql';
 import type { Orphans } from './orphans';
 import { RunAbandoned, runHandler, TimeoutError } from './run-handler';
 import type { AttemptOutcome } from './finish-sql';
@@ -180,11 +180,17 @@ export async function runAttempt(deps: AttemptDeps, started: Started, logger: Lo
   } catch (err) {
     const reason = signal.aborted ? (signal.reason as AbortReason) : null;
     if (reason === 'shutdown' || reason === 'lost') {
-      // Abandoned, not failed. At shutdown the lease of a run that stopped is released, so the redelivery
-      // resumes the task at once. A run that ignored its signal (RunAbandoned) goes on until the process
+      // Abandoned, not failed. At shutdown a run that stopped is undone, so the redelivery runs the same
+      // attempt again at once. A run that ignored its signal (RunAbandoned) goes on until the process
       // exits: its lease stays, so no other worker starts the task beside it, and the sweeper resumes it
-      // once the lease has run out. A lost lease is no longer this run's to release.
+      // once the lease has run out. A lost lease is no longer this run's to touch.
       if (reason === 'shutdown' && !(err instanceof RunAbandoned)) {
+        const undone = await undoInterruptedAttempt(deps.db, task.id, attempt).catch(() => false);
+        if (undone) {
+          deps.taskNotifier.changed(task.id);
+          logger.warn('task interrupted by the shutdown; the attempt will run again, not counted', { attempt });
+          return 'abandoned';
+        }
         await releaseLease(deps.db, task.id, attempt).catch(() => undefined);
       }
       logger.warn(`task abandoned (${reason}); it will be resumed`, { attempt });

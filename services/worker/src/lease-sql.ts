@@ -27,7 +27,35 @@ export async function closeLostAttempts(tx: Db, runs: { taskId: string; attempt:
     WHERE a.task_id = r.task_id AND a.attempt = r.attempt AND a.finished_at IS NULL`.execute(tx);
 }
 
-/** Lets a run that is being abandoned (shutdown) be resumed at once by the redelivery. */
+/**
+ * Undoes the attempt of a run that a shutdown stopped: its row goes, and the task is pending again
+ * under the attempt before, as if the delivery had never started it. So the redelivery of the same
+ * message runs that attempt again: a deploy costs no attempt, and never fails a task on its last one.
+ * Only while the run still owns the task with no cancel requested; false otherwise (a cancel is then
+ * the redelivery's to end, as for any run that stopped).
+ */
+export async function undoInterruptedAttempt(db: Db, taskId: string, attempt: number): Promise<boolean> {
+  const { rows } = await sql`
+    WITH task AS (
+      SELECT id FROM tasks
+      WHERE id = ${taskId} AND status = 'processing' AND attempts = ${attempt} AND cancel_requested_at IS NULL
+      FOR UPDATE
+    ), undone AS (
+      DELETE FROM task_attempts a USING task WHERE a.task_id = task.id AND a.attempt = ${attempt}
+      RETURNING a.task_id
+    )
+    UPDATE tasks t
+    SET status = 'pending', attempts = ${attempt} - 1, lease_until = NULL, current_step = NULL, progress = NULL,
+        started_at = CASE WHEN ${attempt} = 1 THEN NULL ELSE t.started_at END,
+        external_job_id = (SELECT p.external_job_id FROM task_attempts p
+                           WHERE p.task_id = t.id AND p.attempt = ${attempt} - 1),
+        updated_at = now(), ${TASK_CHANGED_SET}
+    FROM undone WHERE t.id = undone.task_id
+    RETURNING t.id`.execute(db);
+  return rows.length > 0;
+}
+
+/** Lets a run whose outcome could not be recorded be resumed at once by the redelivery. */
 export async function releaseLease(db: Db, taskId: string, attempt: number): Promise<void> {
   await db
     .updateTable('tasks')
