@@ -100,6 +100,20 @@ describe('worker writes shared by deliveries in flight together', () => {
     ]);
   });
 
+  it("keeps a retry backoff past 2^31 ms (a type's backoff of weeks), scheduling the retry that far ahead", async () => {
+    const id = await insertTaskFixture(database.db, { type: 'flaky', status: 'pending', maxAttempts: 3 });
+    await writes.startPending({ taskId: id, type: 'flaky', attempt: 1, externalJobId: 'long:1' });
+    const weeks = 4 * 7 * 86_400_000; // 2 419 200 000 ms, past int4
+    expect(await writes.finish(id, 1, { kind: 'failed', error: new Error('later'), retryInMs: weeks })).toBe('pending');
+    const row = await database.db
+      .selectFrom('outbox')
+      .select('available_at')
+      .where('task_id', '=', id)
+      .executeTakeFirstOrThrow();
+    expect(row.available_at.getTime() - Date.now()).toBeGreaterThan(weeks - 60_000);
+    expect(await attempts([id])).toMatchObject([{ attempt: 1, outcome: 'failed' }]);
+  });
+
   it('records a batch of outcomes in one statement: succeeded, failed, cancelled, and nothing for a stale attempt', async () => {
     const ids = await Promise.all(Array.from({ length: 8 }, () => insertTaskFixture(database.db)));
     await Promise.all(

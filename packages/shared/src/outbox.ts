@@ -101,7 +101,7 @@ export async function wakeRelays(db: Db): Promise<void> {
 export async function insertOutbox(db: Db, messages: OutboxMessage[], delayMs = 0): Promise<void> {
   if (messages.length === 0) return;
   const rows = sql`
-    SELECT m.*, ${delayMs}::int FROM unnest(
+    SELECT m.*, ${delayMs}::float8 FROM unnest(
       ${messages.map((m) => m.message_id)}::uuid[], ${messages.map((m) => m.task_id)}::uuid[],
       ${messages.map((m) => m.routing_key)}::text[], ${messages.map((m) => m.payload)}::jsonb[],
       ${messages.map((m) => m.headers)}::jsonb[]) AS m`;
