@@ -59,9 +59,11 @@ describe('api: GET /tasks lists with filters and a keyset cursor', () => {
     ['a non-numeric limit', { limit: 'ten' }],
     ['a forged cursor', { cursor: 'bm90LWEtY3Vyc29y' }],
     ['an unknown parameter', { order: 'asc' }],
-  ])('answers 400 problem+json for %s', async (_what, query) => {
+    ['a createdAfter whose offset Postgres refuses (past 15:59)', { createdAfter: '2030-01-01T09:00:00+16:00' }],
+  ])('answers 400 problem+json for %s, naming the parameter', async (_what, query) => {
     const res = await request(api.app).get('/tasks').query(query);
     expect(res.status).toBe(400);
     expect(res.headers['content-type']).toMatch(/^application\/problem\+json/);
+    expect((res.body as { detail: string }).detail).toContain(Object.keys(query)[0]);
   });
 });

@@ -143,7 +143,14 @@ describe('enqueueTask in the caller’s transaction', () => {
         await expect(enqueueTask(tx, { type: 'echo', timeoutMs: 10 })).rejects.toThrow(InvalidTaskError);
         await expect(enqueueTask(tx, { type: 'echo', maxAttempts: 0 })).rejects.toThrow(/maxAttempts must be/);
         await expect(enqueueTask(tx, { type: 'echo', runAt: new Date(), delayMs: 1 })).rejects.toThrow(/not both/);
-        await expect(enqueueTask(tx, { type: 'echo', runAt: 'tomorrow' })).rejects.toThrow(/runAt is not a time/);
+        await expect(enqueueTask(tx, { type: 'echo', runAt: 'tomorrow' })).rejects.toThrow(/runAt must be ISO 8601/);
+        // Read in this process's time zone, it would run at another time on another host.
+        await expect(enqueueTask(tx, { type: 'echo', runAt: '2030-01-01T09:00:00' })).rejects.toThrow(
+          /runAt must be ISO 8601 with an offset/,
+        );
+        await expect(enqueueTask(tx, { type: 'echo', runAt: new Date(8.64e15) })).rejects.toThrow(
+          /runAt is not a time from year 1 to 9999/,
+        );
         await expect(enqueueTask(tx, { type: 'echo', delayMs: -5 })).rejects.toThrow(/delayMs must be/);
         await expect(enqueueTask(tx, { type: 'echo', idempotencyKey: '' })).rejects.toThrow(/idempotencyKey must be/);
       });

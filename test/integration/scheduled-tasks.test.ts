@@ -154,6 +154,7 @@ describe('scheduled tasks', () => {
     ['a runAt beyond the cap', { runAt: new Date(Date.now() + MAX_AHEAD_MS + 60_000).toISOString() }, ['runAt']],
     ['a delayMs beyond the cap', { delayMs: MAX_AHEAD_MS + 1 }, ['delayMs']],
     ['a runAt without an offset', { runAt: '2030-01-01T09:00:00' }, ['runAt']],
+    ['a runAt whose offset Postgres refuses (past 15:59)', { runAt: '2030-01-01T09:00:00-16:00' }, ['runAt']],
     ['a runAt that is no time', { runAt: 'tomorrow at nine' }, ['runAt']],
     ['an impossible date', { runAt: '2030-02-30T09:00:00Z' }, ['runAt']],
     ['a negative delayMs', { delayMs: -1 }, ['delayMs']],

@@ -18,6 +18,7 @@ export * from './pg-listener';
 export * from './redrive';
 export * from './storable-text';
 export * from './json-guard';
+export * from './iso-instant';
 export * from './task-insert';
 export * from './task-message';
 export * from './task-type';

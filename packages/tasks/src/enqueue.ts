@@ -12,6 +12,7 @@ import {
   ANONYMOUS_OWNER,
   buildTaskInsert,
   findJsonIssue,
+  isoInstant,
   requestHash,
   TASK_OPTION_LIMITS,
   taskColumns,
@@ -34,7 +35,7 @@ export interface EnqueueRequest {
   payload?: unknown;
   maxAttempts?: number;
   timeoutMs?: number;
-  /** Run at this time, not before (the relay publishes it when due); not with delayMs. */
+  /** Run at this time, not before (the relay publishes it when due); not with delayMs. A string is ISO 8601 with an offset. */
   runAt?: Date | string;
   /** Run this many ms after the caller's transaction began (Postgres's now()); not with runAt. */
   delayMs?: number;
@@ -119,8 +120,16 @@ function scheduleOf({ runAt, delayMs }: EnqueueRequest): TaskSchedule {
     return { delayMs };
   }
   if (runAt === undefined) return null;
+  // As POST /tasks takes it: a string without an offset would be read in this process's time zone.
+  if (typeof runAt === 'string' && !isoInstant.safeParse(runAt).success) {
+    throw new InvalidTaskError(`runAt must be ISO 8601 with an offset, as 2026-12-08T09:00:00Z: ${runAt}`);
+  }
   const at = new Date(runAt);
-  if (Number.isNaN(at.getTime())) throw new InvalidTaskError(`runAt is not a time: ${String(runAt)}`);
+  const year = at.getUTCFullYear();
+  // Postgres would refuse a year past its range, aborting the caller's transaction.
+  if (Number.isNaN(year) || year < 1 || year > 9999) {
+    throw new InvalidTaskError(`runAt is not a time from year 1 to 9999: ${String(runAt)}`);
+  }
   return { runAt: at.toISOString() };
 }
 

@@ -1,7 +1,6 @@
 import { z } from 'zod';
-import { TASK_OPTION_LIMITS, UNSTORABLE_TEXT } from '@taskbox/shared';
+import { isoInstant, isStorableText, TASK_OPTION_LIMITS, UNSTORABLE_TEXT } from '@taskbox/shared';
 import { taskTypeList, type TaskType } from '@taskbox/tasks';
-import { isStorableText } from '@taskbox/shared';
 import { taskViewSchema } from './task-view';
 
 /**
@@ -20,11 +19,10 @@ const timeoutMsSchema = z
   .describe("one attempt's time limit in ms (default: the type's); then its signal aborts, and after a grace it fails");
 // Compared with a text column: Postgres would refuse a NUL in the parameter (SQLSTATE 22021).
 const typeNameSchema = z.string().min(1).max(100).refine(isStorableText, UNSTORABLE_TEXT);
-const iso = z.iso.datetime({ offset: true });
 
 /** When the task is due (schedule.ts checks the pair and the limits). */
 const scheduleFields = {
-  runAt: iso
+  runAt: isoInstant
     .optional()
     .describe(
       'run at this time (ISO 8601 with an offset), not before; not with delayMs; at most SCHEDULE_MAX_AHEAD_MS ahead',
@@ -87,8 +85,8 @@ const ownerParam = z
 export const taskFilterFields = {
   status: statusSchema.optional(),
   type: typeNameSchema.optional(),
-  createdAfter: iso.optional().describe('created at or after this time'),
-  createdBefore: iso.optional().describe('created before this time'),
+  createdAfter: isoInstant.optional().describe('created at or after this time'),
+  createdBefore: isoInstant.optional().describe('created before this time'),
   errorContains: z
     .string()
     .min(1)
