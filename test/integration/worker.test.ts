@@ -258,6 +258,30 @@ describe('worker', () => {
     }
   });
 
+  it('records a failure whose message throws when read, with backoff, rather than losing the attempt', async () => {
+    await worker.close();
+    const unreadable = () =>
+      Object.defineProperty(new Error('x'), 'message', {
+        get() {
+          throw new Error('getter boom');
+        },
+      });
+    worker = await startWorkerSwapping((outcome) =>
+      outcome.kind === 'failed' ? { ...outcome, error: unreadable() } : outcome,
+    );
+    const id = await insertTaskFixture(database.db, { type: 'flaky', payload: { failTimes: 5 }, maxAttempts: 2 });
+    await publish({ taskId: id, type: 'flaky', attempt: 1 }, {}, 'flaky');
+    await waitFor('back to pending, its retry scheduled', async () => {
+      const { status, attempts } = await task(id);
+      return status === 'pending' && attempts === 1;
+    });
+    const stored = { name: 'Error', message: 'an error whose message throws when read' };
+    expect(await attemptsOf(id)).toMatchObject([{ attempt: 1, outcome: 'failed', error: stored }]);
+    expect(await database.db.selectFrom('outbox').select('payload').execute()).toEqual([
+      { payload: { taskId: id, type: 'flaky', attempt: 2 } },
+    ]);
+  });
+
   it('fails a task, without retries, when Postgres refuses to store its result', async () => {
     await worker.close();
     // No built-in handler returns a value jsonb refuses, so the result is swapped for one with a NUL.

@@ -6,6 +6,23 @@ describe('errorJson, the failure as stored in tasks.error', () => {
     expect(stored).toEqual({ name: 'TypeError', message: 'a\ufffdb \ufffd \ufffd \ud83d\ude00' });
   });
 
+  it('describes an Error whose name or message throws when read, rather than throwing itself', () => {
+    const err = new Error('x');
+    Object.defineProperty(err, 'message', {
+      get() {
+        throw new Error('getter boom');
+      },
+    });
+    const unprintable = {
+      toString: () => {
+        throw new Error('no');
+      },
+    };
+    const named = Object.assign(new Error('y'), { name: unprintable });
+    expect(errorJson(err)).toEqual({ name: 'Error', message: 'an error whose message throws when read' });
+    expect(errorJson(named)).toEqual({ name: 'Error', message: 'y' });
+  });
+
   it('describes thrown values that are not Errors, also those JSON cannot write', () => {
     const cycle: Record<string, unknown> = { n: 1 };
     cycle.self = cycle;

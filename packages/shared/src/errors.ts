@@ -40,12 +40,24 @@ export const UNROUTABLE = 'returned as unroutable';
 export const noHandlerError = (type: string): Error => new Error(`${NO_HANDLER} "${type}"`);
 
 /**
- * The JSON stored in tasks.error and task_attempts.error. Text Postgres cannot store is replaced: a
- * message with a NUL in it must not make the failure itself unrecordable.
+ * The JSON stored in tasks.error and task_attempts.error. Text Postgres cannot store is replaced, and a
+ * name or message that throws when read (a getter, a toString) is described: neither must make the
+ * failure itself unrecordable.
  */
 export function errorJson(value: unknown): { name: string; message: string } {
   const err = toError(value);
-  return { name: storableText(String(err.name)), message: storableText(String(err.message)) };
+  return {
+    name: storableText(readText(() => err.name, 'Error')),
+    message: storableText(readText(() => err.message, 'an error whose message throws when read')),
+  };
+}
+
+function readText(read: () => unknown, fallback: string): string {
+  try {
+    return String(read());
+  } catch {
+    return fallback;
+  }
 }
 
 // SQLSTATE classes and codes that mean "try again later", not "your request is wrong":

@@ -6,6 +6,7 @@ import {
   noHandlerError,
   PermanentError,
   sleep,
+  errorJson,
   toError,
 } from '@taskbox/shared';
 import type {
@@ -284,7 +285,7 @@ async function recordOutcome(
   if (outcome.kind === 'failed') {
     deps.metrics.failures.inc({ final: String(status !== 'pending') });
     const message = status === 'pending' ? 'task attempt failed; retry scheduled' : `task ${status}`;
-    logger.warn(message, { attempt, error: toError(outcome.error).message, retryInMs: outcome.retryInMs });
+    logger.warn(message, { attempt, error: errorJson(outcome.error).message, retryInMs: outcome.retryInMs });
   } else logger.info(`task ${status}`, { attempt });
   return 'recorded';
 }
