@@ -26,7 +26,8 @@ import { releaseLease, undoInterruptedAttempt } from './lease-sql';
 import type { Orphans } from './orphans';
 import { RunAbandoned, runHandler, TimeoutError } from './run-handler';
 import type { AttemptOutcome } from './finish-sql';
-import { cancelLostRun, failTask, lockTask, setStep, startAttempt, type LockedTask } from './task-sql';
+import { progressReporter } from './progress';
+import { cancelLostRun, failTask, lockTask, startAttempt, type LockedTask } from './task-sql';
 
 export type Decision =
   | { action: 'run' }
@@ -170,8 +171,7 @@ export async function runAttempt(deps: AttemptDeps, started: Started, logger: Lo
       attempt,
       logger,
       signal,
-      step: (name) => reportProgress(deps, task.id, attempt, name, undefined, logger),
-      progress: (fraction) => reportProgress(deps, task.id, attempt, null, Math.min(1, Math.max(0, fraction)), logger),
+      ...progressReporter(deps.db, deps.taskNotifier, task.id, attempt, logger),
     };
     // At debug: the task's one info line in the worker is its outcome; the start is in the row (started_at,
     // external_job_id) and the attempt's row.
@@ -210,27 +210,6 @@ export async function runAttempt(deps: AttemptDeps, started: Started, logger: Lo
   }
   endTimer({ outcome: outcome.kind });
   return recordOutcome(deps, task.id, attempt, outcome, logger);
-}
-
-/**
- * Progress is informational: when Postgres is briefly unavailable the handler goes on rather than
- * failing the attempt over a progress bar; the next update (or the result) brings the row up to date.
- */
-async function reportProgress(
-  deps: AttemptDeps,
-  taskId: string,
-  attempt: number,
-  step: string | null,
-  progress: number | undefined,
-  logger: Logger,
-): Promise<void> {
-  try {
-    await setStep(deps.db, taskId, attempt, step, progress);
-    deps.taskNotifier.changed(taskId);
-  } catch (err) {
-    if (!isTransientDbError(err)) throw err;
-    logger.warn('progress not recorded: postgres unavailable', { attempt, error: toError(err).message });
-  }
 }
 
 /**

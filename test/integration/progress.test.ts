@@ -1,0 +1,68 @@
+import { createDb, createPool, createTaskNotifier } from '@taskbox/shared';
+import { MAX_STEP_LENGTH, progressReporter } from '../../services/worker/src/progress';
+import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
+import { insertTaskFixture } from '../helpers/factories';
+import { capturingLogger } from '../helpers/log';
+
+describe("a run's step and progress", () => {
+  let database: TestDatabase;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await database.drop();
+  });
+
+  const running = () => insertTaskFixture(database.db, { type: 'sleep', status: 'processing', attempts: 1 });
+  const row = (id: string) =>
+    database.db
+      .selectFrom('tasks')
+      .select(['current_step', 'progress', 'version'])
+      .where('id', '=', id)
+      .executeTakeFirstOrThrow();
+  const reporter = (id: string, logger = quietLogger, db = database.db, pool = database.pool) =>
+    progressReporter(db, createTaskNotifier(pool, logger), id, 1, logger);
+
+  it('merges the calls of a tight loop into a few writes, ending at the last values', async () => {
+    const id = await running();
+    const before = Number((await row(id)).version);
+    const report = reporter(id);
+    const calls: Promise<void>[] = [];
+    for (let i = 1; i <= 2000; i++) calls.push(report.step(`item ${i}`), report.progress(i / 2000));
+    await Promise.all(calls);
+    const after = await row(id);
+    expect(after).toMatchObject({ current_step: 'item 2000', progress: 1 });
+    // The first call's write, then one for everything called while it was in flight.
+    expect(Number(after.version) - before).toBeLessThanOrEqual(2);
+  });
+
+  it('drops a progress that is no number, and mends a step Postgres could not store', async () => {
+    const id = await running();
+    const report = reporter(id);
+    await report.progress(0.25);
+    await report.progress(Number.NaN);
+    await report.step('a\u0000b');
+    expect(await row(id)).toMatchObject({ current_step: 'a\ufffdb', progress: 0.25 });
+    await report.step('x'.repeat(MAX_STEP_LENGTH + 500));
+    expect((await row(id)).current_step).toHaveLength(MAX_STEP_LENGTH);
+  });
+
+  it('never rejects while Postgres is unavailable, and says so once per run', async () => {
+    const id = await running();
+    const pool = createPool('postgres://postgres@127.0.0.1:1/none', quietLogger, {
+      max: 1,
+      statementTimeoutMs: 1000,
+      connectionTimeoutMillis: 500,
+    });
+    const { logger, lines } = capturingLogger();
+    const report = reporter(id, logger, createDb(pool), pool);
+    try {
+      await expect(Promise.all([report.step('one'), report.progress(0.5)])).resolves.toBeDefined();
+      await expect(report.step('two')).resolves.toBeUndefined();
+      expect(lines.filter((l) => l.message === 'progress not recorded')).toHaveLength(1);
+    } finally {
+      await pool.end();
+    }
+  });
+});
