@@ -97,6 +97,26 @@ describe('createPool', () => {
     }
   });
 
+  it('closes a connection whose session is read-only once a write fails on it, so the next one can write', async () => {
+    const pool = createPool(database.url, quietLogger, { max: 1, statementTimeoutMs: 5000 });
+    const db = createDb(pool);
+    const backend = async () => (await sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`.execute(db)).rows[0]!.pid;
+    try {
+      // A session begun while the database refused writes keeps refusing them for its life.
+      await sql`SET SESSION default_transaction_read_only = on`.execute(db);
+      const readOnly = await backend();
+      const failure = await sql`CREATE TEMP TABLE t (n int)`.execute(db).then(
+        () => null,
+        (err: unknown) => err,
+      );
+      expect(failure).toMatchObject({ code: '25006' });
+      expect(await backend()).not.toBe(readOnly);
+      await sql`CREATE TEMP TABLE t (n int)`.execute(db);
+    } finally {
+      await db.destroy();
+    }
+  });
+
   it('gives up on a server that never answers after the statement timeout and a margin, and does not reuse that connection', async () => {
     const target = new URL(database.url);
     const proxy = await startFaultProxy(target.hostname, Number(target.port || 5432));

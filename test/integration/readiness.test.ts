@@ -44,6 +44,27 @@ describe('readiness of the schema', () => {
     ]);
   });
 
+  it('is not ready while Postgres refuses writes, and ready again on a new connection once it takes them', async () => {
+    const name = new URL(migrated.url).pathname.slice(1);
+    await migrated.pool.query(`ALTER DATABASE ${name} SET default_transaction_read_only = on`);
+    const pool = createPool(migrated.url, quietLogger, { max: 1, statementTimeoutMs: 10_000 });
+    try {
+      const { logger, lines } = capturingLogger();
+      const ready = postgresReadiness(pool, logger);
+      expect([await ready(), await ready()]).toEqual([false, false]);
+      await migrated.pool.query(`ALTER DATABASE ${name} RESET default_transaction_read_only`);
+      // The pool's one session began read-only, and would stay so: the probe closed it.
+      expect(await ready()).toBe(true);
+      expect(lines.map((l) => [l.level, l.message])).toEqual([
+        ['warn', 'not ready: Postgres refuses writes (a standby, or read-only mode)'],
+        ['info', 'ready: Postgres takes writes and has every migration of this build'],
+      ]);
+    } finally {
+      await pool.end();
+      await migrated.pool.query(`ALTER DATABASE ${name} RESET default_transaction_read_only`);
+    }
+  });
+
   it('becomes ready once the missing migration is applied, and says so', async () => {
     const latest = (await shippedMigrations()).at(-1);
     await migrated.pool.query('DELETE FROM kysely_migration WHERE name = $1', [latest]);

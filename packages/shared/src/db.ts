@@ -210,12 +210,15 @@ const stalePreparedCodes = new Set(['0A000', '26000']);
 
 /**
  * Whether the connection that ran a failed query must be closed rather than reused: its copy of a
- * named statement is stale, or pg's query_timeout gave up on a server that never answered (pg leaves
- * that query in flight on the connection, so every later query on it would wait behind it).
+ * named statement is stale; pg's query_timeout gave up on a server that never answered (pg leaves
+ * that query in flight on the connection, so every later query on it would wait behind it); or the
+ * session is read-only (25006): a server that became a standby, or a session that began while
+ * default_transaction_read_only was on, stays so for its life, while a new connection finds the
+ * primary (through the URL's address) once writes are possible again.
  */
 function spoilsConnection(err: unknown, named: boolean): boolean {
   if (named && stalePreparedCodes.has(errorCode(err) ?? '')) return true;
-  return toError(err).message === QUERY_READ_TIMEOUT;
+  return errorCode(err) === '25006' || toError(err).message === QUERY_READ_TIMEOUT;
 }
 
 /** The pool as Kysely sees it: a statement marked by prepared() goes out as a named statement. */

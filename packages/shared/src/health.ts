@@ -10,14 +10,15 @@ import type { Logger } from './logger';
 export type ReadinessCheck = () => Promise<Record<string, boolean>>;
 
 /**
- * Every service's readiness probe of Postgres: true when it answers and holds every migration this build
- * ships, so a replica started before `npm run migrate` takes no traffic it would fail. Migrations it does
- * not know are fine: a newer build applies them during a rolling upgrade. Logs each change of the schema's
- * state; an unreachable Postgres is only false (its pool logs the errors).
+ * Every service's readiness probe of Postgres: true when it answers, takes writes, and holds every
+ * migration this build ships, so a replica started before `npm run migrate`, or left on a read-only
+ * server, takes no traffic it would fail. Migrations it does not know are fine: a newer build applies
+ * them during a rolling upgrade. Logs each change of state; an unreachable Postgres is only false (its
+ * pool logs the errors).
  */
 export function postgresReadiness(pool: pg.Pool, logger: Logger, dir = migrationsDir): () => Promise<boolean> {
   let shipped: Promise<string[]> | undefined;
-  // What the last answer logged: '' ready, else the missing names or the reason they are unknown.
+  // What the last answer logged: '' ready, else why not.
   let state = '';
   const enter = (next: string, log: () => void): void => {
     if (next !== state) log();
@@ -35,21 +36,52 @@ export function postgresReadiness(pool: pg.Pool, logger: Logger, dir = migration
       );
       return false;
     }
-    const applied = await pool
-      .query<{ name: string }>('SELECT name FROM kysely_migration WHERE name = ANY($1::text[])', [names])
-      .then(
-        ({ rows }) => new Set(rows.map((r) => r.name)),
-        // 42P01: no kysely_migration table, a database never migrated. Anything else: unreachable.
-        (err: unknown) => (errorCode(err) === '42P01' ? new Set<string>() : undefined),
-      );
-    if (!applied) return false;
-    const missing = names.filter((name) => !applied.has(name));
+    const schema = await readSchema(pool, names);
+    if (!schema) return false;
+    if (schema.readOnly) {
+      enter('read-only', () => logger.warn('not ready: Postgres refuses writes (a standby, or read-only mode)'));
+      return false;
+    }
+    const missing = names.filter((name) => !schema.applied.has(name));
     enter(missing.join(), () => {
       if (missing.length > 0) logger.warn('not ready: migrations not applied, run npm run migrate', { missing });
-      else logger.info('ready: every migration of this build is applied', { latest: names.at(-1) });
+      else logger.info('ready: Postgres takes writes and has every migration of this build', { latest: names.at(-1) });
     });
     return missing.length === 0;
   };
+}
+
+/**
+ * Whether the session takes writes, and which of `names` are applied; undefined when Postgres does not
+ * answer. A read-only session is closed, not pooled: it stays read-only for its life (db.ts,
+ * spoilsConnection), and the probe would keep finding it after the server takes writes again.
+ */
+async function readSchema(
+  pool: pg.Pool,
+  names: string[],
+): Promise<{ readOnly: boolean; applied: Set<string> } | undefined> {
+  const client = await pool.connect().catch(() => undefined);
+  if (!client) return undefined;
+  let readOnly = false;
+  let broken = false;
+  try {
+    const { rows } = await client.query<{ read_only: boolean }>(
+      "SELECT current_setting('transaction_read_only') = 'on' AS read_only",
+    );
+    readOnly = rows[0]?.read_only === true;
+    const applied = await client.query<{ name: string }>(
+      'SELECT name FROM kysely_migration WHERE name = ANY($1::text[])',
+      [names],
+    );
+    return { readOnly, applied: new Set(applied.rows.map((r) => r.name)) };
+  } catch (err) {
+    // 42P01: no kysely_migration table, a database never migrated. Anything else: the connection failed.
+    if (errorCode(err) === '42P01') return { readOnly, applied: new Set() };
+    broken = true;
+    return undefined;
+  } finally {
+    client.release(readOnly || broken);
+  }
 }
 
 export interface ServerPart extends Service {
