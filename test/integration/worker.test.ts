@@ -320,6 +320,24 @@ describe('worker', () => {
     ]);
   });
 
+  it("runs a start whose answer was lost (the connection cut after its commit), as this delivery's own, once", async () => {
+    await worker.close();
+    let cut = 0;
+    worker = await startWorker(15_000, (real) => ({
+      ...real,
+      startPending: async (start) => {
+        const started = await real.startPending(start);
+        if (cut++ === 0) throw Object.assign(new Error('Connection terminated unexpectedly'), { code: 'ECONNRESET' });
+        return started;
+      },
+    }));
+    const id = await insertTaskFixture(database.db, { type: 'echo', maxAttempts: 1 });
+    await publish({ taskId: id, type: 'echo', attempt: 1 });
+    await waitFor('succeeded', async () => (await task(id)).status === 'succeeded', 5000);
+    expect(await task(id)).toMatchObject({ attempts: 1 });
+    expect(await attemptsOf(id)).toMatchObject([{ attempt: 1, outcome: 'succeeded' }]);
+  });
+
   it('schedules a retry through the outbox, with backoff, in the transaction that records the failure', async () => {
     const id = await insertTaskFixture(database.db, { type: 'flaky', payload: { failTimes: 1 } });
     await publish({ taskId: id, type: 'flaky', attempt: 1 }, {}, 'flaky');

@@ -12,9 +12,10 @@ const task = (over: Partial<LockedTask>): LockedTask => ({
   lease_expired: true,
   cancel_requested: false,
   correlation_id: null,
+  external_job_id: null,
   ...over,
 });
-const message = (attempt: number, type = 'echo') => ({ taskId: task({}).id, type, attempt });
+const message = (attempt: number, type = 'echo') => ({ taskId: task({}).id, type, attempt, externalJobId: 'ctag-b:7' });
 
 describe('the worker idempotency rule (decide)', () => {
   it('runs the first delivery of a pending task', () => {
@@ -40,8 +41,13 @@ describe('the worker idempotency rule (decide)', () => {
   });
 
   it('does not run a duplicate while another run holds the lease', () => {
-    const running = task({ status: 'processing', attempts: 1, lease_expired: false });
+    const running = task({ status: 'processing', attempts: 1, lease_expired: false, external_job_id: 'ctag-a:3' });
     expect(decide(running, message(1))).toEqual({ action: 'skip', reason: 'running-elsewhere' });
+  });
+
+  it("resumes this delivery's own start, whose answer was lost, rather than taking it for another run", () => {
+    const own = task({ status: 'processing', attempts: 1, lease_expired: false, external_job_id: 'ctag-b:7' });
+    expect(decide(own, message(1))).toEqual({ action: 'resume' });
   });
 
   it('resumes a run whose lease expired (its worker died)', () => {

@@ -27,10 +27,11 @@ import type { Orphans } from './orphans';
 import { RunAbandoned, runHandler, TimeoutError } from './run-handler';
 import type { AttemptOutcome } from './finish-sql';
 import { progressReporter } from './progress';
-import { cancelLostRun, failTask, lockTask, startAttempt, type LockedTask } from './task-sql';
+import { cancelLostRun, failTask, lockTask, renewOwnStart, startAttempt, type LockedTask } from './task-sql';
 
 export type Decision =
   | { action: 'run' }
+  | { action: 'resume' }
   | { action: 'skip'; reason: 'terminal' | 'stale' | 'running-elsewhere' }
   | { action: 'fail'; reason: 'attempts-exhausted' | 'unknown-type' }
   | { action: 'cancel' }
@@ -46,6 +47,8 @@ export type Decision =
  *
  * - terminal task: never run again (duplicates and late retries are acked and dropped);
  * - pending, message for an attempt already started: a duplicate of an old message, dropped;
+ * - processing under this delivery's own external job id: its start committed but the answer was lost
+ *   (a connection cut after the commit), so the retry of the same delivery resumes that start;
  * - processing with a live lease: another run owns it; dropped without running the handler, which
  *   is safe because if that run dies its lease expires and the run is resumed (by its own redelivery,
  *   or by the sweeper, which writes a new outbox row);
@@ -54,13 +57,14 @@ export type Decision =
  *   dead run was its last attempt;
  * - a type this worker does not know (and the message is not a duplicate): the task fails.
  */
-export function decide(task: LockedTask | undefined, message: TaskMessage): Decision {
+export function decide(task: LockedTask | undefined, message: TaskMessage & { externalJobId: string }): Decision {
   if (!task) return { action: 'dead-letter', reason: 'unknown-task' };
   if (task.type !== message.type) return { action: 'dead-letter', reason: 'type-mismatch' };
   if (isTerminal(task.status)) {
     return { action: 'skip', reason: 'terminal' };
   }
   if (task.status === 'pending' && message.attempt <= task.attempts) return { action: 'skip', reason: 'stale' };
+  if (task.status === 'processing' && task.external_job_id === message.externalJobId) return { action: 'resume' };
   if (task.status === 'processing' && !task.lease_expired) return { action: 'skip', reason: 'running-elsewhere' };
   if (task.status === 'processing' && task.cancel_requested) return { action: 'cancel' };
   // After the duplicate checks: a worker older than the type (a rolling upgrade) drops a copy of a
@@ -118,8 +122,12 @@ export async function beginAttempt(
     ? { action: 'started', ...startedPending, leaseFrom: pendingLeaseFrom }
     : await deps.db.transaction().execute(async (tx): Promise<DeliveryDecision> => {
         const task = await lockTask(tx, message.taskId);
-        const decision = decide(task, message);
+        const decision = decide(task, { ...message, externalJobId });
         if (!task || decision.action === 'dead-letter' || decision.action === 'skip') return decision;
+        if (decision.action === 'resume') {
+          await renewOwnStart(tx, task.id, deps.leaseMs);
+          return { action: 'started', task, attempt: task.attempts, leaseFrom: lockedFrom };
+        }
         if (decision.action === 'cancel') {
           await cancelLostRun(tx, task);
           return decision;

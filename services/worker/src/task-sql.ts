@@ -52,12 +52,14 @@ export interface LockedTask {
   /** A cancel was asked for while the task was processing (the api's POST /tasks/{id}/cancel). */
   cancel_requested: boolean;
   correlation_id: string | null;
+  /** The delivery that started its current attempt. */
+  external_job_id: string | null;
 }
 
 /** Locks the task row for the rest of the caller's transaction, so two deliveries decide one at a time. */
 export async function lockTask(tx: Db, id: string): Promise<LockedTask | undefined> {
   const { rows } = await sql<LockedTask>`
-    SELECT id, type, payload, status, attempts, max_attempts, timeout_ms, correlation_id,
+    SELECT id, type, payload, status, attempts, max_attempts, timeout_ms, correlation_id, external_job_id,
            coalesce(lease_until < now(), true) AS lease_expired, cancel_requested_at IS NOT NULL AS cancel_requested
     FROM tasks WHERE id = ${id} FOR UPDATE`.execute(tx);
   return rows[0];
@@ -158,9 +160,20 @@ export async function startPendingAttempts(
       // The start's guard took a pending task, and a cancel ends a pending task at once.
       cancel_requested: false,
       correlation_id: row.correlation_id,
+      external_job_id: row.external_job_id,
     };
     return { task, attempt: row.attempts };
   });
+}
+
+/**
+ * Gives a start of this delivery whose answer was lost (decide's 'resume') a fresh lease, in the
+ * transaction that locked it, so the run's fence counts from a time before that lease began.
+ */
+export async function renewOwnStart(tx: Db, taskId: string, leaseMs: number): Promise<void> {
+  await sql`UPDATE tasks SET lease_until = now() + ${leaseMs} * interval '1 millisecond' WHERE id = ${taskId}`.execute(
+    tx,
+  );
 }
 
 /**
