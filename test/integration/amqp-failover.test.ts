@@ -90,6 +90,16 @@ describe('AMQP_URLS failover', () => {
     expect(attempts).toBeGreaterThanOrEqual(2);
   });
 
+  it('moves to the next node when its node goes silent (a frozen host), within two default heartbeats', async () => {
+    const [a, b] = [await proxy(), await proxy()];
+    const { setups, connectedTo } = await connect([a.url(amqpUrl()), b.url(amqpUrl())]);
+    await waitFor('connected through the first node', () => setups.length === 1);
+    a.blackhole();
+    // RabbitMQ's own heartbeat (60 s) would take two minutes; at 10 s two missed beats take about 20.
+    await waitFor('connected through the second node', () => setups.length === 2, 35_000);
+    expect(connectedTo().at(-1)).toBe(withPassword(b.url(amqpUrl()), '***'));
+  }, 45_000);
+
   it('moves to the next node when its node goes away, and from the last back to the first', async () => {
     const [first, second] = [await proxy(), await proxy()];
     const urls = [first.url(amqpUrl()), second.url(amqpUrl())];

@@ -7,6 +7,7 @@ import { amqpUrl, deleteTopology, testPrefix, testTopology } from '../helpers/am
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
 import { capturingLogger } from '../helpers/log';
+import { startFaultProxy, type FaultProxy } from '../helpers/proxy';
 import { waitFor } from '../helpers/wait';
 
 describe('relay and a broker that nacks', () => {
@@ -15,11 +16,14 @@ describe('relay and a broker that nacks', () => {
   let loop: RelayLoop | undefined;
   let connection: Awaited<ReturnType<typeof connectAmqp>> | undefined;
   let admin: amqp.ChannelModel | undefined;
+  let proxy: FaultProxy | undefined;
 
   afterEach(async () => {
     await loop?.stop();
     await connection?.close();
     await admin?.close();
+    await proxy?.close();
+    [loop, connection, admin, proxy] = [undefined, undefined, undefined, undefined];
     await database.drop();
     await deleteTopology(prefix);
   });
@@ -70,5 +74,37 @@ describe('relay and a broker that nacks', () => {
     await ch.deleteQueue(full);
     await waitFor('the row published', async () => (await row()).published_at !== null, 30_000);
     expect(publisher.ready()).toBe(true);
+  }, 60_000);
+
+  it('answers not ready while the broker leaves every publish unconfirmed (a silent node), and publishes once it answers', async () => {
+    database = await createTestDatabase();
+    prefix = testPrefix();
+    const broker = new URL(amqpUrl());
+    proxy = await startFaultProxy(broker.hostname, Number(broker.port || 5672));
+    const publisher = createPublisher(testTopology(prefix), 500, quietLogger);
+    loop = createRelayLoop({
+      db: database.db,
+      publisher,
+      logger: quietLogger,
+      metrics: createRelayMetrics(database.db, []),
+      batchSize: 50,
+      pollMs: 100,
+      leaseMs: 1500,
+    });
+    connection = await connectAmqp(proxy.url(amqpUrl()), quietLogger, async (model, rebuild) => {
+      await publisher.setup(model, rebuild);
+      loop?.wake();
+    });
+    await waitFor('publisher ready', () => publisher.ready());
+    loop.start();
+
+    proxy.blackhole();
+    const taskId = await insertTaskFixture(database.db, { withOutbox: true });
+    await waitFor('not ready while no confirm comes', () => !publisher.ready());
+    await proxy.restore();
+    const row = () =>
+      database.db.selectFrom('outbox').selectAll().where('task_id', '=', taskId).executeTakeFirstOrThrow();
+    await waitFor('the row published', async () => (await row()).published_at !== null, 40_000);
+    await waitFor('ready again', () => publisher.ready());
   }, 60_000);
 });

@@ -41,4 +41,9 @@ describe('connectOptions', () => {
       port: undefined,
     });
   });
+
+  it('asks for a 10 s heartbeat unless the URL names one, so a silent node is noticed in about 20 s', () => {
+    expect(connectOptions('amqp://broker').heartbeat).toBe(10);
+    expect(connectOptions('amqp://broker?heartbeat=0').heartbeat).toBe(0);
+  });
 });

@@ -18,10 +18,7 @@ export interface PublishResult {
 }
 
 export interface Publisher {
-  /**
-   * amqplib recovery calls this after every (re)connect: topology, then a fresh confirm channel.
-   * `rebuild` asks for that again when the broker closes the channel or keeps returning publishes.
-   */
+  /** After every (re)connect: topology, then a fresh confirm channel; `rebuild` asks for that again. */
   setup: AmqpSetup;
   /** A channel is open and the broker does not block the connection: the relay may claim and publish. */
   connected(): boolean;
@@ -45,10 +42,10 @@ export interface Publisher {
 const UNROUTABLE_REBUILD_MS = 2000;
 
 /**
- * How long the broker may nack every publish before the relay rebuilds its connection (new channels).
- * RabbitMQ 3.10 was seen (test/chaos/rabbit-cluster.test.ts) to nack every publish, for good, on a
- * channel opened while the quorum queue was electing a new leader after a node died, while a new
- * channel on the same connection was acked at once.
+ * How long the broker may nack every publish, or leave it unconfirmed (a silent node, until the
+ * heartbeat notices), before the relay rebuilds its connection (new channels). RabbitMQ 3.10 was seen
+ * (test/chaos/rabbit-cluster.test.ts) to nack every publish, for good, on a channel opened while the
+ * quorum queue was electing a leader after a node died; a new channel was acked at once.
  */
 const NACKED_REBUILD_MS = 2000;
 
@@ -92,8 +89,8 @@ interface PublisherState {
   unroutableSince: number | null;
   // Since when the broker has nacked every publish, timing the next rebuild; a new channel starts it again.
   nackedSince: number | null;
-  // The last batch was all nacked: /readyz is 503, through rebuilds too, until the broker confirms a
-  // publish again (the relay retries those rows with backoff, so one comes).
+  // The last batch was all nacked or unconfirmed: /readyz is 503, through rebuilds too, until the broker
+  // confirms a publish again (the relay retries those rows with backoff, so one comes).
   refusing: boolean;
   // The broker blocked the connection (a memory or disk alarm): publishes would wait for the alarm.
   blocked: boolean;
@@ -170,7 +167,7 @@ function noteNacks(state: PublisherState, nacked: number, confirmed: number): vo
   }
   state.nackedSince ??= Date.now();
   if (Date.now() - state.nackedSince >= NACKED_REBUILD_MS) {
-    state.rebuildChannel(`every publish nacked by the broker for ${NACKED_REBUILD_MS} ms`);
+    state.rebuildChannel(`every publish nacked or unconfirmed for ${NACKED_REBUILD_MS} ms`);
   }
 }
 
@@ -214,7 +211,8 @@ async function publishBatch(state: PublisherState, rows: ClaimedRow[]): Promise<
   ch.on('return', onReturn);
   ch.once('close', onClose);
   const { confirmTimeoutMs } = state;
-  const timer = setTimeout(() => failRemaining(`no confirm within ${confirmTimeoutMs} ms`), confirmTimeoutMs);
+  const timedOut = `no confirm within ${confirmTimeoutMs} ms`;
+  const timer = setTimeout(() => failRemaining(timedOut), confirmTimeoutMs);
   try {
     await publishRows(state, ch, rows, batch);
     if (rows.length === 0) batch.allSettled();
@@ -230,7 +228,8 @@ async function publishBatch(state: PublisherState, rows: ClaimedRow[]): Promise<
     else result.failed.push({ id, error });
   }
   noteReturns(state, [...batch.returned.values()], result.published.length);
-  noteNacks(state, batch.nacked, result.published.length);
+  const unconfirmed = result.failed.filter((f) => f.error === timedOut).length;
+  noteNacks(state, batch.nacked + unconfirmed, result.published.length);
   return result;
 }
 
