@@ -126,6 +126,27 @@ describe('@taskbox/client in Node against a running api', () => {
     await proxy.restore();
   });
 
+  it('answers a request it cannot send as an invalid error at once, sending nothing and retrying nothing', async () => {
+    calls.length = 0;
+    const sender = createClient({ baseUrl: base, token: 'alice-token', fetch: recording() });
+    const cycle: Record<string, unknown> = {};
+    cycle.self = cycle;
+    // The types refuse both; a JavaScript caller, or data typed loosely, can still pass them.
+    for (const payload of [{ big: 10n }, cycle] as never[]) {
+      const created = await sender.createTask({ type: 'echo', payload });
+      expect(created.error).toMatchObject({ kind: 'invalid', status: 0, detail: /cannot be sent as JSON/ });
+    }
+    // An invalid Date answers as a value too, not as a throw from the call.
+    const when = sender.createTask({ type: 'echo', runAt: new Date('not a date') });
+    expect((await when).error).toMatchObject({ kind: 'invalid', detail: 'runAt is an invalid Date' });
+    const pages = [];
+    for await (const page of sender.listTasks({ createdAfter: new Date(Number.NaN) })) pages.push(page);
+    expect(pages).toEqual([
+      { error: expect.objectContaining({ kind: 'invalid', detail: 'createdAfter is an invalid Date' }) },
+    ]);
+    expect(calls).toEqual([]);
+  });
+
   it('lists every task once, page after page', async () => {
     const type = 'echo';
     const ids = [];

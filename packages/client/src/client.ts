@@ -1,4 +1,4 @@
-import { abortError, isTransient, type ClientError, type Result } from './errors.js';
+import { abortError, invalidError, isTransient, type ClientError, type Result } from './errors.js';
 import { backoffMs, createHttp, request, sleep, type ClientOptions, type Http } from './http.js';
 import type { CreateTaskInput, NewTask, StreamToken, TaskList, TaskStatus, TaskView } from './types.js';
 import { watchTask, type WatchOptions } from './watch.js';
@@ -78,16 +78,29 @@ async function postIdempotent(
   }
 }
 
+/** The first of `fields` that is an invalid Date (toISOString would throw), as the error answered for it. */
+function invalidDate(fields: object): ClientError | undefined {
+  const [name] = Object.entries(fields).find(([, v]) => v instanceof Date && Number.isNaN(v.getTime())) ?? [];
+  return name === undefined ? undefined : invalidError(`${name} is an invalid Date`);
+}
+
 /** The client. Every method answers `{ data }` or `{ error }` and never throws for an HTTP or network failure. */
 export function createClient(options: ClientOptions): TaskboxClient {
   const http = createHttp(options);
   const client: TaskboxClient = {
     createTask(task, createOptions = {}) {
+      const invalid = invalidDate({ runAt: task.runAt });
+      if (invalid) return Promise.resolve({ error: invalid });
       const body: NewTask = { ...task, runAt: task.runAt instanceof Date ? task.runAt.toISOString() : task.runAt };
       return postIdempotent(http, '/tasks', body, createOptions);
     },
     getTask: (id, { signal } = {}) => request<TaskView>(http, `/tasks/${encodeURIComponent(id)}`, { signal }),
     async *listTasks(filter = {}, { signal } = {}) {
+      const invalid = invalidDate(filter);
+      if (invalid) {
+        yield { error: invalid };
+        return;
+      }
       let cursor: string | null = null;
       do {
         const query = new URLSearchParams();

@@ -2,10 +2,10 @@ import type { Problem } from './types.js';
 
 /**
  * Every failure as a value: the api's problem+json fields when it answered, or why there was no
- * answer. `status` is 0 then.
+ * answer. `status` is 0 then; `invalid` is a request the client could not send (nothing was sent).
  */
 export interface ClientError {
-  kind: 'problem' | 'network' | 'aborted' | 'timeout';
+  kind: 'problem' | 'network' | 'aborted' | 'timeout' | 'invalid';
   status: number;
   title: string;
   detail?: string;
@@ -23,6 +23,11 @@ export type Result<T> = { data: T; error?: undefined } | { data?: undefined; err
 export function networkError(cause: unknown): ClientError {
   const detail = cause instanceof Error ? cause.message : String(cause);
   return { kind: 'network', status: 0, title: 'Network Error', detail };
+}
+
+/** A request that cannot be sent as asked (a body JSON cannot write, an invalid Date): no retry fixes it. */
+export function invalidError(detail: string): ClientError {
+  return { kind: 'invalid', status: 0, title: 'Invalid Request', detail };
 }
 
 /** Why `signal` aborted: a timeout (AbortSignal.timeout) or the caller. */

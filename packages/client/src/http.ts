@@ -1,4 +1,4 @@
-import { abortError, networkError, problemError, type Result } from './errors.js';
+import { abortError, invalidError, networkError, problemError, type Result } from './errors.js';
 
 export interface ClientOptions {
   /** Where the api is: "https://api.example.com", or "" for the page's own origin in a browser. */
@@ -39,12 +39,20 @@ export interface RequestInit {
 export async function request<T>(http: Http, path: string, init: RequestInit = {}): Promise<Result<T>> {
   const { method = 'GET', body, signal } = init;
   const extra = body === undefined ? init.headers : { 'content-type': 'application/json', ...init.headers };
+  let text: string | undefined;
+  try {
+    text = body === undefined ? undefined : JSON.stringify(body);
+  } catch (err) {
+    return {
+      error: invalidError(`the body cannot be sent as JSON: ${err instanceof Error ? err.message : String(err)}`),
+    };
+  }
   let response: Response;
   try {
     response = await http.fetch(`${http.baseUrl}${path}`, {
       method,
       headers: await http.headers(extra),
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: text,
       signal,
     });
   } catch (err) {
