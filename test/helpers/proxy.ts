@@ -13,6 +13,11 @@ export interface FaultProxy {
   /** Ends a cut or a blackhole; what the blackhole held back passes then, as after a healed partition. */
   restore(): Promise<void>;
   /**
+   * Resets every open connection, as a middlebox that dropped them, and lets new ones pass: after a
+   * blackhole, what it held back is lost, as an answer lost on its way back.
+   */
+  reset(): void;
+  /**
    * Sends new connections to another server, as a virtual IP or a DNS name moves after a failover;
    * open connections stay with the server they reached.
    */
@@ -92,6 +97,10 @@ export async function startFaultProxy(targetHost: string, targetPort: number): P
       holding = false;
       for (const link of links) if (!link.passing) pass(link);
       if (!server.listening) await listen(port);
+    },
+    reset() {
+      holding = false;
+      for (const link of links) for (const s of [link.client, link.upstream]) s?.resetAndDestroy();
     },
     retarget(host, newPort) {
       target = { host, port: newPort };

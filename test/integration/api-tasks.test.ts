@@ -4,6 +4,7 @@ import request from 'supertest';
 import { OUTBOX_CHANNEL, createDb, createPgListener, createPool } from '@taskbox/shared';
 import { startTestApi, type TestApi } from '../helpers/api';
 import { quietLogger } from '../helpers/db';
+import { capturingLogger } from '../helpers/log';
 import { insertTaskFixture } from '../helpers/factories';
 import { waitFor } from '../helpers/wait';
 import { createTaskInserter } from '../../services/api/src/task-sql';
@@ -274,6 +275,27 @@ describe('api: readiness', () => {
       const create = await request(api.app).post('/tasks').send({ type: 'echo' });
       expect(create.status).toBe(503);
       expect(create.headers['content-type']).toMatch(PROBLEM);
+    } finally {
+      await api.close();
+      await pool.end();
+    }
+  });
+
+  it('logs an outage once, not once per refused request', async () => {
+    const pool = createPool('postgres://postgres@127.0.0.1:1/none', quietLogger, {
+      max: 2,
+      statementTimeoutMs: 10_000,
+      connectionTimeoutMillis: 1000,
+    });
+    const { logger, lines } = capturingLogger();
+    const api = await startTestApi({ pool, db: createDb(pool), logger });
+    try {
+      for (let i = 0; i < 20; i++) {
+        expect((await request(api.app).post('/tasks').send({ type: 'echo' })).status).toBe(503);
+      }
+      expect(lines.filter((l) => String(l.message).startsWith('database unavailable'))).toEqual([
+        expect.objectContaining({ level: 'warn', refusedSinceLastLine: 1 }),
+      ]);
     } finally {
       await api.close();
       await pool.end();

@@ -2,8 +2,10 @@ import { createDb, createPool, isDbUnavailable, isTransientDbError } from '@task
 import pg from 'pg';
 import request from 'supertest';
 import { startTestApi, type TestApi } from '../helpers/api';
-import { adminUrl, quietLogger } from '../helpers/db';
+import { adminUrl, createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
+import { startFaultProxy } from '../helpers/proxy';
 import { startSystem, type System } from '../helpers/system';
+import { waitFor } from '../helpers/wait';
 
 /**
  * Postgres that holds its callers instead of refusing them: a table locked by another session, a
@@ -140,4 +142,56 @@ describe('a database the api cannot log in to', () => {
       expect(res.headers['content-type']).toMatch(/^application\/problem\+json/);
     }
   });
+});
+
+describe('an insert whose answer was lost', () => {
+  let database: TestDatabase;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await database.drop();
+  });
+
+  it('answers 202, not 503, when the insert committed but its answer was lost on the way back', async () => {
+    const proxy = await startFaultProxy('127.0.0.1', Number(new URL(database.url).port || 5432));
+    const pool = createPool(proxy.url(database.url), quietLogger, { max: 4, statementTimeoutMs: 10_000 });
+    const lost = await startTestApi({ pool, db: createDb(pool) });
+    const locker = new pg.Client({ connectionString: database.url });
+    await locker.connect();
+    try {
+      // The insert reaches Postgres and waits behind the lock; its answer is held back, then dropped.
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE outbox IN SHARE MODE');
+      const answer = request(lost.app)
+        .post('/tasks')
+        .send({ type: 'echo', payload: { lost: 'answer' } });
+      const sent = answer.then((res) => res);
+      await waitFor('the insert waiting on the lock', async () => {
+        const { rows } = await locker.query(
+          "SELECT 1 FROM pg_locks WHERE relation = 'outbox'::regclass AND NOT granted",
+        );
+        return rows.length > 0;
+      });
+      proxy.blackhole();
+      await locker.query('COMMIT');
+      await waitFor('the insert committed', async () => {
+        const { rows } = await locker.query('SELECT 1 FROM tasks WHERE payload = \'{"lost": "answer"}\'');
+        return rows.length > 0;
+      });
+      proxy.reset();
+      const res = await sent;
+      expect(res.status).toBe(202);
+      const { rows } = await locker.query<{ id: string }>(
+        'SELECT id FROM tasks WHERE payload = \'{"lost": "answer"}\'',
+      );
+      expect(rows.map((r) => r.id)).toEqual([(res.body as { id: string }).id]);
+    } finally {
+      await locker.end();
+      await lost.close();
+      await pool.end().catch(() => undefined);
+      await proxy.close();
+    }
+  }, 30_000);
 });

@@ -55,8 +55,34 @@ function isDataException(err: unknown): boolean {
   return /^22[0-9A-Z]{3}$/.test(errorCode(err) ?? '');
 }
 
+/** How long after its last refusal an outage counts as over, and how often a long one is logged again. */
+const OUTAGE_LOG_MS = 30_000;
+
+/**
+ * One warn line when requests start being refused for the database or for load, not one per request: at
+ * a thousand requests a second an outage would flood the logs. While it lasts, a line every
+ * OUTAGE_LOG_MS with how many were refused since; each request's own line is at debug.
+ */
+function createOutageLog(logger: Logger): (message: string, fields: Record<string, unknown>) => void {
+  let lastLogged = 0;
+  let lastRefused = 0;
+  let refused = 0;
+  return (message, fields) => {
+    const now = Date.now();
+    const newOutage = now - lastRefused > OUTAGE_LOG_MS;
+    lastRefused = now;
+    refused++;
+    if (newOutage || now - lastLogged >= OUTAGE_LOG_MS) {
+      logger.warn(newOutage ? message : `${message}: still`, { ...fields, refusedSinceLastLine: refused });
+      lastLogged = now;
+      refused = 0;
+    } else logger.debug(message, fields);
+  };
+}
+
 /** Renders every error as problem+json; never leaks a stack trace. */
 export function problemHandler(logger: Logger): ErrorRequestHandler {
+  const outage = createOutageLog(logger);
   return (err: unknown, req, res, next) => {
     if (res.headersSent) return next(err);
     if (err instanceof HttpProblem) return sendProblem(res, err);
@@ -71,7 +97,7 @@ export function problemHandler(logger: Logger): ErrorRequestHandler {
     const log = { requestId: res.locals.requestId as string, method: req.method, path: req.path };
     if (isTransientDbError(err) || err instanceof OverloadedError) {
       const overloaded = err instanceof OverloadedError;
-      logger.warn(overloaded ? 'request refused: too many waiting' : 'database unavailable', {
+      outage(overloaded ? 'request refused: too many waiting' : 'database unavailable', {
         ...log,
         error: toError(err).message,
       });

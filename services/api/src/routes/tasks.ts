@@ -10,7 +10,9 @@ import {
   type TaskInsert,
   type TaskNotifier,
   type TaskRow,
+  errorCode,
   findJsonIssue,
+  toError,
 } from '@taskbox/shared';
 import { findTaskType, taskTypeNames, type TaskType } from '@taskbox/tasks';
 import { decodeCursor, encodeCursor } from '../cursor';
@@ -152,16 +154,34 @@ function createTask(deps: TasksDeps, insertTask: (insert: TaskInsert) => Promise
       idempotencyKey,
       requestHash,
     };
-    const inserted = await insertTask({
-      task,
-      context: { correlationId, traceparent: req.get('traceparent') ?? null },
-    });
+    let inserted: Inserted;
+    try {
+      inserted = await insertTask({ task, context: { correlationId, traceparent: req.get('traceparent') ?? null } });
+    } catch (err) {
+      // Its commit may have gone through before the connection broke: the id is this request's, so look.
+      const row = answerMayBeLost(err) ? await findTask(db, viewer(res), task.id).catch(() => undefined) : undefined;
+      if (!row) throw err;
+      logger.warn("task accepted: the insert's answer was lost, but it committed", { taskId: task.id, correlationId });
+      res.status(202).location(`/tasks/${row.id}`).json(toTaskView(row));
+      return;
+    }
     // Nothing inserted: the key was used before by this owner.
     if (!inserted) return answerReplay(res, await earlier(), requestHash);
     const runAt = inserted.task.run_at?.toISOString();
     logger.info('task accepted', { taskId: task.id, messageId: inserted.messageId, type, correlationId, runAt });
     res.status(202).location(`/tasks/${inserted.task.id}`).json(toTaskView(inserted.task));
   };
+}
+
+/**
+ * The connection broke after the insert was sent (reset, ended, the backend terminated): it may have
+ * committed. Not a refusal (read-only, a lock, a statement timeout), after which Postgres rolled it back,
+ * nor a failure to connect, before which nothing was sent; nor a server that stopped answering, which a
+ * lookup would wait for as long again.
+ */
+function answerMayBeLost(err: unknown): boolean {
+  const code = errorCode(err);
+  return code === 'ECONNRESET' || code === '57P01' || /Connection terminated/i.test(toError(err).message);
 }
 
 function listTasksHandler({ db }: TasksDeps): Handler {
