@@ -46,6 +46,7 @@ describe('worker', () => {
         leaseMs,
         retry: { baseMs: 10, maxMs: 50 },
         timeoutGraceMs: 1000,
+        resultMaxBytes: 1000,
         orphans: createOrphans(10, metrics, () => undefined),
         stopping: stopping.signal,
       },
@@ -280,6 +281,17 @@ describe('worker', () => {
     expect(await database.db.selectFrom('outbox').select('payload').execute()).toEqual([
       { payload: { taskId: id, type: 'flaky', attempt: 2 } },
     ]);
+  });
+
+  it('fails a task, without retries, when its result is larger than WORKER_RESULT_MAX_BYTES (1000 here)', async () => {
+    const id = await insertTaskFixture(database.db, { type: 'echo', payload: { text: 'x'.repeat(2000) } });
+    await publish({ taskId: id, type: 'echo', attempt: 1 });
+    await waitFor('failed', async () => (await task(id)).status === 'failed');
+    expect(await task(id)).toMatchObject({
+      attempts: 1,
+      result: null,
+      error: { name: 'PermanentError', message: expect.stringMatching(/^the result is 2011 bytes of JSON, over/) },
+    });
   });
 
   it('fails a task, without retries, when Postgres refuses to store its result', async () => {

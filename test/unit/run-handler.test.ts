@@ -3,7 +3,7 @@ import { defineTaskType, PermanentError, type Db, type TaskContext } from '@task
 import type { AnyTaskType } from '@taskbox/tasks';
 import { createWorkerMetrics } from '../../services/worker/src/metrics';
 import { createOrphans, type Orphans } from '../../services/worker/src/orphans';
-import { checkResult, RunAbandoned, runHandler } from '../../services/worker/src/run-handler';
+import { checkResult, checkResultSize, RunAbandoned, runHandler } from '../../services/worker/src/run-handler';
 import { quietLogger } from '../helpers/db';
 
 const render = defineTaskType({
@@ -46,8 +46,27 @@ describe("a type's result schema", () => {
     const wrong = { ...render, run: async () => ({ size: 'big' }) } as AnyTaskType;
     const orphans: Orphans = { adopt: () => undefined };
     await expect(
-      runHandler(wrong, context(new AbortController().signal), { graceMs: 10, orphans, logger: quietLogger }),
+      runHandler(wrong, context(new AbortController().signal), {
+        graceMs: 10,
+        resultMaxBytes: 1000,
+        orphans,
+        logger: quietLogger,
+      }),
     ).rejects.toThrow(PermanentError);
+  });
+});
+
+describe("a result's size", () => {
+  it('passes a result whose JSON fits, and fails a larger one with a PermanentError naming both sizes', () => {
+    expect(checkResultSize({ s: 'x'.repeat(10) }, 18)).toEqual({ s: 'xxxxxxxxxx' });
+    const check = () => checkResultSize({ s: 'x'.repeat(11) }, 18);
+    expect(check).toThrow(PermanentError);
+    expect(check).toThrow('the result is 19 bytes of JSON, over WORKER_RESULT_MAX_BYTES (18)');
+  });
+
+  it('leaves a result JSON cannot write to the finish, which says why', () => {
+    const big = { n: 10n };
+    expect(checkResultSize(big, 18)).toBe(big);
   });
 });
 
@@ -58,7 +77,12 @@ describe('the grace after a run is aborted', () => {
     let finish = (): void => undefined;
     const stubborn = { ...render, run: () => new Promise((resolve) => (finish = () => resolve({}))) } as AnyTaskType;
     const controller = new AbortController();
-    const running = runHandler(stubborn, context(controller.signal), { graceMs: 20, orphans, logger: quietLogger });
+    const running = runHandler(stubborn, context(controller.signal), {
+      graceMs: 20,
+      resultMaxBytes: 1000,
+      orphans,
+      logger: quietLogger,
+    });
     controller.abort('timeout');
 
     await expect(running).rejects.toThrow(RunAbandoned);
@@ -80,7 +104,12 @@ describe('the grace after a run is aborted', () => {
     } as AnyTaskType;
     const controller = new AbortController();
     const orphans: Orphans = { adopt: (run) => adopted.push(run) };
-    const running = runHandler(polite, context(controller.signal), { graceMs: 1000, orphans, logger: quietLogger });
+    const running = runHandler(polite, context(controller.signal), {
+      graceMs: 1000,
+      resultMaxBytes: 1000,
+      orphans,
+      logger: quietLogger,
+    });
     controller.abort('timeout');
     await expect(running).rejects.toThrow('stopped');
     expect(adopted).toEqual([]);

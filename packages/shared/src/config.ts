@@ -132,6 +132,8 @@ export const configSchema = z.object({
   // A run whose signal aborted (its timeout, a cancel, the shutdown) has this long to return; then the
   // worker records the attempt and frees the slot, and the run goes on in the background, counted.
   WORKER_TIMEOUT_GRACE_MS: positiveInt.default(2000),
+  // The largest result a run may return, as JSON; a larger one fails the task (PermanentError).
+  WORKER_RESULT_MAX_BYTES: positiveInt.default(10 * 1024 * 1024),
   // When this many abandoned runs are still going at once, the worker drains and exits 1 to be restarted.
   WORKER_ABANDONED_RUNS_MAX: positiveInt.default(10),
   RETRY_BASE_MS: positiveInt.default(1000),

@@ -88,6 +88,8 @@ export interface AttemptDeps {
   retry: BackoffPolicy;
   /** How long a run may go on after its signal aborted before it is abandoned (WORKER_TIMEOUT_GRACE_MS). */
   timeoutGraceMs: number;
+  /** The largest result stored, as JSON (WORKER_RESULT_MAX_BYTES). */
+  resultMaxBytes: number;
   orphans: Orphans;
   /** Aborted when the worker stops: recording a result stops retrying then. */
   stopping: AbortSignal;
@@ -184,7 +186,7 @@ export async function runAttempt(deps: AttemptDeps, started: Started, logger: Lo
     // At debug: the task's one info line in the worker is its outcome; the start is in the row (started_at,
     // external_job_id) and the attempt's row.
     logger.debug('task started', { attempt, timeoutMs });
-    const limits = { graceMs: deps.timeoutGraceMs, orphans: deps.orphans, logger };
+    const limits = { graceMs: deps.timeoutGraceMs, resultMaxBytes: deps.resultMaxBytes, orphans: deps.orphans, logger };
     outcome = { kind: 'succeeded', result: await runHandler(definition, ctx, limits) };
   } catch (err) {
     const reason = signal.aborted ? (signal.reason as AbortReason) : null;

@@ -131,6 +131,7 @@ function consumerFor(parts: ConsumerParts, logger: Logger) {
       leaseMs: config.WORKER_LEASE_MS,
       retry: { baseMs: config.RETRY_BASE_MS, maxMs: config.RETRY_MAX_MS },
       timeoutGraceMs: config.WORKER_TIMEOUT_GRACE_MS,
+      resultMaxBytes: config.WORKER_RESULT_MAX_BYTES,
       orphans: createOrphans(config.WORKER_ABANDONED_RUNS_MAX, deps.metrics, stopAndExit),
       stopping: stopController.signal,
     },

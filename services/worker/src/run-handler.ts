@@ -15,12 +15,14 @@ export class RunAbandoned extends Error {
 export interface RunLimits {
   /** How long a run may go on after its signal aborted (WORKER_TIMEOUT_GRACE_MS). */
   graceMs: number;
+  /** The largest result stored, as JSON (WORKER_RESULT_MAX_BYTES). */
+  resultMaxBytes: number;
   orphans: Orphans;
   logger: Logger;
 }
 
 /**
- * Calls the type's `run` and answers its result, checked against the type's result schema.
+ * Calls the type's `run` and answers its result, checked against the type's result schema and size.
  *
  * THE GRACE. Once the run's signal aborts (a timeout, a cancel, the shutdown, a lost lease), `run` has
  * `graceMs` to return. A run that ignores its signal has not: JavaScript cannot stop a promise, so the
@@ -39,7 +41,7 @@ export async function runHandler(definition: AnyTaskType, ctx: TaskContext<unkno
       `the run did not return within ${limits.graceMs} ms of its signal (${String(ctx.signal.reason)})`,
     );
   }
-  return checkResult(definition, value);
+  return checkResultSize(checkResult(definition, value), limits.resultMaxBytes);
 }
 
 const abandoned = Symbol('abandoned');
@@ -69,4 +71,24 @@ export function checkResult(definition: AnyTaskType, value: unknown): unknown {
   if (parsed.success) return parsed.data;
   const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(result)'}: ${i.message}`).join('; ');
   throw new PermanentError(`the result of "${definition.name}" does not match its result schema: ${issues}`);
+}
+
+/**
+ * The result, unless its JSON is larger than `maxBytes`: a PermanentError then. A result of a hundred
+ * megabytes would be sent to Postgres again and again, each time until the statement timeout, holding
+ * the slot and the finishes batched with it, and then served whole by every GET of the task. A result
+ * JSON cannot write is left to the finish, which fails it with Postgres's or JSON's reason.
+ */
+export function checkResultSize(value: unknown, maxBytes: number): unknown {
+  let bytes: number;
+  try {
+    bytes = Buffer.byteLength(JSON.stringify(value) ?? 'null');
+  } catch {
+    return value;
+  }
+  if (bytes <= maxBytes) return value;
+  throw new PermanentError(
+    `the result is ${bytes} bytes of JSON, over WORKER_RESULT_MAX_BYTES (${maxBytes}): ` +
+      'store a large output elsewhere and return where it is',
+  );
 }
