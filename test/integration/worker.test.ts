@@ -374,7 +374,7 @@ describe('worker', () => {
     expect(await attemptsOf(id)).toMatchObject([{ outcome: 'cancelled' }]);
   });
 
-  it('at shutdown undoes the attempt of a run that stopped, and keeps the lease of a run still going, so none runs twice at once', async () => {
+  it('at shutdown queues the next attempt of a run that stopped, not counting it, and keeps the lease of a run still going', async () => {
     // Its last attempt: a deploy must not fail it.
     const stopped = await insertTaskFixture(database.db, { type: 'sleep', payload: { ms: 6000 }, maxAttempts: 1 });
     const going = await insertTaskFixture(database.db, { type: 'sleep', payload: { ms: 8000, ignoreSignal: true } });
@@ -383,18 +383,20 @@ describe('worker', () => {
       (await Promise.all([task(stopped), task(going)])).every((t) => t.status === 'processing'),
     );
     await worker.close();
-    expect(await task(stopped)).toMatchObject({ status: 'pending', attempts: 0, lease_until: null, started_at: null });
-    expect(await attemptsOf(stopped)).toEqual([]);
+    expect(await task(stopped)).toMatchObject({ status: 'pending', attempts: 1, max_attempts: 2, lease_until: null });
+    expect(await attemptsOf(stopped)).toMatchObject([{ attempt: 1, outcome: 'lost', error: { name: 'Interrupted' } }]);
+    const queued = await database.db.selectFrom('outbox').select('payload').where('task_id', '=', stopped).execute();
+    expect(queued).toEqual([{ payload: { taskId: stopped, type: 'sleep', attempt: 2 } }]);
     expect(((await task(going)).lease_until?.getTime() ?? 0) > Date.now()).toBe(true);
 
+    // No relay runs here: the queued message is published by hand, as the relay would.
     worker = await startWorker();
-    await waitFor(
-      'the same attempt run again to the end',
-      async () => (await task(stopped)).status === 'succeeded',
-      15_000,
-    );
-    expect(await task(stopped)).toMatchObject({ attempts: 1 });
-    expect(await attemptsOf(stopped)).toMatchObject([{ attempt: 1, outcome: 'succeeded' }]);
+    await publish({ taskId: stopped, type: 'sleep', attempt: 2 }, {}, 'sleep');
+    await waitFor('the next attempt run to the end', async () => (await task(stopped)).status === 'succeeded', 15_000);
+    expect(await attemptsOf(stopped)).toMatchObject([
+      { attempt: 1, outcome: 'lost' },
+      { attempt: 2, outcome: 'succeeded' },
+    ]);
   });
 
   it.each([

@@ -1,4 +1,4 @@
-import { errorJson, isDbUnavailable, toError } from '@taskbox/shared';
+import { errorJson, isDbUnavailable, mayHaveCommitted, toError } from '@taskbox/shared';
 
 describe('errorJson, the failure as stored in tasks.error', () => {
   it('replaces the text Postgres refuses (NUL, unpaired surrogates) and keeps a paired one', () => {
@@ -55,6 +55,29 @@ describe('isDbUnavailable, "try again later" rather than "the request is wrong"'
   it('does not count a query Postgres refuses', () => {
     for (const code of ['22P02', '23505', '42601']) {
       expect({ code, unavailable: isDbUnavailable(coded(code)) }).toEqual({ code, unavailable: false });
+    }
+  });
+});
+
+describe('mayHaveCommitted, a connection that broke after the statement was sent', () => {
+  const coded = (code: string, message = code) => Object.assign(new Error(message), { code });
+
+  it('counts a reset, a terminated backend and a connection that ended mid-statement', () => {
+    expect(mayHaveCommitted(coded('ECONNRESET'))).toBe(true);
+    expect(mayHaveCommitted(coded('57P01'))).toBe(true);
+    expect(mayHaveCommitted(new Error('Connection terminated unexpectedly'))).toBe(true);
+  });
+
+  it('does not count a refusal, a failure to connect, or a server that stopped answering', () => {
+    for (const err of [
+      coded('ECONNREFUSED'),
+      coded('57014'),
+      coded('25006'),
+      coded('55P03'),
+      new Error('Connection terminated due to connection timeout'),
+      new Error('timeout exceeded when trying to connect'),
+    ]) {
+      expect({ error: err.message, counted: mayHaveCommitted(err) }).toEqual({ error: err.message, counted: false });
     }
   });
 });

@@ -56,7 +56,8 @@ export function spawnChild({ script, env, log, nodeArgs = [] }: SpawnOptions): C
       if (stream) readline.createInterface({ input: stream }).on('line', log.pipe);
     }
   }
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  // 'close', not 'exit': by then its output is read too, so its last log lines (a shutdown's) are there.
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
   return {
     process: child,
     exited,

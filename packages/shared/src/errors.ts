@@ -35,6 +35,14 @@ export class OverloadedError extends Error {
  * the doctor looks for it.
  */
 export const NO_HANDLER = 'no handler for task type';
+/**
+ * The error name of an attempt a worker's shutdown stopped: not counted against maxAttempts (the worker
+ * raised max_attempts by one for it, which a retry takes off again).
+ */
+export const INTERRUPTED = 'Interrupted';
+/** How the relay's last_error begins on a row the broker nacked, and on one it never confirmed. */
+export const NACKED = 'nacked by broker';
+export const UNCONFIRMED = 'no confirm within';
 /** The relay's last_error on an outbox row the broker returned (no queue bound to its routing key). */
 export const UNROUTABLE = 'returned as unroutable';
 export const noHandlerError = (type: string): Error => new Error(`${NO_HANDLER} "${type}"`);
@@ -117,6 +125,19 @@ export function isDbUnavailable(value: unknown): boolean {
 }
 
 /** True when a database error means "try again later" (unavailable, or a lost conflict), not that the query was wrong. */
+/**
+ * The connection broke after a statement was sent (reset, ended, its backend terminated): a write may
+ * have committed before the answer was lost. Not a refusal (read-only, a lock, a statement timeout),
+ * after which Postgres rolled it back; not a failure to connect, before which nothing was sent; nor a
+ * server that stopped answering (QUERY_READ_TIMEOUT), which a lookup would wait for as long again.
+ */
+export function mayHaveCommitted(value: unknown): boolean {
+  if (!isError(value)) return false;
+  const code = errorCode(value);
+  if (code === 'ECONNRESET' || code === '57P01') return true;
+  return /Connection terminated unexpectedly/i.test(value.message);
+}
+
 export function isTransientDbError(value: unknown): boolean {
   if (!isError(value)) return false;
   const code = errorCode(value);

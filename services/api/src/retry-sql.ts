@@ -1,5 +1,6 @@
 import { sql, type RawBuilder } from 'kysely';
 import {
+  INTERRUPTED,
   insertOutbox,
   outboxMessage,
   wakeRelays,
@@ -34,8 +35,9 @@ export type RetryOutcome =
  * each with a new outbox row for its next attempt, and records each retry (task_retries). Attempts go
  * on counting; the task gets a fresh budget of attempts: max_attempts becomes attempts plus the budget
  * it had, which is its max_attempts less the attempts it had at its previous retry (none: its
- * maxAttempts at creation), since only a retry ever changes max_attempts. The error of the last attempt
- * stays until the next outcome, as it does between the worker's own retries.
+ * maxAttempts at creation), less the attempts a shutdown interrupted since (each of which raised
+ * max_attempts by one: interruptAttempt in the worker). The error of the last attempt stays until the
+ * next outcome, as it does between the worker's own retries.
  */
 export async function retryLocked(
   tx: Db,
@@ -47,7 +49,12 @@ export async function retryLocked(
   if (tasks.length === 0) return;
   await sql`
     WITH last AS (
-      SELECT t.id, t.attempts, coalesce(r.retry, 0) AS retries, t.max_attempts - coalesce(r.after_attempt, 0) AS budget
+      SELECT t.id, t.attempts, coalesce(r.retry, 0) AS retries,
+             t.max_attempts - coalesce(r.after_attempt, 0) - (
+               SELECT count(*) FROM task_attempts a
+               WHERE a.task_id = t.id AND a.attempt > coalesce(r.after_attempt, 0)
+                 AND a.error->>'name' = ${INTERRUPTED}
+             )::int AS budget
       FROM tasks t
       LEFT JOIN LATERAL (
         SELECT retry, after_attempt FROM task_retries WHERE task_id = t.id ORDER BY retry DESC LIMIT 1

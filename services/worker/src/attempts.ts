@@ -22,7 +22,7 @@ import { findTaskType, isTaskType } from '@taskbox/tasks';
 import { leaseClock, type AbortReason, type Leases } from './leases';
 import type { WorkerMetrics } from './metrics';
 import type { AttemptWrites } from './attempt-writes';
-import { releaseLease, undoInterruptedAttempt } from './lease-sql';
+import { interruptAttempt, releaseLease } from './lease-sql';
 import type { Orphans } from './orphans';
 import { RunAbandoned, runHandler, TimeoutError } from './run-handler';
 import type { AttemptOutcome } from './finish-sql';
@@ -191,16 +191,19 @@ export async function runAttempt(deps: AttemptDeps, started: Started, logger: Lo
   } catch (err) {
     const reason = signal.aborted ? (signal.reason as AbortReason) : null;
     if (reason === 'shutdown' || reason === 'lost') {
-      // Abandoned, not failed. At shutdown a run that stopped is undone, so the redelivery runs the same
-      // attempt again at once. A run that ignored its signal (RunAbandoned) goes on until the process
-      // exits: its lease stays, so no other worker starts the task beside it, and the sweeper resumes it
-      // once the lease has run out. A lost lease is no longer this run's to touch.
+      // Not failed. At shutdown a run that stopped is interrupted: its next attempt is queued at once and
+      // this one is not counted (interruptAttempt), so the message is settled. A run that ignored its
+      // signal (RunAbandoned) goes on until the process exits: its lease stays, so no other worker starts
+      // the task beside it, and the sweeper resumes it once the lease has run out. A lost lease is no
+      // longer this run's to touch.
       if (reason === 'shutdown' && !(err instanceof RunAbandoned)) {
-        const undone = await undoInterruptedAttempt(deps.db, task.id, attempt).catch(() => false);
-        if (undone) {
+        if (await interruptAttempt(deps.db, task.id, attempt).catch(() => false)) {
           deps.taskNotifier.changed(task.id);
-          logger.warn('task interrupted by the shutdown; the attempt will run again, not counted', { attempt });
-          return 'abandoned';
+          deps.outboxNotifier.poke();
+          logger.warn('task interrupted by the shutdown; its next attempt is queued, this one not counted', {
+            attempt,
+          });
+          return 'recorded';
         }
         await releaseLease(deps.db, task.id, attempt).catch(() => undefined);
       }

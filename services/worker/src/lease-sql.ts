@@ -1,5 +1,6 @@
 import { sql } from 'kysely';
 import {
+  INTERRUPTED,
   insertOutbox,
   nextAttemptMessage,
   TASK_CHANGED_SET,
@@ -27,35 +28,44 @@ export async function closeLostAttempts(tx: Db, runs: { taskId: string; attempt:
     WHERE a.task_id = r.task_id AND a.attempt = r.attempt AND a.finished_at IS NULL`.execute(tx);
 }
 
+/** The error of an attempt a shutdown stopped: not counted against maxAttempts (interruptAttempt). */
+export const INTERRUPTED_RUN = {
+  name: INTERRUPTED,
+  message: 'the worker shut down while the attempt ran; it is not counted against maxAttempts',
+};
+
 /**
- * Undoes the attempt of a run that a shutdown stopped: its row goes, and the task is pending again
- * under the attempt before, as if the delivery had never started it. So the redelivery of the same
- * message runs that attempt again: a deploy costs no attempt, and never fails a task on its last one.
- * Only while the run still owns the task with no cancel requested; false otherwise (a cancel is then
- * the redelivery's to end, as for any run that stopped).
+ * Ends the attempt of a run that a shutdown stopped, in one transaction: the attempt is closed as 'lost'
+ * with INTERRUPTED_RUN, the task's budget grows by one (max_attempts + 1, which a retry takes off
+ * again: retry-sql.ts), and the task is pending with an outbox row for its next attempt, as after a
+ * failure but at once. So a deploy costs no attempt and never fails a task on its last one; attempt
+ * numbers still only grow, so whatever the stopped run still sends is fenced off; and the next run does
+ * not depend on the old message coming back. Only while the run still owns the task with no cancel
+ * requested; false otherwise (a cancel is then the redelivery's or the sweeper's to end).
  */
-export async function undoInterruptedAttempt(db: Db, taskId: string, attempt: number): Promise<boolean> {
-  const { rows } = await sql`
-    WITH task AS (
-      SELECT id FROM tasks
+export async function interruptAttempt(db: Db, taskId: string, attempt: number): Promise<boolean> {
+  return db.transaction().execute(async (tx) => {
+    const { rows } = await sql<TaskRowForMessage>`
+      UPDATE tasks
+      SET status = 'pending', max_attempts = max_attempts + 1, lease_until = NULL, updated_at = now(),
+          ${TASK_CHANGED_SET}
       WHERE id = ${taskId} AND status = 'processing' AND attempts = ${attempt} AND cancel_requested_at IS NULL
-      FOR UPDATE
-    ), undone AS (
-      DELETE FROM task_attempts a USING task WHERE a.task_id = task.id AND a.attempt = ${attempt}
-      RETURNING a.task_id
-    )
-    UPDATE tasks t
-    SET status = 'pending', attempts = ${attempt} - 1, lease_until = NULL, current_step = NULL, progress = NULL,
-        started_at = CASE WHEN ${attempt} = 1 THEN NULL ELSE t.started_at END,
-        external_job_id = (SELECT p.external_job_id FROM task_attempts p
-                           WHERE p.task_id = t.id AND p.attempt = ${attempt} - 1),
-        updated_at = now(), ${TASK_CHANGED_SET}
-    FROM undone WHERE t.id = undone.task_id
-    RETURNING t.id`.execute(db);
-  return rows.length > 0;
+      RETURNING id, type, attempts, correlation_id, traceparent`.execute(tx);
+    const task = rows[0];
+    if (!task) return false;
+    await sql`
+      UPDATE task_attempts SET outcome = 'lost', finished_at = now(), error = ${JSON.stringify(INTERRUPTED_RUN)}::jsonb
+      WHERE task_id = ${taskId} AND attempt = ${attempt} AND finished_at IS NULL`.execute(tx);
+    await insertOutbox(tx, [nextAttemptMessage(task)]);
+    return true;
+  });
 }
 
-/** Lets a run whose outcome could not be recorded be resumed at once by the redelivery. */
+/**
+ * Lets a run that stopped be resumed at once by the redelivery: one whose outcome could not be
+ * recorded, or one a shutdown stopped that interruptAttempt could not record (a cancel requested,
+ * Postgres away).
+ */
 export async function releaseLease(db: Db, taskId: string, attempt: number): Promise<void> {
   await db
     .updateTable('tasks')
