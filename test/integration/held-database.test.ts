@@ -194,4 +194,28 @@ describe('an insert whose answer was lost', () => {
       await proxy.close();
     }
   }, 30_000);
+
+  it('answers 503 when the connection broke before the insert reached Postgres, which has no such task', async () => {
+    const proxy = await startFaultProxy('127.0.0.1', Number(new URL(database.url).port || 5432));
+    const pool = createPool(proxy.url(database.url), quietLogger, { max: 1, statementTimeoutMs: 10_000 });
+    const lost = await startTestApi({ pool, db: createDb(pool) });
+    try {
+      await pool.query('SELECT 1'); // the pool's one connection, open before the fault
+      proxy.blackhole();
+      const sent = request(lost.app)
+        .post('/tasks')
+        .send({ type: 'echo', payload: { lost: 'on the way' } })
+        .then((res) => res);
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      proxy.reset();
+      const res = await sent;
+      expect(res.status).toBe(503);
+      const { rows } = await database.pool.query('SELECT 1 FROM tasks WHERE payload = \'{"lost": "on the way"}\'');
+      expect(rows).toEqual([]);
+    } finally {
+      await lost.close();
+      await pool.end().catch(() => undefined);
+      await proxy.close();
+    }
+  }, 30_000);
 });

@@ -46,6 +46,8 @@ describe("a run's step and progress", () => {
     expect(await row(id)).toMatchObject({ current_step: 'a\ufffdb', progress: 0.25 });
     await report.step('x'.repeat(MAX_STEP_LENGTH + 500));
     expect((await row(id)).current_step).toHaveLength(MAX_STEP_LENGTH);
+    // A name that throws when turned into text is dropped, and the call still resolves.
+    await expect(report.step(Symbol('no text') as unknown as string)).resolves.toBeUndefined();
   });
 
   it('never rejects while Postgres is unavailable, and says so once per run', async () => {

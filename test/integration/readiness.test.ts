@@ -25,7 +25,7 @@ describe('readiness of the schema', () => {
     const pool = createPool(url.toString(), quietLogger, { max: 1, statementTimeoutMs: 10_000 });
     try {
       const { logger, lines } = capturingLogger();
-      const ready = postgresReadiness(pool, logger);
+      const ready = postgresReadiness(pool, logger, { writes: true });
       expect([await ready(), await ready()]).toEqual([false, false]);
       expect(lines).toEqual([expect.objectContaining({ level: 'warn', missing: await shippedMigrations() })]);
     } finally {
@@ -37,7 +37,7 @@ describe('readiness of the schema', () => {
 
   it('is not ready when this build has no compiled migrations to compare with, saying to build', async () => {
     const { logger, lines } = capturingLogger();
-    const ready = postgresReadiness(migrated.pool, logger, '/nonexistent/migrations');
+    const ready = postgresReadiness(migrated.pool, logger, { writes: true, dir: '/nonexistent/migrations' });
     expect([await ready(), await ready()]).toEqual([false, false]);
     expect(lines).toEqual([
       expect.objectContaining({ level: 'error', message: expect.stringContaining('run npm run build') }),
@@ -50,7 +50,7 @@ describe('readiness of the schema', () => {
     const pool = createPool(migrated.url, quietLogger, { max: 1, statementTimeoutMs: 10_000 });
     try {
       const { logger, lines } = capturingLogger();
-      const ready = postgresReadiness(pool, logger);
+      const ready = postgresReadiness(pool, logger, { writes: true });
       expect([await ready(), await ready()]).toEqual([false, false]);
       await migrated.pool.query(`ALTER DATABASE ${name} RESET default_transaction_read_only`);
       // The pool's one session began read-only, and would stay so: the probe closed it.
@@ -59,6 +59,9 @@ describe('readiness of the schema', () => {
         ['warn', 'not ready: Postgres refuses writes (a standby, or read-only mode)'],
         ['info', 'ready: Postgres takes writes and has every migration of this build'],
       ]);
+      // The api's probe does not ask for writes: it still reads, and answers each write 503.
+      await pool.query('SET SESSION default_transaction_read_only = on');
+      expect(await postgresReadiness(pool, logger, { writes: false })()).toBe(true);
     } finally {
       await pool.end();
       await migrated.pool.query(`ALTER DATABASE ${name} RESET default_transaction_read_only`);
@@ -69,7 +72,7 @@ describe('readiness of the schema', () => {
     const latest = (await shippedMigrations()).at(-1);
     await migrated.pool.query('DELETE FROM kysely_migration WHERE name = $1', [latest]);
     const { logger, lines } = capturingLogger();
-    const ready = postgresReadiness(migrated.pool, logger);
+    const ready = postgresReadiness(migrated.pool, logger, { writes: true });
     expect(await ready()).toBe(false);
     await migrated.pool.query('INSERT INTO kysely_migration (name, timestamp) VALUES ($1, now())', [latest]);
     expect(await ready()).toBe(true);

@@ -7,7 +7,7 @@ import { redactUrl } from './config';
  * missed beats: two minutes in which nothing is published or consumed. At 10 s it takes about 20 s, and
  * the connection then moves to the next node of AMQP_URLS.
  */
-export const DEFAULT_HEARTBEAT_S = 10;
+const DEFAULT_HEARTBEAT_S = 10;
 
 /**
  * An `amqp://` URL as the fields of amqplib's connect-options object, read the way amqplib reads the

@@ -173,9 +173,10 @@ export async function checkUnroutable(db: Db): Promise<CheckResult> {
 }
 
 /**
- * Unpublished rows whose publishes the broker keeps refusing: a queue at its length limit that rejects
- * publishes, a memory or disk alarm. As with unroutable rows, each try pushes available_at on, so this
- * counts from created_at; a row created within `pendingMs` may be a passing blip, retried with backoff.
+ * Unpublished rows whose publishes the broker keeps refusing (three tries or more): a queue at its length
+ * limit that rejects publishes, a memory or disk alarm, a silent node. As with unroutable rows, each try
+ * pushes available_at on, so this counts from created_at, and fails once the oldest is older than
+ * `pendingMs`.
  */
 export async function checkRefused(db: Db, pendingMs: number): Promise<CheckResult> {
   const name = checkNames.refused;

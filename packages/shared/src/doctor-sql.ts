@@ -1,6 +1,6 @@
 import { sql, type RawBuilder } from 'kysely';
 import type { Db } from './db';
-import { NO_HANDLER, UNROUTABLE } from './errors';
+import { NACKED, NO_HANDLER, UNCONFIRMED, UNROUTABLE } from './errors';
 import { lastPublishedAt } from './outbox';
 
 /** Tasks stuck in one place: how many, how long the oldest has waited, and its id to look up. */
@@ -93,27 +93,24 @@ export async function noHandlerFailures(
 }
 
 /**
- * The unpublished outbox rows whose last publish the broker refused (a nack, a confirm that never came, a
- * closed channel), unroutable ones aside: how many, how long ago the oldest was created, its task and
- * the error. `published_at IS NULL` keeps the scan on outbox_due.
+ * The unpublished outbox rows the broker has refused (nacked, or never confirmed) on each of at least
+ * three tries, so not a single blip: how many, how long ago the oldest was created, its task and its
+ * error. `published_at IS NULL` keeps the scan on outbox_due.
  */
 export async function refusedPublishes(
   db: Db,
 ): Promise<{ count: number; oldestSeconds: number; example: string | null; error: string | null }> {
-  const { rows } = await sql<{ count: string; oldest: number | null; example: string | null; error: string | null }>`
-    SELECT count(*) AS count,
-           extract(epoch FROM now() - min(created_at))::float8 AS oldest,
-           (array_agg(task_id::text ORDER BY created_at))[1] AS example,
-           (array_agg(last_error ORDER BY created_at))[1] AS error
+  const { rows } = await sql<{ count: string; oldest: number; example: string; error: string }>`
+    SELECT count(*) OVER () AS count, extract(epoch FROM now() - created_at)::float8 AS oldest,
+           task_id::text AS example, last_error AS error
     FROM outbox
-    WHERE published_at IS NULL AND last_error IS NOT NULL AND last_error <> ${UNROUTABLE}`.execute(db);
+    WHERE published_at IS NULL AND publish_attempts >= 3
+      AND (last_error LIKE ${`${NACKED}%`} OR last_error LIKE ${`${UNCONFIRMED}%`})
+    ORDER BY created_at LIMIT 1`.execute(db);
   const row = rows[0];
-  return {
-    count: Number(row?.count ?? 0),
-    oldestSeconds: row?.oldest ?? 0,
-    example: row?.example ?? null,
-    error: row?.error ?? null,
-  };
+  return row
+    ? { count: Number(row.count), oldestSeconds: row.oldest, example: row.example, error: row.error }
+    : { count: 0, oldestSeconds: 0, example: null, error: null };
 }
 
 /**

@@ -9,14 +9,29 @@ import type { Logger } from './logger';
 
 export type ReadinessCheck = () => Promise<Record<string, boolean>>;
 
+export interface ReadinessOptions {
+  /**
+   * Whether Postgres must take writes. The relay and the worker do nothing without them. The api says
+   * no: on a read-only server it still reads and answers each write 503 problem+json with Retry-After,
+   * where every replica unready at once would leave its Service with no endpoint at all.
+   */
+  writes: boolean;
+  /** Where this build's compiled migrations are. */
+  dir?: string;
+}
+
 /**
- * Every service's readiness probe of Postgres: true when it answers, takes writes, and holds every
- * migration this build ships, so a replica started before `npm run migrate`, or left on a read-only
- * server, takes no traffic it would fail. Migrations it does not know are fine: a newer build applies
+ * Every service's readiness probe of Postgres: true when it answers, holds every migration this build
+ * ships, and (`writes`) takes writes, so a replica started before `npm run migrate`, or a relay or worker
+ * left on a read-only server, reports it. Migrations it does not know are fine: a newer build applies
  * them during a rolling upgrade. Logs each change of state; an unreachable Postgres is only false (its
- * pool logs the errors).
+ * pool logs the errors). Probes that overlap share one check.
  */
-export function postgresReadiness(pool: pg.Pool, logger: Logger, dir = migrationsDir): () => Promise<boolean> {
+export function postgresReadiness(
+  pool: pg.Pool,
+  logger: Logger,
+  { writes, dir = migrationsDir }: ReadinessOptions,
+): () => Promise<boolean> {
   let shipped: Promise<string[]> | undefined;
   // What the last answer logged: '' ready, else why not.
   let state = '';
@@ -24,7 +39,8 @@ export function postgresReadiness(pool: pg.Pool, logger: Logger, dir = migration
     if (next !== state) log();
     state = next;
   };
-  return async () => {
+  let checking: Promise<boolean> | null = null;
+  const check = async (): Promise<boolean> => {
     let names: string[];
     try {
       names = await (shipped ??= shippedMigrations(dir));
@@ -38,7 +54,7 @@ export function postgresReadiness(pool: pg.Pool, logger: Logger, dir = migration
     }
     const schema = await readSchema(pool, names);
     if (!schema) return false;
-    if (schema.readOnly) {
+    if (writes && schema.readOnly) {
       enter('read-only', () => logger.warn('not ready: Postgres refuses writes (a standby, or read-only mode)'));
       return false;
     }
@@ -49,6 +65,7 @@ export function postgresReadiness(pool: pg.Pool, logger: Logger, dir = migration
     });
     return missing.length === 0;
   };
+  return () => (checking ??= check().finally(() => (checking = null)));
 }
 
 /**

@@ -1,10 +1,10 @@
 import { isStorableText } from './storable-text';
 
 /**
- * Checks on a parsed JSON body (the api's) or a payload (enqueueTask's) that their schemas cannot make. Both are about what happens after
- * validation: Postgres refuses some strings (isStorableText); zod's z.json(), JSON.stringify and
- * Postgres all recurse per level, overflowing the stack at a few thousand levels, which a 64 kB body
- * reaches at 32,000. The walk itself is iterative for that reason.
+ * Checks that schemas cannot make, on a parsed JSON body (the api's) or a payload (enqueueTask's).
+ * Both are about what happens after validation: Postgres refuses some strings (isStorableText); zod's
+ * z.json(), JSON.stringify and Postgres all recurse per level, overflowing the stack at a few thousand
+ * levels, which a 64 kB body reaches at 32,000. The walk itself is iterative for that reason.
  */
 
 export const UNSTORABLE_TEXT = 'must not contain NUL characters (\\u0000) or unpaired surrogates';

@@ -190,7 +190,7 @@ export function buildApp(deps: AppDeps): { app: express.Express; registry: Regis
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
   });
-  const postgresReady = postgresReadiness(deps.pool, deps.logger);
+  const postgresReady = postgresReadiness(deps.pool, deps.logger, { writes: false });
   app.get('/readyz', async (_req, res) => {
     const postgres = await postgresReady();
     res.status(postgres ? 200 : 503).json({ status: postgres ? 'ready' : 'not ready', checks: { postgres } });

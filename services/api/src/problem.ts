@@ -82,7 +82,8 @@ function createOutageLog(logger: Logger): (message: string, fields: Record<strin
 
 /** Renders every error as problem+json; never leaks a stack trace. */
 export function problemHandler(logger: Logger): ErrorRequestHandler {
-  const outage = createOutageLog(logger);
+  // Each kind of refusal is an outage of its own.
+  const outages = { database: createOutageLog(logger), overload: createOutageLog(logger) };
   return (err: unknown, req, res, next) => {
     if (res.headersSent) return next(err);
     if (err instanceof HttpProblem) return sendProblem(res, err);
@@ -97,6 +98,7 @@ export function problemHandler(logger: Logger): ErrorRequestHandler {
     const log = { requestId: res.locals.requestId as string, method: req.method, path: req.path };
     if (isTransientDbError(err) || err instanceof OverloadedError) {
       const overloaded = err instanceof OverloadedError;
+      const outage = overloaded ? outages.overload : outages.database;
       outage(overloaded ? 'request refused: too many waiting' : 'database unavailable', {
         ...log,
         error: toError(err).message,

@@ -68,7 +68,7 @@ export function relayParts(config: Config, logger: Logger, { processMetrics = tr
     createRetention(db, pool, retentionOptions(config), logger),
     reconciler,
   ];
-  const postgresReady = postgresReadiness(pool, logger);
+  const postgresReady = postgresReadiness(pool, logger, { writes: true });
   return {
     parts,
     ready: async () => ({ postgres: await postgresReady(), rabbitmq: publisher.ready() }),

@@ -2,9 +2,11 @@ import type { ChannelModel, ConfirmChannel, Message, Options } from 'amqplib';
 import {
   assertTopology,
   inspectQueue,
+  NACKED,
   queueOfType,
   taskMessageSchema,
   toError,
+  UNCONFIRMED,
   UNROUTABLE,
   type AmqpTopology,
   type AmqpSetup,
@@ -192,8 +194,7 @@ function createBatchConfirms(size: number): BatchConfirms {
 
 /** Settles one row; the first outcome counts (a confirm after a timeout changes nothing). */
 function conclude(batch: BatchConfirms, id: string, error: string | null): void {
-  if (batch.outcome.has(id)) return;
-  batch.outcome.set(id, error);
+  if (!batch.outcome.has(id)) batch.outcome.set(id, error);
   if (batch.outcome.size === batch.size) batch.allSettled();
 }
 
@@ -211,7 +212,7 @@ async function publishBatch(state: PublisherState, rows: ClaimedRow[]): Promise<
   ch.on('return', onReturn);
   ch.once('close', onClose);
   const { confirmTimeoutMs } = state;
-  const timedOut = `no confirm within ${confirmTimeoutMs} ms`;
+  const timedOut = `${UNCONFIRMED} ${confirmTimeoutMs} ms`;
   const timer = setTimeout(() => failRemaining(timedOut), confirmTimeoutMs);
   try {
     await publishRows(state, ch, rows, batch);
@@ -245,7 +246,7 @@ async function publishRows(
     const confirmed = (err: unknown): void => {
       if (err) {
         batch.nacked++;
-        conclude(batch, row.id, `nacked by broker: ${toError(err).message}`);
+        conclude(batch, row.id, `${NACKED}: ${toError(err).message}`);
       } else conclude(batch, row.id, batch.returned.has(row.message_id) ? UNROUTABLE : null);
     };
     try {

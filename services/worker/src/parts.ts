@@ -86,7 +86,7 @@ export function workerParts(
     createSweeper(db, Math.max(250, Math.floor(config.WORKER_LEASE_MS / 2)), outboxNotifier, taskNotifier, logger),
     consumer,
   ];
-  const postgresReady = postgresReadiness(pool, logger);
+  const postgresReady = postgresReadiness(pool, logger, { writes: true });
   return {
     parts,
     ready: async () => ({ postgres: await postgresReady(), rabbitmq: consumer.ready() }),

@@ -9,15 +9,20 @@ export interface ProgressReporter {
   progress(fraction: number): Promise<void>;
 }
 
+interface Update {
+  step?: string;
+  progress?: number;
+}
+
 /**
  * A run's `step` and `progress` (TaskContext). Progress is informational, so neither ever rejects, nor
  * fails the attempt over a progress bar:
- * - at most one write is in flight per run, and calls made meanwhile are merged into the next one, so a
- *   run that reports in a tight loop costs one statement at a time, not the pool the leases need;
+ * - at most one write is in flight per run, and the calls made meanwhile are merged into the next one,
+ *   so a run that reports in a tight loop costs one statement at a time, not the pool the leases need;
  * - a value Postgres could not store is mended (a step's NUL, its length) or dropped (a progress of NaN);
  * - a write that fails (Postgres unavailable) is logged once per run; the next one, or the result,
  *   brings the row up to date.
- * Each promise resolves once its value is written or superseded.
+ * Each call's promise resolves once the write that carries its value has ended.
  */
 export function progressReporter(
   db: Db,
@@ -26,28 +31,45 @@ export function progressReporter(
   attempt: number,
   logger: Logger,
 ): ProgressReporter {
-  let next: { step?: string; progress?: number } | null = null;
-  let writing: Promise<void> | null = null;
+  let next: { update: Update; done: Promise<void>; resolve: () => void } | null = null;
+  let writing = false;
   let warned = false;
   const drain = async (): Promise<void> => {
-    for (let update = next; update; update = next) {
+    writing = true;
+    for (let batch = next; batch; batch = next) {
       next = null;
       try {
-        await setStep(db, taskId, attempt, update.step ?? null, update.progress);
+        await setStep(db, taskId, attempt, batch.update.step ?? null, batch.update.progress);
         taskNotifier.changed(taskId);
       } catch (err) {
         if (!warned) logger.warn('progress not recorded', { attempt, error: toError(err).message });
         warned = true;
       }
+      batch.resolve();
     }
-    writing = null;
+    writing = false;
   };
-  const write = (update: { step?: string; progress?: number }): Promise<void> => {
-    next = { ...next, ...update };
-    return (writing ??= drain());
+  const write = (update: Update): Promise<void> => {
+    if (!next) {
+      let resolve = (): void => undefined;
+      const done = new Promise<void>((r) => (resolve = r));
+      next = { update: {}, done, resolve };
+    }
+    Object.assign(next.update, update);
+    const { done } = next;
+    if (!writing) void drain();
+    return done;
   };
   return {
-    step: (name) => write({ step: storableText(String(name).slice(0, MAX_STEP_LENGTH)) }),
+    step(name) {
+      let text: string;
+      try {
+        text = storableText(String(name).slice(0, MAX_STEP_LENGTH));
+      } catch {
+        return Promise.resolve(); // a name that throws when turned into text (a Symbol, a toString that throws)
+      }
+      return write({ step: text });
+    },
     progress: (fraction) =>
       Number.isFinite(fraction) ? write({ progress: Math.min(1, Math.max(0, fraction)) }) : Promise.resolve(),
   };

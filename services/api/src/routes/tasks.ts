@@ -10,9 +10,8 @@ import {
   type TaskInsert,
   type TaskNotifier,
   type TaskRow,
-  errorCode,
   findJsonIssue,
-  toError,
+  mayHaveCommitted,
 } from '@taskbox/shared';
 import { findTaskType, taskTypeNames, type TaskType } from '@taskbox/tasks';
 import { decodeCursor, encodeCursor } from '../cursor';
@@ -158,8 +157,9 @@ function createTask(deps: TasksDeps, insertTask: (insert: TaskInsert) => Promise
     try {
       inserted = await insertTask({ task, context: { correlationId, traceparent: req.get('traceparent') ?? null } });
     } catch (err) {
-      // Its commit may have gone through before the connection broke: the id is this request's, so look.
-      const row = answerMayBeLost(err) ? await findTask(db, viewer(res), task.id).catch(() => undefined) : undefined;
+      // Its commit may have gone through before the connection broke: the id is this request's, so look,
+      // for a second at most (a server that hangs is answered 503 as before).
+      const row = mayHaveCommitted(err) ? await withinASecond(findTask(db, viewer(res), task.id)) : undefined;
       if (!row) throw err;
       logger.warn("task accepted: the insert's answer was lost, but it committed", { taskId: task.id, correlationId });
       res.status(202).location(`/tasks/${row.id}`).json(toTaskView(row));
@@ -173,15 +173,11 @@ function createTask(deps: TasksDeps, insertTask: (insert: TaskInsert) => Promise
   };
 }
 
-/**
- * The connection broke after the insert was sent (reset, ended, the backend terminated): it may have
- * committed. Not a refusal (read-only, a lock, a statement timeout), after which Postgres rolled it back,
- * nor a failure to connect, before which nothing was sent; nor a server that stopped answering, which a
- * lookup would wait for as long again.
- */
-function answerMayBeLost(err: unknown): boolean {
-  const code = errorCode(err);
-  return code === 'ECONNRESET' || code === '57P01' || /Connection terminated/i.test(toError(err).message);
+/** What `lookup` finds within a second; undefined when it fails or takes longer. */
+async function withinASecond<T>(lookup: Promise<T | undefined>): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), 1000)));
+  return Promise.race([lookup.catch(() => undefined), late]).finally(() => clearTimeout(timer));
 }
 
 function listTasksHandler({ db }: TasksDeps): Handler {
