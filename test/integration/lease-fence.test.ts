@@ -107,3 +107,14 @@ describe('lease renewal and the finish lock tasks in one order', () => {
     }
   });
 });
+
+describe('leases at shutdown', () => {
+  it('aborts a run registered after abortAll at once, with the same reason', () => {
+    // No statement runs: a run is only registered and aborted, so no database is needed.
+    const leases = createLeases({} as Db, 15_000, quietLogger);
+    leases.abortAll('shutdown');
+    const signal = leases.register('0b7c1b9e-6c1f-4f39-9a39-1c7d3f6a2b10', 1, leaseClock(), 60_000);
+    expect([signal.aborted, signal.reason]).toEqual([true, 'shutdown']);
+    leases.unregister('0b7c1b9e-6c1f-4f39-9a39-1c7d3f6a2b10', 1);
+  });
+});

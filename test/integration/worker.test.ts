@@ -383,7 +383,13 @@ describe('worker', () => {
       (await Promise.all([task(stopped), task(going)])).every((t) => t.status === 'processing'),
     );
     await worker.close();
-    expect(await task(stopped)).toMatchObject({ status: 'pending', attempts: 1, max_attempts: 2, lease_until: null });
+    expect(await task(stopped)).toMatchObject({
+      status: 'pending',
+      attempts: 1,
+      max_attempts: 2,
+      interrupted: 1,
+      lease_until: null,
+    });
     expect(await attemptsOf(stopped)).toMatchObject([{ attempt: 1, outcome: 'lost', error: { name: 'Interrupted' } }]);
     const queued = await database.db.selectFrom('outbox').select('payload').where('task_id', '=', stopped).execute();
     expect(queued).toEqual([{ payload: { taskId: stopped, type: 'sleep', attempt: 2 } }]);

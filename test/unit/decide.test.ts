@@ -48,6 +48,8 @@ describe('the worker idempotency rule (decide)', () => {
   it("resumes this delivery's own start, whose answer was lost, rather than taking it for another run", () => {
     const own = task({ status: 'processing', attempts: 1, lease_expired: false, external_job_id: 'ctag-b:7' });
     expect(decide(own, message(1))).toEqual({ action: 'resume' });
+    // Cancelled meanwhile: ended, not run.
+    expect(decide({ ...own, cancel_requested: true }, message(1))).toEqual({ action: 'cancel' });
   });
 
   it('resumes a run whose lease expired (its worker died)', () => {

@@ -47,6 +47,8 @@ export interface TasksTable {
   correlation_id: string | null;
   /** The W3C traceparent of the request that created it (migration 0011), for the messages written later. */
   traceparent: string | null;
+  /** Attempts a shutdown interrupted since the last retry, each not counted (migration 0012). */
+  interrupted: Generated<number>;
   lease_until: Timestamp | null;
   cancel_requested_at: Timestamp | null;
   republished_at: Timestamp | null;

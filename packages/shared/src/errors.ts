@@ -35,11 +35,6 @@ export class OverloadedError extends Error {
  * the doctor looks for it.
  */
 export const NO_HANDLER = 'no handler for task type';
-/**
- * The error name of an attempt a worker's shutdown stopped: not counted against maxAttempts (the worker
- * raised max_attempts by one for it, which a retry takes off again).
- */
-export const INTERRUPTED = 'Interrupted';
 /** How the relay's last_error begins on a row the broker nacked, and on one it never confirmed. */
 export const NACKED = 'nacked by broker';
 export const UNCONFIRMED = 'no confirm within';
@@ -124,7 +119,6 @@ export function isDbUnavailable(value: unknown): boolean {
   return unavailableMessage.test(value.message);
 }
 
-/** True when a database error means "try again later" (unavailable, or a lost conflict), not that the query was wrong. */
 /**
  * The connection broke after a statement was sent (reset, ended, its backend terminated): a write may
  * have committed before the answer was lost. Not a refusal (read-only, a lock, a statement timeout),
@@ -138,6 +132,7 @@ export function mayHaveCommitted(value: unknown): boolean {
   return /Connection terminated unexpectedly/i.test(value.message);
 }
 
+/** True when a database error means "try again later" (unavailable, or a lost conflict), not that the query was wrong. */
 export function isTransientDbError(value: unknown): boolean {
   if (!isError(value)) return false;
   const code = errorCode(value);

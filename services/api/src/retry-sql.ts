@@ -1,6 +1,5 @@
 import { sql, type RawBuilder } from 'kysely';
 import {
-  INTERRUPTED,
   insertOutbox,
   outboxMessage,
   wakeRelays,
@@ -35,8 +34,8 @@ export type RetryOutcome =
  * each with a new outbox row for its next attempt, and records each retry (task_retries). Attempts go
  * on counting; the task gets a fresh budget of attempts: max_attempts becomes attempts plus the budget
  * it had, which is its max_attempts less the attempts it had at its previous retry (none: its
- * maxAttempts at creation), less the attempts a shutdown interrupted since (each of which raised
- * max_attempts by one: interruptAttempt in the worker). The error of the last attempt stays until the
+ * maxAttempts at creation), less the attempts a shutdown interrupted since (`interrupted`: each raised
+ * max_attempts by one, interruptAttempt in the worker). The error of the last attempt stays until the
  * next outcome, as it does between the worker's own retries.
  */
 export async function retryLocked(
@@ -50,11 +49,7 @@ export async function retryLocked(
   await sql`
     WITH last AS (
       SELECT t.id, t.attempts, coalesce(r.retry, 0) AS retries,
-             t.max_attempts - coalesce(r.after_attempt, 0) - (
-               SELECT count(*) FROM task_attempts a
-               WHERE a.task_id = t.id AND a.attempt > coalesce(r.after_attempt, 0)
-                 AND a.error->>'name' = ${INTERRUPTED}
-             )::int AS budget
+             t.max_attempts - coalesce(r.after_attempt, 0) - t.interrupted AS budget
       FROM tasks t
       LEFT JOIN LATERAL (
         SELECT retry, after_attempt FROM task_retries WHERE task_id = t.id ORDER BY retry DESC LIMIT 1
@@ -62,7 +57,7 @@ export async function retryLocked(
       WHERE t.id = ANY(${tasks.map((t) => t.id)}::uuid[])
     ), retried AS (
       UPDATE tasks t
-      SET status = 'pending', max_attempts = l.attempts + l.budget, result = NULL, current_step = NULL,
+      SET status = 'pending', max_attempts = l.attempts + l.budget, interrupted = 0, result = NULL, current_step = NULL,
           progress = NULL, lease_until = NULL, cancel_requested_at = NULL, finished_at = NULL, updated_at = now(),
           -- A retry runs at once: a due time still ahead would hide the task from the reconciler until then.
           run_at = CASE WHEN t.run_at > now() THEN NULL ELSE t.run_at END,

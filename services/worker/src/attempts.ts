@@ -64,7 +64,9 @@ export function decide(task: LockedTask | undefined, message: TaskMessage & { ex
     return { action: 'skip', reason: 'terminal' };
   }
   if (task.status === 'pending' && message.attempt <= task.attempts) return { action: 'skip', reason: 'stale' };
-  if (task.status === 'processing' && task.external_job_id === message.externalJobId) return { action: 'resume' };
+  if (task.status === 'processing' && task.external_job_id === message.externalJobId) {
+    return task.cancel_requested ? { action: 'cancel' } : { action: 'resume' };
+  }
   if (task.status === 'processing' && !task.lease_expired) return { action: 'skip', reason: 'running-elsewhere' };
   if (task.status === 'processing' && task.cancel_requested) return { action: 'cancel' };
   // After the duplicate checks: a worker older than the type (a rolling upgrade) drops a copy of a

@@ -26,8 +26,9 @@ import { beginAttempt, runAttempt, whilePostgresDown, type AttemptDeps } from '.
 
 /**
  * Consuming begins in `setup`, which the broker connection runs, so `start` has nothing to do; `stop`
- * stops taking messages, waits for the runs in flight up to the grace, then abandons the rest (their
- * messages are requeued, never acked unfinished).
+ * stops taking messages, waits for the runs in flight up to the grace, then signals the rest: a run
+ * that stops is recorded as interrupted and its message acked after that commit; the message of one
+ * that cannot be recorded is requeued, never acked unfinished.
  */
 export interface Consumer extends Service {
   /**
@@ -117,21 +118,30 @@ function deadLetterOn(
 
 /**
  * Acks or requeues on the channel that delivered the message. After a reconnect that channel is
- * gone and the broker has already requeued the message; its redelivery is absorbed by decide().
+ * gone and the broker has already requeued the message; its redelivery is absorbed by decide(). While
+ * its connection closes (a rebuild), amqplib refuses to send before the channel's close event: the
+ * same, the broker requeues it.
  */
-function ackOrRequeue(
-  state: ConsumerState,
+export function ackOrRequeue(
+  current: () => boolean,
   ch: ConfirmChannel,
   msg: ConsumeMessage,
   how: 'ack' | 'requeue',
   log: Logger,
 ): void {
-  if (ch !== state.channel) {
+  if (!current()) {
     log.info('delivery not settled: its channel closed; the redelivery will be absorbed', { how });
     return;
   }
-  if (how === 'ack') ch.ack(msg);
-  else ch.nack(msg, false, true);
+  try {
+    if (how === 'ack') ch.ack(msg);
+    else ch.nack(msg, false, true);
+  } catch (err) {
+    log.info('delivery not settled: its connection is closing; the redelivery will be absorbed', {
+      how,
+      error: toError(err).message,
+    });
+  }
 }
 
 async function handle(
@@ -142,6 +152,7 @@ async function handle(
   msg: ConsumeMessage,
 ): Promise<void> {
   const { deps } = state;
+  const current = (): boolean => ch === state.channel;
   const externalJobId = `${tag}:${msg.fields.deliveryTag}`;
   const base = {
     messageId: msg.properties.messageId as string | undefined,
@@ -161,18 +172,18 @@ async function handle(
     case 'fail':
       log.error('task failed without running', { reason: begin.reason });
       if (begin.reason === 'unknown-type') return deadLetterOn(state, ch, route, msg, { code: 'unknown-type' }, log);
-      return ackOrRequeue(state, ch, msg, 'ack', log);
+      return ackOrRequeue(current, ch, msg, 'ack', log);
     case 'cancel':
       log.info('task cancelled: its run had stopped after a cancel was requested', { attempt: parsed.attempt });
-      return ackOrRequeue(state, ch, msg, 'ack', log);
+      return ackOrRequeue(current, ch, msg, 'ack', log);
     case 'skip':
       log.info('duplicate delivery absorbed', { reason: begin.reason, attempt: parsed.attempt });
-      return ackOrRequeue(state, ch, msg, 'ack', log);
+      return ackOrRequeue(current, ch, msg, 'ack', log);
     case 'started': {
       // Ack only after the outcome is committed (invariant 3); an abandoned run is requeued, and its
       // redelivery resumes the task as a new attempt or is absorbed if the task moved on.
       const result = await runAttempt(deps, begin, log);
-      return ackOrRequeue(state, ch, msg, result === 'recorded' ? 'ack' : 'requeue', log);
+      return ackOrRequeue(current, ch, msg, result === 'recorded' ? 'ack' : 'requeue', log);
     }
   }
 }
@@ -201,7 +212,7 @@ function startHandling(
       // Given back after a pause, so that a persistent error does not spin.
       log.warn('delivery not handled; requeueing', { error });
       return new Promise<void>((resolve) => setTimeout(resolve, 1000)).then(() =>
-        ackOrRequeue(state, ch, msg, 'requeue', log),
+        ackOrRequeue(() => ch === state.channel, ch, msg, 'requeue', log),
       );
     })
     .finally(() => state.inFlight.delete(run));

@@ -47,7 +47,11 @@ export async function deadLetter(
     log.warn('dead-letter publish failed; rejecting to the queue dead-letter exchange', {
       error: toError(err).message,
     });
-    if (current()) ch.nack(msg, false, false);
+    try {
+      if (current()) ch.nack(msg, false, false);
+    } catch {
+      // The connection is closing: the broker requeues the message, and its redelivery is judged again.
+    }
   }
 }
 

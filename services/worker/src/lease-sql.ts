@@ -1,6 +1,5 @@
 import { sql } from 'kysely';
 import {
-  INTERRUPTED,
   insertOutbox,
   nextAttemptMessage,
   TASK_CHANGED_SET,
@@ -30,14 +29,14 @@ export async function closeLostAttempts(tx: Db, runs: { taskId: string; attempt:
 
 /** The error of an attempt a shutdown stopped: not counted against maxAttempts (interruptAttempt). */
 export const INTERRUPTED_RUN = {
-  name: INTERRUPTED,
+  name: 'Interrupted',
   message: 'the worker shut down while the attempt ran; it is not counted against maxAttempts',
 };
 
 /**
  * Ends the attempt of a run that a shutdown stopped, in one transaction: the attempt is closed as 'lost'
- * with INTERRUPTED_RUN, the task's budget grows by one (max_attempts + 1, which a retry takes off
- * again: retry-sql.ts), and the task is pending with an outbox row for its next attempt, as after a
+ * with INTERRUPTED_RUN, the task's budget grows by one (max_attempts + 1, counted in `interrupted`,
+ * which a retry takes off again: retry-sql.ts), and the task is pending with an outbox row for its next attempt, as after a
  * failure but at once. So a deploy costs no attempt and never fails a task on its last one; attempt
  * numbers still only grow, so whatever the stopped run still sends is fenced off; and the next run does
  * not depend on the old message coming back. Only while the run still owns the task with no cancel
@@ -47,7 +46,8 @@ export async function interruptAttempt(db: Db, taskId: string, attempt: number):
   return db.transaction().execute(async (tx) => {
     const { rows } = await sql<TaskRowForMessage>`
       UPDATE tasks
-      SET status = 'pending', max_attempts = max_attempts + 1, lease_until = NULL, updated_at = now(),
+      SET status = 'pending', max_attempts = max_attempts + 1, interrupted = interrupted + 1, lease_until = NULL,
+          updated_at = now(),
           ${TASK_CHANGED_SET}
       WHERE id = ${taskId} AND status = 'processing' AND attempts = ${attempt} AND cancel_requested_at IS NULL
       RETURNING id, type, attempts, correlation_id, traceparent`.execute(tx);

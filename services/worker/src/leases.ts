@@ -16,6 +16,7 @@ export interface Leases extends Service {
    */
   register(taskId: string, attempt: number, leaseFrom: number, timeoutMs: number): AbortSignal;
   unregister(taskId: string, attempt: number): void;
+  /** Aborts every live run with `reason`, and each run registered from now on at once. */
   abortAll(reason: AbortReason): void;
 }
 
@@ -63,6 +64,7 @@ export function createLeases(db: Db, leaseMs: number, logger: Logger): Leases {
     timer: null,
     renewing: false,
     failing: false,
+    closing: null,
   };
   return {
     register: (taskId, attempt, leaseFrom, timeoutMs) => register(state, taskId, attempt, leaseFrom, timeoutMs),
@@ -72,6 +74,7 @@ export function createLeases(db: Db, leaseMs: number, logger: Logger): Leases {
       state.runs.delete(runKey(taskId, attempt));
     },
     abortAll(reason) {
+      state.closing = reason;
       for (const r of state.runs.values()) r.controller.abort(reason);
     },
     async start() {
@@ -94,6 +97,8 @@ interface LeasesState {
   timer: NodeJS.Timeout | null;
   renewing: boolean;
   failing: boolean;
+  /** Set by abortAll: a start that returns after it (a slow Postgres) is told at once. */
+  closing: AbortReason | null;
 }
 
 const runKey = (taskId: string, attempt: number): string => `${taskId}:${attempt}`;
@@ -110,6 +115,7 @@ function register(
   const deadline = setTimeout(() => controller.abort('timeout' satisfies AbortReason), timeoutMs).unref();
   const run = { taskId, attempt, controller, renewedAt: leaseFrom, deadline };
   state.runs.set(runKey(taskId, attempt), run);
+  if (state.closing) controller.abort(state.closing);
   // A start whose answer came back late may have a lease that is already past the fence.
   fence(state, run, leaseClock());
   return run.controller.signal;
