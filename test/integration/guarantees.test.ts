@@ -134,7 +134,7 @@ describe('delivery guarantees with the services as separate processes', () => {
 
   it('interrupts a run still going at the shutdown deadline, queueing its next attempt at once, not counted', async () => {
     system = await startSystem({ SHUTDOWN_TIMEOUT_MS: '1000', WORKER_LEASE_MS: '60000' });
-    await system.start('api');
+    const api = `http://127.0.0.1:${await (await system.start('api')).port()}`;
     await system.start('relay');
     const worker = await system.start('worker');
     const id = await system.submit('sleep', { ms: 3000 }, { maxAttempts: 1 });
@@ -152,6 +152,17 @@ describe('delivery guarantees with the services as separate processes', () => {
       [1, 'lost'],
       [2, 'succeeded'],
     ]);
+    // The view's timeline tells the interruption from a worker that died.
+    const view = (await (await fetch(`${api}/tasks/${id}`)).json()) as { maxAttempts: number; timeline: object[] };
+    expect(view.maxAttempts).toBe(2);
+    expect(view.timeline).toContainEqual(
+      expect.objectContaining({
+        event: 'finished',
+        attempt: 1,
+        outcome: 'lost',
+        error: expect.objectContaining({ name: 'Interrupted' }),
+      }),
+    );
   });
 
   it('runs 3 relays and 3 workers on one outbox without publishing a row twice or running a task twice', async () => {

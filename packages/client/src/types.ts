@@ -15,6 +15,8 @@ export interface TimelineEvent {
   attempt?: number;
   externalJobId?: string;
   outcome?: string;
+  /** finished: the attempt's error; the name `Interrupted` is a worker's shutdown, not counted. */
+  error?: { name: string; message: string };
   /** retried: 1 for the task's first retry, then 2, … */
   retry?: number;
   /** retried: the owner or admin who asked. */

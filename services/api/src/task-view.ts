@@ -45,6 +45,10 @@ export const taskViewSchema = z.object({
         attempt: z.number().int().optional(),
         externalJobId: z.string().optional(),
         outcome: z.string().optional(),
+        error: z
+          .object({ name: z.string(), message: z.string() })
+          .optional()
+          .describe("finished: the attempt's error; the name Interrupted is a worker's shutdown, not counted"),
         retry: z.number().int().optional().describe('retried: 1 for the first retry of the task, then 2, …'),
         by: z.string().optional().describe('retried: the owner or admin who asked'),
         runAt: iso.optional().describe('scheduled: when the task is due'),
@@ -102,7 +106,16 @@ function toTimeline(row: TaskRow, { attempts, messages, retries }: Awaited<Retur
       externalJobId: a.external_job_id,
     });
     if (a.finished_at) {
-      events.push({ event: 'finished', at: a.finished_at.toISOString(), attempt: a.attempt, outcome: a.outcome ?? '' });
+      const error = a.error as { name?: unknown; message?: unknown } | null;
+      events.push({
+        event: 'finished',
+        at: a.finished_at.toISOString(),
+        attempt: a.attempt,
+        outcome: a.outcome ?? '',
+        ...(typeof error?.name === 'string' && typeof error.message === 'string'
+          ? { error: { name: error.name, message: error.message } }
+          : {}),
+      });
     }
   }
   for (const r of retries) {
