@@ -61,7 +61,10 @@ export function postgresReadiness(
     const missing = names.filter((name) => !schema.applied.has(name));
     enter(missing.join(), () => {
       if (missing.length > 0) logger.warn('not ready: migrations not applied, run npm run migrate', { missing });
-      else logger.info('ready: Postgres takes writes and has every migration of this build', { latest: names.at(-1) });
+      else
+        logger.info(`ready: Postgres ${writes ? 'takes writes and ' : ''}has every migration of this build`, {
+          latest: names.at(-1),
+        });
     });
     return missing.length === 0;
   };

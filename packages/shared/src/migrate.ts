@@ -8,14 +8,15 @@ import { errorCode } from './errors';
 /** Compiled migrations (db/migrations/*.ts built by `npm run build`). */
 export const migrationsDir = path.resolve(__dirname, '../../../db/migrations/dist');
 
+const migrationFiles = (dir: string) => new FileMigrationProvider({ fs, path, migrationFolder: dir });
+
 export function createMigrator(db: Db): Migrator {
-  return new Migrator({ db, provider: new FileMigrationProvider({ fs, path, migrationFolder: migrationsDir }) });
+  return new Migrator({ db, provider: migrationFiles(migrationsDir) });
 }
 
 /** The names of the migrations this build ships, in the order they apply. */
 export async function shippedMigrations(dir = migrationsDir): Promise<string[]> {
-  const provider = new FileMigrationProvider({ fs, path, migrationFolder: dir });
-  return Object.keys(await provider.getMigrations()).sort();
+  return Object.keys(await migrationFiles(dir).getMigrations()).sort();
 }
 
 /** Whether the database of `url` exists: a connection to it succeeds, or fails with 3D000. */

@@ -17,27 +17,32 @@ export const LOST_RUN = JSON.stringify({
 /**
  * Closes the current attempts of runs that stopped as 'lost', in the caller's transaction, which holds
  * the tasks' row locks. The one place a run is declared lost: when a delivery resumes or fails a task
- * whose run died (startAttempt, failTask, cancelLostRun), and when the sweeper does (sweepExpiredLeases).
+ * whose run died (startAttempt, failTask, cancelLostRun), when the sweeper does (sweepExpiredLeases),
+ * and, with INTERRUPTED_RUN as the error, when a shutdown stopped it (interruptAttempt).
  */
-export async function closeLostAttempts(tx: Db, runs: { taskId: string; attempt: number }[]): Promise<void> {
+export async function closeLostAttempts(
+  tx: Db,
+  runs: { taskId: string; attempt: number }[],
+  error = LOST_RUN,
+): Promise<void> {
   if (runs.length === 0) return;
   await sql`
-    UPDATE task_attempts a SET outcome = 'lost', finished_at = now(), error = ${LOST_RUN}::jsonb
+    UPDATE task_attempts a SET outcome = 'lost', finished_at = now(), error = ${error}::jsonb
     FROM unnest(${runs.map((r) => r.taskId)}::uuid[], ${runs.map((r) => r.attempt)}::int[]) AS r(task_id, attempt)
     WHERE a.task_id = r.task_id AND a.attempt = r.attempt AND a.finished_at IS NULL`.execute(tx);
 }
 
 /** The error of an attempt a shutdown stopped: not counted against maxAttempts (interruptAttempt). */
-export const INTERRUPTED_RUN = {
+export const INTERRUPTED_RUN = JSON.stringify({
   name: 'Interrupted',
   message: 'the worker shut down while the attempt ran; it is not counted against maxAttempts',
-};
+});
 
 /**
  * Ends the attempt of a run that a shutdown stopped, in one transaction: the attempt is closed as 'lost'
  * with INTERRUPTED_RUN, the task's budget grows by one (max_attempts + 1, counted in `interrupted`,
- * which a retry takes off again: retry-sql.ts), and the task is pending with an outbox row for its next attempt, as after a
- * failure but at once. So a deploy costs no attempt and never fails a task on its last one; attempt
+ * which a retry takes off again: retry-sql.ts), and the task is pending with an outbox row for its next
+ * attempt, as after a failure but at once. So a deploy costs no attempt and never fails a task on its last one; attempt
  * numbers still only grow, so whatever the stopped run still sends is fenced off; and the next run does
  * not depend on the old message coming back. Only while the run still owns the task with no cancel
  * requested; false otherwise (a cancel is then the redelivery's or the sweeper's to end).
@@ -47,15 +52,12 @@ export async function interruptAttempt(db: Db, taskId: string, attempt: number):
     const { rows } = await sql<TaskRowForMessage>`
       UPDATE tasks
       SET status = 'pending', max_attempts = max_attempts + 1, interrupted = interrupted + 1, lease_until = NULL,
-          updated_at = now(),
-          ${TASK_CHANGED_SET}
+          updated_at = now(), ${TASK_CHANGED_SET}
       WHERE id = ${taskId} AND status = 'processing' AND attempts = ${attempt} AND cancel_requested_at IS NULL
       RETURNING id, type, attempts, correlation_id, traceparent`.execute(tx);
     const task = rows[0];
     if (!task) return false;
-    await sql`
-      UPDATE task_attempts SET outcome = 'lost', finished_at = now(), error = ${JSON.stringify(INTERRUPTED_RUN)}::jsonb
-      WHERE task_id = ${taskId} AND attempt = ${attempt} AND finished_at IS NULL`.execute(tx);
+    await closeLostAttempts(tx, [{ taskId, attempt }], INTERRUPTED_RUN);
     await insertOutbox(tx, [nextAttemptMessage(task)]);
     return true;
   });

@@ -12,6 +12,7 @@ import {
   type TaskRow,
   findJsonIssue,
   mayHaveCommitted,
+  withTimeout,
 } from '@taskbox/shared';
 import { findTaskType, taskTypeNames, type TaskType } from '@taskbox/tasks';
 import { decodeCursor, encodeCursor } from '../cursor';
@@ -159,7 +160,9 @@ function createTask(deps: TasksDeps, insertTask: (insert: TaskInsert) => Promise
     } catch (err) {
       // Its commit may have gone through before the connection broke: the id is this request's, so look,
       // for a second at most (a server that hangs is answered 503 as before).
-      const row = mayHaveCommitted(err) ? await withinASecond(findTask(db, viewer(res), task.id)) : undefined;
+      const lookup = () =>
+        withTimeout(findTask(db, viewer(res), task.id), 1000, 'the lost insert').catch(() => undefined);
+      const row = mayHaveCommitted(err) ? await lookup() : undefined;
       if (!row) throw err;
       logger.warn("task accepted: the insert's answer was lost, but it committed", { taskId: task.id, correlationId });
       res.status(202).location(`/tasks/${row.id}`).json(toTaskView(row));
@@ -171,13 +174,6 @@ function createTask(deps: TasksDeps, insertTask: (insert: TaskInsert) => Promise
     logger.info('task accepted', { taskId: task.id, messageId: inserted.messageId, type, correlationId, runAt });
     res.status(202).location(`/tasks/${inserted.task.id}`).json(toTaskView(inserted.task));
   };
-}
-
-/** What `lookup` finds within a second; undefined when it fails or takes longer. */
-async function withinASecond<T>(lookup: Promise<T | undefined>): Promise<T | undefined> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), 1000)));
-  return Promise.race([lookup.catch(() => undefined), late]).finally(() => clearTimeout(timer));
 }
 
 function listTasksHandler({ db }: TasksDeps): Handler {
