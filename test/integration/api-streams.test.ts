@@ -218,4 +218,38 @@ describe('api: GET /tasks/{id}/events streams a task live (Server-Sent Events)',
       ),
     );
   });
+
+  it('catches a list stream up from an old watermark page by page, moving its event id so that a cut client resumes mid-way', async () => {
+    const first = await stream(`${base}/tasks/events?type=echo`);
+    await first.waitFor('ready', (events) => events[0]?.event === 'ready');
+    const mark = first.events[0]?.id as string;
+    first.close();
+    // Three transactions of 400 tasks: more than one page (500) of the catch-up, over several watermarks.
+    const batches: string[][] = [];
+    for (let i = 0; i < 3; i++) {
+      const { rows } = await sql<{ id: string }>`
+        INSERT INTO tasks (id, type, payload, status, attempts, max_attempts, owner, correlation_id)
+        SELECT gen_random_uuid(), 'echo', '{}', 'cancelled', 0, 3, 'anonymous', 'catch-up'
+        FROM generate_series(1, 400) RETURNING id`.execute(api.database.db);
+      batches.push(rows.map((r) => r.id));
+    }
+    const all = batches.flat();
+
+    const resumed = await stream(`${base}/tasks/events?type=echo`, { 'last-event-id': mark });
+    const seen = (events: SseEvent[]) => new Set(events.filter((e) => e.event === 'task').map((e) => view(e).id));
+    await resumed.waitFor('every task changed since the watermark', (events) =>
+      all.every((id) => seen(events).has(id)),
+    );
+    const ids = resumed.events.filter((e) => e.event === 'task').map((e) => BigInt(e.id as string));
+    expect(ids.every((id, i) => i === 0 || id >= (ids[i - 1] as bigint))).toBe(true);
+    const later = ids.find((id) => id > BigInt(mark));
+    expect(later).toBeDefined();
+
+    // A client cut off after the first page resumes from the id it had then, and still misses nothing.
+    const again = await stream(`${base}/tasks/events?type=echo`, { 'last-event-id': String(later) });
+    await again.waitFor('the tasks of the last transaction', (events) =>
+      (batches[2] as string[]).every((id) => seen(events).has(id)),
+    );
+    expect(seen(again.events).size).toBeLessThan(all.length);
+  });
 });

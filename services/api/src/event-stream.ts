@@ -20,6 +20,8 @@ export interface EventStream {
    * replaces the unsent one with the same key: events are states, and only the latest is worth sending.
    */
   send(key: string, event: StreamEvent): void;
+  /** Resolves once everything queued is written and the socket takes more, or the stream closed. */
+  drained(): Promise<void>;
   /** Writes what is queued and ends the response. */
   end(): void;
   /** Aborts when the client went away or the stream ended. */
@@ -42,6 +44,7 @@ function format({ id, event, data }: StreamEvent): string {
 export function openEventStream(res: Response, timing: StreamTiming): EventStream {
   const closed = new AbortController();
   const pending = new Map<string, string>();
+  let drainWaiters: (() => void)[] = [];
   res.status(200);
   res.setHeader('Content-Type', 'text/event-stream; charset=utf-8');
   res.setHeader('Cache-Control', 'no-cache');
@@ -56,16 +59,24 @@ export function openEventStream(res: Response, timing: StreamTiming): EventStrea
     res.write(chunk);
     heartbeat.refresh();
   };
+  const settleDrained = (): void => {
+    if (!closed.signal.aborted && (pending.size > 0 || res.writableNeedDrain)) return;
+    const waiters = drainWaiters;
+    drainWaiters = [];
+    waiters.forEach((resolve) => resolve());
+  };
   const flush = (): void => {
     for (const [key, chunk] of pending) {
       pending.delete(key);
       write(chunk);
       if (res.writableNeedDrain) return;
     }
+    settleDrained();
   };
   const finish = (): void => {
     clearTimeout(heartbeat);
     closed.abort();
+    settleDrained();
   };
   res.on('drain', flush);
   res.once('close', finish);
@@ -80,6 +91,12 @@ export function openEventStream(res: Response, timing: StreamTiming): EventStrea
       pending.delete(key);
       pending.set(key, format(event));
       if (!res.writableNeedDrain) flush();
+    },
+    drained() {
+      return new Promise<void>((resolve) => {
+        drainWaiters.push(resolve);
+        settleDrained();
+      });
     },
     end() {
       if (closed.signal.aborted) return;

@@ -1,7 +1,7 @@
 import { toError, type Db, type Logger, type TaskRow, type TaskStatus } from '@taskbox/shared';
 import type { EventStream } from './event-stream';
 import type { TaskEvents } from './task-events';
-import { tasksChangedSince } from './task-sql';
+import { currentHorizon, tasksChangedBetween, tasksChangedSince, type ChangeCursor } from './task-sql';
 import { toTaskView } from './task-view';
 
 export interface ListFilter {
@@ -32,6 +32,9 @@ interface Subscriber {
 // The key of the block that moves the client's last event id; task ids are UUIDs, so it never clashes.
 const WATERMARK_KEY = 'watermark';
 
+// Tasks per read of a stream's catch-up: the stream sends them, and reads on once the client took them.
+const CATCH_UP_PAGE = 500;
+
 type ChangedRow = TaskRow & { changed_xid: string };
 
 const matches = ({ owner, status, type }: ListFilter, row: TaskRow): boolean =>
@@ -61,7 +64,7 @@ function deliver(sub: Subscriber, changed: ChangedRow[], horizon: string): void 
 
 /**
  * The list streams of this process share one read per wake-up, for every owner at once, from the oldest
- * watermark among them: a NOTIFY names tasks, not owners, so each stream could not tell which changes
+ * watermark among them (each joins once caught up, so that watermark is recent): a NOTIFY names tasks, not owners, so each stream could not tell which changes
  * are its own without a read of its own. At most one read runs at a time, and one more follows it when
  * anything changed meanwhile.
  */
@@ -95,8 +98,49 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
   }
   events.onAnyChange(wake);
 
+  /**
+   * A stream that resumes from an old watermark catches up alone, on its own owner's tasks, a page at a
+   * time and as fast as its client reads, before it joins the shared reads: one client's old
+   * Last-Event-ID must not make every stream's read (and the api's memory) as large as that owner's
+   * history. Its events carry the watermark before their page, and after each page a block moves the
+   * client's last event id to the page's last transaction: a client cut off mid-way resumes there, and
+   * gets the tasks of that transaction again, never a gap. Answers the watermark it caught up to, or
+   * null when the stream closed or a read failed (the client reconnects from its last event id).
+   */
+  async function catchUp(filter: ListFilter, since: string, stream: EventStream): Promise<string | null> {
+    try {
+      const until = await currentHorizon(db);
+      if (BigInt(since) >= BigInt(until)) return since;
+      let mark = since;
+      let after: ChangeCursor | null = null;
+      for (;;) {
+        const page = await tasksChangedBetween(db, filter.owner, since, until, after, CATCH_UP_PAGE);
+        if (stream.closed.aborted) return null;
+        for (const row of page) {
+          if (matches(filter, row)) stream.send(row.id, { id: mark, event: 'task', data: toTaskView(row) });
+        }
+        const last = page.at(-1);
+        if (page.length < CATCH_UP_PAGE || !last) {
+          stream.send(WATERMARK_KEY, { id: until });
+          return until;
+        }
+        mark = last.changed_xid;
+        after = { xid: mark, id: last.id };
+        stream.send(WATERMARK_KEY, { id: mark });
+        await stream.drained();
+      }
+    } catch (err) {
+      logger.warn('list stream catch-up failed; the client resumes from its last event id', {
+        error: toError(err).message,
+      });
+      return null;
+    }
+  }
+
   return {
-    follow(filter, since, stream) {
+    async follow(filter, from, stream) {
+      const since = await catchUp(filter, from, stream);
+      if (since === null) return;
       return new Promise<void>((resolve) => {
         const sub: Subscriber = { filter, since, sent: new Map(), stream, done };
         function done(): void {

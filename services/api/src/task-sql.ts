@@ -131,3 +131,33 @@ export async function tasksChangedSince(db: Db, owners: string[], since: string)
   const changed = rows.filter((r): r is TaskRow & { horizon: string; changed_xid: string } => r.id != null);
   return { horizon, changed };
 }
+
+/** Where a page of tasksChangedBetween ended: the next page starts after this task. */
+export interface ChangeCursor {
+  xid: string;
+  id: string;
+}
+
+/**
+ * At most `limit` of one owner's tasks changed by transactions in [since, until), in (changed_xid, id)
+ * order, after `after`. Every transaction below `until` (a watermark) has ended, so the range gains no
+ * rows while it is paged through; a task that changes meanwhile leaves it for a transaction at or
+ * above `until`. One index range of tasks_owner_changed.
+ */
+export async function tasksChangedBetween(
+  db: Db,
+  owner: string,
+  since: string,
+  until: string,
+  after: ChangeCursor | null,
+  limit: number,
+): Promise<(TaskRow & { changed_xid: string })[]> {
+  const { rows } = await sql<TaskRow & { changed_xid: string }>`
+    SELECT t.changed_xid::text AS changed_xid, ${sql.join(taskColumns.map((c) => sql.ref(`t.${c}`)))}
+    FROM tasks t
+    WHERE t.owner = ${owner} AND t.changed_xid >= ${since}::xid8 AND t.changed_xid < ${until}::xid8
+      ${after ? sql`AND (t.changed_xid, t.id) > (${after.xid}::xid8, ${after.id}::uuid)` : sql``}
+    ORDER BY t.changed_xid, t.id
+    LIMIT ${limit}`.execute(db);
+  return rows;
+}
