@@ -63,6 +63,37 @@ describe('one correlation id follows a task through api, relay and worker logs',
     expect(new Set(workerLines.map((l) => l.messageId))).toEqual(new Set(messageIds));
   });
 
+  it('keeps a traceparent that is not a valid W3C one off the task and its messages', async () => {
+    const valid = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+    const invalid = [
+      `00-${'a'.repeat(14_000)}`,
+      `${valid}, ${valid}`, // two headers, joined
+      valid.toUpperCase(),
+      '00-00000000000000000000000000000000-00f067aa0ba902b7-01',
+    ];
+    for (const traceparent of invalid) {
+      const res = await fetch(`${stack.urls.api}/tasks`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', traceparent },
+        body: JSON.stringify({ type: 'echo', payload: {} }),
+      });
+      expect(res.status).toBe(202);
+      const { id } = (await res.json()) as { id: string };
+      const task = await stack.database.db
+        .selectFrom('tasks')
+        .select('traceparent')
+        .where('id', '=', id)
+        .executeTakeFirstOrThrow();
+      const outbox = await stack.database.db
+        .selectFrom('outbox')
+        .select('headers')
+        .where('task_id', '=', id)
+        .executeTakeFirstOrThrow();
+      expect(task.traceparent).toBeNull();
+      expect(outbox.headers).not.toHaveProperty('traceparent');
+    }
+  });
+
   it('names the task, message and correlation of a message it dead-letters unread, from its properties', async () => {
     const connection = await amqp.connect(amqpUrl());
     try {

@@ -18,6 +18,7 @@ import { bulkRequestSchema, redriveRequestSchema } from '../admin-schemas';
 import { bulkAct, bulkStatuses, type BulkAction } from '../bulk-sql';
 import { HttpProblem } from '../problem';
 import type { SystemChecks } from '../system-checks';
+import { traceparentOf } from '../trace-context';
 import { requireAdmin, viewer } from '../viewer';
 import { jsonBody } from '../json-body';
 import { invalid } from './tasks';
@@ -57,7 +58,7 @@ function bulk({ db, taskNotifier, logger, settings }: AdminDeps, action: BulkAct
       throw new HttpProblem(422, 'Invalid Bulk Request', detail);
     }
     const who = viewer(res);
-    const context = { traceparent: req.get('traceparent') ?? null };
+    const context = { traceparent: traceparentOf(req) };
     const { matched, acted } = await bulkAct(db, action, filter, { limit, dryRun, by: who.owner, context });
     if (acted.length > 0) taskNotifier.changed(...acted.map((t) => t.id));
     for (const task of acted) {

@@ -22,6 +22,7 @@ import { createLongPolls, type LongPollAnswer, type LongPolls } from '../long-po
 import { HttpProblem } from '../problem';
 import { createTaskSchema, getQuerySchema, idSchema, listQuerySchema, taskBodySchemas } from '../schemas';
 import type { TaskEvents } from '../task-events';
+import { traceparentOf } from '../trace-context';
 import { countsQuerySchema } from '../admin-schemas';
 import type { countTasks } from '../bulk-sql';
 import { cancelTask } from '../cancel-sql';
@@ -156,7 +157,7 @@ function createTask(deps: TasksDeps, insertTask: (insert: TaskInsert) => Promise
     };
     let inserted: Inserted;
     try {
-      inserted = await insertTask({ task, context: { correlationId, traceparent: req.get('traceparent') ?? null } });
+      inserted = await insertTask({ task, context: { correlationId, traceparent: traceparentOf(req) } });
     } catch (err) {
       // Its commit may have gone through before the connection broke: the id is this request's, so look,
       // for a second at most (a server that hangs is answered 503 as before).
@@ -252,7 +253,7 @@ function retry({ db, taskNotifier, logger }: TasksDeps): Handler {
     const id = parseId(req);
     const key = parseIdempotencyKey(req);
     const who = viewer(res);
-    const outcome = await retryTask(db, who, id, key, { traceparent: req.get('traceparent') ?? null });
+    const outcome = await retryTask(db, who, id, key, { traceparent: traceparentOf(req) });
     if (outcome.kind === 'not found') throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
     if (outcome.kind === 'refused') {
       const detail = `task ${id} is ${outcome.status}; only a failed or cancelled task can be retried`;
