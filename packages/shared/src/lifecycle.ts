@@ -16,6 +16,26 @@ export function resource(close: () => Promise<void>): Service {
   return { start: async () => undefined, stop: () => (closed ??= close()) };
 }
 
+/**
+ * A part whose start waits until `ready` answers true, asking every `intervalMs`: the parts listed after
+ * it start only then. `onWait` runs once if the first answer is no. stop() ends the wait, and the start
+ * rejects.
+ */
+export function gate(ready: () => Promise<boolean>, intervalMs: number, onWait: () => void): Service {
+  const stopped = new AbortController();
+  return {
+    async start() {
+      for (let first = true; !(await ready()); first = false) {
+        if (first) onWait();
+        await sleep(intervalMs, stopped.signal);
+        // Thrown, so that startAll starts nothing after it.
+        if (stopped.signal.aborted) throw new Error('stopped while waiting to start');
+      }
+    },
+    stop: async () => stopped.abort(),
+  };
+}
+
 /** Starts the parts in order; a main.ts lists them so that each one's dependencies come first. */
 export async function startAll(parts: readonly Service[]): Promise<void> {
   for (const part of parts) await part.start();

@@ -10,6 +10,7 @@ import {
   createOutboxNotifier,
   createPool,
   createTaskNotifier,
+  gate,
   postgresReadiness,
   redactUrl,
   resource,
@@ -76,17 +77,22 @@ export function workerParts(
     { config, topology, queues, slots, db, leases, metrics, outboxNotifier, taskNotifier, stopAndExit },
     logger,
   );
+  const postgresReady = postgresReadiness(pool, logger, { writes: true });
   // Started in this order, stopped in reverse: the consumer drains first, the pool closes last.
   const parts = [
     resource(() => db.destroy()),
     resource(() => taskNotifier.stop()),
     resource(() => outboxNotifier.stop()),
+    // A worker of a newer build on a database not yet migrated for it would fail every write of a
+    // task it took (a column it lacks), and record its attempts as lost: it takes none until then.
+    gate(postgresReady, 1000, () =>
+      logger.warn('not consuming until Postgres takes writes and has every migration of this build'),
+    ),
     amqpConnection(amqpUrls(config), logger, consumer.setup),
     leases,
     createSweeper(db, Math.max(250, Math.floor(config.WORKER_LEASE_MS / 2)), outboxNotifier, taskNotifier, logger),
     consumer,
   ];
-  const postgresReady = postgresReadiness(pool, logger, { writes: true });
   return {
     parts,
     ready: async () => ({ postgres: await postgresReady(), rabbitmq: consumer.ready() }),

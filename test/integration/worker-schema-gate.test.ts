@@ -1,0 +1,48 @@
+import { shippedMigrations } from '@taskbox/shared';
+import { startService } from '../helpers/services';
+import { startSystem, type System } from '../helpers/system';
+import { waitFor } from '../helpers/wait';
+
+describe('a worker on a database that lacks a migration of its build', () => {
+  let system: System;
+
+  beforeAll(async () => {
+    system = await startSystem();
+  });
+
+  afterAll(async () => {
+    expect(await system.stop()).toEqual([0, 0, 0]);
+  });
+
+  it('takes no task until the migration is applied, then runs them', async () => {
+    const latest = (await shippedMigrations()).at(-1);
+    await system.database.pool.query('DELETE FROM kysely_migration WHERE name = $1', [latest]);
+    await system.start('api');
+    await system.start('relay');
+    const id = await system.submit('echo', { hello: 'gate' });
+    // Started by hand: system.start would wait for its 'consuming' line, which comes once migrated.
+    const worker = startService('worker', system.env);
+    system.services.push(worker);
+    await worker.waitForLog('the wait for the schema', (l) => l.message?.startsWith('not consuming until') ?? false);
+    await waitFor('the message published', async () => {
+      const row = await system.database.db
+        .selectFrom('outbox')
+        .select('published_at')
+        .where('task_id', '=', id)
+        .executeTakeFirstOrThrow();
+      return row.published_at !== null;
+    });
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    // Left in the queue: no attempt started, none recorded as lost.
+    const task = await system.database.db
+      .selectFrom('tasks')
+      .selectAll()
+      .where('id', '=', id)
+      .executeTakeFirstOrThrow();
+    expect(task).toMatchObject({ status: 'pending', attempts: 0 });
+
+    await system.database.pool.query('INSERT INTO kysely_migration (name, timestamp) VALUES ($1, now())', [latest]);
+    await system.waitForTerminal([id], 20_000);
+    expect(await system.status(id)).toBe('succeeded');
+  });
+});
