@@ -7,8 +7,24 @@ image=$1
 dir=$(dirname "$0")
 with_image() { sed "s|image: taskbox\$|image: $image|" "$dir/$1"; }
 
+# Until the Job is Complete, or Failed (its tries used up, or past activeDeadlineSeconds): `kubectl wait
+# --for=condition=complete` alone does not notice a failure, and would wait out its whole timeout.
+wait_for_migrate() {
+  while :; do
+    state=$(kubectl get job taskbox-migrate -o jsonpath='{.status.conditions[?(@.status=="True")].type}')
+    case "$state" in
+      *Complete*) return 0 ;;
+      *Failed*)
+        echo "rollout: the migrate Job failed, nothing rolled out; see kubectl logs job/taskbox-migrate" >&2
+        return 1
+        ;;
+    esac
+    sleep 2
+  done
+}
+
 kubectl delete job taskbox-migrate --ignore-not-found --wait=true
 with_image migrate-job.yaml | kubectl apply -f -
-kubectl wait --for=condition=complete --timeout=600s job/taskbox-migrate
+wait_for_migrate
 for part in api relay worker; do with_image "$part.yaml" | kubectl apply -f -; done
 for part in api relay worker; do kubectl rollout status "deployment/taskbox-$part" --timeout=600s; done

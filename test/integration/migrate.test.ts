@@ -1,7 +1,27 @@
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import path from 'node:path';
 import pg from 'pg';
-import { createDatabaseIfMissing } from '@taskbox/shared';
-import { adminUrl } from '../helpers/db';
+import { createDatabaseIfMissing, shippedMigrations } from '@taskbox/shared';
+import { adminUrl, createTestDatabase, type TestDatabase } from '../helpers/db';
+import { waitFor } from '../helpers/wait';
+
+interface MigrateRun {
+  output: string[];
+  exited: Promise<number | null>;
+}
+
+/** The built `npm run migrate` (`npm test` builds first) as a child process. */
+function runMigrate(url: string): MigrateRun {
+  const main = path.resolve(__dirname, '../../tools/dist/migrate-main.js');
+  const child = spawn(process.execPath, [main], {
+    env: { PATH: process.env.PATH ?? '', DATABASE_URL: url, LOG_LEVEL: 'info' },
+  });
+  const output: string[] = [];
+  child.stdout.on('data', (chunk: Buffer) => output.push(...chunk.toString().split('\n')));
+  child.stderr.on('data', (chunk: Buffer) => output.push(...chunk.toString().split('\n')));
+  return { output, exited: new Promise((resolve) => child.on('exit', (code) => resolve(code))) };
+}
 
 describe('npm run migrate creating its database', () => {
   const name = `taskbox_migrate_${randomBytes(6).toString('hex')}`;
@@ -25,5 +45,68 @@ describe('npm run migrate creating its database', () => {
     const bare = new URL(adminUrl());
     bare.pathname = '/';
     await expect(createDatabaseIfMissing(bare.toString())).rejects.toThrow(/names no database/);
+  });
+});
+
+describe('npm run migrate on a database in use', () => {
+  let database: TestDatabase;
+
+  beforeEach(async () => {
+    database = await createTestDatabase();
+  });
+
+  afterEach(async () => {
+    await database.drop();
+  });
+
+  it('leaves a database a newer build migrated as it is, and exits 0 (a rollback)', async () => {
+    await database.pool.query(
+      "INSERT INTO kysely_migration (name, timestamp) VALUES ('9999_from_a_newer_build', now())",
+    );
+    const run = runMigrate(database.url);
+    expect(await run.exited).toBe(0);
+    expect(run.output.join('\n')).toMatch(
+      /database is newer than this build: nothing to migrate.*9999_from_a_newer_build/,
+    );
+  });
+
+  it('refuses a history with a migration this build does not know between its own', async () => {
+    await database.pool.query("INSERT INTO kysely_migration (name, timestamp) VALUES ('0005b_from_elsewhere', now())");
+    const run = runMigrate(database.url);
+    expect(await run.exited).toBe(1);
+    const failed = run.output.find((l) => l.includes('"migration failed"')) ?? '';
+    expect(failed).toContain('0005b_from_elsewhere is missing');
+  });
+
+  it('gives up its wait for a lock a long transaction holds, lets the writes queued behind it through, and migrates once the lock is free', async () => {
+    // The database as the build before the latest migration left it.
+    const latest = (await shippedMigrations()).at(-1);
+    await database.pool.query('ALTER TABLE tasks DROP COLUMN interrupted');
+    await database.pool.query('DELETE FROM kysely_migration WHERE name = $1', [latest]);
+    const reader = new pg.Client({ connectionString: database.url });
+    await reader.connect();
+    try {
+      await reader.query('BEGIN');
+      await reader.query('SELECT count(*) FROM tasks');
+      const run = runMigrate(database.url);
+      await waitFor('the migration to give up its lock wait', () =>
+        run.output.some((l) => l.includes('waited too long for a lock')),
+      );
+      // Between tries no ACCESS EXCLUSIVE request is queued on tasks: a write goes through at once.
+      const writer = new pg.Client({ connectionString: database.url, statement_timeout: 2000 });
+      await writer.connect();
+      try {
+        await writer.query(`INSERT INTO tasks (id, type, payload, status, owner, correlation_id)
+                            VALUES (gen_random_uuid(), 'echo', '{}', 'pending', 'anonymous', 'behind-a-migration')`);
+      } finally {
+        await writer.end();
+      }
+      await reader.query('COMMIT');
+      expect(await run.exited).toBe(0);
+      const { rows } = await database.pool.query('SELECT name FROM kysely_migration WHERE name = $1', [latest]);
+      expect(rows).toHaveLength(1);
+    } finally {
+      await reader.end();
+    }
   });
 });

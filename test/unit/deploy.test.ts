@@ -1,4 +1,6 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import type { PodDisruptionBudget } from 'kubernetes-types/policy/v1';
 import { amqpUrls, configKeys, loadConfig } from '@taskbox/shared';
@@ -152,11 +154,43 @@ describe('deploy/ (Kubernetes manifests)', () => {
     }
   });
 
-  it('rollout.sh waits for the migrate Job to complete before it applies the Deployments', () => {
-    const lines = readFileSync(path.join(deployDir, 'rollout.sh'), 'utf8').split('\n');
-    const waits = lines.findIndex((l) => /kubectl wait --for=condition=complete .*job\/taskbox-migrate/.test(l));
-    const applies = lines.findIndex((l) => /for part in api relay worker; do .*kubectl apply/.test(l));
-    expect(waits).toBeGreaterThan(lines.findIndex((l) => /migrate-job\.yaml \| kubectl apply/.test(l)));
-    expect(applies).toBeGreaterThan(waits);
+  /** rollout.sh run against a fake kubectl that answers the Job's state and records every call. */
+  function rollout(jobState: string): { code: number | null; calls: string[]; stderr: string } {
+    const bin = mkdtempSync(path.join(os.tmpdir(), 'rollout-'));
+    const log = path.join(bin, 'calls');
+    const fake = `#!/bin/sh\necho "$*" >> ${log}\ncase "$*" in "get job"*) echo ${jobState} ;; esac\ncat > /dev/null\n`;
+    writeFileSync(path.join(bin, 'kubectl'), fake, { mode: 0o755 });
+    try {
+      const run = spawnSync('sh', [path.join(deployDir, 'rollout.sh'), 'registry.example.com/taskbox:9'], {
+        env: { PATH: `${bin}:${process.env.PATH ?? ''}` },
+        input: '',
+        encoding: 'utf8',
+        timeout: 20_000,
+      });
+      return { code: run.status, calls: readFileSync(log, 'utf8').trim().split('\n'), stderr: run.stderr };
+    } finally {
+      rmSync(bin, { recursive: true, force: true });
+    }
+  }
+
+  it('rollout.sh applies the Deployments only once the migrate Job is complete', () => {
+    const { code, calls } = rollout('Complete');
+    expect(code).toBe(0);
+    const waited = calls.findIndex((c) => c.startsWith('get job taskbox-migrate'));
+    expect(waited).toBeGreaterThan(calls.indexOf('apply -f -'));
+    expect(calls.slice(waited + 1)).toEqual([
+      'apply -f -',
+      'apply -f -',
+      'apply -f -',
+      ...['api', 'relay', 'worker'].map((p) => `rollout status deployment/taskbox-${p} --timeout=600s`),
+    ]);
+  });
+
+  it('rollout.sh stops at a failed migrate Job, saying so, and rolls nothing out', () => {
+    const { code, calls, stderr } = rollout('Failed');
+    expect(code).toBe(1);
+    expect(calls.filter((c) => c === 'apply -f -')).toHaveLength(1);
+    expect(calls.some((c) => c.startsWith('rollout'))).toBe(false);
+    expect(stderr).toMatch(/the migrate Job failed/);
   });
 });

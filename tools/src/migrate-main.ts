@@ -1,13 +1,29 @@
 import {
+  appliedByNewerBuild,
   createDatabaseIfMissing,
   createDb,
   createLogger,
   createPool,
+  errorCode,
   loadConfig,
   migrateToLatest,
   redactUrl,
+  shippedMigrations,
+  sleep,
   toError,
+  type Db,
+  type Logger,
 } from '@taskbox/shared';
+
+/**
+ * How long a migration waits for a lock before it gives up and tries again later. A migration that
+ * alters a table waits for every transaction using it to end, and every statement on that table queues
+ * behind its wait: a long report or a pg_dump would stop the api for as long. Given up, it lets them
+ * through, and the next try comes after a pause.
+ */
+const LOCK_TIMEOUT_MS = 3000;
+/** How long the tries go on: a deployment's migrate job gives up at about this time too. */
+const RETRY_FOR_MS = 10 * 60_000;
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
@@ -15,16 +31,39 @@ async function main(): Promise<void> {
   const url = redactUrl(config.DATABASE_URL);
   if (await createDatabaseIfMissing(config.DATABASE_URL)) logger.info('created database', { url });
   // No statement timeout: a migration may build an index for minutes, and no request waits on it.
-  const pool = createPool(config.DATABASE_URL, logger, { max: 1, statementTimeoutMs: 0 });
+  const pool = createPool(config.DATABASE_URL, logger, {
+    max: 1,
+    statementTimeoutMs: 0,
+    onConnect: async (client) => void (await client.query(`SET lock_timeout = ${LOCK_TIMEOUT_MS}`)),
+  });
   const db = createDb(pool);
-  const { error, results } = await migrateToLatest(db);
-  for (const r of results ?? []) logger.info(`migration ${r.status.toLowerCase()}`, { migration: r.migrationName });
+  const newer = await appliedByNewerBuild(db, await shippedMigrations());
+  const error = newer ? undefined : await migrateWithRetries(db, logger);
   await db.destroy();
   if (error) {
     logger.error('migration failed', { url, error: toError(error).message });
     process.exit(1);
   }
-  logger.info('database is up to date', { url });
+  if (newer) logger.info('database is newer than this build: nothing to migrate', { url, newer });
+  else logger.info('database is up to date', { url });
+}
+
+/** Migrates, trying again while a migration gives up on a lock (55P03); answers the last error, if any. */
+async function migrateWithRetries(db: Db, logger: Logger): Promise<unknown> {
+  const deadline = Date.now() + RETRY_FOR_MS;
+  for (let pauseMs = 1000; ; pauseMs = Math.min(pauseMs * 2, 30_000)) {
+    const { error, results } = await migrateToLatest(db);
+    for (const r of results ?? []) logger.info(`migration ${r.status.toLowerCase()}`, { migration: r.migrationName });
+    if (errorCode(error) !== '55P03' || Date.now() + pauseMs > deadline) return error;
+    logger.warn(
+      'a migration waited too long for a lock that other sessions hold; every change is undone, trying again',
+      {
+        lockTimeoutMs: LOCK_TIMEOUT_MS,
+        retryInMs: pauseMs,
+      },
+    );
+    await sleep(pauseMs);
+  }
 }
 
 main().catch((err: unknown) => {

@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { FileMigrationProvider, Migrator, type MigrationResultSet } from 'kysely';
+import { FileMigrationProvider, Migrator, sql, type MigrationResultSet } from 'kysely';
 import pg from 'pg';
 import type { Db } from './db';
 import { errorCode } from './errors';
@@ -61,4 +61,27 @@ export async function createDatabaseIfMissing(url: string): Promise<boolean> {
 /** Kysely's migrateToLatest never throws; this returns its result for the caller to check. */
 export function migrateToLatest(db: Db): Promise<MigrationResultSet> {
   return createMigrator(db).migrateToLatest();
+}
+
+/**
+ * The migrations applied to the database that this build does not ship, when all come after every one
+ * of its own, all of which are applied: a newer build migrated it, and this one (a rollback) has nothing
+ * to do. Its services run on the newer schema, which only adds (migrations are forward-only), and
+ * their /readyz says the same. Undefined otherwise: kysely then migrates, or refuses a history that
+ * is not this build's.
+ */
+export async function appliedByNewerBuild(db: Db, shipped: string[]): Promise<string[] | undefined> {
+  const { rows } = await sql<{ name: string }>`
+    SELECT name FROM kysely_migration ORDER BY name`
+    .execute(db)
+    .catch((err: unknown) => {
+      // 42P01: no kysely_migration table, a database never migrated.
+      if (errorCode(err) === '42P01') return { rows: [] };
+      throw err;
+    });
+  const applied = new Set(rows.map((r) => r.name));
+  const unknown = [...applied].filter((name) => !shipped.includes(name));
+  const last = shipped.at(-1) ?? '';
+  if (unknown.length === 0 || !shipped.every((name) => applied.has(name))) return undefined;
+  return unknown.every((name) => name > last) ? unknown : undefined;
 }
