@@ -9,10 +9,19 @@ import { spawn } from 'node:child_process';
 import readline from 'node:readline';
 
 const services = ['api', 'relay', 'worker'];
+// One HEALTH_PORT for two services would not bind: given one, the relay takes it and the worker the
+// next (0, any free port, stays 0 for both).
+const healthPort = Number(process.env.HEALTH_PORT);
+const ownEnv = {
+  api: {},
+  relay: {},
+  worker: healthPort > 0 ? { HEALTH_PORT: String(healthPort + 1) } : {},
+};
 const children = services.map((name) => {
   const child = spawn(process.execPath, [`services/${name}/dist/main.js`], {
     stdio: ['ignore', 'pipe', 'pipe'],
     detached: true,
+    env: { ...process.env, ...ownEnv[name] },
   });
   for (const stream of [child.stdout, child.stderr]) {
     readline.createInterface({ input: stream }).on('line', (line) => console.log(`[${name.padEnd(6)}] ${line}`));

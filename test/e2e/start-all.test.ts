@@ -3,6 +3,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { amqpUrl, deleteTopology, testPrefix } from '../helpers/amqp';
 import { createTestDatabase, type TestDatabase } from '../helpers/db';
+import { closedPort } from '../helpers/doctor';
 import { waitFor } from '../helpers/wait';
 
 const root = path.resolve(__dirname, '../..');
@@ -53,7 +54,7 @@ describe('npm start on a laptop', () => {
     await waitFor(
       'all three started',
       () =>
-        lines.some((l) => l.includes('"consuming"')) &&
+        lines.some((l) => l.includes('"worker started"')) &&
         lines.some((l) => l.includes('"relay started"')) &&
         lines.some((l) => l.includes('"api listening"')),
     );
@@ -65,5 +66,23 @@ describe('npm start on a laptop', () => {
     }
     expect(lines.filter((l) => l.includes('second signal'))).toEqual([]);
     expect(lines.filter((l) => l.includes('"message":"stopped"'))).toHaveLength(3);
+  }, 60_000);
+
+  it('given one HEALTH_PORT, serves the relay’s health on it and the worker’s on the next port', async () => {
+    const port = await closedPort();
+    const { child, lines, exited } = startAll({ HEALTH_PORT: String(port) });
+    const listening = (name: string, on: number) =>
+      lines.some(
+        (l) =>
+          l.startsWith(`[${name.padEnd(6)}]`) && l.includes('"health server listening"') && l.includes(`"port":${on}`),
+      );
+    await waitFor(
+      'all three started, the relay and the worker on their health ports',
+      () =>
+        listening('relay', port) && listening('worker', port + 1) && lines.some((l) => l.includes('"api listening"')),
+    );
+    expect((await fetch(`http://127.0.0.1:${port + 1}/healthz`)).status).toBe(200);
+    process.kill(-(child.pid as number), 'SIGINT');
+    expect(await exited).toBe(0);
   }, 60_000);
 });

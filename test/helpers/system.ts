@@ -46,7 +46,8 @@ export async function startSystem(env: Record<string, string> = {}, ownDatabase?
         const port = await service.port();
         api ??= `http://127.0.0.1:${port}`;
       } else if (name === 'worker') {
-        await service.waitForLog('consuming', (l) => l.message === 'consuming');
+        // Its last line at start: a signal before it could come before the shutdown is wired.
+        await service.waitForLog('started', (l) => l.message === 'worker started');
       } else {
         await service.waitForLog('started', (l) => l.message === 'relay started');
         // Its topology is declared on connect: a test that breaks the broker must not race it.
