@@ -156,7 +156,7 @@ describe('api auth: static tokens and JWTs together', () => {
 describe('api auth: JWT verified against AUTH_JWKS_URL', () => {
   let api: TestApi;
   let jwks: http.Server;
-  let sign: (sub: string) => Promise<string>;
+  let sign: (sub: string, audience?: string) => Promise<string>;
 
   beforeAll(async () => {
     const { privateKey, publicKey } = await generateKeyPair('ES256');
@@ -166,14 +166,17 @@ describe('api auth: JWT verified against AUTH_JWKS_URL', () => {
       res.end(JSON.stringify({ keys: [jwk] }));
     });
     await new Promise<void>((resolve) => jwks.listen(0, '127.0.0.1', resolve));
-    sign = (sub) =>
+    sign = (sub, audience = 'taskbox') =>
       new SignJWT({})
         .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
         .setSubject(sub)
+        .setIssuer('https://id.example')
+        .setAudience(audience)
         .setExpirationTime('5m')
         .sign(privateKey);
     const url = `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/.well-known/jwks.json`;
-    api = await startTestApi({ auth: loadConfig({ AUTH_JWKS_URL: url }) });
+    const auth = { AUTH_JWKS_URL: url, AUTH_JWT_ISSUER: 'https://id.example', AUTH_JWT_AUDIENCE: 'taskbox' };
+    api = await startTestApi({ auth: loadConfig(auth) });
   });
   afterAll(async () => {
     await api.close();
@@ -182,6 +185,24 @@ describe('api auth: JWT verified against AUTH_JWKS_URL', () => {
 
   it('keeps each subject’s tasks apart', async () => {
     await expectOwnersApart(api, `Bearer ${await sign('alice')}`, `Bearer ${await sign('bob')}`);
+  });
+
+  it('refuses a token the same provider signed for another app', async () => {
+    const res = await request(api.app)
+      .get('/tasks')
+      .set('authorization', `Bearer ${await sign('alice', 'another-app')}`);
+    expect(res.status).toBe(401);
+  });
+
+  it('refuses a key set without an issuer and an audience, or over plain http from another host', () => {
+    expect(() => loadConfig({ AUTH_JWKS_URL: 'https://id.example/jwks' })).toThrow(
+      /AUTH_JWKS_URL: needs AUTH_JWT_ISSUER and AUTH_JWT_AUDIENCE/,
+    );
+    const named = { AUTH_JWT_ISSUER: 'https://id.example', AUTH_JWT_AUDIENCE: 'taskbox' };
+    expect(() => loadConfig({ ...named, AUTH_JWKS_URL: 'http://id.example/jwks' })).toThrow(/must be https/);
+    for (const local of ['http://127.0.0.1:8080/jwks', 'http://localhost/jwks', 'https://id.example/jwks']) {
+      expect(loadConfig({ ...named, AUTH_JWKS_URL: local }).AUTH_JWKS_URL).toBe(local);
+    }
   });
 
   it('refuses an HS256 token when the keys come from a JWKS', async () => {

@@ -112,10 +112,16 @@ describe('api: streams and stream tokens are scoped to their owner', () => {
     expect((await streamToken(`/tasks/${alices}/stream-token`, {})).status).toBe(401);
   });
 
-  it('refuses expired, forged and foreign-key tokens with 401', async () => {
+  it('refuses expired, forged, foreign-key and never-expiring tokens with 401', async () => {
     const expired = await createStreamTokens(SECRET, -60_000).issue({ owner: 'alice', admin: false, task: alices });
     const otherKey = await createStreamTokens(undefined, 60_000).issue({ owner: 'alice', admin: false, task: alices });
-    for (const token of [expired.token, otherKey.token, 'not-a-token']) {
+    // Signed with the right key and audience, but without exp.
+    const forever = await new SignJWT({ task: alices })
+      .setProtectedHeader({ alg: 'HS256' })
+      .setSubject('alice')
+      .setAudience('taskbox-stream')
+      .sign(new TextEncoder().encode(SECRET));
+    for (const token of [expired.token, otherKey.token, forever, 'not-a-token']) {
       const res = await fetch(`${base}/tasks/${alices}/events?token=${encodeURIComponent(token)}`);
       expect(res.status).toBe(401);
     }

@@ -16,7 +16,7 @@ describe('api start: production is not open by default', () => {
     const settings: Record<string, string>[] = [
       { AUTH_TOKENS: 'tok:alice' },
       { AUTH_JWT_SECRET: SECRET },
-      { AUTH_JWKS_URL: 'https://id.example/jwks' },
+      { AUTH_JWKS_URL: 'https://id.example/jwks', AUTH_JWT_ISSUER: 'https://id.example', AUTH_JWT_AUDIENCE: 'taskbox' },
       { AUTH_DISABLED: 'true' },
     ];
     for (const auth of settings) {

@@ -42,7 +42,13 @@ export function createStreamTokens(secret: string | undefined, ttlMs: number): S
     },
     async verify(token) {
       try {
-        const { payload } = await jwtVerify(token, key, { algorithms: ['HS256'], audience: STREAM_TOKEN_AUDIENCE });
+        // exp required: the api always sets it, and a token without one, signed by whoever holds the
+        // key, would open streams for ever.
+        const { payload } = await jwtVerify(token, key, {
+          algorithms: ['HS256'],
+          audience: STREAM_TOKEN_AUDIENCE,
+          requiredClaims: ['exp'],
+        });
         if (typeof payload.sub !== 'string') return undefined;
         const task = typeof payload.task === 'string' ? payload.task : null;
         return { owner: payload.sub, admin: payload.admin === true, task };
