@@ -1,11 +1,22 @@
 import { sql } from 'kysely';
 import { checkPendingPublished, checkPendingUnpublished, sleep } from '@taskbox/shared';
 import { taskTypeNames } from '@taskbox/tasks';
-import { republishStranded } from '../../services/relay/src/task-sql';
+import { republishStranded, strandedTasks } from '../../services/relay/src/task-sql';
 import { createTestDatabase, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
 import { startStack, type Stack } from '../helpers/stack';
 import { waitFor } from '../helpers/wait';
+
+interface PlanNode {
+  'Relation Name'?: string;
+  'Actual Loops'?: number;
+  Plans?: PlanNode[];
+}
+
+/** How many times a plan read the outbox. */
+const outboxLookups = (node: PlanNode): number =>
+  (node['Relation Name'] === 'outbox' ? (node['Actual Loops'] ?? 0) : 0) +
+  (node.Plans ?? []).reduce((sum, child) => sum + outboxLookups(child), 0);
 
 interface View {
   id: string;
@@ -334,5 +345,27 @@ describe('a scheduled task is measured from its due time', () => {
     const cutoff = new Date(Date.now() - halfHour).toISOString();
     const stranded = await republishStranded(database.db, { cutoff, extraMs: 0 }, taskTypeNames, 100);
     expect(stranded.map((r) => r.message.task_id)).toEqual([unscheduled]);
+  });
+
+  it('a pass of the reconciler reads none of the tasks scheduled for later, however many wait', async () => {
+    const stranded = await pendingSince3h(null, 'none');
+    await sql`
+      WITH t AS (
+        INSERT INTO tasks (id, type, payload, status, owner, correlation_id, created_at, updated_at, run_at)
+        SELECT gen_random_uuid(), 'echo', '{}', 'pending', 'anonymous', 'later',
+               now() - interval '3 hours', now() - interval '3 hours', now() + interval '1 day'
+        FROM generate_series(1, 3000) RETURNING id, run_at)
+      INSERT INTO outbox (message_id, task_id, routing_key, payload, headers, available_at)
+      SELECT gen_random_uuid(), id, 'echo', '{}', '{}', run_at FROM t`.execute(database.db);
+    await sql`ANALYZE tasks`.execute(database.db);
+    const cutoff = new Date(Date.now() - 30 * 60_000).toISOString();
+    const pass = strandedTasks({ cutoff, extraMs: 0 }, taskTypeNames, 100);
+    const { rows } = await sql<{ 'QUERY PLAN': { Plan: PlanNode }[] }>`EXPLAIN (ANALYZE, FORMAT JSON) ${pass}`.execute(
+      database.db,
+    );
+    // Each task the scan keeps costs a look at its outbox rows (lastPublishedAt): only the stranded one may.
+    expect(outboxLookups(rows[0]!['QUERY PLAN'][0]!.Plan)).toBeLessThanOrEqual(1);
+    const republished = await republishStranded(database.db, { cutoff, extraMs: 0 }, taskTypeNames, 100);
+    expect(republished.map((r) => r.message.task_id)).toEqual([stranded]);
   });
 });

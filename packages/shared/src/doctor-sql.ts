@@ -41,11 +41,14 @@ export function pendingUnpublished(db: Db, ms: number): Promise<StuckTasks> {
 
 /**
  * Pending tasks whose message was published more than `ms` ago and that no worker has started: the
- * worker is down, consumes another queue (AMQP_PREFIX), or the message was lost in the broker. This
- * scans pending tasks through tasks_pending, which is fine for an on-demand diagnosis.
+ * worker is down, consumes another queue (AMQP_PREFIX), or the message was lost in the broker. As the
+ * reconciler does (republishStranded), it reads from tasks_pending_due only the tasks that could have
+ * been published that long ago, never the ones scheduled for later.
  */
 export function pendingPublished(db: Db, ms: number): Promise<StuckTasks> {
-  const tasks = sql`SELECT t.id, ${lastPublishedAt} AS since FROM tasks t WHERE t.status = 'pending'`;
+  const tasks = sql`
+    SELECT t.id, ${lastPublishedAt} AS since FROM tasks t
+    WHERE t.status = 'pending' AND greatest(t.updated_at, t.run_at) < now() - ${ms} * interval '1 millisecond'`;
   return stuckSince(db, tasks, ms);
 }
 

@@ -27,28 +27,34 @@ export interface Republished {
  * commit skips the task rather than republishing it a second time. The unpublished row this writes also
  * keeps the task out of every later pass until it is published, and published long enough ago.
  *
- * lastPublishedAt is at least updated_at (a message is published after the change that wrote it), so
- * the updated_at bound lets the scan read only old pending tasks from tasks_pending.
+ * lastPublishedAt is at least greatest(updated_at, run_at): a message is published after the change
+ * that wrote it, and not before it is due. That bound lets the scan read from tasks_pending_due only
+ * the pending tasks that could be stranded, never the ones scheduled for later.
  */
+/** The tasks republishStranded takes, locked (its comment says which). */
+export function strandedTasks(before: { cutoff: string; extraMs: number }, types: readonly string[], limit: number) {
+  const publishedBefore = sql`${before.cutoff}::timestamptz - ${before.extraMs} * interval '1 millisecond'`;
+  return sql<TaskRowForMessage>`
+    SELECT t.id, t.type, t.attempts, t.correlation_id, t.traceparent
+    FROM tasks t
+    WHERE t.status = 'pending'
+      AND t.type = ANY(${types}::text[])
+      AND greatest(t.updated_at, t.run_at) < ${publishedBefore}
+      AND ${lastPublishedAt} < ${publishedBefore}
+      AND (t.republished_at IS NULL OR t.republished_at < ${publishedBefore})
+    ORDER BY greatest(t.updated_at, t.run_at)
+    LIMIT ${limit}
+    FOR UPDATE OF t SKIP LOCKED`;
+}
+
 export async function republishStranded(
   db: Db,
   before: { cutoff: string; extraMs: number },
   types: readonly string[],
   limit: number,
 ): Promise<Republished[]> {
-  const publishedBefore = sql`${before.cutoff}::timestamptz - ${before.extraMs} * interval '1 millisecond'`;
   return db.transaction().execute(async (tx) => {
-    const { rows } = await sql<TaskRowForMessage>`
-      SELECT t.id, t.type, t.attempts, t.correlation_id, t.traceparent
-      FROM tasks t
-      WHERE t.status = 'pending'
-        AND t.type = ANY(${types}::text[])
-        AND t.updated_at < ${publishedBefore}
-        AND ${lastPublishedAt} < ${publishedBefore}
-        AND (t.republished_at IS NULL OR t.republished_at < ${publishedBefore})
-      ORDER BY t.updated_at
-      LIMIT ${limit}
-      FOR UPDATE OF t SKIP LOCKED`.execute(tx);
+    const { rows } = await strandedTasks(before, types, limit).execute(tx);
     if (rows.length === 0) return [];
     const republished = rows.map((t) => ({
       message: nextAttemptMessage(t),

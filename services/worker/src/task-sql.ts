@@ -122,7 +122,7 @@ async function startNextAttempts(db: Db, starts: AttemptStart[], guard: keyof ty
  *
  * Each task is locked by its key first, in id order as finishTerminals does (the LIMIT keeps the guard
  * out of that lookup), then the guard is checked on the locked row. With the guard inside, Postgres
- * could read the task through `tasks_pending`, every pending task and each dead entry since the last
+ * could read the task through `tasks_pending_due`, every pending task and each dead entry since the last
  * vacuum, instead of one row.
  */
 const startGuards = {
