@@ -88,12 +88,22 @@ export function visibleTask(viewer: Viewer, id: string): RawBuilder<boolean> {
  * the next call, and since it never waits, no order of locking can deadlock it.
  */
 export function lockTasks(tx: Db, narrow: RawBuilder<boolean>, limit: number, skipLocked: boolean) {
+  return lockingQuery(narrow, limit, skipLocked).execute(tx);
+}
+
+/**
+ * lockTasks's statement. It orders by an expression (`+ interval '0'`) that no index has, so Postgres
+ * finds the rows the filter matches first and sorts them, instead of walking tasks_created from the
+ * oldest task until it meets them: those a bulk action looks for (a backlog, today's failures) are the
+ * newest of a table of finished tasks, and the walk read 1.4 million rows, past the statement timeout.
+ */
+export function lockingQuery(narrow: RawBuilder<boolean>, limit: number, skipLocked: boolean) {
   return sql<LockedTask>`
     SELECT id, type, status, attempts, owner, correlation_id FROM tasks
     WHERE ${narrow}
-    ORDER BY created_at, id
+    ORDER BY created_at + interval '0', id
     LIMIT ${limit}
-    FOR UPDATE ${skipLocked ? sql`SKIP LOCKED` : sql``}`.execute(tx);
+    FOR UPDATE ${skipLocked ? sql`SKIP LOCKED` : sql``}`;
 }
 
 /**
