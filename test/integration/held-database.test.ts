@@ -3,6 +3,7 @@ import pg from 'pg';
 import request from 'supertest';
 import { startTestApi, type TestApi } from '../helpers/api';
 import { adminUrl, createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
+import { capturingLogger } from '../helpers/log';
 import { startFaultProxy } from '../helpers/proxy';
 import { startSystem, type System } from '../helpers/system';
 import { waitFor } from '../helpers/wait';
@@ -114,6 +115,39 @@ describe('a database that holds requests', () => {
     // Filling the real queue takes 8 GB; this is the error Postgres raises then (async.c).
     const fullQueue = Object.assign(new Error('too many notifications in the NOTIFY queue'), { code: '54000' });
     expect(isDbUnavailable(fullQueue)).toBe(true);
+  });
+});
+
+describe('a list that runs past the statement timeout', () => {
+  let database: TestDatabase;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await database.drop();
+  });
+
+  it('answers 503 saying the query ran too long and how to narrow it, logged as a timeout, not an outage', async () => {
+    const pool = createPool(database.url, quietLogger, { max: 2, statementTimeoutMs: 300 });
+    const { logger, lines } = capturingLogger();
+    const api = await startTestApi({ pool, db: createDb(pool), logger });
+    const locker = new pg.Client({ connectionString: database.url });
+    await locker.connect();
+    try {
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE tasks');
+      const res = await request(api.app).get('/tasks?errorContains=timeout');
+      expect(res.status).toBe(503);
+      expect(res.headers['retry-after']).toMatch(/^\d+$/);
+      expect(res.body.detail).toMatch(/DB_STATEMENT_TIMEOUT_MS.*narrow them/);
+      expect(lines.map((l) => l.message)).toEqual(['database statement timed out']);
+    } finally {
+      await locker.query('ROLLBACK');
+      await locker.end();
+      await api.close();
+      await pool.end();
+    }
   });
 });
 

@@ -80,10 +80,34 @@ function createOutageLog(logger: Logger): (message: string, fields: Record<strin
   };
 }
 
+/**
+ * The 503s a client may retry, each with its log line. A statement timeout is not an outage: Postgres
+ * answered, but the statement ran past DB_STATEMENT_TIMEOUT_MS, behind a lock or on a busy server,
+ * or because a list's filter reads too much of the table, which no retry helps.
+ */
+const refusals = {
+  database: { message: 'database unavailable', detail: 'the database is unavailable; retry shortly' },
+  overload: {
+    message: 'request refused: too many waiting',
+    detail: 'too many requests are waiting for the database; retry shortly',
+  },
+  timeout: {
+    message: 'database statement timed out',
+    detail:
+      'the query ran past the time the database allows it (DB_STATEMENT_TIMEOUT_MS): a table is locked or ' +
+      "the server is busy, and a retry may pass; or a list's filters read too many tasks: narrow them " +
+      '(createdAfter, status, type)',
+  },
+};
+
 /** Renders every error as problem+json; never leaks a stack trace. */
 export function problemHandler(logger: Logger): ErrorRequestHandler {
   // Each kind of refusal is an outage of its own.
-  const outages = { database: createOutageLog(logger), overload: createOutageLog(logger) };
+  const outages = {
+    database: createOutageLog(logger),
+    overload: createOutageLog(logger),
+    timeout: createOutageLog(logger),
+  };
   return (err: unknown, req, res, next) => {
     if (res.headersSent) return next(err);
     if (err instanceof HttpProblem) return sendProblem(res, err);
@@ -97,14 +121,10 @@ export function problemHandler(logger: Logger): ErrorRequestHandler {
     }
     const log = { requestId: res.locals.requestId as string, method: req.method, path: req.path };
     if (isTransientDbError(err) || err instanceof OverloadedError) {
-      const overloaded = err instanceof OverloadedError;
-      const outage = overloaded ? outages.overload : outages.database;
-      outage(overloaded ? 'request refused: too many waiting' : 'database unavailable', {
-        ...log,
-        error: toError(err).message,
-      });
-      const detail = overloaded ? 'too many requests are waiting for the database' : 'the database is unavailable';
-      return sendProblem(res, new HttpProblem(503, 'Service Unavailable', `${detail}; retry shortly`, {}, 2));
+      const kind = err instanceof OverloadedError ? 'overload' : errorCode(err) === '57014' ? 'timeout' : 'database';
+      const { message, detail } = refusals[kind];
+      outages[kind](message, { ...log, error: toError(err).message });
+      return sendProblem(res, new HttpProblem(503, 'Service Unavailable', detail, {}, 2));
     }
     if (isDataException(err)) {
       logger.warn('database refused a value from the request', { ...log, error: toError(err).message });
