@@ -22,9 +22,10 @@ export function filterConditions(filter: TaskFilter): RawBuilder<boolean>[] {
   if (filter.createdAfter) parts.push(sql`created_at >= ${filter.createdAfter}::timestamptz`);
   if (filter.createdBefore) parts.push(sql`created_at < ${filter.createdBefore}::timestamptz`);
   if (filter.errorContains) {
-    // strpos, not LIKE: the text is matched as given, "%" and "_" included.
+    // strpos, not LIKE: the text is matched as given, "%" and "_" included. "error IS NOT NULL" lets a
+    // list read tasks_errored or tasks_owner_errored (migration 0014), only the tasks that have an error.
     const error = sql`lower(concat_ws(' ', error->>'name', error->>'message'))`;
-    parts.push(sql`strpos(${error}, lower(${filter.errorContains})) > 0`);
+    parts.push(sql`error IS NOT NULL`, sql`strpos(${error}, lower(${filter.errorContains})) > 0`);
   }
   return parts;
 }

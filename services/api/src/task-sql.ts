@@ -90,6 +90,11 @@ export interface ListFilter extends TaskFilter {
  * pages read tasks_owner_created, every owner's tasks_created (migration 0007).
  */
 export function listTasks(db: Db, filter: ListFilter) {
+  return listQuery(db, filter).execute();
+}
+
+/** listTasks's statement. */
+export function listQuery(db: Db, filter: ListFilter) {
   const conditions = filterConditions(filter);
   if (filter.after) {
     const { createdAt, id } = filter.after;
@@ -102,8 +107,7 @@ export function listTasks(db: Db, filter: ListFilter) {
     .where(allOf(conditions))
     .orderBy('created_at', 'desc')
     .orderBy('id', 'desc')
-    .limit(filter.limit)
-    .execute();
+    .limit(filter.limit);
 }
 
 /**
