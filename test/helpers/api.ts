@@ -77,6 +77,7 @@ export async function startTestApi(overrides: Partial<AppDeps> = {}, options: Te
       bulkMax: options.bulkMax ?? defaults.BULK_ACTION_MAX,
     },
     schedule: { maxAheadMs: defaults.SCHEDULE_MAX_AHEAD_MS, pastSkewMs: defaults.SCHEDULE_PAST_SKEW_MS },
+    demoFaults: true,
     ...overrides,
   });
   let server: http.Server | null = null;

@@ -2,6 +2,8 @@ import { randomUUID } from 'node:crypto';
 import express from 'express';
 import { sql } from 'kysely';
 import request from 'supertest';
+import { loadConfig } from '@taskbox/shared';
+import { demoFaultsOn } from '../../services/api/src/parts';
 import { problemHandler } from '../../services/api/src/problem';
 import { startTestApi, type TestApi } from '../helpers/api';
 import { quietLogger } from '../helpers/db';
@@ -116,5 +118,37 @@ describe('api: input Postgres would reject is the client’s fault (4xx), never 
     expect(res.headers['content-type']).toMatch(PROBLEM);
     expect(res.body).toMatchObject({ title: 'Bad Request', status: 400 });
     expect(res.text).not.toMatch(/timestamptz|timestamp with time zone|not a time|SQLSTATE|22007/i);
+  });
+});
+
+describe('api: a demonstration fault (DEMO_FAULTS)', () => {
+  let api: TestApi;
+
+  beforeAll(async () => {
+    api = await startTestApi({ demoFaults: false });
+  });
+  afterAll(async () => {
+    await api.close();
+  });
+
+  it('refuses a sleep that ignores its signal with 422 and writes nothing, and takes an ordinary sleep', async () => {
+    const refused = await request(api.app)
+      .post('/tasks')
+      .send({ type: 'sleep', payload: { ms: 3_600_000, ignoreSignal: true }, timeoutMs: 100 });
+    expect(refused.status).toBe(422);
+    expect(refused.headers['content-type']).toMatch(/^application\/problem\+json/);
+    expect(refused.body.detail).toMatch(/DEMO_FAULTS/);
+    expect(await api.database.db.selectFrom('tasks').select('id').execute()).toEqual([]);
+    const taken = await request(api.app)
+      .post('/tasks')
+      .send({ type: 'sleep', payload: { ms: 10, ignoreSignal: false } });
+    expect(taken.status).toBe(202);
+  });
+
+  it('is on unless NODE_ENV=production, where only DEMO_FAULTS=true turns it on', () => {
+    expect(demoFaultsOn(loadConfig({}))).toBe(true);
+    expect(demoFaultsOn(loadConfig({ NODE_ENV: 'production' }))).toBe(false);
+    expect(demoFaultsOn(loadConfig({ NODE_ENV: 'production', DEMO_FAULTS: 'true' }))).toBe(true);
+    expect(demoFaultsOn(loadConfig({ DEMO_FAULTS: 'false' }))).toBe(false);
   });
 });

@@ -146,8 +146,10 @@ export const configSchema = z.object({
   // The doctor calls a pending task stuck after this long, and a running one after the second.
   DOCTOR_PENDING_MS: positiveInt.default(60_000),
   DOCTOR_PROCESSING_MS: positiveInt.default(600_000),
-  // "production" makes the api refuse to start without auth, unless AUTH_DISABLED says it is meant.
+  // "production" makes the api refuse to start without auth, unless AUTH_DISABLED says it is meant,
+  // and turns DEMO_FAULTS off unless it is set.
   NODE_ENV: z.string().optional(),
+  DEMO_FAULTS: z.stringbool().optional(),
   AUTH_DISABLED: z.stringbool().default(false),
   AUTH_TOKENS: authTokens.optional(),
   // HS256 needs a key at least as long as its 256-bit hash (RFC 7518 section 3.2).

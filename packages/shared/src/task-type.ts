@@ -39,6 +39,11 @@ export interface TaskTypeDefinition<N extends string = string, P = unknown, R = 
   backoff?: BackoffPolicy;
   /** What `run` must return; the worker checks it, and a mismatch fails the task (PermanentError). */
   result?: z.ZodType<R>;
+  /**
+   * Whether a payload makes the run misbehave on purpose, as a demonstration (a sleep that ignores its
+   * signal): the api refuses it unless DEMO_FAULTS is on, which it is not in production.
+   */
+  demoFault?(payload: P): boolean;
   run(ctx: TaskContext<P>): Promise<R>;
 }
 

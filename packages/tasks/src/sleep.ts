@@ -14,6 +14,8 @@ export const sleep = defineTaskType({
   timeoutMs: 3_660_000,
   // A demo: a timed-out sleep is retried within a second, whatever the worker's RETRY_BASE_MS says.
   backoff: { baseMs: 100, maxMs: 1000 },
+  // Every caller could otherwise pile up runs the worker gives up on, until it exits to end them.
+  demoFault: (payload) => payload.ignoreSignal === true,
   async run({ payload, signal, step, progress }) {
     await step('sleeping');
     const halves = [Math.floor(payload.ms / 2), Math.ceil(payload.ms / 2)];

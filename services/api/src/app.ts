@@ -45,6 +45,8 @@ export interface AppDeps {
   admin: AdminSettings;
   /** The bounds of runAt and delayMs on POST /tasks. */
   schedule: ScheduleLimits;
+  /** DEMO_FAULTS; unset, on outside production. */
+  demoFaults: boolean;
 }
 
 export interface StreamSettings {

@@ -92,7 +92,13 @@ function appFor(config: Config, parts: Pick<AppDeps, 'db' | 'pool' | 'taskNotifi
     ...pages(config),
     admin: { doctor: config, bulkMax: config.BULK_ACTION_MAX },
     schedule: { maxAheadMs: config.SCHEDULE_MAX_AHEAD_MS, pastSkewMs: config.SCHEDULE_PAST_SKEW_MS },
+    demoFaults: demoFaultsOn(config),
   }).app;
+}
+
+/** DEMO_FAULTS; unset, on everywhere but production, where any caller could use them against the workers. */
+export function demoFaultsOn(config: Pick<Config, 'DEMO_FAULTS' | 'NODE_ENV'>): boolean {
+  return config.DEMO_FAULTS ?? config.NODE_ENV !== 'production';
 }
 
 /** The HTTP server part, with its timeouts and connection cap from the configuration. */

@@ -43,6 +43,8 @@ export interface TasksDeps {
   /** Counts by type and status: one owner's, or (null) every owner's; reused for a moment (app.ts). */
   counts: (owner: string | null) => Promise<Counts>;
   schedule: ScheduleLimits;
+  /** Whether POST /tasks takes a payload its type calls a demonstration fault (DEMO_FAULTS). */
+  demoFaults: boolean;
 }
 
 export function invalid(title: string, error: z.ZodError): HttpProblem {
@@ -76,7 +78,7 @@ interface CreateRequest {
 }
 
 /** Validates POST /tasks: media type, storable JSON, the envelope, the type's payload, the schedule, the key. */
-function parseCreateRequest(req: Request, limits: ScheduleLimits): CreateRequest {
+function parseCreateRequest(req: Request, limits: ScheduleLimits, demoFaults: boolean): CreateRequest {
   const sent = jsonBody(req, 'the task');
   // Before any schema: z.json() recurses per level and would overflow the stack on a deep body.
   const issue = findJsonIssue(sent);
@@ -93,6 +95,10 @@ function parseCreateRequest(req: Request, limits: ScheduleLimits): CreateRequest
   const typed = taskBodySchemas[type].safeParse(sent);
   if (!typed.success) throw invalid('Invalid Payload', typed.error);
   const { payload } = typed.data;
+  if (!demoFaults && definition.demoFault?.(payload)) {
+    const detail = `this payload makes a "${type}" task misbehave on purpose, a demonstration this api does not take (DEMO_FAULTS)`;
+    throw new HttpProblem(422, 'Demonstration Fault Refused', detail);
+  }
   const maxAttempts = body.data.maxAttempts ?? definition.maxAttempts;
   const schedule = parseSchedule(typed.data, limits);
   const idempotencyKey = parseIdempotencyKey(req);
@@ -131,7 +137,7 @@ function answerReplay(res: Response, row: TaskRow | undefined, requestHash: stri
 function createTask(deps: TasksDeps, insertTask: (insert: TaskInsert) => Promise<Inserted>): Handler {
   const { db, logger } = deps;
   return async (req, res) => {
-    const parsed = parseCreateRequest(req, deps.schedule);
+    const parsed = parseCreateRequest(req, deps.schedule, deps.demoFaults);
     const { type, payload, maxAttempts, timeoutMs, schedule, idempotencyKey, requestHash } = parsed;
     const owner = viewer(res).owner;
     const earlier = () => findTaskByIdempotencyKey(db, owner, idempotencyKey as string);
