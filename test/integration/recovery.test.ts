@@ -1,4 +1,5 @@
 import amqp from 'amqplib';
+import pg from 'pg';
 import { amqpNames } from '@taskbox/shared';
 import { amqpUrl } from '../helpers/amqp';
 import { sample, scrape } from '../helpers/metrics';
@@ -222,4 +223,23 @@ describe('recovery from what the broker loses', () => {
     await expectSucceededOnce(ids);
     await relay.waitForLog('a rebuild', (l) => /publish channel closed by the broker/.test(String(l.reason ?? '')));
   }, 60_000);
+
+  it('counts and logs a reconciler pass that fails (tasks locked past the statement timeout), and says when it works again', async () => {
+    system = await startSystem({ REPUBLISH_AFTER_MS: String(REPUBLISH_AFTER_MS), DB_STATEMENT_TIMEOUT_MS: '300' });
+    const relay = await system.start('relay');
+    const health = `http://127.0.0.1:${await relay.port()}`;
+    const locker = new pg.Client({ connectionString: system.database.url });
+    await locker.connect();
+    try {
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE tasks');
+      await relay.waitForLog('the failed pass', (l) => l.message === 'reconciler pass failed; will try again');
+      expect(sample(await scrape(health), 'relay_reconciler_failures_total')).toBeGreaterThanOrEqual(1);
+    } finally {
+      await locker.query('ROLLBACK');
+      await locker.end();
+    }
+    await relay.waitForLog('the pass that works', (l) => l.message === 'reconciler works again');
+    expect(system.logs((l) => l.message === 'reconciler pass failed; will try again')).toHaveLength(1);
+  });
 });

@@ -8,6 +8,7 @@ export interface RelayMetrics {
   batchSize: Histogram;
   confirmSeconds: Histogram;
   republished: Counter<'queue' | 'state'>;
+  reconcilerFailures: Counter;
 }
 
 /**
@@ -57,6 +58,11 @@ export function createRelayMetrics(db: Db, queues: string[], { processMetrics = 
       name: 'tasks_republished_total',
       help: 'Stranded pending tasks the reconciler republished, by queue; state: caught-up (nothing old waits in it) or backlog',
       labelNames: ['queue', 'state'] as const,
+      registers,
+    }),
+    reconcilerFailures: new Counter({
+      name: 'relay_reconciler_failures_total',
+      help: 'Reconciler passes that failed: while they do, no stranded task is republished',
       registers,
     }),
     confirmSeconds: new Histogram({

@@ -124,6 +124,7 @@ async function pass(state: ReconcilerState, signal: AbortSignal): Promise<void> 
     if (state.failing) logger.info('reconciler works again');
     state.failing = false;
   } catch (err) {
+    state.metrics.reconcilerFailures.inc();
     if (!state.failing) logger.warn('reconciler pass failed; will try again', { error: toError(err).message });
     state.failing = true;
   }
