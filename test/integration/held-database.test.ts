@@ -4,7 +4,9 @@ import request from 'supertest';
 import { startTestApi, type TestApi } from '../helpers/api';
 import { adminUrl, createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { capturingLogger } from '../helpers/log';
+import { insertTaskFixture } from '../helpers/factories';
 import { startFaultProxy } from '../helpers/proxy';
+import { openSse } from '../helpers/sse';
 import { startSystem, type System } from '../helpers/system';
 import { waitFor } from '../helpers/wait';
 
@@ -147,6 +149,36 @@ describe('a list that runs past the statement timeout', () => {
       await locker.end();
       await api.close();
       await pool.end();
+    }
+  });
+});
+
+describe('a list stream catching up on a locked table', () => {
+  it('ends the stream with a warning, for the client to resume from its last event id', async () => {
+    const database = await createTestDatabase();
+    const pool = createPool(database.url, quietLogger, { max: 4, statementTimeoutMs: 300 });
+    const { logger, lines } = capturingLogger();
+    const api = await startTestApi({ pool, db: createDb(pool), logger });
+    const base = await api.listen();
+    const locker = new pg.Client({ connectionString: database.url });
+    await locker.connect();
+    try {
+      await insertTaskFixture(database.db, { status: 'succeeded' });
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE tasks');
+      // From the first transaction on: everything the owner ever changed is to catch up on.
+      const stream = await openSse(`${base}/tasks/events`, { 'last-event-id': '1' });
+      await stream.ended;
+      expect(stream.events.map((e) => e.event)).toEqual(['ready']);
+      expect(lines.map((l) => l.message)).toContain(
+        'list stream catch-up failed; the client resumes from its last event id',
+      );
+    } finally {
+      await locker.query('ROLLBACK');
+      await locker.end();
+      await api.close();
+      await pool.end();
+      await database.drop();
     }
   });
 });

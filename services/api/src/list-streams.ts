@@ -91,9 +91,15 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
     }
   }
 
+  // Resolved at the api's stop: a catch-up waiting for its client to read stops waiting.
+  let stopped = (): void => undefined;
+  const stopping = new Promise<void>((resolve) => (stopped = resolve));
+
   function wake(): void {
-    if (events.stopped()) subscribers.forEach((sub) => sub.done());
-    else if (reading) again = true;
+    if (events.stopped()) {
+      stopped();
+      subscribers.forEach((sub) => sub.done());
+    } else if (reading) again = true;
     else if (subscribers.size > 0) void read();
   }
   events.onAnyChange(wake);
@@ -102,38 +108,51 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
    * A stream that resumes from an old watermark catches up alone, on its own owner's tasks, a page at a
    * time and as fast as its client reads, before it joins the shared reads: one client's old
    * Last-Event-ID must not make every stream's read (and the api's memory) as large as that owner's
-   * history. Its events carry the watermark before their page, and after each page a block moves the
-   * client's last event id to the page's last transaction: a client cut off mid-way resumes there, and
-   * gets the tasks of that transaction again, never a gap. Answers the watermark it caught up to, or
-   * null when the stream closed or a read failed (the client reconnects from its last event id).
+   * history. It reads up to the watermark of its start, then again up to a newer one while a round took
+   * more than a page, so that it joins with a recent watermark however slow its client. Its events carry
+   * the watermark before their page, and after each page a block moves the client's last event id to
+   * the page's last transaction: a client cut off mid-way resumes there, and gets the tasks of that
+   * transaction again, never a gap. Answers the watermark it caught up to, or null when the stream
+   * closed, the api is stopping, or a read failed (the client reconnects from its last event id).
    */
-  async function catchUp(filter: ListFilter, since: string, stream: EventStream): Promise<string | null> {
+  async function catchUp(filter: ListFilter, from: string, stream: EventStream): Promise<string | null> {
     try {
-      const until = await currentHorizon(db);
-      if (BigInt(since) >= BigInt(until)) return since;
-      let mark = since;
-      let after: ChangeCursor | null = null;
-      for (;;) {
-        const page = await tasksChangedBetween(db, filter.owner, since, until, after, CATCH_UP_PAGE);
-        if (stream.closed.aborted) return null;
-        for (const row of page) {
-          if (matches(filter, row)) stream.send(row.id, { id: mark, event: 'task', data: toTaskView(row) });
-        }
-        const last = page.at(-1);
-        if (page.length < CATCH_UP_PAGE || !last) {
-          stream.send(WATERMARK_KEY, { id: until });
-          return until;
-        }
-        mark = last.changed_xid;
-        after = { xid: mark, id: last.id };
-        stream.send(WATERMARK_KEY, { id: mark });
-        await stream.drained();
+      for (let since = from; ;) {
+        const until = await currentHorizon(db);
+        if (BigInt(since) >= BigInt(until)) return since;
+        const pages = await round(filter, since, until, stream);
+        if (pages === null) return null;
+        since = until;
+        if (pages === 1) return since;
       }
     } catch (err) {
       logger.warn('list stream catch-up failed; the client resumes from its last event id', {
         error: toError(err).message,
       });
       return null;
+    }
+  }
+
+  /** One round of catchUp, from `since` to `until`: how many pages it took, or null if it must stop. */
+  async function round(filter: ListFilter, since: string, until: string, stream: EventStream): Promise<number | null> {
+    const over = () => stream.closed.aborted || events.stopped();
+    let after: ChangeCursor | null = null;
+    for (let pages = 1; ; pages++) {
+      const page = await tasksChangedBetween(db, filter.owner, since, until, after, CATCH_UP_PAGE);
+      if (over()) return null;
+      const mark = after?.xid ?? since;
+      for (const row of page) {
+        if (matches(filter, row)) stream.send(row.id, { id: mark, event: 'task', data: toTaskView(row) });
+      }
+      const last = page.at(-1);
+      if (page.length < CATCH_UP_PAGE || !last) {
+        stream.send(WATERMARK_KEY, { id: until });
+        return pages;
+      }
+      after = { xid: last.changed_xid, id: last.id };
+      stream.send(WATERMARK_KEY, { id: after.xid });
+      await Promise.race([stream.drained(), stopping]);
+      if (over()) return null;
     }
   }
 
