@@ -11,7 +11,8 @@ with_image() { sed "s|image: taskbox\$|image: $image|" "$dir/$1"; }
 # --for=condition=complete` alone does not notice a failure, and would wait out its whole timeout.
 wait_for_migrate() {
   while :; do
-    state=$(kubectl get job taskbox-migrate -o jsonpath='{.status.conditions[?(@.status=="True")].type}')
+    # A failed read (the API server busy for a moment) is asked again, not the end of the rollout.
+    state=$(kubectl get job taskbox-migrate -o jsonpath='{.status.conditions[?(@.status=="True")].type}') || state=
     case "$state" in
       *Complete*) return 0 ;;
       *Failed*)

@@ -12,6 +12,10 @@ const services = ['api', 'relay', 'worker'];
 // One HEALTH_PORT for two services would not bind: given one, the relay takes it and the worker the
 // next (0, any free port, stays 0 for both).
 const healthPort = Number(process.env.HEALTH_PORT);
+if (healthPort >= 65535) {
+  console.error(`HEALTH_PORT ${healthPort} leaves the worker no next port: set one below 65535`);
+  process.exit(1);
+}
 const ownEnv = {
   api: {},
   relay: {},

@@ -8,8 +8,12 @@ import { type Kysely, sql } from 'kysely';
 // published only once due, so it was published no earlier than greatest(updated_at, run_at): indexed
 // by that, the scan reads only tasks that could be stranded (96 ms on the same table). On a large table,
 // create tasks_pending_due by hand first with CREATE INDEX CONCURRENTLY (IF NOT EXISTS makes this a
-// no-op then).
+// no-op then). A concurrent build that failed leaves an invalid index under that name, which IF NOT
+// EXISTS would keep: it is built again here, before tasks_pending goes.
 export async function up(db: Kysely<unknown>): Promise<void> {
+  const { rows } = await sql<{ valid: boolean }>`
+    SELECT indisvalid AS valid FROM pg_index WHERE indexrelid = to_regclass('tasks_pending_due')`.execute(db);
+  if (rows[0]?.valid === false) await sql`DROP INDEX tasks_pending_due`.execute(db);
   await sql`CREATE INDEX IF NOT EXISTS tasks_pending_due ON tasks ((greatest(updated_at, run_at))) WHERE status = 'pending'`.execute(
     db,
   );

@@ -79,7 +79,10 @@ describe('npm start on a laptop', () => {
     await waitFor(
       'all three started, the relay and the worker on their health ports',
       () =>
-        listening('relay', port) && listening('worker', port + 1) && lines.some((l) => l.includes('"api listening"')),
+        listening('relay', port) &&
+        listening('worker', port + 1) &&
+        // The last lines at start: a signal before them could come before the shutdown is wired.
+        ['"api listening"', '"relay started"', '"worker started"'].every((line) => lines.some((l) => l.includes(line))),
     );
     expect((await fetch(`http://127.0.0.1:${port + 1}/healthz`)).status).toBe(200);
     process.kill(-(child.pid as number), 'SIGINT');

@@ -79,10 +79,12 @@ describe('npm run migrate on a database in use', () => {
   });
 
   it('gives up its wait for a lock a long transaction holds, lets the writes queued behind it through, and migrates once the lock is free', async () => {
-    // The database as the build before the latest migration left it.
-    const latest = (await shippedMigrations()).at(-1);
+    // The database as a build of 0011 left it: 0012 alters tasks, which takes a lock every reader holds
+    // off (0013 and 0014 only add indexes, IF NOT EXISTS, and run again).
+    const altering = '0012_task_interruptions';
+    expect(await shippedMigrations()).toContain(altering);
     await database.pool.query('ALTER TABLE tasks DROP COLUMN interrupted');
-    await database.pool.query('DELETE FROM kysely_migration WHERE name = $1', [latest]);
+    await database.pool.query('DELETE FROM kysely_migration WHERE name >= $1', [altering]);
     const reader = new pg.Client({ connectionString: database.url });
     await reader.connect();
     try {
@@ -103,10 +105,28 @@ describe('npm run migrate on a database in use', () => {
       }
       await reader.query('COMMIT');
       expect(await run.exited).toBe(0);
-      const { rows } = await database.pool.query('SELECT name FROM kysely_migration WHERE name = $1', [latest]);
-      expect(rows).toHaveLength(1);
+      const { rows } = await database.pool.query('SELECT name FROM kysely_migration WHERE name >= $1 ORDER BY name', [
+        altering,
+      ]);
+      expect(rows.map((r: { name: string }) => r.name)).toEqual(
+        (await shippedMigrations()).filter((name) => name >= altering),
+      );
     } finally {
       await reader.end();
     }
+  });
+
+  it('builds again an index a failed CREATE INDEX CONCURRENTLY left invalid, before it drops the one it replaces', async () => {
+    const q = (text: string) => database.pool.query(text);
+    await q("DELETE FROM kysely_migration WHERE name >= '0013_pending_due_index'");
+    await q("CREATE INDEX tasks_pending ON tasks (updated_at) WHERE status = 'pending'");
+    // What a failed concurrent build leaves behind: the index, marked invalid.
+    await q("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'tasks_pending_due'::regclass");
+    const run = runMigrate(database.url);
+    expect(await run.exited).toBe(0);
+    const { rows } = await q(
+      "SELECT c.relname AS name, i.indisvalid AS valid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname IN ('tasks_pending', 'tasks_pending_due')",
+    );
+    expect(rows).toEqual([{ name: 'tasks_pending_due', valid: true }]);
   });
 });

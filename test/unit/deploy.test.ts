@@ -158,7 +158,19 @@ describe('deploy/ (Kubernetes manifests)', () => {
   function rollout(jobState: string): { code: number | null; calls: string[]; stderr: string } {
     const bin = mkdtempSync(path.join(os.tmpdir(), 'rollout-'));
     const log = path.join(bin, 'calls');
-    const fake = `#!/bin/sh\necho "$*" >> ${log}\ncase "$*" in "get job"*) echo ${jobState} ;; esac\ncat > /dev/null\n`;
+    // Its first read of the Job fails and its second finds nothing yet, as an API server may answer.
+    const fake = [
+      '#!/bin/sh',
+      `echo "$*" >> ${log}`,
+      'case "$*" in "get job"*)',
+      `  n=$(grep -c '^get job' ${log})`,
+      '  [ "$n" -eq 1 ] && exit 1',
+      `  [ "$n" -gt 2 ] && echo ${jobState}`,
+      '  exit 0 ;;',
+      'esac',
+      'cat > /dev/null',
+      '',
+    ].join('\n');
     writeFileSync(path.join(bin, 'kubectl'), fake, { mode: 0o755 });
     try {
       const run = spawnSync('sh', [path.join(deployDir, 'rollout.sh'), 'registry.example.com/taskbox:9'], {
@@ -173,10 +185,11 @@ describe('deploy/ (Kubernetes manifests)', () => {
     }
   }
 
-  it('rollout.sh applies the Deployments only once the migrate Job is complete', () => {
+  it('rollout.sh applies the Deployments only once the migrate Job is complete, through a failed read of it', () => {
     const { code, calls } = rollout('Complete');
     expect(code).toBe(0);
-    const waited = calls.findIndex((c) => c.startsWith('get job taskbox-migrate'));
+    expect(calls.filter((c) => c.startsWith('get job'))).toHaveLength(3);
+    const waited = calls.findLastIndex((c) => c.startsWith('get job taskbox-migrate'));
     expect(waited).toBeGreaterThan(calls.indexOf('apply -f -'));
     expect(calls.slice(waited + 1)).toEqual([
       'apply -f -',

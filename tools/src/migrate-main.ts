@@ -22,8 +22,8 @@ import {
  * through, and the next try comes after a pause.
  */
 const LOCK_TIMEOUT_MS = 3000;
-/** How long the tries go on: a deployment's migrate job gives up at about this time too. */
-const RETRY_FOR_MS = 10 * 60_000;
+/** How long the tries go on: less than the migrate Job's deadline (600 s), so that this says why it stopped. */
+const RETRY_FOR_MS = 8 * 60_000;
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
@@ -38,30 +38,33 @@ async function main(): Promise<void> {
   });
   const db = createDb(pool);
   const newer = await appliedByNewerBuild(db, await shippedMigrations());
-  const error = newer ? undefined : await migrateWithRetries(db, logger);
+  const failed = newer ? undefined : await migrateWithRetries(db, logger);
   await db.destroy();
-  if (error) {
-    logger.error('migration failed', { url, error: toError(error).message });
+  if (failed) {
+    logger.error('migration failed', { url, migration: failed.migration, error: toError(failed.error).message });
     process.exit(1);
   }
   if (newer) logger.info('database is newer than this build: nothing to migrate', { url, newer });
   else logger.info('database is up to date', { url });
 }
 
-/** Migrates, trying again while a migration gives up on a lock (55P03); answers the last error, if any. */
-async function migrateWithRetries(db: Db, logger: Logger): Promise<unknown> {
+/**
+ * Migrates, trying again while a migration gives up on a lock (55P03). Answers the last error and the
+ * migration it came from, if any.
+ */
+async function migrateWithRetries(db: Db, logger: Logger): Promise<{ error: unknown; migration?: string } | undefined> {
   const deadline = Date.now() + RETRY_FOR_MS;
   for (let pauseMs = 1000; ; pauseMs = Math.min(pauseMs * 2, 30_000)) {
     const { error, results } = await migrateToLatest(db);
-    for (const r of results ?? []) logger.info(`migration ${r.status.toLowerCase()}`, { migration: r.migrationName });
-    if (errorCode(error) !== '55P03' || Date.now() + pauseMs > deadline) return error;
-    logger.warn(
-      'a migration waited too long for a lock that other sessions hold; every change is undone, trying again',
-      {
-        lockTimeoutMs: LOCK_TIMEOUT_MS,
-        retryInMs: pauseMs,
-      },
-    );
+    if (!error) {
+      for (const r of results ?? []) logger.info('migration applied', { migration: r.migrationName });
+      return undefined;
+    }
+    // After an error every migration of the run is rolled back, those kysely reports as done included.
+    const migration = results?.find((r) => r.status === 'Error')?.migrationName;
+    if (errorCode(error) !== '55P03' || Date.now() + pauseMs > deadline) return { error, migration };
+    const message = 'a migration waited too long for a lock that other sessions hold; all is undone, trying again';
+    logger.warn(message, { migration, lockTimeoutMs: LOCK_TIMEOUT_MS, retryInMs: pauseMs });
     await sleep(pauseMs);
   }
 }
