@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { SignJWT, exportJWK, generateKeyPair } from 'jose';
 import request from 'supertest';
 import { closeServer, loadConfig } from '@taskbox/shared';
+import { authStartProblem } from '../../services/api/src/auth';
 import { startTestApi, type TestApi } from '../helpers/api';
 import { createTestDatabase, type TestDatabase } from '../helpers/db';
 import { startService } from '../helpers/services';
@@ -194,14 +195,21 @@ describe('api auth: JWT verified against AUTH_JWKS_URL', () => {
     expect(res.status).toBe(401);
   });
 
-  it('refuses a key set without an issuer and an audience, or over plain http from another host', () => {
-    expect(() => loadConfig({ AUTH_JWKS_URL: 'https://id.example/jwks' })).toThrow(
-      /AUTH_JWKS_URL: needs AUTH_JWT_ISSUER and AUTH_JWT_AUDIENCE/,
+  it('refuses to start on a key set without an issuer and an audience, or over plain http from another host', () => {
+    expect(authStartProblem(loadConfig({ AUTH_JWKS_URL: 'https://id.example/jwks' }))).toMatch(
+      /AUTH_JWKS_URL needs AUTH_JWT_ISSUER and AUTH_JWT_AUDIENCE/,
     );
     const named = { AUTH_JWT_ISSUER: 'https://id.example', AUTH_JWT_AUDIENCE: 'taskbox' };
-    expect(() => loadConfig({ ...named, AUTH_JWKS_URL: 'http://id.example/jwks' })).toThrow(/must be https/);
-    for (const local of ['http://127.0.0.1:8080/jwks', 'http://localhost/jwks', 'https://id.example/jwks']) {
-      expect(loadConfig({ ...named, AUTH_JWKS_URL: local }).AUTH_JWKS_URL).toBe(local);
+    expect(authStartProblem(loadConfig({ ...named, AUTH_JWKS_URL: 'http://id.example/jwks' }))).toMatch(
+      /must be https/,
+    );
+    for (const url of [
+      'http://127.0.0.1:8080/jwks',
+      'http://localhost/jwks',
+      'http://[::1]/jwks',
+      'https://id.example/jwks',
+    ]) {
+      expect([url, authStartProblem(loadConfig({ ...named, AUTH_JWKS_URL: url }))]).toEqual([url, undefined]);
     }
   });
 

@@ -1,4 +1,5 @@
 import { sql } from 'kysely';
+import { matching } from '../../services/api/src/bulk-sql';
 import { lockingQuery } from '../../services/api/src/retry-sql';
 import { listQuery } from '../../services/api/src/task-sql';
 import { createTestDatabase, type TestDatabase } from '../helpers/db';
@@ -45,14 +46,18 @@ describe('statements on a month of tasks', () => {
     await database.drop();
   });
 
-  it('a bulk action reads the tasks it matches, not every older task before them', async () => {
-    const pending = sql<boolean>`status = ANY(${['pending']}::text[])`;
-    const { rows } = await database.db.transaction().execute((tx) =>
-      sql<{
-        'QUERY PLAN': { Plan: PlanNode }[];
-      }>`EXPLAIN (ANALYZE, FORMAT JSON) ${lockingQuery(pending, 10, true)}`.execute(tx),
-    );
-    expect(rowsRead(rows[0]!['QUERY PLAN'][0]!.Plan)).toBeLessThan(6000);
+  it('a bulk action on a filter an index has reads the tasks it matches, not every older task before them', async () => {
+    // Cancel today's backlog; retry the failures that carry a message. Without such a filter a bulk
+    // action scans the table and sorts what matches, which still ends within the statement timeout.
+    const requests = [matching('cancel', { status: 'pending' }), matching('retry', { errorContains: 'needle' })];
+    for (const [i, where] of requests.entries()) {
+      const { rows } = await database.db.transaction().execute((tx) =>
+        sql<{
+          'QUERY PLAN': { Plan: PlanNode }[];
+        }>`EXPLAIN (ANALYZE, FORMAT JSON) ${lockingQuery(where, 10, true)}`.execute(tx),
+      );
+      expect([i, rowsRead(rows[0]!['QUERY PLAN'][0]!.Plan) < 6000]).toEqual([i, true]);
+    }
   });
 
   it('a list filtered by error text reads the tasks that have an error, not every task', async () => {

@@ -13,14 +13,21 @@ export interface StuckTasks {
 /**
  * How many of `tasks` (a query with columns `id` and `since`) have waited since before `ms` ago, how
  * long the oldest has, and its id. Each check below only says which tasks, waiting since when.
+ *
+ * OFFSET 0 keeps `since` a column computed once a row, not an expression copied into each of its three
+ * uses. JIT off: Postgres cannot estimate how many rows a partial index's expression keeps, guessed a
+ * third of the pending tasks, and spent half a second compiling a query that then took 80 ms.
  */
 async function stuckSince(db: Db, tasks: RawBuilder<unknown>, ms: number): Promise<StuckTasks> {
-  const { rows } = await sql<{ count: string; oldest: number | null; example: string | null }>`
-    SELECT count(*) AS count,
-           extract(epoch FROM now() - min(s.since))::float8 AS oldest,
-           (array_agg(s.id::text ORDER BY s.since))[1] AS example
-    FROM (${tasks}) s
-    WHERE s.since < now() - ${ms} * interval '1 millisecond'`.execute(db);
+  const { rows } = await db.transaction().execute(async (tx) => {
+    await sql`SET LOCAL jit = off`.execute(tx);
+    return sql<{ count: string; oldest: number | null; example: string | null }>`
+      SELECT count(*) AS count,
+             extract(epoch FROM now() - min(s.since))::float8 AS oldest,
+             (array_agg(s.id::text ORDER BY s.since))[1] AS example
+      FROM (${tasks} OFFSET 0) s
+      WHERE s.since < now() - ${ms} * interval '1 millisecond'`.execute(tx);
+  });
   const row = rows[0];
   return { count: Number(row?.count ?? 0), oldestSeconds: row?.oldest ?? 0, example: row?.example ?? null };
 }

@@ -19,13 +19,36 @@ const AUTH_SETTINGS = ['AUTH_TOKENS', 'AUTH_JWT_SECRET', 'AUTH_JWKS_URL'] as con
  * AUTH_DISABLED=true next to a token setting is refused rather than guessing which one was meant.
  */
 export function authStartProblem(
-  config: Pick<Config, 'NODE_ENV' | 'AUTH_DISABLED' | (typeof AUTH_SETTINGS)[number]>,
+  config: Pick<
+    Config,
+    'NODE_ENV' | 'AUTH_DISABLED' | 'AUTH_JWT_ISSUER' | 'AUTH_JWT_AUDIENCE' | (typeof AUTH_SETTINGS)[number]
+  >,
 ): string | undefined {
+  const jwks = jwksProblem(config);
+  if (jwks) return `AUTH_JWKS_URL ${jwks}`;
   const set = AUTH_SETTINGS.filter((key) => config[key] !== undefined);
   if (set.length > 0 && config.AUTH_DISABLED) return `AUTH_DISABLED=true contradicts ${set.join(' and ')}; unset one`;
   if (set.length === 0 && !config.AUTH_DISABLED && config.NODE_ENV === 'production') {
     const names = AUTH_SETTINGS.join(', ');
     return `NODE_ENV=production and none of ${names} set: set one, or AUTH_DISABLED=true to run without auth on purpose`;
+  }
+  return undefined;
+}
+
+/**
+ * An identity provider's key set signs tokens for every app it serves: without an issuer and an
+ * audience, a token it minted for another app (with that app's admin scope) would be accepted here.
+ * The keys decide who is who, so they come over https, or plain http from this host only.
+ */
+function jwksProblem(config: Pick<Config, 'AUTH_JWKS_URL' | 'AUTH_JWT_ISSUER' | 'AUTH_JWT_AUDIENCE'>) {
+  if (!config.AUTH_JWKS_URL) return undefined;
+  if (!config.AUTH_JWT_ISSUER || !config.AUTH_JWT_AUDIENCE) {
+    return "needs AUTH_JWT_ISSUER and AUTH_JWT_AUDIENCE: the provider's tokens for other apps would pass";
+  }
+  const url = new URL(config.AUTH_JWKS_URL);
+  const loopback = ['localhost', '[::1]'].includes(url.hostname) || /^127\.\d+\.\d+\.\d+$/.test(url.hostname);
+  if (url.protocol !== 'https:' && !(url.protocol === 'http:' && loopback)) {
+    return 'must be https (http only on this host)';
   }
   return undefined;
 }

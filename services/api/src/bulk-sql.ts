@@ -12,7 +12,8 @@ export const bulkStatuses: Record<BulkAction, readonly TaskStatus[]> = {
   cancel: cancellableStatuses,
 };
 
-function matching(action: BulkAction, filter: TaskFilter): RawBuilder<boolean> {
+/** The tasks a bulk action with this filter takes. */
+export function matching(action: BulkAction, filter: TaskFilter): RawBuilder<boolean> {
   // A running task whose cancel was already asked for is not taken again: it would fill every later
   // call's batch and change nothing.
   const notAsked = action === 'cancel' ? [sql<boolean>`(status = 'pending' OR cancel_requested_at IS NULL)`] : [];

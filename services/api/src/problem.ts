@@ -95,10 +95,15 @@ const refusals = {
     message: 'database statement timed out',
     detail:
       'the query ran past the time the database allows it (DB_STATEMENT_TIMEOUT_MS): a table is locked or ' +
-      "the server is busy, and a retry may pass; or a list's filters read too many tasks: narrow them " +
-      '(createdAfter, status, type)',
+      'the server is busy, and a retry may pass',
   },
 };
+const LIST_ADVICE = "; or a list's filters read too many tasks: narrow them (createdAfter, status, type)";
+
+/** 57014 is also a cancel by pg_cancel_backend ("canceling statement due to user request"): an outage. */
+function isStatementTimeout(err: unknown): boolean {
+  return errorCode(err) === '57014' && /statement timeout/.test(toError(err).message);
+}
 
 /** Renders every error as problem+json; never leaks a stack trace. */
 export function problemHandler(logger: Logger): ErrorRequestHandler {
@@ -121,10 +126,12 @@ export function problemHandler(logger: Logger): ErrorRequestHandler {
     }
     const log = { requestId: res.locals.requestId as string, method: req.method, path: req.path };
     if (isTransientDbError(err) || err instanceof OverloadedError) {
-      const kind = err instanceof OverloadedError ? 'overload' : errorCode(err) === '57014' ? 'timeout' : 'database';
+      const kind = err instanceof OverloadedError ? 'overload' : isStatementTimeout(err) ? 'timeout' : 'database';
       const { message, detail } = refusals[kind];
       outages[kind](message, { ...log, error: toError(err).message });
-      return sendProblem(res, new HttpProblem(503, 'Service Unavailable', detail, {}, 2));
+      // Only a read can be narrowed.
+      const advice = kind === 'timeout' && req.method === 'GET' ? LIST_ADVICE : '';
+      return sendProblem(res, new HttpProblem(503, 'Service Unavailable', detail + advice, {}, 2));
     }
     if (isDataException(err)) {
       logger.warn('database refused a value from the request', { ...log, error: toError(err).message });

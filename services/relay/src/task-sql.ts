@@ -15,22 +15,6 @@ export interface Republished {
   correlationId: string | null;
 }
 
-/**
- * Republishes up to `limit` stranded tasks of `types` (one queue's), each through a new outbox row in this one transaction: a
- * task that is pending, whose latest message was published (lastPublishedAt) before `cutoff` minus
- * `extraMs`, and that no worker has started since. The new message asks for the same attempt as the
- * lost one (attempts + 1), so if the lost one turns up after all, the worker runs whichever comes
- * first and drops the other as stale.
- *
- * One actor per task across relays: SKIP LOCKED keeps two relays off the same rows at once, and the
- * republished_at guard is re-checked on the locked row, so a relay whose snapshot predates another's
- * commit skips the task rather than republishing it a second time. The unpublished row this writes also
- * keeps the task out of every later pass until it is published, and published long enough ago.
- *
- * lastPublishedAt is at least greatest(updated_at, run_at): a message is published after the change
- * that wrote it, and not before it is due. That bound lets the scan read from tasks_pending_due only
- * the pending tasks that could be stranded, never the ones scheduled for later.
- */
 /** The tasks republishStranded takes, locked (its comment says which). */
 export function strandedTasks(before: { cutoff: string; extraMs: number }, types: readonly string[], limit: number) {
   const publishedBefore = sql`${before.cutoff}::timestamptz - ${before.extraMs} * interval '1 millisecond'`;
@@ -47,6 +31,22 @@ export function strandedTasks(before: { cutoff: string; extraMs: number }, types
     FOR UPDATE OF t SKIP LOCKED`;
 }
 
+/**
+ * Republishes up to `limit` stranded tasks of `types` (one queue's), each through a new outbox row in this one transaction: a
+ * task that is pending, whose latest message was published (lastPublishedAt) before `cutoff` minus
+ * `extraMs`, and that no worker has started since. The new message asks for the same attempt as the
+ * lost one (attempts + 1), so if the lost one turns up after all, the worker runs whichever comes
+ * first and drops the other as stale.
+ *
+ * One actor per task across relays: SKIP LOCKED keeps two relays off the same rows at once, and the
+ * republished_at guard is re-checked on the locked row, so a relay whose snapshot predates another's
+ * commit skips the task rather than republishing it a second time. The unpublished row this writes also
+ * keeps the task out of every later pass until it is published, and published long enough ago.
+ *
+ * lastPublishedAt is at least greatest(updated_at, run_at): a message is published after the change
+ * that wrote it, and not before it is due. That bound lets the scan read from tasks_pending_due only
+ * the pending tasks that could be stranded, never the ones scheduled for later.
+ */
 export async function republishStranded(
   db: Db,
   before: { cutoff: string; extraMs: number },
