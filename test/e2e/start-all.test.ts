@@ -54,6 +54,7 @@ describe('npm start on a laptop', () => {
     await waitFor(
       'all three started',
       () =>
+        lines.some((l) => l.includes('"consuming"')) &&
         lines.some((l) => l.includes('"worker started"')) &&
         lines.some((l) => l.includes('"relay started"')) &&
         lines.some((l) => l.includes('"api listening"')),

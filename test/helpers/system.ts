@@ -46,7 +46,9 @@ export async function startSystem(env: Record<string, string> = {}, ownDatabase?
         const port = await service.port();
         api ??= `http://127.0.0.1:${port}`;
       } else if (name === 'worker') {
-        // Its last line at start: a signal before it could come before the shutdown is wired.
+        // Connected and consuming (the broker connection starts in the background), and past its last
+        // line at start, before which a signal could come before the shutdown is wired.
+        await service.waitForLog('consuming', (l) => l.message === 'consuming');
         await service.waitForLog('started', (l) => l.message === 'worker started');
       } else {
         await service.waitForLog('started', (l) => l.message === 'relay started');
