@@ -1,4 +1,4 @@
-import { onShutdownSignal, resource, startAll, stopAll, type Service } from '@taskbox/shared';
+import { gate, onShutdownSignal, resource, startAll, stopAll, type Service } from '@taskbox/shared';
 import { quietLogger } from '../helpers/db';
 
 /** A part that records when it starts and stops; `stop` may fail or hang. */
@@ -13,6 +13,35 @@ function part(name: string, log: string[], stop: () => Promise<void> = async () 
 }
 
 describe('the lifecycle contract', () => {
+  it('a gate starts the parts after it once ready answers yes, saying once that it waits', async () => {
+    const log: string[] = [];
+    const answers = [false, false, true];
+    const parts = [
+      gate(
+        async () => answers.shift() ?? true,
+        5,
+        () => log.push('waiting'),
+      ),
+      part('a', log),
+    ];
+    await startAll(parts);
+    expect(log).toEqual(['waiting', 'start a']);
+  });
+
+  it('a gate stopped while it waits starts nothing after it', async () => {
+    const log: string[] = [];
+    const waiting = gate(
+      async () => false,
+      5,
+      () => log.push('waiting'),
+    );
+    const starting = startAll([waiting, part('a', log)]);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    await waiting.stop();
+    await expect(starting).rejects.toThrow(/stopped while waiting/);
+    expect(log).toEqual(['waiting']);
+  });
+
   it('starts the parts in order and stops them in reverse, each once, even when one fails to stop', async () => {
     const log: string[] = [];
     let closed = 0;

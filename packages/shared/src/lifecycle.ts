@@ -25,11 +25,13 @@ export function gate(ready: () => Promise<boolean>, intervalMs: number, onWait: 
   const stopped = new AbortController();
   return {
     async start() {
-      for (let first = true; !(await ready()); first = false) {
-        if (first) onWait();
-        await sleep(intervalMs, stopped.signal);
+      for (let first = true; ; first = false) {
+        const open = await ready();
         // Thrown, so that startAll starts nothing after it.
         if (stopped.signal.aborted) throw new Error('stopped while waiting to start');
+        if (open) return;
+        if (first) onWait();
+        await sleep(intervalMs, stopped.signal);
       }
     },
     stop: async () => stopped.abort(),
