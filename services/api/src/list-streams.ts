@@ -64,9 +64,9 @@ function deliver(sub: Subscriber, changed: ChangedRow[], horizon: string): void 
 
 /**
  * The list streams of this process share one read per wake-up, for every owner at once, from the oldest
- * watermark among them (each joins once caught up, so that watermark is recent): a NOTIFY names tasks, not owners, so each stream could not tell which changes
- * are its own without a read of its own. At most one read runs at a time, and one more follows it when
- * anything changed meanwhile.
+ * watermark among them (each joins once caught up, so that watermark is recent): a NOTIFY names tasks,
+ * not owners, so each stream could not tell which changes are its own without a read of its own. At
+ * most one read runs at a time, and one more follows it when anything changed meanwhile.
  */
 export function createListStreams(db: Db, events: TaskEvents, logger: Logger): ListStreams {
   const subscribers = new Set<Subscriber>();
