@@ -1,5 +1,6 @@
 import {
   appliedByNewerBuild,
+  backoffMs,
   createDatabaseIfMissing,
   createDb,
   createLogger,
@@ -24,6 +25,7 @@ import {
 const LOCK_TIMEOUT_MS = 3000;
 /** How long the tries go on: less than the migrate Job's deadline (600 s), so that this says why it stopped. */
 const RETRY_FOR_MS = 8 * 60_000;
+const RETRY_PAUSES = { baseMs: 1000, maxMs: 30_000 };
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
@@ -54,7 +56,7 @@ async function main(): Promise<void> {
  */
 async function migrateWithRetries(db: Db, logger: Logger): Promise<{ error: unknown; migration?: string } | undefined> {
   const deadline = Date.now() + RETRY_FOR_MS;
-  for (let pauseMs = 1000; ; pauseMs = Math.min(pauseMs * 2, 30_000)) {
+  for (let attempt = 1; ; attempt++) {
     const { error, results } = await migrateToLatest(db);
     if (!error) {
       for (const r of results ?? []) logger.info('migration applied', { migration: r.migrationName });
@@ -62,6 +64,8 @@ async function migrateWithRetries(db: Db, logger: Logger): Promise<{ error: unkn
     }
     // After an error every migration of the run is rolled back, those kysely reports as done included.
     const migration = results?.find((r) => r.status === 'Error')?.migrationName;
+    // The backoff's ceiling, with no jitter: 1, 2, 4 ... 30 s.
+    const pauseMs = backoffMs(attempt, RETRY_PAUSES, () => 1);
     if (errorCode(error) !== '55P03' || Date.now() + pauseMs > deadline) return { error, migration };
     const message = 'a migration waited too long for a lock that other sessions hold; all is undone, trying again';
     logger.warn(message, { migration, lockTimeoutMs: LOCK_TIMEOUT_MS, retryInMs: pauseMs });

@@ -1,7 +1,7 @@
 import { sql, type RawBuilder } from 'kysely';
 import type { Db } from './db';
 import { NACKED, NO_HANDLER, UNCONFIRMED, UNROUTABLE } from './errors';
-import { lastPublishedAt } from './outbox';
+import { earliestPublish, lastPublishedAt } from './outbox';
 
 /** Tasks stuck in one place: how many, how long the oldest has waited, and its id to look up. */
 export interface StuckTasks {
@@ -55,7 +55,7 @@ export function pendingUnpublished(db: Db, ms: number): Promise<StuckTasks> {
 export function pendingPublished(db: Db, ms: number): Promise<StuckTasks> {
   const tasks = sql`
     SELECT t.id, ${lastPublishedAt} AS since FROM tasks t
-    WHERE t.status = 'pending' AND greatest(t.updated_at, t.run_at) < now() - ${ms} * interval '1 millisecond'`;
+    WHERE t.status = 'pending' AND ${earliestPublish} < now() - ${ms} * interval '1 millisecond'`;
   return stuckSince(db, tasks, ms);
 }
 

@@ -78,15 +78,23 @@ export function outboxInsert(rows: RawBuilder<unknown>): RawBuilder<unknown> {
 }
 
 /**
+ * For the task row `t`: the earliest its latest message can have been published, its last change or
+ * its due time, whichever is later (a message is published after the change that wrote it, and not
+ * before it is due). tasks_pending_due (migration 0013) indexes this very expression, so a query that
+ * bounds pending tasks by it reads only those that can have been published by then.
+ */
+export const earliestPublish = sql<Date>`greatest(t.updated_at, t.run_at)`;
+
+/**
  * For the task row `t`: when its latest message was published, or NULL while one of its messages still
  * waits to be published (a scheduled task's, until it is due). A task with no outbox row left counts
- * from its last change or its due time, whichever is later: rows are only ever deleted after
- * publishing, and never before the task was due. "Published this long ago, and no worker started it":
- * the reconciler republishes such a task, and the doctor reports it.
+ * from earliestPublish: rows are only ever deleted after publishing, and never before the task was
+ * due. "Published this long ago, and no worker started it": the reconciler republishes such a task,
+ * and the doctor reports it.
  */
 export const lastPublishedAt = sql<Date | null>`(
   SELECT CASE WHEN bool_or(o.published_at IS NULL) THEN NULL
-              ELSE coalesce(max(o.published_at), greatest(t.updated_at, t.run_at)) END
+              ELSE coalesce(max(o.published_at), ${earliestPublish}) END
   FROM outbox o WHERE o.task_id = t.id)`;
 
 /**

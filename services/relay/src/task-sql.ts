@@ -1,5 +1,6 @@
 import { sql } from 'kysely';
 import {
+  earliestPublish,
   insertOutbox,
   lastPublishedAt,
   nextAttemptMessage,
@@ -23,10 +24,10 @@ export function strandedTasks(before: { cutoff: string; extraMs: number }, types
     FROM tasks t
     WHERE t.status = 'pending'
       AND t.type = ANY(${types}::text[])
-      AND greatest(t.updated_at, t.run_at) < ${publishedBefore}
+      AND ${earliestPublish} < ${publishedBefore}
       AND ${lastPublishedAt} < ${publishedBefore}
       AND (t.republished_at IS NULL OR t.republished_at < ${publishedBefore})
-    ORDER BY greatest(t.updated_at, t.run_at)
+    ORDER BY ${earliestPublish}
     LIMIT ${limit}
     FOR UPDATE OF t SKIP LOCKED`;
 }
@@ -43,9 +44,8 @@ export function strandedTasks(before: { cutoff: string; extraMs: number }, types
  * commit skips the task rather than republishing it a second time. The unpublished row this writes also
  * keeps the task out of every later pass until it is published, and published long enough ago.
  *
- * lastPublishedAt is at least greatest(updated_at, run_at): a message is published after the change
- * that wrote it, and not before it is due. That bound lets the scan read from tasks_pending_due only
- * the pending tasks that could be stranded, never the ones scheduled for later.
+ * lastPublishedAt is at least earliestPublish, and that bound lets the scan read from tasks_pending_due
+ * only the pending tasks that could be stranded, never the ones scheduled for later.
  */
 export async function republishStranded(
   db: Db,
