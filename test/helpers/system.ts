@@ -13,6 +13,8 @@ export interface System {
   submit(type: string, payload: unknown, extra?: Record<string, unknown>): Promise<string>;
   status(id: string): Promise<string>;
   waitForTerminal(ids: string[], timeoutMs?: number): Promise<void>;
+  /** Waits until each task's outbox row is published (one row each: no retry or republish yet). */
+  waitPublished(ids: string[]): Promise<void>;
   logs(match: (line: LogLine) => boolean): LogLine[];
   /** SIGTERMs what still runs and returns the exit codes, then drops the database and topology. */
   stop(): Promise<(number | null)[]>;
@@ -86,6 +88,16 @@ export async function startSystem(env: Record<string, string> = {}, ownDatabase?
         timeoutMs,
         200,
       );
+    },
+    async waitPublished(ids) {
+      await waitFor('every message published', async () => {
+        const rows = await database.db
+          .selectFrom('outbox')
+          .select('published_at')
+          .where('task_id', 'in', ids)
+          .execute();
+        return rows.length === ids.length && rows.every((r) => r.published_at !== null);
+      });
     },
     logs: (match) => services.flatMap((s) => s.logs.filter(match)),
     async stop() {

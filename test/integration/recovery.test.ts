@@ -34,17 +34,6 @@ describe('recovery from what the broker loses', () => {
 
   const republishedLogs = () => system.logs((l) => l.message === 'stranded task republished');
 
-  async function waitPublished(ids: string[]): Promise<void> {
-    await waitFor('every message published', async () => {
-      const rows = await system.database.db
-        .selectFrom('outbox')
-        .select('published_at')
-        .where('task_id', 'in', ids)
-        .execute();
-      return rows.length === ids.length && rows.every((r) => r.published_at !== null);
-    });
-  }
-
   async function expectSucceededOnce(ids: string[]): Promise<void> {
     const attempts = await system.database.db
       .selectFrom('task_attempts')
@@ -65,7 +54,7 @@ describe('recovery from what the broker loses', () => {
     await system.start('api');
     const relay = await system.start('relay');
     const ids = await Promise.all(Array.from({ length: 10 }, (_, i) => system.submit('echo', { i })));
-    await waitPublished(ids);
+    await system.waitPublished(ids);
 
     // No worker: the ten wait in the queue, a backlog, not a loss.
     await sleepFor(REPUBLISH_AFTER_MS * 2);
@@ -102,7 +91,7 @@ describe('recovery from what the broker loses', () => {
     await system.start('api');
     await system.start('relay');
     const ids = await Promise.all(Array.from({ length: 3 }, (_, i) => system.submit('echo', { i })));
-    await waitPublished(ids);
+    await system.waitPublished(ids);
     const publishedAt = Date.now();
     await waitFor('the overdue tasks republished', () => republishedLogs().length === ids.length, 15_000);
     expect(Date.now() - publishedAt).toBeGreaterThan(12 * 400 - 500);
@@ -118,7 +107,7 @@ describe('recovery from what the broker loses', () => {
     const relay = await system.start('relay');
     const echoes = await Promise.all(Array.from({ length: 5 }, (_, i) => system.submit('echo', { i })));
     const report = await system.submit('report', { title: 'q3', sections: ['a'], msPerSection: 0 });
-    await waitPublished([...echoes, report]);
+    await system.waitPublished([...echoes, report]);
     // The echoes wait in their queue past the window: a backlog there. The report's queue loses it.
     await sleepFor(REPUBLISH_AFTER_MS * 1.5);
     await onBroker((ch) => ch.purgeQueue(amqpNames(system.prefix, 'reports').queue));
@@ -139,7 +128,7 @@ describe('recovery from what the broker loses', () => {
     await system.start('api');
     await Promise.all([system.start('relay'), system.start('relay'), system.start('relay')]);
     const ids = await Promise.all(Array.from({ length: 30 }, (_, i) => system.submit('echo', { i })));
-    await waitPublished(ids);
+    await system.waitPublished(ids);
     await onBroker((ch) => ch.purgeQueue(amqpNames(system.prefix).queue));
 
     await waitFor('every task republished', () => republishedLogs().length >= ids.length, 15_000);
@@ -199,7 +188,7 @@ describe('recovery from what the broker loses', () => {
       return (await fetch(`${relayUrl}/readyz`)).status === 503;
     });
     await relay.waitForLog('a rebuild', (l) => /unroutable/.test(String(l.reason ?? '')), 15_000);
-    await waitPublished(ids);
+    await system.waitPublished(ids);
     expect((await fetch(`${relayUrl}/readyz`)).status).toBe(200);
     // One line per state change, not one per row per retry.
     expect(relay.logs.filter((l) => l.level === 'warn').length).toBeLessThanOrEqual(3);

@@ -1,7 +1,6 @@
 import { shippedMigrations } from '@taskbox/shared';
 import { startService } from '../helpers/services';
 import { startSystem, type System } from '../helpers/system';
-import { waitFor } from '../helpers/wait';
 
 describe('a worker on a database that lacks a migration of its build', () => {
   let system: System;
@@ -24,14 +23,7 @@ describe('a worker on a database that lacks a migration of its build', () => {
     const worker = startService('worker', system.env);
     system.services.push(worker);
     await worker.waitForLog('the wait for the schema', (l) => l.message?.startsWith('not consuming until') ?? false);
-    await waitFor('the message published', async () => {
-      const row = await system.database.db
-        .selectFrom('outbox')
-        .select('published_at')
-        .where('task_id', '=', id)
-        .executeTakeFirstOrThrow();
-      return row.published_at !== null;
-    });
+    await system.waitPublished([id]);
     await new Promise((resolve) => setTimeout(resolve, 1500));
     // Left in the queue: no attempt started, none recorded as lost.
     const task = await system.database.db
