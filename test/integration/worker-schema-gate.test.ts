@@ -13,9 +13,28 @@ describe('a worker on a database that lacks a migration of its build', () => {
     expect(await system.stop()).toEqual([0, 0, 0]);
   });
 
-  it('takes no task until the migration is applied, then runs them', async () => {
-    const latest = (await shippedMigrations()).at(-1);
+  let latest: string | undefined;
+
+  beforeEach(async () => {
+    latest = (await shippedMigrations()).at(-1);
     await system.database.pool.query('DELETE FROM kysely_migration WHERE name = $1', [latest]);
+  });
+
+  afterEach(async () => {
+    await system.database.pool.query(
+      'INSERT INTO kysely_migration (name, timestamp) VALUES ($1, now()) ON CONFLICT DO NOTHING',
+      [latest],
+    );
+  });
+
+  it('stops cleanly on SIGTERM while it waits, as after a start (a rollout that gives up)', async () => {
+    const worker = startService('worker', system.env);
+    await worker.waitForLog('the wait for the schema', (l) => l.message?.startsWith('not consuming until') ?? false);
+    expect(await worker.stop()).toBe(0);
+    expect(worker.logs.map((l) => l.message)).toContain('stopped');
+  });
+
+  it('takes no task until the migration is applied, then runs them', async () => {
     await system.start('api');
     await system.start('relay');
     const id = await system.submit('echo', { hello: 'gate' });

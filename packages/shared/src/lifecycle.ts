@@ -38,9 +38,15 @@ export function gate(ready: () => Promise<boolean>, intervalMs: number, onWait: 
   };
 }
 
-/** Starts the parts in order; a main.ts lists them so that each one's dependencies come first. */
-export async function startAll(parts: readonly Service[]): Promise<void> {
-  for (const part of parts) await part.start();
+/**
+ * Starts the parts in order; a main.ts lists them so that each one's dependencies come first. Once
+ * `stopping` answers true it starts no more of them.
+ */
+export async function startAll(parts: readonly Service[], stopping: () => boolean = () => false): Promise<void> {
+  for (const part of parts) {
+    if (stopping()) return;
+    await part.start();
+  }
 }
 
 /**
@@ -94,13 +100,18 @@ export function onShutdownSignal(logger: Logger, stop: () => Promise<boolean>): 
 }
 
 /**
- * What every main.ts does with the process's signals: SIGTERM or SIGINT runs `stop` (onShutdownSignal)
- * and exits with its code. The function returned starts the same shutdown from inside (the worker, after
- * too many abandoned runs) and exits 1 once drained; after a signal it does nothing, since a second call
- * to the shutdown would count as a second signal and exit before the drain.
+ * What every main.ts does with its parts: wires SIGTERM and SIGINT to stop them (onShutdownSignal) and
+ * exit with its code, then starts them and calls `started`. The signals are wired first, so that a signal
+ * during a long start (the worker waiting at its gate for a migration, while the all-in-one's api already
+ * serves) drains what has started instead of killing the process. Resolves to the shutdown from inside
+ * (the worker's, after too many abandoned runs), which exits 1 once drained; after a signal it does
+ * nothing, since a second call to the shutdown would count as a second signal and exit before the drain.
  */
-export function wireShutdown(logger: Logger, stop: () => Promise<boolean>): (why: string) => void {
-  const shutdown = onShutdownSignal(logger, stop);
+export async function serve(
+  parts: readonly Service[],
+  { logger, deadlineMs, started }: { logger: Logger; deadlineMs: number; started: () => void },
+): Promise<(why: string) => void> {
+  const shutdown = onShutdownSignal(logger, () => stopAll(parts, deadlineMs, logger));
   let stopping = false;
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     process.on(signal, () => {
@@ -108,6 +119,14 @@ export function wireShutdown(logger: Logger, stop: () => Promise<boolean>): (why
       void shutdown(signal).then((code) => process.exit(code));
     });
   }
+  try {
+    await startAll(parts, () => stopping);
+  } catch (err) {
+    // A part stopped while it started (the gate) rejects its start: the shutdown under way exits.
+    if (stopping) return () => undefined;
+    throw err;
+  }
+  if (!stopping) started();
   return (why) => {
     if (stopping) return;
     stopping = true;

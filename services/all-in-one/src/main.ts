@@ -10,10 +10,8 @@ import {
   createHealthServer,
   createLogger,
   loadConfig,
-  startAll,
-  stopAll,
+  serve,
   toError,
-  wireShutdown,
   type ReadinessCheck,
   type Service,
 } from '@taskbox/shared';
@@ -30,7 +28,7 @@ async function main(): Promise<void> {
   // The api's /metrics has Node's process metrics; the health server's has the relay's and the worker's own.
   const api = apiParts(config, log.api);
   const relay = relayParts(config, log.relay, { processMetrics: false });
-  // Set once the shutdown is wired, before any delivery can count an abandoned run.
+  // Set once every part has started; no run can have been abandoned before then.
   let stopFromInside: (why: string) => void = () => undefined;
   const worker = workerParts(config, log.worker, {
     stopAndExit: () => stopFromInside('abandoned runs'),
@@ -47,11 +45,15 @@ async function main(): Promise<void> {
   // accepting tasks meanwhile (they wait in the outbox or the queue for the next start), then the relay
   // stops, and the health server answers until the end.
   const parts: Service[] = [health, ...relay.parts, ...api.parts, ...worker.parts];
-  await startAll(parts);
-  relay.logStarted();
-  api.logStarted();
-  worker.logStarted();
-  stopFromInside = wireShutdown(log.process, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, log.process));
+  stopFromInside = await serve(parts, {
+    logger: log.process,
+    deadlineMs: config.SHUTDOWN_TIMEOUT_MS,
+    started: () => {
+      relay.logStarted();
+      api.logStarted();
+      worker.logStarted();
+    },
+  });
 }
 
 /** The relay's and the worker's checks in one answer, each named after its service: `relay.rabbitmq`. */

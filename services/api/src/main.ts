@@ -1,13 +1,11 @@
-import { createLogger, loadConfig, startAll, stopAll, toError, wireShutdown } from '@taskbox/shared';
+import { createLogger, loadConfig, serve, toError } from '@taskbox/shared';
 import { apiParts } from './parts';
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
   const logger = createLogger('api', config);
   const api = apiParts(config, logger);
-  await startAll(api.parts);
-  api.logStarted();
-  wireShutdown(logger, () => stopAll(api.parts, config.SHUTDOWN_TIMEOUT_MS, logger));
+  await serve(api.parts, { logger, deadlineMs: config.SHUTDOWN_TIMEOUT_MS, started: api.logStarted });
 }
 
 main().catch((err: unknown) => {

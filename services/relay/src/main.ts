@@ -1,13 +1,4 @@
-import {
-  createHealthServer,
-  createLogger,
-  loadConfig,
-  startAll,
-  stopAll,
-  toError,
-  wireShutdown,
-  type Service,
-} from '@taskbox/shared';
+import { createHealthServer, createLogger, loadConfig, serve, toError, type Service } from '@taskbox/shared';
 import { relayParts } from './parts';
 
 async function main(): Promise<void> {
@@ -19,9 +10,7 @@ async function main(): Promise<void> {
     createHealthServer(config.HEALTH_PORT ?? 3001, relay.ready, [relay.registry], logger),
     ...relay.parts,
   ];
-  await startAll(parts);
-  relay.logStarted();
-  wireShutdown(logger, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, logger));
+  await serve(parts, { logger, deadlineMs: config.SHUTDOWN_TIMEOUT_MS, started: relay.logStarted });
 }
 
 main().catch((err: unknown) => {

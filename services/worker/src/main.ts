@@ -1,19 +1,10 @@
-import {
-  createHealthServer,
-  createLogger,
-  loadConfig,
-  startAll,
-  stopAll,
-  toError,
-  wireShutdown,
-  type Service,
-} from '@taskbox/shared';
+import { createHealthServer, createLogger, loadConfig, serve, toError, type Service } from '@taskbox/shared';
 import { workerParts } from './parts';
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
   const logger = createLogger('worker', config);
-  // Set once the shutdown is wired, before any delivery can count an abandoned run.
+  // Set once every part has started; no run can have been abandoned before then.
   let stopFromInside: (why: string) => void = () => undefined;
   const worker = workerParts(config, logger, { stopAndExit: () => stopFromInside('abandoned runs') });
   // The health server starts first and stops last: it answers while the consumer drains.
@@ -21,9 +12,7 @@ async function main(): Promise<void> {
     createHealthServer(config.HEALTH_PORT ?? 3002, worker.ready, [worker.registry], logger),
     ...worker.parts,
   ];
-  await startAll(parts);
-  worker.logStarted();
-  stopFromInside = wireShutdown(logger, () => stopAll(parts, config.SHUTDOWN_TIMEOUT_MS, logger));
+  stopFromInside = await serve(parts, { logger, deadlineMs: config.SHUTDOWN_TIMEOUT_MS, started: worker.logStarted });
 }
 
 main().catch((err: unknown) => {
