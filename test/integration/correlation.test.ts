@@ -63,35 +63,48 @@ describe('one correlation id follows a task through api, relay and worker logs',
     expect(new Set(workerLines.map((l) => l.messageId))).toEqual(new Set(messageIds));
   });
 
+  /** The traceparent stored on the task submitted with this header, and the one its message carries. */
+  async function traceparentsFor(traceparent: string) {
+    const res = await fetch(`${stack.urls.api}/tasks`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', traceparent },
+      body: JSON.stringify({ type: 'echo', payload: {} }),
+    });
+    expect(res.status).toBe(202);
+    const { id } = (await res.json()) as { id: string };
+    const task = await stack.database.db
+      .selectFrom('tasks')
+      .select('traceparent')
+      .where('id', '=', id)
+      .executeTakeFirstOrThrow();
+    const outbox = await stack.database.db
+      .selectFrom('outbox')
+      .select('headers')
+      .where('task_id', '=', id)
+      .executeTakeFirstOrThrow();
+    return { task: task.traceparent, message: (outbox.headers as { traceparent?: string }).traceparent ?? null };
+  }
+
+  const valid = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+
   it('keeps a traceparent that is not a valid W3C one off the task and its messages', async () => {
-    const valid = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
     const invalid = [
       `00-${'a'.repeat(14_000)}`,
       `${valid}, ${valid}`, // two headers, joined
+      `${valid}-more`, // version 00 has nothing after the flags
       valid.toUpperCase(),
       '00-00000000000000000000000000000000-00f067aa0ba902b7-01',
+      `ff${valid.slice(2)}`,
+      `01${valid.slice(2)}, ${valid}`, // a later version, joined to another header
     ];
     for (const traceparent of invalid) {
-      const res = await fetch(`${stack.urls.api}/tasks`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', traceparent },
-        body: JSON.stringify({ type: 'echo', payload: {} }),
-      });
-      expect(res.status).toBe(202);
-      const { id } = (await res.json()) as { id: string };
-      const task = await stack.database.db
-        .selectFrom('tasks')
-        .select('traceparent')
-        .where('id', '=', id)
-        .executeTakeFirstOrThrow();
-      const outbox = await stack.database.db
-        .selectFrom('outbox')
-        .select('headers')
-        .where('task_id', '=', id)
-        .executeTakeFirstOrThrow();
-      expect(task.traceparent).toBeNull();
-      expect(outbox.headers).not.toHaveProperty('traceparent');
+      expect(await traceparentsFor(traceparent)).toEqual({ task: null, message: null });
     }
+  });
+
+  it('passes a later version of traceparent on as version 00, the trace and parent kept', async () => {
+    expect(await traceparentsFor(`cc${valid.slice(2)}-what-version-cc-adds`)).toEqual({ task: valid, message: valid });
+    expect(await traceparentsFor(`01${valid.slice(2)}`)).toEqual({ task: valid, message: valid });
   });
 
   it('names the task, message and correlation of a message it dead-letters unread, from its properties', async () => {
