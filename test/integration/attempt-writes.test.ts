@@ -71,10 +71,10 @@ describe('worker writes shared by deliveries in flight together', () => {
     );
     const outcome = (n: number) =>
       n === 7
-        ? { kind: 'succeeded' as const, result: { text: '\u0000' } } // jsonb refuses NUL (SQLSTATE 22P05)
+        ? { kind: 'succeeded' as const, resultJson: JSON.stringify({ text: '\u0000' }) } // jsonb refuses NUL (SQLSTATE 22P05)
         : n === 8
           ? { kind: 'failed' as const, error: new Error('boom'), retryInMs: null }
-          : { kind: 'succeeded' as const, result: { n } };
+          : { kind: 'succeeded' as const, resultJson: JSON.stringify({ n }) };
     const finishes = ids.map((id, n) => writes.finish(id, n === 9 ? 2 : 1, outcome(n)));
     const settled = await Promise.allSettled(finishes);
 
@@ -124,7 +124,7 @@ describe('worker writes shared by deliveries in flight together', () => {
         ? { kind: 'failed' as const, error: new Error('no retries left'), retryInMs: null }
         : n === 5
           ? { kind: 'cancelled' as const }
-          : { kind: 'succeeded' as const, result: { n } };
+          : { kind: 'succeeded' as const, resultJson: JSON.stringify({ n }) };
     // The first two take the writer's two slots; the other six (one stale) share a statement.
     const statuses = await Promise.all(ids.map((id, n) => writes.finish(id, n === 6 ? 2 : 1, outcome(n))));
 
@@ -148,14 +148,16 @@ describe('worker writes shared by deliveries in flight together', () => {
     const timedOut = { kind: 'failed' as const, error: new Error('timeout'), retryInMs: 0 };
     expect(await writes.finish(id, 1, timedOut)).toBe('pending');
     await writes.startPending({ taskId: id, type: 'sleep', attempt: 2, externalJobId: 'late:2' });
-    const late = { kind: 'succeeded' as const, result: { late: true } };
+    const late = { kind: 'succeeded' as const, resultJson: JSON.stringify({ late: true }) };
 
     expect(await writes.finish(id, 1, late)).toBeNull();
     expect(await writes.finish(id, 1, { ...timedOut, retryInMs: 0 })).toBeNull();
     await setStep(database.db, id, 1, 'written by the orphan', 0.5);
     expect(await tasks([id])).toMatchObject([{ status: 'processing', attempts: 2, result: null, current_step: null }]);
 
-    expect(await writes.finish(id, 2, { kind: 'succeeded', result: { attempt: 2 } })).toBe('succeeded');
+    expect(await writes.finish(id, 2, { kind: 'succeeded', resultJson: JSON.stringify({ attempt: 2 }) })).toBe(
+      'succeeded',
+    );
     expect(await writes.finish(id, 1, late)).toBeNull();
     expect(await tasks([id])).toMatchObject([{ status: 'succeeded', attempts: 2, result: { attempt: 2 } }]);
     const rows = await attempts([id]);
@@ -207,7 +209,7 @@ describe('worker writes on a large tasks table', () => {
         60_000,
       );
       await setStep(trx, ids[0]!, 1, 'halfway', 0.5);
-      const succeeded = { kind: 'succeeded' as const, result: null };
+      const succeeded = { kind: 'succeeded' as const, resultJson: 'null' };
       const finished = await finishTerminals(
         trx,
         ids.map((taskId) => ({ taskId, attempt: 1, outcome: succeeded })),

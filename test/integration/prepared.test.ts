@@ -99,7 +99,7 @@ describe('statements prepared once per connection', () => {
     const run = async (executor: Db, n: number) => {
       const taskId = await insertTaskFixture(executor);
       await startPendingAttempts(executor, [{ taskId, type: 'echo', attempt: 1, externalJobId: `e:${n}` }], 60_000);
-      await finishTerminals(executor, [{ taskId, attempt: 1, outcome: { kind: 'succeeded', result: n } }]);
+      await finishTerminals(executor, [{ taskId, attempt: 1, outcome: { kind: 'succeeded', resultJson: String(n) } }]);
     };
     await run(db, 0);
     // A day's work later: run and finished tasks, and a backlog waiting.
@@ -145,7 +145,7 @@ describe('statements prepared once per connection', () => {
     for (let n = 0; n < 8; n++) {
       const taskId = await insertTaskFixture(db);
       await startPendingAttempts(db, [{ taskId, type: 'echo', attempt: 1, externalJobId: `p:${n}` }], 60_000);
-      await finishTerminals(db, [{ taskId, attempt: 1, outcome: { kind: 'succeeded', result: n } }]);
+      await finishTerminals(db, [{ taskId, attempt: 1, outcome: { kind: 'succeeded', resultJson: String(n) } }]);
     }
     expect(await preparedStatements()).toEqual([
       { name: 'worker_finish', custom: 0, generic: 8 },

@@ -298,7 +298,7 @@ describe('worker', () => {
     await worker.close();
     // No built-in handler returns a value jsonb refuses, so the result is swapped for one with a NUL.
     worker = await startWorkerSwapping((outcome) =>
-      outcome.kind === 'succeeded' ? { ...outcome, result: { text: '\u0000' } } : outcome,
+      outcome.kind === 'succeeded' ? { ...outcome, resultJson: JSON.stringify({ text: '\u0000' }) } : outcome,
     );
     const id = await insertTaskFixture(database.db, { type: 'echo' });
     await publish({ taskId: id, type: 'echo', attempt: 1 });

@@ -3,7 +3,7 @@ import { defineTaskType, PermanentError, type Db, type TaskContext } from '@task
 import type { AnyTaskType } from '@taskbox/tasks';
 import { createWorkerMetrics } from '../../services/worker/src/metrics';
 import { createOrphans, type Orphans } from '../../services/worker/src/orphans';
-import { checkResult, checkResultSize, RunAbandoned, runHandler } from '../../services/worker/src/run-handler';
+import { checkResult, resultJson, RunAbandoned, runHandler } from '../../services/worker/src/run-handler';
 import { quietLogger } from '../helpers/db';
 
 const render = defineTaskType({
@@ -58,15 +58,17 @@ describe("a type's result schema", () => {
 
 describe("a result's size", () => {
   it('passes a result whose JSON fits, and fails a larger one with a PermanentError naming both sizes', () => {
-    expect(checkResultSize({ s: 'x'.repeat(10) }, 18)).toEqual({ s: 'xxxxxxxxxx' });
-    const check = () => checkResultSize({ s: 'x'.repeat(11) }, 18);
+    expect(resultJson({ s: 'x'.repeat(10) }, 18)).toBe('{"s":"xxxxxxxxxx"}');
+    const check = () => resultJson({ s: 'x'.repeat(11) }, 18);
     expect(check).toThrow(PermanentError);
     expect(check).toThrow('the result is 19 bytes of JSON, over WORKER_RESULT_MAX_BYTES (18)');
   });
 
-  it('leaves a result JSON cannot write to the finish, which says why', () => {
-    const big = { n: 10n };
-    expect(checkResultSize(big, 18)).toBe(big);
+  it('fails a result JSON cannot write with a PermanentError saying why, and stores no result as null', () => {
+    const check = () => resultJson({ n: 10n }, 1000);
+    expect(check).toThrow(PermanentError);
+    expect(check).toThrow('the result is not JSON: Do not know how to serialize a BigInt');
+    expect(resultJson(undefined, 1000)).toBe('null');
   });
 });
 

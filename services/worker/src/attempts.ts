@@ -189,7 +189,7 @@ export async function runAttempt(deps: AttemptDeps, started: Started, logger: Lo
     // external_job_id) and the attempt's row.
     logger.debug('task started', { attempt, timeoutMs });
     const limits = { graceMs: deps.timeoutGraceMs, resultMaxBytes: deps.resultMaxBytes, orphans: deps.orphans, logger };
-    outcome = { kind: 'succeeded', result: await runHandler(definition, ctx, limits) };
+    outcome = { kind: 'succeeded', resultJson: await runHandler(definition, ctx, limits) };
   } catch (err) {
     const reason = signal.aborted ? (signal.reason as AbortReason) : null;
     if (reason === 'shutdown' || reason === 'lost') {

@@ -13,7 +13,7 @@ import {
 // How an attempt's end is written: the finish statements (the start's are in task-sql.ts).
 
 export type AttemptOutcome =
-  | { kind: 'succeeded'; result: unknown }
+  | { kind: 'succeeded'; resultJson: string }
   | { kind: 'cancelled' }
   | { kind: 'failed'; error: unknown; retryInMs: number | null };
 
@@ -105,8 +105,7 @@ export async function finishTerminals(db: Db, finishes: TerminalFinish[]): Promi
 }
 
 /** As JSON text, cast in SQL, so that a JSON null result stays JSON null (not SQL NULL). */
-const resultText = ({ outcome }: TerminalFinish) =>
-  outcome.kind === 'succeeded' ? JSON.stringify(outcome.result ?? null) : null;
+const resultText = ({ outcome }: TerminalFinish) => (outcome.kind === 'succeeded' ? outcome.resultJson : null);
 
 const errorText = ({ outcome }: TerminalFinish) =>
   outcome.kind === 'failed' ? JSON.stringify(errorJson(outcome.error)) : null;

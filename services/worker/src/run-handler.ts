@@ -1,4 +1,4 @@
-import { PermanentError, type Logger, type TaskContext } from '@taskbox/shared';
+import { PermanentError, toError, type Logger, type TaskContext } from '@taskbox/shared';
 import type { AnyTaskType } from '@taskbox/tasks';
 import type { Orphans } from './orphans';
 
@@ -22,7 +22,8 @@ export interface RunLimits {
 }
 
 /**
- * Calls the type's `run` and answers its result, checked against the type's result schema and size.
+ * Calls the type's `run` and answers its result as JSON text, checked against the type's result schema
+ * and size.
  *
  * THE GRACE. Once the run's signal aborts (a timeout, a cancel, the shutdown, a lost lease), `run` has
  * `graceMs` to return. A run that ignores its signal has not: JavaScript cannot stop a promise, so the
@@ -32,7 +33,11 @@ export interface RunLimits {
  * nobody awaits its result. A synchronous loop that never yields blocks the whole process instead; no
  * timer fires then, and the lease fence (leases.ts) hands the task to another worker.
  */
-export async function runHandler(definition: AnyTaskType, ctx: TaskContext<unknown>, limits: RunLimits) {
+export async function runHandler(
+  definition: AnyTaskType,
+  ctx: TaskContext<unknown>,
+  limits: RunLimits,
+): Promise<string> {
   const run = definition.run(ctx);
   const value = await settleWithin(run, ctx.signal, limits.graceMs);
   if (value === abandoned) {
@@ -41,7 +46,7 @@ export async function runHandler(definition: AnyTaskType, ctx: TaskContext<unkno
       `the run did not return within ${limits.graceMs} ms of its signal (${String(ctx.signal.reason)})`,
     );
   }
-  return checkResultSize(checkResult(definition, value), limits.resultMaxBytes);
+  return resultJson(checkResult(definition, value), limits.resultMaxBytes);
 }
 
 const abandoned = Symbol('abandoned');
@@ -74,19 +79,21 @@ export function checkResult(definition: AnyTaskType, value: unknown): unknown {
 }
 
 /**
- * The result, unless its JSON is larger than `maxBytes`: a PermanentError then. A result of a hundred
+ * The result as the JSON text the finish stores (undefined is null), or a PermanentError: when JSON
+ * cannot write it (a BigInt, a cycle), or when the text is larger than `maxBytes`. A result of a hundred
  * megabytes would be sent to Postgres again and again, each time until the statement timeout, holding
- * the slot and the finishes batched with it, and then served whole by every GET of the task. A result
- * JSON cannot write is left to the finish, which fails it with Postgres's or JSON's reason.
+ * the slot and the finishes batched with it, and then served whole by every GET of the task. A text
+ * Postgres refuses (a NUL character) is left to the finish, which fails the task with Postgres's reason.
  */
-export function checkResultSize(value: unknown, maxBytes: number): unknown {
-  let bytes: number;
+export function resultJson(value: unknown, maxBytes: number): string {
+  let text: string;
   try {
-    bytes = Buffer.byteLength(JSON.stringify(value) ?? 'null');
-  } catch {
-    return value;
+    text = JSON.stringify(value ?? null);
+  } catch (err) {
+    throw new PermanentError(`the result is not JSON: ${toError(err).message}`);
   }
-  if (bytes <= maxBytes) return value;
+  const bytes = Buffer.byteLength(text);
+  if (bytes <= maxBytes) return text;
   throw new PermanentError(
     `the result is ${bytes} bytes of JSON, over WORKER_RESULT_MAX_BYTES (${maxBytes}): ` +
       'store a large output elsewhere and return where it is',
