@@ -184,6 +184,9 @@ describe('api: admin bulk actions, re-drive, counts and checks', () => {
     expect(await counted('/tasks/counts', ROOT)).toEqual([3]);
     expect(await counted('/tasks/counts?owner=bob', ROOT)).toEqual([1]);
     expect((await request(api.app).get('/tasks/counts?owner=bob').set(ALICE)).status).toBe(403);
+    // Pages that poll share a count: it says when it began.
+    const { countedAt } = (await request(api.app).get('/tasks/counts').set(ALICE)).body as { countedAt: string };
+    expect(Date.parse(countedAt)).toBeLessThanOrEqual(Date.now());
   });
 
   it('gives an admin the outbox backlog and the doctor’s checks, with hints', async () => {

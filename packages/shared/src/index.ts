@@ -2,6 +2,7 @@ export * from './amqp';
 export * from './amqp-topology';
 export * from './broker-nodes';
 export * from './batcher';
+export * from './cache';
 export * from './config';
 export * from './db';
 export * from './doctor';

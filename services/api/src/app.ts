@@ -3,7 +3,7 @@ import cors from 'cors';
 import express, { type RequestHandler } from 'express';
 import type pg from 'pg';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { postgresReadiness, type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
+import { cachedLoader, postgresReadiness, type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
 import { authenticate, type AuthConfig } from './auth';
 import type { StreamTiming } from './event-stream';
 import { dashboardRouter, type DashboardFiles } from './dashboard';
@@ -18,7 +18,6 @@ import { streamsRouter } from './routes/streams';
 import { tasksRouter } from './routes/tasks';
 import { createStreamTokens } from './stream-tokens';
 import { createSystemChecks } from './system-checks';
-import { cachedLoader } from './cache';
 import { countTasks } from './bulk-sql';
 import type { TaskEvents } from './task-events';
 import { viewer } from './viewer';
@@ -56,7 +55,8 @@ export interface StreamSettings {
   tokenTtlMs: number;
 }
 
-// Counts scan an owner's tasks (an admin's, every task): pages that poll them share one count a second.
+// Counts scan an owner's tasks (an admin's, every task): pages that poll them share one count a second,
+// or one for twenty times as long as it took (cachedLoader), which bounds their cost on a large table.
 const COUNTS_REUSE_MS = 1000;
 
 const REQUEST_ID = /^[\w.:@/+=-]{1,128}$/;
@@ -155,7 +155,10 @@ function useTaskRoutes(app: express.Express, deps: AppDeps, held: HeldRequests):
   );
   const json = jsonParser(deps.bodyLimit);
   // Keyed by owner; '' stands for every owner, since no owner is empty.
-  const countsOf = cachedLoader(COUNTS_REUSE_MS, (owner) => countTasks(deps.db, owner === '' ? null : owner));
+  const countsOf = cachedLoader(COUNTS_REUSE_MS, async (owner) => {
+    const at = new Date();
+    return { counts: await countTasks(deps.db, owner === '' ? null : owner), at };
+  });
   const counts = (owner: string | null) => countsOf(owner ?? '');
   app.use('/tasks', noteMount, authenticate(deps.auth), json, tasksRouter({ ...deps, held, counts }));
   const checks = createSystemChecks(deps.admin.doctor, deps.pool, deps.db);

@@ -1,7 +1,6 @@
 import type pg from 'pg';
-import { runDoctor, type CheckResult, type Db, type DoctorConfig } from '@taskbox/shared';
+import { cachedLoader, runDoctor, type CheckResult, type Db, type DoctorConfig } from '@taskbox/shared';
 import { retiredQueues, taskTypeList } from '@taskbox/tasks';
-import { cachedLoader } from './cache';
 
 export interface SystemChecks {
   /** The doctor's checks, from a run at most a few seconds old. */

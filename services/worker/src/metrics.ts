@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { taskStatuses, type Db, type TaskStatus } from '@taskbox/shared';
+import { cachedLoader, taskStatuses, type Db } from '@taskbox/shared';
 import { countTasksByStatus } from './task-sql';
 
 // Known label values, exported at zero from the start: a counter that appears only after its first
@@ -80,9 +80,9 @@ export function createWorkerMetrics(db: Db, queues: readonly string[], { process
   return metrics;
 }
 
-/** The tasks_by_status gauge, read from a count at most COUNTS_FRESH_MS old. */
+/** The tasks_by_status gauge, read from a count at least COUNTS_FRESH_MS old (cachedLoader). */
 function tasksByStatusGauge(db: Db, registers: Registry[]): void {
-  const countsCache = cachedStatusCounts(db);
+  const counts = cachedLoader(COUNTS_FRESH_MS, () => countTasksByStatus(db));
   new Gauge({
     name: 'tasks_by_status',
     help: 'Tasks in the database by status',
@@ -90,25 +90,12 @@ function tasksByStatusGauge(db: Db, registers: Registry[]): void {
     registers,
     async collect() {
       // Postgres down: the last counts stand, and the rest of the scrape still answers (/readyz says why).
-      const counts = await countsCache().catch(() => null);
-      if (!counts) return;
+      const byStatus = await counts('').catch(() => null);
+      if (!byStatus) return;
       // Every status, zeros included, so a dashboard or alert never sees a series vanish.
-      for (const status of taskStatuses) this.set({ status }, counts.get(status) ?? 0);
+      for (const status of taskStatuses) this.set({ status }, byStatus.get(status) ?? 0);
     },
   });
-}
-
-/** The task counts by status, counted again once they are older than COUNTS_FRESH_MS or the count failed. */
-function cachedStatusCounts(db: Db): () => Promise<Map<TaskStatus, number>> {
-  let cached: { at: number; counts: Promise<Map<TaskStatus, number>> } | null = null;
-  return () => {
-    if (!cached || Date.now() - cached.at > COUNTS_FRESH_MS) {
-      const counts = countTasksByStatus(db);
-      counts.catch(() => (cached = null));
-      cached = { at: Date.now(), counts };
-    }
-    return cached.counts;
-  };
 }
 
 /** Every known label value of the counters at zero (see deliveryOutcomes). */

@@ -23,6 +23,12 @@ export interface Count {
   count: number;
 }
 
+export interface Counts {
+  counts: Count[];
+  /** When the count began; on a large table the api reuses a count for longer. */
+  countedAt: string;
+}
+
 export interface Check {
   name: string;
   status: 'ok' | 'warn' | 'fail';

@@ -1,10 +1,11 @@
 import { taskStatuses } from './taskbox-client.js';
-import { call, query, type Count, type RedriveResult, type SystemStatus } from './api.js';
+import { call, query, type Counts, type RedriveResult, type SystemStatus } from './api.js';
 import { age, byId, h, showMessage } from './dom.js';
 
 /** Counts by status (one card each) and by type (a table), for `owner` (null: every owner). */
 export async function refreshCounts(owner: string | null): Promise<void> {
-  const { counts } = await call<{ counts: Count[] }>('GET', `/tasks/counts${query({ owner })}`);
+  const { counts, countedAt } = await call<Counts>('GET', `/tasks/counts${query({ owner })}`);
+  byId('counted-at').textContent = new Date(countedAt).toLocaleTimeString();
   const byStatus = new Map<string, number>();
   const byType = new Map<string, Map<string, number>>();
   for (const c of counts) {

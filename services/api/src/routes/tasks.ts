@@ -65,7 +65,7 @@ export function badQuery(error: z.ZodError): HttpProblem {
 
 type Handler = (req: Request, res: Response) => Promise<void>;
 
-type Counts = Awaited<ReturnType<typeof countTasks>>;
+type Counts = { counts: Awaited<ReturnType<typeof countTasks>>; at: Date };
 
 interface CreateRequest {
   type: TaskType;
@@ -205,7 +205,8 @@ function countsHandler({ counts }: TasksDeps): Handler {
   return async (req, res) => {
     const query = countsQuerySchema.safeParse(req.query);
     if (!query.success) throw badQuery(query.error);
-    res.json({ counts: await counts(listOwner(viewer(res), query.data.owner)) });
+    const counted = await counts(listOwner(viewer(res), query.data.owner));
+    res.json({ counts: counted.counts, countedAt: counted.at.toISOString() });
   };
 }
 
