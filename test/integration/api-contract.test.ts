@@ -161,7 +161,7 @@ describe('api: CORS_ORIGINS and security headers', () => {
     const res = await request(api.app).post('/tasks').set('origin', allowed).send({ type: 'echo' });
     expect(res.status).toBe(202);
     expect(res.headers['access-control-allow-origin']).toBe(allowed);
-    expect(res.headers['access-control-expose-headers']).toBe('Location,X-Request-Id,Idempotent-Replayed');
+    expect(res.headers['access-control-expose-headers']).toBe('Location,X-Request-Id,Idempotent-Replayed,Retry-After');
   });
 
   it('answers a preflight from an allowed origin', async () => {

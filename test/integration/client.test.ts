@@ -147,6 +147,17 @@ describe('@taskbox/client in Node against a running api', () => {
     expect(calls).toEqual([]);
   });
 
+  it('answers a stream token whose url opens the stream at the api, whatever origin the page has', async () => {
+    const created = await client.createTask({ type: 'echo', payload: {} });
+    const token = await client.createStreamToken(created.data!.id);
+    expect(token.data!.url.startsWith(`${base}/tasks/${created.data!.id}/events?token=`)).toBe(true);
+    const stream = new AbortController();
+    const res = await fetch(token.data!.url, { signal: stream.signal });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/);
+    stream.abort();
+  });
+
   it('lists every task once, page after page', async () => {
     const type = 'echo';
     const ids = [];

@@ -124,11 +124,13 @@ export function createClient(options: ClientOptions): TaskboxClient {
       const combined = AbortSignal.any(signals.filter((s): s is AbortSignal => s !== undefined));
       return client.watchTask(id, () => undefined, { signal: combined });
     },
-    createStreamToken: (id, { signal } = {}) =>
-      request<StreamToken>(http, id ? `/tasks/${encodeURIComponent(id)}/stream-token` : '/tasks/stream-token', {
-        method: 'POST',
-        signal,
-      }),
+    createStreamToken: async (id, { signal } = {}) => {
+      const path = id ? `/tasks/${encodeURIComponent(id)}/stream-token` : '/tasks/stream-token';
+      const answer = await request<StreamToken>(http, path, { method: 'POST', signal });
+      // The api answers the stream's path: on a page served from another origin, EventSource would
+      // resolve it against the page and send the token there.
+      return answer.data ? { data: { ...answer.data, url: `${http.baseUrl}${answer.data.url}` } } : answer;
+    },
   };
   return client;
 }

@@ -81,7 +81,7 @@ export type CreateTaskInput = Omit<NewTask, 'runAt'> & { runAt?: Date | string }
 export interface StreamToken {
   token: string;
   expiresAt: string;
-  /** The stream this token opens, token included: pass it to EventSource. */
+  /** The stream this token opens, token included, under the client's baseUrl: pass it to EventSource. */
   url: string;
 }
 

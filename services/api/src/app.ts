@@ -181,8 +181,9 @@ export function buildApp(deps: AppDeps): { app: express.Express; registry: Regis
     app.use(
       cors({
         origin: deps.corsOrigins.includes('*') ? '*' : deps.corsOrigins,
-        // Without these a browser script cannot read the headers a frontend needs.
-        exposedHeaders: ['Location', 'X-Request-Id', 'Idempotent-Replayed'],
+        // Without these a browser script cannot read the headers a frontend needs (Retry-After: when to
+        // try again after a 429 or 503, which the client waits for).
+        exposedHeaders: ['Location', 'X-Request-Id', 'Idempotent-Replayed', 'Retry-After'],
         maxAge: 600,
       }),
     );
