@@ -311,6 +311,19 @@ describe('worker', () => {
     expect(await database.db.selectFrom('outbox').selectAll().execute()).toEqual([]);
   });
 
+  it('stores a handler error of megabytes cut to its first 8 192 characters, saying so, on the task and its attempt', async () => {
+    await worker.close();
+    // No built-in handler throws so much, so the outcome is swapped.
+    const huge = new Error('e'.repeat(20_000_000));
+    worker = await startWorkerSwapping(() => ({ kind: 'failed', error: huge, retryInMs: null }));
+    const id = await insertTaskFixture(database.db, { type: 'echo' });
+    await publish({ taskId: id, type: 'echo', attempt: 1 });
+    await waitFor('failed', async () => (await task(id)).status === 'failed');
+    const cut = { name: 'Error', message: `${'e'.repeat(8192)}… [cut: 20000000 characters in all]` };
+    expect(await task(id)).toMatchObject({ attempts: 1, error: cut });
+    expect((await attemptsOf(id)).map((a) => a.error)).toEqual([cut]);
+  });
+
   it('does not run the handler of a start whose answer came back after another worker could own the task', async () => {
     await worker.close();
     const leaseMs = 1000;

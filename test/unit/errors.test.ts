@@ -6,6 +6,15 @@ describe('errorJson, the failure as stored in tasks.error', () => {
     expect(stored).toEqual({ name: 'TypeError', message: 'a\ufffdb \ufffd \ufffd \ud83d\ude00' });
   });
 
+  it('cuts a long name or message, saying how long it was, without leaving half a surrogate pair', () => {
+    const stored = errorJson(
+      Object.assign(new Error(`${'x'.repeat(8191)}\ud83d\ude00 and more`), { name: 'N'.repeat(300) }),
+    );
+    expect(stored.name).toBe(`${'N'.repeat(200)}… [cut: 300 characters in all]`);
+    expect(stored.message).toBe(`${'x'.repeat(8191)}\ufffd… [cut: 8202 characters in all]`);
+    expect(errorJson(new Error('y'.repeat(8192))).message).toBe('y'.repeat(8192));
+  });
+
   it('describes an Error whose name or message throws when read, rather than throwing itself', () => {
     const err = new Error('x');
     Object.defineProperty(err, 'message', {

@@ -42,17 +42,36 @@ export const UNCONFIRMED = 'no confirm within';
 export const UNROUTABLE = 'returned as unroutable';
 export const noHandlerError = (type: string): Error => new Error(`${NO_HANDLER} "${type}"`);
 
+// The longest error name and message stored, in UTF-16 code units; the rest is cut. Every read of the
+// task serves the error (its view, each attempt of its timeline, the list) and each attempt logs it: a
+// handler that threw 150 MB of text made its last finish outrun the statement timeout, so the task
+// ended as a lost run, with the handler's own error nowhere.
+const ERROR_NAME_MAX = 200;
+const ERROR_MESSAGE_MAX = 8192;
+
 /**
- * The JSON stored in tasks.error and task_attempts.error. Text Postgres cannot store is replaced, and a
- * name or message that throws when read (a getter, a toString) is described: neither must make the
- * failure itself unrecordable.
+ * The JSON stored in tasks.error and task_attempts.error. Text Postgres cannot store is replaced, a name
+ * or message that throws when read (a getter, a toString) is described, and a long one is cut, saying
+ * so: none of these must make the failure itself unrecordable.
  */
 export function errorJson(value: unknown): { name: string; message: string } {
   const err = toError(value);
   return {
-    name: storableText(readText(() => err.name, 'Error')),
-    message: storableText(readText(() => err.message, 'an error whose message throws when read')),
+    name: boundedText(
+      readText(() => err.name, 'Error'),
+      ERROR_NAME_MAX,
+    ),
+    message: boundedText(
+      readText(() => err.message, 'an error whose message throws when read'),
+      ERROR_MESSAGE_MAX,
+    ),
   };
+}
+
+function boundedText(text: string, max: number): string {
+  // storableText after the cut: a cut through a surrogate pair leaves half of it, which it replaces.
+  if (text.length <= max) return storableText(text);
+  return `${storableText(text.slice(0, max))}… [cut: ${text.length} characters in all]`;
 }
 
 function readText(read: () => unknown, fallback: string): string {
