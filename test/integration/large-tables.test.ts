@@ -1,13 +1,15 @@
-import { sql } from 'kysely';
+import { sql, type RawBuilder } from 'kysely';
 import { matching } from '../../services/api/src/bulk-sql';
 import { lockingQuery } from '../../services/api/src/retry-sql';
 import { listQuery } from '../../services/api/src/task-sql';
+import { finishedAttemptsDeletion } from '../../services/relay/src/task-sql';
 import { createTestDatabase, type TestDatabase } from '../helpers/db';
 
 interface PlanNode {
   'Rows Removed by Filter'?: number;
   'Actual Rows'?: number;
   'Node Type'?: string;
+  Alias?: string;
   Plans?: PlanNode[];
 }
 
@@ -40,7 +42,14 @@ describe('statements on a month of tasks', () => {
       SELECT gen_random_uuid(), 'echo', '{}', 'pending', 'anonymous', 'backlog' FROM generate_series(1, 5000)`.execute(
       database.db,
     );
+    // Each finished task's attempt, started and finished when the task finished.
+    await sql`
+      INSERT INTO task_attempts (task_id, attempt, external_job_id, started_at, finished_at, outcome)
+      SELECT id, 1, 'c:1', finished_at, finished_at, status FROM tasks WHERE finished_at IS NOT NULL`.execute(
+      database.db,
+    );
     await sql`ANALYZE tasks`.execute(database.db);
+    await sql`ANALYZE task_attempts`.execute(database.db);
   });
   afterAll(async () => {
     await database.drop();
@@ -70,4 +79,42 @@ describe('statements on a month of tasks', () => {
     const found = await listQuery(database.db, { owner: null, errorContains: 'NEEDLE', limit: 20 }).execute();
     expect(found.map((t) => t.error)).toEqual([{ name: 'Error', message: 'needle' }]);
   });
+
+  it("retention's sweep of finished attempts reads those it deletes, not every attempt, each minute", async () => {
+    const day = 86_400_000;
+    // None past 31 days; 1 440 past 29 days (the month's first day), fewer than the batch of 2 000.
+    for (const [retentionMs, deleted] of [
+      [31 * day, 0],
+      [29 * day, 1440],
+    ] as const) {
+      const plan = await explainRolledBack(finishedAttemptsDeletion(retentionMs, 2000));
+      // The search for the batch, the IN's subquery: the delete that follows finds each row by its key,
+      // or, on a table as small as this one, by a scan of its own.
+      const search = subquery(plan)!;
+      expect([deleted, search['Actual Rows'], rowsRead(search) <= 2 * deleted + 10]).toEqual([deleted, deleted, true]);
+    }
+  });
+
+  const subquery = (node: PlanNode): PlanNode | undefined =>
+    node.Alias === 'ANY_subquery' ? node : (node.Plans ?? []).map(subquery).find((n) => n !== undefined);
+
+  const rolledBack = new Error('rolled back');
+
+  /** The plan of a statement that writes, run by EXPLAIN ANALYZE in a transaction then rolled back. */
+  async function explainRolledBack(statement: RawBuilder<unknown>): Promise<PlanNode> {
+    let plan: PlanNode | undefined;
+    await database.db
+      .transaction()
+      .execute(async (tx) => {
+        const { rows } = await sql<{
+          'QUERY PLAN': { Plan: PlanNode }[];
+        }>`EXPLAIN (ANALYZE, FORMAT JSON) ${statement}`.execute(tx);
+        plan = rows[0]!['QUERY PLAN'][0]!.Plan;
+        throw rolledBack;
+      })
+      .catch((err: unknown) => {
+        if (err !== rolledBack) throw err;
+      });
+    return plan!;
+  }
 });

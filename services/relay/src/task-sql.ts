@@ -79,18 +79,25 @@ export async function republishStranded(
 
 /**
  * Deletes finished task attempts older than the retention, `limit` at a time like deletePublished.
- * Unfinished attempts are never touched: a live or lost run still needs its row. There is no index
- * on finished_at; the LIMIT stops the scan at the first `limit` matches, and old rows sit early in
- * the heap, so a batch stays cheap while the table is kept trimmed.
+ * Unfinished attempts are never touched: a live or lost run still needs its row. An attempt that
+ * finished before the cutoff started before it: the walk of task_attempts_started (migration 0015)
+ * reads the attempts that started before the cutoff, oldest first, which are those to delete but the
+ * few still running, and a sweep with nothing to delete reads nothing.
  */
 export async function deleteFinishedAttempts(db: Db, retentionMs: number, limit: number): Promise<number> {
-  const result = await sql`
+  const result = await finishedAttemptsDeletion(retentionMs, limit).execute(db);
+  return Number(result.numAffectedRows ?? 0);
+}
+
+export function finishedAttemptsDeletion(retentionMs: number, limit: number) {
+  const cutoff = sql`now() - ${retentionMs} * interval '1 millisecond'`;
+  return sql`
     DELETE FROM task_attempts WHERE (task_id, attempt) IN (
       SELECT task_id, attempt FROM task_attempts
-      WHERE finished_at < now() - ${retentionMs} * interval '1 millisecond'
+      WHERE started_at < ${cutoff} AND finished_at < ${cutoff}
+      ORDER BY started_at
       LIMIT ${limit}
-    )`.execute(db);
-  return Number(result.numAffectedRows ?? 0);
+    )`;
 }
 
 /**
