@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
-import { insertOutbox, outboxMessage, type Db, type TaskStatus } from '@taskbox/shared';
+import { insertOutbox, outboxMessage, TASK_CHANNEL, taskChanged, type Db, type TaskStatus } from '@taskbox/shared';
 
 export interface TaskFixture {
   id?: string;
@@ -38,4 +38,14 @@ export async function insertTaskFixture(db: Db, f: TaskFixture = {}): Promise<st
   if (f.withOutbox)
     await insertOutbox(db, [outboxMessage({ id, type }, (f.attempts ?? 0) + 1, { correlationId: `corr-${id}` })]);
   return id;
+}
+
+/** What the worker does: change the task (a new version), then announce it after the commit. */
+export async function progressTask(db: Db, id: string, fraction: number): Promise<void> {
+  await db
+    .updateTable('tasks')
+    .set({ status: 'processing', progress: fraction, ...taskChanged })
+    .where('id', '=', id)
+    .execute();
+  await sql`SELECT pg_notify(${TASK_CHANNEL}, ${id})`.execute(db);
 }

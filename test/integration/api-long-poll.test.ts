@@ -1,6 +1,6 @@
 import { amqpUrl, deleteTopology, testPrefix } from '../helpers/amqp';
 import { startTestApi, type TestApi } from '../helpers/api';
-import { insertTaskFixture } from '../helpers/factories';
+import { insertTaskFixture, progressTask } from '../helpers/factories';
 import { startService, type RunningService } from '../helpers/services';
 import { waitFor } from '../helpers/wait';
 
@@ -9,6 +9,7 @@ interface View {
   status: string;
   currentStep: string | null;
   progress: number | null;
+  version: number;
 }
 
 describe('api: GET /tasks/{id}?wait= long-polls, woken by Postgres NOTIFY', () => {
@@ -104,6 +105,46 @@ describe('api: GET /tasks/{id}?wait= long-polls, woken by Postgres NOTIFY', () =
     client.abort();
     expect(await request).toBe('aborted');
     await waitFor('the abandoned long poll to be released', () => api.events.waiting() === 0);
+  });
+
+  const read = async (id: string): Promise<View> => (await (await fetch(`${base}/tasks/${id}`)).json()) as View;
+
+  const progress = (id: string, fraction: number) => progressTask(api.database.db, id, fraction);
+
+  /** A long poll from `after`, answered only after the test saw its first read end (and could change the task). */
+  async function pollAfter(id: string, after: number, thenChange: () => Promise<void>): Promise<View> {
+    const reads = api.taskReads();
+    const answer = fetch(`${base}/tasks/${id}?wait=30&after=${after}`);
+    await waitFor('the long poll to have read the task', () => api.taskReads() > reads);
+    await thenChange();
+    const res = await answer;
+    expect(res.status).toBe(200);
+    return (await res.json()) as View;
+  }
+
+  it('with after, answers the change the client has not seen although it committed before the poll came', async () => {
+    const id = await insertTaskFixture(api.database.db);
+    const had = await read(id);
+    await progress(id, 0.25);
+    // The change between two polls: without `after` the poll would wait past it, for the 0.5.
+    const view = await pollAfter(id, had.version, () => progress(id, 0.5));
+    expect(view).toMatchObject({ progress: 0.25, version: had.version + 1 });
+  });
+
+  it('with after at the version the task has, waits for its next change', async () => {
+    const id = await insertTaskFixture(api.database.db);
+    await progress(id, 0.25);
+    const had = await read(id);
+    const view = await pollAfter(id, had.version, () => progress(id, 0.5));
+    expect(view).toMatchObject({ progress: 0.5, version: had.version + 1 });
+  });
+
+  it.each(['-1', '01', '1.5', '1e3', 'x', '', '12345678901234567890'])('answers 400 for after=%s', async (after) => {
+    const id = await insertTaskFixture(api.database.db);
+    const res = await fetch(`${base}/tasks/${id}?wait=1&after=${after}`);
+    expect(res.status).toBe(400);
+    expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    expect(((await res.json()) as { detail: string }).detail).toMatch(/^after: /);
   });
 
   it.each(['0', '-1', '31', 'soon', ''])('answers 400 for wait=%s', async (wait) => {

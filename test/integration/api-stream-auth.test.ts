@@ -1,25 +1,14 @@
 import { SignJWT } from 'jose';
-import { sql } from 'kysely';
-import { TASK_CHANNEL, loadConfig, taskChanged, type Db } from '@taskbox/shared';
+import { loadConfig, type Db } from '@taskbox/shared';
 import { createStreamTokens } from '../../services/api/src/stream-tokens';
 import { startTestApi, type TestApi } from '../helpers/api';
-import { insertTaskFixture } from '../helpers/factories';
+import { insertTaskFixture, progressTask as progress } from '../helpers/factories';
 import { openSse, type SseClient } from '../helpers/sse';
 import { waitFor } from '../helpers/wait';
 
 const SECRET = 'stream-token-secret-for-this-test-only';
 const ALICE = { authorization: 'Bearer alice-token' };
 const BOB = { authorization: 'Bearer bob-token' };
-
-/** What the worker does: change the task (a new version), then announce it after the commit. */
-async function progress(db: Db, id: string, fraction: number): Promise<void> {
-  await db
-    .updateTable('tasks')
-    .set({ status: 'processing', progress: fraction, ...taskChanged })
-    .where('id', '=', id)
-    .execute();
-  await sql`SELECT pg_notify(${TASK_CHANNEL}, ${id})`.execute(db);
-}
 
 describe('api: streams and stream tokens are scoped to their owner', () => {
   let api: TestApi;

@@ -156,11 +156,13 @@ function taskPaths(common: Record<string, JsonObject>): JsonObject {
     },
     '/tasks/{id}': {
       get: {
-        summary: 'Get a task; with ?wait=SECONDS, long-poll until its status, step or progress changes',
+        summary:
+          'Get a task; with ?wait=SECONDS, long-poll until its status, step or progress changes (with &after=VERSION: until its version differs from that one)',
         parameters: [idParam, ...queryParameters(getQuerySchema)],
         responses: {
           '200': json('TaskView', 'the task'),
           ...common,
+          '400': problem('id not UUID-shaped, or a bad wait or after'),
           '404': problem('no such task for you'),
           '429': retryLater('with wait: you have LONG_POLL_MAX_PER_OWNER long polls waiting already'),
           '503': retryLater('with wait: this process holds LONG_POLL_MAX long polls already; or the database is down'),

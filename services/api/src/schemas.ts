@@ -105,8 +105,21 @@ export const listQuerySchema = z
   })
   .strict();
 
-/** GET /tasks/{id}: `wait` long-polls up to 30 s (longer holds sockets that proxies cut anyway). */
-export const getQuerySchema = z.object({ wait: z.coerce.number().gt(0).max(30).optional() });
+/**
+ * GET /tasks/{id}: `wait` long-polls up to 30 s (longer holds sockets that proxies cut anyway). `after` is
+ * the version the client has: without it a change that committed between two polls would wait for the
+ * next one. Digits as the version column writes them, compared as text (a bigint can pass 2^53).
+ */
+export const getQuerySchema = z.object({
+  wait: z.coerce.number().gt(0).max(30).optional(),
+  after: z
+    .string()
+    .regex(/^(0|[1-9][0-9]{0,18})$/, 'a task version: digits, as the view and the event ids give it')
+    .optional()
+    .describe(
+      "with wait: the task's version the client has; answers at once when the task's version differs, else at the next change",
+    ),
+});
 
 const tokenParam = z
   .string()

@@ -220,12 +220,12 @@ function getTask({ db }: TasksDeps, longPolls: LongPolls): Handler {
     const id = parseId(req);
     const query = getQuerySchema.safeParse(req.query);
     if (!query.success) throw badQuery(query.error);
-    const { wait } = query.data;
+    const { wait, after } = query.data;
     // A client that goes away ends its wait, so an abandoned long poll holds nothing.
     const gone = new AbortController();
     res.once('close', () => gone.abort());
     const answer = wait
-      ? await longPolls.wait(viewer(res), id, wait * 1000, gone.signal)
+      ? await longPolls.wait(viewer(res), id, { waitMs: wait * 1000, after }, gone.signal)
       : await readNow(db, viewer(res), id);
     if (gone.signal.aborted) return;
     if (!answer) throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
