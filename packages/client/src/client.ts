@@ -41,7 +41,10 @@ export interface TaskboxClient {
   cancelTask(id: string, options?: { signal?: AbortSignal }): Promise<Result<TaskView>>;
   /** Puts a failed or cancelled task back to pending for another run; a 409 problem from any other status. */
   retryTask(id: string, options?: RetryOptions): Promise<Result<TaskView>>;
-  /** Calls `onChange` with each newer state until the terminal one, which it resolves with. */
+  /**
+   * Calls `onChange` with each newer state until the terminal one, which it resolves with. An `onChange`
+   * that throws ends the watch, its request closed: a `callback` error whose `cause` is what it threw.
+   */
   watchTask(id: string, onChange: (view: TaskView) => void, options?: WatchOptions): Promise<Result<TaskView>>;
   /** The terminal state, without the states on the way. */
   waitForTask(id: string, options?: WaitOptions): Promise<Result<TaskView>>;

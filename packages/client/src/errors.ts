@@ -2,10 +2,11 @@ import type { Problem } from './types.js';
 
 /**
  * Every failure as a value: the api's problem+json fields when it answered, or why there was no
- * answer. `status` is 0 then; `invalid` is a request the client could not send (nothing was sent).
+ * answer. `status` is 0 then; `invalid` is a request the client could not send (nothing was sent);
+ * `callback` is the caller's own `onChange` that threw (watchTask stopped there; `cause` is what it threw).
  */
 export interface ClientError {
-  kind: 'problem' | 'network' | 'aborted' | 'timeout' | 'invalid';
+  kind: 'problem' | 'network' | 'aborted' | 'timeout' | 'invalid' | 'callback';
   status: number;
   title: string;
   detail?: string;
@@ -16,6 +17,8 @@ export interface ClientError {
   knownTypes?: string[];
   /** From Retry-After: when the api expects a retry to succeed. */
   retryAfterSeconds?: number;
+  /** With `callback`: the value the caller's callback threw, as it threw it. */
+  cause?: unknown;
 }
 
 export type Result<T> = { data: T; error?: undefined } | { data?: undefined; error: ClientError };
@@ -28,6 +31,18 @@ export function networkError(cause: unknown): ClientError {
 /** A request that cannot be sent as asked (a body JSON cannot write, an invalid Date): no retry fixes it. */
 export function invalidError(detail: string): ClientError {
   return { kind: 'invalid', status: 0, title: 'Invalid Request', detail };
+}
+
+/** The caller's callback threw: not the api's failure nor the network's, and no retry fixes it. */
+export function callbackError(cause: unknown): ClientError {
+  let detail: string;
+  try {
+    detail = cause instanceof Error ? cause.message : String(cause);
+  } catch {
+    // String() throws for an object without a prototype; `cause` still has it.
+    detail = 'a value with no text';
+  }
+  return { kind: 'callback', status: 0, title: 'Callback Threw', detail, cause };
 }
 
 /** Why `signal` aborted: a timeout (AbortSignal.timeout) or the caller. */

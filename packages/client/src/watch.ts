@@ -1,5 +1,5 @@
 import { createParser } from 'eventsource-parser';
-import { abortError, networkError, problemError, type ClientError, type Result } from './errors.js';
+import { abortError, callbackError, networkError, problemError, type ClientError, type Result } from './errors.js';
 import { backoffMs, request, sleep, type Http } from './http.js';
 import { isTerminal, type TaskView } from './types.js';
 
@@ -52,7 +52,8 @@ async function readStream(response: Response, emit: Emit, idleMs: number, cut: A
     // Cut, idle or aborted: the caller looks at what arrived.
   } finally {
     clearTimeout(idle);
-    if (terminal) void reader.cancel().catch(() => undefined);
+    // Always: a stream left open counts against the owner's cap on the api until the task ends.
+    void reader.cancel().catch(() => undefined);
   }
   return terminal || events > 0;
 }
@@ -100,6 +101,8 @@ async function viaStream(
     return { retry: { progressed, streamBroken: !progressed } };
   } finally {
     options.signal?.removeEventListener('abort', stop);
+    // Closes the response whatever ended the round, a body nobody read included.
+    cut.abort();
   }
 }
 
@@ -121,7 +124,9 @@ async function viaLongPoll(
  * Follows a task to its terminal state, calling `onChange` with each newer state (never one it had).
  * Uses the task's event stream; after two streams in a row broke without an event (a proxy that buffers
  * or blocks them), long polls for the rest of the watch. Retries with backoff meanwhile; stops at once
- * on 400, 401, 403 or 404, and when `signal` aborts.
+ * on 400, 401, 403 or 404, and when `signal` aborts. An `onChange` that throws stops the watch too: it
+ * resolves with a `callback` error whose `cause` is what was thrown (never a rejection, as for every
+ * other failure), after closing its request.
  */
 export async function watchTask(
   http: Http,
@@ -130,10 +135,19 @@ export async function watchTask(
   options: WatchOptions = {},
 ): Promise<Result<TaskView>> {
   let last: TaskView | undefined;
+  let thrown: { cause: unknown } | undefined;
+  // Aborted when onChange throws, so the round in progress closes its response and ends.
+  const halt = new AbortController();
+  const signal = options.signal ? AbortSignal.any([options.signal, halt.signal]) : halt.signal;
   const emit: Emit = (view) => {
-    if (last && view.version <= last.version) return;
+    if (thrown || (last && view.version <= last.version)) return;
     last = view;
-    onChange(view);
+    try {
+      onChange(view);
+    } catch (cause) {
+      thrown = { cause };
+      halt.abort();
+    }
   };
   let failures = 0;
   let brokenStreams = 0;
@@ -141,8 +155,9 @@ export async function watchTask(
     if (options.signal?.aborted) return { error: abortError(options.signal) };
     const streaming = brokenStreams < 2;
     const round = streaming
-      ? await viaStream(http, id, last, emit, options)
-      : await viaLongPoll(http, id, last, emit, options.signal);
+      ? await viaStream(http, id, last, emit, { ...options, signal })
+      : await viaLongPoll(http, id, last, emit, signal);
+    if (thrown) return { error: callbackError(thrown.cause) };
     if ('view' in round) return { data: round.view };
     if ('error' in round) return { error: round.error };
     failures = round.retry.progressed ? 0 : failures + 1;
