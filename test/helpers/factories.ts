@@ -41,11 +41,14 @@ export async function insertTaskFixture(db: Db, f: TaskFixture = {}): Promise<st
 }
 
 /** What the worker does: change the task (a new version), then announce it after the commit. */
-export async function progressTask(db: Db, id: string, fraction: number): Promise<void> {
+export async function changeTask(db: Db, id: string, change: { status: TaskStatus; progress?: number }): Promise<void> {
   await db
     .updateTable('tasks')
-    .set({ status: 'processing', progress: fraction, ...taskChanged })
+    .set({ ...change, ...taskChanged })
     .where('id', '=', id)
     .execute();
   await sql`SELECT pg_notify(${TASK_CHANNEL}, ${id})`.execute(db);
 }
+
+export const progressTask = (db: Db, id: string, fraction: number): Promise<void> =>
+  changeTask(db, id, { status: 'processing', progress: fraction });

@@ -1,43 +1,33 @@
-import { createClient, type TaskboxClient } from '@taskbox/client';
+import { createClient, type TaskView, type TaskboxClient } from '@taskbox/client';
 import { startTestApi, type TestApi } from '../helpers/api';
-import { insertTaskFixture } from '../helpers/factories';
+import { bufferingFetch } from '../helpers/client-fetch';
+import { changeTask, insertTaskFixture, progressTask } from '../helpers/factories';
+import { startFaultProxy, type FaultProxy } from '../helpers/proxy';
 import { sample, scrape } from '../helpers/metrics';
 import { waitFor } from '../helpers/wait';
 
 const TOKEN = 'alice-token';
 
-/**
- * A proxy that buffers event streams: /events answers 200 text/event-stream, then nothing until the client
- * gives up on it; every other request passes. `urls` records each request.
- */
-function buffering(urls: string[] = []): typeof fetch {
-  return async (input, init) => {
-    urls.push(String(input));
-    if (!String(input).includes('/events')) return fetch(input, init);
-    const signal = init?.signal;
-    const body = new ReadableStream<Uint8Array>({
-      start(controller) {
-        signal?.addEventListener('abort', () => controller.error(signal.reason), { once: true });
-      },
-    });
-    return new Response(body, { headers: { 'content-type': 'text/event-stream' } });
-  };
-}
-
 describe('@taskbox/client watchTask: what it leaves open and what it tells the caller', () => {
   let api: TestApi;
   let base: string;
   let client: TaskboxClient;
+  let proxy: FaultProxy;
 
   beforeAll(async () => {
     api = await startTestApi({ auth: { AUTH_TOKENS: new Map([[TOKEN, { owner: 'alice', admin: false }]]) } });
     base = await api.listen();
     client = createClient({ baseUrl: base, token: TOKEN });
+    proxy = await startFaultProxy('127.0.0.1', Number(new URL(base).port));
   });
 
   afterAll(async () => {
     await api.close();
+    await proxy.close();
   });
+
+  const progresses = (seen: TaskView[]) => seen.map((v) => `${v.status}:${v.progress}`);
+  const finish = (id: string) => changeTask(api.database.db, id, { status: 'succeeded', progress: 1 });
 
   const streamsOpen = async (): Promise<number | undefined> => sample(await scrape(base), 'http_streams_open');
 
@@ -65,7 +55,7 @@ describe('@taskbox/client watchTask: what it leaves open and what it tells the c
   it('stops at an onChange that throws while long-polling the same way: a callback error, never a rejection', async () => {
     const id = await insertTaskFixture(api.database.db, { owner: 'alice' });
     const urls: string[] = [];
-    const behindProxy = createClient({ baseUrl: base, token: TOKEN, fetch: buffering(urls) });
+    const behindProxy = createClient({ baseUrl: base, token: TOKEN, fetch: bufferingFetch(urls) });
     const bug = new Error('render bug');
     const done = await behindProxy.watchTask(
       id,
@@ -76,5 +66,71 @@ describe('@taskbox/client watchTask: what it leaves open and what it tells the c
     );
     expect(done.error).toMatchObject({ kind: 'callback', cause: bug });
     expect(urls.at(-1)).toBe(`${base}/tasks/${id}`);
+  });
+
+  it('long-polls from the version it has: a change committed between two polls is shown, not skipped', async () => {
+    const id = await insertTaskFixture(api.database.db, { owner: 'alice' });
+    const urls: string[] = [];
+    const behindProxy = bufferingFetch(urls);
+    let polled: (reads: number) => void = () => undefined;
+    const pollSent = new Promise<number>((resolve) => (polled = resolve));
+    // The first long poll leaves after a change the client has not seen: the worker's, between two polls.
+    const fetchImpl: typeof fetch = async (input, init) => {
+      if (String(input).includes('wait=') && urls.every((u) => !u.includes('wait='))) {
+        await progressTask(api.database.db, id, 0.25);
+        polled(api.taskReads());
+      }
+      return behindProxy(input, init);
+    };
+    const watcher = createClient({ baseUrl: base, token: TOKEN, fetch: fetchImpl });
+    const seen: TaskView[] = [];
+    const watching = watcher.watchTask(id, (view) => seen.push(view), { idleMs: 100 });
+    const reads = await pollSent;
+    await waitFor('the long poll to have read the task', () => api.taskReads() > reads);
+    await finish(id);
+    expect((await watching).data?.status).toBe('succeeded');
+    expect(progresses(seen)).toEqual(['pending:null', 'processing:0.25', 'succeeded:1']);
+  });
+
+  it('keeps streaming across an api restart: refused connections are not a buffering proxy', async () => {
+    const id = await insertTaskFixture(api.database.db, { owner: 'alice' });
+    const urls: string[] = [];
+    const recording: typeof fetch = (input, init) => (urls.push(String(input)), fetch(input, init));
+    const watcher = createClient({ baseUrl: proxy.url(base), token: TOKEN, fetch: recording });
+    const seen: TaskView[] = [];
+    const watching = watcher.watchTask(id, (view) => seen.push(view));
+    const streams = () => urls.filter((u) => u.endsWith('/events')).length;
+    await waitFor('the first state', () => seen.length > 0);
+    await proxy.cut();
+    // Two refused reconnects: as many as once made it long-poll for the rest of the watch.
+    await waitFor('two refused reconnects', () => streams() >= 3);
+    await progressTask(api.database.db, id, 0.5);
+    await proxy.restore();
+    await waitFor('the state committed while the api was away', () => seen.some((v) => v.progress === 0.5));
+    await finish(id);
+    expect((await watching).data?.status).toBe('succeeded');
+    expect(progresses(seen)).toEqual(['pending:null', 'processing:0.5', 'succeeded:1']);
+    expect(urls.filter((u) => u.includes('wait='))).toEqual([]);
+  });
+
+  it('keeps streaming when the api ends its streams before an event (a restart): only a quiet stream is held back', async () => {
+    const id = await insertTaskFixture(api.database.db, { owner: 'alice' });
+    const urls: string[] = [];
+    // The first two streams end at once, cleanly, as an api stopping ends them.
+    const ending: typeof fetch = (input, init) => {
+      urls.push(String(input));
+      const early = String(input).endsWith('/events') && urls.filter((u) => u.endsWith('/events')).length <= 2;
+      return early
+        ? Promise.resolve(new Response('', { headers: { 'content-type': 'text/event-stream' } }))
+        : fetch(input, init);
+    };
+    const watcher = createClient({ baseUrl: base, token: TOKEN, fetch: ending });
+    const seen: TaskView[] = [];
+    const watching = watcher.watchTask(id, (view) => seen.push(view));
+    await waitFor('the first state', () => seen.length > 0);
+    await client.cancelTask(id);
+    expect((await watching).data?.status).toBe('cancelled');
+    expect(urls.filter((u) => u.endsWith('/events'))).toHaveLength(3);
+    expect(urls.filter((u) => u.includes('wait='))).toEqual([]);
   });
 });

@@ -12,20 +12,36 @@ export interface WatchOptions {
   idleMs?: number;
 }
 
-/** How one round of watching ended: the terminal state, an error that retrying cannot fix, or a retry. */
+/**
+ * How one round of watching ended: the terminal state, an error that retrying cannot fix, or a retry.
+ * `streamBroken` is a stream that something between us and the api keeps from us (a proxy that buffers
+ * it or answers for it); a refused or reset connection, or an api that answered or ended the stream
+ * itself (a restart), is not: streams work again once the api is back.
+ */
 type Round = { view: TaskView } | { error: ClientError } | { retry: { progressed: boolean; streamBroken: boolean } };
 
 // Errors that mean the same request will never work: stop watching instead of retrying.
 const FINAL = new Set([400, 401, 403, 404]);
 
-const settle = (error: ClientError): Round =>
-  FINAL.has(error.status) ? { error } : { retry: { progressed: false, streamBroken: true } };
+const settle = (error: ClientError, streamBroken = false): Round =>
+  FINAL.has(error.status) ? { error } : { retry: { progressed: false, streamBroken } };
 
 type Emit = (view: TaskView) => void;
 
-async function readStream(response: Response, emit: Emit, idleMs: number, cut: AbortController): Promise<boolean> {
+/** Reads events until the terminal one or a break; `idled` when it was cut for sending nothing for `idleMs`. */
+async function readStream(
+  response: Response,
+  emit: Emit,
+  idleMs: number,
+  cut: AbortController,
+): Promise<{ progressed: boolean; idled: boolean }> {
   let terminal = false;
   let events = 0;
+  let idled = false;
+  const idleCut = () => {
+    idled = true;
+    cut.abort();
+  };
   const parser = createParser({
     onEvent(message) {
       if (message.event !== 'task') return;
@@ -36,16 +52,16 @@ async function readStream(response: Response, emit: Emit, idleMs: number, cut: A
     },
   });
   const body = response.body;
-  if (!body) return false;
+  if (!body) return { progressed: false, idled: false };
   const reader = body.getReader();
   const decoder = new TextDecoder();
-  let idle = setTimeout(() => cut.abort(), idleMs);
+  let idle = setTimeout(idleCut, idleMs);
   try {
     while (!terminal) {
       const { done, value } = await reader.read();
       if (done) break;
       clearTimeout(idle);
-      idle = setTimeout(() => cut.abort(), idleMs);
+      idle = setTimeout(idleCut, idleMs);
       parser.feed(decoder.decode(value, { stream: true }));
     }
   } catch {
@@ -55,7 +71,7 @@ async function readStream(response: Response, emit: Emit, idleMs: number, cut: A
     // Always: a stream left open counts against the owner's cap on the api until the task ends.
     void reader.cancel().catch(() => undefined);
   }
-  return terminal || events > 0;
+  return { progressed: terminal || events > 0, idled };
 }
 
 /** One stream: from the version the caller has, until the terminal state or a break. */
@@ -83,12 +99,12 @@ async function viaStream(
     }
     // The stream has nothing newer than `last`, which is terminal.
     if (response.status === 204 && last) return { view: last };
-    if (!response.ok) return settle(await problemError(response));
-    if (!response.headers.get('content-type')?.startsWith('text/event-stream')) {
-      return { retry: { progressed: false, streamBroken: true } };
-    }
+    const type = response.headers.get('content-type') ?? '';
+    // The api answers its errors as problem+json; another body is a proxy's answer for it.
+    if (!response.ok) return settle(await problemError(response), !type.startsWith('application/problem+json'));
+    if (!type.startsWith('text/event-stream')) return { retry: { progressed: false, streamBroken: true } };
     let terminal: TaskView | undefined;
-    const progressed = await readStream(
+    const { progressed, idled } = await readStream(
       response,
       (view) => {
         emit(view);
@@ -98,7 +114,8 @@ async function viaStream(
       cut,
     );
     if (terminal) return { view: terminal };
-    return { retry: { progressed, streamBroken: !progressed } };
+    // Only a stream that went quiet without an event was held back; one that ended or broke may be a restart.
+    return { retry: { progressed, streamBroken: idled && !progressed } };
   } finally {
     options.signal?.removeEventListener('abort', stop);
     // Closes the response whatever ended the round, a body nobody read included.
@@ -106,7 +123,7 @@ async function viaStream(
   }
 }
 
-/** One long poll: answers at the next change or after its wait. */
+/** One long poll: answers at once when the task is newer than `last`, else at its next change or after the wait. */
 async function viaLongPoll(
   http: Http,
   id: string,
@@ -114,7 +131,9 @@ async function viaLongPoll(
   emit: Emit,
   signal?: AbortSignal,
 ): Promise<Round> {
-  const answer = await request<TaskView>(http, `/tasks/${id}${last ? '?wait=25' : ''}`, { signal });
+  // `after`: a change committed since the last answer answers at once, instead of at the next one.
+  const query = last ? `?wait=25&after=${last.version}` : '';
+  const answer = await request<TaskView>(http, `/tasks/${id}${query}`, { signal });
   if (answer.error) return settle(answer.error);
   emit(answer.data);
   return isTerminal(answer.data.status) ? { view: answer.data } : { retry: { progressed: true, streamBroken: false } };
@@ -122,8 +141,9 @@ async function viaLongPoll(
 
 /**
  * Follows a task to its terminal state, calling `onChange` with each newer state (never one it had).
- * Uses the task's event stream; after two streams in a row broke without an event (a proxy that buffers
- * or blocks them), long polls for the rest of the watch. Retries with backoff meanwhile; stops at once
+ * Uses the task's event stream; after two streams in a row were held back (sent nothing for `idleMs`, or
+ * a proxy answered for the api), long polls for the rest of the watch; refused or reset connections and
+ * streams the api ended do not count. Retries with backoff meanwhile; stops at once
  * on 400, 401, 403 or 404, and when `signal` aborts. An `onChange` that throws stops the watch too: it
  * resolves with a `callback` error whose `cause` is what was thrown (never a rejection, as for every
  * other failure), after closing its request.
@@ -161,7 +181,9 @@ export async function watchTask(
     if ('view' in round) return { data: round.view };
     if ('error' in round) return { error: round.error };
     failures = round.retry.progressed ? 0 : failures + 1;
-    if (streaming) brokenStreams = round.retry.streamBroken ? brokenStreams + 1 : 0;
+    // In a row: a stream that delivered resets the count; a network error says nothing either way.
+    if (streaming && round.retry.streamBroken) brokenStreams++;
+    else if (streaming && round.retry.progressed) brokenStreams = 0;
     await sleep(backoffMs(failures), options.signal);
   }
 }
