@@ -27,6 +27,9 @@ export interface TestApi {
 
 const defaults = loadConfig({});
 
+/** The configured bounds of a stream's queue and blocked writes, for tests that set their own stream settings. */
+export const streamBounds = { maxQueuedBytes: defaults.STREAM_MAX_QUEUED_BYTES, stallMs: defaults.STREAM_STALL_MS };
+
 export interface TestApiOptions {
   /** Where the api LISTENs, given the test database's URL: e.g. through a fault proxy in front of it. */
   listenVia?: (databaseUrl: string) => string;
@@ -64,6 +67,7 @@ export async function startTestApi(overrides: Partial<AppDeps> = {}, options: Te
     longPoll: { max: defaults.LONG_POLL_MAX, maxPerOwner: defaults.LONG_POLL_MAX_PER_OWNER },
     streams: {
       timing: { heartbeatMs: defaults.STREAM_HEARTBEAT_MS, retryMs: 2000 },
+      bounds: streamBounds,
       tokenSecret: undefined,
       tokenTtlMs: defaults.STREAM_TOKEN_TTL_MS,
     },

@@ -1,7 +1,7 @@
 import { SignJWT } from 'jose';
 import { loadConfig, type Db } from '@taskbox/shared';
 import { createStreamTokens } from '../../services/api/src/stream-tokens';
-import { startTestApi, type TestApi } from '../helpers/api';
+import { startTestApi, streamBounds, type TestApi } from '../helpers/api';
 import { insertTaskFixture, progressTask as progress } from '../helpers/factories';
 import { openSse, type SseClient } from '../helpers/sse';
 import { waitFor } from '../helpers/wait';
@@ -26,6 +26,7 @@ describe('api: streams and stream tokens are scoped to their owner', () => {
       longPoll: { max: 3, maxPerOwner: 2 },
       streams: {
         timing: { heartbeatMs: 200, retryMs: 2000 },
+        bounds: streamBounds,
         tokenSecret: SECRET,
         tokenTtlMs: 60_000,
       },
@@ -163,7 +164,12 @@ describe('api: a stream token is never a bearer token', () => {
     const shared = 'one-key-for-both-which-config-refuses-anyway';
     const api = await startTestApi({
       auth: { AUTH_JWT_SECRET: shared },
-      streams: { timing: { heartbeatMs: 200, retryMs: 2000 }, tokenSecret: shared, tokenTtlMs: 60_000 },
+      streams: {
+        timing: { heartbeatMs: 200, retryMs: 2000 },
+        bounds: streamBounds,
+        tokenSecret: shared,
+        tokenTtlMs: 60_000,
+      },
     });
     try {
       const base = await api.listen();

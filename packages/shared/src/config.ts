@@ -177,6 +177,11 @@ export const configSchema = z.object({
   STREAM_TOKEN_TTL_MS: positiveInt.default(120_000),
   // Below the idle timeouts of common proxies and load balancers, which start at a minute.
   STREAM_HEARTBEAT_MS: positiveInt.default(15_000),
+  // A list stream queues a view per changed task for a client that reads slower than tasks change: past
+  // this many bytes, or a write blocked this long, the stream ends and its client catches up from the
+  // database when it reconnects. Bounds the api's memory at streams × bytes (LONG_POLL_MAX).
+  STREAM_MAX_QUEUED_BYTES: positiveInt.default(1024 * 1024),
+  STREAM_STALL_MS: positiveInt.default(60_000),
   // Most tasks one bulk retry or cancel acts on: each is one transaction holding that many row locks.
   BULK_ACTION_MAX: positiveInt.max(100_000).default(1000),
   // Serves the operators' dashboard at /dashboard/ (static files; the data needs the api's token).

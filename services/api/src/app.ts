@@ -5,7 +5,7 @@ import type pg from 'pg';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { cachedLoader, postgresReadiness, type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
 import { authenticate, type AuthConfig } from './auth';
-import type { StreamTiming } from './event-stream';
+import type { StreamBounds, StreamTiming } from './event-stream';
 import { dashboardRouter, type DashboardFiles } from './dashboard';
 import { examplePageRouter, type ExamplePage } from './example-page';
 import { createHeldRequests, type HeldKind, type HeldRequests, type LongPollLimits } from './held-requests';
@@ -50,6 +50,8 @@ export interface AppDeps {
 
 export interface StreamSettings {
   timing: StreamTiming;
+  /** What a stream may hold for a client that reads slowly or not at all (event-stream.ts). */
+  bounds: StreamBounds;
   /** Signs stream tokens; without it each process draws its own key (stream-tokens.ts). */
   tokenSecret: string | undefined;
   tokenTtlMs: number;
@@ -151,6 +153,7 @@ function useTaskRoutes(app: express.Express, deps: AppDeps, held: HeldRequests):
       lists: createListStreams(deps.db, deps.events, deps.logger),
       tokens: createStreamTokens(deps.streams.tokenSecret, deps.streams.tokenTtlMs),
       timing: deps.streams.timing,
+      bounds: deps.streams.bounds,
     }),
   );
   const json = jsonParser(deps.bodyLimit);

@@ -1,10 +1,18 @@
 import type { Response } from 'express';
+import type { Logger } from '@taskbox/shared';
 
 export interface StreamTiming {
   /** A comment line after this long without a write, so proxies do not cut an idle stream. */
   heartbeatMs: number;
   /** Sent once as `retry:`: how long an EventSource waits before it reconnects. */
   retryMs: number;
+}
+
+export interface StreamBounds {
+  /** Past this many bytes of queued events (two or more) the stream ends; one event may always wait. */
+  maxQueuedBytes: number;
+  /** A write blocked this long (the client takes nothing) ends the stream. */
+  stallMs: number;
 }
 
 export interface StreamEvent {
@@ -18,8 +26,10 @@ export interface EventStream {
   /**
    * Queues an event under `key`. While the client reads slower than events come, a newer event
    * replaces the unsent one with the same key: events are states, and only the latest is worth sending.
+   * False once the queue holds half of maxQueuedBytes: a sender that then waits for drained() never
+   * reaches the bound, which ends the stream.
    */
-  send(key: string, event: StreamEvent): void;
+  send(key: string, event: StreamEvent): boolean;
   /** Resolves once everything queued is written and the socket takes more, or the stream closed. */
   drained(): Promise<void>;
   /** Writes what is queued and ends the response. */
@@ -38,12 +48,21 @@ function format({ id, event, data }: StreamEvent): string {
 
 /**
  * Starts a text/event-stream response: headers that keep proxies from buffering or caching it, `retry:`
- * once, then events and heartbeat comments. Memory per stream is bounded by the number of keys, however
- * slow the client: a queued event is replaced, never appended.
+ * once, then events and heartbeat comments. A queued event is replaced by a newer one with its key, so
+ * a stream with few keys (a task's) holds little however slow its client; a list stream has a key per
+ * task, so its queue is bounded in bytes, and its writes in time: past either bound the stream ends,
+ * and its client reconnects from its last event id, which catches up from the database.
  */
-export function openEventStream(res: Response, timing: StreamTiming): EventStream {
+export function openEventStream(
+  res: Response,
+  timing: StreamTiming,
+  bounds: StreamBounds,
+  logger: Logger,
+): EventStream {
   const closed = new AbortController();
-  const pending = new Map<string, string>();
+  const pending = new Map<string, { chunk: string; bytes: number }>();
+  let queuedBytes = 0;
+  let stall: NodeJS.Timeout | undefined;
   let drainWaiters: (() => void)[] = [];
   res.status(200);
   res.setHeader('Content-Type', 'text/event-stream; charset=utf-8');
@@ -58,6 +77,10 @@ export function openEventStream(res: Response, timing: StreamTiming): EventStrea
   const write = (chunk: string): void => {
     res.write(chunk);
     heartbeat.refresh();
+    // The heartbeat is skipped while a write waits, so nothing else would notice a client that stopped.
+    if (res.writableNeedDrain && !stall) {
+      stall = setTimeout(() => cut('its client took nothing for STREAM_STALL_MS'), bounds.stallMs);
+    }
   };
   const settleDrained = (): void => {
     if (!closed.signal.aborted && (pending.size > 0 || res.writableNeedDrain)) return;
@@ -66,8 +89,9 @@ export function openEventStream(res: Response, timing: StreamTiming): EventStrea
     waiters.forEach((resolve) => resolve());
   };
   const flush = (): void => {
-    for (const [key, chunk] of pending) {
+    for (const [key, { chunk, bytes }] of pending) {
       pending.delete(key);
+      queuedBytes -= bytes;
       write(chunk);
       if (res.writableNeedDrain) return;
     }
@@ -75,10 +99,31 @@ export function openEventStream(res: Response, timing: StreamTiming): EventStrea
   };
   const finish = (): void => {
     clearTimeout(heartbeat);
+    clearTimeout(stall);
+    pending.clear();
+    queuedBytes = 0;
     closed.abort();
     settleDrained();
   };
-  res.on('drain', flush);
+  /** Ends a stream its client does not keep up with: the client resumes from the last event it read. */
+  function cut(reason: string): void {
+    if (closed.signal.aborted) return;
+    const { baseUrl, path } = res.req;
+    const owner: unknown = res.locals.owner;
+    logger.warn(`stream ended: ${reason}; its client resumes from its last event id`, {
+      path: baseUrl + path,
+      owner,
+      queuedBytes,
+      queuedEvents: pending.size,
+    });
+    finish();
+    res.destroy();
+  }
+  res.on('drain', () => {
+    clearTimeout(stall);
+    stall = undefined;
+    flush();
+  });
   res.once('close', finish);
   // The client may have left during the reads before the stream opened: its 'close' has fired already.
   if (res.closed || !res.socket || res.socket.destroyed) finish();
@@ -86,11 +131,17 @@ export function openEventStream(res: Response, timing: StreamTiming): EventStrea
 
   return {
     send(key, event) {
-      if (closed.signal.aborted) return;
+      if (closed.signal.aborted) return false;
+      const chunk = format(event);
       // Re-inserted so the queue keeps the order of the latest updates (list-streams.ts relies on it).
+      queuedBytes -= pending.get(key)?.bytes ?? 0;
       pending.delete(key);
-      pending.set(key, format(event));
+      const bytes = Buffer.byteLength(chunk);
+      pending.set(key, { chunk, bytes });
+      queuedBytes += bytes;
       if (!res.writableNeedDrain) flush();
+      if (queuedBytes > bounds.maxQueuedBytes && pending.size > 1) cut('its client reads slower than events come');
+      return !closed.signal.aborted && queuedBytes < bounds.maxQueuedBytes / 2;
     },
     drained() {
       return new Promise<void>((resolve) => {
@@ -100,8 +151,7 @@ export function openEventStream(res: Response, timing: StreamTiming): EventStrea
     },
     end() {
       if (closed.signal.aborted) return;
-      for (const chunk of pending.values()) res.write(chunk);
-      pending.clear();
+      for (const { chunk } of pending.values()) res.write(chunk);
       finish();
       res.end();
     },

@@ -142,7 +142,12 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
       if (over()) return null;
       const mark = after?.xid ?? since;
       for (const row of page) {
-        if (matches(filter, row)) stream.send(row.id, { id: mark, event: 'task', data: toTaskView(row) });
+        // Waits as the stream asks, within the page: a page of large tasks would pass the stream's bound,
+        // which ends it, and its client would resume before the same page again.
+        if (matches(filter, row) && !stream.send(row.id, { id: mark, event: 'task', data: toTaskView(row) })) {
+          await Promise.race([stream.drained(), stopping]);
+          if (over()) return null;
+        }
       }
       const last = page.at(-1);
       if (page.length < CATCH_UP_PAGE || !last) {

@@ -86,6 +86,7 @@ function appFor(config: Config, parts: Pick<AppDeps, 'db' | 'pool' | 'taskNotifi
     longPoll: { max: config.LONG_POLL_MAX, maxPerOwner: config.LONG_POLL_MAX_PER_OWNER },
     streams: {
       timing: { heartbeatMs: config.STREAM_HEARTBEAT_MS, retryMs: STREAM_RETRY_MS },
+      bounds: { maxQueuedBytes: config.STREAM_MAX_QUEUED_BYTES, stallMs: config.STREAM_STALL_MS },
       tokenSecret: config.STREAM_TOKEN_SECRET,
       tokenTtlMs: config.STREAM_TOKEN_TTL_MS,
     },

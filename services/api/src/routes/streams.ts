@@ -1,7 +1,7 @@
 import { Router, type Request, type RequestHandler, type Response } from 'express';
 import type { Db, Logger } from '@taskbox/shared';
 import { authenticate, type AuthConfig } from '../auth';
-import { openEventStream, type StreamTiming } from '../event-stream';
+import { openEventStream, type StreamBounds, type StreamTiming } from '../event-stream';
 import type { HeldRequests } from '../held-requests';
 import type { ListStreams } from '../list-streams';
 import { HttpProblem } from '../problem';
@@ -21,6 +21,7 @@ export interface StreamsDeps {
   tokens: StreamTokens;
   auth: AuthConfig;
   timing: StreamTiming;
+  bounds: StreamBounds;
   logger: Logger;
 }
 
@@ -65,7 +66,7 @@ function taskStream(deps: StreamsDeps): Handler {
       // Admitted once the task is known: a task that is not yours is 404 whatever your streams.
       const open = () => {
         release = deps.held.admit(who.owner, 'stream');
-        return openEventStream(res, deps.timing);
+        return openEventStream(res, deps.timing, deps.bounds, deps.logger);
       };
       const start = await streamTask(deps, open, who, id, lastSeen);
       if (start === 'not found') throw new HttpProblem(404, 'Task Not Found', `no task ${id}`);
@@ -97,7 +98,7 @@ function listStream(deps: StreamsDeps): Handler {
       const last = req.get('last-event-id');
       // A watermark from the future (another database, a restore) cannot be trusted: start from now.
       const since = last && /^\d{1,20}$/.test(last) && BigInt(last) <= BigInt(horizon) ? last : horizon;
-      const stream = openEventStream(res, deps.timing);
+      const stream = openEventStream(res, deps.timing, deps.bounds, deps.logger);
       stream.send('ready', { id: since, event: 'ready', data: {} });
       await deps.lists.follow({ owner, status, type }, since, stream);
       stream.end();

@@ -1,0 +1,132 @@
+import net from 'node:net';
+import { sql } from 'kysely';
+import { TASK_CHANNEL } from '@taskbox/shared';
+import { startTestApi, type TestApi } from '../helpers/api';
+import { capturingLogger } from '../helpers/log';
+import type { LogLine } from '../helpers/services';
+import { openSse, type SseClient, type SseEvent } from '../helpers/sse';
+import { waitFor } from '../helpers/wait';
+
+interface View {
+  id: string;
+  status: string;
+  version: number;
+}
+
+const view = (e: SseEvent): View => e.data as View;
+const taskIds = (events: SseEvent[]) => new Set(events.filter((e) => e.event === 'task').map((e) => view(e).id));
+
+// Far below what the tasks below make: 20 KB each, a thousand of them.
+const MAX_QUEUED_BYTES = 256 * 1024;
+
+/** The complete blocks of a stream's text: the last id among them (id-only blocks too) and the task ids sent. */
+function readBlocks(text: string): { lastId: string | undefined; tasks: Set<string> } {
+  const blocks = text.slice(0, text.lastIndexOf('\n\n')).split('\n\n');
+  const tasks = new Set<string>();
+  let lastId: string | undefined;
+  for (const block of blocks) {
+    lastId = /^id: (\d+)$/m.exec(block)?.[1] ?? lastId;
+    const data = /^data: (.*)$/m.exec(block)?.[1];
+    if (/^event: task$/m.test(block) && data) tasks.add((JSON.parse(data) as View).id);
+  }
+  return { lastId, tasks };
+}
+
+describe('api: list streams (GET /tasks/events) for clients that read slowly or not at all', () => {
+  let api: TestApi;
+  let base: string;
+  let lines: LogLine[];
+  const open: SseClient[] = [];
+
+  beforeAll(async () => {
+    const captured = capturingLogger();
+    lines = captured.lines;
+    api = await startTestApi({
+      logger: captured.logger,
+      streams: {
+        timing: { heartbeatMs: 15_000, retryMs: 2000 },
+        bounds: { maxQueuedBytes: MAX_QUEUED_BYTES, stallMs: 3_600_000 },
+        tokenSecret: undefined,
+        tokenTtlMs: 60_000,
+      },
+    });
+    base = await api.listen();
+  });
+
+  afterEach(() => open.splice(0).forEach((s) => s.close()));
+
+  afterAll(() => api.close());
+
+  async function stream(url: string, headers: Record<string, string> = {}): Promise<SseClient> {
+    const s = await openSse(url, headers);
+    open.push(s);
+    return s;
+  }
+
+  /** Inserts `n` echo tasks with 20 KB payloads in transactions of `perTransaction`, and wakes the streams. */
+  async function insertLargeTasks(n: number, perTransaction: number): Promise<string[]> {
+    const ids: string[] = [];
+    for (let i = 0; i < n; i += perTransaction) {
+      const { rows } = await sql<{ id: string }>`
+        INSERT INTO tasks (id, type, payload, status, attempts, max_attempts, owner, correlation_id)
+        SELECT gen_random_uuid(), 'echo', jsonb_build_object('blob', repeat('x', 20000)), 'pending', 0, 3,
+          'anonymous', 'large' FROM generate_series(1, ${perTransaction}) RETURNING id`.execute(api.database.db);
+      ids.push(...rows.map((r) => r.id));
+      await sql`SELECT pg_notify(${TASK_CHANNEL}, ${rows[0]?.id})`.execute(api.database.db);
+    }
+    return ids;
+  }
+
+  const streamEnded = () => lines.filter((l) => l.level === 'warn' && l.message?.startsWith('stream ended'));
+
+  it('ends the stream of a client that stopped reading once its queue passes the bound; the client resumes from its last event id with no task missing', async () => {
+    // HTTP/1.0, so the body comes as it is, with no chunked framing to take apart here.
+    let text = '';
+    let closed = false;
+    const socket = net.connect(Number(new URL(base).port), '127.0.0.1');
+    socket.write('GET /tasks/events HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n');
+    socket.setEncoding('utf8');
+    // Reads the headers and `ready`, then nothing (a stalled connection, a suspended tab).
+    socket.on('data', (chunk: string) => {
+      text += chunk;
+      if (text.includes('event: ready')) socket.pause();
+    });
+    socket.on('error', () => undefined);
+    socket.on('close', () => (closed = true));
+    await waitFor('the stream to open', () => text.includes('event: ready'));
+
+    const ids = await insertLargeTasks(1000, 100);
+    await waitFor('the api to end the stalled stream', () => streamEnded().length === 1);
+    expect(streamEnded()[0]).toMatchObject({ path: '/tasks/events', owner: 'anonymous' });
+    socket.resume();
+    await waitFor('the client to read what reached it before the end', () => closed);
+
+    const first = readBlocks(text.slice(text.indexOf('\r\n\r\n') + 4));
+    expect(first.lastId).toBeDefined();
+    expect(first.tasks.size).toBeLessThan(ids.length);
+    const resumed = await stream(`${base}/tasks/events`, { 'last-event-id': first.lastId as string });
+    await resumed.waitFor('every task, over both connections', (events) => {
+      const seen = taskIds(events);
+      return ids.every((id) => first.tasks.has(id) || seen.has(id));
+    });
+    expect(streamEnded()).toHaveLength(1);
+  });
+
+  it('catches a reading client up through pages far larger than the bound without ending its stream', async () => {
+    const first = await stream(`${base}/tasks/events?type=echo`);
+    await first.waitFor('ready', (events) => events[0]?.event === 'ready');
+    const mark = first.events[0]?.id as string;
+    first.close();
+    const before = streamEnded().length;
+    // One transaction: the catch-up's first page (500 tasks) is 10 MB.
+    const ids = await insertLargeTasks(1000, 1000);
+
+    const resumed = await stream(`${base}/tasks/events?type=echo`, { 'last-event-id': mark });
+    await resumed.waitFor('every task changed since the watermark', (events) => {
+      const seen = taskIds(events);
+      return ids.every((id) => seen.has(id)) || resumed.isEnded();
+    });
+    expect(resumed.isEnded()).toBe(false);
+    expect(streamEnded()).toHaveLength(before);
+  });
+});
