@@ -1,5 +1,6 @@
-import { toError, type Db, type Logger, type TaskRow, type TaskStatus } from '@taskbox/shared';
+import { isTerminal, toError, type Db, type Logger, type TaskRow, type TaskStatus } from '@taskbox/shared';
 import type { EventStream } from './event-stream';
+import { retryableStatuses } from './retry-sql';
 import type { TaskEvents } from './task-events';
 import { currentHorizon, tasksChangedBetween, tasksChangedSince, type ChangeCursor } from './task-sql';
 import { toTaskView } from './task-view';
@@ -25,9 +26,14 @@ interface Subscriber {
   since: string;
   /** What was sent of the tasks that a read from `since` returns again, to send each state once. */
   sent: Map<string, { version: number; xid: bigint }>;
+  /** The tasks last sent outside the filter's status (see admit); not pruned by the watermark. */
+  out: Set<string>;
   stream: EventStream;
   done(): void;
 }
+
+/** What a stream's catch-up sends to: the subscriber it becomes, before it has a watermark. */
+type Recipient = Pick<Subscriber, 'filter' | 'out' | 'stream'>;
 
 // The key of the block that moves the client's last event id; task ids are UUIDs, so it never clashes.
 const WATERMARK_KEY = 'watermark';
@@ -37,8 +43,36 @@ const CATCH_UP_PAGE = 500;
 
 type ChangedRow = TaskRow & { changed_xid: string };
 
-const matches = ({ owner, status, type }: ListFilter, row: TaskRow): boolean =>
-  row.owner === owner && (!status || row.status === status) && (!type || row.type === type);
+// Tasks a stream remembers having sent outside its filter; forgetting one only sends it again.
+const OUT_MAX = 1000;
+
+/**
+ * Whether a task may have had the filter's status before this state: every task starts pending, a
+ * failed or cancelled one may be retried, and only a run (attempts + 1) makes a task processing.
+ */
+function mayHaveBeen(status: TaskStatus, row: TaskRow): boolean {
+  if (status === 'processing') return row.attempts > 0;
+  return !isTerminal(status) || retryableStatuses.includes(status);
+}
+
+/**
+ * Whether the stream sends this state of a task: it matches the filter, or it is the task's first state
+ * outside the filter's status since the stream last sent one inside, which the client drops from its
+ * view. The stream cannot know which tasks the client holds (those from GET /tasks, those that passed
+ * through the status between two reads, those a reconnect's catch-up reads again), so it sends any
+ * task that may have been in it, once; `out` only spares the repeats.
+ */
+function admit({ owner, status, type }: ListFilter, out: Set<string>, row: TaskRow): boolean {
+  if (row.owner !== owner || (type && row.type !== type)) return false;
+  if (!status || row.status === status) {
+    out.delete(row.id);
+    return true;
+  }
+  if (out.has(row.id) || !mayHaveBeen(status, row)) return false;
+  out.add(row.id);
+  if (out.size > OUT_MAX) out.delete(out.values().next().value as string);
+  return true;
+}
 
 /**
  * Event ids are watermarks. Each task event carries the watermark the subscriber had before the read,
@@ -51,7 +85,7 @@ function deliver(sub: Subscriber, changed: ChangedRow[], horizon: string): void 
   let sent = 0;
   for (const row of changed) {
     const version = Number(row.version);
-    if (!matches(sub.filter, row) || (sub.sent.get(row.id)?.version ?? 0) >= version) continue;
+    if ((sub.sent.get(row.id)?.version ?? 0) >= version || !admit(sub.filter, sub.out, row)) continue;
     sub.sent.set(row.id, { version, xid: BigInt(row.changed_xid) });
     sub.stream.send(row.id, { id: before, event: 'task', data: toTaskView(row) });
     sent++;
@@ -115,12 +149,12 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
    * transaction again, never a gap. Answers the watermark it caught up to, or null when the stream
    * closed, the api is stopping, or a read failed (the client reconnects from its last event id).
    */
-  async function catchUp(filter: ListFilter, from: string, stream: EventStream): Promise<string | null> {
+  async function catchUp(to: Recipient, from: string): Promise<string | null> {
     try {
       for (let since = from; ;) {
         const until = await currentHorizon(db);
         if (BigInt(since) >= BigInt(until)) return since;
-        const pages = await round(filter, since, until, stream);
+        const pages = await round(to, since, until);
         if (pages === null) return null;
         since = until;
         if (pages === 1) return since;
@@ -134,7 +168,8 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
   }
 
   /** One round of catchUp, from `since` to `until`: how many pages it took, or null if it must stop. */
-  async function round(filter: ListFilter, since: string, until: string, stream: EventStream): Promise<number | null> {
+  async function round(to: Recipient, since: string, until: string): Promise<number | null> {
+    const { filter, stream } = to;
     const over = () => stream.closed.aborted || events.stopped();
     let after: ChangeCursor | null = null;
     for (let pages = 1; ; pages++) {
@@ -144,7 +179,7 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
       for (const row of page) {
         // Waits as the stream asks, within the page: a page of large tasks would pass the stream's bound,
         // which ends it, and its client would resume before the same page again.
-        if (matches(filter, row) && !stream.send(row.id, { id: mark, event: 'task', data: toTaskView(row) })) {
+        if (admit(filter, to.out, row) && !stream.send(row.id, { id: mark, event: 'task', data: toTaskView(row) })) {
           await Promise.race([stream.drained(), stopping]);
           if (over()) return null;
         }
@@ -163,10 +198,11 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
 
   return {
     async follow(filter, from, stream) {
-      const since = await catchUp(filter, from, stream);
+      const out = new Set<string>();
+      const since = await catchUp({ filter, out, stream }, from);
       if (since === null) return;
       return new Promise<void>((resolve) => {
-        const sub: Subscriber = { filter, since, sent: new Map(), stream, done };
+        const sub: Subscriber = { filter, since, sent: new Map(), out, stream, done };
         function done(): void {
           subscribers.delete(sub);
           resolve();

@@ -1,0 +1,91 @@
+import { sql } from 'kysely';
+import { TASK_CHANNEL, taskChanged, type TaskStatus } from '@taskbox/shared';
+import { startTestApi, type TestApi } from '../helpers/api';
+import { insertTaskFixture } from '../helpers/factories';
+import { openSse, type SseClient, type SseEvent } from '../helpers/sse';
+
+interface View {
+  id: string;
+  status: string;
+}
+
+const states = (events: SseEvent[], id: string): string[] =>
+  events.filter((e) => e.event === 'task' && (e.data as View).id === id).map((e) => (e.data as View).status);
+
+describe('api: a list stream filtered by status sends a task that leaves the filter once, in its new state', () => {
+  let api: TestApi;
+  let base: string;
+  const open: SseClient[] = [];
+
+  beforeAll(async () => {
+    api = await startTestApi();
+    base = await api.listen();
+  });
+
+  afterEach(() => open.splice(0).forEach((s) => s.close()));
+
+  afterAll(() => api.close());
+
+  async function stream(headers: Record<string, string> = {}): Promise<SseClient> {
+    const s = await openSse(`${base}/tasks/events?status=processing`, headers);
+    open.push(s);
+    await s.waitFor('ready', (events) => events[0]?.event === 'ready');
+    return s;
+  }
+
+  /** Moves a task to `status` as the worker or the api would (a new version), and wakes the streams. */
+  async function move(id: string, status: TaskStatus, attempts = 1): Promise<void> {
+    await api.database.db
+      .updateTable('tasks')
+      .set({ status, attempts, ...taskChanged })
+      .where('id', '=', id)
+      .execute();
+    await sql`SELECT pg_notify(${TASK_CHANNEL}, ${id})`.execute(api.database.db);
+  }
+
+  it('sends the succeeded state of a task it sent as processing', async () => {
+    const s = await stream();
+    const id = await insertTaskFixture(api.database.db);
+    await move(id, 'processing');
+    await s.waitFor('the task as processing', (events) => states(events, id).includes('processing'));
+    await move(id, 'succeeded');
+    await s.waitFor('the task as succeeded', (events) => states(events, id).includes('succeeded'));
+    expect(states(s.events, id)).toEqual(['processing', 'succeeded']);
+  });
+
+  it('sends the new state of a task the client listed before the stream sent it anything (GET /tasks after ready)', async () => {
+    const id = await insertTaskFixture(api.database.db, { status: 'processing', attempts: 1 });
+    const s = await stream();
+    await move(id, 'failed');
+    await s.waitFor('the task as failed', (events) => states(events, id).includes('failed'));
+  });
+
+  it('sends, after a reconnect with Last-Event-ID, a task that left the filter while the client was away', async () => {
+    const id = await insertTaskFixture(api.database.db, { status: 'processing', attempts: 1 });
+    const first = await stream();
+    const mark = first.events[0]?.id as string;
+    first.close();
+    await move(id, 'cancelled');
+    const resumed = await stream({ 'last-event-id': mark });
+    await resumed.waitFor('the task as cancelled', (events) => states(events, id).includes('cancelled'));
+  });
+
+  it('sends a task that left only once, and never a task that was never processing', async () => {
+    const s = await stream();
+    const left = await insertTaskFixture(api.database.db);
+    const never = await insertTaskFixture(api.database.db);
+    await move(left, 'processing');
+    await s.waitFor('the task as processing', (events) => states(events, left).includes('processing'));
+    // Back to pending for a retry after a backoff, then cancelled: the client dropped it at the first.
+    await move(left, 'pending');
+    await s.waitFor('the task as pending', (events) => states(events, left).includes('pending'));
+    await move(left, 'cancelled');
+    await move(never, 'cancelled', 0);
+    // Committed after the others: once the stream sent it, it has read every change above.
+    const marker = await insertTaskFixture(api.database.db);
+    await move(marker, 'processing');
+    await s.waitFor('the marker', (events) => states(events, marker).includes('processing'));
+    expect(states(s.events, left)).toEqual(['processing', 'pending']);
+    expect(states(s.events, never)).toEqual([]);
+  });
+});
