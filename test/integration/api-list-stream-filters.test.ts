@@ -26,8 +26,8 @@ describe('api: a list stream filtered by status sends a task that leaves the fil
 
   afterAll(() => api.close());
 
-  async function stream(headers: Record<string, string> = {}): Promise<SseClient> {
-    const s = await openSse(`${base}/tasks/events?status=processing`, headers);
+  async function stream(headers: Record<string, string> = {}, status = 'processing'): Promise<SseClient> {
+    const s = await openSse(`${base}/tasks/events?status=${status}`, headers);
     open.push(s);
     await s.waitFor('ready', (events) => events[0]?.event === 'ready');
     return s;
@@ -87,5 +87,18 @@ describe('api: a list stream filtered by status sends a task that leaves the fil
     await s.waitFor('the marker', (events) => states(events, marker).includes('processing'));
     expect(states(s.events, left)).toEqual(['processing', 'pending']);
     expect(states(s.events, never)).toEqual([]);
+  });
+
+  it('sends a stream of failed tasks only failed tasks, new and finished ones passing by unsent', async () => {
+    const s = await stream({}, 'failed');
+    const ok = await insertTaskFixture(api.database.db);
+    await move(ok, 'processing');
+    await move(ok, 'succeeded');
+    const failed = await insertTaskFixture(api.database.db);
+    await move(failed, 'processing');
+    await move(failed, 'failed');
+    await s.waitFor('the failed task', (events) => states(events, failed).includes('failed'));
+    expect(states(s.events, ok)).toEqual([]);
+    expect(states(s.events, failed)).toEqual(['failed']);
   });
 });

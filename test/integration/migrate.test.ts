@@ -121,12 +121,17 @@ describe('npm run migrate on a database in use', () => {
     await q("DELETE FROM kysely_migration WHERE name >= '0013_pending_due_index'");
     await q("CREATE INDEX tasks_pending ON tasks (updated_at) WHERE status = 'pending'");
     // What a failed concurrent build leaves behind: the index, marked invalid.
-    await q("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'tasks_pending_due'::regclass");
+    await q(
+      "UPDATE pg_index SET indisvalid = false WHERE indexrelid IN ('tasks_pending_due'::regclass, 'task_attempts_started'::regclass)",
+    );
     const run = runMigrate(database.url);
     expect(await run.exited).toBe(0);
     const { rows } = await q(
-      "SELECT c.relname AS name, i.indisvalid AS valid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname IN ('tasks_pending', 'tasks_pending_due')",
+      "SELECT c.relname AS name, i.indisvalid AS valid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname IN ('tasks_pending', 'tasks_pending_due', 'task_attempts_started') ORDER BY 1",
     );
-    expect(rows).toEqual([{ name: 'tasks_pending_due', valid: true }]);
+    expect(rows).toEqual([
+      { name: 'task_attempts_started', valid: true },
+      { name: 'tasks_pending_due', valid: true },
+    ]);
   });
 });

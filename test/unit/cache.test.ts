@@ -15,7 +15,7 @@ describe('a cached loader', () => {
   beforeEach(() => jest.useFakeTimers());
   afterEach(() => jest.useRealTimers());
 
-  it('reuses an answer for its minimum, and a slow one for twenty times as long as it took', async () => {
+  it('reuses an answer for its minimum; scaled, a slow one for twenty times as long as it took', async () => {
     const quick = slowLoad(10);
     const get = cachedLoader(1000, quick.load);
     const first = get('k');
@@ -29,12 +29,21 @@ describe('a cached loader', () => {
 
     // A count that takes 3 s is asked every second: it runs once a minute, not back to back.
     const slow = slowLoad(3000);
-    const counts = cachedLoader(1000, slow.load);
+    const counts = cachedLoader(1000, slow.load, { scaled: true });
     for (let second = 0; second < 62; second++) {
       void counts('every owner');
       await jest.advanceTimersByTimeAsync(1000);
     }
     expect(slow.begun).toHaveLength(2);
+
+    // Not scaled (a load that waits, not one that works): asked again once its minimum has passed.
+    const waits = slowLoad(3000);
+    const checks = cachedLoader(1000, waits.load);
+    for (let second = 0; second < 62; second++) {
+      void checks('checks');
+      await jest.advanceTimersByTimeAsync(1000);
+    }
+    expect(waits.begun.length).toBeGreaterThan(15);
   });
 
   it('shares one load per key among the callers that ask while it runs, and forgets a failed one', async () => {

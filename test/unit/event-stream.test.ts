@@ -108,18 +108,29 @@ describe('event stream: a client that does not keep up', () => {
     });
   });
 
-  it('never ends the stream of a reading client whose sender waits for drained() when send() answers false', async () => {
+  it('never ends the stream of a reading client whose sender waits for drained() when send() answers false, an event larger than the bound included', async () => {
     let received = 0;
     const reading = (port: number) => {
       const client = net.connect(port, '127.0.0.1');
       client.write('GET /tasks/events HTTP/1.1\r\nHost: x\r\n\r\n');
       client.setEncoding('utf8');
-      client.on('data', (chunk: string) => (received += chunk.split('event: task\n').length - 1));
+      // Slower than the sender: small events are still queued when a large one comes.
+      let tail = '';
+      client.on('data', (chunk: string) => {
+        // The marker may straddle two chunks: count it in the end of the last one and this one.
+        const text = tail + chunk;
+        received += text.split('event: task\n').length - 1;
+        tail = text.slice(-11);
+        client.pause();
+        setTimeout(() => client.resume(), 1);
+      });
       return client;
     };
     await withStream({ maxQueuedBytes: 100_000, stallMs: 3_600_000 }, reading, async ({ stream }) => {
       for (let i = 0; i < 2_000; i++) {
-        if (!stream.send(`task-${i}`, { id: String(i), event: 'task', data: EVENT })) await stream.drained();
+        // Every 500th a task with a large result, after small ones still queued: a catch-up's page.
+        const data = i % 500 === 499 ? 'y'.repeat(150_000) : EVENT;
+        if (!stream.send(`task-${i}`, { id: String(i), event: 'task', data }, { waits: true })) await stream.drained();
       }
       await waitFor('every event at the client', () => received === 2_000);
       expect(stream.closed.aborted).toBe(false);

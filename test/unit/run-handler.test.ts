@@ -69,6 +69,8 @@ describe("a result's size", () => {
     expect(check).toThrow(PermanentError);
     expect(check).toThrow('the result is not JSON: Do not know how to serialize a BigInt');
     expect(resultJson(undefined, 1000)).toBe('null');
+    expect(resultJson(() => 1, 1000)).toBe('null');
+    expect(resultJson({ toJSON: () => undefined }, 1000)).toBe('null');
   });
 });
 

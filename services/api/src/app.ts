@@ -158,10 +158,14 @@ function useTaskRoutes(app: express.Express, deps: AppDeps, held: HeldRequests):
   );
   const json = jsonParser(deps.bodyLimit);
   // Keyed by owner; '' stands for every owner, since no owner is empty.
-  const countsOf = cachedLoader(COUNTS_REUSE_MS, async (owner) => {
-    const at = new Date();
-    return { counts: await countTasks(deps.db, owner === '' ? null : owner), at };
-  });
+  const countsOf = cachedLoader(
+    COUNTS_REUSE_MS,
+    async (owner) => {
+      const at = new Date();
+      return { counts: await countTasks(deps.db, owner === '' ? null : owner), at };
+    },
+    { scaled: true },
+  );
   const counts = (owner: string | null) => countsOf(owner ?? '');
   app.use('/tasks', noteMount, authenticate(deps.auth), json, tasksRouter({ ...deps, held, counts }));
   const checks = createSystemChecks(deps.admin.doctor, deps.pool, deps.db);

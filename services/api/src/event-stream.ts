@@ -26,10 +26,12 @@ export interface EventStream {
   /**
    * Queues an event under `key`. While the client reads slower than events come, a newer event
    * replaces the unsent one with the same key: events are states, and only the latest is worth sending.
-   * False once the queue holds half of maxQueuedBytes: a sender that then waits for drained() never
-   * reaches the bound, which ends the stream.
+   * False once the queue holds half of maxQueuedBytes. A sender that cannot wait (the shared reads of
+   * list streams) ends the stream when the queue passes the bound; one that `waits` for drained() when
+   * answered false (a catch-up) is never ended for its queue, which holds at most half the bound and
+   * one more event.
    */
-  send(key: string, event: StreamEvent): boolean;
+  send(key: string, event: StreamEvent, options?: { waits: boolean }): boolean;
   /** Resolves once everything queued is written and the socket takes more, or the stream closed. */
   drained(): Promise<void>;
   /** Writes what is queued and ends the response. */
@@ -71,17 +73,17 @@ export function openEventStream(
   res.flushHeaders();
 
   const heartbeat = setTimeout(function beat() {
-    if (!res.writableNeedDrain) res.write(': heartbeat\n\n');
+    if (!res.writableNeedDrain) write(': heartbeat\n\n');
     heartbeat.refresh();
   }, timing.heartbeatMs);
-  const write = (chunk: string): void => {
+  function write(chunk: string): void {
     res.write(chunk);
     heartbeat.refresh();
-    // The heartbeat is skipped while a write waits, so nothing else would notice a client that stopped.
+    // Heartbeats included: on a quiet stream they alone may fill the buffer of a client that stopped.
     if (res.writableNeedDrain && !stall) {
       stall = setTimeout(() => cut('its client took nothing for STREAM_STALL_MS'), bounds.stallMs);
     }
-  };
+  }
   const settleDrained = (): void => {
     if (!closed.signal.aborted && (pending.size > 0 || res.writableNeedDrain)) return;
     const waiters = drainWaiters;
@@ -130,7 +132,7 @@ export function openEventStream(
   write(`retry: ${timing.retryMs}\n\n`);
 
   return {
-    send(key, event) {
+    send(key, event, { waits } = { waits: false }) {
       if (closed.signal.aborted) return false;
       const chunk = format(event);
       // Re-inserted so the queue keeps the order of the latest updates (list-streams.ts relies on it).
@@ -140,7 +142,9 @@ export function openEventStream(
       pending.set(key, { chunk, bytes });
       queuedBytes += bytes;
       if (!res.writableNeedDrain) flush();
-      if (queuedBytes > bounds.maxQueuedBytes && pending.size > 1) cut('its client reads slower than events come');
+      if (!waits && queuedBytes > bounds.maxQueuedBytes && pending.size > 1) {
+        cut('its client reads slower than events come');
+      }
       return !closed.signal.aborted && queuedBytes < bounds.maxQueuedBytes / 2;
     },
     drained() {

@@ -1,6 +1,5 @@
-import { isTerminal, toError, type Db, type Logger, type TaskRow, type TaskStatus } from '@taskbox/shared';
+import { toError, type Db, type Logger, type TaskRow, type TaskStatus } from '@taskbox/shared';
 import type { EventStream } from './event-stream';
-import { retryableStatuses } from './retry-sql';
 import type { TaskEvents } from './task-events';
 import { currentHorizon, tasksChangedBetween, tasksChangedSince, type ChangeCursor } from './task-sql';
 import { toTaskView } from './task-view';
@@ -47,12 +46,14 @@ type ChangedRow = TaskRow & { changed_xid: string };
 const OUT_MAX = 1000;
 
 /**
- * Whether a task may have had the filter's status before this state: every task starts pending, a
- * failed or cancelled one may be retried, and only a run (attempts + 1) makes a task processing.
+ * Whether a task may have had the filter's status before this state, for the statuses a task leaves in
+ * its course: every task starts pending, and only a run (attempts + 1) makes one processing. A finished
+ * task leaves its status only by a retry, which the row does not tell apart from a first run: a stream
+ * of failed tasks would send nearly every task, and a client counting failures would count them all.
  */
 function mayHaveBeen(status: TaskStatus, row: TaskRow): boolean {
   if (status === 'processing') return row.attempts > 0;
-  return !isTerminal(status) || retryableStatuses.includes(status);
+  return status === 'pending';
 }
 
 /**
@@ -177,9 +178,10 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
       if (over()) return null;
       const mark = after?.xid ?? since;
       for (const row of page) {
-        // Waits as the stream asks, within the page: a page of large tasks would pass the stream's bound,
-        // which ends it, and its client would resume before the same page again.
-        if (admit(filter, to.out, row) && !stream.send(row.id, { id: mark, event: 'task', data: toTaskView(row) })) {
+        if (!admit(filter, to.out, row)) continue;
+        // Waits as the stream asks, within the page: a page of large tasks would pass the bound of a
+        // stream that cannot wait, which ends it, and its client would resume before the same page again.
+        if (!stream.send(row.id, { id: mark, event: 'task', data: toTaskView(row) }, { waits: true })) {
           await Promise.race([stream.drained(), stopping]);
           if (over()) return null;
         }

@@ -75,7 +75,7 @@ export function streamPaths(): JsonObject {
       get: {
         summary: "Stream every change of the caller's tasks, filtered like GET /tasks",
         description:
-          'First `event: ready`; then `event: task` with the TaskView (no timeline) of each task that changed and matches the filters as it is now; with `status`, a task that left that status is sent once in its new state (drop it from the view), including tasks that may have had it without this stream sending them (from GET /tasks, or while the client was away). Ids are watermarks: reconnect with Last-Event-ID to get every task changed since, some possibly again (compare `version`). For the tasks as they were before the stream, GET /tasks after `ready`.',
+          'First `event: ready`; then `event: task` with the TaskView (no timeline) of each task that changed and matches the filters as it is now; with `status` pending or processing, a task that left that status is sent once in its new state (drop it from the view), including tasks that may have had it without this stream sending them (from GET /tasks, or while the client was away); a failed or cancelled task leaves only by a retry, which is not sent. Ids are watermarks: reconnect with Last-Event-ID to get every task changed since, some possibly again (compare `version`). For the tasks as they were before the stream, GET /tasks after `ready`.',
         security,
         parameters: [...queryParameters(listStreamQuerySchema), lastEventId],
         responses: {

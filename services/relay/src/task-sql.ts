@@ -81,8 +81,8 @@ export async function republishStranded(
  * Deletes finished task attempts older than the retention, `limit` at a time like deletePublished.
  * Unfinished attempts are never touched: a live or lost run still needs its row. An attempt that
  * finished before the cutoff started before it: the walk of task_attempts_started (migration 0015)
- * reads the attempts that started before the cutoff, oldest first, which are those to delete but the
- * few still running, and a sweep with nothing to delete reads nothing.
+ * reads the attempts that started before the cutoff, oldest first: those to delete, and the few that
+ * started so long ago and are still unfinished.
  */
 export async function deleteFinishedAttempts(db: Db, retentionMs: number, limit: number): Promise<number> {
   const result = await finishedAttemptsDeletion(retentionMs, limit).execute(db);

@@ -88,7 +88,8 @@ export function checkResult(definition: AnyTaskType, value: unknown): unknown {
 export function resultJson(value: unknown, maxBytes: number): string {
   let text: string;
   try {
-    text = JSON.stringify(value ?? null);
+    // A function, a symbol, a toJSON answering undefined: JSON writes nothing, stored as null.
+    text = JSON.stringify(value) ?? 'null';
   } catch (err) {
     throw new PermanentError(`the result is not JSON: ${toError(err).message}`);
   }

@@ -9,7 +9,8 @@ export interface Follow {
 // Often enough to see a task move; each poll is one cached count and one page of the list.
 const POLL_MS = 2000;
 // Changes come in bursts (a batch of tasks finishing): one refresh per burst, and one more after the
-// second for which the api reuses its counts, so the last change of a burst is always shown.
+// second for which the api reuses its counts, so the last change of a burst is shown. On a large table
+// the api reuses them longer; the page says when they were counted.
 const SETTLE_MS = 300;
 const AGAIN_MS = 1500;
 // After this many streams in a row closed on the page, polling takes over.
