@@ -178,8 +178,8 @@ export const configSchema = z.object({
   // Below the idle timeouts of common proxies and load balancers, which start at a minute.
   STREAM_HEARTBEAT_MS: positiveInt.default(15_000),
   // A list stream queues a view per changed task for a client that reads slower than tasks change: past
-  // this many bytes, or a write blocked this long, the stream ends and its client catches up from the
-  // database when it reconnects. Bounds the api's memory at streams × bytes (LONG_POLL_MAX).
+  // this many bytes it catches up from the database at its client's pace, which bounds the api's memory
+  // at streams (LONG_POLL_MAX) × bytes; a write blocked this long ends the stream (its client resumes).
   STREAM_MAX_QUEUED_BYTES: positiveInt.default(1024 * 1024),
   STREAM_STALL_MS: positiveInt.default(60_000),
   // Most tasks one bulk retry or cancel acts on: each is one transaction holding that many row locks.

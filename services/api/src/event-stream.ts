@@ -9,7 +9,7 @@ export interface StreamTiming {
 }
 
 export interface StreamBounds {
-  /** Past this many bytes of queued events (two or more) the stream ends; one event may always wait. */
+  /** Once this many bytes of events are queued, send() answers false: the sender waits for drained(). */
   maxQueuedBytes: number;
   /** A write blocked this long (the client takes nothing) ends the stream. */
   stallMs: number;
@@ -26,12 +26,10 @@ export interface EventStream {
   /**
    * Queues an event under `key`. While the client reads slower than events come, a newer event
    * replaces the unsent one with the same key: events are states, and only the latest is worth sending.
-   * False once the queue holds half of maxQueuedBytes. A sender that cannot wait (the shared reads of
-   * list streams) ends the stream when the queue passes the bound; one that `waits` for drained() when
-   * answered false (a catch-up) is never ended for its queue, which holds at most half the bound and
-   * one more event.
+   * False once the queue holds maxQueuedBytes: a sender with many keys (a list stream) then sends no
+   * more until drained(), so that the queue holds at most that and one more event.
    */
-  send(key: string, event: StreamEvent, options?: { waits: boolean }): boolean;
+  send(key: string, event: StreamEvent): boolean;
   /** Resolves once everything queued is written and the socket takes more, or the stream closed. */
   drained(): Promise<void>;
   /** Writes what is queued and ends the response. */
@@ -52,8 +50,8 @@ function format({ id, event, data }: StreamEvent): string {
  * Starts a text/event-stream response: headers that keep proxies from buffering or caching it, `retry:`
  * once, then events and heartbeat comments. A queued event is replaced by a newer one with its key, so
  * a stream with few keys (a task's) holds little however slow its client; a list stream has a key per
- * task, so its queue is bounded in bytes, and its writes in time: past either bound the stream ends,
- * and its client reconnects from its last event id, which catches up from the database.
+ * task, and its sender waits once the queue holds maxQueuedBytes (send answers false). A write blocked
+ * for stallMs ends the stream, whose client reconnects from its last event id.
  */
 export function openEventStream(
   res: Response,
@@ -81,7 +79,7 @@ export function openEventStream(
     heartbeat.refresh();
     // Heartbeats included: on a quiet stream they alone may fill the buffer of a client that stopped.
     if (res.writableNeedDrain && !stall) {
-      stall = setTimeout(() => cut('its client took nothing for STREAM_STALL_MS'), bounds.stallMs);
+      stall = setTimeout(endStalled, bounds.stallMs);
     }
   }
   const settleDrained = (): void => {
@@ -107,12 +105,12 @@ export function openEventStream(
     closed.abort();
     settleDrained();
   };
-  /** Ends a stream its client does not keep up with: the client resumes from the last event it read. */
-  function cut(reason: string): void {
+  /** Ends a stream whose client took nothing for stallMs: it resumes from the last event it read. */
+  function endStalled(): void {
     if (closed.signal.aborted) return;
     const { baseUrl, path } = res.req;
     const owner: unknown = res.locals.owner;
-    logger.warn(`stream ended: ${reason}; its client resumes from its last event id`, {
+    logger.warn('stream ended: its client took nothing for STREAM_STALL_MS; it resumes from its last event id', {
       path: baseUrl + path,
       owner,
       queuedBytes,
@@ -132,7 +130,7 @@ export function openEventStream(
   write(`retry: ${timing.retryMs}\n\n`);
 
   return {
-    send(key, event, { waits } = { waits: false }) {
+    send(key, event) {
       if (closed.signal.aborted) return false;
       const chunk = format(event);
       // Re-inserted so the queue keeps the order of the latest updates (list-streams.ts relies on it).
@@ -142,10 +140,7 @@ export function openEventStream(
       pending.set(key, { chunk, bytes });
       queuedBytes += bytes;
       if (!res.writableNeedDrain) flush();
-      if (!waits && queuedBytes > bounds.maxQueuedBytes && pending.size > 1) {
-        cut('its client reads slower than events come');
-      }
-      return !closed.signal.aborted && queuedBytes < bounds.maxQueuedBytes / 2;
+      return !closed.signal.aborted && queuedBytes < bounds.maxQueuedBytes;
     },
     drained() {
       return new Promise<void>((resolve) => {

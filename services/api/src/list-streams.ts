@@ -79,22 +79,24 @@ function admit({ owner, status, type }: ListFilter, out: Set<string>, row: TaskR
  * Event ids are watermarks. Each task event carries the watermark the subscriber had before the read,
  * and a last id-only block the new one: a client cut off mid-batch resumes from before the batch and
  * gets those tasks' latest states again, never a gap. The stream queues the latest update last, so the
- * new watermark always follows the events it covers.
+ * new watermark always follows the events it covers. False, the watermark left as it was, when the
+ * stream's queue is full (a read larger than its client takes at once): the stream then catches up alone.
  */
-function deliver(sub: Subscriber, changed: ChangedRow[], horizon: string): void {
+function deliver(sub: Subscriber, changed: ChangedRow[], horizon: string): boolean {
   const before = sub.since;
   let sent = 0;
   for (const row of changed) {
     const version = Number(row.version);
     if ((sub.sent.get(row.id)?.version ?? 0) >= version || !admit(sub.filter, sub.out, row)) continue;
     sub.sent.set(row.id, { version, xid: BigInt(row.changed_xid) });
-    sub.stream.send(row.id, { id: before, event: 'task', data: toTaskView(row) });
+    if (!sub.stream.send(row.id, { id: before, event: 'task', data: toTaskView(row) })) return false;
     sent++;
   }
   if (BigInt(horizon) > BigInt(before)) sub.since = horizon;
   const floor = BigInt(sub.since);
   for (const [id, entry] of sub.sent) if (entry.xid < floor) sub.sent.delete(id);
   if (sent > 0) sub.stream.send(WATERMARK_KEY, { id: sub.since });
+  return true;
 }
 
 /**
@@ -117,13 +119,29 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
     const owners = [...new Set(readers.map((s) => s.filter.owner))];
     try {
       const { horizon, changed } = await tasksChangedSince(db, owners, String(since));
-      for (const sub of readers) if (subscribers.has(sub)) deliver(sub, changed, horizon);
+      for (const sub of readers) if (subscribers.has(sub) && !deliver(sub, changed, horizon)) void fallBehind(sub);
     } catch (err) {
       logger.warn('list stream read failed; reading again at the next change', { error: toError(err).message });
     } finally {
       reading = false;
       if (again) wake();
     }
+  }
+
+  /**
+   * A stream whose client took less than a shared read gave it leaves the shared reads, catches up alone
+   * from its watermark once its client has read what is queued (as a resume does), and joins again:
+   * its queue stays bounded, and its client is never cut off for a burst.
+   */
+  async function fallBehind(sub: Subscriber): Promise<void> {
+    subscribers.delete(sub);
+    await Promise.race([sub.stream.drained(), stopping]);
+    const since = events.stopped() ? null : await catchUp(sub, sub.since);
+    if (since === null) return sub.done();
+    sub.since = since;
+    sub.sent.clear();
+    subscribers.add(sub);
+    wake();
   }
 
   // Resolved at the api's stop: a catch-up waiting for its client to read stops waiting.
@@ -179,9 +197,8 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
       const mark = after?.xid ?? since;
       for (const row of page) {
         if (!admit(filter, to.out, row)) continue;
-        // Waits as the stream asks, within the page: a page of large tasks would pass the bound of a
-        // stream that cannot wait, which ends it, and its client would resume before the same page again.
-        if (!stream.send(row.id, { id: mark, event: 'task', data: toTaskView(row) }, { waits: true })) {
+        // Waits as the stream asks, within the page: a page of large tasks would not fit its queue.
+        if (!stream.send(row.id, { id: mark, event: 'task', data: toTaskView(row) })) {
           await Promise.race([stream.drained(), stopping]);
           if (over()) return null;
         }
