@@ -147,4 +147,24 @@ describe('api: list streams (GET /tasks/events) for clients that read slowly or 
     expect(s.isEnded()).toBe(false);
     expect(streamEnded()).toHaveLength(before);
   });
+
+  it('moves a reading client on through a burst while an open transaction holds the watermark back', async () => {
+    const s = await stream(`${base}/tasks/events?type=echo`);
+    await s.waitFor('ready', (events) => events[0]?.event === 'ready');
+    // A session with a transaction open (a long report, a pg_dump): the watermark stays behind it.
+    const holder = await api.database.pool.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query('SELECT pg_current_xact_id()');
+      const ids = await insertLargeTasks(200, 200);
+      await s.waitFor('every task, the transaction still open', (events) => {
+        const seen = taskIds(events);
+        return ids.every((id) => seen.has(id)) || s.isEnded();
+      });
+      expect(s.isEnded()).toBe(false);
+    } finally {
+      await holder.query('ROLLBACK');
+      holder.release();
+    }
+  });
 });

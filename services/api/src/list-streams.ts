@@ -92,11 +92,16 @@ function deliver(sub: Subscriber, changed: ChangedRow[], horizon: string): boole
     if (!sub.stream.send(row.id, { id: before, event: 'task', data: toTaskView(row) })) return false;
     sent++;
   }
-  if (BigInt(horizon) > BigInt(before)) sub.since = horizon;
-  const floor = BigInt(sub.since);
-  for (const [id, entry] of sub.sent) if (entry.xid < floor) sub.sent.delete(id);
+  if (BigInt(horizon) > BigInt(before)) advance(sub, horizon);
   if (sent > 0) sub.stream.send(WATERMARK_KEY, { id: sub.since });
   return true;
+}
+
+/** Moves the subscriber's watermark to `since`, forgetting what it was sent that a read from there never returns. */
+function advance(sub: Subscriber, since: string): void {
+  sub.since = since;
+  const floor = BigInt(since);
+  for (const [id, entry] of sub.sent) if (entry.xid < floor) sub.sent.delete(id);
 }
 
 /**
@@ -131,15 +136,18 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
   /**
    * A stream whose client took less than a shared read gave it leaves the shared reads, catches up alone
    * from its watermark once its client has read what is queued (as a resume does), and joins again:
-   * its queue stays bounded, and its client is never cut off for a burst.
+   * its queue stays bounded, and a burst does not end it (a failed read does: its client resumes).
+   * What it was sent stays known above the new watermark: an open transaction may hold the watermark
+   * back, and the next shared read then skips what this one sent instead of filling the queue with it
+   * again.
    */
   async function fallBehind(sub: Subscriber): Promise<void> {
     subscribers.delete(sub);
     await Promise.race([sub.stream.drained(), stopping]);
     const since = events.stopped() ? null : await catchUp(sub, sub.since);
-    if (since === null) return sub.done();
-    sub.since = since;
-    sub.sent.clear();
+    // Closed while it caught up: its done() has run, and it must not join again.
+    if (since === null || sub.stream.closed.aborted || events.stopped()) return sub.done();
+    advance(sub, since);
     subscribers.add(sub);
     wake();
   }
