@@ -1,4 +1,4 @@
-import { cachedLoader } from '@taskbox/shared';
+import { cachedLoader, countReuseMs } from '@taskbox/shared';
 
 /** A load that takes `ms` (fake time) and answers how many loads have begun. */
 function slowLoad(ms: number) {
@@ -15,7 +15,7 @@ describe('a cached loader', () => {
   beforeEach(() => jest.useFakeTimers());
   afterEach(() => jest.useRealTimers());
 
-  it('reuses an answer for its minimum; scaled, a slow one for twenty times as long as it took', async () => {
+  it('reuses an answer for its minimum, or for as long as freshFor says of it when that is longer', async () => {
     const quick = slowLoad(10);
     const get = cachedLoader(1000, quick.load);
     const first = get('k');
@@ -27,23 +27,24 @@ describe('a cached loader', () => {
     void get('k');
     expect(quick.begun).toHaveLength(2);
 
-    // A count that takes 3 s is asked every second: it runs once a minute, not back to back.
-    const slow = slowLoad(3000);
-    const counts = cachedLoader(1000, slow.load, { scaled: true });
-    for (let second = 0; second < 62; second++) {
+    // A count of 26 million tasks, asked every second: it runs again after a minute and a half, not
+    // back to back, however long it took.
+    const counted = slowLoad(3000);
+    const counts = cachedLoader(1000, counted.load, () => countReuseMs(26_000_000));
+    for (let second = 0; second < 80; second++) {
       void counts('every owner');
       await jest.advanceTimersByTimeAsync(1000);
     }
-    expect(slow.begun).toHaveLength(2);
+    expect(counted.begun).toHaveLength(1);
+    await jest.advanceTimersByTimeAsync(10_000);
+    void counts('every owner');
+    expect(counted.begun).toHaveLength(2);
+  });
 
-    // Not scaled (a load that waits, not one that works): asked again once its minimum has passed.
-    const waits = slowLoad(3000);
-    const checks = cachedLoader(1000, waits.load);
-    for (let second = 0; second < 62; second++) {
-      void checks('checks');
-      await jest.advanceTimersByTimeAsync(1000);
-    }
-    expect(waits.begun.length).toBeGreaterThan(15);
+  it('reuses a count for a second per 300 000 rows', () => {
+    expect(countReuseMs(300_000)).toBe(1000);
+    expect(countReuseMs(26_000_000)).toBe(86_667);
+    expect(countReuseMs(5)).toBeLessThan(1000);
   });
 
   it('shares one load per key among the callers that ask while it runs, and forgets a failed one', async () => {

@@ -44,8 +44,8 @@ export const countsQuerySchema = z.object({ owner: text(300).optional() }).stric
 export const countsSchema = z.object({
   counts: z.array(z.object({ type: z.string(), status: z.enum(taskStatuses), count: z.number().int() })),
   countedAt: iso.describe(
-    'when the count began: pages that poll share one count, reused for a second or, on a large table, ' +
-      'twenty times as long as the count took',
+    'when the count began: pages that poll share one count, reused for a second, or on a large table ' +
+      'for about a second per 300 000 tasks counted',
   ),
 });
 

@@ -3,7 +3,14 @@ import cors from 'cors';
 import express, { type RequestHandler } from 'express';
 import type pg from 'pg';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { cachedLoader, postgresReadiness, type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
+import {
+  cachedLoader,
+  countReuseMs,
+  postgresReadiness,
+  type Db,
+  type Logger,
+  type TaskNotifier,
+} from '@taskbox/shared';
 import { authenticate, type AuthConfig } from './auth';
 import type { StreamBounds, StreamTiming } from './event-stream';
 import { dashboardRouter, type DashboardFiles } from './dashboard';
@@ -58,7 +65,7 @@ export interface StreamSettings {
 }
 
 // Counts scan an owner's tasks (an admin's, every task): pages that poll them share one count a second,
-// or one for twenty times as long as it took (cachedLoader), which bounds their cost on a large table.
+// or longer on a large table (countReuseMs), which bounds their cost.
 const COUNTS_REUSE_MS = 1000;
 
 const REQUEST_ID = /^[\w.:@/+=-]{1,128}$/;
@@ -164,7 +171,7 @@ function useTaskRoutes(app: express.Express, deps: AppDeps, held: HeldRequests):
       const at = new Date();
       return { counts: await countTasks(deps.db, owner === '' ? null : owner), at };
     },
-    { scaled: true },
+    ({ counts }) => countReuseMs(counts.reduce((sum, c) => sum + c.count, 0)),
   );
   const counts = (owner: string | null) => countsOf(owner ?? '');
   app.use('/tasks', noteMount, authenticate(deps.auth), json, tasksRouter({ ...deps, held, counts }));

@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { cachedLoader, taskStatuses, type Db } from '@taskbox/shared';
+import { cachedLoader, countReuseMs, taskStatuses, type Db } from '@taskbox/shared';
 import { countTasksByStatus } from './task-sql';
 
 // Known label values, exported at zero from the start: a counter that appears only after its first
@@ -82,7 +82,11 @@ export function createWorkerMetrics(db: Db, queues: readonly string[], { process
 
 /** The tasks_by_status gauge, read from a count reused for COUNTS_FRESH_MS, or longer on a large table. */
 function tasksByStatusGauge(db: Db, registers: Registry[]): void {
-  const counts = cachedLoader(COUNTS_FRESH_MS, () => countTasksByStatus(db), { scaled: true });
+  const counts = cachedLoader(
+    COUNTS_FRESH_MS,
+    () => countTasksByStatus(db),
+    (byStatus) => countReuseMs([...byStatus.values()].reduce((sum, n) => sum + n, 0)),
+  );
   new Gauge({
     name: 'tasks_by_status',
     help: 'Tasks in the database by status',
