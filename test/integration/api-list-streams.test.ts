@@ -79,6 +79,15 @@ describe('api: list streams (GET /tasks/events) for clients that read slowly or 
     return ids;
   }
 
+  /** Waits until the stream has sent every task of `ids`, and checks that it was not ended on the way. */
+  async function receivesAll(s: SseClient, ids: string[], what: string): Promise<void> {
+    await s.waitFor(what, (events) => {
+      const seen = taskIds(events);
+      return ids.every((id) => seen.has(id)) || s.isEnded();
+    });
+    expect(s.isEnded()).toBe(false);
+  }
+
   const streamEnded = () => lines.filter((l) => l.level === 'warn' && l.message?.startsWith('stream ended'));
 
   it('ends the stream of a client that stopped reading after STREAM_STALL_MS; the client resumes from its last event id with no task missing', async () => {
@@ -126,11 +135,7 @@ describe('api: list streams (GET /tasks/events) for clients that read slowly or 
     const ids = await insertLargeTasks(1000, 1000);
 
     const resumed = await stream(`${base}/tasks/events?type=echo`, { 'last-event-id': mark });
-    await resumed.waitFor('every task changed since the watermark', (events) => {
-      const seen = taskIds(events);
-      return ids.every((id) => seen.has(id)) || resumed.isEnded();
-    });
-    expect(resumed.isEnded()).toBe(false);
+    await receivesAll(resumed, ids, 'every task changed since the watermark');
     expect(streamEnded()).toHaveLength(before);
   });
 
@@ -140,11 +145,7 @@ describe('api: list streams (GET /tasks/events) for clients that read slowly or 
     const before = streamEnded().length;
     // One transaction: the shared read hands the stream 20 MB at once.
     const ids = await insertLargeTasks(1000, 1000);
-    await s.waitFor('every task', (events) => {
-      const seen = taskIds(events);
-      return ids.every((id) => seen.has(id)) || s.isEnded();
-    });
-    expect(s.isEnded()).toBe(false);
+    await receivesAll(s, ids, 'every task');
     expect(streamEnded()).toHaveLength(before);
   });
 
@@ -157,11 +158,7 @@ describe('api: list streams (GET /tasks/events) for clients that read slowly or 
       await holder.query('BEGIN');
       await holder.query('SELECT pg_current_xact_id()');
       const ids = await insertLargeTasks(200, 200);
-      await s.waitFor('every task, the transaction still open', (events) => {
-        const seen = taskIds(events);
-        return ids.every((id) => seen.has(id)) || s.isEnded();
-      });
-      expect(s.isEnded()).toBe(false);
+      await receivesAll(s, ids, 'every task, the transaction still open');
     } finally {
       await holder.query('ROLLBACK');
       holder.release();
