@@ -113,6 +113,29 @@ describe('@taskbox/client watchTask: what it leaves open and what it tells the c
     expect(urls.filter((u) => u.includes('wait='))).toEqual([]);
   });
 
+  it('tries a stream again after falling back to long polls, and streams once the proxy lets streams through', async () => {
+    const id = await insertTaskFixture(api.database.db, { owner: 'alice' });
+    const urls: string[] = [];
+    const watcher = createClient({ baseUrl: base, token: TOKEN, fetch: bufferingFetch(urls, 2) });
+    const seen: TaskView[] = [];
+    const watching = watcher.watchTask(id, (view) => seen.push(view), { idleMs: 200, streamRetryMs: 2000 });
+    const streams = () => urls.filter((u) => u.endsWith('/events')).length;
+    await waitFor('the fall back to long polls', () => urls.some((u) => u.includes('wait=')));
+    // Past streamRetryMs, so the round after this long poll's answer is a stream.
+    await new Promise((resolve) => setTimeout(resolve, 2100));
+    await progressTask(api.database.db, id, 0.5);
+    await waitFor('a third stream', () => streams() === 3);
+    await waitFor('the stream to be open on the api', async () => ((await streamsOpen()) ?? 0) > 0);
+    const polls = urls.filter((u) => u.includes('wait=')).length;
+    await progressTask(api.database.db, id, 0.75);
+    await waitFor('the change the stream sent', () => seen.some((v) => v.progress === 0.75));
+    await finish(id);
+    expect((await watching).data?.status).toBe('succeeded');
+    expect(progresses(seen)).toEqual(['pending:null', 'processing:0.5', 'processing:0.75', 'succeeded:1']);
+    expect(urls.filter((u) => u.includes('wait='))).toHaveLength(polls);
+    expect(streams()).toBe(3);
+  });
+
   it('keeps streaming when the api ends its streams before an event (a restart): only a quiet stream is held back', async () => {
     const id = await insertTaskFixture(api.database.db, { owner: 'alice' });
     const urls: string[] = [];

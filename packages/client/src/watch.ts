@@ -10,6 +10,11 @@ export interface WatchOptions {
    * sends a heartbeat well within it.
    */
   idleMs?: number;
+  /**
+   * After falling back to long polls, how long before a stream is tried again: the proxy that held
+   * streams back may have been a deploy's error page, or may have been fixed since.
+   */
+  streamRetryMs?: number;
 }
 
 /**
@@ -142,8 +147,8 @@ async function viaLongPoll(
 /**
  * Follows a task to its terminal state, calling `onChange` with each newer state (never one it had).
  * Uses the task's event stream; after two streams in a row were held back (sent nothing for `idleMs`, or
- * a proxy answered for the api), long polls for the rest of the watch; refused or reset connections and
- * streams the api ended do not count. Retries with backoff meanwhile; stops at once
+ * a proxy answered for the api), long polls, and tries one stream again every `streamRetryMs`; refused
+ * or reset connections and streams the api ended do not count. Retries with backoff meanwhile; stops at once
  * on 400, 401, 403 or 404, and when `signal` aborts. An `onChange` that throws stops the watch too: it
  * resolves with a `callback` error whose `cause` is what was thrown (never a rejection, as for every
  * other failure), after closing its request.
@@ -171,8 +176,11 @@ export async function watchTask(
   };
   let failures = 0;
   let brokenStreams = 0;
+  let fellBackAt = 0;
   for (;;) {
     if (options.signal?.aborted) return { error: abortError(options.signal) };
+    // One more stream held back goes back to long polls at once.
+    if (brokenStreams >= 2 && Date.now() - fellBackAt >= (options.streamRetryMs ?? 300_000)) brokenStreams = 1;
     const streaming = brokenStreams < 2;
     const round = streaming
       ? await viaStream(http, id, last, emit, { ...options, signal })
@@ -182,8 +190,10 @@ export async function watchTask(
     if ('error' in round) return { error: round.error };
     failures = round.retry.progressed ? 0 : failures + 1;
     // In a row: a stream that delivered resets the count; a network error says nothing either way.
-    if (streaming && round.retry.streamBroken) brokenStreams++;
-    else if (streaming && round.retry.progressed) brokenStreams = 0;
+    if (streaming && round.retry.streamBroken) {
+      brokenStreams++;
+      if (brokenStreams === 2) fellBackAt = Date.now();
+    } else if (streaming && round.retry.progressed) brokenStreams = 0;
     await sleep(backoffMs(failures), options.signal);
   }
 }
