@@ -3,6 +3,7 @@ import { MAX_STEP_LENGTH, progressReporter } from '../../services/worker/src/pro
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
 import { capturingLogger } from '../helpers/log';
+import { waitFor } from '../helpers/wait';
 
 describe("a run's step and progress", () => {
   let database: TestDatabase;
@@ -21,8 +22,13 @@ describe("a run's step and progress", () => {
       .select(['current_step', 'progress', 'version'])
       .where('id', '=', id)
       .executeTakeFirstOrThrow();
-  const reporter = (id: string, logger = quietLogger, db = database.db, pool = database.pool) =>
-    progressReporter(db, createTaskNotifier(pool, logger), id, 1, logger);
+  const reporter = (
+    id: string,
+    logger = quietLogger,
+    db = database.db,
+    pool = database.pool,
+    signal = new AbortController().signal,
+  ) => progressReporter(db, createTaskNotifier(pool, logger), id, 1, logger, signal);
 
   it('merges the calls of a tight loop into a few writes, ending at the last values', async () => {
     const id = await running();
@@ -66,5 +72,26 @@ describe("a run's step and progress", () => {
     } finally {
       await pool.end();
     }
+  });
+
+  it('stops waiting for a write a lock holds once the run is aborted, and the write still lands', async () => {
+    const id = await running();
+    const run = new AbortController();
+    const report = reporter(id, quietLogger, database.db, database.pool, run.signal);
+    const locker = await database.pool.connect();
+    try {
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE');
+      const held = report.progress(0.5);
+      run.abort('lost');
+      // Resolves while the lock is still held: a run that honours its signal returns within the grace.
+      await expect(held).resolves.toBeUndefined();
+      expect(await report.step('after the abort')).toBeUndefined();
+    } finally {
+      await locker.query('COMMIT');
+      locker.release();
+    }
+    await waitFor('the held write to land', async () => (await row(id)).current_step === 'after the abort');
+    expect((await row(id)).progress).toBe(0.5);
   });
 });

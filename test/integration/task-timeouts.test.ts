@@ -1,3 +1,4 @@
+import type { LogLine } from '../helpers/services';
 import { startSystem, type System } from '../helpers/system';
 import { scrape, sample } from '../helpers/metrics';
 import { waitFor } from '../helpers/wait';
@@ -80,6 +81,38 @@ describe('task timeouts', () => {
       taskId: stubborn,
       abandonedRuns: 1,
     });
+  });
+
+  it('never takes runs that honour their signal for abandoned when a lock holds their progress writes: the worker stays, every task ends', async () => {
+    system = await startSystem({
+      WORKER_LEASE_MS: '6000',
+      WORKER_TIMEOUT_GRACE_MS: '200',
+      WORKER_ABANDONED_RUNS_MAX: '2',
+    });
+    await system.start('api');
+    await system.start('relay');
+    const worker = await system.start('worker');
+    const ids = await Promise.all([1, 2, 3].map(() => system!.submit('sleep', { ms: 4000 })));
+    const started = async () => (await Promise.all(ids.map(task))).every((t) => t.current_step === 'sleeping');
+    await waitFor('every run to have started', started);
+
+    // Held past the fence (half the lease): the runs lose their leases while their progress writes
+    // (at 2 s of 4) wait for the lock, up to DB_STATEMENT_TIMEOUT_MS.
+    const locker = await system.database.pool.connect();
+    const lost = (l: LogLine) => l.message === 'task abandoned (lost); it will be resumed';
+    try {
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE');
+      await waitFor('every run to have lost its lease and returned', () => worker.logs.filter(lost).length === 3);
+    } finally {
+      await locker.query('COMMIT');
+      locker.release();
+    }
+
+    await system.waitForTerminal(ids);
+    expect((await Promise.all(ids.map(task))).map((t) => t.status)).toEqual(['succeeded', 'succeeded', 'succeeded']);
+    expect(worker.logs.filter((l) => l.message?.startsWith('run abandoned'))).toEqual([]);
+    expect(worker.child.exitCode).toBeNull();
   });
 
   it('stops consuming, drains and exits 1 once WORKER_ABANDONED_RUNS_MAX abandoned runs are still going', async () => {

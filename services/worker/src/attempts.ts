@@ -183,7 +183,7 @@ export async function runAttempt(deps: AttemptDeps, started: Started, logger: Lo
       attempt,
       logger,
       signal,
-      ...progressReporter(deps.db, deps.taskNotifier, task.id, attempt, logger),
+      ...progressReporter(deps.db, deps.taskNotifier, task.id, attempt, logger, signal),
     };
     // At debug: the task's one info line in the worker is its outcome; the start is in the row (started_at,
     // external_job_id) and the attempt's row.

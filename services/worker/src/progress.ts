@@ -22,7 +22,10 @@ interface Update {
  * - a value Postgres could not store is mended (a step's NUL, its length) or dropped (a progress of NaN);
  * - a write that fails (Postgres unavailable) is logged once per run; the next one, or the result,
  *   brings the row up to date.
- * Each call's promise resolves once the write that carries its value has ended.
+ * Each call's promise resolves once the write that carries its value has ended, or at once when the
+ * run's `signal` aborts. A write held by a locked or unreachable Postgres lasts up to the statement
+ * timeout, longer than the worker's grace: a run that honours its signal would otherwise be given up on
+ * as one that ignored it, and a stall of the database would make every worker exit together.
  */
 export function progressReporter(
   db: Db,
@@ -30,7 +33,12 @@ export function progressReporter(
   taskId: string,
   attempt: number,
   logger: Logger,
+  signal: AbortSignal,
 ): ProgressReporter {
+  const aborted = new Promise<void>((resolve) => {
+    if (signal.aborted) resolve();
+    else signal.addEventListener('abort', () => resolve(), { once: true });
+  });
   let next: { update: Update; done: Promise<void>; resolve: () => void } | null = null;
   let writing = false;
   let warned = false;
@@ -58,7 +66,7 @@ export function progressReporter(
     Object.assign(next.update, update);
     const { done } = next;
     if (!writing) void drain();
-    return done;
+    return Promise.race([done, aborted]);
   };
   return {
     step(name) {
