@@ -1,8 +1,10 @@
 import { createDb, createPool, shippedMigrations } from '@taskbox/shared';
 import { createRelayMetrics } from '../../services/relay/src/metrics';
 import { createWorkerMetrics } from '../../services/worker/src/metrics';
-import { adminUrl, quietLogger } from '../helpers/db';
-import { sample, scrape, type Sample } from '../helpers/metrics';
+import { sql } from 'kysely';
+import { adminUrl, createTestDatabase, quietLogger } from '../helpers/db';
+import { insertTaskFixture } from '../helpers/factories';
+import { parseMetrics, sample, scrape, type Sample } from '../helpers/metrics';
 import { startStack, type Stack } from '../helpers/stack';
 import { waitFor } from '../helpers/wait';
 
@@ -144,6 +146,29 @@ describe('metrics while Postgres is unreachable', () => {
       expect(worker).toMatch(/^worker_dead_letters_total\b/m);
     } finally {
       await pool.end();
+    }
+  });
+});
+
+describe("the relay's outbox gauges", () => {
+  it('give the backlog and the age of its oldest row from the same read, in the first scrape', async () => {
+    const database = await createTestDatabase();
+    try {
+      const id = await insertTaskFixture(database.db, { withOutbox: true });
+      await sql`UPDATE outbox SET available_at = now() - interval '40 seconds' WHERE task_id = ${id}`.execute(
+        database.db,
+      );
+      const registry = createRelayMetrics(database.db, ['tasks'], { processMetrics: false }).registry;
+      const first = parseMetrics(await registry.metrics());
+      expect(sample(first, 'outbox_backlog')).toBe(1);
+      expect(sample(first, 'outbox_oldest_unpublished_age_seconds')).toBeGreaterThanOrEqual(40);
+
+      await sql`UPDATE outbox SET published_at = now()`.execute(database.db);
+      const drained = parseMetrics(await registry.metrics());
+      expect(sample(drained, 'outbox_backlog')).toBe(0);
+      expect(sample(drained, 'outbox_oldest_unpublished_age_seconds')).toBe(0);
+    } finally {
+      await database.drop();
     }
   });
 });

@@ -20,26 +20,33 @@ export function createRelayMetrics(db: Db, queues: string[], { processMetrics = 
   registry.setDefaultLabels({ service: 'relay' });
   if (processMetrics) collectDefaultMetrics({ register: registry });
   const registers = [registry];
-  // Read on scrape rather than on every drain: one cheap count per scrape, nothing on the hot path.
-  // `oldest` is registered after `backlog`, so the value set here is the one exported in this scrape.
-  const oldest: Gauge = new Gauge({
-    name: 'outbox_oldest_unpublished_age_seconds',
-    help: 'Seconds the oldest due, unpublished outbox row has waited',
-    registers: [],
-  });
+  // Read on scrape rather than on every drain: one cheap count per scrape, nothing on the hot path. A
+  // scrape collects every metric at once, so both gauges await the same read: set from each other's
+  // collect, one of them was exported before its value was read, and showed the previous scrape's.
+  // Postgres down: the last values stand, and the rest of the scrape still answers (/readyz says why).
+  let reading: Promise<Awaited<ReturnType<typeof outboxBacklog>> | null> | null = null;
+  const backlog = () =>
+    (reading ??= outboxBacklog(db)
+      .catch(() => null)
+      .finally(() => (reading = null)));
   new Gauge({
     name: 'outbox_backlog',
     help: 'Unpublished outbox rows',
     registers,
     async collect() {
-      // Postgres down: the last values stand, and the rest of the scrape still answers (/readyz says why).
-      const b = await outboxBacklog(db).catch(() => null);
-      if (!b) return;
-      this.set(b.count);
-      oldest.set(b.oldestAgeSeconds);
+      const b = await backlog();
+      if (b) this.set(b.count);
     },
   });
-  registry.registerMetric(oldest);
+  new Gauge({
+    name: 'outbox_oldest_unpublished_age_seconds',
+    help: 'Seconds the oldest due, unpublished outbox row has waited',
+    registers,
+    async collect() {
+      const b = await backlog();
+      if (b) this.set(b.oldestAgeSeconds);
+    },
+  });
   const metrics: RelayMetrics = {
     registry,
     published: new Counter({ name: 'relay_published_total', help: 'Messages confirmed by the broker', registers }),
