@@ -8,6 +8,7 @@ import {
   createOutboxNotifier,
   createTaskNotifier,
   sleep,
+  type Logger,
 } from '@taskbox/shared';
 import { createConsumer, type Consumer } from '../../services/worker/src/consumer';
 import { createLeases } from '../../services/worker/src/leases';
@@ -19,6 +20,7 @@ import { sweepExpiredLeases } from '../../services/worker/src/lease-sql';
 import { amqpUrl, deleteTopology, drainQueue, testPrefix, testTopology } from '../helpers/amqp';
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
+import { capturingLogger } from '../helpers/log';
 import { waitFor } from '../helpers/wait';
 
 describe('worker', () => {
@@ -29,7 +31,11 @@ describe('worker', () => {
   let channel: amqp.ConfirmChannel;
 
   /** `wrapWrites` lets a test change what the worker asks Postgres to store. */
-  async function startWorker(leaseMs = 15_000, wrapWrites = (writes: AttemptWrites) => writes) {
+  async function startWorker(
+    leaseMs = 15_000,
+    wrapWrites = (writes: AttemptWrites) => writes,
+    logger: Logger = quietLogger,
+  ) {
     const leases = createLeases(database.db, leaseMs, quietLogger);
     const stopping = new AbortController();
     const metrics = createWorkerMetrics(database.db, ['tasks', 'reports']);
@@ -50,7 +56,7 @@ describe('worker', () => {
         orphans: createOrphans(10, metrics, () => undefined),
         stopping: stopping.signal,
       },
-      quietLogger,
+      logger,
     );
     const connection = await connectAmqp(amqpUrl(), quietLogger, consumer.setup);
     leases.start();
@@ -197,6 +203,17 @@ describe('worker', () => {
     const id = await insertTaskFixture(database.db);
     await publish({ taskId: id, type: 'echo', attempt: 1 });
     await waitFor('the next task still runs', async () => (await task(id)).status === 'succeeded');
+  });
+
+  it('logs what a dead-lettered message says of itself cut short: a header of any size is not copied into the log', async () => {
+    await worker.close();
+    const { logger, lines } = capturingLogger();
+    worker = await startWorker(15_000, undefined, logger);
+    await publish('not json{', { messageId: 'm'.repeat(255), headers: { 'x-task-id': 't'.repeat(30_000) } });
+    await drainQueue(amqpNames(prefix).deadQueue, 1, 5000);
+    const line = await waitFor('the dead-letter line', () => lines.find((l) => l.message === 'message dead-lettered'));
+    expect(line).toMatchObject({ taskId: 't'.repeat(200), messageId: 'm'.repeat(200) });
+    expect(JSON.stringify(line).length).toBeLessThan(2000);
   });
 
   it('fails a task of an unknown type in Postgres and dead-letters its message', async () => {

@@ -19,6 +19,7 @@ import {
   BROKER_ANSWER_MS,
   createUnhandledCounts,
   deadLetter,
+  deliveryLogContext,
   type DeadLetterReason,
   type UnhandledCounts,
 } from './dead-letters';
@@ -154,12 +155,7 @@ async function handle(
   const { deps } = state;
   const current = (): boolean => ch === state.channel;
   const externalJobId = `${tag}:${msg.fields.deliveryTag}`;
-  const base = {
-    messageId: msg.properties.messageId as string | undefined,
-    correlationId: msg.properties.correlationId as string | undefined,
-    // What the relay wrote beside the body: the task, even when the body cannot be read.
-    taskId: msg.properties.headers?.['x-task-id'] as string | undefined,
-  };
+  const base = deliveryLogContext(msg);
   const parsed = parseMessage(msg);
   if ('code' in parsed) return deadLetterOn(state, ch, route, msg, parsed, state.logger.child(base));
   const log = state.logger.child({ ...base, taskId: parsed.taskId, externalJobId });
@@ -195,11 +191,7 @@ function startHandling(
   route: QueueRoute,
   msg: ConsumeMessage,
 ): void {
-  const log = state.logger.child({
-    messageId: msg.properties.messageId as string | undefined,
-    correlationId: msg.properties.correlationId as string | undefined,
-    taskId: msg.properties.headers?.['x-task-id'] as string | undefined,
-  });
+  const log = state.logger.child(deliveryLogContext(msg));
   const run = handle(state, ch, tag, route, msg)
     .then(() => state.unhandled.handled(msg))
     .catch((err: unknown) => {

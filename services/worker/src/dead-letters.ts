@@ -11,6 +11,25 @@ export interface DeadLetterReason {
 /** The x-dead-letter-reason header: the code, then the detail. */
 const reasonHeader = (r: DeadLetterReason): string => (r.detail ? `${r.code}: ${r.detail}` : r.code);
 
+// The longest id a delivery's own properties put in a log line: anyone who may publish to the queue
+// could otherwise write a header of any size into every line about its message.
+const LOGGED_ID_MAX = 200;
+
+const loggedId = (value: unknown): string | undefined =>
+  typeof value === 'string' ? value.slice(0, LOGGED_ID_MAX) : undefined;
+
+/**
+ * What a delivery says of itself, for the lines logged about it: its message id, its correlation id,
+ * and the task the relay named in its headers, even when the body cannot be read.
+ */
+export function deliveryLogContext(msg: ConsumeMessage): Record<string, string | undefined> {
+  return {
+    messageId: loggedId(msg.properties.messageId),
+    correlationId: loggedId(msg.properties.correlationId),
+    taskId: loggedId(msg.properties.headers?.['x-task-id']),
+  };
+}
+
 /** How long the broker may take to confirm a publish or a cancel before the worker stops waiting. */
 export const BROKER_ANSWER_MS = 10_000;
 
