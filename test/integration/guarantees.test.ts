@@ -222,7 +222,8 @@ describe('delivery guarantees with the services as separate processes', () => {
       .execute();
     await worker.waitForLog(
       'the run aborted',
-      (l) => l.message === 'task abandoned (lost); it will be resumed' && l.taskId === id,
+      (l) =>
+        l.message === "run stopped: its lease was lost, and the task is no longer this worker's" && l.taskId === id,
       5000,
     );
     await worker.waitForLog(
@@ -289,7 +290,8 @@ describe('delivery guarantees with the services as separate processes', () => {
     await waitFor('the handler running on A', async () => (await task()).current_step === 'sleeping');
 
     proxy!.blackhole();
-    const abandoned = (l: LogLine) => l.message === 'task abandoned (lost); it will be resumed' && l.taskId === id;
+    const abandoned = (l: LogLine) =>
+      l.message === "run stopped: its lease was lost, and the task is no longer this worker's" && l.taskId === id;
     const leaseExpired = async () => {
       const { expired } = await system.database.db
         .selectFrom('tasks')

@@ -99,7 +99,8 @@ describe('task timeouts', () => {
     // Held past the fence (half the lease): the runs lose their leases while their progress writes
     // (at 2 s of 4) wait for the lock, up to DB_STATEMENT_TIMEOUT_MS.
     const locker = await system.database.pool.connect();
-    const lost = (l: LogLine) => l.message === 'task abandoned (lost); it will be resumed';
+    const lost = (l: LogLine) =>
+      l.message === "run stopped: its lease was lost, and the task is no longer this worker's";
     try {
       await locker.query('BEGIN');
       await locker.query('LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE');

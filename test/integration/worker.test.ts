@@ -5,7 +5,9 @@ import {
   assertTopology,
   consumedQueues,
   connectAmqp,
+  createDb,
   createOutboxNotifier,
+  createPool,
   createTaskNotifier,
   sleep,
   type Logger,
@@ -14,6 +16,7 @@ import { createConsumer, type Consumer } from '../../services/worker/src/consume
 import { createLeases } from '../../services/worker/src/leases';
 import { createWorkerMetrics } from '../../services/worker/src/metrics';
 import { createOrphans } from '../../services/worker/src/orphans';
+import { createSweeper } from '../../services/worker/src/sweeper';
 import { createAttemptWrites, type AttemptWrites } from '../../services/worker/src/attempt-writes';
 import type { AttemptOutcome } from '../../services/worker/src/finish-sql';
 import { sweepExpiredLeases } from '../../services/worker/src/lease-sql';
@@ -21,6 +24,8 @@ import { amqpUrl, deleteTopology, drainQueue, testPrefix, testTopology } from '.
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
 import { capturingLogger } from '../helpers/log';
+import { parseMetrics, sample } from '../helpers/metrics';
+import { startFaultProxy } from '../helpers/proxy';
 import { waitFor } from '../helpers/wait';
 
 describe('worker', () => {
@@ -182,7 +187,21 @@ describe('worker', () => {
     const live = await insertTaskFixture(database.db, { status: 'processing', attempts: 1 });
     const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
     await database.db.updateTable('tasks').set({ traceparent }).where('id', '=', resumable).execute();
-    expect(await sweepExpiredLeases(database.db, 100)).toMatchObject({ resumed: 1, failed: 1 });
+    const { logger, lines } = capturingLogger();
+    const metrics = createWorkerMetrics(database.db, ['tasks']);
+    const sweeper = createSweeper(
+      database.db,
+      20,
+      {
+        outboxNotifier: createOutboxNotifier(database.pool, quietLogger),
+        taskNotifier: createTaskNotifier(database.pool, quietLogger),
+        metrics,
+      },
+      logger,
+    );
+    await sweeper.start();
+    await waitFor('both runs swept', () => lines.length >= 2);
+    await sweeper.stop();
     expect(await task(resumable)).toMatchObject({ status: 'pending', attempts: 1 });
     expect(await task(exhausted)).toMatchObject({ status: 'failed', error: { name: 'LostRun' } });
     expect(await task(live)).toMatchObject({ status: 'processing' });
@@ -190,6 +209,60 @@ describe('worker', () => {
     expect(outbox.map((o) => [o.task_id, o.payload, o.headers])).toEqual([
       [resumable, { taskId: resumable, type: 'echo', attempt: 2 }, { correlationId: `corr-${resumable}`, traceparent }],
     ]);
+    // A line for each task, with its ids: the worker that ran it is gone, so no other line tells its fate.
+    expect(lines).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({
+          level: 'warn',
+          message: 'run lost: its worker stopped renewing the lease; the next attempt is queued',
+          taskId: resumable,
+          correlationId: `corr-${resumable}`,
+          messageId: outbox[0]!.message_id,
+          attempt: 1,
+        }),
+        expect.objectContaining({
+          level: 'error',
+          message: 'task failed: its run was lost (its worker stopped renewing the lease) and no attempts are left',
+          taskId: exhausted,
+          correlationId: `corr-${exhausted}`,
+          attempt: 3,
+        }),
+      ]),
+    );
+    const samples = parseMetrics(await metrics.registry.metrics());
+    expect(sample(samples, 'worker_attempt_failures_total', { final: 'true' })).toBe(1);
+    expect(sample(samples, 'worker_attempt_failures_total', { final: 'false' })).toBe(1);
+  });
+
+  it('says once that its sweeps fail while Postgres is away, and once that they work again', async () => {
+    const proxy = await startFaultProxy('127.0.0.1', Number(new URL(database.url).port || 5432));
+    const pool = createPool(proxy.url(database.url), quietLogger, { max: 1, statementTimeoutMs: 2000 });
+    const { logger, lines } = capturingLogger();
+    const sweeper = createSweeper(
+      createDb(pool),
+      20,
+      {
+        outboxNotifier: createOutboxNotifier(database.pool, quietLogger),
+        taskNotifier: createTaskNotifier(database.pool, quietLogger),
+        metrics: createWorkerMetrics(database.db, ['tasks']),
+      },
+      logger,
+    );
+    const said = (message: string) => lines.filter((l) => l.message === message).length;
+    try {
+      await proxy.cut();
+      await sweeper.start();
+      await waitFor('a failed sweep', () => said('lease sweep failed; will try again') === 1);
+      const failedBefore = lines.length;
+      await sleep(200); // ten more sweeps fail meanwhile
+      expect(lines.length).toBe(failedBefore);
+      await proxy.restore();
+      await waitFor('a sweep that works', () => said('lease sweep works again') === 1);
+    } finally {
+      await sweeper.stop();
+      await pool.end();
+      await proxy.close();
+    }
   });
 
   it.each([
@@ -470,7 +543,9 @@ describe('worker', () => {
   it('ends a dead run cancelled, not resumed, when a cancel was requested', async () => {
     const id = await insertTaskFixture(database.db, { status: 'processing', attempts: 1, leaseExpired: true });
     await database.db.updateTable('tasks').set({ cancel_requested_at: new Date() }).where('id', '=', id).execute();
-    expect(await sweepExpiredLeases(database.db, 100)).toMatchObject({ resumed: 0, failed: 0, taskIds: [id] });
+    expect(await sweepExpiredLeases(database.db, 100)).toEqual([
+      { id, status: 'cancelled', attempt: 1, correlationId: `corr-${id}`, messageId: undefined },
+    ]);
     expect(await task(id)).toMatchObject({ status: 'cancelled' });
     expect((await task(id)).finished_at).not.toBeNull();
     expect(await database.db.selectFrom('outbox').selectAll().execute()).toEqual([]);

@@ -209,7 +209,11 @@ export async function runAttempt(deps: AttemptDeps, started: Started, logger: Lo
         }
         await releaseLease(deps.db, task.id, attempt).catch(() => undefined);
       }
-      logger.warn(`task abandoned (${reason}); it will be resumed`, { attempt });
+      // A lost run's task may have been resumed, failed or cancelled by the sweeper meanwhile (its line
+      // says which): this worker only says that it stopped.
+      if (reason === 'lost')
+        logger.warn("run stopped: its lease was lost, and the task is no longer this worker's", { attempt });
+      else logger.warn('task abandoned (shutdown); it will be resumed', { attempt });
       return 'abandoned';
     }
     if (reason === 'cancelled') outcome = { kind: 'cancelled' };

@@ -103,22 +103,30 @@ export async function renewLeases(db: Db, runs: { taskId: string; attempt: numbe
   return rows;
 }
 
+/** A task whose run the sweeper found lost: its state now, and the message of its next attempt when resumed. */
+export interface SweptTask {
+  id: string;
+  status: TaskStatus;
+  /** The attempt that was lost. */
+  attempt: number;
+  correlationId: string | null;
+  messageId?: string;
+}
+
 /**
  * Resumes runs whose lease expired (their worker died or lost Postgres): the attempt is closed as
  * 'lost' and the task goes back to pending with an outbox row for the next attempt, or to failed
- * when no attempts are left. SKIP LOCKED lets every worker run this without stepping on another.
+ * when no attempts are left (cancelled when a cancel was asked). SKIP LOCKED lets every worker run this
+ * without stepping on another.
  */
-export async function sweepExpiredLeases(
-  db: Db,
-  limit: number,
-): Promise<{ resumed: number; failed: number; taskIds: string[] }> {
+export async function sweepExpiredLeases(db: Db, limit: number): Promise<SweptTask[]> {
   return db.transaction().execute(async (tx) => {
     const { rows: expired } = await sql<{ id: string; attempts: number }>`
       SELECT id, attempts FROM tasks
       WHERE status = 'processing' AND lease_until < now()
       ORDER BY lease_until LIMIT ${limit}
       FOR UPDATE SKIP LOCKED`.execute(tx);
-    if (expired.length === 0) return { resumed: 0, failed: 0, taskIds: [] };
+    if (expired.length === 0) return [];
     await closeLostAttempts(
       tx,
       expired.map((e) => ({ taskId: e.id, attempt: e.attempts })),
@@ -132,9 +140,14 @@ export async function sweepExpiredLeases(
           lease_until = NULL, updated_at = now(), ${TASK_CHANGED_SET}
       WHERE t.id = ANY(${expired.map((e) => e.id)}::uuid[])
       RETURNING t.id, t.type, t.status, t.attempts, t.correlation_id, t.traceparent`.execute(tx);
-    const resumed = rows.filter((r) => r.status === 'pending');
-    await insertOutbox(tx, resumed.map(nextAttemptMessage));
-    const failed = rows.filter((r) => r.status === 'failed').length;
-    return { resumed: resumed.length, failed, taskIds: rows.map((r) => r.id) };
+    const messages = new Map(rows.filter((r) => r.status === 'pending').map((r) => [r.id, nextAttemptMessage(r)]));
+    await insertOutbox(tx, [...messages.values()]);
+    return rows.map((r) => ({
+      id: r.id,
+      status: r.status,
+      attempt: r.attempts,
+      correlationId: r.correlation_id,
+      messageId: messages.get(r.id)?.message_id,
+    }));
   });
 }

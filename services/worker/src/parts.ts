@@ -90,7 +90,12 @@ export function workerParts(
     ),
     amqpConnection(amqpUrls(config), logger, consumer.setup),
     leases,
-    createSweeper(db, Math.max(250, Math.floor(config.WORKER_LEASE_MS / 2)), outboxNotifier, taskNotifier, logger),
+    createSweeper(
+      db,
+      Math.max(250, Math.floor(config.WORKER_LEASE_MS / 2)),
+      { outboxNotifier, taskNotifier, metrics },
+      logger,
+    ),
     consumer,
   ];
   return {
