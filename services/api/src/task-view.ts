@@ -88,7 +88,19 @@ export function toTaskView(row: TaskRow, timeline?: Awaited<ReturnType<typeof fi
   return view;
 }
 
-function toTimeline(row: TaskRow, { attempts, messages, retries }: Awaited<ReturnType<typeof findTimeline>>) {
+/**
+ * The timeline as of `row`. It is read after the row, in statements of their own, so it may hold what
+ * happened since: an attempt that started or finished, a retry. Those are left out, or a view could say
+ * `pending` with no attempt beside a timeline where one has started. The row's attempts bound the
+ * attempts shown; a processing row's current attempt has not finished; a retry asked after the row's
+ * last change is not in it (a retry sets both times to its transaction's now()).
+ */
+function toTimeline(row: TaskRow, timeline: Awaited<ReturnType<typeof findTimeline>>) {
+  const attempts = timeline.attempts
+    .filter((a) => a.attempt <= row.attempts)
+    .map((a) => (row.status === 'processing' && a.attempt === row.attempts ? { ...a, finished_at: null } : a));
+  const retries = timeline.retries.filter((r) => r.requested_at <= row.updated_at);
+  const { messages } = timeline;
   const events: NonNullable<TaskView['timeline']> = [{ event: 'created', at: row.created_at.toISOString() }];
   // Only a run time after the creation was a schedule; a runAt within the past skew ran at once.
   if (row.run_at && row.run_at > row.created_at) {
