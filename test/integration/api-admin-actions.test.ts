@@ -104,8 +104,17 @@ describe('api: admin bulk actions, re-drive, counts and checks', () => {
     expect(await statusOf(ids.slice(0, 5))).toEqual(Array(5).fill('pending'));
     expect(await statusOf(ids.slice(5))).toEqual(['failed', 'failed']);
     expect((await bulk('retry', { filter: { type: 'capped' } })).body).toMatchObject({ matched: 2, acted: 2 });
-    const outbox = await api.database.db.selectFrom('outbox').select('task_id').where('task_id', 'in', ids).execute();
+    const outbox = await api.database.db
+      .selectFrom('outbox')
+      .select(['task_id', 'message_id'])
+      .where('task_id', 'in', ids)
+      .execute();
     expect(outbox).toHaveLength(7);
+    // Each retried task's line names the message of its next attempt, and the task's correlation id.
+    const retried = capture.lines.filter((l) => l.message === 'task retried' && ids.includes(l.taskId as string));
+    expect(retried.map((l) => [l.taskId, l.messageId, l.correlationId]).sort()).toEqual(
+      outbox.map((o) => [o.task_id, o.message_id, `corr-${o.task_id}`]).sort(),
+    );
     expect((await bulk('retry', { limit: BULK_MAX + 1 })).status).toBe(422);
     expect((await bulk('retry', { filter: { status: 'pending' } })).status).toBe(422);
   });
@@ -145,9 +154,15 @@ describe('api: admin bulk actions, re-drive, counts and checks', () => {
         { id: running, status: 'processing', asked: true },
       ]),
     );
-    expect(capture.lines.filter((l) => l.taskId === pending || l.taskId === running)).toEqual([
+    const lines = capture.lines.filter((l) => l.taskId === pending || l.taskId === running);
+    expect(lines).toEqual([
       expect.objectContaining({ by: 'root', admin: true, owner: 'alice', bulk: true }),
       expect.objectContaining({ by: 'root', admin: true, owner: 'alice', bulk: true }),
+    ]);
+    // Each with the task's correlation id, and the id of the request that asked.
+    expect(lines.map((l) => [l.correlationId, l.requestId])).toEqual([
+      [`corr-${lines[0]!.taskId as string}`, res.headers['x-request-id']],
+      [`corr-${lines[1]!.taskId as string}`, res.headers['x-request-id']],
     ]);
     expect(capture.lines.find((l) => l.message === 'bulk cancel')).toMatchObject({ by: 'root', acted: 2 });
     // The running task was asked once: a second call finds nothing left to cancel.

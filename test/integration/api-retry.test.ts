@@ -4,6 +4,7 @@ import { loadConfig, type TaskStatus } from '@taskbox/shared';
 import { amqpUrl, deleteTopology, testPrefix } from '../helpers/amqp';
 import { startTestApi, type TestApi } from '../helpers/api';
 import { insertTaskFixture } from '../helpers/factories';
+import { capturingLogger } from '../helpers/log';
 import { startService } from '../helpers/services';
 import { waitFor } from '../helpers/wait';
 
@@ -13,10 +14,12 @@ const ROOT = { authorization: 'Bearer tok-root' };
 
 describe('api: POST /tasks/{id}/retry', () => {
   let api: TestApi;
+  const capture = capturingLogger();
 
   beforeAll(async () => {
     api = await startTestApi({
       auth: loadConfig({ AUTH_TOKENS: 'tok-alice:alice,tok-bob:bob,tok-root:root:admin' }),
+      logger: capture.logger,
     });
   });
   afterAll(async () => {
@@ -27,6 +30,10 @@ describe('api: POST /tasks/{id}/retry', () => {
     insertTaskFixture(api.database.db, { owner: 'alice', status: 'failed', attempts: 3, maxAttempts: 3, ...extra });
   const outbox = (id: string) =>
     api.database.db.selectFrom('outbox').select('payload').where('task_id', '=', id).execute();
+  const messageIds = async (id: string) =>
+    (await api.database.db.selectFrom('outbox').select('message_id').where('task_id', '=', id).execute()).map(
+      (o) => o.message_id,
+    );
   const retries = (id: string) =>
     api.database.db.selectFrom('task_retries').selectAll().where('task_id', '=', id).execute();
   const retry = (id: string, headers: Record<string, string> = ALICE) =>
@@ -39,9 +46,17 @@ describe('api: POST /tasks/{id}/retry', () => {
       .set({ error: JSON.stringify({ name: 'Error', message: 'boom' }), finished_at: sql`now()` })
       .where('id', '=', id)
       .execute();
-    const res = await retry(id);
+    const res = await retry(id, { ...ALICE, 'x-request-id': 'retry-request-1' });
     expect(res.status).toBe(202);
     expect(res.headers.location).toBe(`/tasks/${id}`);
+    // The line names the new message, the task's correlation id, and the request that asked.
+    expect(capture.lines.find((l) => l.message === 'task retried' && l.taskId === id)).toMatchObject({
+      messageId: (await messageIds(id))[0],
+      correlationId: `corr-${id}`,
+      requestId: 'retry-request-1',
+      attempt: 4,
+      by: 'alice',
+    });
     expect(res.body).toMatchObject({ status: 'pending', attempts: 3, maxAttempts: 6, finishedAt: null });
     expect(await outbox(id)).toEqual([{ payload: { taskId: id, type: 'echo', attempt: 4 } }]);
     const timeline = (await request(api.app).get(`/tasks/${id}`).set(ALICE)).body.timeline as unknown[];

@@ -5,6 +5,7 @@ import { createLeases, leaseClock, type Leases } from '../../services/worker/src
 import { renewLeases } from '../../services/worker/src/lease-sql';
 import { setWorkerSession } from '../../services/worker/src/task-sql';
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
+import { capturingLogger } from '../helpers/log';
 import { insertTaskFixture } from '../helpers/factories';
 import { startFaultProxy, type FaultProxy } from '../helpers/proxy';
 import { waitFor } from '../helpers/wait';
@@ -41,7 +42,9 @@ describe('lease renewal over a connection that hangs', () => {
 
   it('aborts the run while its lease in Postgres is still valid, holding one connection, not one per tick', async () => {
     const id = await insertTaskFixture(database.db, { status: 'processing', attempts: 1, leaseExpired: true });
-    const signal = leases.register(id, 1, leaseClock(), 600_000);
+    const { logger, lines } = capturingLogger();
+    const run = logger.child({ taskId: id, messageId: 'message-1', correlationId: `corr-${id}` });
+    const signal = leases.register(id, 1, leaseClock(), 600_000, run);
     leases.start();
     await waitFor('the lease renewed', async () => ((await leaseLeftMs(database.db, id)) ?? 0) > 0);
 
@@ -54,6 +57,13 @@ describe('lease renewal over a connection that hangs', () => {
     expect(signal.reason).toBe('lost');
     expect(await leftAtAbort).toBeGreaterThan(0);
     expect(pool.totalCount).toBe(1);
+    // Said with the run's own ids, as every line about a task.
+    expect(lines.find((l) => l.message === 'lease not renewed in time; aborting the run')).toMatchObject({
+      taskId: id,
+      messageId: 'message-1',
+      correlationId: `corr-${id}`,
+      attempt: 1,
+    });
   });
 });
 
@@ -113,7 +123,7 @@ describe('leases at shutdown', () => {
     // No statement runs: a run is only registered and aborted, so no database is needed.
     const leases = createLeases({} as Db, 15_000, quietLogger);
     leases.abortAll('shutdown');
-    const signal = leases.register('0b7c1b9e-6c1f-4f39-9a39-1c7d3f6a2b10', 1, leaseClock(), 60_000);
+    const signal = leases.register('0b7c1b9e-6c1f-4f39-9a39-1c7d3f6a2b10', 1, leaseClock(), 60_000, quietLogger);
     expect([signal.aborted, signal.reason]).toEqual([true, 'shutdown']);
     leases.unregister('0b7c1b9e-6c1f-4f39-9a39-1c7d3f6a2b10', 1);
   });

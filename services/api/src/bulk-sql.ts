@@ -23,8 +23,8 @@ export function matching(action: BulkAction, filter: TaskFilter): RawBuilder<boo
 export interface BulkOutcome {
   /** Tasks the filter matched when the call ran (the action's statuses only). */
   matched: number;
-  /** The tasks this call retried or cancelled: at most the limit, none on a dry run. */
-  acted: LockedTask[];
+  /** The tasks this call retried or cancelled: at most the limit, none on a dry run; a retry's new message id. */
+  acted: (LockedTask & { messageId?: string })[];
 }
 
 /**
@@ -43,9 +43,12 @@ export async function bulkAct(
     const matched = Number(rows[0]?.n ?? 0);
     if (options.dryRun || matched === 0) return { matched, acted: [] };
     const { rows: locked } = await lockTasks(tx, where, options.limit, true);
-    if (action === 'retry') await retryLocked(tx, locked, options.by, null, options.context);
-    else await cancelLocked(tx, locked);
-    return { matched, acted: locked };
+    if (action === 'cancel') {
+      await cancelLocked(tx, locked);
+      return { matched, acted: locked };
+    }
+    const messages = await retryLocked(tx, locked, options.by, null, options.context);
+    return { matched, acted: locked.map((t) => ({ ...t, messageId: messages.get(t.id) })) };
   });
 }
 

@@ -27,7 +27,7 @@ export type RetryOutcome =
   | { kind: 'not found' }
   | { kind: 'replayed'; owner: string }
   | { kind: 'refused'; status: TaskStatus }
-  | { kind: 'retried'; owner: string; attempt: number };
+  | { kind: 'retried'; owner: string; attempt: number; messageId?: string; correlationId: string | null };
 
 /**
  * Puts tasks that the caller's transaction has locked and found failed or cancelled back to pending,
@@ -36,7 +36,7 @@ export type RetryOutcome =
  * it had, which is its max_attempts less the attempts it had at its previous retry (none: its
  * maxAttempts at creation), less the attempts a shutdown interrupted since (`interrupted`: each raised
  * max_attempts by one, interruptAttempt in the worker). The error of the last attempt stays until the
- * next outcome, as it does between the worker's own retries.
+ * next outcome, as it does between the worker's own retries. Answers each task's new message id.
  */
 export async function retryLocked(
   tx: Db,
@@ -44,8 +44,8 @@ export async function retryLocked(
   requestedBy: string,
   idempotencyKey: string | null,
   context: Pick<MessageContext, 'traceparent'>,
-): Promise<void> {
-  if (tasks.length === 0) return;
+): Promise<Map<string, string>> {
+  if (tasks.length === 0) return new Map();
   await sql`
     WITH last AS (
       SELECT t.id, t.attempts, coalesce(r.retry, 0) AS retries,
@@ -75,6 +75,7 @@ export async function retryLocked(
   await insertOutbox(tx, messages);
   // Rare (a person asked), so the relay is woken from inside the transaction: delivered at the commit.
   await wakeRelays(tx);
+  return new Map(messages.map((m) => [m.task_id, m.message_id]));
 }
 
 /** The condition for the one task `id`, if `viewer` may see it. */
@@ -132,7 +133,8 @@ export async function retryTask(
       if (used) return { kind: 'replayed', owner: task.owner };
     }
     if (!retryableStatuses.includes(task.status)) return { kind: 'refused', status: task.status };
-    await retryLocked(tx, [task], viewer.owner, idempotencyKey, context);
-    return { kind: 'retried', owner: task.owner, attempt: task.attempts + 1 };
+    const messages = await retryLocked(tx, [task], viewer.owner, idempotencyKey, context);
+    const { owner, attempts, correlation_id: correlationId } = task;
+    return { kind: 'retried', owner, attempt: attempts + 1, messageId: messages.get(id), correlationId };
   });
 }

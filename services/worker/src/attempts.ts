@@ -168,7 +168,7 @@ export async function runAttempt(deps: AttemptDeps, started: Started, logger: Lo
   if (!definition) throw new Error(`no task type "${task.type}"`);
   const type = definition.name;
   const timeoutMs = task.timeout_ms ?? definition.timeoutMs;
-  const signal = deps.leases.register(task.id, attempt, started.leaseFrom, timeoutMs);
+  const signal = deps.leases.register(task.id, attempt, started.leaseFrom, timeoutMs, logger);
   const endTimer = deps.metrics.handlerSeconds.startTimer({ type });
   let outcome: AttemptOutcome;
   const payload = definition.payload.safeParse(task.payload);

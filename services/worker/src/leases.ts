@@ -12,9 +12,9 @@ export interface Leases extends Service {
   /**
    * A live run: its lease is renewed until unregister; the signal aborts with an AbortReason, and
    * with 'timeout' once `timeoutMs` have passed. `leaseFrom` is a leaseClock() reading taken before the
-   * statement that set the lease was sent.
+   * statement that set the lease was sent. `log` carries the run's ids (task, message, correlation).
    */
-  register(taskId: string, attempt: number, leaseFrom: number, timeoutMs: number): AbortSignal;
+  register(taskId: string, attempt: number, leaseFrom: number, timeoutMs: number, log: Logger): AbortSignal;
   unregister(taskId: string, attempt: number): void;
   /** Aborts every live run with `reason`, and each run registered from now on at once. */
   abortAll(reason: AbortReason): void;
@@ -34,6 +34,7 @@ interface Run {
   /** When the statement behind the last lease Postgres granted was sent: the lease runs to at least this + lease. */
   renewedAt: number;
   deadline: NodeJS.Timeout;
+  log: Logger;
 }
 
 /**
@@ -67,7 +68,8 @@ export function createLeases(db: Db, leaseMs: number, logger: Logger): Leases {
     closing: null,
   };
   return {
-    register: (taskId, attempt, leaseFrom, timeoutMs) => register(state, taskId, attempt, leaseFrom, timeoutMs),
+    register: (taskId, attempt, leaseFrom, timeoutMs, log) =>
+      register(state, { taskId, attempt, leaseFrom, timeoutMs, log }),
     unregister(taskId, attempt) {
       const run = state.runs.get(runKey(taskId, attempt));
       if (run) clearTimeout(run.deadline);
@@ -105,15 +107,18 @@ const runKey = (taskId: string, attempt: number): string => `${taskId}:${attempt
 
 function register(
   state: LeasesState,
-  taskId: string,
-  attempt: number,
-  leaseFrom: number,
-  timeoutMs: number,
+  {
+    taskId,
+    attempt,
+    leaseFrom,
+    timeoutMs,
+    log,
+  }: { taskId: string; attempt: number; leaseFrom: number; timeoutMs: number; log: Logger },
 ): AbortSignal {
   const controller = new AbortController();
   // Counted from here, after the start committed: time spent waiting for Postgres is not the run's.
   const deadline = setTimeout(() => controller.abort('timeout' satisfies AbortReason), timeoutMs).unref();
-  const run = { taskId, attempt, controller, renewedAt: leaseFrom, deadline };
+  const run = { taskId, attempt, controller, renewedAt: leaseFrom, deadline, log };
   state.runs.set(runKey(taskId, attempt), run);
   if (state.closing) controller.abort(state.closing);
   // A start whose answer came back late may have a lease that is already past the fence.
@@ -123,8 +128,7 @@ function register(
 
 function fence(state: LeasesState, run: Run, now: number): void {
   if (run.controller.signal.aborted || now - run.renewedAt <= state.fenceMs) return;
-  state.logger.warn('lease not renewed in time; aborting the run', {
-    taskId: run.taskId,
+  run.log.warn('lease not renewed in time; aborting the run', {
     attempt: run.attempt,
     sinceRenewalMs: Math.round(now - run.renewedAt),
   });

@@ -64,6 +64,9 @@ function bulk({ db, taskNotifier, logger, settings }: AdminDeps, action: BulkAct
     for (const task of acted) {
       logger.info(logMessage(action, task.status), {
         taskId: task.id,
+        messageId: task.messageId,
+        correlationId: task.correlation_id,
+        requestId: res.locals.requestId as string,
         bulk: true,
         by: who.owner,
         admin: true,
