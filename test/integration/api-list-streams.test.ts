@@ -21,6 +21,14 @@ const MAX_QUEUED_BYTES = 256 * 1024;
 // Far longer than a reading client leaves a write blocked.
 const STALL_MS = 2000;
 
+/** The api's stream settings: the bounds above, and a heartbeat every `heartbeatMs`. */
+const streams = (heartbeatMs: number) => ({
+  timing: { heartbeatMs, retryMs: 2000 },
+  bounds: { maxQueuedBytes: MAX_QUEUED_BYTES, stallMs: STALL_MS },
+  tokenSecret: undefined,
+  tokenTtlMs: 60_000,
+});
+
 /** The complete blocks of a stream's text: the last id among them (id-only blocks too) and the task ids sent. */
 function readBlocks(text: string): { lastId: string | undefined; tasks: Set<string> } {
   const blocks = text.slice(0, text.lastIndexOf('\n\n')).split('\n\n');
@@ -43,15 +51,7 @@ describe('api: list streams (GET /tasks/events) for clients that read slowly or 
   beforeAll(async () => {
     const captured = capturingLogger();
     lines = captured.lines;
-    api = await startTestApi({
-      logger: captured.logger,
-      streams: {
-        timing: { heartbeatMs: 15_000, retryMs: 2000 },
-        bounds: { maxQueuedBytes: MAX_QUEUED_BYTES, stallMs: STALL_MS },
-        tokenSecret: undefined,
-        tokenTtlMs: 60_000,
-      },
-    });
+    api = await startTestApi({ logger: captured.logger, streams: streams(15_000) });
     base = await api.listen();
   });
 
@@ -162,6 +162,44 @@ describe('api: list streams (GET /tasks/events) for clients that read slowly or 
     } finally {
       await holder.query('ROLLBACK');
       holder.release();
+    }
+  });
+});
+
+describe('api: a list stream whose filter matches nothing for a while', () => {
+  let api: TestApi;
+  let base: string;
+
+  beforeAll(async () => {
+    api = await startTestApi({ streams: streams(200) });
+    base = await api.listen();
+  });
+
+  afterAll(() => api.close());
+
+  it("moves its client's last event id on with its heartbeats, so a reconnect does not read every change since it opened", async () => {
+    const res = await fetch(`${base}/tasks/events?type=rare`, { headers: { accept: 'text/event-stream' } });
+    const reader = res.body!.getReader();
+    const decoder = new TextDecoder();
+    let text = '';
+    const readUntil = async (what: string, done: () => boolean) =>
+      waitFor(what, async () => {
+        text += decoder.decode((await reader.read()).value, { stream: true });
+        return done();
+      });
+    try {
+      await readUntil('ready', () => text.includes('event: ready'));
+      const ready = readBlocks(text).lastId as string;
+      await sql`INSERT INTO tasks (id, type, payload, owner) SELECT gen_random_uuid(), 'echo', '{}', 'anonymous'
+        FROM generate_series(1, 50)`.execute(api.database.db);
+      await sql`SELECT pg_notify(${TASK_CHANNEL}, '')`.execute(api.database.db);
+      await readUntil('an id past the tasks it was not sent', () => {
+        const { lastId } = readBlocks(text);
+        return lastId !== undefined && BigInt(lastId) > BigInt(ready);
+      });
+      expect(readBlocks(text).tasks.size).toBe(0);
+    } finally {
+      await reader.cancel();
     }
   });
 });

@@ -2,7 +2,7 @@ import type { Response } from 'express';
 import type { Logger } from '@taskbox/shared';
 
 export interface StreamTiming {
-  /** A comment line after this long without a write, so proxies do not cut an idle stream. */
+  /** A comment (or resumeAt's id) after this long without a write, so proxies do not cut an idle stream. */
   heartbeatMs: number;
   /** Sent once as `retry:`: how long an EventSource waits before it reconnects. */
   retryMs: number;
@@ -30,6 +30,13 @@ export interface EventStream {
    * more until drained(), so that the queue holds at most that and one more event.
    */
   send(key: string, event: StreamEvent): boolean;
+  /**
+   * The heartbeat becomes an id-only block with `id`, instead of a comment: a stream whose client is
+   * sent nothing for a long time (a filter that rarely matches) still moves its last event id on, so a
+   * reconnect resumes from there. A heartbeat is written only when the queue is empty, so `id` must
+   * cover what was queued before this call, and no more.
+   */
+  resumeAt(id: string): void;
   /** Resolves once everything queued is written and the socket takes more, or the stream closed. */
   drained(): Promise<void>;
   /** Writes what is queued and ends the response. */
@@ -70,8 +77,10 @@ export function openEventStream(
   res.setHeader('X-Accel-Buffering', 'no');
   res.flushHeaders();
 
-  const heartbeat = setTimeout(function beat() {
-    if (!res.writableNeedDrain) write(': heartbeat\n\n');
+  let beat = ': heartbeat\n\n';
+  const heartbeat = setTimeout(function heartbeatTick() {
+    // Nothing is queued unless the socket needs draining: send() and 'drain' write the queue whole.
+    if (!res.writableNeedDrain) write(beat);
     heartbeat.refresh();
   }, timing.heartbeatMs);
   function write(chunk: string): void {
@@ -130,6 +139,9 @@ export function openEventStream(
   write(`retry: ${timing.retryMs}\n\n`);
 
   return {
+    resumeAt(id) {
+      beat = format({ id });
+    },
     send(key, event) {
       if (closed.signal.aborted) return false;
       const chunk = format(event);

@@ -97,9 +97,14 @@ function deliver(sub: Subscriber, changed: ChangedRow[], horizon: string): boole
   return true;
 }
 
-/** Moves the subscriber's watermark to `since`, forgetting what it was sent that a read from there never returns. */
+/**
+ * Moves the subscriber's watermark to `since`, forgetting what it was sent that a read from there never
+ * returns, and moves its client's last event id there at the next heartbeat when nothing else is sent.
+ */
 function advance(sub: Subscriber, since: string): void {
   sub.since = since;
+  // What the stream queued came from reads below `since`: a quiet stream's heartbeat may carry it.
+  sub.stream.resumeAt(since);
   const floor = BigInt(since);
   for (const [id, entry] of sub.sent) if (entry.xid < floor) sub.sent.delete(id);
 }
