@@ -3,6 +3,8 @@ import pg from 'pg';
 import { createPool, postgresReadiness, shippedMigrations } from '@taskbox/shared';
 import { adminUrl, createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { capturingLogger } from '../helpers/log';
+import { startSystem, type System } from '../helpers/system';
+import { waitFor } from '../helpers/wait';
 
 describe('readiness of the schema', () => {
   let migrated: TestDatabase;
@@ -80,5 +82,35 @@ describe('readiness of the schema', () => {
       ['warn', [latest]],
       ['info', latest],
     ]);
+  });
+});
+
+describe('readiness of the relay', () => {
+  let system: System;
+
+  afterAll(async () => {
+    await system.stop();
+  });
+
+  it('is not ready while its drains fail on a locked outbox, says so, and is ready again once they work', async () => {
+    system = await startSystem({ DB_STATEMENT_TIMEOUT_MS: '500' });
+    const relay = await system.start('relay');
+    const readyz = async () => (await fetch(`http://127.0.0.1:${await relay.port()}/readyz`)).status;
+    await waitFor('the relay ready', async () => (await readyz()) === 200);
+
+    const locker = await system.database.pool.connect();
+    try {
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE');
+      await waitFor('the relay unready', async () => (await readyz()) === 503);
+      expect(system.logs((l) => l.message === 'relay cannot drain the outbox; backing off')).toEqual([
+        expect.objectContaining({ database: 'statement timeout: the outbox is locked, or the server is busy' }),
+      ]);
+    } finally {
+      await locker.query('COMMIT');
+      locker.release();
+    }
+    await waitFor('the relay ready again', async () => (await readyz()) === 200);
+    await relay.waitForLog('its recovery', (l) => l.message === 'relay recovered; publishing again');
   });
 });

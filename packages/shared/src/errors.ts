@@ -151,6 +151,15 @@ export function mayHaveCommitted(value: unknown): boolean {
   return /Connection terminated unexpectedly/i.test(value.message);
 }
 
+/**
+ * Postgres answered, but the statement ran past DB_STATEMENT_TIMEOUT_MS: behind a lock, or on a busy
+ * server. Not an outage. 57014 is also a cancel by pg_cancel_backend ("canceling statement due to user
+ * request"), which is.
+ */
+export function isStatementTimeout(value: unknown): boolean {
+  return errorCode(value) === '57014' && /statement timeout/.test(toError(value).message);
+}
+
 /** True when a database error means "try again later" (unavailable, or a lost conflict), not that the query was wrong. */
 export function isTransientDbError(value: unknown): boolean {
   if (!isError(value)) return false;

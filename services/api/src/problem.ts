@@ -1,6 +1,13 @@
 import { STATUS_CODES } from 'node:http';
 import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
-import { OverloadedError, errorCode, isTransientDbError, toError, type Logger } from '@taskbox/shared';
+import {
+  OverloadedError,
+  errorCode,
+  isStatementTimeout,
+  isTransientDbError,
+  toError,
+  type Logger,
+} from '@taskbox/shared';
 
 /** An RFC 9457 problem: thrown by routes, rendered by `problemHandler`. */
 export class HttpProblem extends Error {
@@ -99,11 +106,6 @@ const refusals = {
   },
 };
 const LIST_ADVICE = "; or a list's filters read too many tasks: narrow them (createdAfter, status, type)";
-
-/** 57014 is also a cancel by pg_cancel_backend ("canceling statement due to user request"): an outage. */
-function isStatementTimeout(err: unknown): boolean {
-  return errorCode(err) === '57014' && /statement timeout/.test(toError(err).message);
-}
 
 /** Renders every error as problem+json; never leaks a stack trace. */
 export function problemHandler(logger: Logger): ErrorRequestHandler {

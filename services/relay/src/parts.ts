@@ -71,7 +71,8 @@ export function relayParts(config: Config, logger: Logger, { processMetrics = tr
   const postgresReady = postgresReadiness(pool, logger, { writes: true });
   return {
     parts,
-    ready: async () => ({ postgres: await postgresReady(), rabbitmq: publisher.ready() }),
+    // Postgres that answers but where drains fail (the outbox locked past the statement timeout) is not ready either.
+    ready: async () => ({ postgres: (await postgresReady()) && loop.draining(), rabbitmq: publisher.ready() }),
     registry: metrics.registry,
     logStarted: () =>
       logger.info('relay started', {

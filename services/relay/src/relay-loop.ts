@@ -1,5 +1,6 @@
 import {
   backoffMs,
+  isStatementTimeout,
   isTransientDbError,
   PUBLISH_RETRY_BACKOFF,
   sleep,
@@ -29,6 +30,8 @@ export interface RelayLoop extends Service {
   stop(): Promise<void>;
   /** Ask for a drain now (a NOTIFY arrived, or the broker came back). */
   wake(): void;
+  /** False while drains fail (Postgres unavailable, or the outbox locked past the statement timeout). */
+  draining(): boolean;
 }
 
 /**
@@ -56,6 +59,7 @@ export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
     publishFailing: false,
     stopController: new AbortController(),
     lastClaimAt: null,
+    failures: 0,
   };
   return {
     async start() {
@@ -72,6 +76,7 @@ export function createRelayLoop(options: RelayLoopOptions): RelayLoop {
       state.wakeRequested = true;
       state.wakeUp?.();
     },
+    draining: () => state.failures === 0,
   };
 }
 
@@ -85,6 +90,8 @@ interface LoopState extends RelayLoopOptions {
   stopController: AbortController;
   /** When the drain's last claim that took rows ran (Postgres's clock), until idle() reads it. */
   lastClaimAt: string | null;
+  /** Drains that failed in a row. */
+  failures: number;
 }
 
 /**
@@ -212,7 +219,6 @@ async function idle(state: LoopState): Promise<void> {
 
 async function run(state: LoopState): Promise<void> {
   const { logger, stopController } = state;
-  let failures = 0;
   while (!state.stopping) {
     state.wakeRequested = false;
     // Until the broker is connected there is nothing to do: its setup wakes the loop, and the
@@ -223,20 +229,26 @@ async function run(state: LoopState): Promise<void> {
     }
     try {
       const failed = await drainLanes(state);
-      if (failures > 0) logger.info('relay recovered; publishing again', { after: failures });
-      failures = 0;
+      if (state.failures > 0) logger.info('relay recovered; publishing again', { after: state.failures });
+      state.failures = 0;
       if (failed > 0) await sleep(backoffMs(1, PUBLISH_RETRY_BACKOFF), stopController.signal);
     } catch (err) {
-      if (failures === 0) {
+      if (state.failures === 0) {
         logger.warn('relay cannot drain the outbox; backing off', {
           error: toError(err).message,
-          database: isTransientDbError(err) ? 'unavailable' : 'ok',
+          database: databaseState(err),
         });
       }
-      failures++;
-      await sleep(backoffMs(failures, UNAVAILABLE_BACKOFF), stopController.signal);
+      state.failures++;
+      await sleep(backoffMs(state.failures, UNAVAILABLE_BACKOFF), stopController.signal);
       continue;
     }
     await idle(state);
   }
+}
+
+/** What a failed drain says of Postgres, for its log line. */
+function databaseState(err: unknown): string {
+  if (isStatementTimeout(err)) return 'statement timeout: the outbox is locked, or the server is busy';
+  return isTransientDbError(err) ? 'unavailable' : 'ok';
 }
