@@ -1,6 +1,6 @@
 import amqp from 'amqplib';
 import { sql } from 'kysely';
-import { amqpNames, checkNames as c } from '@taskbox/shared';
+import { amqpNames, checkNames as c, sleep } from '@taskbox/shared';
 import { amqpUrl, deleteTopology, testPrefix } from '../helpers/amqp';
 import { createTestDatabase, type TestDatabase } from '../helpers/db';
 import { insertTaskFixture } from '../helpers/factories';
@@ -127,6 +127,38 @@ describe('npm run doctor says where the chain is broken', () => {
     expect(run.code).toBe(0);
     expect((await fetch(`${api}/tasks/${id}/cancel`, { method: 'POST' })).status).toBe(202);
     await waitFor('the sleep to stop', async () => (await taskStatus(id)) === 'cancelled');
+  });
+
+  it('warns about a transaction open for long, and fails while a session waits on its locks, naming its pid', async () => {
+    const holder = await database.pool.connect();
+    const waiter = await database.pool.connect();
+    let waiting: Promise<unknown> | undefined;
+    try {
+      await holder.query('BEGIN');
+      await holder.query('LOCK TABLE task_retries IN ACCESS EXCLUSIVE MODE');
+      const pid = (await holder.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
+      await sleep(PENDING_MS + 100);
+      const open = await doctor();
+      expect(open.status(c.longTransactions)).toBe('warn');
+      expect(open.line(c.longTransactions)).toMatch(new RegExp(`1 open over 1s, oldest \\d+s \\(pid ${pid}, `));
+
+      waiting = waiter.query('SELECT count(*) FROM task_retries');
+      await waitFor('a session waiting on the lock', async () => {
+        const { rows } = await sql`SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+          AND datname = current_database()`.execute(database.db);
+        return rows.length > 0;
+      });
+      const locking = await doctor();
+      expect(locking.status(c.longTransactions)).toBe('fail');
+      expect(locking.line(c.longTransactions)).toMatch(/1 sessions wait on their locks/);
+      expect(locking.code).toBe(1);
+    } finally {
+      await holder.query('COMMIT');
+      await waiting;
+      holder.release();
+      waiter.release();
+    }
+    expect((await doctor()).status(c.longTransactions)).toBe('ok');
   });
 
   it('warns when the relay republished stranded tasks in the last day, naming the latest', async () => {

@@ -7,6 +7,7 @@ import { createMigrator } from './migrate';
 import { outboxBacklog } from './outbox';
 import {
   longProcessing,
+  longTransactions,
   pendingPublished,
   pendingUnpublished,
   recentlyRepublished,
@@ -21,6 +22,7 @@ export type CheckStatus = 'ok' | 'warn' | 'fail';
 export const checkNames = {
   database: 'database reachable',
   migrations: 'migrations current',
+  longTransactions: 'long transactions',
   broker: 'broker reachable',
   topology: 'topology declared',
   consumers: 'consumers on the queues',
@@ -219,4 +221,22 @@ export async function checkLongProcessing(db: Db, processingMs: number): Promise
     `processing over ${formatAge(processingMs / 1000)}`,
     'a handler may hang: grep the worker logs for the task id, or POST /tasks/{id}/cancel',
   );
+}
+
+/**
+ * A transaction open for long holds back vacuum (the outbox and tasks bloat, and the relay's claims
+ * slow down) and the list streams' watermark; one that holds a lock others wait on stops tasks where
+ * they are (the api answers 503, the relay cannot drain, the worker cannot record): then a fail.
+ */
+export async function checkLongTransactions(db: Db, ms: number): Promise<CheckResult> {
+  const name = checkNames.longTransactions;
+  const { count, oldest, blocked } = await longTransactions(db, ms);
+  if (count === 0 || !oldest) return result(name, 'ok', `none open over ${formatAge(ms / 1000)}`);
+  const waiting = blocked > 0 ? `; ${blocked} sessions wait on their locks` : '';
+  const detail =
+    `${count} open over ${formatAge(ms / 1000)}, oldest ${formatAge(oldest.seconds)} ` +
+    `(pid ${oldest.pid}, ${oldest.state ?? 'state hidden'}, application '${oldest.application}')${waiting}`;
+  const end = 'finish it, or end it with SELECT pg_terminate_backend(pid)';
+  if (blocked > 0) return result(name, 'fail', detail, `it holds locks taskbox waits on, so tasks stop moving: ${end}`);
+  return result(name, 'warn', detail, `it holds back vacuum and the list streams' event ids: ${end}`);
 }

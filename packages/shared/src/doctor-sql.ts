@@ -135,3 +135,33 @@ export async function unroutableByType(db: Db): Promise<{ type: string; count: n
     GROUP BY routing_key ORDER BY routing_key`.execute(db);
   return rows.map((r) => ({ type: r.type, count: Number(r.count), oldestSeconds: r.oldest }));
 }
+
+/** Sessions whose transaction has been open too long: how many, the oldest, and the sessions waiting on their locks. */
+export interface LongTransactions {
+  count: number;
+  oldest: { pid: number; seconds: number; state: string | null; application: string } | null;
+  blocked: number;
+}
+
+/**
+ * Client sessions of this database whose transaction has been open longer than `ms` (an idle psql
+ * session that began one, a long report, a migration), and how many sessions wait on locks they hold.
+ * Another role's sessions show only with pg_read_all_stats (or as a superuser).
+ */
+export async function longTransactions(db: Db, ms: number): Promise<LongTransactions> {
+  const { rows } = await sql<{ count: string; oldest: LongTransactions['oldest']; blocked: string }>`
+    WITH long AS (
+      SELECT pid, state, application_name AS application,
+             extract(epoch FROM now() - xact_start)::float8 AS seconds
+      FROM pg_stat_activity
+      WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+        AND xact_start < now() - ${ms} * interval '1 millisecond'
+    )
+    SELECT (SELECT count(*) FROM long) AS count,
+           (SELECT row_to_json(l) FROM (SELECT * FROM long ORDER BY seconds DESC LIMIT 1) l) AS oldest,
+           (SELECT count(*) FROM pg_stat_activity w
+            WHERE w.datname = current_database() AND w.wait_event_type = 'Lock'
+              AND pg_blocking_pids(w.pid) && ARRAY(SELECT pid FROM long)) AS blocked`.execute(db);
+  const row = rows[0];
+  return { count: Number(row?.count ?? 0), oldest: row?.oldest ?? null, blocked: Number(row?.blocked ?? 0) };
+}

@@ -6,6 +6,7 @@ import type { Db } from './db';
 import {
   checkDatabase,
   checkLongProcessing,
+  checkLongTransactions,
   checkMigrations,
   checkNames,
   checkOutboxBacklog,
@@ -18,7 +19,7 @@ import {
   type CheckResult,
 } from './doctor-checks';
 import { checkConsumers, checkDeadLetters, checkNoHandler, checkRetiredQueues, checkTopology } from './doctor-queues';
-import { toError } from './errors';
+import { isStatementTimeout, toError } from './errors';
 
 export type DoctorConfig = Pick<
   Config,
@@ -50,7 +51,10 @@ function steps(
     run,
   });
   return {
-    schema: [onDb(checkNames.migrations, checkMigrations)],
+    schema: [
+      onDb(checkNames.migrations, checkMigrations),
+      onDb(checkNames.longTransactions, (db) => checkLongTransactions(db, pendingMs)),
+    ],
     flow: [
       onBroker(checkNames.topology, (b) => checkTopology(b, topology)),
       onBroker(checkNames.consumers, (b) => checkConsumers(b, topology)),
@@ -78,7 +82,10 @@ async function runStep(step: Step, db: Db | null, broker: ChannelModel | null): 
   try {
     return step.needs === 'database' ? await step.run(reached as Db) : await step.run(reached as ChannelModel);
   } catch (err) {
-    return { name: step.name, status: 'fail', detail: toError(err).message, hint: 'the check itself failed' };
+    const hint = isStatementTimeout(err)
+      ? `the check ran past DB_STATEMENT_TIMEOUT_MS: a table it reads is locked (see "${checkNames.longTransactions}") or the server is busy`
+      : 'the check itself failed';
+    return { name: step.name, status: 'fail', detail: toError(err).message, hint };
   }
 }
 
