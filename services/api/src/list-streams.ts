@@ -149,7 +149,8 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
   async function fallBehind(sub: Subscriber): Promise<void> {
     subscribers.delete(sub);
     await Promise.race([sub.stream.drained(), stopping]);
-    const since = events.stopped() ? null : await catchUp(sub, sub.since);
+    // A client that left while it was behind needs no catch-up.
+    const since = events.stopped() || sub.stream.closed.aborted ? null : await catchUp(sub, sub.since);
     // Closed while it caught up: its done() has run, and it must not join again.
     if (since === null || sub.stream.closed.aborted || events.stopped()) return sub.done();
     advance(sub, since);

@@ -208,6 +208,9 @@ function readShared(state: EventsState, group: Group): void {
   const deliver = (outcome: Outcome): void => {
     for (const watcher of group.watchers) {
       if (watcher.freshAfter === null || number <= watcher.freshAfter) continue;
+      // A failed read does not replace a state the watcher has not taken yet: it would wait for the
+      // next change (or resync) to get it again.
+      if ('error' in outcome && watcher.outcome && 'read' in watcher.outcome) continue;
       watcher.outcome = outcome;
       watcher.wake?.();
     }
