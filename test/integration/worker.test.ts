@@ -14,7 +14,7 @@ import {
 } from '@taskbox/shared';
 import { createConsumer, type Consumer } from '../../services/worker/src/consumer';
 import { createLeases } from '../../services/worker/src/leases';
-import { createWorkerMetrics } from '../../services/worker/src/metrics';
+import { createWorkerMetrics, type WorkerMetrics } from '../../services/worker/src/metrics';
 import { createOrphans } from '../../services/worker/src/orphans';
 import { createSweeper } from '../../services/worker/src/sweeper';
 import { createAttemptWrites, type AttemptWrites } from '../../services/worker/src/attempt-writes';
@@ -31,7 +31,7 @@ import { waitFor } from '../helpers/wait';
 describe('worker', () => {
   let database: TestDatabase;
   let prefix: string;
-  let worker: { consumer: Consumer; close(): Promise<void> };
+  let worker: { consumer: Consumer; metrics: WorkerMetrics; close(): Promise<void> };
   let publisher: amqp.ChannelModel;
   let channel: amqp.ConfirmChannel;
 
@@ -68,6 +68,7 @@ describe('worker', () => {
     await waitFor('consumer ready', () => consumer.ready());
     return {
       consumer,
+      metrics,
       async close() {
         await consumer.stop();
         await leases.stop();
@@ -273,6 +274,9 @@ describe('worker', () => {
     await publish(body);
     const [dead] = await drainQueue(amqpNames(prefix).deadQueue, 1, 5000);
     expect(String(dead?.properties.headers?.['x-dead-letter-reason'])).toMatch(reason);
+    // Counted as a delivery too, whatever was wrong with it.
+    const samples = parseMetrics(await worker.metrics.registry.metrics());
+    expect(sample(samples, 'worker_deliveries_total', { outcome: 'dead-letter', queue: 'tasks' })).toBe(1);
     const id = await insertTaskFixture(database.db);
     await publish({ taskId: id, type: 'echo', attempt: 1 });
     await waitFor('the next task still runs', async () => (await task(id)).status === 'succeeded');

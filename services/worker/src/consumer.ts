@@ -157,7 +157,10 @@ async function handle(
   const externalJobId = `${tag}:${msg.fields.deliveryTag}`;
   const base = deliveryLogContext(msg);
   const parsed = parseMessage(msg);
-  if ('code' in parsed) return deadLetterOn(state, ch, route, msg, parsed, state.logger.child(base));
+  if ('code' in parsed) {
+    deps.metrics.deliveries.inc({ outcome: 'dead-letter', queue: route.name });
+    return deadLetterOn(state, ch, route, msg, parsed, state.logger.child(base));
+  }
   const log = state.logger.child({ ...base, taskId: parsed.taskId, externalJobId });
 
   const begin = await whilePostgresDown(deps, log, () => beginAttempt(deps, parsed, externalJobId));
