@@ -1,7 +1,10 @@
 import net from 'node:net';
 import { sql } from 'kysely';
-import { TASK_CHANNEL } from '@taskbox/shared';
+import pg from 'pg';
+import { TASK_CHANNEL, taskChanged } from '@taskbox/shared';
+import * as taskSql from '../../services/api/src/task-sql';
 import { startTestApi, type TestApi } from '../helpers/api';
+import { createTestDatabase, type TestDatabase } from '../helpers/db';
 import { capturingLogger } from '../helpers/log';
 import type { LogLine } from '../helpers/services';
 import { openSse, type SseClient, type SseEvent } from '../helpers/sse';
@@ -162,6 +165,67 @@ describe('api: list streams (GET /tasks/events) for clients that read slowly or 
     } finally {
       await holder.query('ROLLBACK');
       holder.release();
+    }
+  });
+});
+
+describe('api: list streams while a transaction is left open', () => {
+  let api: TestApi;
+  let base: string;
+  let other: TestDatabase;
+  const rowsRead: number[] = [];
+
+  beforeAll(async () => {
+    const real = taskSql.tasksChangedSince;
+    jest.spyOn(taskSql, 'tasksChangedSince').mockImplementation(async (...args) => {
+      const read = await real(...args);
+      rowsRead.push(read.changed.length);
+      return read;
+    });
+    api = await startTestApi();
+    other = await createTestDatabase();
+    base = await api.listen();
+  });
+
+  afterAll(async () => {
+    jest.restoreAllMocks();
+    await api.close();
+    await other.drop();
+  });
+
+  it('reads only the new changes at each wake-up, not every change since the transaction began', async () => {
+    const s = await openSse(`${base}/tasks/events`);
+    await s.waitFor('ready', (events) => events[0]?.event === 'ready');
+    // An idle session in a transaction, even in another database, holds every watermark back.
+    const holder = new pg.Client({ connectionString: other.url });
+    await holder.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query('SELECT pg_current_xact_id()');
+      const { rows } = await sql<{ id: string }>`INSERT INTO tasks (id, type, payload, owner)
+        SELECT gen_random_uuid(), 'echo', '{}', 'anonymous' FROM generate_series(1, 500) RETURNING id`.execute(
+        api.database.db,
+      );
+      await sql`SELECT pg_notify(${TASK_CHANNEL}, '')`.execute(api.database.db);
+      await s.waitFor('the burst', (events) => taskIds(events).size === 500);
+      for (const [i, row] of rows.slice(0, 3).entries()) {
+        const reads = rowsRead.length;
+        await api.database.db
+          .updateTable('tasks')
+          .set({ progress: (i + 1) / 10, ...taskChanged })
+          .where('id', '=', row.id)
+          .execute();
+        await sql`SELECT pg_notify(${TASK_CHANNEL}, ${row.id})`.execute(api.database.db);
+        await waitFor('a shared read', () => rowsRead.length > reads);
+        await s.waitFor('the change', (events) =>
+          events.some((e) => e.event === 'task' && view(e).id === row.id && view(e).version > 1),
+        );
+      }
+      expect(Math.max(...rowsRead.slice(-3))).toBeLessThan(10);
+    } finally {
+      s.close();
+      await holder.query('ROLLBACK');
+      await holder.end();
     }
   });
 });

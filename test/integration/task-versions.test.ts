@@ -90,12 +90,37 @@ describe('every write that changes what a task view shows gives the task a new v
       // A transaction that changed a task and has not committed: a later read must still find it.
       await sql`BEGIN`.execute(conn);
       const late = await insertTaskFixture(conn, { owner: 'carol' });
-      const read = await tasksChangedSince(db, ['carol'], mark);
+      const read = await tasksChangedSince(db, ['carol'], mark, null);
       await sql`COMMIT`.execute(conn);
       return { late, read };
     });
     expect(open.read.changed.map((r) => r.id)).toEqual([changed]);
-    const next = await tasksChangedSince(db, ['carol'], open.read.horizon);
+    const next = await tasksChangedSince(db, ['carol'], open.read.horizon, null);
     expect(next.changed.map((r) => r.id)).toContain(open.late);
+    // From the first read's edge: the task of the transaction then in progress, and not the one it had.
+    const after = await tasksChangedSince(db, ['carol'], open.read.horizon, open.read.edge);
+    expect(after.changed.map((r) => r.id)).toEqual([open.late]);
+  });
+
+  it('reads from the last edge only what that read could not see, while an open transaction holds the watermark back', async () => {
+    const holder = await database.pool.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query('SELECT pg_current_xact_id()');
+      const mark = await currentHorizon(db);
+      const a = await insertTaskFixture(db, { owner: 'dave' });
+      const first = await tasksChangedSince(db, ['dave'], mark, null);
+      expect(first.changed.map((r) => r.id)).toEqual([a]);
+      const b = await insertTaskFixture(db, { owner: 'dave' });
+      const second = await tasksChangedSince(db, ['dave'], first.horizon, first.edge);
+      expect(second.changed.map((r) => r.id)).toEqual([b]);
+      // The watermark has not moved: a read from it alone would return the first task again.
+      expect(second.horizon).toBe(first.horizon);
+      const again = await tasksChangedSince(db, ['dave'], second.horizon, null);
+      expect(again.changed.map((r) => r.id).sort()).toEqual([a, b].sort());
+    } finally {
+      await holder.query('ROLLBACK');
+      holder.release();
+    }
   });
 });

@@ -1,7 +1,13 @@
 import { toError, type Db, type Logger, type TaskRow, type TaskStatus } from '@taskbox/shared';
 import type { EventStream } from './event-stream';
 import type { TaskEvents } from './task-events';
-import { currentHorizon, tasksChangedBetween, tasksChangedSince, type ChangeCursor } from './task-sql';
+import {
+  currentHorizon,
+  tasksChangedBetween,
+  tasksChangedSince,
+  type ChangeCursor,
+  type SnapshotEdge,
+} from './task-sql';
 import { toTaskView } from './task-view';
 
 export interface ListFilter {
@@ -119,6 +125,9 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
   const subscribers = new Set<Subscriber>();
   let reading = false;
   let again = false;
+  // The edge of the last read, and the subscribers that were delivered all of it: while every reader
+  // is one of them, the next read takes only what that read could not see (tasksChangedSince).
+  let last: { edge: SnapshotEdge | null; delivered: Set<Subscriber> } = { edge: null, delivered: new Set() };
 
   async function read(): Promise<void> {
     reading = true;
@@ -127,9 +136,16 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
     const readers = [...subscribers];
     const since = readers.map((s) => BigInt(s.since)).reduce((a, b) => (b < a ? b : a));
     const owners = [...new Set(readers.map((s) => s.filter.owner))];
+    const after = readers.every((sub) => last.delivered.has(sub)) ? last.edge : null;
     try {
-      const { horizon, changed } = await tasksChangedSince(db, owners, String(since));
-      for (const sub of readers) if (subscribers.has(sub) && !deliver(sub, changed, horizon)) void fallBehind(sub);
+      const { horizon, edge, changed } = await tasksChangedSince(db, owners, String(since), after);
+      const delivered = new Set<Subscriber>();
+      for (const sub of readers) {
+        if (!subscribers.has(sub)) continue;
+        if (deliver(sub, changed, horizon)) delivered.add(sub);
+        else void fallBehind(sub);
+      }
+      last = { edge, delivered };
     } catch (err) {
       logger.warn('list stream read failed; reading again at the next change', { error: toError(err).message });
     } finally {

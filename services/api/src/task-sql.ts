@@ -122,18 +122,48 @@ export async function currentHorizon(db: Db): Promise<string> {
 }
 
 /**
- * The tasks of these owners changed at or after `since`, with the watermark of the same snapshot for
- * the next read. Read through tasks_owner_changed: one index range per owner, as long as the changes
- * since the oldest watermark (a long transaction anywhere holds it back).
+ * What a read's snapshot could not see yet: transactions at or above `xmax`, and those in `xip` (then
+ * in progress). Every other transaction had ended, so its changes were in that read.
  */
-export async function tasksChangedSince(db: Db, owners: string[], since: string) {
-  const { rows } = await sql<Partial<TaskRow> & { horizon: string; changed_xid: string | null }>`
-    WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS horizon)
-    SELECT h.horizon, t.changed_xid::text AS changed_xid, ${sql.join(taskColumns.map((c) => sql.ref(`t.${c}`)))}
-    FROM h LEFT JOIN tasks t ON t.owner = ANY(${owners}::text[]) AND t.changed_xid >= ${since}::xid8`.execute(db);
-  const horizon = rows[0]?.horizon ?? since;
-  const changed = rows.filter((r): r is TaskRow & { horizon: string; changed_xid: string } => r.id != null);
-  return { horizon, changed };
+export interface SnapshotEdge {
+  xmax: string;
+  xip: string[];
+}
+
+/**
+ * The tasks of these owners changed at or after `since`, with the watermark of the same snapshot for
+ * the next read, and its edge. With `after` (the edge of a read every reader had), only the changes
+ * that read could not see: a transaction left open (an idle session, a long report) holds the watermark
+ * back, and each read would otherwise return every change since it, again and again. Read through
+ * tasks_owner_changed: one index range per owner from the newer bound, and one lookup per transaction
+ * that was in progress.
+ */
+export async function tasksChangedSince(db: Db, owners: string[], since: string, after: SnapshotEdge | null) {
+  const columns = sql.join(taskColumns.map((c) => sql.ref(`t.${c}`)));
+  const mine = sql`t.owner = ANY(${owners}::text[])`;
+  const changes = after
+    ? sql`SELECT t.changed_xid, ${columns} FROM tasks t
+          WHERE ${mine} AND t.changed_xid >= greatest(${since}::xid8, ${after.xmax}::xid8)
+          UNION ALL
+          SELECT t.changed_xid, ${columns} FROM tasks t
+          WHERE ${mine} AND t.changed_xid = ANY(${after.xip}::xid8[])
+            AND t.changed_xid >= ${since}::xid8 AND t.changed_xid < ${after.xmax}::xid8`
+    : sql`SELECT t.changed_xid, ${columns} FROM tasks t WHERE ${mine} AND t.changed_xid >= ${since}::xid8`;
+  const { rows } = await sql<Partial<TaskRow> & { changed_xid: string | null } & SnapshotEdge & { horizon: string }>`
+    WITH h AS (
+      SELECT pg_snapshot_xmin(s)::text AS horizon, pg_snapshot_xmax(s)::text AS xmax,
+             ARRAY(SELECT x::text FROM pg_snapshot_xip(s) x) AS xip
+      FROM pg_current_snapshot() s
+    ), c AS (${changes})
+    SELECT h.horizon, h.xmax, h.xip, c.changed_xid::text AS changed_xid, ${sql.join(taskColumns.map((col) => sql.ref(`c.${col}`)))}
+    FROM h LEFT JOIN c ON true`.execute(db);
+  const first = rows[0];
+  const horizon = first?.horizon ?? since;
+  const edge: SnapshotEdge | null = first ? { xmax: first.xmax, xip: first.xip } : null;
+  const changed = rows.filter(
+    (r): r is TaskRow & SnapshotEdge & { horizon: string; changed_xid: string } => r.id != null,
+  );
+  return { horizon, edge, changed };
 }
 
 /** Where a page of tasksChangedBetween ended: the next page starts after this task. */
