@@ -140,7 +140,8 @@ export async function checkPendingUnpublished(db: Db, pendingMs: number): Promis
     'fail',
     await pendingUnpublished(db, pendingMs),
     `pending over ${formatAge(pendingMs / 1000)} without a published message`,
-    'relay problem: is the relay running and connected? grep its logs for the task id',
+    'relay problem: is the relay running and connected? Its /readyz and its warn lines say why it cannot ' +
+      "publish ('relay cannot drain the outbox', 'outbox rows not published'); at LOG_LEVEL=debug it logs each row by task id",
   );
 }
 
