@@ -102,6 +102,17 @@ describe('every write that changes what a task view shows gives the task a new v
     expect(after.changed.map((r) => r.id)).toEqual([open.late]);
   });
 
+  it("does not read from an edge of another server (a failover, a restart) or ahead of this one's: it reads from the watermark", async () => {
+    const mark = await currentHorizon(db);
+    const id = await insertTaskFixture(db, { owner: 'erin' });
+    const { edge } = await tasksChangedSince(db, ['erin'], mark, null);
+    const read = async (after: typeof edge) =>
+      (await tasksChangedSince(db, ['erin'], mark, after)).changed.map((r) => r.id);
+    expect(await read(edge)).toEqual([]);
+    expect(await read({ ...edge, server: 'the server before a failover' })).toEqual([id]);
+    expect(await read({ ...edge, xmax: String(BigInt(edge.xmax) + 1000n) })).toEqual([id]);
+  });
+
   it('reads from the last edge only what that read could not see, while an open transaction holds the watermark back', async () => {
     const holder = await database.pool.connect();
     try {

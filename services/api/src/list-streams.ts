@@ -6,6 +6,7 @@ import {
   tasksChangedBetween,
   tasksChangedSince,
   type ChangeCursor,
+  type ChangedRow,
   type SnapshotEdge,
 } from './task-sql';
 import { toTaskView } from './task-view';
@@ -45,8 +46,6 @@ const WATERMARK_KEY = 'watermark';
 
 // Tasks per read of a stream's catch-up: the stream sends them, and reads on once the client took them.
 const CATCH_UP_PAGE = 500;
-
-type ChangedRow = TaskRow & { changed_xid: string };
 
 // Tasks a stream remembers having sent outside its filter; forgetting one only sends it again.
 const OUT_MAX = 1000;
@@ -147,6 +146,8 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
       }
       last = { edge, delivered };
     } catch (err) {
+      // The next read reads from the watermarks: Postgres may be another server by then (a failover).
+      last = { edge: null, delivered: new Set() };
       logger.warn('list stream read failed; reading again at the next change', { error: toError(err).message });
     } finally {
       reading = false;

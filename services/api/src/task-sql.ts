@@ -123,12 +123,18 @@ export async function currentHorizon(db: Db): Promise<string> {
 
 /**
  * What a read's snapshot could not see yet: transactions at or above `xmax`, and those in `xip` (then
- * in progress). Every other transaction had ended, so its changes were in that read.
+ * in progress). Every other transaction had ended, so its changes were in that read. Only true of the
+ * server that took the snapshot (`server`, its start time): a standby promoted after a failover, or a
+ * server restarted after a crash, may hand out again transaction ids the old one had.
  */
 export interface SnapshotEdge {
+  server: string;
   xmax: string;
   xip: string[];
 }
+
+/** A task as a list stream reads it: with the transaction that last changed it. */
+export type ChangedRow = TaskRow & { changed_xid: string };
 
 /**
  * The tasks of these owners changed at or after `since`, with the watermark of the same snapshot for
@@ -136,9 +142,21 @@ export interface SnapshotEdge {
  * that read could not see: a transaction left open (an idle session, a long report) holds the watermark
  * back, and each read would otherwise return every change since it, again and again. Read through
  * tasks_owner_changed: one index range per owner from the newer bound, and one lookup per transaction
- * that was in progress.
+ * that was in progress. An edge of another server, or ahead of this one's, is not used: the read is
+ * done again from `since`.
  */
-export async function tasksChangedSince(db: Db, owners: string[], since: string, after: SnapshotEdge | null) {
+export async function tasksChangedSince(
+  db: Db,
+  owners: string[],
+  since: string,
+  after: SnapshotEdge | null,
+): Promise<{ horizon: string; edge: SnapshotEdge; changed: ChangedRow[] }> {
+  const read = await changesSince(db, owners, since, after);
+  const sameServer = after && read.edge.server === after.server && BigInt(read.edge.xmax) >= BigInt(after.xmax);
+  return after && !sameServer ? changesSince(db, owners, since, null) : read;
+}
+
+async function changesSince(db: Db, owners: string[], since: string, after: SnapshotEdge | null) {
   const columns = sql.join(taskColumns.map((c) => sql.ref(`t.${c}`)));
   const mine = sql`t.owner = ANY(${owners}::text[])`;
   const changes = after
@@ -149,21 +167,19 @@ export async function tasksChangedSince(db: Db, owners: string[], since: string,
           WHERE ${mine} AND t.changed_xid = ANY(${after.xip}::xid8[])
             AND t.changed_xid >= ${since}::xid8 AND t.changed_xid < ${after.xmax}::xid8`
     : sql`SELECT t.changed_xid, ${columns} FROM tasks t WHERE ${mine} AND t.changed_xid >= ${since}::xid8`;
+  // h has one row, so the join returns at least one: the edge even when nothing changed.
   const { rows } = await sql<Partial<TaskRow> & { changed_xid: string | null } & SnapshotEdge & { horizon: string }>`
     WITH h AS (
-      SELECT pg_snapshot_xmin(s)::text AS horizon, pg_snapshot_xmax(s)::text AS xmax,
-             ARRAY(SELECT x::text FROM pg_snapshot_xip(s) x) AS xip
+      SELECT pg_postmaster_start_time()::text AS server, pg_snapshot_xmin(s)::text AS horizon,
+             pg_snapshot_xmax(s)::text AS xmax, ARRAY(SELECT x::text FROM pg_snapshot_xip(s) x) AS xip
       FROM pg_current_snapshot() s
     ), c AS (${changes})
-    SELECT h.horizon, h.xmax, h.xip, c.changed_xid::text AS changed_xid, ${sql.join(taskColumns.map((col) => sql.ref(`c.${col}`)))}
+    SELECT h.server, h.horizon, h.xmax, h.xip, c.changed_xid::text AS changed_xid,
+           ${sql.join(taskColumns.map((col) => sql.ref(`c.${col}`)))}
     FROM h LEFT JOIN c ON true`.execute(db);
-  const first = rows[0];
-  const horizon = first?.horizon ?? since;
-  const edge: SnapshotEdge | null = first ? { xmax: first.xmax, xip: first.xip } : null;
-  const changed = rows.filter(
-    (r): r is TaskRow & SnapshotEdge & { horizon: string; changed_xid: string } => r.id != null,
-  );
-  return { horizon, edge, changed };
+  const { server, horizon, xmax, xip } = rows[0]!;
+  const changed = rows.filter((r): r is ChangedRow & SnapshotEdge & { horizon: string } => r.id != null);
+  return { horizon, edge: { server, xmax, xip }, changed };
 }
 
 /** Where a page of tasksChangedBetween ended: the next page starts after this task. */
