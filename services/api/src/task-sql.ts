@@ -152,8 +152,8 @@ export async function tasksChangedSince(
   after: SnapshotEdge | null,
 ): Promise<{ horizon: string; edge: SnapshotEdge; changed: ChangedRow[] }> {
   const read = await changesSince(db, owners, since, after);
-  const sameServer = after && read.edge.server === after.server && BigInt(read.edge.xmax) >= BigInt(after.xmax);
-  return after && !sameServer ? changesSince(db, owners, since, null) : read;
+  const edgeHolds = after && read.edge.server === after.server && BigInt(read.edge.xmax) >= BigInt(after.xmax);
+  return after && !edgeHolds ? changesSince(db, owners, since, null) : read;
 }
 
 async function changesSince(db: Db, owners: string[], since: string, after: SnapshotEdge | null) {
