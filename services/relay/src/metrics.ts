@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { outboxBacklog, type Db } from '@taskbox/shared';
+import { cachedLoader, outboxBacklog, type Db } from '@taskbox/shared';
 
 export interface RelayMetrics {
   registry: Registry;
@@ -24,29 +24,26 @@ export function createRelayMetrics(db: Db, queues: string[], { processMetrics = 
   // scrape collects every metric at once, so both gauges await the same read: set from each other's
   // collect, one of them was exported before its value was read, and showed the previous scrape's.
   // Postgres down: the last values stand, and the rest of the scrape still answers (/readyz says why).
-  let reading: Promise<Awaited<ReturnType<typeof outboxBacklog>> | null> | null = null;
-  const backlog = () =>
-    (reading ??= outboxBacklog(db)
-      .catch(() => null)
-      .finally(() => (reading = null)));
-  new Gauge({
-    name: 'outbox_backlog',
-    help: 'Unpublished outbox rows',
-    registers,
-    async collect() {
-      const b = await backlog();
-      if (b) this.set(b.count);
-    },
-  });
-  new Gauge({
-    name: 'outbox_oldest_unpublished_age_seconds',
-    help: 'Seconds the oldest due, unpublished outbox row has waited',
-    registers,
-    async collect() {
-      const b = await backlog();
-      if (b) this.set(b.oldestAgeSeconds);
-    },
-  });
+  const backlog = cachedLoader(0, () => outboxBacklog(db).catch(() => null));
+  const gauges = [
+    ['outbox_backlog', 'Unpublished outbox rows', 'count'],
+    [
+      'outbox_oldest_unpublished_age_seconds',
+      'Seconds the oldest due, unpublished outbox row has waited',
+      'oldestAgeSeconds',
+    ],
+  ] as const;
+  for (const [name, help, field] of gauges) {
+    new Gauge({
+      name,
+      help,
+      registers,
+      async collect() {
+        const b = await backlog('outbox');
+        if (b) this.set(b[field]);
+      },
+    });
+  }
   const metrics: RelayMetrics = {
     registry,
     published: new Counter({ name: 'relay_published_total', help: 'Messages confirmed by the broker', registers }),
