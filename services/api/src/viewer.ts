@@ -31,7 +31,14 @@ export function requireAdmin(who: Viewer): void {
   if (!who.admin) throw new HttpProblem(403, 'Forbidden', 'this needs an admin token');
 }
 
-/** The log fields of an action on a task: who acted, as an admin or not, on whose task. */
-export function actor(who: Viewer, taskOwner: string): { by: string; admin: boolean; owner: string } {
-  return { by: who.owner, admin: who.admin, owner: taskOwner };
+/**
+ * The log fields of an action on a task: who acted, as an admin or not, on whose task, and the id of the
+ * request that asked (X-Request-Id, or the one the api gave it).
+ */
+export function actor(
+  res: Response,
+  taskOwner: string,
+): { by: string; admin: boolean; owner: string; requestId: string } {
+  const who = viewer(res);
+  return { by: who.owner, admin: who.admin, owner: taskOwner, requestId: res.locals.requestId as string };
 }

@@ -19,7 +19,7 @@ import { bulkAct, bulkStatuses, type BulkAction } from '../bulk-sql';
 import { HttpProblem } from '../problem';
 import type { SystemChecks } from '../system-checks';
 import { traceparentOf } from '../trace-context';
-import { requireAdmin, viewer } from '../viewer';
+import { actor, requireAdmin, viewer } from '../viewer';
 import { jsonBody } from '../json-body';
 import { invalid } from './tasks';
 
@@ -66,11 +66,8 @@ function bulk({ db, taskNotifier, logger, settings }: AdminDeps, action: BulkAct
         taskId: task.id,
         messageId: task.messageId,
         correlationId: task.correlation_id,
-        requestId: res.locals.requestId as string,
         bulk: true,
-        by: who.owner,
-        admin: true,
-        owner: task.owner,
+        ...actor(res, task.owner),
       });
     }
     logger.info(`bulk ${action}`, { by: who.owner, admin: true, filter, dryRun, matched, acted: acted.length });

@@ -249,8 +249,7 @@ function cancel({ db, taskNotifier, logger }: TasksDeps): Handler {
     logger.info(before === 'pending' ? 'task cancelled' : 'task cancel requested', {
       taskId: id,
       correlationId: row.correlation_id,
-      requestId: res.locals.requestId as string,
-      ...actor(who, row.owner),
+      ...actor(res, row.owner),
     });
     res.status(before === 'pending' ? 200 : 202).json(toTaskView(row));
   };
@@ -270,15 +269,7 @@ function retry({ db, taskNotifier, logger }: TasksDeps): Handler {
     if (outcome.kind === 'retried') {
       taskNotifier.changed(id);
       const { attempt, messageId, correlationId } = outcome;
-      const requestId = res.locals.requestId as string;
-      logger.info('task retried', {
-        taskId: id,
-        messageId,
-        correlationId,
-        requestId,
-        attempt,
-        ...actor(who, outcome.owner),
-      });
+      logger.info('task retried', { taskId: id, messageId, correlationId, attempt, ...actor(res, outcome.owner) });
     } else res.setHeader('Idempotent-Replayed', 'true');
     const row = await findTask(db, who, id);
     if (!row) throw new Error(`task ${id} vanished after retry`);
