@@ -36,6 +36,19 @@ describe('api start: production is not open by default', () => {
     expect(() => loadConfig({ AUTH_DISABLED: 'sure' })).toThrow(/AUTH_DISABLED:/);
   });
 
+  it('refuses a token listed twice, which would quietly take its last owner, and one no header can carry', () => {
+    expect(() => loadConfig({ AUTH_TOKENS: 'same-token:alice,same-token:root:admin' })).toThrow(
+      /AUTH_TOKENS: a token appears more than once/,
+    );
+    expect(() => loadConfig({ AUTH_TOKENS: 'tökén-1234:alice' })).toThrow(/AUTH_TOKENS: tokens of printable ASCII/);
+    expect(loadConfig({ AUTH_TOKENS: 'token-a:jürgen,token-b:alice:admin' }).AUTH_TOKENS).toEqual(
+      new Map([
+        ['token-a', { owner: 'jürgen', admin: false }],
+        ['token-b', { owner: 'alice', admin: true }],
+      ]),
+    );
+  });
+
   it('refuses AUTH_DISABLED=true next to an auth setting, naming both, rather than guess which is meant', () => {
     expect(problem({ AUTH_DISABLED: 'true', AUTH_JWT_SECRET: SECRET })).toMatch(/AUTH_DISABLED=true.*AUTH_JWT_SECRET/);
   });

@@ -23,6 +23,16 @@ const tokenEntry = String.raw`\s*[^\s:,]+:[^\s:,]+(:admin)?\s*`;
 const authTokens = z
   .string()
   .regex(new RegExp(`^${tokenEntry}(,${tokenEntry})*$`), 'a list such as "token1:alice:admin,token2:bob"')
+  // A token listed twice would quietly take its last owner, an admin's perhaps: which one is meant?
+  .refine((value) => {
+    const tokens = commaList(value).map((entry) => entry.split(':')[0]);
+    return new Set(tokens).size === tokens.length;
+  }, 'a token appears more than once; give each caller its own')
+  // What an Authorization header carries (auth.ts); any other token could never sign in.
+  .refine(
+    (value) => commaList(value).every((entry) => /^[\x21-\x7e]+:/.test(entry)),
+    'tokens of printable ASCII only, as an Authorization header carries them',
+  )
   .transform(
     (value) =>
       new Map(
