@@ -60,6 +60,7 @@ describe('api: GET /tasks lists with filters and a keyset cursor', () => {
     ['a forged cursor', { cursor: 'bm90LWEtY3Vyc29y' }],
     ['an unknown parameter', { order: 'asc' }],
     ['a createdAfter whose offset Postgres refuses (past 15:59)', { createdAfter: '2030-01-01T09:00:00+16:00' }],
+    ['a createdBefore with a fraction Postgres refuses', { createdBefore: `2030-01-01T09:00:00.${'1'.repeat(130)}Z` }],
   ])('answers 400 problem+json for %s, naming the parameter', async (_what, query) => {
     const res = await request(api.app).get('/tasks').query(query);
     expect(res.status).toBe(400);

@@ -166,6 +166,7 @@ describe('scheduled tasks', () => {
     ['a delayMs beyond the cap', { delayMs: MAX_AHEAD_MS + 1 }, ['delayMs']],
     ['a runAt without an offset', { runAt: '2030-01-01T09:00:00' }, ['runAt']],
     ['a runAt whose offset Postgres refuses (past 15:59)', { runAt: '2030-01-01T09:00:00-16:00' }, ['runAt']],
+    ['a runAt with a fraction Postgres refuses', { runAt: `2030-01-01T09:00:00.${'1'.repeat(130)}Z` }, ['runAt']],
     ['a runAt that is no time', { runAt: 'tomorrow at nine' }, ['runAt']],
     ['an impossible date', { runAt: '2030-02-30T09:00:00Z' }, ['runAt']],
     ['a negative delayMs', { delayMs: -1 }, ['delayMs']],
