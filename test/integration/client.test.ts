@@ -142,6 +142,15 @@ describe('@taskbox/client in Node against a running api', () => {
     expect(pages).toEqual([
       { error: expect.objectContaining({ kind: 'invalid', detail: 'createdAfter is an invalid Date' }) },
     ]);
+    // Ids that are paths of other routes: `events` is the list stream, `.` makes /tasks/./cancel /tasks/cancel.
+    const notAnId = { kind: 'invalid', detail: 'the task id must be a UUID' };
+    for (const id of ['events', 'counts', '.', '..', `${randomUUID()}/..`]) {
+      expect((await sender.getTask(id)).error).toMatchObject(notAnId);
+      expect((await sender.cancelTask(id)).error).toMatchObject(notAnId);
+      expect((await sender.retryTask(id)).error).toMatchObject(notAnId);
+      expect((await sender.watchTask(id, () => undefined)).error).toMatchObject(notAnId);
+      expect((await sender.createStreamToken(id)).error).toMatchObject(notAnId);
+    }
     expect(calls).toEqual([]);
   });
 

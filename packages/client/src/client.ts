@@ -87,6 +87,16 @@ function invalidDate(fields: object): ClientError | undefined {
   return name === undefined ? undefined : invalidError(`${name} is an invalid Date`);
 }
 
+// A task id as the api takes it (a UUID). Checked before a request: some other ids (`events`, `.`) are
+// paths of other routes, which would answer for another task or for the list.
+const TASK_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** `send` with the task's path, or the error of an id the api would refuse, with nothing sent. */
+function onTask<T>(id: string, send: (path: string) => Promise<Result<T>>): Promise<Result<T>> {
+  if (!TASK_ID.test(id)) return Promise.resolve({ error: invalidError('the task id must be a UUID') });
+  return send(`/tasks/${id}`);
+}
+
 /** The client. Every method answers `{ data }` or `{ error }` and never throws for an HTTP or network failure. */
 export function createClient(options: ClientOptions): TaskboxClient {
   const http = createHttp(options);
@@ -97,7 +107,7 @@ export function createClient(options: ClientOptions): TaskboxClient {
       const body: NewTask = { ...task, runAt: task.runAt instanceof Date ? task.runAt.toISOString() : task.runAt };
       return postIdempotent(http, '/tasks', body, createOptions);
     },
-    getTask: (id, { signal } = {}) => request<TaskView>(http, `/tasks/${encodeURIComponent(id)}`, { signal }),
+    getTask: (id, { signal } = {}) => onTask(id, (path) => request<TaskView>(http, path, { signal })),
     async *listTasks(filter = {}, { signal } = {}) {
       const invalid = invalidDate(filter);
       if (invalid) {
@@ -118,18 +128,18 @@ export function createClient(options: ClientOptions): TaskboxClient {
       } while (cursor);
     },
     cancelTask: (id, { signal } = {}) =>
-      request<TaskView>(http, `/tasks/${encodeURIComponent(id)}/cancel`, { method: 'POST', signal }),
+      onTask(id, (path) => request<TaskView>(http, `${path}/cancel`, { method: 'POST', signal })),
     retryTask: (id, retryOptions = {}) =>
-      postIdempotent(http, `/tasks/${encodeURIComponent(id)}/retry`, undefined, retryOptions),
-    watchTask: (id, onChange, watchOptions) => watchTask(http, encodeURIComponent(id), onChange, watchOptions),
+      onTask(id, (path) => postIdempotent(http, `${path}/retry`, undefined, retryOptions)),
+    watchTask: (id, onChange, watchOptions) => onTask(id, () => watchTask(http, id, onChange, watchOptions)),
     waitForTask(id, { signal, timeoutMs } = {}) {
       const signals = [signal, timeoutMs === undefined ? undefined : AbortSignal.timeout(timeoutMs)];
       const combined = AbortSignal.any(signals.filter((s): s is AbortSignal => s !== undefined));
       return client.watchTask(id, () => undefined, { signal: combined });
     },
     createStreamToken: async (id, { signal } = {}) => {
-      const path = id ? `/tasks/${encodeURIComponent(id)}/stream-token` : '/tasks/stream-token';
-      const answer = await request<StreamToken>(http, path, { method: 'POST', signal });
+      const post = (path: string) => request<StreamToken>(http, `${path}/stream-token`, { method: 'POST', signal });
+      const answer = await (id === undefined ? post('/tasks') : onTask(id, post));
       // The api answers the stream's path: on a page served from another origin, EventSource would
       // resolve it against the page and send the token there.
       return answer.data ? { data: { ...answer.data, url: `${http.baseUrl}${answer.data.url}` } } : answer;
