@@ -95,6 +95,9 @@ describe('api: streams and stream tokens are scoped to their owner', () => {
     expect(other.status).toBe(404);
     const list = await fetch(`${base}/tasks/events?token=${issued.body.token}`);
     expect(list.status).toBe(401);
+    // The problem names the request without the token, a credential that an error tracker would keep.
+    expect(await other.json()).toMatchObject({ instance: `/tasks/${alicesOther}/events?token=redacted` });
+    expect(await list.json()).toMatchObject({ instance: '/tasks/events?token=redacted' });
   });
 
   it('issues no token for another owner’s task', async () => {

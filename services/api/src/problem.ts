@@ -33,7 +33,8 @@ export function sendProblem(res: Response, problem: HttpProblem): void {
       title: problem.title,
       status: problem.status,
       ...(problem.detail ? { detail: problem.detail } : {}),
-      instance: res.req.originalUrl,
+      // Without a stream token's value (stream-tokens.ts): a client's error tracker keeps what it is given.
+      instance: res.req.originalUrl.replace(/([?&]token=)[^&]*/g, '$1redacted'),
       requestId: res.locals.requestId as string | undefined,
       ...problem.extra,
     });
