@@ -69,6 +69,13 @@ describe('config', () => {
     });
   });
 
+  it('refuses a SCHEDULE_MAX_AHEAD_MS that would let a task be due past the year 9999', () => {
+    expect(() => loadConfig({ SCHEDULE_MAX_AHEAD_MS: '9000000000000000' })).toThrow(/SCHEDULE_MAX_AHEAD_MS:/);
+    expect(loadConfig({ SCHEDULE_MAX_AHEAD_MS: String(100 * 365 * 86_400_000) }).SCHEDULE_MAX_AHEAD_MS).toBe(
+      100 * 365 * 86_400_000,
+    );
+  });
+
   it('never prints a password', () => {
     expect(redactUrl('amqp://guest:secret@host:5672')).toBe('amqp://guest:***@host:5672');
     expect(redactUrl('postgres://u:p%40ss@db/x')).not.toContain('p%40ss');

@@ -150,8 +150,9 @@ export const configSchema = z.object({
   RETRY_MAX_MS: positiveInt.default(300_000),
   SHUTDOWN_TIMEOUT_MS: positiveInt.default(10_000),
   // POST /tasks with runAt or delayMs: a due time further ahead than the first is refused, and a runAt
-  // further in the past than the second (clocks differ a little; within it the task runs at once).
-  SCHEDULE_MAX_AHEAD_MS: positiveInt.default(365 * 86_400_000),
+  // further in the past than the second (clocks differ a little; within it the task runs at once). At
+  // most 1 000 years: a due time past the year 9999 is one Postgres refuses or no view can show.
+  SCHEDULE_MAX_AHEAD_MS: positiveInt.max(1000 * 365 * 86_400_000).default(365 * 86_400_000),
   SCHEDULE_PAST_SKEW_MS: z.coerce.number().int().min(0).default(60_000),
   // The doctor calls a pending task stuck after this long, and a running one after the second.
   DOCTOR_PENDING_MS: positiveInt.default(60_000),

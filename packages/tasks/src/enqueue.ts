@@ -93,7 +93,18 @@ async function assertInTransaction(executor: Executor): Promise<void> {
   }
   const status = (executor as { _txStatus?: unknown })._txStatus;
   const inside = typeof status === 'string' ? status === 'T' : await startedBefore(executor);
-  if (!inside) throw new Error('enqueueTask needs a pg client inside a transaction (after BEGIN, not failed)');
+  if (!inside) throw notInTransaction();
+}
+
+const notInTransaction = (cause?: unknown): Error =>
+  new Error('enqueueTask needs a pg client inside a transaction (after BEGIN, not failed)', { cause });
+
+/**
+ * The insert's error, or the refusal of a failed transaction when Postgres says it is one (25P02): pg
+ * may reject a failed statement before it reads the status that follows, so `_txStatus` can lag.
+ */
+function insertError(err: unknown): never {
+  throw (err as { code?: unknown }).code === '25P02' ? notInTransaction(err) : err;
 }
 
 /** Whether the client's transaction started before this statement: true only after a BEGIN. */
@@ -117,6 +128,9 @@ function scheduleOf({ runAt, delayMs }: EnqueueRequest): TaskSchedule {
   if (runAt !== undefined && delayMs !== undefined) throw new InvalidTaskError('give runAt or delayMs, not both');
   if (delayMs !== undefined) {
     if (!Number.isInteger(delayMs) || delayMs < 0) throw new InvalidTaskError('delayMs must be an integer >= 0');
+    if (!withinYears(new Date(Date.now() + delayMs))) {
+      throw new InvalidTaskError(`delayMs ends past the year 9999: ${delayMs}`);
+    }
     return { delayMs };
   }
   if (runAt === undefined) return null;
@@ -125,12 +139,17 @@ function scheduleOf({ runAt, delayMs }: EnqueueRequest): TaskSchedule {
     throw new InvalidTaskError(`runAt must be ISO 8601 with an offset, as 2026-12-08T09:00:00Z: ${runAt}`);
   }
   const at = new Date(runAt);
-  const year = at.getUTCFullYear();
-  // Postgres would refuse a year past its range, aborting the caller's transaction.
-  if (Number.isNaN(year) || year < 1 || year > 9999) {
-    throw new InvalidTaskError(`runAt is not a time from year 1 to 9999: ${String(runAt)}`);
-  }
+  if (!withinYears(at)) throw new InvalidTaskError(`runAt is not a time from year 1 to 9999: ${String(runAt)}`);
   return { runAt: at.toISOString() };
+}
+
+/**
+ * Whether a due time is in years 1 to 9999. Postgres refuses some later ones, aborting the caller's
+ * transaction, and stores others past JavaScript's dates, which no view of the task could show.
+ */
+function withinYears(at: Date): boolean {
+  const year = at.getUTCFullYear();
+  return year >= 1 && year <= 9999;
 }
 
 export interface Enqueued {
@@ -193,7 +212,7 @@ export async function enqueueTask(executor: Executor, request: EnqueueRequest): 
     requestHash: idempotencyKey ? requestHash(hashed) : null,
   };
   const { statement, answer } = buildTaskInsert([{ task, context: { correlationId: request.correlationId ?? null } }]);
-  const [inserted] = answer(await run(executor, statement));
+  const [inserted] = answer(await run(executor, statement).catch(insertError));
   if (inserted) return { task: inserted.task, created: true };
   const [first] = await run(
     executor,
