@@ -17,3 +17,18 @@ export function bufferingFetch(urls: string[] = [], buffered = Infinity): typeof
     return new Response(body, { headers: { 'content-type': 'text/event-stream' } });
   };
 }
+
+/**
+ * A fetch that never answers the requests `stall` picks, as over a connection that went nowhere (a NAT
+ * that forgot it, a laptop that slept): each settles only when the client gives up on it (its signal
+ * aborts). The others go to `next`.
+ */
+export function stallingFetch(stall: (url: string) => boolean, next: typeof fetch = fetch): typeof fetch {
+  return (input, init) => {
+    if (!stall(String(input))) return next(input, init);
+    return new Promise((_resolve, reject) => {
+      const signal = init?.signal;
+      signal?.addEventListener('abort', () => reject(signal.reason), { once: true });
+    });
+  };
+}

@@ -1,6 +1,6 @@
 import { createClient, type TaskView, type TaskboxClient } from '@taskbox/client';
 import { startTestApi, type TestApi } from '../helpers/api';
-import { bufferingFetch } from '../helpers/client-fetch';
+import { bufferingFetch, stallingFetch } from '../helpers/client-fetch';
 import { changeTask, insertTaskFixture, progressTask } from '../helpers/factories';
 import { startFaultProxy, type FaultProxy } from '../helpers/proxy';
 import { sample, scrape } from '../helpers/metrics';
@@ -134,6 +134,39 @@ describe('@taskbox/client watchTask: what it leaves open and what it tells the c
     expect(progresses(seen)).toEqual(['pending:null', 'processing:0.5', 'processing:0.75', 'succeeded:1']);
     expect(urls.filter((u) => u.includes('wait='))).toHaveLength(polls);
     expect(streams()).toBe(3);
+  });
+
+  it('makes again a stream request that gets no answer, as a connection that went nowhere, and sees every state', async () => {
+    const id = await insertTaskFixture(api.database.db, { owner: 'alice' });
+    let streams = 0;
+    const watcher = createClient({
+      baseUrl: base,
+      token: TOKEN,
+      fetch: stallingFetch((url) => url.endsWith('/events') && ++streams === 1),
+    });
+    const seen: TaskView[] = [];
+    const watching = watcher.watchTask(id, (view) => seen.push(view), { idleMs: 500 });
+    await waitFor('the state from the second stream', () => seen.length > 0);
+    await progressTask(api.database.db, id, 0.5);
+    await waitFor('the change', () => seen.some((v) => v.progress === 0.5));
+    await finish(id);
+    expect((await watching).data?.status).toBe('succeeded');
+    expect(progresses(seen)).toEqual(['pending:null', 'processing:0.5', 'succeeded:1']);
+    expect(streams).toBe(2);
+  });
+
+  it('makes again a long poll that gets no answer past its wait, and follows the task to its end', async () => {
+    const id = await insertTaskFixture(api.database.db, { owner: 'alice' });
+    let polls = 0;
+    // Streams held back by a buffering proxy, so it long-polls; the first poll goes nowhere.
+    const stalling = stallingFetch((url) => !url.endsWith('/events') && ++polls === 1, bufferingFetch());
+    const watcher = createClient({ baseUrl: base, token: TOKEN, fetch: stalling });
+    const seen: TaskView[] = [];
+    const watching = watcher.watchTask(id, (view) => seen.push(view), { idleMs: 200 });
+    await waitFor('the state from the second poll', () => seen.length > 0);
+    await finish(id);
+    expect((await watching).data?.status).toBe('succeeded');
+    expect(progresses(seen)).toEqual(['pending:null', 'succeeded:1']);
   });
 
   it('keeps streaming when the api ends its streams before an event (a restart): only a quiet stream is held back', async () => {

@@ -7,7 +7,8 @@ export interface WatchOptions {
   signal?: AbortSignal;
   /**
    * A stream that sends nothing for this long is taken as broken (a proxy that buffers it); the api
-   * sends a heartbeat well within it.
+   * sends a heartbeat well within it. A request not answered this long after the api would have (a
+   * connection that went nowhere) is cut and made again. 45 s by default.
    */
   idleMs?: number;
   /**
@@ -27,6 +28,9 @@ type Round = { view: TaskView } | { error: ClientError } | { retry: { progressed
 
 // Errors that mean the same request will never work: stop watching instead of retrying.
 const FINAL = new Set([400, 401, 403, 404]);
+
+// WatchOptions.idleMs by default: the api's heartbeat (STREAM_HEARTBEAT_MS, 15 s) comes well within it.
+const IDLE_MS = 45_000;
 
 const settle = (error: ClientError, streamBroken = false): Round =>
   FINAL.has(error.status) ? { error } : { retry: { progressed: false, streamBroken } };
@@ -87,6 +91,7 @@ async function viaStream(
   emit: Emit,
   options: WatchOptions,
 ): Promise<Round> {
+  const idleMs = options.idleMs ?? IDLE_MS;
   const cut = new AbortController();
   const stop = () => cut.abort();
   options.signal?.addEventListener('abort', stop, { once: true });
@@ -94,13 +99,22 @@ async function viaStream(
     const extra: Record<string, string> = { accept: 'text/event-stream' };
     if (last) extra['last-event-id'] = String(last.version);
     let response: Response;
+    // A request with no answer for idleMs (a connection that went nowhere: a NAT that forgot it, a
+    // laptop that slept) is cut like a stream that went quiet; a browser's fetch would wait for good.
+    let unanswered = false;
+    const answerTimer = setTimeout(() => {
+      unanswered = true;
+      cut.abort();
+    }, idleMs);
     try {
       response = await http.fetch(`${http.baseUrl}/tasks/${id}/events`, {
         headers: await http.headers(extra),
         signal: cut.signal,
       });
     } catch (err) {
-      return settle(networkError(err));
+      return settle(networkError(err), unanswered);
+    } finally {
+      clearTimeout(answerTimer);
     }
     // The stream has nothing newer than `last`, which is terminal.
     if (response.status === 204 && last) return { view: last };
@@ -115,7 +129,7 @@ async function viaStream(
         emit(view);
         if (isTerminal(view.status)) terminal = view;
       },
-      options.idleMs ?? 45_000,
+      idleMs,
       cut,
     );
     if (terminal) return { view: terminal };
@@ -134,11 +148,17 @@ async function viaLongPoll(
   id: string,
   last: TaskView | undefined,
   emit: Emit,
+  idleMs: number,
   signal?: AbortSignal,
 ): Promise<Round> {
   // `after`: a change committed since the last answer answers at once, instead of at the next one.
-  const query = last ? `?wait=25&after=${last.version}` : '';
-  const answer = await request<TaskView>(http, `/tasks/${id}${query}`, { signal });
+  const wait = last ? 25 : 0;
+  const query = last ? `?wait=${wait}&after=${last.version}` : '';
+  // The api answers within `wait`: no answer idleMs later is a connection that went nowhere.
+  const deadline = AbortSignal.timeout(wait * 1000 + idleMs);
+  const answer = await request<TaskView>(http, `/tasks/${id}${query}`, {
+    signal: signal ? AbortSignal.any([signal, deadline]) : deadline,
+  });
   if (answer.error) return settle(answer.error);
   emit(answer.data);
   return isTerminal(answer.data.status) ? { view: answer.data } : { retry: { progressed: true, streamBroken: false } };
@@ -184,7 +204,7 @@ export async function watchTask(
     const streaming = brokenStreams < 2;
     const round = streaming
       ? await viaStream(http, id, last, emit, { ...options, signal })
-      : await viaLongPoll(http, id, last, emit, signal);
+      : await viaLongPoll(http, id, last, emit, options.idleMs ?? IDLE_MS, signal);
     if (thrown) return { error: callbackError(thrown.cause) };
     if ('view' in round) return { data: round.view };
     if ('error' in round) return { error: round.error };
