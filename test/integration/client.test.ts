@@ -71,19 +71,25 @@ describe('@taskbox/client in Node against a running api', () => {
   });
 
   /** A fetch whose first request reaches the api and whose answer is then lost. */
-  function losingFirstAnswer(): typeof fetch {
+  /** The api gets the first request, but its answer is lost, or a gateway answers in its place. */
+  function losingFirstAnswer(gatewayStatus?: number): typeof fetch {
     let first = true;
     return async (input, init) => {
       const res = await fetch(input, init);
       if (!first) return res;
       first = false;
-      throw new TypeError('fetch failed');
+      if (gatewayStatus === undefined) throw new TypeError('fetch failed');
+      return new Response('<html>gateway</html>', { status: gatewayStatus, headers: { 'content-type': 'text/html' } });
     };
   }
 
-  it('retries a create whose answer was lost with the same idempotency key: one task, not two', async () => {
+  it.each([
+    ['whose answer was lost', undefined],
+    ['a gateway answered 502 for', 502],
+    ['a gateway answered 504 for (the api was slow)', 504],
+  ])('retries a create %s with the same idempotency key: one task, not two', async (_what, gatewayStatus) => {
     const key = randomUUID();
-    const flaky = createClient({ baseUrl: base, token: 'alice-token', fetch: losingFirstAnswer() });
+    const flaky = createClient({ baseUrl: base, token: 'alice-token', fetch: losingFirstAnswer(gatewayStatus) });
     const created = await flaky.createTask({ type: 'echo', payload: { n: 1 } }, { idempotencyKey: key });
     expect(created.data?.status).toBeDefined();
     const rows = await api.database.db.selectFrom('tasks').select('id').where('idempotency_key', '=', key).execute();

@@ -70,6 +70,10 @@ export async function problemError(response: Response): Promise<ClientError> {
   }
 }
 
-/** Answers that a retry may fix: the network, or the api saying it is briefly unavailable. */
+/**
+ * Answers that a retry may fix: the network, the api saying it is briefly unavailable (429, 503), or a
+ * gateway in front of it that could not reach it or gave up waiting (502, 504): the api may still have
+ * done the work, which an idempotent retry then answers.
+ */
 export const isTransient = (error: ClientError): boolean =>
-  error.kind === 'network' || error.status === 429 || error.status === 503;
+  error.kind === 'network' || [429, 502, 503, 504].includes(error.status);
