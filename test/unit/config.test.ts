@@ -76,6 +76,14 @@ describe('config', () => {
     );
   });
 
+  it('refuses a wait longer than a Node timer takes, which would fire after 1 ms, and a statement timeout Postgres refuses', () => {
+    for (const name of ['SHUTDOWN_TIMEOUT_MS', 'RELAY_POLL_MS', 'STREAM_HEARTBEAT_MS', 'WORKER_LEASE_MS']) {
+      expect(() => loadConfig({ [name]: '3000000000' })).toThrow(new RegExp(`${name}: at most 2147483647`));
+      expect(loadConfig({ [name]: '2147483647' })[name as 'SHUTDOWN_TIMEOUT_MS']).toBe(2147483647);
+    }
+    expect(() => loadConfig({ DB_STATEMENT_TIMEOUT_MS: '1100000000' })).toThrow(/DB_STATEMENT_TIMEOUT_MS: at most/);
+  });
+
   it('never prints a password', () => {
     expect(redactUrl('amqp://guest:secret@host:5672')).toBe('amqp://guest:***@host:5672');
     expect(redactUrl('postgres://u:p%40ss@db/x')).not.toContain('p%40ss');

@@ -2,6 +2,8 @@ import { z } from 'zod';
 
 const port = z.coerce.number().int().min(0).max(65535);
 const positiveInt = z.coerce.number().int().positive();
+// A wait the services set a timer for: Node runs a longer one after 1 ms, with only a warning on stderr.
+const timerMs = positiveInt.max(2_147_483_647, "at most 2147483647 (about 24.8 days), a Node timer's limit");
 const commaList = (value: string): string[] =>
   value
     .split(',')
@@ -112,11 +114,14 @@ export const configSchema = z.object({
     .default('64kb'),
   PG_POOL_SIZE: positiveInt.default(10),
   // Every statement of every service is cut after this (a held lock, an overloaded server); the api
-  // then answers 503 and the worker holds its delivery.
-  DB_STATEMENT_TIMEOUT_MS: positiveInt.default(5000),
+  // then answers 503 and the worker holds its delivery. Sessions also get twice this as their
+  // idle_in_transaction_session_timeout, which Postgres takes up to 2^31 - 1.
+  DB_STATEMENT_TIMEOUT_MS: positiveInt
+    .max(1_073_741_823, 'at most 1073741823 (twice it is a session setting)')
+    .default(5000),
   RELAY_BATCH_SIZE: positiveInt.max(10_000).default(200),
-  RELAY_POLL_MS: positiveInt.default(1000),
-  RELAY_CONFIRM_TIMEOUT_MS: positiveInt.default(10_000),
+  RELAY_POLL_MS: timerMs.default(1000),
+  RELAY_CONFIRM_TIMEOUT_MS: timerMs.default(10_000),
   OUTBOX_RETENTION_MS: z.coerce.number().int().min(0).default(3_600_000),
   ATTEMPT_RETENTION_MS: z.coerce
     .number()
@@ -130,7 +135,7 @@ export const configSchema = z.object({
     .int()
     .min(3_600_000, 'at least 3600000 (an hour)')
     .default(30 * 86_400_000),
-  RETENTION_INTERVAL_MS: positiveInt.default(60_000),
+  RETENTION_INTERVAL_MS: timerMs.default(60_000),
   // A pending task whose message was published this long ago and that no worker started is republished
   // by the relay's reconciler (the broker lost the message); the doctor reports such tasks too.
   REPUBLISH_AFTER_MS: positiveInt.default(300_000),
@@ -138,17 +143,17 @@ export const configSchema = z.object({
   // "reports:2,default:20": the queues a worker consumes, each with its prefetch (`default` is the
   // `tasks` queue). Unset, a worker consumes every queue with WORKER_PREFETCH.
   WORKER_QUEUES: workerQueues.optional(),
-  WORKER_LEASE_MS: positiveInt.min(100).default(15_000),
+  WORKER_LEASE_MS: timerMs.min(100).default(15_000),
   // A run whose signal aborted (its timeout, a cancel, the shutdown) has this long to return; then the
   // worker records the attempt and frees the slot, and the run goes on in the background, counted.
-  WORKER_TIMEOUT_GRACE_MS: positiveInt.default(2000),
+  WORKER_TIMEOUT_GRACE_MS: timerMs.default(2000),
   // The largest result a run may return, as JSON; a larger one fails the task (PermanentError).
   WORKER_RESULT_MAX_BYTES: positiveInt.default(10 * 1024 * 1024),
   // When this many abandoned runs are still going at once, the worker drains and exits 1 to be restarted.
   WORKER_ABANDONED_RUNS_MAX: positiveInt.default(10),
   RETRY_BASE_MS: positiveInt.default(1000),
   RETRY_MAX_MS: positiveInt.default(300_000),
-  SHUTDOWN_TIMEOUT_MS: positiveInt.default(10_000),
+  SHUTDOWN_TIMEOUT_MS: timerMs.default(10_000),
   // POST /tasks with runAt or delayMs: a due time further ahead than the first is refused, and a runAt
   // further in the past than the second (clocks differ a little; within it the task runs at once). At
   // most 1 000 years: a due time past the year 9999 is one Postgres refuses or no view can show.
@@ -171,8 +176,8 @@ export const configSchema = z.object({
   AUTH_JWT_ADMIN_CLAIM: adminClaim.optional(),
   CORS_ORIGINS: corsOrigins.default([]),
   // The api's bounds on slow clients: all headers within the first, the whole request within the second.
-  HTTP_HEADERS_TIMEOUT_MS: positiveInt.default(10_000),
-  HTTP_REQUEST_TIMEOUT_MS: positiveInt.default(30_000),
+  HTTP_HEADERS_TIMEOUT_MS: timerMs.default(10_000),
+  HTTP_REQUEST_TIMEOUT_MS: timerMs.default(30_000),
   // Every long poll the api may hold (LONG_POLL_MAX) and as many sockets again for ordinary requests
   // and idle keep-alive connections; far below the file descriptors a container gets.
   HTTP_MAX_CONNECTIONS: positiveInt.default(4000),
@@ -187,12 +192,12 @@ export const configSchema = z.object({
   STREAM_TOKEN_SECRET: z.string().min(32, 'at least 32 characters').optional(),
   STREAM_TOKEN_TTL_MS: positiveInt.default(120_000),
   // Below the idle timeouts of common proxies and load balancers, which start at a minute.
-  STREAM_HEARTBEAT_MS: positiveInt.default(15_000),
+  STREAM_HEARTBEAT_MS: timerMs.default(15_000),
   // A list stream queues a view per changed task for a client that reads slower than tasks change: past
   // this many bytes it catches up from the database at its client's pace, which bounds the api's memory
   // at streams (LONG_POLL_MAX) × bytes; a write blocked this long ends the stream (its client resumes).
   STREAM_MAX_QUEUED_BYTES: positiveInt.default(1024 * 1024),
-  STREAM_STALL_MS: positiveInt.default(60_000),
+  STREAM_STALL_MS: timerMs.default(60_000),
   // Most tasks one bulk retry or cancel acts on: each is one transaction holding that many row locks.
   BULK_ACTION_MAX: positiveInt.max(100_000).default(1000),
   // Serves the operators' dashboard at /dashboard/ (static files; the data needs the api's token).
