@@ -70,6 +70,26 @@ describe('readiness of the schema', () => {
     }
   });
 
+  it('is not ready while Postgres cannot be reached, logging why once (a wrong role), and ready once it can', async () => {
+    const url = new URL(migrated.url);
+    url.username = 'no_such_role';
+    const pool = createPool(url.toString(), quietLogger, { max: 1, statementTimeoutMs: 10_000 });
+    try {
+      const { logger, lines } = capturingLogger();
+      const ready = postgresReadiness(pool, logger, { writes: true });
+      expect([await ready(), await ready()]).toEqual([false, false]);
+      expect(lines).toEqual([
+        expect.objectContaining({
+          level: 'warn',
+          message: 'not ready: Postgres does not answer',
+          error: expect.stringContaining('no_such_role'),
+        }),
+      ]);
+    } finally {
+      await pool.end();
+    }
+  });
+
   it('becomes ready once the missing migration is applied, and says so', async () => {
     const latest = (await shippedMigrations()).at(-1);
     await migrated.pool.query('DELETE FROM kysely_migration WHERE name = $1', [latest]);

@@ -24,8 +24,8 @@ export interface ReadinessOptions {
  * Every service's readiness probe of Postgres: true when it answers, holds every migration this build
  * ships, and (`writes`) takes writes, so a replica started before `npm run migrate`, or a relay or worker
  * left on a read-only server, reports it. Migrations it does not know are fine: a newer build applies
- * them during a rolling upgrade. Logs each change of state; an unreachable Postgres is only false (its
- * pool logs the errors). Probes that overlap share one check.
+ * them during a rolling upgrade. Logs each change of state, an unreachable Postgres with its error (a
+ * wrong password, a refused connection), which nothing else logs. Probes that overlap share one check.
  */
 export function postgresReadiness(
   pool: pg.Pool,
@@ -53,7 +53,11 @@ export function postgresReadiness(
       return false;
     }
     const schema = await readSchema(pool, names);
-    if (!schema) return false;
+    if ('error' in schema) {
+      const { error } = schema;
+      enter(`unreachable: ${error}`, () => logger.warn('not ready: Postgres does not answer', { error }));
+      return false;
+    }
     if (writes && schema.readOnly) {
       enter('read-only', () => logger.warn('not ready: Postgres refuses writes (a standby, or read-only mode)'));
       return false;
@@ -72,16 +76,20 @@ export function postgresReadiness(
 }
 
 /**
- * Whether the session takes writes, and which of `names` are applied; undefined when Postgres does not
+ * Whether the session takes writes, and which of `names` are applied; why not when Postgres does not
  * answer. A read-only session is closed, not pooled: it stays read-only for its life (db.ts,
  * spoilsConnection), and the probe would keep finding it after the server takes writes again.
  */
 async function readSchema(
   pool: pg.Pool,
   names: string[],
-): Promise<{ readOnly: boolean; applied: Set<string> } | undefined> {
-  const client = await pool.connect().catch(() => undefined);
-  if (!client) return undefined;
+): Promise<{ readOnly: boolean; applied: Set<string> } | { error: string }> {
+  let client: pg.PoolClient;
+  try {
+    client = await pool.connect();
+  } catch (err) {
+    return { error: toError(err).message };
+  }
   let readOnly = false;
   let broken = false;
   try {
@@ -98,7 +106,7 @@ async function readSchema(
     // 42P01: no kysely_migration table, a database never migrated. Anything else: the connection failed.
     if (errorCode(err) === '42P01') return { readOnly, applied: new Set() };
     broken = true;
-    return undefined;
+    return { error: toError(err).message };
   } finally {
     client.release(readOnly || broken);
   }
