@@ -31,11 +31,13 @@ async function admin<T>(fn: (client: pg.Client) => Promise<T>): Promise<T> {
 
 /**
  * A fresh, migrated database cloned from the template. Each test file gets its own, which also keeps
- * NOTIFY traffic apart (NOTIFY is per database).
+ * NOTIFY traffic apart (NOTIFY is per database). With `migrated: false`, an empty one, as before the
+ * first `npm run migrate`.
  */
-export async function createTestDatabase(): Promise<TestDatabase> {
+export async function createTestDatabase({ migrated = true } = {}): Promise<TestDatabase> {
   const name = `taskbox_test_${randomBytes(6).toString('hex')}`;
-  await admin((c) => c.query(`CREATE DATABASE ${name} TEMPLATE ${process.env.TASKBOX_TEST_TEMPLATE_DB}`));
+  const template = migrated ? ` TEMPLATE ${process.env.TASKBOX_TEST_TEMPLATE_DB}` : '';
+  await admin((c) => c.query(`CREATE DATABASE ${name}${template}`));
   const url = new URL(adminUrl());
   url.pathname = `/${name}`;
   const pool = createPool(url.toString(), quietLogger, { max: 10, statementTimeoutMs: 10_000 });

@@ -3,7 +3,7 @@ import { sql } from 'kysely';
 import request from 'supertest';
 import { OUTBOX_CHANNEL, createDb, createPgListener, createPool } from '@taskbox/shared';
 import { startTestApi, type TestApi } from '../helpers/api';
-import { quietLogger } from '../helpers/db';
+import { createTestDatabase, quietLogger } from '../helpers/db';
 import { capturingLogger } from '../helpers/log';
 import { insertTaskFixture } from '../helpers/factories';
 import { waitFor } from '../helpers/wait';
@@ -299,6 +299,31 @@ describe('api: readiness', () => {
     } finally {
       await api.close();
       await pool.end();
+    }
+  });
+
+  it('answers 503 on a database not migrated for it, logging once to run npm run migrate, not a 500 per request', async () => {
+    const bare = await createTestDatabase({ migrated: false });
+    const { logger, lines } = capturingLogger();
+    const api = await startTestApi({ pool: bare.pool, db: bare.db, logger });
+    try {
+      for (const res of [
+        await request(api.app).post('/tasks').send({ type: 'echo' }),
+        await request(api.app).get('/tasks'),
+        await request(api.app).get(`/tasks/${randomUUID()}`),
+      ]) {
+        expect([res.status, res.headers['content-type'], res.headers['retry-after']]).toEqual([
+          503,
+          expect.stringMatching(PROBLEM),
+          '2',
+        ]);
+      }
+      expect(lines.filter((l) => l.level === 'warn' || l.level === 'error')).toEqual([
+        expect.objectContaining({ message: 'database not migrated for this build: run npm run migrate' }),
+      ]);
+    } finally {
+      await api.close();
+      await bare.drop();
     }
   });
 });

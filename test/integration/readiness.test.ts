@@ -1,7 +1,5 @@
-import { randomBytes } from 'node:crypto';
-import pg from 'pg';
 import { createPool, postgresReadiness, shippedMigrations } from '@taskbox/shared';
-import { adminUrl, createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
+import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { capturingLogger } from '../helpers/log';
 import { startSystem, type System } from '../helpers/system';
 import { waitFor } from '../helpers/wait';
@@ -18,22 +16,14 @@ describe('readiness of the schema', () => {
   });
 
   it('is not ready on a database never migrated, and logs every migration it lacks once', async () => {
-    const name = `taskbox_bare_${randomBytes(6).toString('hex')}`;
-    const admin = new pg.Client({ connectionString: adminUrl() });
-    await admin.connect();
-    await admin.query(`CREATE DATABASE ${name}`);
-    const url = new URL(adminUrl());
-    url.pathname = `/${name}`;
-    const pool = createPool(url.toString(), quietLogger, { max: 1, statementTimeoutMs: 10_000 });
+    const bare = await createTestDatabase({ migrated: false });
     try {
       const { logger, lines } = capturingLogger();
-      const ready = postgresReadiness(pool, logger, { writes: true });
+      const ready = postgresReadiness(bare.pool, logger, { writes: true });
       expect([await ready(), await ready()]).toEqual([false, false]);
       expect(lines).toEqual([expect.objectContaining({ level: 'warn', missing: await shippedMigrations() })]);
     } finally {
-      await pool.end();
-      await admin.query(`DROP DATABASE ${name} WITH (FORCE)`);
-      await admin.end();
+      await bare.drop();
     }
   });
 

@@ -63,6 +63,14 @@ function isDataException(err: unknown): boolean {
   return /^22[0-9A-Z]{3}$/.test(errorCode(err) ?? '');
 }
 
+/**
+ * A table, column or function the api's statements name is missing (SQLSTATE 42P01, 42703, 42883): a
+ * database not migrated for this build. Not the request's fault, and fixed by `npm run migrate`.
+ */
+function isSchemaMissing(err: unknown): boolean {
+  return ['42P01', '42703', '42883'].includes(errorCode(err) ?? '');
+}
+
 /** How long after its last refusal an outage counts as over, and how often a long one is logged again. */
 const OUTAGE_LOG_MS = 30_000;
 
@@ -99,6 +107,10 @@ const refusals = {
     message: 'request refused: too many waiting',
     detail: 'too many requests are waiting for the database; retry shortly',
   },
+  schema: {
+    message: 'database not migrated for this build: run npm run migrate',
+    detail: 'the database is not ready for this version of the service; retry shortly',
+  },
   timeout: {
     message: 'database statement timed out',
     detail:
@@ -114,6 +126,7 @@ export function problemHandler(logger: Logger): ErrorRequestHandler {
   const outages = {
     database: createOutageLog(logger),
     overload: createOutageLog(logger),
+    schema: createOutageLog(logger),
     timeout: createOutageLog(logger),
   };
   return (err: unknown, req, res, next) => {
@@ -128,8 +141,15 @@ export function problemHandler(logger: Logger): ErrorRequestHandler {
       return sendProblem(res, new HttpProblem(status, STATUS_CODES[status] ?? 'Bad Request', toError(err).message));
     }
     const log = { requestId: res.locals.requestId as string, method: req.method, path: req.path };
-    if (isTransientDbError(err) || err instanceof OverloadedError) {
-      const kind = err instanceof OverloadedError ? 'overload' : isStatementTimeout(err) ? 'timeout' : 'database';
+    if (isTransientDbError(err) || err instanceof OverloadedError || isSchemaMissing(err)) {
+      const kind =
+        err instanceof OverloadedError
+          ? 'overload'
+          : isSchemaMissing(err)
+            ? 'schema'
+            : isStatementTimeout(err)
+              ? 'timeout'
+              : 'database';
       const { message, detail } = refusals[kind];
       outages[kind](message, { ...log, error: toError(err).message });
       // Only a read can be narrowed.
