@@ -75,14 +75,39 @@ export interface TaskPage {
   close(): void;
 }
 
-/** One task, live: its stream (through the client) until it is terminal, and again after a retry. */
+// After a failed long poll (the api restarting), the next one waits this long.
+const POLL_RETRY_MS = 5000;
+
+/**
+ * Resolves once the task has a version after `version`, or once `signal` aborts. A terminal task changes
+ * only by a retry, perhaps another operator's or a bulk one: long polls wait for it.
+ */
+async function nextVersion(id: string, version: number, signal: AbortSignal): Promise<void> {
+  while (!signal.aborted) {
+    try {
+      const view = await call<TaskView>('GET', `/tasks/${id}?wait=25&after=${version}`, undefined, signal);
+      if (view.version > version) return;
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, POLL_RETRY_MS));
+    }
+  }
+}
+
+/** One task, live: its stream (through the client) until it is terminal, then whatever retries it. */
 export function openTaskPage(id: string): TaskPage {
   let watching = new AbortController();
   const watch = async (): Promise<void> => {
     watching.abort();
     watching = new AbortController();
-    const done = await client.watchTask(id, render, { signal: watching.signal });
-    if (done.error && done.error.kind !== 'aborted') showMessage(`${done.error.title}: ${done.error.detail ?? ''}`);
+    const { signal } = watching;
+    while (!signal.aborted) {
+      const done = await client.watchTask(id, render, { signal });
+      if (done.error) {
+        if (done.error.kind !== 'aborted') showMessage(`${done.error.title}: ${done.error.detail ?? ''}`);
+        return;
+      }
+      await nextVersion(id, done.data.version, signal);
+    }
   };
   const act = (action: 'retry' | 'cancel') => async (): Promise<void> => {
     // Off until the answer: a double click sends one request, not a second one refused with 409.
@@ -96,6 +121,8 @@ export function openTaskPage(id: string): TaskPage {
     } catch (err) {
       button.disabled = false;
       showMessage(String(err));
+      // Refused, most often, because the task moved on since this page last heard (a 409): show it as it is.
+      void watch();
     }
   };
   const retry = act('retry');
