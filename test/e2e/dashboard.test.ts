@@ -127,6 +127,58 @@ describe('the dashboard in headless Chromium, served by the api', () => {
     }
   });
 
+  it('follows a task retried elsewhere, shows a refused action with the task as it is, and clears a refresh error once the api answers', async () => {
+    const failed = async (): Promise<string> => {
+      const id = await submit('alice', { type: 'flaky', payload: { failTimes: 1 }, maxAttempts: 1 });
+      await waitFor('the flaky task to fail', async () => (await status(id)) === 'failed');
+      return id;
+    };
+    const retryAsAlice = (id: string) =>
+      fetch(`${stack.urls.api}/tasks/${id}/retry`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${TOKENS.alice}` },
+      });
+    const shows = (page: Page, wanted: string) =>
+      page.waitForFunction((s) => document.getElementById('task-status')?.textContent === s, wanted);
+    const page = await signIn('ops');
+
+    // Another operator (here the owner) retries the task the page shows: the page follows it to its end.
+    const first = await failed();
+    await page.goto(`${stack.urls.api}/dashboard#/tasks/${first}`);
+    await shows(page, 'failed');
+    expect((await retryAsAlice(first)).status).toBe(202);
+    await shows(page, 'succeeded');
+
+    // A page that missed the retry (its long polls held up) offers Retry; the 409 brings the task as it is.
+    const second = await failed();
+    await page.route(
+      (url) => url.searchParams.has('wait'),
+      () => undefined,
+    );
+    await page.goto(`${stack.urls.api}/dashboard#/tasks/${second}`);
+    await shows(page, 'failed');
+    expect((await retryAsAlice(second)).status).toBe(202);
+    await waitFor('the task to succeed', async () => (await status(second)) === 'succeeded');
+    await page.click('#task-retry');
+    await shows(page, 'succeeded');
+    expect(await page.locator('#message').innerText()).toMatch(/Task Not Retryable/);
+    await page.unrouteAll({ behavior: 'ignoreErrors' });
+
+    // The overview's refreshes fail while the api is unreachable, and the banner goes once they work.
+    await page.goto(`${stack.urls.api}/dashboard#/`);
+    await page.waitForSelector('#overview-view:not([hidden])');
+    const list = (url: URL) => url.pathname === '/tasks' || url.pathname === '/tasks/counts';
+    await page.route(list, (route) => route.abort());
+    await page.waitForSelector('#message:not([hidden])');
+    expect(await page.locator('#message').innerText()).toMatch(/Failed to fetch/);
+    await page.unroute(list);
+    await page.waitForSelector('#message', { state: 'hidden' });
+    await page.close();
+    // What this test provoked, and nothing else: the 409, and the requests it made fail.
+    expect(browser.problems.filter((p) => !/^409 |Failed to load resource|ERR_FAILED/.test(p))).toEqual([]);
+    browser.problems.length = 0;
+  });
+
   it("shows a non-admin only their own tasks and counts, live, and none of the admin's controls", async () => {
     const alices = await submit('alice', { type: 'echo', payload: {} });
     const page = await signIn('bob');
@@ -145,6 +197,13 @@ describe('the dashboard in headless Chromium, served by the api', () => {
     await page.waitForFunction(() => document.getElementById('count-succeeded')?.textContent === '4');
     for (const hidden of ['#bulk-retry', '#redrive', '#filter-owner']) expect(await page.isVisible(hidden)).toBe(false);
     await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-owner.png'), fullPage: true });
+    // On a phone the page fits the screen: a wide table scrolls in its own box.
+    await page.setViewportSize({ width: 390, height: 800 });
+    expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
+    await page.click(`#task-rows tr[data-id="${bobs}"] a`);
+    await page.waitForFunction(() => document.getElementById('task-status')?.textContent === 'succeeded');
+    expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-phone.png'), fullPage: true });
     expect(browser.problems).toEqual([]);
     await page.close();
   });

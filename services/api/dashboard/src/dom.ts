@@ -51,3 +51,25 @@ export function showMessage(text: string, isError = true): void {
   box.dataset.kind = isError ? 'error' : 'info';
   box.hidden = text === '';
 }
+
+// The message each background refresh last showed for its failure, by source.
+const refreshFailures = new Map<string, string>();
+
+/**
+ * Runs a refresh nobody clicked for (a poll, a live update): its failure is shown until the same
+ * source's next refresh works, then cleared, unless another message replaced it meanwhile.
+ */
+export function refreshing(source: string, work: Promise<unknown>): void {
+  work.then(
+    () => {
+      const shown = refreshFailures.get(source);
+      refreshFailures.delete(source);
+      if (shown !== undefined && byId('message').textContent === shown) showMessage('');
+    },
+    (err: unknown) => {
+      const text = String(err);
+      refreshFailures.set(source, text);
+      showMessage(text);
+    },
+  );
+}

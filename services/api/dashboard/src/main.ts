@@ -1,5 +1,5 @@
 import { ApiError, call, token, type Me } from './api.js';
-import { byId, showMessage } from './dom.js';
+import { byId, refreshing, showMessage } from './dom.js';
 import { followChanges, type Follow } from './live.js';
 import { refreshCounts, refreshSystem, setUpRedrive } from './overview.js';
 import { createTaskList, type TaskList } from './task-list.js';
@@ -28,9 +28,12 @@ function start(me: Me): void {
   function refresh(): void {
     // The task page follows its own task; the overview catches up when it is shown again.
     if (byId('overview-view').hidden) return;
-    void Promise.all([refreshCounts(list.owner()), list.refresh()])
-      .then(() => (byId('live-mode').textContent = follow?.mode() === 'stream' ? 'live' : 'polling'))
-      .catch((err: unknown) => showMessage(String(err)));
+    refreshing(
+      'overview',
+      Promise.all([refreshCounts(list.owner()), list.refresh()]).then(
+        () => (byId('live-mode').textContent = follow?.mode() === 'stream' ? 'live' : 'polling'),
+      ),
+    );
   }
   // One owner's tasks are followed over a stream, every owner's by polling (live.ts).
   function followScope(): void {
@@ -41,7 +44,7 @@ function start(me: Me): void {
   }
   followScope();
   if (me.admin) {
-    const system = (): void => void refreshSystem().catch((err: unknown) => showMessage(String(err)));
+    const system = (): void => refreshing('system', refreshSystem());
     setUpRedrive(system);
     system();
     setInterval(system, SYSTEM_POLL_MS);
