@@ -1,5 +1,5 @@
 import { isTerminal, type TaskView, type TimelineEvent } from './taskbox-client.js';
-import { call, client } from './api.js';
+import { ApiError, call, client } from './api.js';
 import { byId, h, pretty, showMessage, when } from './dom.js';
 
 /** The attempts a timeline records: when each started (with its external job id) and how it ended. */
@@ -75,20 +75,30 @@ export interface TaskPage {
   close(): void;
 }
 
-// After a failed long poll (the api restarting), the next one waits this long.
-const POLL_RETRY_MS = 5000;
+// How often a page showing a terminal task asks whether it was retried.
+const TERMINAL_POLL_MS = 5000;
+
+/** Waits `ms`, or less when `signal` aborts. */
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener('abort', () => (clearTimeout(timer), resolve()), { once: true });
+  });
+}
 
 /**
  * Resolves once the task has a version after `version`, or once `signal` aborts. A terminal task changes
- * only by a retry, perhaps another operator's or a bulk one: long polls wait for it.
+ * only by a retry, perhaps another operator's or a bulk one. Polls: the api answers a long poll on a
+ * terminal task at once. Resolves too once the task is gone (retention) or the token no longer works.
  */
 async function nextVersion(id: string, version: number, signal: AbortSignal): Promise<void> {
   while (!signal.aborted) {
+    await pause(TERMINAL_POLL_MS, signal);
     try {
-      const view = await call<TaskView>('GET', `/tasks/${id}?wait=25&after=${version}`, undefined, signal);
-      if (view.version > version) return;
-    } catch {
-      await new Promise((resolve) => setTimeout(resolve, POLL_RETRY_MS));
+      if ((await call<TaskView>('GET', `/tasks/${id}`, undefined, signal)).version > version) return;
+    } catch (err) {
+      // The watch that follows says why, and stops.
+      if (err instanceof ApiError && (err.status === 401 || err.status === 404)) return;
     }
   }
 }
