@@ -48,4 +48,34 @@ describe('closeServer', () => {
     expect(told).toBeGreaterThan(0);
     expect(ends).toHaveLength(4);
   });
+
+  it('lets a response in flight at the close reach a slow client whole, however long its writing takes', async () => {
+    const body = Buffer.alloc(20 * 1024 * 1024, 'x');
+    let received: () => void = () => undefined;
+    const arrived = new Promise<void>((resolve) => (received = resolve));
+    // A large answer a little after the close, as a task's result read from the database.
+    const server = http.createServer((_req, res) => {
+      received();
+      setTimeout(() => res.end(body), 200);
+    });
+    await listen(server, 0);
+    const read = new Promise<number | Error>((resolve) => {
+      http
+        .get({ port: (server.address() as AddressInfo).port }, (res) => {
+          let bytes = 0;
+          // A slow reader: the answer takes seconds to write, past any sweep of idle connections.
+          res.on('data', (chunk: Buffer) => {
+            bytes += chunk.length;
+            res.pause();
+            setTimeout(() => res.resume(), 5);
+          });
+          res.on('end', () => resolve(bytes));
+          res.on('error', resolve);
+        })
+        .on('error', resolve);
+    });
+    await arrived;
+    await closeServer(server);
+    expect(await read).toBe(body.length);
+  });
 });

@@ -54,8 +54,9 @@ export function postgresReadiness(
     }
     const schema = await readSchema(pool, names);
     if ('error' in schema) {
-      const { error } = schema;
-      enter(`unreachable: ${error}`, () => logger.warn('not ready: Postgres does not answer', { error }));
+      const { error, code } = schema;
+      // By kind (a refused connection, a wrong password), not by text, which may vary within one outage.
+      enter(`unreachable: ${code}`, () => logger.warn('not ready: Postgres does not answer', { error }));
       return false;
     }
     if (writes && schema.readOnly) {
@@ -83,12 +84,13 @@ export function postgresReadiness(
 async function readSchema(
   pool: pg.Pool,
   names: string[],
-): Promise<{ readOnly: boolean; applied: Set<string> } | { error: string }> {
+): Promise<{ readOnly: boolean; applied: Set<string> } | { error: string; code: string }> {
+  const failure = (err: unknown) => ({ error: toError(err).message, code: errorCode(err) ?? 'no code' });
   let client: pg.PoolClient;
   try {
     client = await pool.connect();
   } catch (err) {
-    return { error: toError(err).message };
+    return failure(err);
   }
   let readOnly = false;
   let broken = false;
@@ -106,7 +108,7 @@ async function readSchema(
     // 42P01: no kysely_migration table, a database never migrated. Anything else: the connection failed.
     if (errorCode(err) === '42P01') return { readOnly, applied: new Set() };
     broken = true;
-    return { error: toError(err).message };
+    return failure(err);
   } finally {
     client.release(readOnly || broken);
   }
@@ -188,7 +190,8 @@ export function listen(server: http.Server, port: number): Promise<void> {
  * Stops taking connections and resolves once every open one has ended. A keep-alive connection busy at
  * the close would otherwise carry its client's next requests for good, up to the shutdown deadline and
  * its cut of requests in flight: each request from now on is answered with `Connection: close`, and a
- * connection whose response ended before its client sent another is closed within SWEEP_MS.
+ * connection whose response was written out whole waits at most IDLE_CLOSE_MS for another request
+ * (Node's keep-alive timer, which starts only then: a large answer to a slow client is never cut).
  */
 export function closeServer(server: http.Server): Promise<void> {
   return new Promise((resolve) => {
@@ -197,15 +200,11 @@ export function closeServer(server: http.Server): Promise<void> {
     server.prependListener('request', (_req: http.IncomingMessage, res: http.ServerResponse) => {
       if (!res.headersSent) res.setHeader('connection', 'close');
     });
-    const sweep = setInterval(() => server.closeIdleConnections(), SWEEP_MS);
-    server.close(() => {
-      clearInterval(sweep);
-      resolve();
-    });
+    server.keepAliveTimeout = Math.min(server.keepAliveTimeout || IDLE_CLOSE_MS, IDLE_CLOSE_MS);
+    server.close(() => resolve());
     server.closeIdleConnections();
   });
 }
 
-// How often a closing server closes the connections that went idle since: seldom, since a client may
-// send its next request on one just as it closes (a reset); one that does is told to close instead.
-const SWEEP_MS = 1000;
+// How long a closing server's connection waits for another request once its response is written.
+const IDLE_CLOSE_MS = 1000;
