@@ -99,20 +99,15 @@ async function viaStream(
     const extra: Record<string, string> = { accept: 'text/event-stream' };
     if (last) extra['last-event-id'] = String(last.version);
     let response: Response;
+    const headers = await http.headers(extra);
     // A request with no answer for idleMs (a connection that went nowhere: a NAT that forgot it, a
-    // laptop that slept) is cut like a stream that went quiet; a browser's fetch would wait for good.
-    let unanswered = false;
-    const answerTimer = setTimeout(() => {
-      unanswered = true;
-      cut.abort();
-    }, idleMs);
+    // laptop that slept) is cut and made again; a browser's fetch would wait for good. A network
+    // failure, not a proxy holding streams back: it does not count towards long polls.
+    const answerTimer = setTimeout(() => cut.abort(), idleMs);
     try {
-      response = await http.fetch(`${http.baseUrl}/tasks/${id}/events`, {
-        headers: await http.headers(extra),
-        signal: cut.signal,
-      });
+      response = await http.fetch(`${http.baseUrl}/tasks/${id}/events`, { headers, signal: cut.signal });
     } catch (err) {
-      return settle(networkError(err), unanswered);
+      return settle(networkError(err));
     } finally {
       clearTimeout(answerTimer);
     }

@@ -64,11 +64,11 @@ function isDataException(err: unknown): boolean {
 }
 
 /**
- * A table, column or function the api's statements name is missing (SQLSTATE 42P01, 42703, 42883): a
- * database not migrated for this build. Not the request's fault, and fixed by `npm run migrate`.
+ * A table or column the api's statements name is missing (SQLSTATE 42P01, 42703): a database not
+ * migrated for this build. Not the request's fault, and fixed by `npm run migrate`.
  */
 function isSchemaMissing(err: unknown): boolean {
-  return ['42P01', '42703', '42883'].includes(errorCode(err) ?? '');
+  return ['42P01', '42703'].includes(errorCode(err) ?? '');
 }
 
 /** How long after its last refusal an outage counts as over, and how often a long one is logged again. */
