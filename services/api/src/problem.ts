@@ -119,6 +119,8 @@ const refusals = {
   },
 };
 const LIST_ADVICE = "; or a list's filters read too many tasks: narrow them (createdAfter, status, type)";
+// A write sent before the database went silent may still commit when the network heals.
+const WRITE_ADVICE = '; a write sent before may still have been accepted: retry with the same Idempotency-Key';
 
 /** Renders every error as problem+json; never leaks a stack trace. */
 export function problemHandler(logger: Logger): ErrorRequestHandler {
@@ -152,8 +154,13 @@ export function problemHandler(logger: Logger): ErrorRequestHandler {
               : 'database';
       const { message, detail } = refusals[kind];
       outages[kind](message, { ...log, error: toError(err).message });
-      // Only a read can be narrowed.
-      const advice = kind === 'timeout' && req.method === 'GET' ? LIST_ADVICE : '';
+      // Only a read can be narrowed; only a write can be in doubt.
+      const advice =
+        kind === 'timeout' && req.method === 'GET'
+          ? LIST_ADVICE
+          : kind === 'database' && req.method === 'POST'
+            ? WRITE_ADVICE
+            : '';
       return sendProblem(res, new HttpProblem(503, 'Service Unavailable', detail + advice, {}, 2));
     }
     if (isDataException(err)) {
