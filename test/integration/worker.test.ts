@@ -457,6 +457,31 @@ describe('worker', () => {
     expect(await attemptsOf(id)).toMatchObject([{ attempt: 1, outcome: 'succeeded' }]);
   });
 
+  it('takes a finish whose answer was lost, and which finds its own outcome when tried again, as recorded', async () => {
+    await worker.close();
+    let cut = 0;
+    const { logger, lines } = capturingLogger();
+    worker = await startWorker(
+      15_000,
+      (real) => ({
+        ...real,
+        finish: async (...args) => {
+          const status = await real.finish(...args);
+          if (cut++ === 0) throw Object.assign(new Error('Connection terminated unexpectedly'), { code: 'ECONNRESET' });
+          return status;
+        },
+      }),
+      logger,
+    );
+    const id = await insertTaskFixture(database.db, { type: 'echo', maxAttempts: 1 });
+    await publish({ taskId: id, type: 'echo', attempt: 1 });
+    await waitFor('recorded', () => lines.some((l) => String(l.message).startsWith('attempt recorded')), 5000);
+    expect(lines.find((l) => String(l.message).startsWith('attempt recorded'))).toMatchObject({ outcome: 'succeeded' });
+    // Not taken for another run's: the message was acked, not put back to be dropped on its redelivery.
+    expect(lines.filter((l) => /discarded|redelivery|duplicate/.test(String(l.message)))).toEqual([]);
+    expect(await attemptsOf(id)).toMatchObject([{ attempt: 1, outcome: 'succeeded' }]);
+  });
+
   it('schedules a retry through the outbox, with backoff, in the transaction that records the failure', async () => {
     const id = await insertTaskFixture(database.db, { type: 'flaky', payload: { failTimes: 1 } });
     await publish({ taskId: id, type: 'flaky', attempt: 1 }, {}, 'flaky');

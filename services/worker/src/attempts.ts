@@ -25,7 +25,7 @@ import type { AttemptWrites } from './attempt-writes';
 import { interruptAttempt, releaseLease } from './lease-sql';
 import type { Orphans } from './orphans';
 import { RunAbandoned, runHandler, TimeoutError } from './run-handler';
-import type { AttemptOutcome } from './finish-sql';
+import { attemptOutcome, type AttemptOutcome } from './finish-sql';
 import { progressReporter } from './progress';
 import { cancelLostRun, failTask, lockTask, renewOwnStart, startAttempt, type LockedTask } from './task-sql';
 
@@ -270,6 +270,16 @@ async function recordOutcome(
     return recordOutcome(deps, taskId, attempt, { kind: 'failed', error, retryInMs: null }, logger);
   }
   if (status === null) {
+    // An earlier try of this write may have committed, its answer lost: the row then has this run's outcome.
+    if ((await attemptOutcome(deps.db, taskId, attempt).catch(() => undefined)) === outcome.kind) {
+      deps.taskNotifier.changed(taskId);
+      deps.outboxNotifier.poke();
+      logger.info('attempt recorded: an earlier try of its write committed, and only its answer was lost', {
+        attempt,
+        outcome: outcome.kind,
+      });
+      return 'recorded';
+    }
     // The task is no longer processing under this attempt: resumed elsewhere after this run lost its
     // lease, or its start was lost in a failover to a standby that had not received it. The redelivery
     // is decided from the row: dropped in the first case, run again in the second.

@@ -54,6 +54,17 @@ export async function finishWithRetry(
   });
 }
 
+/** How an attempt ended, as its row says: null while it runs, 'lost' when the sweeper closed it. */
+export async function attemptOutcome(db: Db, taskId: string, attempt: number): Promise<string | null | undefined> {
+  const row = await db
+    .selectFrom('task_attempts')
+    .select('outcome')
+    .where('task_id', '=', taskId)
+    .where('attempt', '=', attempt)
+    .executeTakeFirst();
+  return row?.outcome;
+}
+
 /** An attempt that ends its task: succeeded, cancelled, or failed with no retry left. */
 export interface TerminalFinish {
   taskId: string;
