@@ -155,6 +155,21 @@ describe('@taskbox/client watchTask: what it leaves open and what it tells the c
     expect(streams).toBe(2);
   });
 
+  it('takes a token provider that fails once as a failed round, never a rejection, and follows the task', async () => {
+    const id = await insertTaskFixture(api.database.db, { owner: 'alice' });
+    let asked = 0;
+    const token = () => {
+      if (asked++ === 0) throw new Error('token store unavailable');
+      return TOKEN;
+    };
+    const watcher = createClient({ baseUrl: base, token });
+    const seen: TaskView[] = [];
+    const watching = watcher.watchTask(id, (view) => seen.push(view));
+    await waitFor('the first state', () => seen.length > 0);
+    await finish(id);
+    expect((await watching).data?.status).toBe('succeeded');
+  });
+
   it('makes again a long poll that gets no answer past its wait, and follows the task to its end', async () => {
     const id = await insertTaskFixture(api.database.db, { owner: 'alice' });
     let polls = 0;

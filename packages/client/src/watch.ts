@@ -99,12 +99,13 @@ async function viaStream(
     const extra: Record<string, string> = { accept: 'text/event-stream' };
     if (last) extra['last-event-id'] = String(last.version);
     let response: Response;
-    const headers = await http.headers(extra);
-    // A request with no answer for idleMs (a connection that went nowhere: a NAT that forgot it, a
-    // laptop that slept) is cut and made again; a browser's fetch would wait for good. A network
-    // failure, not a proxy holding streams back: it does not count towards long polls.
-    const answerTimer = setTimeout(() => cut.abort(), idleMs);
+    let answerTimer: ReturnType<typeof setTimeout> | undefined;
     try {
+      const headers = await http.headers(extra);
+      // A request with no answer for idleMs (a connection that went nowhere: a NAT that forgot it, a
+      // laptop that slept) is cut and made again; a browser's fetch would wait for good. A network
+      // failure, not a proxy holding streams back: it does not count towards long polls.
+      answerTimer = setTimeout(() => cut.abort(), idleMs);
       response = await http.fetch(`${http.baseUrl}/tasks/${id}/events`, { headers, signal: cut.signal });
     } catch (err) {
       return settle(networkError(err));
