@@ -80,17 +80,12 @@ export class ApiError extends Error {
 }
 
 /** One JSON request with the signed-in token; throws ApiError for a problem answer. */
-export async function call<T>(method: 'GET' | 'POST', path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
+export async function call<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
   const headers: Record<string, string> = { accept: 'application/json' };
   const bearer = token.get();
   if (bearer) headers.authorization = `Bearer ${bearer}`;
   if (body !== undefined) headers['content-type'] = 'application/json';
-  const res = await fetch(path, {
-    method,
-    headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-    signal,
-  });
+  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const answer = (await res.json().catch(() => ({}))) as { title?: string; detail?: string };
   if (!res.ok) throw new ApiError(res.status, answer.title ?? res.statusText, answer.detail);
   return answer as T;

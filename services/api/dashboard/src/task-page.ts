@@ -1,5 +1,5 @@
 import { isTerminal, type TaskView, type TimelineEvent } from './taskbox-client.js';
-import { ApiError, call, client } from './api.js';
+import { call, client } from './api.js';
 import { byId, h, pretty, showMessage, when } from './dom.js';
 
 /** The attempts a timeline records: when each started (with its external job id) and how it ended. */
@@ -94,12 +94,9 @@ function pause(ms: number, signal: AbortSignal): Promise<void> {
 async function nextVersion(id: string, version: number, signal: AbortSignal): Promise<void> {
   while (!signal.aborted) {
     await pause(TERMINAL_POLL_MS, signal);
-    try {
-      if ((await call<TaskView>('GET', `/tasks/${id}`, undefined, signal)).version > version) return;
-    } catch (err) {
-      // The watch that follows says why, and stops.
-      if (err instanceof ApiError && (err.status === 401 || err.status === 404)) return;
-    }
+    const { data, error } = await client.getTask(id, { signal });
+    // Gone or no longer allowed: the watch that follows says why, and stops.
+    if ((data && data.version > version) || error?.status === 401 || error?.status === 404) return;
   }
 }
 
