@@ -122,6 +122,14 @@ const LIST_ADVICE = "; or a list's filters read too many tasks: narrow them (cre
 // A write sent before the database went silent may still commit when the network heals.
 const WRITE_ADVICE = '; a write sent before may still have been accepted: retry with the same Idempotency-Key';
 
+/** Which of the refusals (a 503 a client may retry) an error is, if any. */
+function refusalKind(err: unknown): keyof typeof refusals | null {
+  if (err instanceof OverloadedError) return 'overload';
+  if (isSchemaMissing(err)) return 'schema';
+  if (!isTransientDbError(err)) return null;
+  return isStatementTimeout(err) ? 'timeout' : 'database';
+}
+
 /** Renders every error as problem+json; never leaks a stack trace. */
 export function problemHandler(logger: Logger): ErrorRequestHandler {
   // Each kind of refusal is an outage of its own.
@@ -143,15 +151,8 @@ export function problemHandler(logger: Logger): ErrorRequestHandler {
       return sendProblem(res, new HttpProblem(status, STATUS_CODES[status] ?? 'Bad Request', toError(err).message));
     }
     const log = { requestId: res.locals.requestId as string, method: req.method, path: req.path };
-    if (isTransientDbError(err) || err instanceof OverloadedError || isSchemaMissing(err)) {
-      const kind =
-        err instanceof OverloadedError
-          ? 'overload'
-          : isSchemaMissing(err)
-            ? 'schema'
-            : isStatementTimeout(err)
-              ? 'timeout'
-              : 'database';
+    const kind = refusalKind(err);
+    if (kind) {
       const { message, detail } = refusals[kind];
       outages[kind](message, { ...log, error: toError(err).message });
       // Only a read can be narrowed; only a write can be in doubt.
