@@ -8,7 +8,10 @@ import { ratioPairs, ratiosTo } from './peers-report.mjs';
 
 const count = Number(process.argv[2] ?? 3);
 const dir = path.join(outDir, 'runs');
-const files = (await readdir(dir)).filter((f) => f.endsWith('.json')).sort();
+// No runs yet (a fresh clone): the same answer as runs without the comparison.
+const files = (await readdir(dir).catch((e) => (e.code === 'ENOENT' ? [] : Promise.reject(e))))
+  .filter((f) => f.endsWith('.json'))
+  .sort();
 const runs = [];
 for (const file of files) {
   const report = JSON.parse(await readFile(path.join(dir, file), 'utf8'));
