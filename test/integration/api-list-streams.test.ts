@@ -98,7 +98,7 @@ describe('api: list streams (GET /tasks/events) for clients that read slowly or 
     let text = '';
     let closed = false;
     const socket = net.connect(Number(new URL(base).port), '127.0.0.1');
-    socket.write('GET /tasks/events HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n');
+    socket.write('GET /tasks/events?current=false HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n');
     socket.setEncoding('utf8');
     // Reads the headers and `ready`, then nothing (a stalled connection, a suspended tab).
     let stalled = true;
@@ -129,7 +129,7 @@ describe('api: list streams (GET /tasks/events) for clients that read slowly or 
   });
 
   it('catches a reading client up through pages far larger than the bound without ending its stream', async () => {
-    const first = await stream(`${base}/tasks/events?type=echo`);
+    const first = await stream(`${base}/tasks/events?type=echo&current=false`);
     await first.waitFor('ready', (events) => events[0]?.event === 'ready');
     const mark = first.events[0]?.id as string;
     first.close();
@@ -143,7 +143,7 @@ describe('api: list streams (GET /tasks/events) for clients that read slowly or 
   });
 
   it('keeps the stream of a reading client through one change far larger than the bound: every task arrives', async () => {
-    const s = await stream(`${base}/tasks/events?type=echo`);
+    const s = await stream(`${base}/tasks/events?type=echo&current=false`);
     await s.waitFor('ready', (events) => events[0]?.event === 'ready');
     const before = streamEnded().length;
     // One transaction: the shared read hands the stream 20 MB at once.
@@ -153,7 +153,7 @@ describe('api: list streams (GET /tasks/events) for clients that read slowly or 
   });
 
   it('moves a reading client on through a burst while an open transaction holds the watermark back', async () => {
-    const s = await stream(`${base}/tasks/events?type=echo`);
+    const s = await stream(`${base}/tasks/events?type=echo&current=false`);
     await s.waitFor('ready', (events) => events[0]?.event === 'ready');
     // A session with a transaction open (a long report, a pg_dump): the watermark stays behind it.
     const holder = await api.database.pool.connect();
@@ -194,7 +194,7 @@ describe('api: list streams while a transaction is left open', () => {
   });
 
   it('reads only the new changes at each wake-up, not every change since the transaction began', async () => {
-    const s = await openSse(`${base}/tasks/events`);
+    const s = await openSse(`${base}/tasks/events?current=false`);
     await s.waitFor('ready', (events) => events[0]?.event === 'ready');
     // An idle session in a transaction, even in another database, holds every watermark back.
     const holder = new pg.Client({ connectionString: other.url });

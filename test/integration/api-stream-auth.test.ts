@@ -124,10 +124,13 @@ describe('api: streams and stream tokens are scoped to their owner', () => {
     const issued = await streamToken('/tasks/stream-token', ALICE);
     expect(issued.body.url).toBe(`/tasks/events?token=${issued.body.token}`);
     const list = await stream(issued.body.url);
-    await list.waitFor('ready', (events) => events[0]?.event === 'ready');
+    await list.waitFor('ready', (events) => events.some((e) => e.event === 'ready'));
+    const opened = list.events.length;
     await progress(db, bobs, 0.5);
     await progress(db, alicesOther, 0.5);
-    await list.waitFor('alice’s change', (events) => events.some((e) => (e.data as { id: string }).id === alicesOther));
+    await list.waitFor('alice’s change', (events) =>
+      events.slice(opened).some((e) => (e.data as { id: string }).id === alicesOther),
+    );
     expect(list.events.some((e) => (e.data as { id?: string }).id === bobs)).toBe(false);
 
     expect((await stream(`/tasks/${alicesOther}/events?token=${issued.body.token}`)).status).toBe(200);
@@ -151,8 +154,10 @@ describe('api: streams and stream tokens are scoped to their owner', () => {
   });
 
   it('shows bob’s list stream none of alice’s changes', async () => {
+    // Bob's current state first, then his changes: none of alice's tasks in either.
     const list = await stream('/tasks/events', BOB);
-    await list.waitFor('ready', (events) => events[0]?.event === 'ready');
+    await list.waitFor('ready', (events) => events.some((e) => e.event === 'ready'));
+    expect(list.events.some((e) => e.event === 'task' && (e.data as { id: string }).id === bobs)).toBe(true);
     await progress(db, alices, 0.75);
     await progress(db, bobs, 0.75);
     await list.waitFor('bob’s change', (events) => events.some((e) => (e.data as { id: string }).id === bobs));

@@ -191,7 +191,7 @@ describe('api: GET /tasks/{id}/events streams a task live (Server-Sent Events)',
   });
 
   it('streams the owner’s changes on GET /tasks/events, filtered by type, and resumes from a watermark with no task missing', async () => {
-    const s = await stream(`${base}/tasks/events?type=sleep`);
+    const s = await stream(`${base}/tasks/events?type=sleep&current=false`);
     await s.waitFor('ready', (events) => events[0]?.event === 'ready');
     const echo = await fetch(`${base}/tasks`, {
       method: 'POST',
@@ -220,7 +220,7 @@ describe('api: GET /tasks/{id}/events streams a task live (Server-Sent Events)',
   });
 
   it('catches a list stream up from an old watermark page by page, moving its event id so that a cut client resumes mid-way', async () => {
-    const first = await stream(`${base}/tasks/events?type=echo`);
+    const first = await stream(`${base}/tasks/events?type=echo&current=false`);
     await first.waitFor('ready', (events) => events[0]?.event === 'ready');
     const mark = first.events[0]?.id as string;
     first.close();

@@ -153,8 +153,18 @@ describe('a list that runs past the statement timeout', () => {
   });
 });
 
-describe('a list stream catching up on a locked table', () => {
-  it('ends the stream with a warning, for the client to resume from its last event id', async () => {
+describe('a list stream reading a locked table', () => {
+  it.each([
+    // From the first transaction on: everything the owner ever changed is to catch up on.
+    [
+      'catching up',
+      { 'last-event-id': '1' },
+      ['ready'],
+      'list stream catch-up failed; the client resumes from its last event id',
+    ],
+    // Opened afresh: a stream's ids start at `ready`, so its client opens it afresh again.
+    ['sending its current state', {}, [], 'list stream read of the current state failed; the client starts again'],
+  ])('ends the stream %s with a warning, for its client to open it again', async (_, headers, events, warning) => {
     const database = await createTestDatabase();
     const pool = createPool(database.url, quietLogger, { max: 4, statementTimeoutMs: 300 });
     const { logger, lines } = capturingLogger();
@@ -166,13 +176,10 @@ describe('a list stream catching up on a locked table', () => {
       await insertTaskFixture(database.db, { status: 'succeeded' });
       await locker.query('BEGIN');
       await locker.query('LOCK TABLE tasks');
-      // From the first transaction on: everything the owner ever changed is to catch up on.
-      const stream = await openSse(`${base}/tasks/events`, { 'last-event-id': '1' });
+      const stream = await openSse(`${base}/tasks/events`, headers);
       await stream.ended;
-      expect(stream.events.map((e) => e.event)).toEqual(['ready']);
-      expect(lines.map((l) => l.message)).toContain(
-        'list stream catch-up failed; the client resumes from its last event id',
-      );
+      expect(stream.events.map((e) => e.event)).toEqual(events);
+      expect(lines.map((l) => l.message)).toContain(warning);
     } finally {
       await locker.query('ROLLBACK');
       await locker.end();

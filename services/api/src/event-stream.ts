@@ -16,7 +16,8 @@ export interface StreamBounds {
 }
 
 export interface StreamEvent {
-  id: string;
+  /** Absent: the client's last event id stays as it was (a list stream's current state, before `ready`). */
+  id?: string;
   /** Without a type and data the block only moves the client's last event id (the SSE spec allows it). */
   event?: string;
   data?: unknown;
@@ -46,7 +47,7 @@ export interface EventStream {
 }
 
 function format({ id, event, data }: StreamEvent): string {
-  const lines = [`id: ${id}`];
+  const lines = id === undefined ? [] : [`id: ${id}`];
   if (event) lines.push(`event: ${event}`);
   // JSON.stringify escapes newlines, so the data fits on one line.
   if (data !== undefined) lines.push(`data: ${JSON.stringify(data)}`);

@@ -3,6 +3,7 @@ import type { EventStream } from './event-stream';
 import type { TaskEvents } from './task-events';
 import {
   currentHorizon,
+  listTasks,
   tasksChangedBetween,
   tasksChangedSince,
   type ChangeCursor,
@@ -18,6 +19,13 @@ export interface ListFilter {
 }
 
 export interface ListStreams {
+  /**
+   * Sends `stream` the current state of every task of the filter, newest first, a page at a time as its
+   * client reads. The events carry no id: a client cut off before the stream's first id (`ready`) has
+   * no last event id, and its reconnect gets them all again. False when the stream closed, the api is
+   * stopping, or a read failed (the client reconnects).
+   */
+  current(filter: ListFilter, stream: EventStream): Promise<boolean>;
   /**
    * Sends `stream` every state of the filter's tasks changed at or after the watermark `since`, until
    * the stream closes or the api stops. The caller holds TaskEvents.hold() from before it read the
@@ -247,6 +255,31 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
   }
 
   return {
+    async current(filter, stream) {
+      const over = () => stream.closed.aborted || events.stopped();
+      try {
+        for (let after: { createdAt: string; id: string } | undefined; ;) {
+          const page = await listTasks(db, { ...filter, limit: CATCH_UP_PAGE, after });
+          for (const row of page) {
+            if (over()) return false;
+            // Waits as the stream asks, within the page, as a catch-up does.
+            if (!stream.send(row.id, { event: 'task', data: toTaskView(row) })) {
+              await Promise.race([stream.drained(), stopping]);
+            }
+          }
+          const last = page.at(-1);
+          if (page.length < CATCH_UP_PAGE || !last) return !over();
+          after = { createdAt: last.cursor_created_at, id: last.id };
+          await Promise.race([stream.drained(), stopping]);
+          if (over()) return false;
+        }
+      } catch (err) {
+        logger.warn('list stream read of the current state failed; the client starts again', {
+          error: toError(err).message,
+        });
+        return false;
+      }
+    },
     async follow(filter, from, stream) {
       const out = new Set<string>();
       const since = await catchUp({ filter, out, stream }, from);

@@ -136,6 +136,10 @@ export const listStreamQuerySchema = z
     status: statusSchema.optional(),
     type: typeNameSchema.optional(),
     owner: ownerParam.describe("an admin's stream follows the owner it names, and must name one"),
+    current: z
+      .enum(['true', 'false'])
+      .optional()
+      .describe('false: no current state first, only the changes after the stream opened'),
     token: tokenParam,
   })
   .strict();

@@ -50,8 +50,10 @@ export function followChanges(owner: string | null, admin: boolean, changed: () 
       const issued = await call<{ url: string }>('POST', '/tasks/stream-token');
       if (stopped) return;
       const url = new URL(issued.url, location.href);
-      // An admin's list stream names the owner it follows; anyone else's follows their own.
+      // An admin's list stream names the owner it follows; anyone else's follows their own. The page
+      // reads the tasks itself and needs only to hear of changes, not every task's current state.
       if (admin && owner) url.searchParams.set('owner', owner);
+      url.searchParams.set('current', 'false');
       source = new EventSource(url);
       source.addEventListener('ready', () => {
         failures = 0;

@@ -97,10 +97,17 @@ function listStream(deps: StreamsDeps): Handler {
       const horizon = await currentHorizon(deps.db);
       const last = req.get('last-event-id');
       // A watermark from the future (another database, a restore) cannot be trusted: start from now.
-      const since = last && /^\d{1,20}$/.test(last) && BigInt(last) <= BigInt(horizon) ? last : horizon;
+      const resumes = last !== undefined && /^\d{1,20}$/.test(last) && BigInt(last) <= BigInt(horizon);
+      const since = resumes ? last : horizon;
       const stream = openEventStream(res, deps.timing, deps.bounds, deps.logger);
+      const filter = { owner, status, type };
+      // Read after the watermark: a task that changes meanwhile is sent again by follow, as it is then.
+      if (!resumes && query.data.current !== 'false' && !(await deps.lists.current(filter, stream))) {
+        stream.end();
+        return;
+      }
       stream.send('ready', { id: since, event: 'ready', data: {} });
-      await deps.lists.follow({ owner, status, type }, since, stream);
+      await deps.lists.follow(filter, since, stream);
       stream.end();
     } finally {
       stopWaiting?.();
