@@ -129,6 +129,17 @@ describe('api: creating, reading and cancelling tasks', () => {
     }
   });
 
+  it('answers JSON that is not an object as a 422 naming what the body must be, as an array, and writes nothing', async () => {
+    const before = await counts();
+    for (const body of ['null', '123', '"echo"', '[1]', 'true']) {
+      const res = await request(api.app).post('/tasks').set('content-type', 'application/json').send(body);
+      expect(res.status).toBe(422);
+      expect(res.body).toMatchObject({ title: 'Invalid Task' });
+      expect(res.body.detail).toMatch(/^\(body\): .*expected object/);
+    }
+    expect(await counts()).toEqual(before);
+  });
+
   it('answers 400 for an id that is not a UUID and 404 for a UUID-shaped id that does not exist', async () => {
     const bad = await request(api.app).get('/tasks/not-a-uuid');
     const unknown = await request(api.app).get(`/tasks/${randomUUID()}`);

@@ -8,9 +8,14 @@ const JSON_TYPES = ['application/json', 'application/*+json'];
 // nothing is nothing): the headers alone cannot say whether a body was empty.
 const bodyBytes = new WeakMap<IncomingMessage, number>();
 
-/** express.json for the api's request bodies, noting how long each one was for jsonBody. */
+/**
+ * express.json for the api's request bodies, noting how long each one was for jsonBody. Not strict: a
+ * body of valid JSON that is not an object (`null`, `123`) is parsed, and the route's schema answers
+ * that it must be an object, as for an array; strict parsing called it malformed JSON.
+ */
 export function jsonParser(limit: string): RequestHandler {
-  return express.json({ limit, type: JSON_TYPES, verify: (req, _res, buf) => void bodyBytes.set(req, buf.length) });
+  const verify = (req: IncomingMessage, _res: unknown, buf: Buffer) => void bodyBytes.set(req, buf.length);
+  return express.json({ limit, type: JSON_TYPES, strict: false, verify });
 }
 
 /**
