@@ -206,3 +206,30 @@ describe('api: CORS_ORIGINS and security headers', () => {
     expect(() => loadConfig({ CORS_ORIGINS: 'https://app.example.com/path' })).toThrow(/CORS_ORIGINS/);
   });
 });
+
+describe('api contract: a method that a documented path does not take', () => {
+  it('is 405 with the documented methods in Allow, OPTIONS 204 with the same, an unknown path 404', async () => {
+    const api = await startTestApi({ auth: loadConfig({ AUTH_TOKENS: 'tok-root:root:admin' }) });
+    const root = { authorization: 'Bearer tok-root' };
+    const methods = ['get', 'post', 'put', 'patch', 'delete'];
+    const allowed = (res: request.Response) => new Set(String(res.headers.allow).split(', '));
+    try {
+      const doc = (await request(api.app).get('/openapi.json')).body as Doc;
+      for (const [path, operations] of Object.entries(doc.paths)) {
+        const url = path.replace('{id}', randomUUID());
+        const documented = Object.keys(operations).filter((m) => methods.includes(m));
+        const allow = new Set([...documented.map((m) => m.toUpperCase()), 'OPTIONS']);
+        if (documented.includes('get')) allow.add('HEAD');
+        // No path takes DELETE.
+        const refused = await request(api.app).delete(url).set(root);
+        expect([path, refused.status, allowed(refused)]).toEqual([path, 405, allow]);
+        expect(refused.headers['content-type']).toMatch(/^application\/problem\+json/);
+        const options = await request(api.app).options(url).set(root);
+        expect([path, options.status, allowed(options)]).toEqual([path, 204, allow]);
+      }
+      expect((await request(api.app).delete('/tasks/x/nothing').set(root)).status).toBe(404);
+    } finally {
+      await api.close();
+    }
+  });
+});

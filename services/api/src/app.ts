@@ -19,7 +19,7 @@ import { createHeldRequests, type HeldKind, type HeldRequests, type LongPollLimi
 import { createListStreams } from './list-streams';
 import { jsonParser } from './json-body';
 import { openApiDocument } from './openapi';
-import { notFoundHandler, problemHandler } from './problem';
+import { allowOnly, notFoundHandler, problemHandler } from './problem';
 import { adminRouter, type AdminSettings } from './routes/admin';
 import { streamsRouter } from './routes/streams';
 import { tasksRouter } from './routes/tasks';
@@ -148,9 +148,12 @@ function heldGauges(registry: Registry, held: HeldRequests): void {
 /** /me, the tasks (streams first: /tasks/events is not an id) and the admin endpoints. */
 function useTaskRoutes(app: express.Express, deps: AppDeps, held: HeldRequests): void {
   // Who the token says the caller is: a page shows admin controls only to admins (the api checks anyway).
-  app.get('/me', authenticate(deps.auth), (_req, res) => {
-    res.json(viewer(res));
-  });
+  app
+    .route('/me')
+    .get(authenticate(deps.auth), (_req, res) => {
+      res.json(viewer(res));
+    })
+    .all(allowOnly('GET'));
   app.use(
     '/tasks',
     noteMount,
@@ -203,21 +206,17 @@ export function buildApp(deps: AppDeps): { app: express.Express; registry: Regis
     );
   }
   const document = openApiDocument();
-  app.get('/openapi.json', (_req, res) => {
-    res.json(document);
-  });
-
-  app.get('/healthz', (_req, res) => {
-    res.json({ status: 'ok' });
-  });
   const postgresReady = postgresReadiness(deps.pool, deps.logger, { writes: false });
-  app.get('/readyz', async (_req, res) => {
-    const postgres = await postgresReady();
-    res.status(postgres ? 200 : 503).json({ status: postgres ? 'ready' : 'not ready', checks: { postgres } });
-  });
-  app.get('/metrics', async (_req, res) => {
-    res.type(registry.contentType).send(await registry.metrics());
-  });
+  const gets: Record<string, express.RequestHandler> = {
+    '/openapi.json': (_req, res) => void res.json(document),
+    '/healthz': (_req, res) => void res.json({ status: 'ok' }),
+    '/readyz': async (_req, res) => {
+      const postgres = await postgresReady();
+      res.status(postgres ? 200 : 503).json({ status: postgres ? 'ready' : 'not ready', checks: { postgres } });
+    },
+    '/metrics': async (_req, res) => void res.type(registry.contentType).send(await registry.metrics()),
+  };
+  for (const [path, handler] of Object.entries(gets)) app.route(path).get(handler).all(allowOnly('GET'));
 
   useTaskRoutes(app, deps, held);
   if (deps.examplePage) app.use('/example', examplePageRouter(deps.examplePage));

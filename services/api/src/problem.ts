@@ -44,6 +44,20 @@ export const notFoundHandler: RequestHandler = (req) => {
   throw new HttpProblem(404, 'Not Found', `no route for ${req.method} ${req.path}`);
 };
 
+/**
+ * The last handler of a route: a method it does not take is 405 with the methods it does in `Allow`
+ * (RFC 9110), not the 404 of a path that does not exist. Express answers HEAD as GET; OPTIONS (without
+ * CORS, which answers it first) gets the same `Allow` and no body.
+ */
+export function allowOnly(...methods: string[]): RequestHandler {
+  const allow = [...methods, ...(methods.includes('GET') ? ['HEAD'] : []), 'OPTIONS'].join(', ');
+  return (req, res) => {
+    res.setHeader('Allow', allow);
+    if (req.method === 'OPTIONS') return void res.status(204).end();
+    throw new HttpProblem(405, 'Method Not Allowed', `${req.method} ${req.originalUrl.split('?')[0]} takes ${allow}`);
+  };
+}
+
 // body-parser marks its errors with `type` and `status`; they are the client's fault, never a 500.
 const bodyParserProblems: Record<string, [number, string]> = {
   'entity.parse.failed': [400, 'Malformed JSON'],

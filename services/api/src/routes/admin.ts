@@ -16,7 +16,7 @@ import {
 import { taskTypeList } from '@taskbox/tasks';
 import { bulkRequestSchema, redriveRequestSchema } from '../admin-schemas';
 import { bulkAct, bulkStatuses, type BulkAction } from '../bulk-sql';
-import { HttpProblem } from '../problem';
+import { allowOnly, HttpProblem } from '../problem';
 import type { SystemChecks } from '../system-checks';
 import { traceparentOf } from '../trace-context';
 import { actor, requireAdmin, viewer } from '../viewer';
@@ -115,9 +115,9 @@ export function adminRouter(deps: AdminDeps): Router {
     requireAdmin(viewer(res));
     next();
   });
-  router.post('/tasks/retry', bulk(deps, 'retry'));
-  router.post('/tasks/cancel', bulk(deps, 'cancel'));
-  router.post('/dead-letters/redrive', redrive(deps));
-  router.get('/status', status(deps));
+  router.route('/tasks/retry').post(bulk(deps, 'retry')).all(allowOnly('POST'));
+  router.route('/tasks/cancel').post(bulk(deps, 'cancel')).all(allowOnly('POST'));
+  router.route('/dead-letters/redrive').post(redrive(deps)).all(allowOnly('POST'));
+  router.route('/status').get(status(deps)).all(allowOnly('GET'));
   return router;
 }

@@ -4,7 +4,7 @@ import { authenticate, type AuthConfig } from '../auth';
 import { openEventStream, type StreamBounds, type StreamTiming } from '../event-stream';
 import type { HeldRequests } from '../held-requests';
 import type { ListStreams } from '../list-streams';
-import { HttpProblem } from '../problem';
+import { allowOnly, HttpProblem } from '../problem';
 import { listStreamQuerySchema, taskStreamQuerySchema } from '../schemas';
 import type { StreamTokens } from '../stream-tokens';
 import type { TaskEvents } from '../task-events';
@@ -133,9 +133,9 @@ function issueToken(deps: StreamsDeps, forTask: boolean): Handler {
 export function streamsRouter(deps: StreamsDeps): Router {
   const bearer = authenticate(deps.auth);
   const router = Router();
-  router.get('/events', streamAuth(deps.tokens, bearer), listStream(deps));
-  router.get('/:id/events', streamAuth(deps.tokens, bearer), taskStream(deps));
-  router.post('/stream-token', bearer, issueToken(deps, false));
-  router.post('/:id/stream-token', bearer, issueToken(deps, true));
+  router.route('/events').get(streamAuth(deps.tokens, bearer), listStream(deps)).all(allowOnly('GET'));
+  router.route('/:id/events').get(streamAuth(deps.tokens, bearer), taskStream(deps)).all(allowOnly('GET'));
+  router.route('/stream-token').post(bearer, issueToken(deps, false)).all(allowOnly('POST'));
+  router.route('/:id/stream-token').post(bearer, issueToken(deps, true)).all(allowOnly('POST'));
   return router;
 }

@@ -19,7 +19,7 @@ import { decodeCursor, encodeCursor } from '../cursor';
 import { jsonBody } from '../json-body';
 import type { HeldRequests } from '../held-requests';
 import { createLongPolls, type LongPollAnswer, type LongPolls } from '../long-poll';
-import { HttpProblem } from '../problem';
+import { allowOnly, HttpProblem } from '../problem';
 import { createTaskSchema, getQuerySchema, idSchema, listQuerySchema, taskBodySchemas } from '../schemas';
 import type { TaskEvents } from '../task-events';
 import { traceparentOf } from '../trace-context';
@@ -282,11 +282,17 @@ function retry({ db, taskNotifier, logger }: TasksDeps): Handler {
 
 export function tasksRouter(deps: TasksDeps): Router {
   const router = Router();
-  router.post('/', createTask(deps, createTaskInserter(deps.db)));
-  router.get('/', listTasksHandler(deps));
-  router.get('/counts', countsHandler(deps));
-  router.get('/:id', getTask(deps, createLongPolls(deps.events, deps.held)));
-  router.post('/:id/cancel', cancel(deps));
-  router.post('/:id/retry', retry(deps));
+  router
+    .route('/')
+    .post(createTask(deps, createTaskInserter(deps.db)))
+    .get(listTasksHandler(deps))
+    .all(allowOnly('GET', 'POST'));
+  router.route('/counts').get(countsHandler(deps)).all(allowOnly('GET'));
+  router
+    .route('/:id')
+    .get(getTask(deps, createLongPolls(deps.events, deps.held)))
+    .all(allowOnly('GET'));
+  router.route('/:id/cancel').post(cancel(deps)).all(allowOnly('POST'));
+  router.route('/:id/retry').post(retry(deps)).all(allowOnly('POST'));
   return router;
 }
