@@ -31,6 +31,20 @@ describe('health and metrics of api, relay and worker', () => {
     }
   });
 
+  it('each service answers HEAD as GET, another method 405 with Allow, and an unknown path 404, as problems', async () => {
+    for (const [name, url] of Object.entries(stack.urls)) {
+      const head = await fetch(`${url}/healthz`, { method: 'HEAD' });
+      const post = await fetch(`${url}/readyz`, { method: 'POST' });
+      const unknown = await fetch(`${url}/nope`);
+      expect([name, head.status, post.status, unknown.status]).toEqual([name, 200, 405, 404]);
+      expect(post.headers.get('allow')).toMatch(/^GET, HEAD\b/);
+      for (const res of [post, unknown]) {
+        expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+        expect(await res.json()).toMatchObject({ status: res.status });
+      }
+    }
+  });
+
   it('answers /readyz 503 in each service while a migration of its build is not applied, naming it in a log line', async () => {
     const { pool } = stack.database;
     const readiness = async (url: string) => {

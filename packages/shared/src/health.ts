@@ -142,8 +142,17 @@ export function createHealthServer(
     const send = (status: number, type: string, body: string): void => {
       res.writeHead(status, { 'content-type': type }).end(body);
     };
-    const path = (req.url ?? '/').split('?')[0];
-    if (req.method !== 'GET') return send(405, 'text/plain', 'method not allowed');
+    // As the api answers its errors (RFC 9457). Node leaves a body out of the answer to a HEAD.
+    const problem = (status: number, detail: string): void => {
+      const title = http.STATUS_CODES[status] ?? 'Error';
+      send(status, 'application/problem+json', JSON.stringify({ type: 'about:blank', title, status, detail }));
+    };
+    const path = (req.url ?? '/').split('?')[0] ?? '/';
+    const known = ['/healthz', '/readyz', '/metrics'].includes(path);
+    if (known && req.method !== 'GET' && req.method !== 'HEAD') {
+      res.setHeader('Allow', 'GET, HEAD');
+      return problem(405, `${req.method} ${path} takes GET, HEAD`);
+    }
     if (path === '/healthz') return send(200, 'application/json', JSON.stringify({ status: 'ok' }));
     if (path === '/readyz') {
       ready().then(
@@ -159,11 +168,11 @@ export function createHealthServer(
     if (path === '/metrics') {
       Promise.all(registries.map((registry) => registry.metrics())).then(
         (texts) => send(200, registries[0]?.contentType ?? 'text/plain', texts.join('')),
-        (err: unknown) => send(500, 'text/plain', toError(err).message),
+        (err: unknown) => problem(500, toError(err).message),
       );
       return;
     }
-    send(404, 'text/plain', 'not found');
+    problem(404, `no route for ${req.method} ${path}`);
   });
   const part = serverPart(server, port);
   return {
