@@ -119,7 +119,8 @@ describe('api: POST /tasks/{id}/retry', () => {
     const first = await retry(id, { ...ALICE, 'idempotency-key': 'retry-1' });
     expect(first.status).toBe(202);
     const again = await retry(id, { ...ALICE, 'idempotency-key': 'retry-1' });
-    expect(again.status).toBe(200);
+    expect(first.headers['idempotent-replayed']).toBeUndefined();
+    expect(again.status).toBe(202);
     expect(again.headers['idempotent-replayed']).toBe('true');
     expect(again.body).toMatchObject({ status: 'pending', maxAttempts: 6 });
     expect(await outbox(id)).toHaveLength(1);

@@ -195,7 +195,7 @@ describe('scheduled tasks', () => {
     const first = await post(body, key);
     expect(first.status).toBe(202);
     const replay = await post(body, key);
-    expect(replay.status).toBe(200);
+    expect([replay.status, replay.headers.get('idempotent-replayed')]).toEqual([202, 'true']);
     expect(((await replay.json()) as View).id).toBe(((await first.json()) as View).id);
     expect((await post({ ...body, delayMs: 30_000 }, key)).status).toBe(409);
     expect((await post({ type: 'echo', payload: { at: 'replay' } }, key)).status).toBe(409);
@@ -208,7 +208,7 @@ describe('scheduled tasks', () => {
     expect(first.status).toBe(202);
     await sleep(300 + PAST_SKEW_MS + 200);
     const replay = await post(body, key);
-    expect(replay.status).toBe(200);
+    expect([replay.status, replay.headers.get('idempotent-replayed')]).toEqual([202, 'true']);
     expect(((await replay.json()) as View).id).toBe(((await first.json()) as View).id);
     expect((await post(body, { 'idempotency-key': `${key['idempotency-key']}-new` })).status).toBe(422);
     expect((await post(body)).status).toBe(422);

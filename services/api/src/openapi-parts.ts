@@ -41,8 +41,13 @@ export const idempotencyKeyParam = {
   schema: { type: 'string', maxLength: 200 },
 };
 
-/** A task accepted (202 with its Location), or a replay of a request with the same Idempotency-Key (200). */
+/**
+ * A task accepted (202 with its Location); a replay of a request with the same Idempotency-Key answers
+ * the same, with Idempotent-Replayed.
+ */
 export const acceptedOrReplayed = (accepted: string, replayed: string) => ({
-  '202': { ...json('TaskView', accepted), headers: { Location: header('/tasks/{id}') } },
-  '200': { ...json('TaskView', replayed), headers: { 'Idempotent-Replayed': header('true') } },
+  '202': {
+    ...json('TaskView', `${accepted}; or ${replayed}, with Idempotent-Replayed: true`),
+    headers: { Location: header('/tasks/{id}'), 'Idempotent-Replayed': header('true, on a replay') },
+  },
 });

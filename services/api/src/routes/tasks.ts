@@ -130,7 +130,8 @@ function answerReplay(res: Response, row: TaskRow | undefined, requestHash: stri
   if (row.request_hash !== requestHash) {
     throw new HttpProblem(409, 'Idempotency-Key Reused', 'this Idempotency-Key was used with a different request');
   }
-  res.status(200).setHeader('Idempotent-Replayed', 'true');
+  // The first answer's status, as the Idempotency-Key draft has it; the header tells a replay apart.
+  res.status(202).setHeader('Idempotent-Replayed', 'true');
   res.location(`/tasks/${row.id}`).json(toTaskView(row));
 }
 
@@ -273,10 +274,7 @@ function retry({ db, taskNotifier, logger }: TasksDeps): Handler {
     } else res.setHeader('Idempotent-Replayed', 'true');
     const row = await findTask(db, who, id);
     if (!row) throw new Error(`task ${id} vanished after retry`);
-    res
-      .status(outcome.kind === 'retried' ? 202 : 200)
-      .location(`/tasks/${id}`)
-      .json(toTaskView(row));
+    res.status(202).location(`/tasks/${id}`).json(toTaskView(row));
   };
 }
 
