@@ -1,4 +1,5 @@
-import { gate, onShutdownSignal, resource, startAll, stopAll, type Service } from '@taskbox/shared';
+import { getEventListeners } from 'node:events';
+import { gate, onShutdownSignal, resource, startAll, stopAll, unlessAborted, type Service } from '@taskbox/shared';
 import { quietLogger } from '../helpers/db';
 
 /** A part that records when it starts and stops; `stop` may fail or hang. */
@@ -72,5 +73,20 @@ describe('the lifecycle contract', () => {
     expect(await shutdown('SIGINT')).toBe(1);
     release(true);
     expect(await first).toBe(0);
+  });
+});
+
+describe('unlessAborted', () => {
+  it('answers the promise, or undefined at the abort, and leaves no listener on the signal', async () => {
+    const run = new AbortController();
+    for (let i = 0; i < 1000; i++) expect(await unlessAborted(Promise.resolve(i), run.signal)).toBe(i);
+    await expect(unlessAborted(Promise.reject(new Error('refused')), run.signal)).rejects.toThrow('refused');
+    expect(getEventListeners(run.signal, 'abort')).toHaveLength(0);
+
+    const pending = unlessAborted(new Promise<number>(() => undefined), run.signal);
+    expect(getEventListeners(run.signal, 'abort')).toHaveLength(1);
+    run.abort();
+    await expect(pending).resolves.toBeUndefined();
+    await expect(unlessAborted(Promise.resolve(1), run.signal)).resolves.toBeUndefined();
   });
 });

@@ -157,6 +157,21 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+/**
+ * `promise`, or undefined as soon as `signal` aborts. Not Promise.race with a promise that stands for
+ * the abort: each race adds a reaction to that promise, kept (with the race's result) until it
+ * settles, so racing one that lives long (a run's abort, the api's stop, a connection's end) at every
+ * step holds a little more at every step.
+ */
+export function unlessAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T | undefined> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return resolve(undefined);
+    const onAbort = (): void => resolve(undefined);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}
+
 export interface BackoffPolicy {
   baseMs: number;
   maxMs: number;

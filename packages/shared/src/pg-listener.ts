@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { toError } from './errors';
-import { LISTEN_BACKOFF, backoffMs, sleep, type Service } from './lifecycle';
+import { LISTEN_BACKOFF, backoffMs, sleep, unlessAborted, withTimeout, type Service } from './lifecycle';
 import type { Logger } from './logger';
 
 export interface PgListener extends Service {
@@ -104,17 +104,16 @@ async function connectOnce(
 
 /** Returns when stopped; throws when the connection ends, stops answering or no longer listens. */
 async function heartbeatUntilBroken(c: pg.Client, channels: readonly string[], stop: AbortSignal): Promise<void> {
-  const ended = new Promise<never>((_, reject) => c.once('end', () => reject(new Error('connection ended'))));
-  ended.catch(() => undefined);
+  // An abort, not a promise that rejects: the connection lives for hours, and each heartbeat waits on it.
+  const ended = new AbortController();
+  c.once('end', () => ended.abort());
   while (!stop.aborted) {
-    await Promise.race([sleep(HEARTBEAT_MS, stop), ended]);
+    await unlessAborted(sleep(HEARTBEAT_MS, stop), ended.signal);
     if (stop.aborted) return;
-    const timeout = new Promise<never>((_, reject) => {
-      setTimeout(() => reject(new Error('heartbeat unanswered')), HEARTBEAT_TIMEOUT_MS).unref();
-    });
-    timeout.catch(() => undefined);
+    if (ended.signal.aborted) throw new Error('connection ended');
     const query = c.query<{ ch: string }>('SELECT pg_listening_channels() AS ch');
-    const { rows } = await Promise.race([query, ended, timeout]);
-    if (!channels.every((name) => rows.some((r) => r.ch === name))) throw new Error('no longer listening');
+    const answer = await unlessAborted(withTimeout(query, HEARTBEAT_TIMEOUT_MS, 'heartbeat'), ended.signal);
+    if (!answer) throw new Error('connection ended');
+    if (!channels.every((name) => answer.rows.some((r) => r.ch === name))) throw new Error('no longer listening');
   }
 }

@@ -1,4 +1,4 @@
-import { toError, type Db, type Logger, type TaskRow, type TaskStatus } from '@taskbox/shared';
+import { toError, unlessAborted, type Db, type Logger, type TaskRow, type TaskStatus } from '@taskbox/shared';
 import type { EventStream } from './event-stream';
 import type { TaskEvents } from './task-events';
 import {
@@ -173,7 +173,7 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
    */
   async function fallBehind(sub: Subscriber): Promise<void> {
     subscribers.delete(sub);
-    await Promise.race([sub.stream.drained(), stopping]);
+    await drainedOrStopping(sub.stream);
     // A client that left while it was behind needs no catch-up.
     const since = events.stopped() || sub.stream.closed.aborted ? null : await catchUp(sub, sub.since);
     // Closed while it caught up: its done() has run, and it must not join again.
@@ -183,13 +183,13 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
     wake();
   }
 
-  // Resolved at the api's stop: a catch-up waiting for its client to read stops waiting.
-  let stopped = (): void => undefined;
-  const stopping = new Promise<void>((resolve) => (stopped = resolve));
+  // Aborted at the api's stop: a catch-up waiting for its client to read stops waiting.
+  const stopping = new AbortController();
+  const drainedOrStopping = (stream: EventStream) => unlessAborted(stream.drained(), stopping.signal);
 
   function wake(): void {
     if (events.stopped()) {
-      stopped();
+      stopping.abort();
       subscribers.forEach((sub) => sub.done());
     } else if (reading) again = true;
     else if (subscribers.size > 0) void read();
@@ -238,7 +238,7 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
         if (!admit(filter, to.out, row)) continue;
         // Waits as the stream asks, within the page: a page of large tasks would not fit its queue.
         if (!stream.send(row.id, { id: mark, event: 'task', data: toTaskView(row) })) {
-          await Promise.race([stream.drained(), stopping]);
+          await drainedOrStopping(stream);
           if (over()) return null;
         }
       }
@@ -249,7 +249,7 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
       }
       after = { xid: last.changed_xid, id: last.id };
       stream.send(WATERMARK_KEY, { id: after.xid });
-      await Promise.race([stream.drained(), stopping]);
+      await drainedOrStopping(stream);
       if (over()) return null;
     }
   }
@@ -264,13 +264,13 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
             if (over()) return false;
             // Waits as the stream asks, within the page, as a catch-up does.
             if (!stream.send(row.id, { event: 'task', data: toTaskView(row) })) {
-              await Promise.race([stream.drained(), stopping]);
+              await drainedOrStopping(stream);
             }
           }
           const last = page.at(-1);
           if (page.length < CATCH_UP_PAGE || !last) return !over();
           after = { createdAt: last.cursor_created_at, id: last.id };
-          await Promise.race([stream.drained(), stopping]);
+          await drainedOrStopping(stream);
           if (over()) return false;
         }
       } catch (err) {

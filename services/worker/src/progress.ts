@@ -1,4 +1,4 @@
-import { storableText, toError, type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
+import { storableText, toError, unlessAborted, type Db, type Logger, type TaskNotifier } from '@taskbox/shared';
 import { setStep } from './task-sql';
 
 /** A step's name is a label for a progress bar: longer text is cut. */
@@ -35,10 +35,6 @@ export function progressReporter(
   logger: Logger,
   signal: AbortSignal,
 ): ProgressReporter {
-  const aborted = new Promise<void>((resolve) => {
-    if (signal.aborted) resolve();
-    else signal.addEventListener('abort', () => resolve(), { once: true });
-  });
   let next: { update: Update; done: Promise<void>; resolve: () => void } | null = null;
   let writing = false;
   let warned = false;
@@ -66,7 +62,7 @@ export function progressReporter(
     Object.assign(next.update, update);
     const { done } = next;
     if (!writing) void drain();
-    return Promise.race([done, aborted]);
+    return unlessAborted(done, signal).then(() => undefined);
   };
   return {
     step(name) {
