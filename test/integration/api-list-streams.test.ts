@@ -128,6 +128,23 @@ describe('api: list streams (GET /tasks/events) for clients that read slowly or 
     expect(streamEnded()).toHaveLength(1);
   });
 
+  it('sends a reading client a current state far larger than the bound, whole and before `ready`, without ending its stream', async () => {
+    const before = streamEnded().length;
+    // One transaction of 20 MB: two pages of the current state, each far above the stream's bound.
+    const ids = await insertLargeTasks(1000, 1000);
+    const s = await stream(`${base}/tasks/events?type=echo`);
+    await s.waitFor('ready', (events) => events.some((e) => e.event === 'ready') || s.isEnded());
+    expect(s.isEnded()).toBe(false);
+    const first = taskIds(
+      s.events.slice(
+        0,
+        s.events.findIndex((e) => e.event === 'ready'),
+      ),
+    );
+    expect(ids.filter((id) => !first.has(id))).toEqual([]);
+    expect(streamEnded()).toHaveLength(before);
+  });
+
   it('catches a reading client up through pages far larger than the bound without ending its stream', async () => {
     const first = await stream(`${base}/tasks/events?type=echo&current=false`);
     await first.waitFor('ready', (events) => events[0]?.event === 'ready');

@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { createDb, createPool, createTaskNotifier } from '@taskbox/shared';
@@ -101,14 +102,18 @@ describe("a run's step and progress", () => {
     setFlagsFromString('--expose-gc');
     const gc = runInNewContext('gc') as () => void;
     const id = await running();
-    const report = reporter(id);
+    const run = new AbortController();
+    const report = reporter(id, quietLogger, database.db, database.pool, run.signal);
     const heap = () => {
       gc();
       return process.memoryUsage().heapUsed;
     };
     const calls = async (n: number) => {
       for (let i = 0; i < n; i += 1000) {
-        await Promise.all(Array.from({ length: 1000 }, (_, k) => report.progress((i + k) / n)));
+        const pending = Array.from({ length: 1000 }, (_, k) => report.progress((i + k) / n));
+        // One listener on the run's signal a batch of calls, not one a call.
+        expect(getEventListeners(run.signal, 'abort').length).toBeLessThanOrEqual(2);
+        await Promise.all(pending);
       }
     };
     await calls(10_000);

@@ -165,10 +165,11 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
  */
 export function unlessAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T | undefined> {
   return new Promise((resolve, reject) => {
-    if (signal.aborted) return resolve(undefined);
     const onAbort = (): void => resolve(undefined);
-    signal.addEventListener('abort', onAbort, { once: true });
+    // Settled or not, `promise` is handled: a rejection after the abort is not an unhandled one.
     promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+    if (signal.aborted) resolve(undefined);
+    else signal.addEventListener('abort', onAbort, { once: true });
   });
 }
 

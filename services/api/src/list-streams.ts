@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { toError, unlessAborted, type Db, type Logger, type TaskRow, type TaskStatus } from '@taskbox/shared';
 import type { EventStream } from './event-stream';
 import type { TaskEvents } from './task-events';
@@ -20,10 +21,12 @@ export interface ListFilter {
 
 export interface ListStreams {
   /**
-   * Sends `stream` the current state of every task of the filter, newest first, a page at a time as its
-   * client reads. The events carry no id: a client cut off before the stream's first id (`ready`) has
-   * no last event id, and its reconnect gets them all again. False when the stream closed, the api is
-   * stopping, or a read failed (the client reconnects).
+   * Sends `stream` an `event: current`, then the current state of every task of the filter, newest
+   * first, a page at a time as its client reads. The events carry no id: a client cut off before the
+   * stream's first id (`ready`) has no last event id, and its reconnect gets them all again, after a
+   * `current` that tells it to drop what the cut one sent (a task sent as pending that has left that
+   * status since is in neither the new current state nor the changes after it). False when the stream
+   * closed, the api is stopping, or a read failed (the client reconnects).
    */
   current(filter: ListFilter, stream: EventStream): Promise<boolean>;
   /**
@@ -185,6 +188,8 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
 
   // Aborted at the api's stop: a catch-up waiting for its client to read stops waiting.
   const stopping = new AbortController();
+  // One listener a stream waiting for its client, up to LONG_POLL_MAX of them: not a leak to warn of.
+  setMaxListeners(0, stopping.signal);
   const drainedOrStopping = (stream: EventStream) => unlessAborted(stream.drained(), stopping.signal);
 
   function wake(): void {
@@ -257,6 +262,7 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
   return {
     async current(filter, stream) {
       const over = () => stream.closed.aborted || events.stopped();
+      stream.send('current', { event: 'current', data: {} });
       try {
         for (let after: { createdAt: string; id: string } | undefined; ;) {
           const page = await listTasks(db, { ...filter, limit: CATCH_UP_PAGE, after });

@@ -56,13 +56,15 @@ export function progressReporter(
   const write = (update: Update): Promise<void> => {
     if (!next) {
       let resolve = (): void => undefined;
-      const done = new Promise<void>((r) => (resolve = r));
+      const written = new Promise<void>((r) => (resolve = r));
+      // Once a batch, not once a call: every call of the batch answers when it is written or the run aborted.
+      const done = unlessAborted(written, signal).then(() => undefined);
       next = { update: {}, done, resolve };
     }
     Object.assign(next.update, update);
     const { done } = next;
     if (!writing) void drain();
-    return unlessAborted(done, signal).then(() => undefined);
+    return done;
   };
   return {
     step(name) {
