@@ -104,7 +104,7 @@ describe('an api registers its waiters before their first read', () => {
     const api = await startTestApi({}, { resyncMs: null });
     const worker = createTaskNotifier(api.database.pool, quietLogger);
     const base = await api.listen();
-    const stream = await openSse(`${base}/tasks/events`);
+    const stream = await openSse(`${base}/tasks/events?current=false`);
     try {
       await stream.waitFor('ready', (events) => events[0]?.event === 'ready');
       const id = await insertTaskFixture(api.database.db);
