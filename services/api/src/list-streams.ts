@@ -1,6 +1,6 @@
 import { setMaxListeners } from 'node:events';
 import { toError, unlessAborted, type Db, type Logger, type TaskRow, type TaskStatus } from '@taskbox/shared';
-import type { EventStream } from './event-stream';
+import type { EventStream, StreamEvent } from './event-stream';
 import type { TaskEvents } from './task-events';
 import {
   currentHorizon,
@@ -178,9 +178,9 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
     subscribers.delete(sub);
     await drainedOrStopping(sub.stream);
     // A client that left while it was behind needs no catch-up.
-    const since = events.stopped() || sub.stream.closed.aborted ? null : await catchUp(sub, sub.since);
+    const since = over(sub.stream) ? null : await catchUp(sub, sub.since);
     // Closed while it caught up: its done() has run, and it must not join again.
-    if (since === null || sub.stream.closed.aborted || events.stopped()) return sub.done();
+    if (since === null || over(sub.stream)) return sub.done();
     advance(sub, since);
     subscribers.add(sub);
     wake();
@@ -191,6 +191,20 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
   // One listener a stream waiting for its client, up to LONG_POLL_MAX of them: not a leak to warn of.
   setMaxListeners(0, stopping.signal);
   const drainedOrStopping = (stream: EventStream) => unlessAborted(stream.drained(), stopping.signal);
+  // A stream whose client left, or any stream once the api stops: nothing more is sent to it.
+  const over = (stream: EventStream): boolean => stream.closed.aborted || events.stopped();
+
+  /**
+   * Sends a page's events in order, waiting as the stream asks within the page (a page of large tasks
+   * would not fit its queue): false once the stream is over.
+   */
+  async function sendPage(stream: EventStream, page: [string, StreamEvent][]): Promise<boolean> {
+    for (const [key, event] of page) {
+      if (!stream.send(key, event)) await drainedOrStopping(stream);
+      if (over(stream)) return false;
+    }
+    return true;
+  }
 
   function wake(): void {
     if (events.stopped()) {
@@ -233,20 +247,15 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
   /** One round of catchUp, from `since` to `until`: how many pages it took, or null if it must stop. */
   async function round(to: Recipient, since: string, until: string): Promise<number | null> {
     const { filter, stream } = to;
-    const over = () => stream.closed.aborted || events.stopped();
     let after: ChangeCursor | null = null;
     for (let pages = 1; ; pages++) {
       const page = await tasksChangedBetween(db, filter.owner, since, until, after, CATCH_UP_PAGE);
-      if (over()) return null;
+      if (over(stream)) return null;
       const mark = after?.xid ?? since;
-      for (const row of page) {
-        if (!admit(filter, to.out, row)) continue;
-        // Waits as the stream asks, within the page: a page of large tasks would not fit its queue.
-        if (!stream.send(row.id, { id: mark, event: 'task', data: toTaskView(row) })) {
-          await drainedOrStopping(stream);
-          if (over()) return null;
-        }
-      }
+      const sent = page
+        .filter((row) => admit(filter, to.out, row))
+        .map((row): [string, StreamEvent] => [row.id, { id: mark, event: 'task', data: toTaskView(row) }]);
+      if (!(await sendPage(stream, sent))) return null;
       const last = page.at(-1);
       if (page.length < CATCH_UP_PAGE || !last) {
         stream.send(WATERMARK_KEY, { id: until });
@@ -255,29 +264,23 @@ export function createListStreams(db: Db, events: TaskEvents, logger: Logger): L
       after = { xid: last.changed_xid, id: last.id };
       stream.send(WATERMARK_KEY, { id: after.xid });
       await drainedOrStopping(stream);
-      if (over()) return null;
+      if (over(stream)) return null;
     }
   }
 
   return {
     async current(filter, stream) {
-      const over = () => stream.closed.aborted || events.stopped();
       stream.send('current', { event: 'current', data: {} });
       try {
         for (let after: { createdAt: string; id: string } | undefined; ;) {
           const page = await listTasks(db, { ...filter, limit: CATCH_UP_PAGE, after });
-          for (const row of page) {
-            if (over()) return false;
-            // Waits as the stream asks, within the page, as a catch-up does.
-            if (!stream.send(row.id, { event: 'task', data: toTaskView(row) })) {
-              await drainedOrStopping(stream);
-            }
-          }
+          const sent = page.map((row): [string, StreamEvent] => [row.id, { event: 'task', data: toTaskView(row) }]);
+          if (!(await sendPage(stream, sent))) return false;
           const last = page.at(-1);
-          if (page.length < CATCH_UP_PAGE || !last) return !over();
+          if (page.length < CATCH_UP_PAGE || !last) return !over(stream);
           after = { createdAt: last.cursor_created_at, id: last.id };
           await drainedOrStopping(stream);
-          if (over()) return false;
+          if (over(stream)) return false;
         }
       } catch (err) {
         logger.warn('list stream read of the current state failed; the client starts again', {
