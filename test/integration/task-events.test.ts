@@ -28,7 +28,16 @@ describe("the api's shared task reads", () => {
     events = createTaskEvents(database.url, quietLogger, reader, createWatcherRegistration(database.db, quietLogger), {
       resyncMs: null,
     });
+    // Connected before the test: the connect's resync reads every watched task, and a resync landing
+    // mid-test would pass for the read of a change.
+    const connected = new Promise<void>((resolve) => {
+      const off = events.onAnyChange(() => {
+        off();
+        resolve();
+      });
+    });
     await events.start();
+    await connected;
   });
 
   afterAll(async () => {
