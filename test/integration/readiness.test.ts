@@ -1,6 +1,7 @@
 import { createPool, postgresReadiness, shippedMigrations } from '@taskbox/shared';
 import { createTestDatabase, quietLogger, type TestDatabase } from '../helpers/db';
 import { capturingLogger } from '../helpers/log';
+import { startFaultProxy } from '../helpers/proxy';
 import { startSystem, type System } from '../helpers/system';
 import { waitFor } from '../helpers/wait';
 
@@ -77,6 +78,33 @@ describe('readiness of the schema', () => {
       ]);
     } finally {
       await pool.end();
+    }
+  });
+
+  it('answers not ready at once while Postgres is half-open, says why once its check ends, and is ready after the heal', async () => {
+    const target = new URL(migrated.url);
+    const proxy = await startFaultProxy(target.hostname, Number(target.port || 5432));
+    // A query that hangs is given up only after 3 s and pg's margin; the probe answers within 300 ms.
+    const pool = createPool(proxy.url(migrated.url), quietLogger, { max: 1, statementTimeoutMs: 3000 });
+    try {
+      const { logger, lines } = capturingLogger();
+      const ready = postgresReadiness(pool, logger, { writes: true, timeoutMs: 300 });
+      expect(await ready()).toBe(true);
+      proxy.blackhole();
+      const asked = Date.now();
+      expect([await ready(), await ready()]).toEqual([false, false]);
+      expect(Date.now() - asked).toBeLessThan(3000);
+      await waitFor('the check to give up', () => lines.some((l) => l.level === 'warn'), 10_000);
+      await proxy.restore();
+      await waitFor('ready again', () => ready());
+      // The timed-out probes log nothing: the check logs why once it ends (pg's query timeout here).
+      expect(lines.map((l) => [l.level, l.message])).toEqual([
+        ['warn', 'not ready: Postgres does not answer'],
+        ['info', 'ready: Postgres takes writes and has every migration of this build'],
+      ]);
+    } finally {
+      await pool.end();
+      await proxy.close();
     }
   });
 

@@ -4,7 +4,7 @@ import type pg from 'pg';
 import type { Registry } from 'prom-client';
 import { errorCode, toError } from './errors';
 import { migrationsDir, shippedMigrations } from './migrate';
-import type { Service } from './lifecycle';
+import { withTimeout, type Service } from './lifecycle';
 import type { Logger } from './logger';
 
 export type ReadinessCheck = () => Promise<Record<string, boolean>>;
@@ -18,19 +18,29 @@ export interface ReadinessOptions {
   writes: boolean;
   /** Where this build's compiled migrations are. */
   dir?: string;
+  /** How long a probe waits for Postgres before it answers not ready (READINESS_TIMEOUT_MS). */
+  timeoutMs?: number;
 }
+
+/**
+ * A probe answers within this: a half-open connection would otherwise hold it for the statement timeout
+ * and its margin (6 s by default), past an orchestrator's own probe timeout (Kubernetes: 1 s by default,
+ * commonly raised to a few). A healthy probe is two short reads: milliseconds, even on a loaded server.
+ */
+export const READINESS_TIMEOUT_MS = 2000;
 
 /**
  * Every service's readiness probe of Postgres: true when it answers, holds every migration this build
  * ships, and (`writes`) takes writes, so a replica started before `npm run migrate`, or a relay or worker
  * left on a read-only server, reports it. Migrations it does not know are fine: a newer build applies
  * them during a rolling upgrade. Logs each change of state, an unreachable Postgres with its error (a
- * wrong password, a refused connection), which nothing else logs. Probes that overlap share one check.
+ * wrong password, a refused connection), which nothing else logs. Probes that overlap share one check; a
+ * check that takes longer than `timeoutMs` answers not ready, and it logs once it ends, with why.
  */
 export function postgresReadiness(
   pool: pg.Pool,
   logger: Logger,
-  { writes, dir = migrationsDir }: ReadinessOptions,
+  { writes, dir = migrationsDir, timeoutMs = READINESS_TIMEOUT_MS }: ReadinessOptions,
 ): () => Promise<boolean> {
   let shipped: Promise<string[]> | undefined;
   // What the last answer logged: '' ready, else why not.
@@ -73,7 +83,10 @@ export function postgresReadiness(
     });
     return missing.length === 0;
   };
-  return () => (checking ??= check().finally(() => (checking = null)));
+  return () => {
+    checking ??= check().finally(() => (checking = null));
+    return withTimeout(checking, timeoutMs, 'Postgres').catch(() => false);
+  };
 }
 
 /**
