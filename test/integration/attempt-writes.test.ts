@@ -100,6 +100,30 @@ describe('worker writes shared by deliveries in flight together', () => {
     ]);
   });
 
+  it('stores many large results that finish together, each within the statement timeout that one statement for all of them would pass', async () => {
+    const pool = createPool(database.url, quietLogger, { max: 10, statementTimeoutMs: 1000 });
+    const tight = createDb(pool);
+    try {
+      const ids = await Promise.all(Array.from({ length: 20 }, () => insertTaskFixture(database.db)));
+      const timed = createAttemptWrites(tight, 60_000, 50);
+      await Promise.all(
+        ids.map((taskId, n) => timed.startPending({ taskId, type: 'echo', attempt: 1, externalJobId: `l:${n}` })),
+      );
+      // About 2 MB of JSON each, under WORKER_RESULT_MAX_BYTES: 40 MB in one statement.
+      const result = (n: number) => JSON.stringify({ n, rows: Array.from({ length: 250_000 }, (_, i) => i * 1.5) });
+      const statuses = await Promise.all(
+        ids.map((id, n) => timed.finish(id, 1, { kind: 'succeeded', resultJson: result(n) })),
+      );
+      expect(statuses).toEqual(Array(20).fill('succeeded'));
+      const stored = await sql<{
+        n: number;
+      }>`SELECT (result->>'n')::int AS n FROM tasks WHERE id = ANY(${ids}::uuid[])`.execute(database.db);
+      expect(stored.rows.map((r) => r.n).sort((a, b) => a - b)).toEqual(ids.map((_, n) => n));
+    } finally {
+      await tight.destroy();
+    }
+  });
+
   it("keeps a retry backoff past 2^31 ms (a type's backoff of weeks), scheduling the retry that far ahead", async () => {
     const id = await insertTaskFixture(database.db, { type: 'flaky', status: 'pending', maxAttempts: 3 });
     await writes.startPending({ taskId: id, type: 'flaky', attempt: 1, externalJobId: 'long:1' });

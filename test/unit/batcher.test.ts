@@ -37,6 +37,24 @@ describe('createBatcher', () => {
     await expect(Promise.all(rest)).resolves.toEqual(['r2', 'r3', 'r4', 'r5']);
   });
 
+  it('keeps a batch within `bytes.max`, and sends an item over it alone', async () => {
+    const { run, calls } = controlledRun();
+    // An item's bytes are its value: 1..3 fit together in 10, 20 goes alone, 4 and 5 follow it, 6 does not fit with them.
+    const submit = createBatcher(run, {
+      maxSize: 10,
+      concurrency: 1,
+      retryAlone: () => true,
+      bytes: { of: (item) => item, max: 10 },
+    });
+    const results = [0, 1, 2, 3, 20, 4, 5, 6].map((i) => submit(i));
+    for (let released = 0; released < 5; released++) {
+      await flush();
+      calls[released]!.release();
+    }
+    await expect(Promise.all(results)).resolves.toEqual(['r0', 'r1', 'r2', 'r3', 'r20', 'r4', 'r5', 'r6']);
+    expect(calls.map((c) => c.items)).toEqual([[0], [1, 2, 3], [20], [4, 5], [6]]);
+  });
+
   it('keeps up to `concurrency` batches in flight', async () => {
     const { run, calls } = controlledRun();
     const submit = createBatcher(run, { maxSize: 10, concurrency: 2, retryAlone: () => true });

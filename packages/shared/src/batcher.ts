@@ -1,8 +1,14 @@
 import { OverloadedError } from './errors';
 
-export interface BatcherOptions {
+export interface BatcherOptions<I> {
   /** Most items one call of `run` gets. */
   maxSize: number;
+  /**
+   * Most bytes one call of `run` gets, `of` giving an item's: an item over `max` goes alone. A
+   * statement carrying many large values could otherwise run past the statement timeout, where each
+   * alone would not, and fail every item of the batch on every try.
+   */
+  bytes?: { of: (item: I) => number; max: number };
   /** Most batches in flight at once; items arriving while all are busy wait for the next. */
   concurrency: number;
   /**
@@ -35,7 +41,7 @@ export interface BatcherOptions {
  */
 export function createBatcher<I, O>(
   run: (items: I[]) => Promise<O[]>,
-  options: BatcherOptions,
+  options: BatcherOptions<I>,
 ): (item: I) => Promise<O> {
   const state: BatcherState<I, O> = {
     run,
@@ -66,7 +72,7 @@ interface Waiting<I, O> {
 
 interface BatcherState<I, O> {
   run: (items: I[]) => Promise<O[]>;
-  options: BatcherOptions;
+  options: BatcherOptions<I>;
   /** In arrival order. */
   queue: Waiting<I, O>[];
   maxQueue: number;
@@ -78,12 +84,25 @@ interface BatcherState<I, O> {
 function dispatch<I, O>(state: BatcherState<I, O>): void {
   while (state.inFlight < state.options.concurrency && state.queue.length > 0) {
     state.inFlight++;
-    void runBatch(state, state.queue.splice(0, state.options.maxSize)).finally(() => {
+    void runBatch(state, state.queue.splice(0, batchLength(state))).finally(() => {
       state.inFlight--;
       dispatch(state);
     });
   }
   if (state.queue.length > 0 && !state.expiry && state.maxWaitMs !== Infinity) expire(state);
+}
+
+/** How many items from the queue's head make the next batch: at least one, within maxSize and `bytes`. */
+function batchLength<I, O>({ queue, options: { maxSize, bytes } }: BatcherState<I, O>): number {
+  if (!bytes) return maxSize;
+  let length = 0;
+  let total = 0;
+  for (const { item } of queue) {
+    total += bytes.of(item);
+    if (length === maxSize || (length > 0 && total > bytes.max)) break;
+    length++;
+  }
+  return length;
 }
 
 async function runBatch<I, O>(state: BatcherState<I, O>, batch: Waiting<I, O>[]): Promise<void> {
