@@ -569,6 +569,30 @@ describe('worker', () => {
     expect(await database.db.selectFrom('outbox').selectAll().execute()).toEqual([]);
   });
 
+  it('keeps renewing the lease while its outcome cannot be written, so the sweeper never resumes a finished run', async () => {
+    await worker.close();
+    // The finish fails as over a dropped connection for 3 s, past the lease of 1.2 s.
+    const failUntil = Date.now() + 3000;
+    worker = await startWorker(1200, (real) => ({
+      ...real,
+      finish: (taskId, attempt, outcome) =>
+        Date.now() < failUntil
+          ? Promise.reject(Object.assign(new Error('connection reset'), { code: 'ECONNRESET' }))
+          : real.finish(taskId, attempt, outcome),
+    }));
+    const id = await insertTaskFixture(database.db, { type: 'echo' });
+    await publish({ taskId: id, type: 'echo', attempt: 1 });
+    await waitFor('running', async () => (await task(id)).status === 'processing');
+    const swept: unknown[] = [];
+    while (Date.now() < failUntil) {
+      swept.push(...(await sweepExpiredLeases(database.db, 100)));
+      await sleep(100);
+    }
+    await waitFor('succeeded', async () => (await task(id)).status === 'succeeded');
+    expect(swept).toEqual([]);
+    expect(await attemptsOf(id)).toMatchObject([{ attempt: 1, outcome: 'succeeded' }]);
+  });
+
   it('ends a dead run cancelled, not resumed, when a cancel was requested', async () => {
     const id = await insertTaskFixture(database.db, { status: 'processing', attempts: 1, leaseExpired: true });
     await database.db.updateTable('tasks').set({ cancel_requested_at: new Date() }).where('id', '=', id).execute();

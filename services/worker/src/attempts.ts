@@ -1,14 +1,4 @@
-import {
-  backoffMs,
-  UNAVAILABLE_BACKOFF,
-  isTerminal,
-  isTransientDbError,
-  noHandlerError,
-  PermanentError,
-  sleep,
-  errorJson,
-  toError,
-} from '@taskbox/shared';
+import { backoffMs, isTerminal, noHandlerError, PermanentError } from '@taskbox/shared';
 import type {
   BackoffPolicy,
   Db,
@@ -18,14 +8,15 @@ import type {
   TaskMessage,
   TaskNotifier,
 } from '@taskbox/shared';
-import { findTaskType, isTaskType } from '@taskbox/tasks';
+import { findTaskType, isTaskType, type AnyTaskType } from '@taskbox/tasks';
 import { leaseClock, type AbortReason, type Leases } from './leases';
 import type { WorkerMetrics } from './metrics';
 import type { AttemptWrites } from './attempt-writes';
 import { interruptAttempt, releaseLease } from './lease-sql';
 import type { Orphans } from './orphans';
 import { RunAbandoned, runHandler, TimeoutError } from './run-handler';
-import { attemptOutcome, type AttemptOutcome } from './finish-sql';
+import type { AttemptOutcome } from './finish-sql';
+import { recordOutcome } from './outcomes';
 import { progressReporter } from './progress';
 import { cancelLostRun, failTask, lockTask, renewOwnStart, startAttempt, type LockedTask } from './task-sql';
 
@@ -160,16 +151,34 @@ export async function beginAttempt(
  */
 export type RunResult = 'recorded' | 'abandoned';
 
-/** Runs the handler and records its outcome. */
+/**
+ * Runs the handler and records its outcome. The run's lease is renewed until the outcome is recorded,
+ * not only while the handler runs: while the write is retried (Postgres slow or away), the sweeper must
+ * not take the finished run for a dead one and run the task again.
+ */
 export async function runAttempt(deps: AttemptDeps, started: Started, logger: Logger): Promise<RunResult> {
   const { task, attempt } = started;
   // decide() let only registered types through to here.
   const definition = findTaskType(task.type);
   if (!definition) throw new Error(`no task type "${task.type}"`);
-  const type = definition.name;
   const timeoutMs = task.timeout_ms ?? definition.timeoutMs;
   const signal = deps.leases.register(task.id, attempt, started.leaseFrom, timeoutMs, logger);
-  const endTimer = deps.metrics.handlerSeconds.startTimer({ type });
+  try {
+    const outcome = await runToOutcome(deps, started, { definition, timeoutMs, signal }, logger);
+    return typeof outcome === 'string' ? outcome : await recordOutcome(deps, task.id, attempt, outcome, logger);
+  } finally {
+    deps.leases.unregister(task.id, attempt);
+  }
+}
+
+/** The handler's outcome to record, or what the delivery does when there is none to record. */
+async function runToOutcome(
+  deps: AttemptDeps,
+  { task, attempt }: Started,
+  { definition, timeoutMs, signal }: { definition: AnyTaskType; timeoutMs: number; signal: AbortSignal },
+  logger: Logger,
+): Promise<AttemptOutcome | RunResult> {
+  const endTimer = deps.metrics.handlerSeconds.startTimer({ type: definition.name });
   let outcome: AttemptOutcome;
   const payload = definition.payload.safeParse(task.payload);
   try {
@@ -224,76 +233,7 @@ export async function runAttempt(deps: AttemptDeps, started: Started, logger: Lo
       const retryInMs = retry ? backoffMs(attempt, definition.backoff ?? deps.retry) : null;
       outcome = { kind: 'failed', error, retryInMs };
     }
-  } finally {
-    deps.leases.unregister(task.id, attempt);
   }
   endTimer({ outcome: outcome.kind });
-  return recordOutcome(deps, task.id, attempt, outcome, logger);
-}
-
-/**
- * Retries `work` while Postgres is unavailable (capped backoff), until it succeeds or the worker
- * stops; the delivery is held meanwhile. Requeueing instead would raise the message's delivery count
- * on every try, and a quorum queue dead-letters it at its delivery limit.
- */
-export async function whilePostgresDown<T>(deps: AttemptDeps, logger: Logger, work: () => Promise<T>): Promise<T> {
-  for (let tries = 1; ; tries++) {
-    try {
-      return await work();
-    } catch (err) {
-      if (!isTransientDbError(err) || deps.stopping.aborted) throw err;
-      if (tries === 1) logger.warn('postgres unavailable; retrying', { error: toError(err).message });
-      await sleep(backoffMs(tries, UNAVAILABLE_BACKOFF), deps.stopping);
-    }
-  }
-}
-
-async function recordOutcome(
-  deps: AttemptDeps,
-  taskId: string,
-  attempt: number,
-  outcome: AttemptOutcome,
-  logger: Logger,
-): Promise<RunResult> {
-  let status: Awaited<ReturnType<AttemptWrites['finish']>>;
-  try {
-    status = await whilePostgresDown(deps, logger, () => deps.writes.finish(taskId, attempt, outcome));
-  } catch (err) {
-    if (isTransientDbError(err) || outcome.kind !== 'succeeded') {
-      logger.error('could not record the attempt; it will be resumed', { attempt, error: toError(err).message });
-      await releaseLease(deps.db, taskId, attempt).catch(() => undefined);
-      return 'abandoned';
-    }
-    // The result itself cannot be stored (not JSON, a NUL character...): a retry would produce it
-    // again, so the task fails with the reason instead of looping.
-    const error = new PermanentError(`the result could not be stored: ${toError(err).message}`);
-    return recordOutcome(deps, taskId, attempt, { kind: 'failed', error, retryInMs: null }, logger);
-  }
-  if (status === null) {
-    // An earlier try of this write may have committed, its answer lost: the row then has this run's outcome.
-    if ((await attemptOutcome(deps.db, taskId, attempt).catch(() => undefined)) === outcome.kind) {
-      deps.taskNotifier.changed(taskId);
-      deps.outboxNotifier.poke();
-      logger.info('attempt recorded: an earlier try of its write committed, and only its answer was lost', {
-        attempt,
-        outcome: outcome.kind,
-      });
-      return 'recorded';
-    }
-    // The task is no longer processing under this attempt: resumed elsewhere after this run lost its
-    // lease, or its start was lost in a failover to a standby that had not received it. The redelivery
-    // is decided from the row: dropped in the first case, run again in the second.
-    logger.warn("attempt result discarded: the task is no longer this run's; the message goes back to the queue", {
-      attempt,
-    });
-    return 'abandoned';
-  }
-  deps.taskNotifier.changed(taskId);
-  if (status === 'pending') deps.outboxNotifier.poke();
-  if (outcome.kind === 'failed') {
-    deps.metrics.failures.inc({ final: String(status !== 'pending') });
-    const message = status === 'pending' ? 'task attempt failed; retry scheduled' : `task ${status}`;
-    logger.warn(message, { attempt, error: errorJson(outcome.error).message, retryInMs: outcome.retryInMs });
-  } else logger.info(`task ${status}`, { attempt });
-  return 'recorded';
+  return outcome;
 }

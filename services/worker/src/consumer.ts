@@ -23,7 +23,8 @@ import {
   type DeadLetterReason,
   type UnhandledCounts,
 } from './dead-letters';
-import { beginAttempt, runAttempt, whilePostgresDown, type AttemptDeps } from './attempts';
+import { beginAttempt, runAttempt, type AttemptDeps } from './attempts';
+import { whilePostgresDown } from './outcomes';
 
 /**
  * Consuming begins in `setup`, which the broker connection runs, so `start` has nothing to do; `stop`
