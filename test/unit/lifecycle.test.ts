@@ -1,4 +1,6 @@
-import { getEventListeners } from 'node:events';
+import { spawn } from 'node:child_process';
+import { getEventListeners, once } from 'node:events';
+import path from 'node:path';
 import { gate, onShutdownSignal, resource, startAll, stopAll, unlessAborted, type Service } from '@taskbox/shared';
 import { quietLogger } from '../helpers/db';
 
@@ -88,5 +90,41 @@ describe('unlessAborted', () => {
     run.abort();
     await expect(pending).resolves.toBeUndefined();
     await expect(unlessAborted(Promise.resolve(1), run.signal)).resolves.toBeUndefined();
+  });
+});
+
+describe('serve, on a throw that no code catches', () => {
+  // A service built on serve (packages/shared's build) whose code throws once it has started.
+  const service = (strayThrow: string) => `
+    const { createLogger, serve } = require(${JSON.stringify(path.resolve(__dirname, '../../packages/shared/dist'))});
+    const logger = createLogger('stray', { LOG_LEVEL: 'info', LOG_FORMAT: 'json' });
+    const work = setInterval(() => undefined, 1000);
+    const part = { start: async () => undefined, stop: async () => { clearInterval(work); logger.info('part drained'); } };
+    void serve([part], { logger, deadlineMs: 5000, started: () => setTimeout(() => { ${strayThrow} }, 10) });`;
+
+  it.each([
+    ['a stray rejection', "void Promise.reject(new Error('stray'));", 'unhandled rejection'],
+    ['a throw from a timer', "throw new Error('stray');", 'uncaught exception'],
+  ])('logs %s with its stack, drains the parts and exits 1', async (_name, strayThrow, what) => {
+    const child = spawn(process.execPath, ['-e', service(strayThrow)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+    const [code] = (await once(child, 'exit')) as [number | null];
+    const lines = out
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(code).toBe(1);
+    expect(lines.map((l) => [l.level, l.message])).toEqual([
+      ['error', `${what}; the process drains and exits`],
+      ['info', 'shutting down'],
+      ['info', 'part drained'],
+      ['info', 'stopped'],
+    ]);
+    expect(lines[0]).toMatchObject({
+      service: 'stray',
+      error: 'stray',
+      stack: expect.stringContaining('Error: stray'),
+    });
   });
 });

@@ -1,4 +1,4 @@
-import { toError } from './errors';
+import { errorJson, isError, toError } from './errors';
 import type { Logger } from './logger';
 
 /**
@@ -119,6 +119,19 @@ export async function serve(
       void shutdown(signal).then((code) => process.exit(code));
     });
   }
+  // A throw no code catches (a handler's stray timer or promise): Node would exit at once, with a bare
+  // stack on stderr and every run in flight left to its lease. Said in the log, then drained, exit 1.
+  for (const [event, what] of [
+    ['uncaughtException', 'uncaught exception'],
+    ['unhandledRejection', 'unhandled rejection'],
+  ] as const) {
+    process.on(event, (err: unknown) => {
+      logger.error(`${what}; the process drains and exits`, { error: errorJson(err).message, stack: stackOf(err) });
+      if (stopping) return;
+      stopping = true;
+      void shutdown(what).then(() => process.exit(1));
+    });
+  }
   try {
     await startAll(parts, () => stopping);
   } catch (err) {
@@ -132,6 +145,15 @@ export async function serve(
     stopping = true;
     void shutdown(why).then(() => process.exit(1));
   };
+}
+
+/** Where `err` was thrown, when it can be read. */
+function stackOf(err: unknown): string | undefined {
+  try {
+    return isError(err) ? err.stack : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** `promise`, or a rejection naming `what` when it has not settled within `ms`: a broker that never answers. */
