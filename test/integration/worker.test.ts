@@ -175,6 +175,23 @@ describe('worker', () => {
     ]);
     expect((await task(id)).external_job_id).toBe(attempts[1]!.external_job_id);
     expect(attempts[1]!.external_job_id).not.toBe('worker-dead-1-00000000:7');
+    const samples = parseMetrics(await worker.metrics.registry.metrics());
+    expect(sample(samples, 'worker_attempt_failures_total', { final: 'false' })).toBe(1);
+  });
+
+  it('fails a dead run on its last attempt when its redelivery finds it, counted as a final failure', async () => {
+    const id = await insertTaskFixture(database.db, {
+      status: 'processing',
+      attempts: 2,
+      maxAttempts: 2,
+      leaseExpired: true,
+    });
+    await publish({ taskId: id, type: 'echo', attempt: 2 });
+    await waitFor('failed', async () => (await task(id)).status === 'failed');
+    expect((await task(id)).error).toMatchObject({ message: 'the last attempt stopped without finishing' });
+    const samples = parseMetrics(await worker.metrics.registry.metrics());
+    expect(sample(samples, 'worker_attempt_failures_total', { final: 'true' })).toBe(1);
+    expect(sample(samples, 'worker_attempt_failures_total', { final: 'false' })).toBe(0);
   });
 
   it('sweeps a dead run back to pending with an outbox row for the next attempt, or fails it when none is left', async () => {

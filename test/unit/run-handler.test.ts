@@ -5,6 +5,7 @@ import { createWorkerMetrics } from '../../services/worker/src/metrics';
 import { createOrphans, type Orphans } from '../../services/worker/src/orphans';
 import { checkResult, resultJson, RunAbandoned, runHandler } from '../../services/worker/src/run-handler';
 import { quietLogger } from '../helpers/db';
+import { capturingLogger } from '../helpers/log';
 
 const render = defineTaskType({
   name: 'render',
@@ -74,28 +75,91 @@ describe("a result's size", () => {
   });
 });
 
-describe('the grace after a run is aborted', () => {
-  it('gives up on a run that ignores its signal, and hands it to the orphans', async () => {
-    const m = metrics();
-    const orphans = createOrphans(5, m, () => undefined);
-    let finish = (): void => undefined;
-    const stubborn = { ...render, run: () => new Promise((resolve) => (finish = () => resolve({}))) } as AnyTaskType;
-    const controller = new AbortController();
-    const running = runHandler(stubborn, context(controller.signal), {
+describe('what a run throws', () => {
+  // A Proxy whose every trap throws: `instanceof` on it throws too.
+  const hostile = () =>
+    new Proxy(
+      {},
+      {
+        getPrototypeOf() {
+          throw new Error('trap');
+        },
+        get() {
+          throw new Error('trap');
+        },
+      },
+    );
+
+  it.each([
+    ['a Proxy whose traps throw', hostile],
+    ['a string', () => 'plain text'],
+  ])('passes on %s as an Error, thrown at once or later', async (_name, thrown) => {
+    const limits = {
       graceMs: 20,
       resultMaxBytes: 1000,
-      orphans,
+      orphans: createOrphans(5, metrics(), () => undefined),
       logger: quietLogger,
-    });
-    controller.abort('timeout');
-
-    await expect(running).rejects.toThrow(RunAbandoned);
-    expect((await m.abandonedRunsLive.get()).values[0]?.value).toBe(1);
-    finish();
-    await new Promise((resolve) => setImmediate(resolve));
-    expect((await m.abandonedRunsLive.get()).values[0]?.value).toBe(0);
-    expect((await m.abandonedRuns.get()).values[0]?.value).toBe(1);
+    };
+    const signal = new AbortController().signal;
+    const sync = {
+      ...render,
+      run: () => {
+        throw thrown();
+      },
+    } as unknown as AnyTaskType;
+    const later = { ...render, run: () => Promise.reject(thrown()) } as AnyTaskType;
+    for (const definition of [sync, later]) {
+      const err: unknown = await runHandler(definition, context(signal), limits).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(Error);
+      expect(typeof (err as Error).message).toBe('string');
+    }
   });
+
+  it('passes on an Error as it was thrown, its class kept', async () => {
+    const permanent = new PermanentError('no');
+    const definition = { ...render, run: () => Promise.reject(permanent) } as AnyTaskType;
+    const limits = {
+      graceMs: 20,
+      resultMaxBytes: 1000,
+      orphans: createOrphans(5, metrics(), () => undefined),
+      logger: quietLogger,
+    };
+    await expect(runHandler(definition, context(new AbortController().signal), limits)).rejects.toBe(permanent);
+  });
+});
+
+describe('the grace after a run is aborted', () => {
+  // What a run that ignores its signal returns, and how the test makes it return at last.
+  const stubbornRuns: [string, (keep: (finish: () => void) => void) => unknown][] = [
+    ['a promise', (keep) => new Promise((resolve) => keep(() => resolve({})))],
+    // A `then` that answers undefined, not a promise: nothing can be chained on what it returns.
+    ['a bare thenable', (keep) => ({ then: (resolve: (v: unknown) => void) => void keep(() => resolve({})) })],
+  ];
+
+  it.each(stubbornRuns)(
+    'gives up on a run (%s) that ignores its signal, hands it to the orphans, and counts it gone once it returns',
+    async (_name, stubbornRun) => {
+      const m = metrics();
+      const orphans = createOrphans(5, m, () => undefined);
+      let finish = (): void => undefined;
+      const stubborn = { ...render, run: () => stubbornRun((f) => (finish = f)) } as unknown as AnyTaskType;
+      const controller = new AbortController();
+      const running = runHandler(stubborn, context(controller.signal), {
+        graceMs: 20,
+        resultMaxBytes: 1000,
+        orphans,
+        logger: quietLogger,
+      });
+      controller.abort('timeout');
+
+      await expect(running).rejects.toThrow(RunAbandoned);
+      expect((await m.abandonedRunsLive.get()).values[0]?.value).toBe(1);
+      finish();
+      await new Promise((resolve) => setImmediate(resolve));
+      expect((await m.abandonedRunsLive.get()).values[0]?.value).toBe(0);
+      expect((await m.abandonedRuns.get()).values[0]?.value).toBe(1);
+    },
+  );
 
   it('waits the grace for a run that stops when aborted, and passes on what it threw', async () => {
     const adopted: unknown[] = [];
@@ -117,6 +181,25 @@ describe('the grace after a run is aborted', () => {
     controller.abort('timeout');
     await expect(running).rejects.toThrow('stopped');
     expect(adopted).toEqual([]);
+  });
+
+  it('logs the error of an abandoned run whose message throws when read, and of a revoked Proxy', async () => {
+    const { logger, lines } = capturingLogger();
+    const orphans = createOrphans(5, metrics(), () => undefined);
+    const unreadable = Object.defineProperty(new Error('x'), 'message', {
+      get() {
+        throw new Error('getter boom');
+      },
+    });
+    const { proxy, revoke } = Proxy.revocable({}, {});
+    revoke();
+    orphans.adopt(Promise.reject(unreadable), logger);
+    orphans.adopt(Promise.reject(proxy), logger);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(lines.filter((l) => l.level === 'warn').map((l) => l.error)).toEqual([
+      'an error whose message throws when read',
+      '<Revoked Proxy>',
+    ]);
   });
 
   it('calls for a restart once, when the cap of abandoned runs still going is reached', () => {

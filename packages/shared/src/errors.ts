@@ -6,7 +6,12 @@ import { storableText } from './storable-text';
  * Error` inside jest's sandbox, and would be reported as 500 instead of 503 there).
  */
 export function isError(value: unknown): value is Error {
-  return value instanceof Error || types.isNativeError(value);
+  try {
+    return value instanceof Error || types.isNativeError(value);
+  } catch {
+    // A Proxy whose getPrototypeOf trap throws, or a revoked one: nothing of it can be read as an Error's.
+    return false;
+  }
 }
 
 /** Turns anything thrown into an Error, so callers can rely on .message. */
@@ -21,7 +26,7 @@ function describe(value: unknown): string {
   try {
     return JSON.stringify(value) ?? String(value);
   } catch {
-    return inspect(value, { depth: 2 });
+    return readText(() => inspect(value, { depth: 2 }), 'a thrown value that cannot be described');
   }
 }
 

@@ -141,6 +141,11 @@ export async function beginAttempt(
   if (result.action === 'started' || result.action === 'fail' || result.action === 'cancel') {
     deps.taskNotifier.changed(message.taskId);
   }
+  // A dead run (its lease expired) that this delivery resumed or ended is a failed attempt, counted as
+  // when the sweeper finds it first.
+  if (result.action === 'started' && result.task.status === 'processing' && result.attempt > result.task.attempts)
+    deps.metrics.failures.inc({ final: 'false' });
+  if (result.action === 'fail' && result.reason === 'attempts-exhausted') deps.metrics.failures.inc({ final: 'true' });
   return result;
 }
 

@@ -1,4 +1,4 @@
-import { toError, type Logger } from '@taskbox/shared';
+import { errorJson, type Logger } from '@taskbox/shared';
 import type { WorkerMetrics } from './metrics';
 
 /** Runs given up on (run-handler.ts) that have not returned yet. */
@@ -29,7 +29,7 @@ export function createOrphans(max: number, metrics: WorkerMetrics, onOverflow: (
         .then(
           () => logger.warn('an abandoned run returned; its result is discarded'),
           (err: unknown) =>
-            logger.warn('an abandoned run failed; its error is discarded', { error: toError(err).message }),
+            logger.warn('an abandoned run failed; its error is discarded', { error: errorJson(err).message }),
         )
         .finally(() => metrics.abandonedRunsLive.set(--live));
       if (live >= max && !overflowed) {

@@ -38,7 +38,7 @@ export async function runHandler(
   ctx: TaskContext<unknown>,
   limits: RunLimits,
 ): Promise<string> {
-  const run = definition.run(ctx);
+  const run = startRun(definition, ctx);
   const value = await settleWithin(run, ctx.signal, limits.graceMs);
   if (value === abandoned) {
     limits.orphans.adopt(run, limits.logger);
@@ -47,6 +47,19 @@ export async function runHandler(
     );
   }
   return resultJson(checkResult(definition, value), limits.resultMaxBytes);
+}
+
+/**
+ * `run(ctx)` as a promise of the worker's own, rejected with an Error, whatever the handler returns (a
+ * thenable whose `then` misbehaves) or throws (a string, a Proxy): the worker's checks of what a run
+ * threw (`instanceof`) throw on a Proxy, and an abandoned run is followed through its promise.
+ */
+function startRun(definition: AnyTaskType, ctx: TaskContext<unknown>): Promise<unknown> {
+  try {
+    return Promise.resolve(definition.run(ctx)).catch((err: unknown) => Promise.reject(toError(err)));
+  } catch (err) {
+    return Promise.reject(toError(err));
+  }
 }
 
 const abandoned = Symbol('abandoned');
