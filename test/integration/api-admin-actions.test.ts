@@ -256,4 +256,21 @@ describe('api: admin bulk actions, re-drive, counts and checks', () => {
       await connection.close();
     }
   });
+
+  it('answers 503 with Retry-After, not 500, when RabbitMQ stops the re-drive (a dead-letter queue deleted)', async () => {
+    const connection = await amqp.connect(amqpUrl());
+    try {
+      const channel = await connection.createChannel();
+      await assertTopology(channel, testTopology(prefix));
+      await channel.deleteQueue(amqpNames(prefix).deadQueue);
+      const res = await request(api.app).post('/admin/dead-letters/redrive').set(ROOT).send({});
+      expect(res.status).toBe(503);
+      expect(res.headers['retry-after']).toBe('5');
+      expect(res.body.detail).toMatch(
+        /^RabbitMQ stopped the re-drive \(.*NOT_FOUND.*\); until then it re-drove 0; dropped none$/,
+      );
+    } finally {
+      await connection.close();
+    }
+  });
 });

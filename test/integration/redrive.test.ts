@@ -2,10 +2,22 @@ import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import amqp from 'amqplib';
-import { amqpNames, assertTopology } from '@taskbox/shared';
+import { Writable } from 'node:stream';
+import winston from 'winston';
+import {
+  amqpNames,
+  amqpTopology,
+  assertTopology,
+  closeBroker,
+  connectBroker,
+  redriveDeadLetters,
+} from '@taskbox/shared';
+import { taskTypeList } from '@taskbox/tasks';
 import { amqpUrl, testTopology } from '../helpers/amqp';
 import { insertTaskFixture } from '../helpers/factories';
+import { startFaultProxy } from '../helpers/proxy';
 import { startSystem, type System } from '../helpers/system';
+import { waitFor } from '../helpers/wait';
 
 const main = path.resolve(__dirname, '../../tools/dist/redrive-main.js');
 
@@ -143,6 +155,42 @@ describe('npm run redrive', () => {
     expect((await outboxOf(report)).map((r) => r.payload)).toEqual([{ taskId: report, type: 'report', attempt: 1 }]);
     expect(await outboxOf(echo)).toHaveLength(1);
   });
+
+  it('stops within seconds when RabbitMQ goes silent mid-way, saying what it did until then, the rest left queued', async () => {
+    const ids = await Promise.all([1, 2, 3].map(() => insertTaskFixture(system.database.db, { status: 'pending' })));
+    for (const taskId of ids) await deadLetter({ taskId, type: 'echo', attempt: 1 });
+    const target = new URL(amqpUrl());
+    const proxy = await startFaultProxy(target.hostname, Number(target.port || 5672));
+    const broker = await connectBroker([proxy.url(amqpUrl())]);
+    // The broker vanishes (a half-open connection) once the first message is re-driven.
+    const logger = winston.createLogger({
+      transports: [
+        new winston.transports.Stream({
+          stream: new Writable({
+            write(chunk: Buffer, _encoding, done) {
+              if (chunk.toString().includes('dead letter re-driven')) proxy.blackhole();
+              done();
+            },
+          }),
+        }),
+      ],
+    });
+    try {
+      const topology = amqpTopology(system.prefix, taskTypeList);
+      const run = redriveDeadLetters(system.database.db, broker.model!, topology, { dryRun: false, limit: 10 }, logger);
+      await expect(run).rejects.toThrow(
+        /^RabbitMQ stopped the re-drive \(RabbitMQ: no answer within 5000 ms\); until then it re-drove 1; dropped none$/,
+      );
+      await closeBroker(broker.model);
+      await proxy.restore();
+      // The one re-driven has its outbox row; the others were never taken and wait in the queue again.
+      await waitFor('the unacked messages back', async () => (await deadCount()) >= 2);
+      const rows = await Promise.all(ids.map(outboxOf));
+      expect(rows.filter((r) => r.length > 0)).toHaveLength(1);
+    } finally {
+      await proxy.close();
+    }
+  }, 30_000);
 
   it('looks at no more than --limit messages, and refuses a limit that is not a positive integer', async () => {
     await deadOfEveryKind();

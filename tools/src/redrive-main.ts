@@ -2,6 +2,7 @@ import { parseArgs } from 'node:util';
 import {
   amqpTopology,
   amqpUrls,
+  closeBroker,
   connectBroker,
   createDb,
   createLogger,
@@ -9,6 +10,7 @@ import {
   createPool,
   loadConfig,
   redriveDeadLetters,
+  redriveSummary,
   toError,
 } from '@taskbox/shared';
 import { taskTypeList } from '@taskbox/tasks';
@@ -41,12 +43,10 @@ async function main(): Promise<number> {
       notifier.poke();
       await notifier.stop();
     }
-    const dropped = Object.entries(report.dropped).map(([why, n]) => `${n} ${why}`);
-    const verb = dryRun ? 'would re-drive' : 're-drove';
-    process.stdout.write(`${verb} ${report.republished}; dropped ${dropped.join(', ') || 'none'}\n`);
+    process.stdout.write(`${redriveSummary(report, dryRun)}\n`);
     return 0;
   } finally {
-    await broker.model?.close().catch(() => undefined);
+    await closeBroker(broker.model);
     await db.destroy();
   }
 }

@@ -1,8 +1,10 @@
 import amqp, { type ChannelModel } from 'amqplib';
 import type pg from 'pg';
+import { connectOptions } from './broker-nodes';
 import { redactUrl } from './config';
 import type { Db } from './db';
 import { errorCode, toError } from './errors';
+import { withTimeout } from './lifecycle';
 import { createMigrator } from './migrate';
 import { outboxBacklog } from './outbox';
 import {
@@ -103,7 +105,8 @@ export async function connectBroker(
   const failures: string[] = [];
   for (const url of urls) {
     try {
-      const model = await amqp.connect(url, { timeout: 3000 });
+      // With the services' heartbeat (10 s unless the URL names one), not the server's 60 s.
+      const model = await amqp.connect(connectOptions(url), { timeout: 3000 });
       model.on('error', () => undefined);
       const detail = [...failures, `RabbitMQ at ${redactUrl(url)}`].join('; ');
       const check = result(name, failures.length > 0 ? 'warn' : 'ok', detail, 'start the nodes that do not answer');
@@ -116,6 +119,11 @@ export async function connectBroker(
     check: result(name, 'fail', failures.join('; '), 'start RabbitMQ or fix AMQP_URL / AMQP_URLS'),
     model: null,
   };
+}
+
+/** Closes what connectBroker opened, without waiting on a broker gone silent. */
+export async function closeBroker(model: ChannelModel | null): Promise<void> {
+  if (model) await withTimeout(model.close(), 3000, 'RabbitMQ').catch(() => undefined);
 }
 
 export async function checkOutboxBacklog(db: Db, pendingMs: number): Promise<CheckResult> {

@@ -15,6 +15,7 @@ import {
   checkRefused,
   checkRepublished,
   checkUnroutable,
+  closeBroker,
   connectBroker,
   type CheckResult,
 } from './doctor-checks';
@@ -112,7 +113,7 @@ export async function runDoctor(
     results.push(broker.check);
     for (const step of flow) results.push(await runStep(step, reachedDb, broker.model));
   } finally {
-    await broker.model?.close().catch(() => undefined);
+    await closeBroker(broker.model);
   }
   return results;
 }

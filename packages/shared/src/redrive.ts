@@ -3,6 +3,8 @@ import type { ChannelModel, GetMessage } from 'amqplib';
 import { sql } from 'kysely';
 import type { AmqpTopology } from './amqp-topology';
 import { isTerminal, type Db, type TaskStatus } from './db';
+import { toError } from './errors';
+import { withTimeout } from './lifecycle';
 import type { Logger } from './logger';
 import { nextAttemptMessage, outboxInsert, type TaskRowForMessage } from './outbox';
 import { parseTaskMessage } from './task-message';
@@ -19,6 +21,30 @@ export interface RedriveReport {
   republished: number;
   /** Messages dropped, by why. */
   dropped: Record<string, number>;
+}
+
+/** The longest a re-drive waits for one answer of RabbitMQ (a channel, a message, a close). */
+const BROKER_ANSWER_MS = 5000;
+
+/** What a re-drive did, as a line: `re-drove 2; dropped 1 task succeeded`. */
+export function redriveSummary(report: RedriveReport, dryRun: boolean): string {
+  const dropped = Object.entries(report.dropped).map(([why, n]) => `${n} ${why}`);
+  return `${dryRun ? 'would re-drive' : 're-drove'} ${report.republished}; dropped ${dropped.join(', ') || 'none'}`;
+}
+
+/**
+ * A re-drive cut short because RabbitMQ stopped answering or closed the channel, with what it had done:
+ * the message in hand goes back to its queue unacked, and a run later takes up the rest.
+ */
+export class RedriveInterrupted extends Error {
+  override name = 'RedriveInterrupted';
+  constructor(
+    readonly report: RedriveReport,
+    dryRun: boolean,
+    cause: unknown,
+  ) {
+    super(`RabbitMQ stopped the re-drive (${toError(cause).message}); until then it ${redriveSummary(report, dryRun)}`);
+  }
 }
 
 type Verdict = { action: 'republish'; taskId: string } | { action: 'drop'; reason: string; taskId?: string };
@@ -112,11 +138,16 @@ async function redriveQueue(
   report: RedriveReport,
   logger: Logger,
 ): Promise<number> {
-  const ch = await model.createChannel();
+  // Bounded: a broker gone silent (a half-open connection) would hold each call until the heartbeat.
+  const answer = <T>(call: Promise<T>): Promise<T> =>
+    withTimeout(call, BROKER_ANSWER_MS, 'RabbitMQ').catch((err: unknown) => {
+      throw new RedriveInterrupted(report, options.dryRun, err);
+    });
+  const ch = await answer(model.createChannel());
   let n = 0;
   try {
     for (; n < options.limit; n++) {
-      const msg = await ch.get(deadQueue, { noAck: false });
+      const msg = await answer(ch.get(deadQueue, { noAck: false }));
       if (!msg) break;
       let verdict = await judge(db, msg);
       const messageId = redriveMessageId(msg);
@@ -142,7 +173,7 @@ async function redriveQueue(
     // A dry run gives every message back. A quorum queue puts them at its back, and counts a delivery.
     if (options.dryRun) ch.nackAll(true);
   } finally {
-    await ch.close().catch(() => undefined);
+    await answer(ch.close()).catch(() => undefined);
   }
   return n;
 }

@@ -2,9 +2,11 @@ import { Router, type Request, type Response } from 'express';
 import {
   amqpTopology,
   amqpUrls,
+  closeBroker,
   connectBroker,
   outboxBacklog,
   redriveDeadLetters,
+  RedriveInterrupted,
   wakeRelays,
   type Db,
   type DoctorConfig,
@@ -92,8 +94,11 @@ function redrive({ db, logger, settings }: AdminDeps): Handler {
     try {
       const topology = amqpTopology(settings.doctor.AMQP_PREFIX, taskTypeList);
       report = await redriveDeadLetters(db, broker.model, topology, { dryRun, limit }, logger);
+    } catch (err) {
+      if (err instanceof RedriveInterrupted) throw new HttpProblem(503, 'Broker Unavailable', err.message, {}, 5);
+      throw err;
     } finally {
-      await broker.model.close().catch(() => undefined);
+      await closeBroker(broker.model);
     }
     if (report.republished > 0 && !dryRun) await wakeRelays(db);
     logger.info('dead letters re-driven', { by: viewer(res).owner, admin: true, dryRun, limit, ...report });
