@@ -299,6 +299,13 @@ describe('worker', () => {
     await waitFor('the next task still runs', async () => (await task(id)).status === 'succeeded');
   });
 
+  it('declares its dead-letter queue again when it was deleted, rather than lose the dead letter', async () => {
+    await channel.deleteQueue(amqpNames(prefix).deadQueue);
+    await publish('not json');
+    const [dead] = await drainQueue(amqpNames(prefix).deadQueue, 1, 5000);
+    expect(String(dead?.properties.headers?.['x-dead-letter-reason'])).toMatch(/^unparseable/);
+  });
+
   it('logs what a dead-lettered message says of itself cut short: a header of any size is not copied into the log', async () => {
     await worker.close();
     const { logger, lines } = capturingLogger();

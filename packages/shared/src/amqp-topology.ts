@@ -121,7 +121,7 @@ export async function assertTopology(channel: Channel, topology: AmqpTopology, m
   const { exchange, queues } = topology;
   await channel.assertExchange(exchange, 'topic', { durable: true });
   for (const q of queues) {
-    await channel.assertExchange(q.deadExchange, 'topic', { durable: true });
+    await assertDeadPath(channel, q);
     await channel.assertQueue(q.queue, {
       durable: true,
       arguments: {
@@ -130,8 +130,6 @@ export async function assertTopology(channel: Channel, topology: AmqpTopology, m
         'x-delivery-limit': DELIVERY_LIMIT,
       },
     });
-    await channel.assertQueue(q.deadQueue, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
-    await channel.bindQueue(q.deadQueue, q.deadExchange, '#');
     for (const type of q.types) await channel.bindQueue(q.queue, exchange, type);
   }
   for (const q of queues) {
@@ -145,6 +143,13 @@ export async function assertTopology(channel: Channel, topology: AmqpTopology, m
   if (!model) throw new Error('assertTopology: unbinding retired queues needs the connection');
   const types = topology.queues.flatMap((q) => q.types);
   for (const retired of topology.retired) await unbindRetired(model, exchange, retired.queue, types);
+}
+
+/** A queue's dead-letter path: its exchange, and its dead-letter queue bound to everything sent there. */
+export async function assertDeadPath(channel: Channel, q: QueueNames): Promise<void> {
+  await channel.assertExchange(q.deadExchange, 'topic', { durable: true });
+  await channel.assertQueue(q.deadQueue, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+  await channel.bindQueue(q.deadQueue, q.deadExchange, '#');
 }
 
 /**

@@ -1,5 +1,5 @@
-import type { ConfirmChannel, ConsumeMessage } from 'amqplib';
-import { DELIVERY_LIMIT, toError, withTimeout, type Logger, type QueueRoute } from '@taskbox/shared';
+import type { ConfirmChannel, ConsumeMessage, Message } from 'amqplib';
+import { assertDeadPath, DELIVERY_LIMIT, toError, withTimeout, type Logger, type QueueRoute } from '@taskbox/shared';
 import type { deadLetterCodes, WorkerMetrics } from './metrics';
 
 /** Why a message goes to the dead-letter queue: a code for metrics and alerts, and what was wrong. */
@@ -34,7 +34,8 @@ export function deliveryLogContext(msg: ConsumeMessage): Record<string, string |
 export const BROKER_ANSWER_MS = 10_000;
 
 /**
- * Publishes the message to its queue's dead-letter exchange with a reason header, then acks it.
+ * Publishes the message to its queue's dead-letter exchange with a reason header, then acks it; a
+ * dead-letter queue deleted since the worker connected is declared again, rather than the message lost.
  * `current` says whether `ch` is still the consumer's channel: on one that has closed, the broker has
  * already requeued the message.
  */
@@ -50,16 +51,12 @@ export async function deadLetter(
   metrics.deadLetters.inc({ reason: why.code, queue: route.name });
   log.error('message dead-lettered', { reason, routingKey: msg.fields.routingKey });
   try {
-    const confirmed = new Promise<void>((resolve, reject) => {
-      ch.publish(
-        route.deadExchange,
-        msg.fields.routingKey,
-        msg.content,
-        { ...msg.properties, headers: { ...msg.properties.headers, 'x-dead-letter-reason': reason } },
-        (err) => (err ? reject(toError(err)) : resolve()),
-      );
-    });
-    await withTimeout(confirmed, BROKER_ANSWER_MS, 'dead-letter confirm');
+    if (!(await publishDead(ch, route, msg, reason))) {
+      // Its dead-letter queue was deleted (declared at every connect, not since): declared again.
+      log.warn('dead-letter queue missing; declaring it again', { deadQueue: route.deadQueue });
+      await assertDeadPath(ch, route);
+      if (!(await publishDead(ch, route, msg, reason))) throw new Error(`no queue took it from ${route.deadExchange}`);
+    }
     ch.ack(msg);
   } catch (err) {
     // The broker's own dead-lettering (queue's x-dead-letter-exchange) still keeps the message.
@@ -71,6 +68,53 @@ export async function deadLetter(
     } catch {
       // The connection is closing: the broker requeues the message, and its redelivery is judged again.
     }
+  }
+}
+
+/** Who waits for the messages a channel's broker returns: one listener a channel, however many wait. */
+const returnWatchers = new WeakMap<ConfirmChannel, Set<(back: Message) => void>>();
+
+function watchReturns(ch: ConfirmChannel, watcher: (back: Message) => void): () => void {
+  let watchers = returnWatchers.get(ch);
+  if (!watchers) {
+    const all = new Set<(back: Message) => void>();
+    ch.on('return', (back: Message) => all.forEach((w) => w(back)));
+    returnWatchers.set(ch, all);
+    watchers = all;
+  }
+  watchers.add(watcher);
+  return () => watchers.delete(watcher);
+}
+
+/**
+ * Publishes the message to its dead-letter exchange, mandatory, and waits for the confirm: false when
+ * the broker returned it, no queue being bound there. The broker sends a return before its confirm.
+ */
+async function publishDead(
+  ch: ConfirmChannel,
+  route: QueueRoute,
+  msg: ConsumeMessage,
+  reason: string,
+): Promise<boolean> {
+  let routed = true;
+  const stopWatching = watchReturns(ch, (back) => {
+    if (back.fields.exchange === route.deadExchange && back.content.equals(msg.content)) routed = false;
+  });
+  try {
+    const headers = { ...msg.properties.headers, 'x-dead-letter-reason': reason };
+    const confirmed = new Promise<void>((resolve, reject) => {
+      ch.publish(
+        route.deadExchange,
+        msg.fields.routingKey,
+        msg.content,
+        { ...msg.properties, headers, mandatory: true },
+        (err) => (err ? reject(toError(err)) : resolve()),
+      );
+    });
+    await withTimeout(confirmed, BROKER_ANSWER_MS, 'dead-letter confirm');
+    return routed;
+  } finally {
+    stopWatching();
   }
 }
 
