@@ -190,6 +190,34 @@ describe('npm run doctor says where the chain is broken', () => {
     expect(run.line(c.deadLetters)).toContain('1 waiting');
   });
 
+  it('fails "topology declared" naming a queue declared with other arguments, which the worker logs it cannot declare beside', async () => {
+    const other = testPrefix();
+    const connection = await amqp.connect(amqpUrl());
+    const worker = startService('worker', { ...env, AMQP_PREFIX: other });
+    try {
+      const ch = await connection.createChannel();
+      // Someone else's classic queue where the topology has a quorum queue.
+      await ch.assertQueue(amqpNames(other, 'reports').queue, { durable: true });
+      const refused = 'rabbitmq refuses the topology; retrying (npm run doctor names what differs)';
+      expect(await worker.waitForLog(refused, (l) => l.message === refused)).toMatchObject({
+        level: 'error',
+        error: expect.stringContaining('PRECONDITION_FAILED'),
+      });
+      const run = await doctor({ AMQP_PREFIX: other });
+      expect(run.status(c.topology)).toBe('fail');
+      expect(run.line(c.topology)).toMatch(
+        new RegExp(
+          `declared with other arguments: ${amqpNames(other, 'reports').queue} \\(inequivalent arg '[\\w-]+' for queue [^"]+\\)  →`,
+        ),
+      );
+      expect(run.code).toBe(1);
+    } finally {
+      await worker.stop();
+      await connection.close();
+      await deleteTopology(other);
+    }
+  });
+
   it('with no worker on the reports queue, fails "consumers on the queues" and names the report type', async () => {
     await stop('worker');
     await start('worker', { WORKER_QUEUES: 'default:5' });

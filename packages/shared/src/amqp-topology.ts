@@ -1,4 +1,4 @@
-import type { Channel, ChannelModel } from 'amqplib';
+import type { Channel, ChannelModel, Options } from 'amqplib';
 import { DEFAULT_QUEUE } from './task-type';
 
 /** One queue's names: the queue, its dead-letter exchange and the queue behind that. */
@@ -122,14 +122,7 @@ export async function assertTopology(channel: Channel, topology: AmqpTopology, m
   await channel.assertExchange(exchange, 'topic', { durable: true });
   for (const q of queues) {
     await assertDeadPath(channel, q);
-    await channel.assertQueue(q.queue, {
-      durable: true,
-      arguments: {
-        'x-queue-type': 'quorum',
-        'x-dead-letter-exchange': q.deadExchange,
-        'x-delivery-limit': DELIVERY_LIMIT,
-      },
-    });
+    await channel.assertQueue(q.queue, queueOptions(q));
     for (const type of q.types) await channel.bindQueue(q.queue, exchange, type);
   }
   for (const q of queues) {
@@ -145,10 +138,19 @@ export async function assertTopology(channel: Channel, topology: AmqpTopology, m
   for (const retired of topology.retired) await unbindRetired(model, exchange, retired.queue, types);
 }
 
+/** How a queue is declared: a quorum queue, its dead letters to its dead-letter exchange. */
+export const queueOptions = (q: QueueNames): Options.AssertQueue => ({
+  durable: true,
+  arguments: { 'x-queue-type': 'quorum', 'x-dead-letter-exchange': q.deadExchange, 'x-delivery-limit': DELIVERY_LIMIT },
+});
+
+/** How a dead-letter queue is declared. */
+export const DEAD_QUEUE_OPTIONS: Options.AssertQueue = { durable: true, arguments: { 'x-queue-type': 'quorum' } };
+
 /** A queue's dead-letter path: its exchange, and its dead-letter queue bound to everything sent there. */
 export async function assertDeadPath(channel: Channel, q: QueueNames): Promise<void> {
   await channel.assertExchange(q.deadExchange, 'topic', { durable: true });
-  await channel.assertQueue(q.deadQueue, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+  await channel.assertQueue(q.deadQueue, DEAD_QUEUE_OPTIONS);
   await channel.bindQueue(q.deadQueue, q.deadExchange, '#');
 }
 

@@ -115,7 +115,13 @@ export async function connectAmqp(
   });
   connection.on('connect-failed', (err: Error) => {
     if (reportedDown) logger.debug('rabbitmq connect attempt failed', { url: nodes.current(), error: err.message });
-    else logger.warn('rabbitmq unreachable; retrying', { url: nodes.current(), error: err.message });
+    else if (/PRECONDITION_FAILED/.test(err.message)) {
+      // Reached, but a queue of the topology exists declared otherwise: no retry mends that, an operator does.
+      logger.error('rabbitmq refuses the topology; retrying (npm run doctor names what differs)', {
+        url: nodes.current(),
+        error: err.message,
+      });
+    } else logger.warn('rabbitmq unreachable; retrying', { url: nodes.current(), error: err.message });
     reportedDown = true;
     nodes.next();
   });

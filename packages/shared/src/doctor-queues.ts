@@ -1,9 +1,10 @@
-import type { ChannelModel } from 'amqplib';
+import type { Channel, ChannelModel, Options } from 'amqplib';
 import { inspectQueue } from './amqp';
-import type { AmqpTopology } from './amqp-topology';
+import { DEAD_QUEUE_OPTIONS, queueOptions, type AmqpTopology } from './amqp-topology';
 import type { Db } from './db';
 import { checkNames, formatAge, result, type CheckResult } from './doctor-checks';
 import { noHandlerFailures } from './doctor-sql';
+import { toError } from './errors';
 import { withTimeout } from './lifecycle';
 
 // The doctor's checks of the queues, one queue per line of detail: the exchange and every queue the
@@ -12,16 +13,24 @@ import { withTimeout } from './lifecycle';
 // As long as inspectQueue waits for the broker (amqp.ts).
 const BROKER_ANSWER_MS = 5000;
 
-/** A passive declare of one exchange on a channel of its own (a 404 closes it): false when missing. */
-async function exchangeExists(model: ChannelModel, exchange: string): Promise<boolean> {
+/**
+ * Runs `declare` on a channel of its own, since the broker closes a channel whose declare it refuses:
+ * null when it was taken, the broker's refusal when that is 404 NOT_FOUND or 406 PRECONDITION_FAILED.
+ * A broker that does not answer fails the check instead.
+ */
+async function refusal(
+  model: ChannelModel,
+  what: string,
+  declare: (ch: Channel) => Promise<unknown>,
+): Promise<Error | null> {
   const ch = await withTimeout(model.createChannel(), BROKER_ANSWER_MS, 'opening a channel');
   ch.on('error', () => undefined);
   try {
-    await withTimeout(ch.checkExchange(exchange), BROKER_ANSWER_MS, `checking exchange ${exchange}`);
-    return true;
+    await withTimeout(declare(ch), BROKER_ANSWER_MS, what);
+    return null;
   } catch (err) {
-    // 404 NOT_FOUND is "no such exchange"; a broker that does not answer fails the check instead.
-    if ((err as { code?: unknown }).code === 404) return false;
+    const code = (err as { code?: unknown }).code;
+    if (code === 404 || code === 406) return toError(err);
     throw err;
   } finally {
     await ch.close().catch(() => undefined);
@@ -32,10 +41,31 @@ export async function checkTopology(model: ChannelModel, topology: AmqpTopology)
   const missing: string[] = [];
   const exchanges = [topology.exchange, ...topology.queues.map((q) => q.deadExchange)];
   for (const exchange of exchanges) {
-    if (!(await exchangeExists(model, exchange))) missing.push(`exchange ${exchange}`);
+    const refused = await refusal(model, `checking exchange ${exchange}`, (ch) => ch.checkExchange(exchange));
+    if (refused) missing.push(`exchange ${exchange}`);
   }
-  for (const queue of topology.queues.flatMap((q) => [q.queue, q.deadQueue])) {
+  // A queue declared otherwise (a classic queue of the same name) makes every declare of the topology
+  // fail: the relay and the worker then publish and consume nothing, on any queue.
+  const differing: string[] = [];
+  const queues = topology.queues.flatMap((q): [string, Options.AssertQueue][] => [
+    [q.queue, queueOptions(q)],
+    [q.deadQueue, DEAD_QUEUE_OPTIONS],
+  ]);
+  for (const [queue, options] of queues) {
     if ((await inspectQueue(model, queue)) === null) missing.push(`queue ${queue}`);
+    else {
+      const refused = await refusal(model, `checking queue ${queue}`, (ch) => ch.assertQueue(queue, options));
+      if (refused) differing.push(`${queue} (${refused.message.replace(/^.*PRECONDITION_FAILED - (.*?)"?$/, '$1')})`);
+    }
+  }
+  if (differing.length > 0) {
+    return result(
+      checkNames.topology,
+      'fail',
+      `declared with other arguments: ${differing.join(', ')}`,
+      'the relay and the worker cannot declare their topology beside it (they log "rabbitmq refuses the topology"): ' +
+        'move its messages elsewhere if they matter, delete the queue, and the services declare it again',
+    );
   }
   if (missing.length > 0) {
     return result(
@@ -45,8 +75,8 @@ export async function checkTopology(model: ChannelModel, topology: AmqpTopology)
       'start the relay or the worker with the same AMQP_PREFIX: they declare it on connect',
     );
   }
-  const queues = topology.queues.map((q) => q.queue).join(', ');
-  return result(checkNames.topology, 'ok', `exchange ${topology.exchange}, queues ${queues} and their dead letters`);
+  const names = topology.queues.map((q) => q.queue).join(', ');
+  return result(checkNames.topology, 'ok', `exchange ${topology.exchange}, queues ${names} and their dead letters`);
 }
 
 /**
