@@ -27,5 +27,9 @@ wait_for_migrate() {
 kubectl delete job taskbox-migrate --ignore-not-found --wait=true
 with_image migrate-job.yaml | kubectl apply -f -
 wait_for_migrate
-for part in api relay worker; do with_image "$part.yaml" | kubectl apply -f -; done
-for part in api relay worker; do kubectl rollout status "deployment/taskbox-$part" --timeout=600s; done
+# The api first, and waited for: a newer worker may rely on what a newer api does (README, "Upgrade the
+# api before the workers"). Then the relay and the worker together.
+with_image api.yaml | kubectl apply -f -
+kubectl rollout status deployment/taskbox-api --timeout=600s
+for part in relay worker; do with_image "$part.yaml" | kubectl apply -f -; done
+for part in relay worker; do kubectl rollout status "deployment/taskbox-$part" --timeout=600s; done

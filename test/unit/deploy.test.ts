@@ -185,7 +185,7 @@ describe('deploy/ (Kubernetes manifests)', () => {
     }
   }
 
-  it('rollout.sh applies the Deployments only once the migrate Job is complete, through a failed read of it', () => {
+  it('rollout.sh applies the Deployments only once the migrate Job is complete, through a failed read of it, the api first', () => {
     const { code, calls } = rollout('Complete');
     expect(code).toBe(0);
     expect(calls.filter((c) => c.startsWith('get job'))).toHaveLength(3);
@@ -193,9 +193,10 @@ describe('deploy/ (Kubernetes manifests)', () => {
     expect(waited).toBeGreaterThan(calls.indexOf('apply -f -'));
     expect(calls.slice(waited + 1)).toEqual([
       'apply -f -',
+      'rollout status deployment/taskbox-api --timeout=600s',
       'apply -f -',
       'apply -f -',
-      ...['api', 'relay', 'worker'].map((p) => `rollout status deployment/taskbox-${p} --timeout=600s`),
+      ...['relay', 'worker'].map((p) => `rollout status deployment/taskbox-${p} --timeout=600s`),
     ]);
   });
 
