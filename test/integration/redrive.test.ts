@@ -3,6 +3,7 @@ import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import amqp from 'amqplib';
 import { Writable } from 'node:stream';
+import { sql } from 'kysely';
 import winston from 'winston';
 import {
   amqpNames,
@@ -127,6 +128,19 @@ describe('npm run redrive', () => {
     expect(run.stdout).toMatch(/would re-drive 2; dropped /);
     expect(await deadCount()).toBe(5);
     expect(await outboxOf(pending)).toEqual([]);
+  });
+
+  it('drops the dead letter of a task whose next attempt already waits in the outbox, so a schedule or a backoff is kept', async () => {
+    const scheduled = await insertTaskFixture(system.database.db, { status: 'pending', withOutbox: true });
+    await system.database.db
+      .updateTable('outbox')
+      .set({ available_at: sql<Date>`now() + interval '1 hour'` })
+      .where('task_id', '=', scheduled)
+      .execute();
+    await deadLetter({ taskId: scheduled, type: 'echo', attempt: 1 });
+    expect((await redrive()).stdout).toMatch(/re-drove 0; dropped 1 task already queued/);
+    expect(await outboxOf(scheduled)).toHaveLength(1);
+    expect(await deadCount()).toBe(0);
   });
 
   it('re-drives a message it meets again (its ack was lost) without writing it twice', async () => {

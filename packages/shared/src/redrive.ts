@@ -86,6 +86,12 @@ async function judge(db: Db, msg: GetMessage): Promise<Verdict> {
   const task = await taskStatus(db, taskId, false);
   if (!task) return { action: 'drop', reason: 'unknown task', taskId };
   if (isTerminal(task.status)) return { action: 'drop', reason: `task ${task.status}`, taskId };
+  // A row the relay has yet to publish (a schedule or a retry's backoff not due, or a backlog) brings
+  // the task's next attempt at its time: another now would run it early.
+  const { rows } = await sql`SELECT 1 FROM outbox WHERE task_id = ${taskId} AND published_at IS NULL LIMIT 1`.execute(
+    db,
+  );
+  if (rows.length > 0) return { action: 'drop', reason: 'task already queued', taskId };
   return { action: 'republish', taskId };
 }
 
