@@ -617,6 +617,43 @@ describe('worker', () => {
     expect(await attemptsOf(id)).toMatchObject([{ attempt: 1, outcome: 'succeeded' }]);
   });
 
+  it('keeps renewing the leases of live runs while a finished run waits on its row lock', async () => {
+    await worker.close();
+    const slow = await insertTaskFixture(database.db, { type: 'sleep', payload: { ms: 2500 } });
+    const quick = await insertTaskFixture(database.db, { type: 'echo' });
+    let released = Promise.resolve();
+    // The quick task's finish waits 3 s on a lock of its row held elsewhere (as a write whose connection
+    // died holds it), past the slow run's fence of 0.6 s, the lease being 1.2 s.
+    worker = await startWorker(1200, (real) => ({
+      ...real,
+      finish: async (taskId, attempt, outcome) => {
+        if (taskId === quick) {
+          const held = database.db.transaction().execute(async (tx) => {
+            await tx.selectFrom('tasks').select('id').where('id', '=', quick).forUpdate().execute();
+            await sleep(3000);
+          });
+          released = held;
+          await sleep(100);
+        }
+        return real.finish(taskId, attempt, outcome);
+      },
+    }));
+    await publish({ taskId: slow, type: 'sleep', attempt: 1 }, {}, 'sleep');
+    await waitFor('the slow run started', async () => (await task(slow)).status === 'processing');
+    await publish({ taskId: quick, type: 'echo', attempt: 1 });
+    await waitFor(
+      'both succeeded',
+      async () => {
+        const statuses = await Promise.all([task(slow), task(quick)].map(async (t) => (await t).status));
+        return statuses.every((s) => s === 'succeeded');
+      },
+      15_000,
+    );
+    await released;
+    expect(await attemptsOf(slow)).toMatchObject([{ attempt: 1, outcome: 'succeeded' }]);
+    expect(await attemptsOf(quick)).toMatchObject([{ attempt: 1, outcome: 'succeeded' }]);
+  });
+
   it('ends a dead run cancelled, not resumed, when a cancel was requested', async () => {
     const id = await insertTaskFixture(database.db, { status: 'processing', attempts: 1, leaseExpired: true });
     await database.db.updateTable('tasks').set({ cancel_requested_at: new Date() }).where('id', '=', id).execute();

@@ -157,9 +157,9 @@ export async function beginAttempt(
 export type RunResult = 'recorded' | 'abandoned';
 
 /**
- * Runs the handler and records its outcome. The run's lease is renewed until the outcome is recorded,
+ * Runs the handler and records its outcome. The run's lease is extended until the outcome is recorded,
  * not only while the handler runs: while the write is retried (Postgres slow or away), the sweeper must
- * not take the finished run for a dead one and run the task again.
+ * not take the finished run for a dead one and run the task again (leases.recording).
  */
 export async function runAttempt(deps: AttemptDeps, started: Started, logger: Logger): Promise<RunResult> {
   const { task, attempt } = started;
@@ -170,7 +170,9 @@ export async function runAttempt(deps: AttemptDeps, started: Started, logger: Lo
   const signal = deps.leases.register(task.id, attempt, started.leaseFrom, timeoutMs, logger);
   try {
     const outcome = await runToOutcome(deps, started, { definition, timeoutMs, signal }, logger);
-    return typeof outcome === 'string' ? outcome : await recordOutcome(deps, task.id, attempt, outcome, logger);
+    if (typeof outcome === 'string') return outcome;
+    deps.leases.recording(task.id, attempt);
+    return await recordOutcome(deps, task.id, attempt, outcome, logger);
   } finally {
     deps.leases.unregister(task.id, attempt);
   }

@@ -103,6 +103,28 @@ export async function renewLeases(db: Db, runs: { taskId: string; attempt: numbe
   return rows;
 }
 
+/**
+ * Extends the leases of runs whose handler returned and whose outcome is being written, so that the
+ * sweeper does not take such a run for a dead one while its write is retried. A row locked (by that
+ * very write) is skipped, never waited for: a renewal waiting on it would come back too late for the
+ * live runs beside it, and fence them all. A lease released or already run out is left to the sweeper.
+ */
+export async function holdLeases(db: Db, runs: { taskId: string; attempt: number }[], leaseMs: number): Promise<void> {
+  if (runs.length === 0) return;
+  await sql`
+    WITH held AS (
+      SELECT t.id
+      FROM unnest(${runs.map((r) => r.taskId)}::uuid[], ${runs.map((r) => r.attempt)}::int[]) AS r(id, attempt)
+      CROSS JOIN LATERAL (
+        SELECT id FROM tasks
+        WHERE id = r.id AND attempts = r.attempt AND status = 'processing' AND lease_until > now()
+        FOR UPDATE SKIP LOCKED
+      ) t
+    )
+    UPDATE tasks t SET lease_until = now() + ${leaseMs} * interval '1 millisecond'
+    FROM held h WHERE t.id = h.id`.execute(db);
+}
+
 /** A task whose run the sweeper found lost: its state now, and the message of its next attempt when resumed. */
 export interface SweptTask {
   id: string;

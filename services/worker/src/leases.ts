@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import { toError, type Db, type Logger, type Service } from '@taskbox/shared';
-import { renewLeases } from './lease-sql';
+import { holdLeases, renewLeases } from './lease-sql';
 
 /**
  * Why a run's signal aborted: the api asked, the worker is stopping, the run lost its lease, or it ran
@@ -15,6 +15,11 @@ export interface Leases extends Service {
    * statement that set the lease was sent. `log` carries the run's ids (task, message, correlation).
    */
   register(taskId: string, attempt: number, leaseFrom: number, timeoutMs: number, log: Logger): AbortSignal;
+  /**
+   * The run's handler has returned and its outcome is being written: its lease is still extended (holdLeases),
+   * but never waited for, and the run is no longer fenced or timed.
+   */
+  recording(taskId: string, attempt: number): void;
   unregister(taskId: string, attempt: number): void;
   /** Aborts every live run with `reason`, and each run registered from now on at once. */
   abortAll(reason: AbortReason): void;
@@ -35,6 +40,8 @@ interface Run {
   renewedAt: number;
   deadline: NodeJS.Timeout;
   log: Logger;
+  /** Set by recording(). */
+  recording: boolean;
 }
 
 /**
@@ -70,6 +77,12 @@ export function createLeases(db: Db, leaseMs: number, logger: Logger): Leases {
   return {
     register: (taskId, attempt, leaseFrom, timeoutMs, log) =>
       register(state, { taskId, attempt, leaseFrom, timeoutMs, log }),
+    recording(taskId, attempt) {
+      const run = state.runs.get(runKey(taskId, attempt));
+      if (!run) return;
+      clearTimeout(run.deadline);
+      run.recording = true;
+    },
     unregister(taskId, attempt) {
       const run = state.runs.get(runKey(taskId, attempt));
       if (run) clearTimeout(run.deadline);
@@ -118,7 +131,7 @@ function register(
   const controller = new AbortController();
   // Counted from here, after the start committed: time spent waiting for Postgres is not the run's.
   const deadline = setTimeout(() => controller.abort('timeout' satisfies AbortReason), timeoutMs).unref();
-  const run = { taskId, attempt, controller, renewedAt: leaseFrom, deadline, log };
+  const run = { taskId, attempt, controller, renewedAt: leaseFrom, deadline, log, recording: false };
   state.runs.set(runKey(taskId, attempt), run);
   if (state.closing) controller.abort(state.closing);
   // A start whose answer came back late may have a lease that is already past the fence.
@@ -127,7 +140,7 @@ function register(
 }
 
 function fence(state: LeasesState, run: Run, now: number): void {
-  if (run.controller.signal.aborted || now - run.renewedAt <= state.fenceMs) return;
+  if (run.recording || run.controller.signal.aborted || now - run.renewedAt <= state.fenceMs) return;
   run.log.warn('lease not renewed in time; aborting the run', {
     attempt: run.attempt,
     sinceRenewalMs: Math.round(now - run.renewedAt),
@@ -136,10 +149,16 @@ function fence(state: LeasesState, run: Run, now: number): void {
 }
 
 async function renew(state: LeasesState): Promise<void> {
-  const live = [...state.runs.values()];
+  const runs = [...state.runs.values()];
+  const live = runs.filter((r) => !r.recording);
   const sentAt = leaseClock();
   state.renewing = true;
   try {
+    await holdLeases(
+      state.db,
+      runs.filter((r) => r.recording),
+      state.leaseMs,
+    );
     const renewed = new Map(
       (await renewLeases(state.db, live, state.leaseMs)).map((r) => [runKey(r.id, r.attempt), r]),
     );
