@@ -66,8 +66,9 @@ export async function connectAmqp(
   const nodes = brokerNodes(typeof urls === 'string' ? [urls] : urls);
   let connected = false;
   let rebuilding = false;
-  // A warning already says the broker is out of reach: further failed attempts add nothing to it.
-  let reportedDown = false;
+  // What a line already says of the broker (out of reach, or refusing the topology): further failed
+  // attempts of the same kind add nothing to it.
+  let reportedDown: false | 'unreachable' | 'refused' = false;
   const rebuildFor = (model: ChannelModel) => {
     let asked = false;
     return (reason: string): void => {
@@ -108,21 +109,20 @@ export async function connectAmqp(
   connection.on('disconnect', (err: Error) => {
     if (connected && !rebuilding) {
       logger.warn('rabbitmq connection lost; reconnecting', { url: nodes.current(), error: err.message });
-      reportedDown = true;
+      reportedDown = 'unreachable';
     }
     connected = false;
     nodes.next();
   });
   connection.on('connect-failed', (err: Error) => {
-    if (reportedDown) logger.debug('rabbitmq connect attempt failed', { url: nodes.current(), error: err.message });
-    else if (/PRECONDITION_FAILED/.test(err.message)) {
-      // Reached, but a queue of the topology exists declared otherwise: no retry mends that, an operator does.
-      logger.error('rabbitmq refuses the topology; retrying (npm run doctor names what differs)', {
-        url: nodes.current(),
-        error: err.message,
-      });
-    } else logger.warn('rabbitmq unreachable; retrying', { url: nodes.current(), error: err.message });
-    reportedDown = true;
+    // Reached, but a queue of the topology exists declared otherwise: no retry mends that, an operator does.
+    const kind = /PRECONDITION_FAILED/.test(err.message) ? 'refused' : 'unreachable';
+    const context = { url: nodes.current(), error: err.message };
+    if (reportedDown === kind) logger.debug('rabbitmq connect attempt failed', context);
+    else if (kind === 'refused')
+      logger.error('rabbitmq refuses the topology; retrying (npm run doctor names what differs)', context);
+    else logger.warn('rabbitmq unreachable; retrying', context);
+    reportedDown = kind;
     nodes.next();
   });
   connection.on('error', (err: Error) => logger.debug('rabbitmq connection error', { error: err.message }));

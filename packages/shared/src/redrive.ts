@@ -150,6 +150,8 @@ async function redriveQueue(
       throw new RedriveInterrupted(report, options.dryRun, err);
     });
   const ch = await answer(model.createChannel());
+  // A channel the broker closes (a queue deleted) rejects the call in flight, which stops the re-drive.
+  ch.on('error', () => undefined);
   let n = 0;
   try {
     for (; n < options.limit; n++) {

@@ -118,8 +118,8 @@ export async function finishTerminals(db: Db, finishes: TerminalFinish[]): Promi
 /** As JSON text, cast in SQL, so that a JSON null result stays JSON null (not SQL NULL). */
 const resultText = ({ outcome }: TerminalFinish) => (outcome.kind === 'succeeded' ? outcome.resultJson : null);
 
-/** About the bytes a finish sends: its result's characters (an error is cut to 8 192). */
-export const resultBytes = (finish: TerminalFinish): number => resultText(finish)?.length ?? 0;
+/** The bytes of a finish's result (an error is cut to 8 192 characters). */
+export const resultBytes = (finish: TerminalFinish): number => Buffer.byteLength(resultText(finish) ?? '');
 
 const errorText = ({ outcome }: TerminalFinish) =>
   outcome.kind === 'failed' ? JSON.stringify(errorJson(outcome.error)) : null;
