@@ -1,29 +1,40 @@
-import amqp, { type ChannelModel, type RecoveringChannelModel, type Replies } from 'amqplib';
+import amqp, { type Channel, type ChannelModel, type RecoveringChannelModel, type Replies } from 'amqplib';
+import { toError } from './errors';
 import { withTimeout, type Service } from './lifecycle';
 import { brokerNodes } from './broker-nodes';
 import type { Logger } from './logger';
 
+/** How long a check of the broker (a channel, a declare, a message) waits for its answer. */
+export const BROKER_ANSWER_MS = 5000;
+
 /**
- * A passive declare of `queue` (its ready messages and consumers) on a channel of its own, since a
- * 404 closes the channel it happens on: null when the queue does not exist; rejects when the broker
- * does not answer within `timeoutMs`.
+ * Runs `call` on a channel of its own, since the broker closes the channel of a call it refuses: its
+ * answer, or the broker's refusal when that is 404 NOT_FOUND or 406 PRECONDITION_FAILED (amqplib puts
+ * the reply code on the error); rejects when the broker does not answer within `timeoutMs`.
  */
-export async function inspectQueue(
+export async function onOwnChannel<T>(
   model: ChannelModel,
-  queue: string,
-  timeoutMs = 5000,
-): Promise<Replies.AssertQueue | null> {
+  what: string,
+  call: (ch: Channel) => Promise<T>,
+  timeoutMs = BROKER_ANSWER_MS,
+): Promise<{ answer: T } | { refused: Error }> {
   const ch = await withTimeout(model.createChannel(), timeoutMs, 'opening a channel');
   ch.on('error', () => undefined);
   try {
-    return await withTimeout(ch.checkQueue(queue), timeoutMs, `checking queue ${queue}`);
+    return { answer: await withTimeout(call(ch), timeoutMs, what) };
   } catch (err) {
-    // amqplib puts the broker's reply code on the error: 404 NOT_FOUND is "no such queue".
-    if ((err as { code?: unknown }).code === 404) return null;
+    const code = (err as { code?: unknown }).code;
+    if (code === 404 || code === 406) return { refused: toError(err) };
     throw err;
   } finally {
     await ch.close().catch(() => undefined);
   }
+}
+
+/** A passive declare of `queue` (its ready messages and consumers): null when the queue does not exist. */
+export async function inspectQueue(model: ChannelModel, queue: string): Promise<Replies.AssertQueue | null> {
+  const checked = await onOwnChannel(model, `checking queue ${queue}`, (ch) => ch.checkQueue(queue));
+  return 'answer' in checked ? checked.answer : null;
 }
 
 /**

@@ -1,48 +1,19 @@
-import type { Channel, ChannelModel, Options } from 'amqplib';
-import { inspectQueue } from './amqp';
+import type { ChannelModel, Options } from 'amqplib';
+import { inspectQueue, onOwnChannel } from './amqp';
 import { DEAD_QUEUE_OPTIONS, queueOptions, type AmqpTopology } from './amqp-topology';
 import type { Db } from './db';
 import { checkNames, formatAge, result, type CheckResult } from './doctor-checks';
 import { noHandlerFailures } from './doctor-sql';
-import { toError } from './errors';
-import { withTimeout } from './lifecycle';
 
 // The doctor's checks of the queues, one queue per line of detail: the exchange and every queue the
 // registered task types need, their consumers, their dead letters, and tasks no worker could run.
-
-// As long as inspectQueue waits for the broker (amqp.ts).
-const BROKER_ANSWER_MS = 5000;
-
-/**
- * Runs `declare` on a channel of its own, since the broker closes a channel whose declare it refuses:
- * null when it was taken, the broker's refusal when that is 404 NOT_FOUND or 406 PRECONDITION_FAILED.
- * A broker that does not answer fails the check instead.
- */
-async function refusal(
-  model: ChannelModel,
-  what: string,
-  declare: (ch: Channel) => Promise<unknown>,
-): Promise<Error | null> {
-  const ch = await withTimeout(model.createChannel(), BROKER_ANSWER_MS, 'opening a channel');
-  ch.on('error', () => undefined);
-  try {
-    await withTimeout(declare(ch), BROKER_ANSWER_MS, what);
-    return null;
-  } catch (err) {
-    const code = (err as { code?: unknown }).code;
-    if (code === 404 || code === 406) return toError(err);
-    throw err;
-  } finally {
-    await ch.close().catch(() => undefined);
-  }
-}
 
 export async function checkTopology(model: ChannelModel, topology: AmqpTopology): Promise<CheckResult> {
   const missing: string[] = [];
   const exchanges = [topology.exchange, ...topology.queues.map((q) => q.deadExchange)];
   for (const exchange of exchanges) {
-    const refused = await refusal(model, `checking exchange ${exchange}`, (ch) => ch.checkExchange(exchange));
-    if (refused) missing.push(`exchange ${exchange}`);
+    const checked = await onOwnChannel(model, `checking exchange ${exchange}`, (ch) => ch.checkExchange(exchange));
+    if ('refused' in checked) missing.push(`exchange ${exchange}`);
   }
   // A queue declared otherwise (a classic queue of the same name) makes every declare of the topology
   // fail: the relay and the worker then publish and consume nothing, on any queue.
@@ -54,8 +25,10 @@ export async function checkTopology(model: ChannelModel, topology: AmqpTopology)
   for (const [queue, options] of queues) {
     if ((await inspectQueue(model, queue)) === null) missing.push(`queue ${queue}`);
     else {
-      const refused = await refusal(model, `checking queue ${queue}`, (ch) => ch.assertQueue(queue, options));
-      if (refused) differing.push(`${queue} (${refused.message.replace(/^.*PRECONDITION_FAILED - (.*?)"?$/, '$1')})`);
+      const declared = await onOwnChannel(model, `checking queue ${queue}`, (ch) => ch.assertQueue(queue, options));
+      if ('refused' in declared) {
+        differing.push(`${queue} (${declared.refused.message.replace(/^.*PRECONDITION_FAILED - (.*?)"?$/, '$1')})`);
+      }
     }
   }
   if (differing.length > 0) {

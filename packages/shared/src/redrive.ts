@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { ChannelModel, GetMessage } from 'amqplib';
 import { sql } from 'kysely';
+import { BROKER_ANSWER_MS } from './amqp';
 import type { AmqpTopology } from './amqp-topology';
 import { isTerminal, type Db, type TaskStatus } from './db';
 import { toError } from './errors';
@@ -22,9 +23,6 @@ export interface RedriveReport {
   /** Messages dropped, by why. */
   dropped: Record<string, number>;
 }
-
-/** The longest a re-drive waits for one answer of RabbitMQ (a channel, a message, a close). */
-const BROKER_ANSWER_MS = 5000;
 
 /** What a re-drive did, as a line: `re-drove 2; dropped 1 task succeeded`. */
 export function redriveSummary(report: RedriveReport, dryRun: boolean): string {
@@ -144,7 +142,8 @@ async function redriveQueue(
   report: RedriveReport,
   logger: Logger,
 ): Promise<number> {
-  // Bounded: a broker gone silent (a half-open connection) would hold each call until the heartbeat.
+  // Each answer of RabbitMQ (a channel, a message, a close) bounded: a broker gone silent (a half-open
+  // connection) would hold each call until the heartbeat.
   const answer = <T>(call: Promise<T>): Promise<T> =>
     withTimeout(call, BROKER_ANSWER_MS, 'RabbitMQ').catch((err: unknown) => {
       throw new RedriveInterrupted(report, options.dryRun, err);
